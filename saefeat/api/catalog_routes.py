@@ -1,0 +1,148 @@
+"""Read routes over the catalog: SAEs, features, search, label history."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Depends, Path, Query
+from sqlalchemy.orm import Session
+
+from saefeat.api import convert
+from saefeat.api.deps import get_session
+from saefeat.api.errors import problem_responses
+from saefeat.api.schemas import (
+    FeatureDetail,
+    FeaturePage,
+    LabelHistory,
+    SaeDetail,
+    SaePage,
+    TokenMatchPage,
+)
+from saefeat.storage.catalog import labels, queries
+
+router = APIRouter(tags=["catalog"])
+
+SessionDep = Annotated[Session, Depends(get_session)]
+SaeId = Annotated[str, Path(description="SAE id, as listed by GET /v1/saes")]
+FeatureIndexParam = Annotated[int, Path(ge=0, description="Latent index, 0..d_sae-1")]
+Limit = Annotated[int, Query(ge=1, le=queries.MAX_PAGE, description="Page size")]
+CursorParam = Annotated[
+    str | None, Query(description="next_cursor of the previous page; omit for the first page")
+]
+
+
+@router.get(
+    "/saes",
+    response_model=SaePage,
+    responses=problem_responses(422),
+    summary="List the SAEs in the catalog",
+)
+def list_saes(session: SessionDep, limit: Limit = 100, cursor: CursorParam = None) -> SaePage:
+    page = queries.list_saes(session, limit=limit, cursor=cursor)
+    return SaePage(items=[convert.sae_summary(s) for s in page.items], next_cursor=page.next_cursor)
+
+
+@router.get(
+    "/saes/{sae_id}",
+    response_model=SaeDetail,
+    responses=problem_responses(404, 422),
+    summary="One SAE, with its config and how many features are indexed",
+)
+def get_sae(sae_id: SaeId, session: SessionDep) -> SaeDetail:
+    sae = queries.get_sae(session, sae_id)
+    return convert.sae_detail(sae, queries.count_features(session, sae_id))
+
+
+@router.get(
+    "/saes/{sae_id}/features",
+    response_model=FeaturePage,
+    responses=problem_responses(404, 422),
+    summary="List an SAE's features, filtered by density and sorted",
+)
+def list_features(
+    sae_id: SaeId,
+    session: SessionDep,
+    sort: Annotated[
+        Literal["max_activation", "density"], Query(description="Sort key; ties by index")
+    ] = "max_activation",
+    order: Annotated[Literal["asc", "desc"], Query(description="Sort direction")] = "desc",
+    min_density: Annotated[float | None, Query(ge=0.0, le=1.0)] = None,
+    max_density: Annotated[float | None, Query(ge=0.0, le=1.0)] = None,
+    limit: Limit = 50,
+    cursor: CursorParam = None,
+) -> FeaturePage:
+    page = queries.list_features(
+        session,
+        sae_id,
+        sort=sort,
+        order=order,
+        min_density=min_density,
+        max_density=max_density,
+        limit=limit,
+        cursor=cursor,
+    )
+    current = labels.current_labels(session, [f.id for f in page.items])
+    items = [convert.feature_summary(f, current.get(f.id)) for f in page.items]
+    return FeaturePage(items=items, next_cursor=page.next_cursor)
+
+
+@router.get(
+    "/saes/{sae_id}/features/{index}",
+    response_model=FeatureDetail,
+    responses=problem_responses(404, 422),
+    summary="One feature: statistics, examples, vocabulary projection, current label",
+)
+def get_feature(sae_id: SaeId, index: FeatureIndexParam, session: SessionDep) -> FeatureDetail:
+    feature = queries.get_feature(session, sae_id, index)
+    return convert.feature_detail(
+        feature,
+        queries.feature_examples(session, feature.id),
+        queries.feature_projection(session, feature.id),
+        labels.pick_current_label(labels.label_history(session, feature.id)),
+    )
+
+
+@router.get(
+    "/saes/{sae_id}/features/{index}/labels",
+    response_model=LabelHistory,
+    responses=problem_responses(404, 422),
+    summary="A feature's label history, newest first",
+)
+def list_labels(sae_id: SaeId, index: FeatureIndexParam, session: SessionDep) -> LabelHistory:
+    feature = queries.get_feature(session, sae_id, index)
+    history = labels.label_history(session, feature.id)
+    return LabelHistory(
+        items=[convert.label_out(lb) for lb in history],  # type: ignore[misc]
+        current=convert.label_out(labels.pick_current_label(history)),
+    )
+
+
+@router.get(
+    "/features/search",
+    response_model=TokenMatchPage,
+    responses=problem_responses(404, 422),
+    summary="Features whose vocabulary projection contains a token",
+    description=(
+        "Matches the token string exactly, and also its other leading-space spellings: one "
+        'leading " ", "Ġ" (byte-level BPE) or "▁" (SentencePiece) is stripped from the query, '
+        'then the bare word and the word after each of the three markers all match. So "cat", '
+        '" cat", "Ġcat" and "▁cat" find the same features. `exact=true` turns this off. '
+        "Results are strongest first (largest value for `side=top`, most negative for "
+        "`side=bottom`); a feature holding several spellings appears once, with its strongest."
+    ),
+)
+def search_features(
+    session: SessionDep,
+    token: Annotated[str, Query(min_length=1, max_length=200, description="Token string")],
+    sae_id: Annotated[str | None, Query(description="Only this SAE's features")] = None,
+    side: Annotated[Literal["top", "bottom"], Query(description="Which list to search")] = "top",
+    exact: Annotated[bool, Query(description="Match only the string as given")] = False,
+    limit: Limit = 50,
+    cursor: CursorParam = None,
+) -> TokenMatchPage:
+    page = queries.search_by_token(
+        session, token, sae_id=sae_id, side=side, exact=exact, limit=limit, cursor=cursor
+    )
+    current = labels.current_labels(session, [m.feature.id for m in page.items])
+    items = [convert.token_match(m, current.get(m.feature.id)) for m in page.items]
+    return TokenMatchPage(items=items, next_cursor=page.next_cursor)

@@ -1,0 +1,124 @@
+"""ORM rows -> response bodies. Kept apart so routes read as what they answer."""
+
+from __future__ import annotations
+
+from saefeat.api.schemas import (
+    Example,
+    FeatureDetail,
+    FeatureSummary,
+    Histogram,
+    LabelOut,
+    Projection,
+    ProjectionToken,
+    SaeDetail,
+    SaeSummary,
+    TokenMatchOut,
+)
+from saefeat.storage.catalog.models import SAE, Feature, FeatureExample, Label, VocabToken
+from saefeat.storage.catalog.queries import TokenMatch
+
+
+def sae_summary(sae: SAE) -> SaeSummary:
+    return SaeSummary(
+        id=sae.id,
+        name=sae.name,
+        model=sae.model_name,
+        hook=sae.hook_name,
+        architecture=sae.architecture,
+        d_in=sae.d_in,
+        d_sae=sae.d_sae,
+        k=sae.k,
+        metrics=sae.metrics or {},
+        created_at=sae.created_at,
+    )
+
+
+def sae_detail(sae: SAE, n_features_indexed: int) -> SaeDetail:
+    return SaeDetail(
+        **sae_summary(sae).model_dump(),
+        cfg=sae.cfg or {},
+        activation_set_id=sae.activation_set_id,
+        n_features_indexed=n_features_indexed,
+    )
+
+
+def label_out(label: Label | None) -> LabelOut | None:
+    if label is None:
+        return None
+    return LabelOut(
+        id=label.id,
+        text=label.text,
+        source=label.source,  # type: ignore[arg-type]
+        author=label.author,
+        score=label.score,
+        created_at=label.created_at,
+    )
+
+
+def feature_summary(feature: Feature, label: Label | None) -> FeatureSummary:
+    return FeatureSummary(
+        sae_id=feature.sae_id,
+        index=feature.index,
+        density=feature.density,
+        max_activation=feature.max_activation,
+        mean_activation=feature.mean_activation,
+        label=label.text if label else None,
+    )
+
+
+def example(row: FeatureExample) -> Example:
+    return Example(
+        kind=row.kind,  # type: ignore[arg-type]
+        rank=row.rank,
+        activation=row.activation,
+        context_index=row.context_index,
+        position=row.position,
+        focus=row.focus,
+        tokens=row.token_strs,
+        token_ids=row.token_ids,
+        values=row.values,
+    )
+
+
+def projection(sides: dict[str, list[VocabToken]]) -> Projection:
+    def tokens(rows: list[VocabToken]) -> list[ProjectionToken]:
+        return [
+            ProjectionToken(rank=t.rank, token_id=t.token_id, token=t.token_str, value=t.value)
+            for t in rows
+        ]
+
+    return Projection(top=tokens(sides["top"]), bottom=tokens(sides["bottom"]))
+
+
+def feature_detail(
+    feature: Feature,
+    examples: list[FeatureExample],
+    sides: dict[str, list[VocabToken]],
+    label: Label | None,
+) -> FeatureDetail:
+    histogram = Histogram(**feature.histogram) if feature.histogram else None
+    return FeatureDetail(
+        sae_id=feature.sae_id,
+        index=feature.index,
+        density=feature.density,
+        max_activation=feature.max_activation,
+        mean_activation=feature.mean_activation,
+        histogram=histogram,
+        examples=[example(e) for e in examples],
+        projection=projection(sides),
+        label=label_out(label),
+    )
+
+
+def token_match(match: TokenMatch, label: Label | None) -> TokenMatchOut:
+    return TokenMatchOut(
+        sae_id=match.feature.sae_id,
+        index=match.feature.index,
+        density=match.feature.density,
+        max_activation=match.feature.max_activation,
+        token=match.token_str,
+        token_id=match.token_id,
+        rank=match.rank,
+        value=match.value,
+        label=label.text if label else None,
+    )

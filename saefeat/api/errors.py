@@ -1,0 +1,168 @@
+"""Every error as application/problem+json (RFC 9457), and OpenAPI that says so."""
+
+from __future__ import annotations
+
+import http
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from saefeat.api.schemas import FieldError, Problem
+from saefeat.errors import SaefeatError
+
+PROBLEM_JSON = "application/problem+json"
+log = logging.getLogger(__name__)
+
+DESCRIPTIONS = {
+    401: "No API key, or the key is unknown or revoked",
+    403: "The API key lacks the scope this route needs",
+    404: "The SAE or feature does not exist",
+    422: "A parameter or body field is invalid; `errors` names it",
+    503: "The catalog database cannot be reached",
+}
+
+
+class ProblemError(Exception):
+    """Raise from a route or dependency to answer with a problem document."""
+
+    def __init__(
+        self,
+        status: int,
+        detail: str,
+        *,
+        slug: str | None = None,
+        headers: dict[str, str] | None = None,
+    ):
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+        self.slug = slug
+        self.headers = headers or {}
+
+
+def problem_type(slug: str | None) -> str:
+    return f"urn:saefeat:problem:{slug}" if slug else "about:blank"
+
+
+def problem_response(
+    status: int,
+    detail: str,
+    *,
+    slug: str | None = None,
+    errors: list[FieldError] | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    body = Problem(
+        type=problem_type(slug),
+        title=http.HTTPStatus(status).phrase,
+        status=status,
+        detail=detail,
+        errors=errors,
+    )
+    return JSONResponse(
+        body.model_dump(exclude_none=True),
+        status_code=status,
+        media_type=PROBLEM_JSON,
+        headers=headers,
+    )
+
+
+def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """`responses=` entries for these statuses, each with the Problem body."""
+    responses: dict[int | str, dict[str, Any]] = {}
+    for status in statuses:
+        responses[status] = {"model": Problem, "description": DESCRIPTIONS.get(status, "")}
+        if status == 401:
+            responses[status]["headers"] = {
+                "WWW-Authenticate": {
+                    "description": 'Bearer challenge, e.g. Bearer realm="saefeat"',
+                    "schema": {"type": "string"},
+                }
+            }
+    return responses
+
+
+def _field_error(error: dict[str, Any]) -> FieldError:
+    if error.get("type") == "json_invalid":
+        reason = (error.get("ctx") or {}).get("error", "not valid JSON")
+        return FieldError(field="body", location="body", message=f"not valid JSON: {reason}")
+    loc = [str(part) for part in error.get("loc", ())]
+    location = loc[0] if loc and loc[0] in ("query", "path", "body", "header", "cookie") else None
+    parts = loc[1:] if location else loc
+    field = ".".join(parts) or (location or "request")
+    return FieldError(field=field, location=location, message=error.get("msg", "invalid"))
+
+
+def _describe(err: FieldError) -> str:
+    where = {"body": "body field", "query": "query parameter", "path": "path parameter"}
+    place = where.get(err.location or "", err.location or "field")
+    return f"{err.field} ({place}): {err.message}"
+
+
+async def _on_validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+    errors = [_field_error(e) for e in exc.errors()]
+    detail = "; ".join(_describe(e) for e in errors) or "the request is invalid"
+    return problem_response(422, detail, slug="validation-error", errors=errors)
+
+
+async def _on_saefeat(request: Request, exc: SaefeatError) -> JSONResponse:
+    errors = None
+    if exc.status_code == 422 and exc.field:
+        errors = [FieldError(field=exc.field, location=None, message=exc.message)]
+    slug = {404: "not-found", 422: "invalid-value"}.get(exc.status_code, "error")
+    return problem_response(exc.status_code, str(exc), slug=slug, errors=errors)
+
+
+async def _on_problem(request: Request, exc: ProblemError) -> JSONResponse:
+    return problem_response(exc.status, exc.detail, slug=exc.slug, headers=exc.headers)
+
+
+async def _on_http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    detail = exc.detail if isinstance(exc.detail, str) else http.HTTPStatus(exc.status_code).phrase
+    if exc.status_code == 404 and detail == "Not Found":
+        detail = f"no route {request.url.path}; the API is described at /docs"
+    return problem_response(exc.status_code, detail, headers=getattr(exc, "headers", None))
+
+
+async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return problem_response(
+        500, "the server failed on this request; the error is in its log", slug="internal-error"
+    )
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(RequestValidationError, _on_validation)
+    app.add_exception_handler(SaefeatError, _on_saefeat)
+    app.add_exception_handler(ProblemError, _on_problem)
+    app.add_exception_handler(StarletteHTTPException, _on_http)
+    app.add_exception_handler(Exception, _on_unexpected)
+
+
+def install_problem_openapi(app: FastAPI) -> None:
+    """Generate OpenAPI as FastAPI does, then declare error bodies as problem+json."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = get_openapi(
+            title=app.title,
+            version=app.version,
+            description=app.description,
+            routes=app.routes,
+        )
+        for path in schema.get("paths", {}).values():
+            for operation in path.values():
+                for status, response in operation.get("responses", {}).items():
+                    content = response.get("content", {})
+                    if status[:1] in "45" and "application/json" in content:
+                        content[PROBLEM_JSON] = content.pop("application/json")
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -1,0 +1,172 @@
+"""Request and response bodies of the HTTP API (pydantic v2)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from saefeat.storage.catalog.labels import MAX_LABEL_CHARS
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details: every error the API returns has this body."""
+
+    type: str = Field(description="URI naming the kind of problem", examples=["about:blank"])
+    title: str = Field(description="Short summary of the kind of problem")
+    status: int = Field(description="The HTTP status code")
+    detail: str = Field(description="What went wrong here and what to do about it")
+    errors: list[FieldError] | None = Field(
+        default=None, description="One entry per invalid field (validation errors only)"
+    )
+
+
+class FieldError(BaseModel):
+    field: str = Field(description="Name of the field, e.g. 'limit' or 'text'")
+    location: str | None = Field(default=None, description="query, path, body or header")
+    message: str
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+    version: str
+    schema_revision: str | None = Field(description="Alembic revision of the catalog")
+
+
+class SaeSummary(BaseModel):
+    id: str
+    name: str
+    model: str = Field(description="Language model the SAE reads from")
+    hook: str = Field(description="Hook point, e.g. blocks.8.hook_resid_post")
+    architecture: str
+    d_in: int
+    d_sae: int
+    k: int | None
+    metrics: dict[str, Any]
+    created_at: datetime
+
+
+class SaeDetail(SaeSummary):
+    cfg: dict[str, Any]
+    activation_set_id: str | None
+    n_features_indexed: int = Field(description="0 until the SAE has been indexed")
+
+
+class SaePage(BaseModel):
+    items: list[SaeSummary]
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null at end")
+
+
+class FeatureSummary(BaseModel):
+    sae_id: str
+    index: int
+    density: float = Field(description="Fraction of tokens on which the feature fires")
+    max_activation: float
+    mean_activation: float = Field(description="Mean over the tokens where it fires")
+    label: str | None = Field(description="Text of the current label, if any")
+
+
+class FeaturePage(BaseModel):
+    items: list[FeatureSummary]
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null at end")
+
+
+class Histogram(BaseModel):
+    edges: list[float] = Field(description="Bin edges of the activation histogram (n_bins + 1)")
+    counts: list[int]
+
+
+class Example(BaseModel):
+    kind: Literal["top", "quantile"]
+    rank: int = Field(description="0 = strongest within its kind")
+    activation: float = Field(description="Activation at the focus token")
+    context_index: int
+    position: int = Field(description="Focus token's position in its context")
+    focus: int = Field(description="Index of the focus token within `tokens`")
+    tokens: list[str]
+    token_ids: list[int]
+    values: list[float] = Field(description="The feature's activation on each token")
+
+
+class ProjectionToken(BaseModel):
+    rank: int
+    token_id: int
+    token: str
+    value: float
+
+
+class Projection(BaseModel):
+    top: list[ProjectionToken] = Field(description="Tokens the decoder row promotes most")
+    bottom: list[ProjectionToken] = Field(description="Tokens it suppresses most")
+
+
+class LabelOut(BaseModel):
+    id: int
+    text: str
+    source: Literal["human", "auto"]
+    author: str | None
+    score: float | None
+    created_at: datetime
+
+
+class FeatureDetail(BaseModel):
+    sae_id: str
+    index: int
+    density: float
+    max_activation: float
+    mean_activation: float
+    histogram: Histogram | None
+    examples: list[Example]
+    projection: Projection
+    label: LabelOut | None = Field(
+        description="Newest human label, else the best-scored auto label, else null"
+    )
+
+
+class TokenMatchOut(BaseModel):
+    sae_id: str
+    index: int
+    density: float
+    max_activation: float
+    token: str = Field(description="The spelling found in the projection, e.g. 'Ġcat'")
+    token_id: int
+    rank: int = Field(description="Its position in the feature's top or bottom list")
+    value: float
+    label: str | None
+
+
+class TokenMatchPage(BaseModel):
+    items: list[TokenMatchOut]
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null at end")
+
+
+class LabelCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    text: str = Field(description=f"1 to {MAX_LABEL_CHARS} characters, not blank")
+    source: Literal["human", "auto"] = "human"
+    score: float | None = Field(
+        default=None, allow_inf_nan=False, description="For auto labels: how well it scored"
+    )
+    author: str | None = Field(
+        default=None, max_length=200, description="Defaults to the API key's name"
+    )
+
+    @field_validator("text")
+    @classmethod
+    def _text_not_blank(cls, value: str) -> str:
+        value = value.strip()
+        if not value:
+            raise ValueError("must not be blank")
+        if len(value) > MAX_LABEL_CHARS:
+            raise ValueError(f"must be at most {MAX_LABEL_CHARS} characters, got {len(value)}")
+        return value
+
+
+class LabelHistory(BaseModel):
+    items: list[LabelOut] = Field(description="Every label, newest first")
+    current: LabelOut | None
+
+
+Problem.model_rebuild()

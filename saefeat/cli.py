@@ -1,0 +1,238 @@
+"""The `saefeat` command line: harvest, train, index, serve, demo, db, keys."""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from typing import Annotated
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+)
+
+from saefeat.config import get_settings
+from saefeat.errors import SaefeatError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+db_app = typer.Typer(no_args_is_help=True, help="The catalog database.")
+keys_app = typer.Typer(no_args_is_help=True, help="API keys.")
+app.add_typer(db_app, name="db")
+app.add_typer(keys_app, name="keys")
+console = Console(stderr=True)
+
+DEFAULT_PORT = 8000
+
+
+def user_errors(fn):
+    """A user's mistake is one line on stderr and exit code 2, never a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except SaefeatError as e:
+            console.print(f"[red]error:[/red] {e}", markup=True, highlight=False)
+            raise typer.Exit(2) from None
+        except ValidationError as e:
+            first = e.errors()[0]
+            field = ".".join(str(p) for p in first["loc"]) or "spec"
+            msg = first["msg"].removeprefix("Value error, ")
+            console.print(f"[red]error:[/red] {field}: {msg}", highlight=False)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+def _bar(description: str, unit: str) -> Progress:
+    return Progress(
+        TextColumn(f"[bold]{description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn(unit),
+        TextColumn("{task.fields[info]}"),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    )
+
+
+def do_harvest(spec):
+    from saefeat.pipeline import run_harvest
+
+    with _bar("harvest", "tokens") as bar:
+        task = bar.add_task("harvest", total=None, info="")
+
+        def progress(done, total):
+            bar.update(task, completed=done, total=total)
+
+        result = run_harvest(spec, progress=progress)
+    aset = result.activation_set
+    how = "reused" if result.reused else f"{result.shards_run} shards in {result.seconds:.1f}s"
+    console.print(f"activation set [bold]{aset.id}[/bold]: {aset.n_tokens:,} tokens ({how})")
+    return result
+
+
+def do_train(spec):
+    from saefeat.pipeline import run_train
+
+    with _bar("train", "steps") as bar:
+        task = bar.add_task("train", total=None, info="")
+
+        def progress(step, total, loss):
+            bar.update(task, completed=step, total=total, info=f"loss {loss:.4f}")
+
+        result = run_train(spec, progress=progress)
+    mt = result.metrics
+    console.print(
+        f"SAE [bold]{result.sae_id}[/bold]: FVU {mt['fvu']:.4f}, L0 {mt['l0']:.1f}, "
+        f"dead {mt['dead_frac']:.2%}, {result.seconds:.1f}s -> {result.checkpoint}"
+    )
+    return result
+
+
+def do_index(spec):
+    from saefeat.pipeline import run_index
+
+    with _bar("index", "tasks") as bar:
+        task = bar.add_task("index", total=None, info="")
+        result = run_index(spec, progress=lambda d, t: bar.update(task, completed=d, total=t))
+    console.print(
+        f"indexed {result.index.d_sae:,} features over {result.index.n_tokens:,} tokens "
+        f"in {result.seconds:.1f}s"
+    )
+    return result
+
+
+@app.command()
+@user_errors
+def harvest(
+    hook: Annotated[list[str], typer.Option(help="e.g. blocks.15.hook_resid_post")],
+    model: Annotated[str, typer.Option(help="HF id, local folder, .gguf file")] = "smollm2-135m",
+    corpus: Annotated[list[str], typer.Option(help="file/folder or builtin:python-docs")] = [  # noqa: B006
+        "builtin:python-docs"
+    ],
+    ctx_len: int = 128,
+    tokens: Annotated[int, typer.Option(help="token budget")] = 100_000,
+    shard_contexts: int = 64,
+    storage_dtype: str = "bfloat16",
+    batch_size: int = 8,
+):
+    """Run the model over a corpus and store activations at the hooks."""
+    from saefeat.specs import HarvestSpec
+
+    spec = HarvestSpec(
+        model=model,
+        hooks=hook,
+        corpus=corpus,
+        ctx_len=ctx_len,
+        token_budget=tokens,
+        contexts_per_shard=shard_contexts,
+        storage_dtype=storage_dtype,
+        batch_size=batch_size,
+    )
+    print(do_harvest(spec).activation_set.id)
+
+
+@app.command()
+@user_errors
+def train(
+    activation_set: Annotated[str, typer.Option("--set", help="activation set id")],
+    hook: str | None = None,
+    d_sae: int | None = None,
+    expansion_factor: int = 8,
+    k: int = 32,
+    batch_size: int = 256,
+    lr: float | None = None,
+    epochs: float = 2.0,
+    seed: int = 0,
+):
+    """Train a TopK SAE on an activation set."""
+    from saefeat.specs import TrainSpec
+
+    spec = TrainSpec(
+        activation_set=activation_set, hook=hook, d_sae=d_sae, expansion_factor=expansion_factor,
+        k=k, batch_size=batch_size, lr=lr, epochs=epochs, seed=seed,
+    )  # fmt: skip
+    print(do_train(spec).sae_id)
+
+
+@app.command()
+@user_errors
+def index(
+    sae: Annotated[str, typer.Option(help="SAE id")],
+    examples: int = 20,
+    window: int = 8,
+    vocab: int = 10,
+):
+    """Compute each feature's statistics, top examples and vocabulary projection."""
+    from saefeat.specs import IndexSpec
+
+    do_index(IndexSpec(sae=sae, n_examples=examples, window=window, n_vocab=vocab))
+
+
+@app.command()
+@user_errors
+def serve(host: str = "127.0.0.1", port: int = DEFAULT_PORT):
+    """Serve the API and the feature pages."""
+    import uvicorn
+
+    from saefeat.api.app import create_app
+
+    console.print(f"serving on http://{host}:{port}  (API docs: http://{host}:{port}/docs)")
+    uvicorn.run(create_app(get_settings()), host=host, port=port, log_level="warning")
+
+
+@app.command()
+@user_errors
+def demo(
+    serve_after: Annotated[bool, typer.Option("--serve/--no-serve")] = True,
+    tokens: int = 100_000,
+    port: int = DEFAULT_PORT,
+):
+    """harvest -> train -> index -> serve on SmolLM2-135M and the built-in corpus."""
+    from saefeat.demo import print_features, run_demo
+
+    sae_id = run_demo(tokens=tokens, harvest=do_harvest, train=do_train, index=do_index)
+    print_features(sae_id, n=5)
+    if serve_after:
+        serve(port=port)
+
+
+@db_app.command("upgrade")
+@user_errors
+def db_upgrade(revision: str = "head"):
+    """Create or migrate the catalog schema."""
+    from saefeat.storage.catalog import upgrade
+
+    settings = get_settings()
+    upgrade(settings.db_url, revision)
+    console.print(f"catalog at {settings.db_url} is at {revision}")
+
+
+@keys_app.command("create")
+@user_errors
+def keys_create(
+    name: str = "default",
+    scope: Annotated[list[str], typer.Option(help="read, label, admin")] = ["read", "label"],  # noqa: B006
+):
+    """Create an API key; the key is printed once and stored only as a hash."""
+    from saefeat.pipeline import catalog_session
+    from saefeat.storage.catalog import create_api_key
+
+    with catalog_session(get_settings()) as s:
+        key = create_api_key(s, name, scope)
+        s.commit()
+    print(key)
+
+
+def main() -> None:  # pragma: no cover
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    sys.exit(app())

@@ -1,0 +1,40 @@
+"""Settings from the environment (SAEFEAT_ prefix)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SAEFEAT_")
+
+    home: Path = Field(default_factory=lambda: Path.home() / ".saefeat")
+    # Default: SQLite in the home folder.
+    database_url: str | None = None
+    # Default: start a local Ray.
+    ray_address: str | None = None
+    # Reads of the catalog need a key with the `read` scope when true.
+    require_read_key: bool = False
+    # A key created at start-up with every scope, for bootstrapping a deployment.
+    bootstrap_api_key: str | None = None
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.home / 'catalog.db'}"
+
+    @property
+    def activations_dir(self) -> Path:
+        return self.home / "activations"
+
+    @property
+    def saes_dir(self) -> Path:
+        return self.home / "saes"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

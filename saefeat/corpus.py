@@ -1,0 +1,238 @@
+"""Corpora: read documents from files or the built-in corpus, and pack them into contexts.
+
+Every context keeps the id of the document it starts in and the token offset there, so
+an example in the catalog can always be traced back to its source text.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from saefeat.errors import SpecError
+
+BUILTIN_PYTHON_DOCS = "builtin:python-docs"
+TEXT_SUFFIXES = {".txt", ".md", ".rst", ".text"}
+BosPolicy = Literal["context", "document", "none"]
+
+
+@dataclass
+class Document:
+    doc_id: str
+    text: str
+
+
+@dataclass
+class CorpusReport:
+    """What reading a corpus skipped, for the job record."""
+
+    documents: int = 0
+    empty: int = 0
+    undecodable: int = 0
+
+
+def builtin_python_docs() -> Iterator[Document]:
+    """CPython's reference documentation topics (pydoc_data), ~113k SmolLM2 tokens."""
+    from pydoc_data.topics import topics
+
+    for name in sorted(topics):
+        yield Document(f"python-docs:{name}", topics[name])
+
+
+def _read_text(path: Path) -> str:
+    data = path.read_bytes()
+    if b"\x00" in data[:8192]:
+        raise UnicodeDecodeError("utf-8", data[:1], 0, 1, "binary file (NUL bytes)")
+    return data.decode("utf-8")
+
+
+def _jsonl_documents(path: Path, field: str) -> Iterator[Document]:
+    with path.open("rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            if not raw.strip():
+                continue
+            try:
+                row = json.loads(raw.decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError) as e:
+                raise SpecError(f"{path}:{lineno} is not a JSON line: {e}", field="corpus") from e
+            if not isinstance(row, dict) or field not in row:
+                raise SpecError(f"{path}:{lineno} has no {field!r} field", field="corpus")
+            yield Document(f"{path.name}:{lineno}", str(row[field]))
+
+
+def _parquet_documents(path: Path, field: str) -> Iterator[Document]:
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path)
+    if field not in table.column_names:
+        raise SpecError(
+            f"{path} has no column {field!r}; columns: {table.column_names}", field="corpus"
+        )
+    for i, text in enumerate(table.column(field).to_pylist()):
+        yield Document(f"{path.name}:{i}", text or "")
+
+
+def _hf_disk_documents(path: Path, field: str) -> Iterator[Document]:
+    """A `datasets.Dataset.save_to_disk` folder, read with pyarrow (no `datasets` needed)."""
+    import pyarrow as pa
+
+    files = sorted(path.glob("*.arrow"))
+    if not files:
+        raise SpecError(f"{path} holds no .arrow files of a saved dataset", field="corpus")
+    row = 0
+    for f in files:
+        with pa.memory_map(str(f)) as src:
+            table = pa.ipc.open_stream(src).read_all()
+        if field not in table.column_names:
+            raise SpecError(f"{f} has no column {field!r}", field="corpus")
+        for text in table.column(field).to_pylist():
+            yield Document(f"{path.name}:{row}", text or "")
+            row += 1
+
+
+def iter_documents(
+    source: str, *, field: str = "text", report: CorpusReport | None = None
+) -> Iterator[Document]:
+    """Documents of one source: `builtin:python-docs`, a file, or a folder of files."""
+    report = report if report is not None else CorpusReport()
+    if source == BUILTIN_PYTHON_DOCS:
+        docs: Iterator[Document] = builtin_python_docs()
+    else:
+        path = Path(source)
+        if not path.exists():
+            raise SpecError(
+                f"corpus path {source!r} does not exist (give a file, a folder, or "
+                f"{BUILTIN_PYTHON_DOCS!r})",
+                field="corpus",
+            )
+        docs = _path_documents(path, field, report)
+    for doc in docs:
+        if not doc.text.strip():
+            report.empty += 1
+            continue
+        report.documents += 1
+        yield doc
+
+
+def _path_documents(path: Path, field: str, report: CorpusReport) -> Iterator[Document]:
+    if path.is_dir():
+        if (path / "dataset_info.json").exists() or (path / "state.json").exists():
+            yield from _hf_disk_documents(path, field)
+            return
+        for child in sorted(p for p in path.rglob("*") if p.is_file()):
+            yield from _path_documents(child, field, report)
+        return
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".ndjson"):
+        yield from _jsonl_documents(path, field)
+    elif suffix == ".parquet":
+        yield from _parquet_documents(path, field)
+    else:
+        try:
+            yield Document(path.name, _read_text(path))
+        except UnicodeDecodeError:
+            report.undecodable += 1
+            raise SpecError(
+                f"{path} is not UTF-8 text (binary or another encoding)", field="corpus"
+            ) from None
+
+
+@dataclass
+class PackedContexts:
+    tokens: np.ndarray  # int32 [n_contexts, ctx_len]
+    doc_index: np.ndarray  # int32 [n_contexts]: the document each context starts in
+    doc_offset: np.ndarray  # int32 [n_contexts]: that document's token offset
+    doc_ids: list[str]  # document names, indexed by doc_index
+    report: CorpusReport
+
+
+def pack_contexts(
+    documents: Iterator[Document],
+    tokenizer,
+    *,
+    ctx_len: int,
+    token_budget: int,
+    bos: BosPolicy = "context",
+    report: CorpusReport | None = None,
+) -> PackedContexts:
+    """Tokenize documents and cut the stream into `ctx_len` contexts until the budget is met.
+
+    bos="context": every context begins with BOS (SAELens's prepend_bos);
+    bos="document": BOS before each document, the stream cut anywhere;
+    bos="none": documents back to back, separated by EOS when the tokenizer has one.
+    """
+    if ctx_len < 2:
+        raise SpecError(f"ctx_len must be at least 2, got {ctx_len}", field="ctx_len")
+    if token_budget <= 0:
+        raise SpecError(f"token_budget must be > 0, got {token_budget}", field="token_budget")
+    bos_id = tokenizer.bos_token_id
+    if bos_id is None:
+        bos_id = tokenizer.eos_token_id
+    if bos != "none" and bos_id is None:
+        raise SpecError("the tokenizer has no BOS or EOS token; use bos='none'", field="bos")
+    body = ctx_len - 1 if bos == "context" else ctx_len
+    n_wanted = max(1, -(-token_budget // ctx_len))
+
+    rows: list[np.ndarray] = []
+    starts: list[tuple[int, int]] = []
+    doc_ids: list[str] = []
+    buf: list[int] = []  # pending tokens of the stream
+    buf_origin: list[tuple[int, int]] = []  # (doc, offset) of each pending token's doc run
+    for doc in documents:
+        ids = tokenizer(doc.text, add_special_tokens=False)["input_ids"]
+        if not ids:
+            continue
+        d = len(doc_ids)
+        doc_ids.append(doc.doc_id)
+        if bos == "document":
+            ids = [bos_id, *ids]
+        elif bos == "none" and tokenizer.eos_token_id is not None and buf:
+            ids = [tokenizer.eos_token_id, *ids]
+        buf_origin.append((len(buf), d))
+        buf.extend(ids)
+        pos = 0  # cut from a cursor and compact once per document: linear in the stream
+        while len(buf) - pos >= body and len(rows) < n_wanted:
+            starts.append(_origin_at(buf_origin, pos))
+            chunk = buf[pos : pos + body]
+            rows.append(np.asarray([bos_id, *chunk] if bos == "context" else chunk, np.int32))
+            pos += body
+        buf = buf[pos:]
+        buf_origin = _shift(buf_origin, pos)
+        if len(rows) >= n_wanted:
+            break
+    if not rows:
+        raise SpecError(
+            f"the corpus holds fewer than {body} tokens, too few for one context of "
+            f"ctx_len={ctx_len}",
+            field="corpus",
+        )
+    return PackedContexts(
+        tokens=np.stack(rows),
+        doc_index=np.asarray([s[0] for s in starts], np.int32),
+        doc_offset=np.asarray([s[1] for s in starts], np.int32),
+        doc_ids=doc_ids,
+        report=report or CorpusReport(),
+    )
+
+
+def _origin_at(origins: list[tuple[int, int]], pos: int) -> tuple[int, int]:
+    """(doc index, offset in that doc) of stream position `pos`, given run starts."""
+    start, doc = origins[0]
+    for s, d in origins:
+        if s > pos:
+            break
+        start, doc = s, d
+    return doc, pos - start
+
+
+def _shift(origins: list[tuple[int, int]], n: int) -> list[tuple[int, int]]:
+    """Drop `n` tokens from the stream's front, keeping the run that now covers index 0."""
+    shifted = [(s - n, d) for s, d in origins]
+    keep = [o for o in shifted if o[0] > 0]
+    covering = [o for o in shifted if o[0] <= 0]
+    return ([covering[-1]] if covering else []) + keep

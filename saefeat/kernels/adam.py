@@ -1,0 +1,161 @@
+"""Triton Adam steps: plain (elementwise) and the decoder's fused row step.
+
+The decoder step does, per row w of W_dec with gradient g, in one read of (w, g, m, v) and
+one write of (w, m, v):
+  g <- g - (g.w / w.w) w                  (drop the part that only changes the row's norm)
+  m, v <- Adam moments of g;  w <- w - lr/bc1 * m / (sqrt(v / bc2) + eps)
+  w <- w / |w|                            (unit-norm decoder rows)
+Rows up to MAX_REGISTER_ROW wide stay in registers; wider rows take three chunked passes.
+The gradient tensor itself is left as it was.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from . import reference
+from .dispatch import interpreting
+
+MAX_REGISTER_ROW = 8192
+_BLOCK = 256 if interpreting() else 2048
+_ROW_CHUNK = 32 if interpreting() else 2048
+
+
+@triton.jit
+def _adam_kernel(
+    p_ptr, g_ptr, m_ptr, v_ptr, n,
+    step_size, inv_sqrt_bc2, beta1, beta2, omb1, omb2, eps,
+    BLOCK: tl.constexpr,
+):
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    p = tl.load(p_ptr + offs, mask=mask).to(tl.float32)
+    g = tl.load(g_ptr + offs, mask=mask).to(tl.float32)
+    m = tl.load(m_ptr + offs, mask=mask).to(tl.float32)
+    v = tl.load(v_ptr + offs, mask=mask).to(tl.float32)
+    m = beta1 * m + omb1 * g
+    v = beta2 * v + omb2 * g * g
+    p -= step_size * m / (tl.sqrt(v) * inv_sqrt_bc2 + eps)
+    tl.store(p_ptr + offs, p.to(p_ptr.dtype.element_ty), mask=mask)
+    tl.store(m_ptr + offs, m.to(m_ptr.dtype.element_ty), mask=mask)
+    tl.store(v_ptr + offs, v.to(v_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _decoder_row_update(w, g, m, v, gw, ww, step_size, inv_sqrt_bc2, beta1, beta2, omb1, omb2,
+                        eps):
+    g = g - (gw / tl.maximum(ww, 1e-30)) * w
+    m = beta1 * m + omb1 * g
+    v = beta2 * v + omb2 * g * g
+    w = w - step_size * m / (tl.sqrt(v) * inv_sqrt_bc2 + eps)
+    return w, m, v
+
+
+@triton.jit
+def _decoder_adam_kernel(
+    p_ptr, g_ptr, m_ptr, v_ptr, D,
+    stride_p, stride_g, stride_m, stride_v,
+    step_size, inv_sqrt_bc2, beta1, beta2, omb1, omb2, eps,
+    BLOCK_D: tl.constexpr, IN_REGISTERS: tl.constexpr,
+):
+    row = tl.program_id(0).to(tl.int64)
+    p_row = p_ptr + row * stride_p
+    g_row = g_ptr + row * stride_g
+    m_row = m_ptr + row * stride_m
+    v_row = v_ptr + row * stride_v
+    if IN_REGISTERS:
+        offs = tl.arange(0, BLOCK_D)
+        mask = offs < D
+        w = tl.load(p_row + offs, mask=mask, other=0.0).to(tl.float32)
+        g = tl.load(g_row + offs, mask=mask, other=0.0).to(tl.float32)
+        m = tl.load(m_row + offs, mask=mask, other=0.0).to(tl.float32)
+        v = tl.load(v_row + offs, mask=mask, other=0.0).to(tl.float32)
+        w, m, v = _decoder_row_update(w, g, m, v, tl.sum(g * w), tl.sum(w * w), step_size,
+                                      inv_sqrt_bc2, beta1, beta2, omb1, omb2, eps)
+        w = tl.where(mask, w, 0.0)
+        w = w / tl.maximum(tl.sqrt(tl.sum(w * w)), 1e-12)
+        tl.store(p_row + offs, w.to(p_ptr.dtype.element_ty), mask=mask)
+        tl.store(m_row + offs, m.to(m_ptr.dtype.element_ty), mask=mask)
+        tl.store(v_row + offs, v.to(v_ptr.dtype.element_ty), mask=mask)
+    else:
+        gw = tl.zeros((), dtype=tl.float32)
+        ww = tl.zeros((), dtype=tl.float32)
+        for d0 in range(0, D, BLOCK_D):
+            offs = d0 + tl.arange(0, BLOCK_D)
+            mask = offs < D
+            w = tl.load(p_row + offs, mask=mask, other=0.0).to(tl.float32)
+            g = tl.load(g_row + offs, mask=mask, other=0.0).to(tl.float32)
+            gw += tl.sum(g * w)
+            ww += tl.sum(w * w)
+        nn = tl.zeros((), dtype=tl.float32)
+        for d0 in range(0, D, BLOCK_D):
+            offs = d0 + tl.arange(0, BLOCK_D)
+            mask = offs < D
+            w = tl.load(p_row + offs, mask=mask, other=0.0).to(tl.float32)
+            g = tl.load(g_row + offs, mask=mask, other=0.0).to(tl.float32)
+            m = tl.load(m_row + offs, mask=mask, other=0.0).to(tl.float32)
+            v = tl.load(v_row + offs, mask=mask, other=0.0).to(tl.float32)
+            w, m, v = _decoder_row_update(w, g, m, v, gw, ww, step_size, inv_sqrt_bc2, beta1,
+                                          beta2, omb1, omb2, eps)
+            w = tl.where(mask, w, 0.0)
+            nn += tl.sum(w * w)
+            tl.store(p_row + offs, w.to(p_ptr.dtype.element_ty), mask=mask)
+            tl.store(m_row + offs, m.to(m_ptr.dtype.element_ty), mask=mask)
+            tl.store(v_row + offs, v.to(v_ptr.dtype.element_ty), mask=mask)
+        inv = 1.0 / tl.maximum(tl.sqrt(nn), 1e-12)
+        for d0 in range(0, D, BLOCK_D):
+            offs = d0 + tl.arange(0, BLOCK_D)
+            mask = offs < D
+            w = tl.load(p_row + offs, mask=mask, other=0.0).to(tl.float32)
+            tl.store(p_row + offs, (w * inv).to(p_ptr.dtype.element_ty), mask=mask)
+
+
+def _same_dense_layout(*ts: torch.Tensor) -> bool:
+    first = ts[0]
+    dense = first.is_contiguous() or (first.dim() == 2 and first.t().is_contiguous())
+    return dense and all(t.stride() == first.stride() for t in ts)
+
+
+def adam_(
+    p: torch.Tensor, g: torch.Tensor, m: torch.Tensor, v: torch.Tensor,
+    step_size: float, bias_correction2: float, beta1: float, beta2: float, eps: float,
+) -> None:
+    """In-place Adam on p, m, v; walks the shared storage order when layouts agree."""
+    if not _same_dense_layout(p, m, v):  # odd strides: the torch twin handles any layout
+        reference.adam_(p, g, m, v, step_size, bias_correction2, beta1, beta2, eps)
+        return
+    if g.stride() != p.stride():
+        g = torch.empty_like(p).copy_(g)
+    n = p.numel()
+    if n == 0:
+        return
+    _adam_kernel[(triton.cdiv(n, _BLOCK),)](
+        p, g, m, v, n,
+        step_size, 1.0 / bias_correction2**0.5, beta1, beta2, 1.0 - beta1, 1.0 - beta2, eps,
+        BLOCK=_BLOCK, num_warps=8,
+    )
+
+
+def decoder_adam_(
+    p: torch.Tensor, g: torch.Tensor, m: torch.Tensor, v: torch.Tensor,
+    step_size: float, bias_correction2: float, beta1: float, beta2: float, eps: float,
+) -> None:
+    """Fused decoder step on rows of p [d_sae, d_in] (rows must be contiguous)."""
+    if g.stride(1) != 1:
+        g = g.contiguous()
+    if not (p.stride(1) == m.stride(1) == v.stride(1) == 1):
+        reference.decoder_adam_(p, g, m, v, step_size, bias_correction2, beta1, beta2, eps)
+        return
+    R, D = p.shape
+    if R == 0:
+        return
+    in_registers = D <= MAX_REGISTER_ROW
+    block = triton.next_power_of_2(D) if in_registers else _ROW_CHUNK
+    _decoder_adam_kernel[(R,)](
+        p, g, m, v, D,
+        p.stride(0), g.stride(0), m.stride(0), v.stride(0),
+        step_size, 1.0 / bias_correction2**0.5, beta1, beta2, 1.0 - beta1, 1.0 - beta2, eps,
+        BLOCK_D=block, IN_REGISTERS=in_registers, num_warps=min(16, max(4, block // 512)),
+    )

@@ -1,0 +1,135 @@
+"""Plain-torch twins of the Triton primitives (same signatures as triton_ops.py).
+
+These run on CPU and wherever Triton is off. The encoder forward here does build the dense
+[B, d_sae] pre-activations (torch.topk needs them); the backward twins stay sparse
+(index_add / embedding_bag), like the kernels.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def encode_pre(x_c: torch.Tensor, w_t: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """x_c @ w_t.T + b: product in x_c's dtype, bias added in fp32, rounded once more."""
+    prod = x_c @ w_t.t()
+    return (prod.float() + b.float()).to(x_c.dtype)
+
+
+def encode_topk(
+    x_c: torch.Tensor, w_t: torch.Tensor, b: torch.Tensor, k: int, out_dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    pre = encode_pre(x_c, w_t, b).relu_()
+    vals, idx = torch.topk(pre, k, dim=1, sorted=False)
+    return vals.to(out_dtype), idx
+
+
+def batch_topk_select(
+    x_c: torch.Tensor, w_t: torch.Tensor, b: torch.Tensor, k: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The B*k largest relu'd pre-activations of the batch, flat: (values, rows, latents)."""
+    pre = encode_pre(x_c, w_t, b).relu_()
+    B, N = pre.shape
+    vals, flat = torch.topk(pre.reshape(-1), B * k, sorted=False)
+    rows = torch.div(flat, N, rounding_mode="floor")
+    return vals, rows, flat - rows * N
+
+
+def encode_jump(
+    x_c: torch.Tensor, w_t: torch.Tensor, b: torch.Tensor, threshold: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    pre = encode_pre(x_c, w_t, b)
+    acts = torch.where(pre.float() > threshold.float(), pre, torch.zeros_like(pre))
+    return acts, pre
+
+
+def jump_backward(
+    grad_acts: torch.Tensor | None,
+    grad_l0: torch.Tensor | None,
+    pre: torch.Tensor,
+    threshold: torch.Tensor,
+    bandwidth: float,
+) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """(fp32 grad_pre or None, fp32 grad_threshold) of JumpReLU with the rectangle-kernel STE.
+
+    d acts / d pre = H(pre - t); d acts / d t = -(t / bw) * rect((pre - t) / bw);
+    d l0 / d t = -(1 / bw) * rect((pre - t) / bw); rect(u) = 1 on (-1/2, 1/2).
+    """
+    p = pre.float()
+    t = threshold.float()
+    u = (p - t) / bandwidth
+    rect = ((u > -0.5) & (u < 0.5)).float()
+    g_t = torch.zeros_like(p)
+    grad_pre = None
+    if grad_acts is not None:
+        g = grad_acts.float()
+        grad_pre = g * (p > t)
+        g_t = g_t - g * (t / bandwidth)
+    if grad_l0 is not None:
+        g_t = g_t - grad_l0.float()[:, None] / bandwidth
+    return grad_pre, (g_t * rect).sum(0)
+
+
+def gather_matmul(
+    idx: torch.Tensor,
+    w: torch.Tensor,
+    table: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    out_dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    out = F.embedding_bag(idx, table.float(), per_sample_weights=w.float(), mode="sum")
+    if bias is not None:
+        out = out + bias.float()
+    return out.to(out_dtype)
+
+
+def gather_rowdot(idx: torch.Tensor, g: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    rows = F.embedding(idx, table.float())  # [B, k, D]
+    return torch.bmm(rows, g.float().unsqueeze(2)).squeeze(2)
+
+
+def segment_matmul(
+    idx: torch.Tensor,
+    w: torch.Tensor,
+    y: torch.Tensor,
+    out: torch.Tensor,
+    dot_dtype: torch.dtype,
+) -> torch.Tensor:
+    k = idx.shape[1]
+    rows = torch.arange(idx.shape[0], device=idx.device).repeat_interleave(k)
+    y_c = y.to(dot_dtype).float()
+    w_c = w.reshape(-1).to(dot_dtype).float()
+    acc = torch.zeros(out.shape, dtype=torch.float32, device=out.device)
+    acc.index_add_(0, idx.reshape(-1), y_c[rows] * w_c[:, None])
+    out.copy_(acc)
+    return out
+
+
+@torch.no_grad()
+def adam_(
+    p: torch.Tensor, g: torch.Tensor, m: torch.Tensor, v: torch.Tensor,
+    step_size: float, bias_correction2: float, beta1: float, beta2: float, eps: float,
+) -> None:
+    g = g.float()
+    m.mul_(beta1).add_(g, alpha=1 - beta1)
+    v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+    denom = (v.float().sqrt() / bias_correction2**0.5).add_(eps)
+    p.copy_(p.float() - step_size * m.float() / denom)
+
+
+@torch.no_grad()
+def decoder_adam_(
+    p: torch.Tensor, g: torch.Tensor, m: torch.Tensor, v: torch.Tensor,
+    step_size: float, bias_correction2: float, beta1: float, beta2: float, eps: float,
+) -> None:
+    """Adam on rows of p with the row-parallel gradient removed, then rows at unit norm."""
+    w = p.float()
+    g = g.float()
+    gw = (g * w).sum(1, keepdim=True)
+    ww = (w * w).sum(1, keepdim=True).clamp_min(1e-30)
+    g = g - (gw / ww) * w
+    m.mul_(beta1).add_(g, alpha=1 - beta1)
+    v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+    w = w - step_size * m.float() / (v.float().sqrt() / bias_correction2**0.5 + eps)
+    p.copy_(w / w.norm(dim=1, keepdim=True).clamp_min(1e-12))

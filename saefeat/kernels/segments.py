@@ -1,0 +1,54 @@
+"""Entries of a sparse [B, k] code grouped by latent id, for segment sums over latents.
+
+The decoder and encoder backward both reduce over "all (b, j) with idx[b, j] == l". Sorting
+the B*k entries once by latent turns that into contiguous segments, so the weight gradient
+is written row by row with no atomics and no dense [B, d_sae] tensor.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Segments:
+    order: torch.Tensor  # int64 [E]: flat entry ids (b * k + j) sorted by latent
+    latents: torch.Tensor  # int32 [E]: latent of each sorted entry
+    rows: torch.Tensor  # int32 [E]: batch row of each sorted entry
+    starts: torch.Tensor  # int32 [n_latents + 1]: segment l is starts[l]:starts[l + 1]
+
+
+# One-slot cache: the decoder and encoder backward of a step sort the same idx. A strong
+# reference keeps the storage alive, so equal data_ptr and version mean the same contents.
+_last: tuple[torch.Tensor, int, int, Segments] | None = None
+
+
+def segments_by_latent(idx: torch.Tensor, n_latents: int) -> Segments:
+    global _last
+    if _last is not None:
+        held, version, held_latents, seg = _last
+        if (
+            held.data_ptr() == idx.data_ptr()
+            and held.shape == idx.shape
+            and held.stride() == idx.stride()
+            and held._version == version == idx._version
+            and held_latents == n_latents
+            and held.device == idx.device
+        ):
+            return seg
+    k = idx.shape[1]
+    flat = idx.reshape(-1)
+    latents, order = torch.sort(flat)
+    rows = torch.div(order, k, rounding_mode="floor").to(torch.int32)
+    bounds = torch.arange(n_latents + 1, device=idx.device, dtype=latents.dtype)
+    starts = torch.searchsorted(latents, bounds).to(torch.int32)
+    seg = Segments(order, latents.to(torch.int32), rows, starts)
+    _last = (idx, idx._version, n_latents, seg)
+    return seg
+
+
+def clear_cache() -> None:
+    global _last
+    _last = None

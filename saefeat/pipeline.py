@@ -1,0 +1,142 @@
+"""The pipeline steps with their catalog bookkeeping: harvest -> train -> index.
+
+Each function takes a typed spec and returns what it made; the CLI, the API's job
+runner and the tests all call these.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from sqlalchemy import select
+
+from saefeat.config import Settings, get_settings
+from saefeat.errors import NotFoundError
+from saefeat.features.records import FeatureIndex
+from saefeat.sae import read_config
+from saefeat.specs import HarvestSpec, IndexSpec, TrainSpec
+from saefeat.storage import catalog
+from saefeat.storage.activations import ActivationSet
+from saefeat.storage.catalog import models as m
+from saefeat.training.trainer import TrainResult, open_complete_set, train_sae
+from saefeat.workers.harvest import HarvestResult, harvest
+from saefeat.workers.index import index_sae
+
+
+@contextmanager
+def catalog_session(settings: Settings):
+    catalog.upgrade(settings.db_url)
+    engine = catalog.make_engine(settings.db_url)
+    try:
+        with catalog.make_sessionmaker(engine)() as session:
+            yield session
+    finally:
+        engine.dispose()
+
+
+def record_activation_set(settings: Settings, aset: ActivationSet) -> None:
+    """Mirror a finished set and its shard commits into the catalog."""
+    with catalog_session(settings) as s:
+        lm = s.scalar(select(m.LanguageModel).where(m.LanguageModel.name == aset.model_name))
+        if lm is None:
+            lm = m.LanguageModel(
+                name=aset.model_name,
+                revision=aset.spec.get("revision"),
+                d_model=aset.d_model,
+                n_layers=0,
+            )
+            s.add(lm)
+            s.flush()
+        row = s.get(m.ActivationSet, aset.id) or m.ActivationSet(id=aset.id)
+        row.model_id = lm.id
+        row.hook_names = aset.hooks
+        row.ctx_len = aset.ctx_len
+        row.n_contexts = aset.n_contexts
+        row.n_tokens = aset.n_tokens
+        row.dtype = aset.storage_dtype
+        row.path = str(aset.path)
+        row.status = aset.status
+        row.stats = {h: {k: v for k, v in st.items() if k not in ("mean", "var")}
+                     for h, st in (aset.stats or {}).items()}  # fmt: skip
+        s.merge(row)
+        s.flush()
+        have = {sh.shard_index for sh in s.scalars(
+            select(m.ActivationShard).where(m.ActivationShard.set_id == aset.id))}  # fmt: skip
+        for shard in aset.committed_shards():
+            if shard not in have:
+                c = aset.commit_record(shard)
+                s.add(m.ActivationShard(set_id=aset.id, shard_index=shard, rows=c.rows,
+                                        checksum=str(c.checksums)))  # fmt: skip
+        s.commit()
+
+
+def run_harvest(
+    spec: HarvestSpec,
+    *,
+    settings: Settings | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> HarvestResult:
+    settings = settings or get_settings()
+    result = harvest(spec, settings=settings, progress=progress)
+    record_activation_set(settings, result.activation_set)
+    return result
+
+
+def run_train(
+    spec: TrainSpec,
+    *,
+    settings: Settings | None = None,
+    progress: Callable[[int, int, float], None] | None = None,
+) -> TrainResult:
+    settings = settings or get_settings()
+    result = train_sae(spec, settings=settings, progress=progress)
+    cfg = result.sae.cfg
+    with catalog_session(settings) as s:
+        catalog.register_sae(
+            s,
+            sae_id=result.sae_id,
+            name=spec.name or f"{cfg.hook} topk-{cfg.d_sae}-k{cfg.k}",
+            model_name=cfg.model or "",
+            hook_name=cfg.hook or "",
+            architecture=cfg.architecture,
+            d_in=cfg.d_in,
+            d_sae=cfg.d_sae,
+            k=cfg.k,
+            cfg={"train_spec": spec.model_dump(mode="json")},
+            metrics={k: v for k, v in result.metrics.items() if k != "density_histogram"}
+            | {"density_histogram": result.metrics["density_histogram"]},
+            checkpoint_path=str(result.checkpoint),
+            activation_set_id=spec.activation_set,
+        )
+        s.commit()
+    return result
+
+
+@dataclass
+class IndexRunResult:
+    index: FeatureIndex
+    seconds: float
+
+
+def run_index(
+    spec: IndexSpec,
+    *,
+    settings: Settings | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> IndexRunResult:
+    settings = settings or get_settings()
+    sae_path = settings.saes_dir / spec.sae
+    try:
+        cfg = read_config(sae_path)
+    except NotFoundError:
+        raise NotFoundError(f"no trained SAE {spec.sae!r} under {settings.saes_dir}") from None
+    aset = open_complete_set(settings, cfg.activation_set)
+    result = index_sae(spec, sae_path=sae_path, aset=aset, settings=settings, progress=progress)
+    with catalog_session(settings) as s:
+        catalog.write_feature_index(s, spec.sae, result.index)
+        s.commit()
+    return IndexRunResult(result.index, result.seconds)
+
+

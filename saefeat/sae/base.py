@@ -1,0 +1,165 @@
+"""The SAE interface, its config, and the checkpoint format every architecture shares.
+
+A checkpoint is a folder: `cfg.json` + `sae.safetensors` with W_enc [d_in, d_sae],
+b_enc [d_sae], W_dec [d_sae, d_in], b_dec [d_in] (+ `threshold` for JumpReLU), in the
+model's own activation units: any input normalisation is folded into the weights.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from saefeat.errors import NotFoundError, SpecError
+
+FORMAT_VERSION = 1
+_REGISTRY: dict[str, type[SparseAutoencoder]] = {}
+
+
+def register(name: str):
+    """Class decorator: the name is what `architecture` holds in cfg.json."""
+
+    def wrap(cls: type[SparseAutoencoder]) -> type[SparseAutoencoder]:
+        cls.architecture = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return wrap
+
+
+def architectures() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+@dataclass
+class SAEConfig:
+    d_in: int
+    d_sae: int
+    architecture: str = "topk"
+    k: int | None = 32
+    model: str | None = None
+    hook: str | None = None
+    activation_set: str | None = None
+    format_version: int = FORMAT_VERSION
+    extra: dict = field(default_factory=dict)  # architecture-specific settings
+
+    def validate(self) -> None:
+        if self.architecture not in _REGISTRY:
+            raise SpecError(
+                f"unknown architecture {self.architecture!r}; known: {architectures()}",
+                field="architecture",
+            )
+        if self.d_in <= 0 or self.d_sae <= 0:
+            raise SpecError(f"d_in and d_sae must be > 0, got {self.d_in}, {self.d_sae}")
+        if self.k is not None and not 0 < self.k < self.d_sae:
+            raise SpecError(f"k must be in 1..d_sae-1 ({self.d_sae - 1}), got {self.k}", field="k")
+
+
+class SAEOutput(NamedTuple):
+    x_hat: torch.Tensor  # [B, d_in]
+    vals: torch.Tensor  # [B, k] latent activations
+    idx: torch.Tensor  # [B, k] latent ids
+
+
+class SparseAutoencoder(nn.Module):
+    architecture = "base"
+
+    def __init__(self, cfg: SAEConfig):
+        super().__init__()
+        cfg.validate()
+        self.cfg = cfg
+        d_in, d_sae = cfg.d_in, cfg.d_sae
+        self.W_enc = nn.Parameter(torch.empty(d_in, d_sae))
+        self.b_enc = nn.Parameter(torch.zeros(d_sae))
+        self.W_dec = nn.Parameter(torch.empty(d_sae, d_in))
+        self.b_dec = nn.Parameter(torch.zeros(d_in))
+        self.init_weights()
+
+    @torch.no_grad()
+    def init_weights(self, decoder_norm: float = 1.0) -> None:
+        """Decoder rows random at `decoder_norm`, encoder their transpose (sparsify/OpenAI)."""
+        w = torch.randn_like(self.W_dec)
+        self.W_dec.copy_(w / w.norm(dim=1, keepdim=True) * decoder_norm)
+        self.W_enc.copy_(self.W_dec.t())
+
+    # Subclasses implement encode(x) -> (vals, idx); decode is shared.
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def decode(self, vals: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        from saefeat.kernels import sparse_decode
+
+        return sparse_decode(idx, vals, self.W_dec, self.b_dec)
+
+    def forward(self, x: torch.Tensor) -> SAEOutput:
+        vals, idx = self.encode(x)
+        return SAEOutput(self.decode(vals, idx), vals, idx)
+
+    def dense_activations(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, d_sae] latent activations (for analysis on small batches)."""
+        vals, idx = self.encode(x)
+        out = torch.zeros(x.shape[0], self.cfg.d_sae, dtype=vals.dtype, device=x.device)
+        return out.scatter_(1, idx, vals)
+
+    @torch.no_grad()
+    def fold_input_scale(self, scale: float) -> None:
+        """Make an SAE trained on x * scale act on raw x with identical latents."""
+        self.W_enc.mul_(scale)
+        self.W_dec.div_(scale)
+        self.b_dec.div_(scale)
+
+    @torch.no_grad()
+    def set_decoder_norm_to_unit(self) -> None:
+        self.W_dec.div_(self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12))
+
+    # ---- checkpoints ----------------------------------------------------------------
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().float().cpu().contiguous() for k, v in self.state_dict().items()}
+
+    def save(self, path: Path, *, overwrite: bool = False) -> Path:
+        """Write the checkpoint folder atomically (temp folder, then rename)."""
+        path = Path(path)
+        if path.exists() and not overwrite:
+            raise SpecError(f"{path} exists; refusing to overwrite a checkpoint", field="out")
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        save_file(self.tensors(), str(tmp / "sae.safetensors"))
+        (tmp / "cfg.json").write_text(json.dumps(asdict(self.cfg), indent=2))
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+        return path
+
+
+def read_config(path: Path) -> SAEConfig:
+    path = Path(path)
+    cfg_file = path / "cfg.json"
+    if not cfg_file.is_file():
+        raise NotFoundError(f"no SAE checkpoint at {path} (cfg.json missing)")
+    raw = json.loads(cfg_file.read_text())
+    version = raw.get("format_version", 0)
+    if version > FORMAT_VERSION:
+        raise SpecError(
+            f"{path} was written by a newer saefeat (format {version} > {FORMAT_VERSION})",
+            field="checkpoint",
+        )
+    known = set(SAEConfig.__dataclass_fields__)
+    return SAEConfig(**{k: v for k, v in raw.items() if k in known})
+
+
+def load_sae(path: Path, device: str | torch.device = "cpu") -> SparseAutoencoder:
+    cfg = read_config(path)
+    cfg.validate()
+    sae = _REGISTRY[cfg.architecture](cfg)
+    sae.load_state_dict(load_file(str(Path(path) / "sae.safetensors")))
+    return sae.to(device)

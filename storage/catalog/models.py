@@ -1,0 +1,296 @@
+"""The catalog's tables as SQLAlchemy 2 typed ORM classes.
+
+Portable between SQLite and PostgreSQL: JSON columns use the generic `JSON` type, times
+are timezone-aware UTC, and every constraint has a fixed name (the naming convention) so
+Alembic batch migrations on SQLite can find it again. Any change here needs an Alembic
+revision in `migrations/versions/`; `tests/catalog` checks the two agree.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    CheckConstraint,
+    DateTime,
+    ForeignKey,
+    Index,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
+EXAMPLE_KINDS = ("top", "quantile")
+VOCAB_SIDES = ("top", "bottom")
+LABEL_SOURCES = ("human", "auto")
+API_SCOPES = ("read", "label", "admin")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC on the way in and out; SQLite forgets the zone, so re-attach it."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        return value
+
+
+def _check_in(column: str, values: tuple[str, ...]) -> str:
+    allowed = ", ".join(f"'{v}'" for v in values)
+    return f"{column} IN ({allowed})"
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON, datetime: UTCDateTime}
+
+
+class LanguageModel(Base):
+    __tablename__ = "language_models"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(300))
+    revision: Mapped[str | None] = mapped_column(String(100))
+    d_model: Mapped[int]
+    n_layers: Mapped[int]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    __table_args__ = (UniqueConstraint("name", "revision"),)
+
+
+class Corpus(Base):
+    __tablename__ = "corpora"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(300), unique=True)
+    spec: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class Job(Base):
+    """A unit of long work. The row is the truth; the runner only reports into it."""
+
+    __tablename__ = "jobs"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    kind: Mapped[str] = mapped_column(String(50))
+    spec: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    spec_hash: Mapped[str] = mapped_column(String(64), index=True)
+    status: Mapped[str] = mapped_column(String(20), default="queued")
+    progress_done: Mapped[int] = mapped_column(default=0)
+    progress_total: Mapped[int | None]
+    rate: Mapped[float | None]  # units of progress per second
+    error: Mapped[str | None] = mapped_column(Text)
+    idempotency_key: Mapped[str | None] = mapped_column(String(200), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+    __table_args__ = (
+        CheckConstraint(_check_in("status", JOB_STATUSES), name="status"),
+        Index(None, "status", "created_at"),
+    )
+
+
+class ActivationSet(Base):
+    """One Zarr group of harvested activations; the id is the hash of its spec."""
+
+    __tablename__ = "activation_sets"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("language_models.id"))
+    hook_names: Mapped[list[Any]]
+    ctx_len: Mapped[int]
+    n_contexts: Mapped[int] = mapped_column(default=0)
+    n_tokens: Mapped[int] = mapped_column(default=0)
+    dtype: Mapped[str] = mapped_column(String(20))
+    path: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(20), default="writing")
+    stats: Mapped[dict[str, Any] | None]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    model: Mapped[LanguageModel] = relationship()
+    shards: Mapped[list[ActivationShard]] = relationship(
+        back_populates="activation_set",
+        cascade="all, delete-orphan",
+        passive_deletes=True,
+        order_by="ActivationShard.shard_index",
+    )
+
+
+class ActivationShard(Base):
+    """Commit record of one shard: a shard without a row here does not exist for readers."""
+
+    __tablename__ = "activation_shards"
+
+    set_id: Mapped[str] = mapped_column(
+        ForeignKey("activation_sets.id", ondelete="CASCADE"), primary_key=True
+    )
+    shard_index: Mapped[int] = mapped_column(primary_key=True)
+    rows: Mapped[int]
+    checksum: Mapped[str] = mapped_column(String(128))
+    committed_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    activation_set: Mapped[ActivationSet] = relationship(back_populates="shards")
+
+
+class SAE(Base):
+    __tablename__ = "saes"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(300))
+    # SET NULL: deleting harvested activations must not delete a trained SAE.
+    activation_set_id: Mapped[str | None] = mapped_column(
+        ForeignKey("activation_sets.id", ondelete="SET NULL")
+    )
+    model_name: Mapped[str] = mapped_column(String(300))
+    hook_name: Mapped[str] = mapped_column(String(200))
+    architecture: Mapped[str] = mapped_column(String(50))
+    d_in: Mapped[int]
+    d_sae: Mapped[int]
+    k: Mapped[int | None]
+    cfg: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    checkpoint_path: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    features: Mapped[list[Feature]] = relationship(
+        back_populates="sae", cascade="all, delete-orphan", passive_deletes=True
+    )
+
+
+class Feature(Base):
+    """One SAE latent. Rows keep their id across re-indexing so labels stay attached."""
+
+    __tablename__ = "features"
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    sae_id: Mapped[str] = mapped_column(ForeignKey("saes.id", ondelete="CASCADE"))
+    index: Mapped[int] = mapped_column("index")
+    density: Mapped[float]
+    max_activation: Mapped[float]
+    mean_activation: Mapped[float]
+    histogram: Mapped[dict[str, Any] | None]  # {"edges": [...], "counts": [...]}
+
+    sae: Mapped[SAE] = relationship(back_populates="features")
+
+    __table_args__ = (
+        UniqueConstraint("sae_id", "index"),
+        Index(None, "sae_id", "density"),
+        Index(None, "sae_id", "max_activation"),
+    )
+
+
+class FeatureExample(Base):
+    __tablename__ = "feature_examples"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    feature_id: Mapped[int] = mapped_column(ForeignKey("features.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(20))
+    rank: Mapped[int]
+    activation: Mapped[float]
+    context_index: Mapped[int]
+    position: Mapped[int]
+    focus: Mapped[int]
+    token_ids: Mapped[list[Any]]
+    token_strs: Mapped[list[Any]]
+    values: Mapped[list[Any]] = mapped_column("values")
+
+    __table_args__ = (
+        CheckConstraint(_check_in("kind", EXAMPLE_KINDS), name="kind"),
+        Index(None, "feature_id", "kind", "rank"),
+    )
+
+
+class VocabToken(Base):
+    """One entry of a feature's vocabulary projection (decoder row through the unembedding)."""
+
+    __tablename__ = "vocab_tokens"
+
+    feature_id: Mapped[int] = mapped_column(
+        ForeignKey("features.id", ondelete="CASCADE"), primary_key=True
+    )
+    side: Mapped[str] = mapped_column(String(10), primary_key=True)
+    rank: Mapped[int] = mapped_column(primary_key=True)
+    token_id: Mapped[int]
+    token_str: Mapped[str] = mapped_column(String(200))
+    value: Mapped[float]
+
+    __table_args__ = (
+        CheckConstraint(_check_in("side", VOCAB_SIDES), name="side"),
+        # Search is "which features have this token on this side".
+        Index(None, "token_str", "side"),
+    )
+
+
+class Neighbour(Base):
+    __tablename__ = "neighbours"
+
+    feature_id: Mapped[int] = mapped_column(
+        ForeignKey("features.id", ondelete="CASCADE"), primary_key=True
+    )
+    rank: Mapped[int] = mapped_column(primary_key=True)
+    neighbour_feature_id: Mapped[int] = mapped_column(ForeignKey("features.id", ondelete="CASCADE"))
+    cosine: Mapped[float]
+
+
+class Label(Base):
+    """A description of a feature. Never updated: a new opinion is a new row."""
+
+    __tablename__ = "labels"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    feature_id: Mapped[int] = mapped_column(
+        ForeignKey("features.id", ondelete="CASCADE"), index=True
+    )
+    text: Mapped[str] = mapped_column(Text)
+    source: Mapped[str] = mapped_column(String(10))
+    author: Mapped[str | None] = mapped_column(String(200))
+    score: Mapped[float | None]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    __table_args__ = (CheckConstraint(_check_in("source", LABEL_SOURCES), name="source"),)
+
+
+class ApiKey(Base):
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)  # sha256 hex
+    prefix: Mapped[str] = mapped_column(String(8))  # shown to people to tell keys apart
+    scopes: Mapped[list[Any]]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    revoked_at: Mapped[datetime | None]

@@ -1,0 +1,236 @@
+"""Read functions over the catalog: what the API, the CLI and the pages ask for.
+
+Lists are keyset-paginated: a page is `limit` rows after the cursor's sort key, so pages
+stay consistent and cheap however deep one goes (no OFFSET scans).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Generic, Literal, TypeVar
+
+from sqlalchemy import ColumnElement, and_, func, or_, select
+from sqlalchemy.orm import Session
+
+from saefeat.errors import NotFoundError, SpecError
+from saefeat.storage.catalog.cursor import Cursor, decode_cursor, encode_cursor
+from saefeat.storage.catalog.models import SAE, VOCAB_SIDES, Feature, FeatureExample, VocabToken
+
+T = TypeVar("T")
+FeatureSort = Literal["max_activation", "density"]
+SortOrder = Literal["asc", "desc"]
+Side = Literal["top", "bottom"]
+FEATURE_SORTS: tuple[str, ...] = ("max_activation", "density")
+MAX_PAGE = 500
+# Tokenizers spell a leading space differently: decoded text " cat", byte-level BPE
+# (GPT-2, Llama 3, SmolLM) "Ġcat", SentencePiece (Llama 2, Gemma) "▁cat".
+SPACE_MARKERS = (" ", "Ġ", "▁")
+
+
+@dataclass
+class Page(Generic[T]):
+    items: list[T]
+    next_cursor: str | None
+
+
+@dataclass
+class TokenMatch:
+    """A feature whose vocabulary projection holds the searched token."""
+
+    feature: Feature
+    token_str: str  # the spelling that matched
+    token_id: int
+    rank: int  # position in the feature's top or bottom list (0 = strongest)
+    value: float
+
+
+def _check_limit(limit: int) -> None:
+    if not 1 <= limit <= MAX_PAGE:
+        raise SpecError(f"is {limit}; use 1..{MAX_PAGE}", field="limit")
+
+
+def list_saes(session: Session, *, limit: int = 100, cursor: str | None = None) -> Page[SAE]:
+    """SAEs in id order."""
+    _check_limit(limit)
+    query = select(SAE).order_by(SAE.id).limit(limit + 1)
+    if cursor is not None:
+        (after,) = decode_cursor(cursor, "saes", (str,)).key
+        query = query.where(SAE.id > after)
+    rows = list(session.scalars(query))
+    more = len(rows) > limit
+    rows = rows[:limit]
+    token = encode_cursor(Cursor("saes", (rows[-1].id,))) if more else None
+    return Page(rows, token)
+
+
+def get_sae(session: Session, sae_id: str) -> SAE:
+    sae = session.get(SAE, sae_id)
+    if sae is None:
+        raise NotFoundError(
+            f"no SAE with id {sae_id!r}; GET /v1/saes lists the SAEs in the catalog",
+            field="sae_id",
+        )
+    return sae
+
+
+def count_features(session: Session, sae_id: str) -> int:
+    return session.scalar(select(func.count()).where(Feature.sae_id == sae_id)) or 0
+
+
+def list_features(
+    session: Session,
+    sae_id: str,
+    *,
+    sort: FeatureSort = "max_activation",
+    order: SortOrder = "desc",
+    min_density: float | None = None,
+    max_density: float | None = None,
+    limit: int = 50,
+    cursor: str | None = None,
+) -> Page[Feature]:
+    """Features of one SAE, sorted by `sort` then by index (ascending, as a tie-break)."""
+    get_sae(session, sae_id)
+    if sort not in FEATURE_SORTS:
+        raise SpecError(f"is {sort!r}; use one of {list(FEATURE_SORTS)}", field="sort")
+    if order not in ("asc", "desc"):
+        raise SpecError(f"is {order!r}; use 'asc' or 'desc'", field="order")
+    _check_limit(limit)
+    if min_density is not None and max_density is not None and min_density > max_density:
+        raise SpecError(
+            f"{min_density} is above max_density={max_density}; no feature can match",
+            field="min_density",
+        )
+    column = getattr(Feature, sort)
+    ordering = f"{sort}:{order}"
+    query = select(Feature).where(Feature.sae_id == sae_id)
+    if min_density is not None:
+        query = query.where(Feature.density >= min_density)
+    if max_density is not None:
+        query = query.where(Feature.density <= max_density)
+    if cursor is not None:
+        value, index = decode_cursor(cursor, ordering, (float, int)).key
+        beyond = column < value if order == "desc" else column > value
+        query = query.where(or_(beyond, and_(column == value, Feature.index > index)))
+    primary = column.desc() if order == "desc" else column.asc()
+    query = query.order_by(primary, Feature.index.asc()).limit(limit + 1)
+    rows = list(session.scalars(query))
+    more = len(rows) > limit
+    rows = rows[:limit]
+    token = None
+    if more:
+        last = rows[-1]
+        token = encode_cursor(Cursor(ordering, (getattr(last, sort), last.index)))
+    return Page(rows, token)
+
+
+def get_feature(session: Session, sae_id: str, index: int) -> Feature:
+    sae = get_sae(session, sae_id)
+    if not 0 <= index < sae.d_sae:
+        raise NotFoundError(
+            f"SAE {sae_id!r} has features 0..{sae.d_sae - 1}; {index} is not one of them",
+            field="index",
+        )
+    feature = session.scalar(
+        select(Feature).where(Feature.sae_id == sae_id, Feature.index == index)
+    )
+    if feature is None:
+        raise NotFoundError(
+            f"SAE {sae_id!r} has not been indexed yet; run the index step for it first",
+            field="index",
+        )
+    return feature
+
+
+def feature_examples(session: Session, feature_id: int) -> list[FeatureExample]:
+    """Top examples by rank, then quantile samples by rank."""
+    top_first = (FeatureExample.kind != "top").asc()
+    query = (
+        select(FeatureExample)
+        .where(FeatureExample.feature_id == feature_id)
+        .order_by(top_first, FeatureExample.kind, FeatureExample.rank)
+    )
+    return list(session.scalars(query))
+
+
+def feature_projection(session: Session, feature_id: int) -> dict[str, list[VocabToken]]:
+    """{"top": [...], "bottom": [...]}, each by rank."""
+    query = (
+        select(VocabToken)
+        .where(VocabToken.feature_id == feature_id)
+        .order_by(VocabToken.side, VocabToken.rank)
+    )
+    sides: dict[str, list[VocabToken]] = {side: [] for side in VOCAB_SIDES}
+    for token in session.scalars(query):
+        sides[token.side].append(token)
+    return sides
+
+
+def token_variants(token: str, *, exact: bool = False) -> list[str]:
+    """Spellings that count as the same token: the string itself, and the same word with
+    no leading-space marker or with each of " ", "Ġ", "▁". One leading marker is stripped
+    from the query first, so "cat", " cat", "Ġcat" and "▁cat" all find the same features.
+    """
+    if exact:
+        return [token]
+    core = token[1:] if len(token) > 1 and token[0] in SPACE_MARKERS else token
+    return list(dict.fromkeys([token, core, *(marker + core for marker in SPACE_MARKERS)]))
+
+
+def search_by_token(
+    session: Session,
+    token: str,
+    *,
+    sae_id: str | None = None,
+    side: Side = "top",
+    exact: bool = False,
+    limit: int = 50,
+    cursor: str | None = None,
+) -> Page[TokenMatch]:
+    """Features whose `side` projection list holds `token` (see `token_variants`), strongest
+    first: by value descending for "top", ascending (most negative) for "bottom"."""
+    if side not in VOCAB_SIDES:
+        raise SpecError(f"is {side!r}; use one of {list(VOCAB_SIDES)}", field="side")
+    if not token:
+        raise SpecError("must not be empty", field="token")
+    _check_limit(limit)
+    if sae_id is not None:
+        get_sae(session, sae_id)
+    strongest_first = VocabToken.value.desc() if side == "top" else VocabToken.value.asc()
+    matches = select(
+        VocabToken.feature_id,
+        VocabToken.token_str,
+        VocabToken.token_id,
+        VocabToken.rank,
+        VocabToken.value,
+        # A feature can hold several spellings ("cat" and "Ġcat"): keep its strongest.
+        func.row_number()
+        .over(partition_by=VocabToken.feature_id, order_by=strongest_first)
+        .label("nth"),
+    ).where(VocabToken.token_str.in_(token_variants(token, exact=exact)), VocabToken.side == side)
+    if sae_id is not None:
+        matches = matches.join(Feature, Feature.id == VocabToken.feature_id).where(
+            Feature.sae_id == sae_id
+        )
+    best = matches.subquery()
+    ordering = f"search:{side}"
+    query = (
+        select(Feature, best.c.token_str, best.c.token_id, best.c.rank, best.c.value)
+        .join(best, best.c.feature_id == Feature.id)
+        .where(best.c.nth == 1)
+    )
+    if cursor is not None:
+        value, feature_id = decode_cursor(cursor, ordering, (float, int)).key
+        beyond: ColumnElement[bool] = (
+            best.c.value < value if side == "top" else best.c.value > value
+        )
+        query = query.where(or_(beyond, and_(best.c.value == value, Feature.id > feature_id)))
+    primary = best.c.value.desc() if side == "top" else best.c.value.asc()
+    query = query.order_by(primary, Feature.id.asc()).limit(limit + 1)
+    rows = [TokenMatch(*row) for row in session.execute(query)]
+    more = len(rows) > limit
+    rows = rows[:limit]
+    token_out = None
+    if more:
+        last = rows[-1]
+        token_out = encode_cursor(Cursor(ordering, (last.value, last.feature.id)))
+    return Page(rows, token_out)

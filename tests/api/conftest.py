@@ -1,0 +1,111 @@
+"""API fixtures: the real app on a SQLite file in tmp_path, with a seeded catalog and keys."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from sqlalchemy.orm import Session
+
+from saefeat.api.app import create_app
+from saefeat.config import Settings
+from saefeat.features.records import FeatureIndex
+from saefeat.storage.catalog.db import upgrade
+from saefeat.storage.catalog.demo import synthetic_feature_index
+from saefeat.storage.catalog.keys import create_api_key, revoke_api_key, verify_api_key
+from saefeat.storage.catalog.registry import register_sae
+from saefeat.storage.catalog.writer import write_feature_index
+
+
+@pytest.fixture(scope="session")
+def migrated_template(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("api-template") / "catalog.db"
+    upgrade(f"sqlite:///{path}")
+    return path
+
+
+@pytest.fixture
+def make_settings(tmp_path, migrated_template) -> Callable[..., Settings]:
+    """make_settings(**overrides): settings for a fresh, migrated SQLite catalog."""
+    path = tmp_path / "catalog.db"
+    shutil.copyfile(migrated_template, path)
+
+    def make(**overrides) -> Settings:
+        values = {
+            "home": tmp_path,
+            "database_url": f"sqlite:///{path}",
+            "require_read_key": False,
+            "bootstrap_api_key": None,
+        }
+        return Settings(**(values | overrides))
+
+    return make
+
+
+@pytest.fixture
+def app(make_settings) -> FastAPI:
+    return create_app(make_settings())
+
+
+@pytest.fixture
+def client(app) -> Iterator[TestClient]:
+    with TestClient(app) as client:
+        yield client
+
+
+@pytest.fixture
+def db(app) -> Iterator[Session]:
+    with app.state.sessionmaker() as session:
+        yield session
+
+
+@dataclass
+class Seeded:
+    indexes: dict[str, FeatureIndex]  # sae id -> what was written
+
+
+def seed_catalog(session: Session) -> Seeded:
+    indexes = {}
+    for sae_id, d_sae, seed in (("sae-a", 57, 1), ("sae-b", 8, 2)):
+        register_sae(
+            session,
+            sae_id=sae_id,
+            name=f"SmolLM2 L6 {sae_id}",
+            model_name="SmolLM2-135M-Instruct",
+            hook_name="blocks.6.hook_resid_post",
+            architecture="topk",
+            d_in=576,
+            d_sae=d_sae,
+            k=8,
+            cfg={"k": 8},
+            metrics={"fvu": 0.21, "l0": 8.0},
+        )
+        session.commit()
+        index = synthetic_feature_index(d_sae, n_examples=4, n_quantile=2, seed=seed)
+        write_feature_index(session, sae_id, index)
+        indexes[sae_id] = index
+    return Seeded(indexes)
+
+
+@pytest.fixture
+def catalog(db) -> Seeded:
+    return seed_catalog(db)
+
+
+@pytest.fixture
+def keys(db) -> dict[str, str]:
+    """Plaintext keys by role: label, read, admin, none (no useful scope), revoked."""
+    made = {
+        "label": create_api_key(db, "labeller", ["label"]),
+        "read": create_api_key(db, "reader", ["read"]),
+        "admin": create_api_key(db, "admin", ["admin"]),
+        "revoked": create_api_key(db, "gone", ["label"]),
+    }
+    revoke_api_key(db, verify_api_key(db, made["revoked"]).id)
+    db.commit()
+    return made

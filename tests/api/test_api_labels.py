@@ -1,0 +1,166 @@
+"""Labels over HTTP: keys and scopes, validation, history and the current-label rule."""
+
+from __future__ import annotations
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import select
+
+from saefeat.api.app import create_app
+from saefeat.storage.catalog.models import ApiKey
+
+URL = "/v1/saes/sae-a/features/3/labels"
+PROBLEM = "application/problem+json"
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def _problem(response, status: int) -> dict:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith(PROBLEM)
+    return response.json()
+
+
+def test_without_a_key_is_401_with_a_bearer_challenge(client, catalog):
+    body = _problem(client.post(URL, json={"text": "dogs"}), 401)
+    assert "Authorization: Bearer" in body["detail"]
+    assert client.post(URL, json={"text": "dogs"}).headers["www-authenticate"].startswith("Bearer")
+    # A non-Bearer scheme is no key at all.
+    assert (
+        client.post(URL, json={"text": "dogs"}, headers={"Authorization": "Basic eDp5"}).status_code
+        == 401
+    )
+
+
+@pytest.mark.parametrize("which", ["unknown", "revoked"])
+def test_an_unknown_or_revoked_key_is_401(client, catalog, keys, which):
+    key = "sfk_" + "x" * 32 if which == "unknown" else keys["revoked"]
+    response = client.post(URL, json={"text": "dogs"}, headers=bearer(key))
+    body = _problem(response, 401)
+    assert "unknown or revoked" in body["detail"]
+    assert 'error="invalid_token"' in response.headers["www-authenticate"]
+
+
+def test_a_key_without_the_label_scope_is_403(client, catalog, keys):
+    body = _problem(client.post(URL, json={"text": "dogs"}, headers=bearer(keys["read"])), 403)
+    assert '"label"' in body["detail"] and "reader" in body["detail"]
+
+
+def test_auth_is_checked_before_the_body(client, catalog):
+    assert client.post(URL, json={"text": ""}).status_code == 401
+
+
+def test_a_label_key_adds_a_label(client, catalog, keys):
+    response = client.post(
+        URL, json={"text": "  Python keywords  ", "score": 0.5}, headers=bearer(keys["label"])
+    )
+    assert response.status_code == 201, response.text
+    label = response.json()
+    assert label["text"] == "Python keywords"  # trimmed
+    assert label["source"] == "human" and label["score"] == 0.5
+    assert label["author"] == "labeller"  # the key's name when no author is given
+    assert client.get("/v1/saes/sae-a/features/3").json()["label"] == label
+    listed = client.get("/v1/saes/sae-a/features?limit=500").json()["items"]
+    assert [f["label"] for f in listed if f["index"] == 3] == ["Python keywords"]
+
+
+def test_admin_keys_can_label(client, catalog, keys):
+    headers = bearer(keys["admin"])
+    assert (
+        client.post(URL, json={"text": "x", "author": "carol"}, headers=headers).json()["author"]
+        == "carol"
+    )
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({}, "text"),
+        ({"text": ""}, "text"),
+        ({"text": "   "}, "text"),
+        ({"text": "x" * 501}, "text"),
+        ({"text": "ok", "source": "robot"}, "source"),
+        ({"text": "ok", "score": "high"}, "score"),
+        ({"text": "ok", "colour": "red"}, "colour"),
+    ],
+)
+def test_bad_label_bodies_are_422_naming_the_field(client, catalog, keys, body, field):
+    problem = _problem(client.post(URL, json=body, headers=bearer(keys["label"])), 422)
+    assert [e["field"] for e in problem["errors"]] == [field]
+    assert problem["errors"][0]["location"] == "body"
+
+
+def test_malformed_json_is_422(client, catalog, keys):
+    headers = bearer(keys["label"]) | {"Content-Type": "application/json"}
+    problem = _problem(client.post(URL, content=b"{not json", headers=headers), 422)
+    assert problem["errors"][0]["field"] == "body"
+
+
+def test_labelling_an_unknown_feature_is_404(client, catalog, keys):
+    headers = bearer(keys["label"])
+    _problem(
+        client.post("/v1/saes/sae-b/features/8/labels", json={"text": "x"}, headers=headers), 404
+    )
+    _problem(
+        client.post("/v1/saes/nope/features/0/labels", json={"text": "x"}, headers=headers), 404
+    )
+
+
+def test_history_is_kept_and_the_current_label_follows_the_rule(client, catalog, keys):
+    headers = bearer(keys["label"])
+
+    def post(**body):
+        response = client.post(URL, json=body, headers=headers)
+        assert response.status_code == 201, response.text
+        return response.json()["id"]
+
+    def current():
+        return client.get(URL).json()["current"]
+
+    assert client.get(URL).json() == {"items": [], "current": None}
+    weak = post(text="auto weak", source="auto", score=0.2)
+    strong = post(text="auto strong", source="auto", score=0.8)
+    post(text="auto newer but weaker", source="auto", score=0.5)
+    post(text="auto unscored", source="auto")
+    assert current()["id"] == strong
+    first_human = post(text="human one")
+    assert current()["id"] == first_human
+    post(text="auto best ever", source="auto", score=0.99)
+    assert current()["id"] == first_human  # a person's label beats any auto label
+    second_human = post(text="human two")
+    history = client.get(URL).json()["items"]
+    assert history[0]["id"] == second_human and history[-1]["id"] == weak
+    assert len(history) == 7
+    assert [h["created_at"] for h in history] == sorted(
+        (h["created_at"] for h in history), reverse=True
+    )
+    assert client.get("/v1/saes/sae-a/features/3").json()["label"]["text"] == "human two"
+
+
+def test_bootstrap_key_is_created_with_every_scope(make_settings, catalog, db):
+    settings = make_settings(bootstrap_api_key="operator-secret")
+    with TestClient(create_app(settings)) as client:
+        response = client.post(URL, json={"text": "x"}, headers=bearer("operator-secret"))
+        assert response.status_code == 201
+    with TestClient(create_app(settings)) as client:  # a restart does not duplicate it
+        assert (
+            client.post(URL, json={"text": "y"}, headers=bearer("operator-secret")).status_code
+            == 201
+        )
+    keys = db.scalars(select(ApiKey).where(ApiKey.name == "bootstrap")).all()
+    assert len(keys) == 1 and keys[0].scopes == ["read", "label", "admin"]
+
+
+def test_require_read_key_guards_reads(make_settings, catalog, keys):
+    with TestClient(create_app(make_settings(require_read_key=True))) as client:
+        assert client.get("/v1/health").status_code == 200  # probes need no key
+        _problem(client.get("/v1/saes"), 401)
+        _problem(client.get("/v1/saes/sae-a/features", headers=bearer(keys["label"])), 403)
+        assert client.get("/v1/saes", headers=bearer(keys["read"])).status_code == 200
+        assert client.get(URL, headers=bearer(keys["admin"])).status_code == 200
+        # Writing needs "label", not "read" as well.
+        assert (
+            client.post(URL, json={"text": "x"}, headers=bearer(keys["label"])).status_code == 201
+        )

@@ -1,0 +1,201 @@
+"""Listing, paging and searching features; the current-label rule."""
+
+from __future__ import annotations
+
+import itertools
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import pytest
+
+from saefeat.errors import NotFoundError, SpecError
+from saefeat.features.records import VocabProjection
+from saefeat.storage.catalog.cursor import InvalidCursorError
+from saefeat.storage.catalog.demo import synthetic_feature_index
+from saefeat.storage.catalog.labels import pick_current_label
+from saefeat.storage.catalog.models import Label
+from saefeat.storage.catalog.queries import (
+    get_feature,
+    list_features,
+    list_saes,
+    search_by_token,
+    token_variants,
+)
+from saefeat.storage.catalog.writer import write_feature_index
+
+D_SAE = 57  # odd, so the last page is partial
+
+
+@pytest.fixture
+def indexed(session, make_sae):
+    sae = make_sae(session, d_sae=D_SAE)
+    index = synthetic_feature_index(D_SAE, seed=11, dead_fraction=0.2)
+    # Coarse values make ties, which the cursor's tie-break on index must get right.
+    index.max_activation = np.round(index.max_activation / 3)
+    for sort in ("max_activation", "density"):
+        live = getattr(index, sort)[index.density > 0]
+        assert len(set(live.tolist())) < len(live), f"want ties in {sort}"
+    write_feature_index(session, sae.id, index)
+    return session, sae, index
+
+
+def _walk(fetch, limit: int) -> list:
+    items, cursor, pages = [], None, 0
+    while True:
+        page = fetch(limit=limit, cursor=cursor)
+        assert len(page.items) <= limit
+        items += page.items
+        pages += 1
+        cursor = page.next_cursor
+        if cursor is None:
+            return items
+        assert pages < 1000
+
+
+DENSITY_WINDOWS = [(None, None), (0.001, None), (None, 0.05), (0.0, 0.0)]
+
+
+def test_walking_every_page_yields_each_feature_once_in_order(indexed):
+    session, sae, index = indexed
+    for sort, order, (lo, hi) in itertools.product(
+        ("max_activation", "density"), ("desc", "asc"), DENSITY_WINDOWS
+    ):
+        case = f"sort={sort} order={order} density in [{lo}, {hi}]"
+        values = getattr(index, sort)
+        keep = [
+            i
+            for i in range(D_SAE)
+            if (lo is None or index.density[i] >= lo) and (hi is None or index.density[i] <= hi)
+        ]
+        sign = -1 if order == "desc" else 1
+        expected = sorted(keep, key=lambda i, v=values, s=sign: (s * v[i], i))
+
+        def fetch(s=sort, o=order, lo=lo, hi=hi, **page):
+            return list_features(
+                session, sae.id, sort=s, order=o, min_density=lo, max_density=hi, **page
+            )
+
+        assert [f.index for f in _walk(fetch, limit=7)] == expected, case
+        assert [f.index for f in fetch(limit=500).items] == expected, case
+
+
+def test_a_cursor_only_fits_the_ordering_it_came_from(indexed):
+    session, sae, _ = indexed
+    cursor = list_features(session, sae.id, sort="density", limit=5).next_cursor
+    with pytest.raises(InvalidCursorError, match="ordering 'density:desc'"):
+        list_features(session, sae.id, sort="max_activation", cursor=cursor)
+    for bad in ("x", "!!!", "eyJvIjoxfQ", cursor[:-3], "bnVsbA"):
+        with pytest.raises(InvalidCursorError) as caught:
+            list_features(session, sae.id, sort="density", cursor=bad)
+        assert caught.value.field == "cursor"
+
+
+def test_bad_list_arguments_name_their_field(indexed):
+    session, sae, _ = indexed
+    with pytest.raises(NotFoundError):
+        list_features(session, "nope")
+    for kwargs, field in [
+        ({"limit": 0}, "limit"),
+        ({"limit": 501}, "limit"),
+        ({"sort": "index"}, "sort"),
+        ({"order": "up"}, "order"),
+        ({"min_density": 0.5, "max_density": 0.1}, "min_density"),
+    ]:
+        with pytest.raises(SpecError) as caught:
+            list_features(session, sae.id, **kwargs)
+        assert caught.value.field == field
+
+
+def test_list_saes_pages_by_id(session, make_sae):
+    for name in ("c", "a", "b"):
+        make_sae(session, d_sae=4, sae_id=name)
+    assert [s.id for s in _walk(lambda **p: list_saes(session, **p), limit=2)] == ["a", "b", "c"]
+
+
+def test_get_feature_explains_a_missing_feature(session, make_sae):
+    sae = make_sae(session, d_sae=4)
+    with pytest.raises(NotFoundError, match="not been indexed"):
+        get_feature(session, sae.id, 0)
+    with pytest.raises(NotFoundError, match=r"0\.\.3"):
+        get_feature(session, sae.id, 4)
+
+
+def test_token_variants():
+    assert set(token_variants("cat")) == {"cat", " cat", "Ġcat", "▁cat"}
+    assert set(token_variants("Ġcat")) == {"cat", " cat", "Ġcat", "▁cat"}
+    assert set(token_variants(" ")) == {" ", "  ", "Ġ ", "▁ "}  # a bare space is a token
+    assert token_variants("Ġcat", exact=True) == ["Ġcat"]
+
+
+@pytest.fixture
+def searchable(session, make_sae):
+    """Two SAEs whose projections hold known spellings of "cat"."""
+    found = {}
+    for sae_id, seed in (("s1", 1), ("s2", 2)):
+        sae = make_sae(session, d_sae=30, sae_id=sae_id)
+        index = synthetic_feature_index(30, seed=seed, n_vocab=2)
+        rng = np.random.default_rng(seed)
+        for f in range(30):
+            spelling = ["cat", " cat", "Ġcat", "▁cat", "dog", "Ġcats"][f % 6]
+            value = float(np.round(rng.uniform(0.5, 3.0), 1))  # coarse: ties happen
+            both = f % 10 == 0  # two spellings in one list: the feature must appear once
+            top = [spelling, "Ġcat" if both else "zebra"]
+            index.projections[f] = VocabProjection(
+                f, [1, 2], top, [value, value / 2], [3], [spelling], [-value]
+            )
+            if spelling in ("cat", " cat", "Ġcat", "▁cat"):
+                found[(sae_id, f)] = value
+            elif both:
+                found[(sae_id, f)] = value / 2
+        write_feature_index(session, sae.id, index)
+    return session, found
+
+
+def test_search_finds_every_spelling_strongest_first(searchable):
+    session, found = searchable
+    for query in ("cat", "Ġcat", " cat"):
+        matches = _walk(lambda q=query, **p: search_by_token(session, q, **p), limit=4)
+        got = [(m.feature.sae_id, m.feature.index) for m in matches]
+        assert sorted(got) == sorted(found), query
+        assert len(got) == len(set(got))
+        values = [m.value for m in matches]
+        assert values == sorted(values, reverse=True)
+        assert all(m.token_str in token_variants("cat") for m in matches)
+
+
+def test_search_exact_side_and_sae_filters(searchable):
+    session, found = searchable
+    exact = search_by_token(session, "Ġcat", exact=True, limit=500).items
+    assert {m.token_str for m in exact} == {"Ġcat"}
+    only_s2 = _walk(lambda **p: search_by_token(session, "cat", sae_id="s2", **p), limit=3)
+    assert {(m.feature.sae_id, m.feature.index) for m in only_s2} == {
+        k for k in found if k[0] == "s2"
+    }
+    bottom = _walk(lambda **p: search_by_token(session, "dog", side="bottom", **p), limit=3)
+    assert [m.value for m in bottom] == sorted(m.value for m in bottom)  # most negative first
+    assert {m.feature.index % 6 for m in bottom} == {4}
+    assert search_by_token(session, "Ġcats", limit=500).items[0].token_str == "Ġcats"
+    with pytest.raises(NotFoundError):
+        search_by_token(session, "cat", sae_id="nope")
+    cursor = search_by_token(session, "cat", limit=1).next_cursor
+    with pytest.raises(InvalidCursorError):
+        search_by_token(session, "cat", side="bottom", cursor=cursor)
+
+
+def _label(id_: int, source: str, score: float | None = None, age_s: int = 0) -> Label:
+    created = datetime(2026, 1, 1, tzinfo=UTC) - timedelta(seconds=age_s)
+    return Label(
+        id=id_, feature_id=1, text=f"l{id_}", source=source, score=score, created_at=created
+    )
+
+
+def test_current_label_rule():
+    assert pick_current_label([]) is None
+    autos = [_label(1, "auto", 0.3), _label(2, "auto", 0.9, age_s=50), _label(3, "auto", None)]
+    assert pick_current_label(autos).id == 2  # best score, not newest
+    assert pick_current_label([*autos, _label(4, "auto", 0.9)]).id == 4  # tie: newest
+    humans = [_label(5, "human", age_s=100), _label(6, "human", age_s=10)]
+    assert pick_current_label(autos + humans).id == 6  # any human beats any auto
+    same_time = [_label(7, "human"), _label(8, "human")]
+    assert pick_current_label(same_time).id == 8  # equal clocks: the later row
+    assert pick_current_label([_label(9, "auto", None)]).id == 9

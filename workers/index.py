@@ -1,0 +1,148 @@
+"""Indexing: run an SAE over its activation set and build the feature catalog's content.
+
+Ray tasks each take a slice of the committed shards, run the SAE over whole contexts
+and return a FeatureAccumulator; the driver merges them, adds the vocabulary projection
+from the weights, and turns the tables into FeatureIndex records.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import ray
+import torch
+
+from saefeat.config import Settings, get_settings
+from saefeat.features.accumulate import HIST_EDGES, FeatureAccumulator
+from saefeat.features.records import FeatureExample, FeatureIndex
+from saefeat.features.vocab import token_strings, vocab_projections
+from saefeat.lm import cached_model, model_config_and_tokenizer
+from saefeat.sae import SparseAutoencoder, load_sae
+from saefeat.specs import IndexSpec
+from saefeat.storage.activations import ActivationSet
+from saefeat.workers.runtime import cpus_available, ensure_ray, gpus_available
+
+Progress = Callable[[int, int], None]
+
+
+def accumulate_shards(
+    sae_path: str, set_path: str, shards: list[int], spec_json: str, device: str
+) -> FeatureAccumulator:
+    """Run the SAE over some shards of the set (whole contexts at a time)."""
+    spec = IndexSpec.model_validate_json(spec_json)
+    sae = load_sae(Path(sae_path), device).eval()
+    aset = ActivationSet(Path(set_path))
+    acc = FeatureAccumulator(sae.cfg.d_sae, spec.n_examples, spec.window, device)
+    rows_per_batch = spec.batch_contexts * aset.ctx_len
+    with torch.inference_mode():
+        for s in shards:
+            x_all = aset.read_shard(s, sae.cfg.hook)
+            c0, _ = aset.shard_contexts(s)
+            for b in range(0, x_all.shape[0], rows_per_batch):
+                x = x_all[b : b + rows_per_batch].to(device)
+                vals, idx = sae.encode(x)
+                acc.add(vals, idx, first_context=c0 + b // aset.ctx_len, ctx_len=aset.ctx_len)
+    return acc
+
+
+_accumulate_task = ray.remote(max_retries=3)(accumulate_shards)
+
+
+@dataclass
+class IndexResult:
+    index: FeatureIndex
+    seconds: float
+
+
+def index_sae(
+    spec: IndexSpec,
+    *,
+    sae_path: Path,
+    aset: ActivationSet,
+    settings: Settings | None = None,
+    progress: Progress | None = None,
+) -> IndexResult:
+    settings = settings or get_settings()
+    t0 = time.perf_counter()
+    sae = load_sae(sae_path)
+    shards = aset.committed_shards()
+    ensure_ray(settings)
+    n_gpus = gpus_available()
+    device = spec.device or ("cuda" if n_gpus else "cpu")
+    n_tasks = min(len(shards), max(1, n_gpus) if device.startswith("cuda") else 1)
+    opts = {"num_gpus": 1} if device.startswith("cuda") else {"num_cpus": cpus_available()}
+    parts = [shards[i::n_tasks] for i in range(n_tasks)]
+    refs = [
+        _accumulate_task.options(**opts).remote(
+            str(sae_path), str(aset.path), part, spec.model_dump_json(), device
+        )
+        for part in parts
+    ]
+    acc: FeatureAccumulator | None = None
+    done = 0
+    while refs:
+        ready, refs = ray.wait(refs, num_returns=1)
+        part = ray.get(ready[0])
+        acc = part if acc is None else (acc.merge(part) or acc)
+        done += 1
+        if progress:
+            progress(done, n_tasks)
+    assert acc is not None
+    index = build_index(acc, sae, aset, spec)
+    return IndexResult(index, time.perf_counter() - t0)
+
+
+def build_index(
+    acc: FeatureAccumulator, sae: SparseAutoencoder, aset: ActivationSet, spec: IndexSpec
+) -> FeatureIndex:
+    acc = acc.to("cpu")
+    _, tokenizer = model_config_and_tokenizer(aset.model_name)
+    lm = cached_model(aset.model_name, "cpu")
+    W_U, norm_scale = lm.unembedding()
+    strings = token_strings(tokenizer, W_U.shape[0])
+    fires = acc.fires.numpy()
+    n = max(acc.n_tokens, 1)
+    examples = _examples(acc, aset, strings)
+    return FeatureIndex(
+        d_sae=sae.cfg.d_sae,
+        n_tokens=acc.n_tokens,
+        density=fires / n,
+        max_activation=acc.act_max.numpy(),
+        mean_activation=np.where(fires > 0, acc.act_sum.numpy() / np.maximum(fires, 1), 0.0),
+        examples=examples,
+        projections=vocab_projections(sae.W_dec.detach(), W_U, norm_scale, strings, spec.n_vocab),
+        histogram_edges=HIST_EDGES,
+        histograms=acc.hist.numpy(),
+    )
+
+
+def _examples(acc: FeatureAccumulator, aset: ActivationSet, strings: list[str]):
+    tokens = aset.tokens()
+    w = acc.window
+    held = (acc.top_vals > -float("inf")).nonzero().tolist()
+    out = []
+    for f, rank in held:
+        ctx, pos = int(acc.top_ctx[f, rank]), int(acc.top_pos[f, rank])
+        lo, hi = max(0, pos - w), min(aset.ctx_len, pos + w + 1)
+        ids = tokens[ctx, lo:hi].tolist()
+        window_vals = acc.top_window[f, rank, lo - (pos - w) : hi - (pos - w)].tolist()
+        out.append(
+            FeatureExample(
+                feature_index=f,
+                rank=rank,
+                activation=float(acc.top_vals[f, rank]),
+                context_index=ctx,
+                position=pos,
+                token_ids=ids,
+                token_strs=[strings[i] if i < len(strings) else "" for i in ids],
+                values=window_vals,
+                focus=pos - lo,
+            )
+        )
+    return out
+
+
