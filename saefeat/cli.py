@@ -39,13 +39,13 @@ def user_errors(fn):
         try:
             return fn(*args, **kwargs)
         except SaefeatError as e:
-            console.print(f"[red]error:[/red] {e}", markup=True, highlight=False)
+            console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except ValidationError as e:
             first = e.errors()[0]
             field = ".".join(str(p) for p in first["loc"]) or "spec"
             msg = first["msg"].removeprefix("Value error, ")
-            console.print(f"[red]error:[/red] {field}: {msg}", highlight=False)
+            console.print(f"[red]error:[/red] {field}: {msg}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
 
     return wrapper

@@ -17,6 +17,8 @@ class Settings(BaseSettings):
     database_url: str | None = None
     # Default: start a local Ray.
     ray_address: str | None = None
+    # Where models converted for loading (the embedded GGUF) are cached.
+    model_cache: Path | None = None
     # Reads of the catalog need a key with the `read` scope when true.
     require_read_key: bool = False
     # A key created at start-up with every scope, for bootstrapping a deployment.
@@ -25,6 +27,10 @@ class Settings(BaseSettings):
     @property
     def db_url(self) -> str:
         return self.database_url or f"sqlite:///{self.home / 'catalog.db'}"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.model_cache or self.home / "models"
 
     @property
     def activations_dir(self) -> Path:

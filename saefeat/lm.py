@@ -91,7 +91,7 @@ def embedded_model_dir() -> Path:
 
     from saefeat.config import get_settings
 
-    target = get_settings().home / "models" / EMBEDDED_MODEL
+    target = get_settings().models_dir / EMBEDDED_MODEL
     if (target / "model.safetensors").is_file():
         return target
     gguf = embedded_model_file()

@@ -300,4 +300,7 @@ class ActivationSet:
 
 
 def open_set(root: Path, set_id: str) -> ActivationSet:
-    return ActivationSet(Path(root) / f"{set_id}.zarr")
+    path = Path(root) / f"{set_id}.zarr"
+    if not (path / "zarr.json").is_file():
+        raise NotFoundError(f"no activation set {set_id!r} in {root}; harvest it first")
+    return ActivationSet(path)

@@ -108,7 +108,7 @@ def upgrade() -> None:
         sa.Column("set_id", sa.String(length=64), nullable=False),
         sa.Column("shard_index", sa.Integer(), nullable=False),
         sa.Column("rows", sa.Integer(), nullable=False),
-        sa.Column("checksum", sa.String(length=128), nullable=False),
+        sa.Column("checksum", sa.Text(), nullable=False),
         _time("committed_at"),
         _fk("activation_shards", "set_id", "activation_sets.id", ondelete="CASCADE"),
         sa.PrimaryKeyConstraint("set_id", "shard_index", name=op.f("pk_activation_shards")),

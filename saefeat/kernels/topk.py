@@ -20,78 +20,82 @@ import triton.language as tl
 from . import gemm
 from .dispatch import interpreting
 
-# Candidate blocks handled per loop iteration (a [BLOCKS, SEL_BLOCK] tile).
-_BLOCKS_PER_ITER = 4 if interpreting() else 16
-
-
-@triton.jit
-def _keys(v, KEY_BITS: tl.constexpr):
-    if KEY_BITS == 16:
-        return v.to(tl.int16, bitcast=True).to(tl.int32)
-    else:
-        return v.to(tl.int32, bitcast=True)
+# Candidate blocks per loop iteration, rows per program. The interpreter pays per program
+# and per op, not per element, so there a program takes many rows.
+_BLOCKS_PER_ITER, _ROWS = (4, 16) if interpreting() else (16, 1)
 
 
 @triton.jit
 def _select_kernel(
     pre_ptr, blocks_ptr, vals_ptr, idx_ptr,
-    N, n_blocks, k,
+    B, N, n_blocks, k,
     stride_pre, stride_blk, stride_v, stride_i,
-    KEY_BITS: tl.constexpr, SEL: tl.constexpr, BPI: tl.constexpr,
+    KEY_BITS: tl.constexpr, SEL: tl.constexpr, BPI: tl.constexpr, ROWS: tl.constexpr,
 ):
-    row = tl.program_id(0).to(tl.int64)
-    pre_row = pre_ptr + row * stride_pre
-    blk_row = blocks_ptr + row * stride_blk
+    # ROWS rows per program, each with its own histogram (bins offset by 256 * local row).
+    rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+    row_ok = rows < B
+    rows = rows.to(tl.int64)
+    local = tl.arange(0, ROWS)
     cols = tl.arange(0, SEL)
     bins = tl.arange(0, 256)
 
     # Radix passes: `prefix` holds the decided high bits of the k-th largest key,
     # `remaining` how many of the keys sharing that prefix still belong to the top-k.
-    prefix = tl.zeros((), dtype=tl.int32)
-    remaining = k + tl.zeros((), dtype=tl.int32)
+    prefix = tl.zeros((ROWS,), dtype=tl.int32)
+    remaining = tl.zeros((ROWS,), dtype=tl.int32) + k
     for p in tl.static_range(KEY_BITS // 8):
         shift: tl.constexpr = KEY_BITS - 8 * (p + 1)
-        hist = tl.zeros((256,), dtype=tl.int32)
+        hist = tl.zeros((ROWS * 256,), dtype=tl.int32)
         for j0 in range(0, n_blocks, BPI):
             jo = j0 + tl.arange(0, BPI)
-            jm = jo < n_blocks
-            blk = tl.load(blk_row + jo, mask=jm, other=0).to(tl.int64)
-            offs = blk[:, None] * SEL + cols[None, :]
-            valid = jm[:, None] & (offs < N)
-            key = _keys(tl.load(pre_row + offs, mask=valid, other=0.0), KEY_BITS)
+            jm = row_ok[:, None] & (jo < n_blocks)[None, :]
+            blk = tl.load(blocks_ptr + rows[:, None] * stride_blk + jo[None, :], mask=jm, other=0)
+            offs = blk.to(tl.int64)[:, :, None] * SEL + cols[None, None, :]
+            valid = jm[:, :, None] & (offs < N)
+            v = tl.load(pre_ptr + rows[:, None, None] * stride_pre + offs, mask=valid, other=0.0)
+            if KEY_BITS == 16:
+                key = v.to(tl.int16, bitcast=True).to(tl.int32)
+            else:
+                key = v.to(tl.int32, bitcast=True)
             match = valid
             if p > 0:
-                match = valid & ((key >> (shift + 8)) == (prefix >> (shift + 8)))
-            digit = (key >> shift) & 255
+                match = valid & ((key >> (shift + 8)) == (prefix >> (shift + 8))[:, None, None])
+            slot = local[:, None, None] * 256 + ((key >> shift) & 255)
             hist += tl.histogram(
-                tl.reshape(digit, (BPI * SEL,)), 256, mask=tl.reshape(match, (BPI * SEL,))
+                tl.reshape(slot, (ROWS * BPI * SEL,)),
+                ROWS * 256,
+                mask=tl.reshape(match, (ROWS * BPI * SEL,)),
             )
-        at_least = tl.cumsum(hist, 0, reverse=True)  # keys with digit >= d
-        d = tl.sum((at_least >= remaining).to(tl.int32)) - 1
-        above = tl.sum(tl.where(bins == d + 1, at_least, 0))  # keys with digit > d
+        at_least = tl.cumsum(tl.reshape(hist, (ROWS, 256)), 1, reverse=True)  # digit >= d
+        d = tl.sum((at_least >= remaining[:, None]).to(tl.int32), 1) - 1
+        above = tl.sum(tl.where(bins[None, :] == d[:, None] + 1, at_least, 0), 1)  # digit > d
         remaining -= above
         prefix = prefix | (d << shift)
 
     # Write every key > T, then keys == T in candidate order until k are written.
-    written = tl.zeros((), dtype=tl.int32)
-    ties_seen = tl.zeros((), dtype=tl.int32)
+    written = tl.zeros((ROWS,), dtype=tl.int32)
+    ties_seen = tl.zeros((ROWS,), dtype=tl.int32)
     for j0 in range(0, n_blocks, BPI):
         jo = j0 + tl.arange(0, BPI)
-        jm = jo < n_blocks
-        blk = tl.load(blk_row + jo, mask=jm, other=0).to(tl.int64)
-        offs2 = blk[:, None] * SEL + cols[None, :]
-        offs = tl.reshape(offs2, (BPI * SEL,))
-        valid = tl.reshape(jm[:, None] & (offs2 < N), (BPI * SEL,))
-        v = tl.load(pre_row + offs, mask=valid, other=0.0)
-        key = _keys(v, KEY_BITS)
-        tie = valid & (key == prefix)
-        tie_rank = ties_seen + tl.cumsum(tie.to(tl.int32), 0) - 1
-        take = (valid & (key > prefix)) | (tie & (tie_rank < remaining))
-        pos = written + tl.cumsum(take.to(tl.int32), 0) - 1
-        tl.store(vals_ptr + row * stride_v + pos, v, mask=take)
-        tl.store(idx_ptr + row * stride_i + pos, offs, mask=take)
-        written += tl.sum(take.to(tl.int32))
-        ties_seen += tl.sum(tie.to(tl.int32))
+        jm = row_ok[:, None] & (jo < n_blocks)[None, :]
+        blk = tl.load(blocks_ptr + rows[:, None] * stride_blk + jo[None, :], mask=jm, other=0)
+        offs3 = blk.to(tl.int64)[:, :, None] * SEL + cols[None, None, :]
+        offs = tl.reshape(offs3, (ROWS, BPI * SEL))
+        valid = tl.reshape(jm[:, :, None] & (offs3 < N), (ROWS, BPI * SEL))
+        v = tl.load(pre_ptr + rows[:, None] * stride_pre + offs, mask=valid, other=0.0)
+        if KEY_BITS == 16:
+            key = v.to(tl.int16, bitcast=True).to(tl.int32)
+        else:
+            key = v.to(tl.int32, bitcast=True)
+        tie = valid & (key == prefix[:, None])
+        tie_rank = ties_seen[:, None] + tl.cumsum(tie.to(tl.int32), 1) - 1
+        take = (valid & (key > prefix[:, None])) | (tie & (tie_rank < remaining[:, None]))
+        pos = written[:, None] + tl.cumsum(take.to(tl.int32), 1) - 1
+        tl.store(vals_ptr + rows[:, None] * stride_v + pos, v, mask=take)
+        tl.store(idx_ptr + rows[:, None] * stride_i + pos, offs, mask=take)
+        written += tl.sum(take.to(tl.int32), 1)
+        ties_seen += tl.sum(tie.to(tl.int32), 1)
 
 
 def candidate_blocks(bmax: torch.Tensor, k: int) -> torch.Tensor:
@@ -118,11 +122,11 @@ def select_topk(
         raise TypeError(f"pre-activations must be 16- or 32-bit floats, got {pre.dtype}")
     if B == 0:
         return vals, idx
-    _select_kernel[(B,)](
+    _select_kernel[(triton.cdiv(B, _ROWS),)](
         pre, blocks, vals, idx,
-        N, blocks.shape[1], k,
+        B, N, blocks.shape[1], k,
         pre.stride(0), blocks.stride(0), vals.stride(0), idx.stride(0),
-        KEY_BITS=key_bits, SEL=gemm.SEL_BLOCK, BPI=_BLOCKS_PER_ITER,
+        KEY_BITS=key_bits, SEL=gemm.SEL_BLOCK, BPI=_BLOCKS_PER_ITER, ROWS=_ROWS,
         num_warps=8,
     )
     return vals, idx

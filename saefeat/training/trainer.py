@@ -153,7 +153,7 @@ def train_sae(
                 fired[out.idx[out.vals > 0]] = True
                 since_fired += x.shape[0]
                 since_fired[fired] = 0
-            losses.append(float(loss))
+            losses.append(loss.item())
             step += 1
             if progress:
                 progress(step, total_steps, losses[-1])

@@ -160,7 +160,7 @@ class ActivationShard(Base):
     )
     shard_index: Mapped[int] = mapped_column(primary_key=True)
     rows: Mapped[int]
-    checksum: Mapped[str] = mapped_column(String(128))
+    checksum: Mapped[str] = mapped_column(Text)  # per-hook digests can be long
     committed_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     activation_set: Mapped[ActivationSet] = relationship(back_populates="shards")

@@ -241,8 +241,8 @@ def write_feature_index(session: Session, sae_id: str, index: FeatureIndex) -> I
         _bulk_insert(session, FeatureExample, _attach_ids(examples, ids))
         _bulk_insert(session, VocabToken, _attach_ids(vocab, ids))
         session.commit()
-        # The bulk statements bypass the identity map, and sessions here do not expire on
-        # commit: drop what this session remembers so features read next are the new ones.
+        # Bulk DELETE/INSERT bypass the identity map and our sessions do not expire on
+        # commit: forget loaded rows so nothing of the old index is read from memory.
         session.expire_all()
     except BaseException:
         session.rollback()

@@ -9,7 +9,7 @@ import torch
 
 from saefeat.kernels import SAEAdam, auxk_loss, sparse_decode, topk_encode
 
-B, D_IN, D_SAE, K, STEPS = 48, 24, 80, 4, 12
+B, D_IN, D_SAE, K, STEPS = 16, 24, 64, 4, 8
 
 
 def _data() -> torch.Tensor:
@@ -47,7 +47,7 @@ def _train(mode: str, bf16: bool, monkeypatch: pytest.MonkeyPatch) -> list[float
         opt.zero_grad()
         (fvu + aux / 32).backward()
         opt.step()
-        losses.append(float(fvu))
+        losses.append(float(fvu.detach()))
     return losses
 
 

@@ -1,0 +1,53 @@
+"""Bad input on the command line: one line naming the field, exit code 2."""
+
+import pytest
+from typer.testing import CliRunner
+
+from saefeat.cli import app
+
+runner = CliRunner()
+
+
+def run(*args):
+    result = runner.invoke(app, list(args))
+    return result.exit_code, result.output.strip()
+
+
+@pytest.mark.parametrize(
+    "args, field",
+    [
+        (["--model", "no-such-org/no-such-model", "--hook", "blocks.0.hook_resid_post"], "model"),
+        (["--hook", "blocks.99.hook_resid_post"], "layer 99 does not exist"),
+        (["--hook", "blocks.1.hook_nonsense"], "hook"),
+        (["--hook", "blocks.1.hook_resid_post", "--tokens", "0"], "token_budget"),
+        (["--hook", "blocks.1.hook_resid_post", "--corpus", "/no/such/file.txt"], "corpus"),
+    ],
+)
+def test_harvest_bad_input(settings, tiny_llama, args, field):
+    if "--model" not in args:
+        args = ["--model", str(tiny_llama), *args]
+    code, out = run("harvest", *args)
+    assert code == 2, out
+    assert field in out
+    assert "Traceback" not in out
+    assert not list(settings.activations_dir.glob("*.zarr")) if settings.activations_dir.exists() else True
+
+
+def test_empty_corpus(settings, tiny_llama, tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    code, out = run("harvest", "--model", str(tiny_llama), "--hook", "blocks.1.hook_resid_post",
+                    "--corpus", str(empty))  # fmt: skip
+    assert code == 2 and "corpus" in out
+
+
+def test_train_unknown_set(settings):
+    code, out = run("train", "--set", "as-doesnotexist")
+    assert code == 2 and "as-doesnotexist" in out
+
+
+def test_keys_create_prints_a_key(settings):
+    code, out = run("keys", "create", "--name", "me", "--scope", "label")
+    assert code == 0 and out.startswith("sfk_")
+    code, out = run("keys", "create", "--scope", "root")
+    assert code == 2 and "scope" in out.lower()

@@ -1,0 +1,90 @@
+import pytest
+import torch
+from transformers import BertConfig, BertModel, GPT2Config, GPT2LMHeadModel
+
+from saefeat.errors import SpecError
+from saefeat.lm import LanguageModel, _find_blocks, load_model, parse_hook, run_to_hooks
+
+
+def test_parse_hook_names():
+    p = parse_hook("blocks.3.hook_resid_post")
+    assert (p.layer, p.kind, p.name) == (3, "resid_post", "blocks.3.hook_resid_post")
+    for bad in ["blocks.x.hook_resid_post", "blocks.3.hook_resid", "layer.3", ""]:
+        with pytest.raises(SpecError, match="hook"):
+            parse_hook(bad)
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_llama):
+    return load_model(str(tiny_llama))
+
+
+def test_resid_hooks_match_hidden_states(tiny):
+    ids = torch.randint(0, 500, (2, 12))
+    points = [parse_hook(h) for h in ["blocks.1.hook_resid_pre", "blocks.2.hook_resid_post"]]
+    acts = run_to_hooks(tiny, ids, points)
+    hs = tiny.model(ids, output_hidden_states=True).hidden_states
+    torch.testing.assert_close(acts["blocks.1.hook_resid_pre"], hs[1])
+    torch.testing.assert_close(acts["blocks.2.hook_resid_post"], hs[3])
+
+
+def test_forward_stops_after_deepest_hook(tiny):
+    ran = []
+    h = tiny.blocks[3].register_forward_hook(lambda *a: ran.append(1))
+    try:
+        run_to_hooks(tiny, torch.randint(0, 500, (1, 8)), [parse_hook("blocks.1.hook_mlp_out")])
+    finally:
+        h.remove()
+    assert ran == []
+
+
+def test_mlp_and_attn_out_sum_to_residual_update(tiny):
+    ids = torch.randint(0, 500, (1, 10))
+    names = ["blocks.2.hook_resid_pre", "blocks.2.hook_attn_out", "blocks.2.hook_mlp_out",
+             "blocks.2.hook_resid_post"]  # fmt: skip
+    a = run_to_hooks(tiny, ids, [parse_hook(n) for n in names])
+    total = a[names[0]] + a[names[1]] + a[names[2]]
+    torch.testing.assert_close(total, a[names[3]], atol=1e-5, rtol=1e-5)
+
+
+def test_layer_beyond_model_is_refused(tiny):
+    with pytest.raises(SpecError, match="layers 0..3"):
+        tiny.check_hooks(["blocks.4.hook_resid_post"])
+
+
+def test_unknown_model_path(tmp_path):
+    with pytest.raises(SpecError, match="model"):
+        load_model(str(tmp_path / "nope"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SpecError, match="config.json"):
+        load_model(str(tmp_path / "empty"))
+
+
+def _wrap(model, is_encoder=False):
+    return LanguageModel("x", model.eval(), None, _find_blocks(model), is_encoder)
+
+
+def test_gpt2_hooks():
+    cfg = GPT2Config(n_layer=3, n_embd=32, n_head=4, vocab_size=100, n_positions=64)
+    lm = _wrap(GPT2LMHeadModel(cfg))
+    ids = torch.randint(0, 100, (1, 9))
+    pts = lm.check_hooks(["blocks.1.hook_resid_post", "blocks.1.hook_attn_out"])
+    a = run_to_hooks(lm, ids, pts)
+    hs = lm.model(ids, output_hidden_states=True).hidden_states
+    torch.testing.assert_close(a["blocks.1.hook_resid_post"], hs[2])
+    W_U, scale = lm.unembedding()
+    assert W_U.shape == (100, 32) and scale.shape == (32,)
+
+
+def test_bert_encoder_hooks():
+    cfg = BertConfig(num_hidden_layers=2, hidden_size=32, num_attention_heads=4,
+                     intermediate_size=64, vocab_size=100)  # fmt: skip
+    lm = _wrap(BertModel(cfg), is_encoder=True)
+    ids = torch.randint(0, 100, (1, 7))
+    pts = lm.check_hooks(["blocks.0.hook_resid_post", "blocks.1.hook_mlp_out"])
+    a = run_to_hooks(lm, ids, pts)
+    hs = lm.model(ids, output_hidden_states=True).hidden_states
+    torch.testing.assert_close(a["blocks.0.hook_resid_post"], hs[1])
+    assert a["blocks.1.hook_mlp_out"].shape == (1, 7, 32)
+    W_U, scale = lm.unembedding()
+    assert W_U.shape == (100, 32) and scale is None
