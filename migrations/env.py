@@ -7,11 +7,10 @@ Run through `saefeat.storage.catalog.db.upgrade(url)` (the URL arrives in
 
 from __future__ import annotations
 
-from typing import Any
-
 from alembic import context
 from sqlalchemy import create_engine, pool
 
+from saefeat.storage.catalog.db import include_object
 from saefeat.storage.catalog.models import Base
 
 config = context.config
@@ -25,16 +24,6 @@ def database_url() -> str:
     from saefeat.config import get_settings
 
     return get_settings().db_url
-
-
-def include_object(
-    obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any
-) -> bool:
-    # FTS5 virtual tables and their shadow tables (x_fts, x_fts_data, ...) are managed by
-    # hand in revisions; autogenerate must not offer to drop them.
-    if type_ == "table" and name and ("_fts" in name or name.startswith("fts_")):
-        return False
-    return True
 
 
 def run_migrations_offline() -> None:

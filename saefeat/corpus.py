@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from dataclasses import field as dc_field
 from pathlib import Path
 from typing import Literal
 
@@ -19,6 +20,7 @@ from saefeat.errors import SpecError
 BUILTIN_PYTHON_DOCS = "builtin:python-docs"
 TEXT_SUFFIXES = {".txt", ".md", ".rst", ".text"}
 BosPolicy = Literal["context", "document", "none"]
+BadDocumentPolicy = Literal["skip", "fail"]
 
 
 @dataclass
@@ -33,7 +35,20 @@ class CorpusReport:
 
     documents: int = 0
     empty: int = 0
-    undecodable: int = 0
+    undecodable: int = 0  # binary or non-UTF-8 documents skipped (on_bad_document="skip")
+    malformed: int = 0  # JSONL lines that are not JSON objects, skipped the same way
+    by_source: dict[str, int] = dc_field(default_factory=dict)  # documents used per source
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+class _BadDocument(Exception):
+    """A document that cannot be read as text; the policy decides what happens."""
+
+    def __init__(self, message: str, kind: str):
+        super().__init__(message)
+        self.kind = kind  # the CorpusReport counter it goes to
 
 
 def builtin_python_docs() -> Iterator[Document]:
@@ -51,15 +66,19 @@ def _read_text(path: Path) -> str:
     return data.decode("utf-8")
 
 
-def _jsonl_documents(path: Path, field: str) -> Iterator[Document]:
+def _jsonl_documents(path: Path, field: str) -> Iterator[Document | _BadDocument]:
     with path.open("rb") as f:
         for lineno, raw in enumerate(f, 1):
             if not raw.strip():
                 continue
             try:
                 row = json.loads(raw.decode("utf-8"))
-            except (UnicodeDecodeError, json.JSONDecodeError) as e:
-                raise SpecError(f"{path}:{lineno} is not a JSON line: {e}", field="corpus") from e
+            except UnicodeDecodeError:
+                yield _BadDocument(f"{path}:{lineno} is not UTF-8 text", "undecodable")
+                continue
+            except json.JSONDecodeError as e:
+                yield _BadDocument(f"{path}:{lineno} is not a JSON line: {e}", "malformed")
+                continue
             if not isinstance(row, dict) or field not in row:
                 raise SpecError(f"{path}:{lineno} has no {field!r} field", field="corpus")
             yield Document(f"{path.name}:{lineno}", str(row[field]))
@@ -96,9 +115,17 @@ def _hf_disk_documents(path: Path, field: str) -> Iterator[Document]:
 
 
 def iter_documents(
-    source: str, *, field: str = "text", report: CorpusReport | None = None
+    source: str,
+    *,
+    field: str = "text",
+    report: CorpusReport | None = None,
+    on_bad: BadDocumentPolicy = "fail",
 ) -> Iterator[Document]:
-    """Documents of one source: `builtin:python-docs`, a file, or a folder of files."""
+    """Documents of one source: `builtin:python-docs`, a file, or a folder of files.
+
+    Binary or non-UTF-8 documents (and malformed JSONL lines) fail with the file named,
+    or with on_bad="skip" are counted in `report` and left out.
+    """
     report = report if report is not None else CorpusReport()
     if source == BUILTIN_PYTHON_DOCS:
         docs: Iterator[Document] = builtin_python_docs()
@@ -112,6 +139,13 @@ def iter_documents(
             )
         docs = _path_documents(path, field, report)
     for doc in docs:
+        if isinstance(doc, _BadDocument):
+            if on_bad == "fail":
+                raise SpecError(
+                    f"{doc}; set on_bad_document='skip' to skip such documents", field="corpus"
+                )
+            setattr(report, doc.kind, getattr(report, doc.kind) + 1)
+            continue
         if not doc.text.strip():
             report.empty += 1
             continue
@@ -119,7 +153,9 @@ def iter_documents(
         yield doc
 
 
-def _path_documents(path: Path, field: str, report: CorpusReport) -> Iterator[Document]:
+def _path_documents(
+    path: Path, field: str, report: CorpusReport
+) -> Iterator[Document | _BadDocument]:
     if path.is_dir():
         if (path / "dataset_info.json").exists() or (path / "state.json").exists():
             yield from _hf_disk_documents(path, field)
@@ -136,10 +172,47 @@ def _path_documents(path: Path, field: str, report: CorpusReport) -> Iterator[Do
         try:
             yield Document(path.name, _read_text(path))
         except UnicodeDecodeError:
-            report.undecodable += 1
-            raise SpecError(
-                f"{path} is not UTF-8 text (binary or another encoding)", field="corpus"
-            ) from None
+            yield _BadDocument(
+                f"{path} is not UTF-8 text (binary or another encoding)", "undecodable"
+            )
+        except OSError as e:
+            raise SpecError(f"corpus file {path} cannot be read: {e}", field="corpus") from e
+
+
+def mix_sources(
+    sources: list[tuple[str, str, float]],
+    *,
+    report: CorpusReport | None = None,
+    on_bad: BadDocumentPolicy = "fail",
+) -> Iterator[Document]:
+    """Interleave documents of several (path, field, weight) sources, deterministically.
+
+    Each next document comes from the source whose text so far (in characters, a stand-in
+    for tokens that needs no tokenizer) is smallest relative to its weight, so the mixed
+    stream holds text in proportion to the weights. A source that runs out drops out and
+    the rest go on. Ties go to the earlier source. Document ids get a `<source #>/` prefix
+    when there are several sources, so ids stay unique.
+    """
+    report = report if report is not None else CorpusReport()
+    if len(sources) == 1:
+        path, fld, _ = sources[0]
+        for doc in iter_documents(path, field=fld, report=report, on_bad=on_bad):
+            report.by_source[path] = report.by_source.get(path, 0) + 1
+            yield doc
+        return
+    iters = [iter_documents(p, field=f, report=report, on_bad=on_bad) for p, f, _ in sources]
+    chars = [0] * len(sources)
+    live = list(range(len(sources)))
+    while live:
+        i = min(live, key=lambda j: (chars[j] / sources[j][2], j))
+        doc = next(iters[i], None)
+        if doc is None:
+            live.remove(i)
+            continue
+        chars[i] += len(doc.text)
+        path = sources[i][0]
+        report.by_source[path] = report.by_source.get(path, 0) + 1
+        yield Document(f"{i}/{doc.doc_id}", doc.text)
 
 
 @dataclass

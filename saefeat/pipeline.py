@@ -20,7 +20,7 @@ from saefeat.specs import HarvestSpec, IndexSpec, TrainSpec
 from saefeat.storage import catalog
 from saefeat.storage.activations import ActivationSet
 from saefeat.storage.catalog import models as m
-from saefeat.training.trainer import TrainResult, open_complete_set, train_sae
+from saefeat.training.trainer import TrainResult, open_complete_set, train_sweep
 from saefeat.workers.harvest import HarvestResult, harvest
 from saefeat.workers.index import index_sae
 
@@ -85,33 +85,38 @@ def run_harvest(
 
 
 def run_train(
-    spec: TrainSpec,
+    spec: TrainSpec | list[TrainSpec],
     *,
     settings: Settings | None = None,
     progress: Callable[[int, int, float], None] | None = None,
-) -> TrainResult:
+) -> TrainResult | list[TrainResult]:
+    """Train one SAE, or a sweep (a list of specs sharing every batch read), and register
+    each with its metrics (MSE, FVU, L0, dead/dense, density histogram, CE/KL) in the
+    catalog."""
     settings = settings or get_settings()
-    result = train_sae(spec, settings=settings, progress=progress)
-    cfg = result.sae.cfg
+    specs = spec if isinstance(spec, list) else [spec]
+    results = train_sweep(specs, settings=settings, progress=progress)
     with catalog_session(settings) as s:
-        catalog.register_sae(
-            s,
-            sae_id=result.sae_id,
-            name=spec.name or f"{cfg.hook} topk-{cfg.d_sae}-k{cfg.k}",
-            model_name=cfg.model or "",
-            hook_name=cfg.hook or "",
-            architecture=cfg.architecture,
-            d_in=cfg.d_in,
-            d_sae=cfg.d_sae,
-            k=cfg.k,
-            cfg={"train_spec": spec.model_dump(mode="json")},
-            metrics={k: v for k, v in result.metrics.items() if k != "density_histogram"}
-            | {"density_histogram": result.metrics["density_histogram"]},
-            checkpoint_path=str(result.checkpoint),
-            activation_set_id=spec.activation_set,
-        )
+        for one, result in zip(specs, results, strict=True):
+            cfg = result.sae.cfg
+            k = f"-k{cfg.k}" if cfg.k is not None else ""
+            catalog.register_sae(
+                s,
+                sae_id=result.sae_id,
+                name=one.name or f"{cfg.hook} {cfg.architecture}-{cfg.d_sae}{k}",
+                model_name=cfg.model or "",
+                hook_name=cfg.hook or "",
+                architecture=cfg.architecture,
+                d_in=cfg.d_in,
+                d_sae=cfg.d_sae,
+                k=cfg.k,
+                cfg={"train_spec": one.model_dump(mode="json"), "extra": cfg.extra},
+                metrics=dict(result.metrics),
+                checkpoint_path=str(result.checkpoint),
+                activation_set_id=one.activation_set,
+            )
         s.commit()
-    return result
+    return results if isinstance(spec, list) else results[0]
 
 
 @dataclass

@@ -12,6 +12,12 @@ A harvest shard is `contexts_per_shard` contexts; exactly one process writes it,
 fsyncs its files and atomically writes its commit record (rows + crc32 of the bytes of
 each hook's data). Readers see committed shards only, so a worker that dies mid-write
 leaves nothing visible and the shard is simply redone.
+
+Contexts whose activations held NaN/Inf under the `on_nonfinite="drop"` policy stay in
+their shard as zeros, so shards keep their fixed geometry; the commit record lists them
+(`dropped`, absolute context indices) and readers and statistics leave them out.
+A shard that kept killing its worker is skipped: the set is then marked
+`complete_with_gaps` and `skipped_shards` in its attributes says which and why.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from __future__ import annotations
 import json
 import os
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +37,7 @@ from saefeat.errors import CorruptDataError, NotFoundError, SpecError
 STORAGE_DTYPES = {"bfloat16": "uint16", "float16": "float16", "float32": "float32"}
 STATUS_HARVESTING = "harvesting"
 STATUS_COMPLETE = "complete"
+STATUS_COMPLETE_WITH_GAPS = "complete_with_gaps"
 
 
 def encode_rows(x: torch.Tensor, storage_dtype: str) -> np.ndarray:
@@ -95,6 +102,7 @@ class ShardCommit:
     shard: int
     rows: int
     checksums: dict[str, int]
+    dropped: list[int] = field(default_factory=list)  # contexts left out (NaN/Inf)
 
 
 class ActivationSet:
@@ -225,9 +233,18 @@ class ActivationSet:
     def _commit_path(self, shard: int) -> Path:
         return self.path / "commits" / f"shard-{shard:06d}.json"
 
-    def write_shard(self, shard: int, acts: dict[str, torch.Tensor]) -> ShardCommit:
-        """Write every hook's rows of one shard, fsync them, then commit."""
+    def write_shard(
+        self, shard: int, acts: dict[str, torch.Tensor], dropped: list[int] | None = None
+    ) -> ShardCommit:
+        """Write every hook's rows of one shard, fsync them, then commit.
+
+        `dropped`: contexts of this shard (absolute indices) that readers must skip.
+        """
         r0, r1 = self.shard_rows(shard)
+        c0, c1 = self.shard_contexts(shard)
+        dropped = sorted(int(c) for c in (dropped or []))
+        if any(not c0 <= c < c1 for c in dropped):
+            raise ValueError(f"dropped contexts {dropped} are not all in shard {shard}")
         checks = {}
         for hook in self.hooks:
             x = acts[hook].reshape(-1, self.d_model)
@@ -238,7 +255,7 @@ class ActivationSet:
             checks[hook] = checksum(data)
         for hook in self.hooks:
             _fsync_tree(self.path / "acts" / hook / "c" / str(shard))
-        commit = ShardCommit(shard, r1 - r0, checks)
+        commit = ShardCommit(shard, r1 - r0, checks, dropped)
         _atomic_write_json(self._commit_path(shard), commit.__dict__)
         return commit
 
@@ -250,6 +267,27 @@ class ActivationSet:
             return ShardCommit(**json.loads(p.read_text()))
         except (json.JSONDecodeError, TypeError):
             return None  # a torn record counts as not committed
+
+    def kept_rows(self, shard: int, *, skip_first_position: bool = False) -> np.ndarray:
+        """Row offsets inside a committed shard that readers serve: not dropped contexts,
+        and not position 0 when asked."""
+        commit = self.commit_record(shard)
+        r0, r1 = self.shard_rows(shard)
+        rows = np.arange(r1 - r0)
+        keep = np.ones(len(rows), dtype=bool)
+        if skip_first_position:
+            keep &= (rows + r0) % self.ctx_len != 0
+        for c in commit.dropped if commit else ():
+            keep[c * self.ctx_len - r0 : (c + 1) * self.ctx_len - r0] = False
+        return rows[keep]
+
+    def dropped_contexts(self) -> list[int]:
+        return [c for s in self.committed_shards() for c in self.commit_record(s).dropped]
+
+    @property
+    def skipped_shards(self) -> dict[str, str]:
+        """Shards left out after killing their worker too often: {shard: reason}."""
+        return dict(zarr.open_group(str(self.path), mode="r").attrs.get("skipped_shards", {}))
 
     def committed_shards(self) -> list[int]:
         return [s for s in range(self.n_shards) if self.commit_record(s) is not None]
@@ -292,11 +330,19 @@ class ActivationSet:
 
     # ---- completion -------------------------------------------------------------
 
-    def mark_complete(self, stats: dict) -> None:
-        missing = self.uncommitted_shards()
+    def mark_complete(self, stats: dict, skipped: dict[int, str] | None = None) -> None:
+        """Complete, or complete with gaps when every missing shard is a skipped one."""
+        skipped = skipped or {}
+        missing = [s for s in self.uncommitted_shards() if s not in skipped]
         if missing:
             raise RuntimeError(f"cannot complete set {self.id}: shards {missing} not committed")
-        self.group.attrs.update({"status": STATUS_COMPLETE, "stats": stats})
+        self.group.attrs.update(
+            {
+                "status": STATUS_COMPLETE_WITH_GAPS if skipped else STATUS_COMPLETE,
+                "stats": stats,
+                "skipped_shards": {str(s): why for s, why in sorted(skipped.items())},
+            }
+        )
 
 
 def open_set(root: Path, set_id: str) -> ActivationSet:

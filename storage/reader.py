@@ -1,6 +1,7 @@
 """Shuffled batches over the committed shards of an activation set.
 
-An epoch visits every committed row exactly once. Shards are taken in a seeded random
+An epoch visits every committed row exactly once (rows of contexts a commit record
+lists as dropped are not served). Shards are taken in a seeded random
 order, grouped into windows of `window_shards`, and rows are permuted within a window,
 so a batch mixes several shards while memory stays at about two windows. The plan of
 an epoch is pure index arithmetic, so a run resumes at any batch without reading what
@@ -48,12 +49,8 @@ class ShuffledBatchReader:
         self.rows_per_epoch = sum(len(r) for r in self._rows_per_shard.values())
 
     def _kept_rows(self, shard: int) -> np.ndarray:
-        """Row offsets inside the shard that the reader serves."""
-        r0, r1 = self.aset.shard_rows(shard)
-        rows = np.arange(r1 - r0)
-        if self.skip_first_position:
-            rows = rows[(rows + r0) % self.aset.ctx_len != 0]
-        return rows
+        """Row offsets inside the shard that the reader serves (dropped contexts left out)."""
+        return self.aset.kept_rows(shard, skip_first_position=self.skip_first_position)
 
     @property
     def batches_per_epoch(self) -> int:

@@ -19,8 +19,9 @@ def _as_float32(block: np.ndarray, storage_dtype: str) -> np.ndarray:
 def hook_statistics(aset: ActivationSet, hook: str, *, skip_first_position: bool = True) -> dict:
     """Mean/variance per dimension, norm quantiles and the unit-mean-squared-norm scale.
 
-    Position 0 of every context is left out when asked: its residual is an attention
-    sink with a norm tens of times the rest, and would dominate the scale.
+    Contexts dropped for NaN/Inf are left out. Position 0 of every context is left out
+    when asked: its residual is an attention sink with a norm tens of times the rest, and
+    would dominate the scale.
     """
     arr = aset.acts_array(hook)
     shard_rows = aset.contexts_per_shard * aset.ctx_len
@@ -32,8 +33,8 @@ def hook_statistics(aset: ActivationSet, hook: str, *, skip_first_position: bool
         r0, r1 = aset.shard_rows(s)
         x = da.from_zarr(arr, chunks=(shard_rows, aset.d_model))[r0:r1]
         x = x.map_blocks(_as_float32, aset.storage_dtype, dtype=np.float32)
-        if skip_first_position:
-            keep = (np.arange(r0, r1) % aset.ctx_len) != 0
+        keep = aset.kept_rows(s, skip_first_position=skip_first_position)
+        if len(keep) < r1 - r0:  # first positions or dropped (NaN/Inf) contexts
             x = x[keep]
         pieces.append(x)
     x = da.concatenate(pieces, axis=0)

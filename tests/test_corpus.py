@@ -22,10 +22,15 @@ def test_builtin_corpus_has_documents():
 
 def test_text_jsonl_parquet_and_folder(tmp_path):
     (tmp_path / "a.txt").write_text("hello world")
-    (tmp_path / "b.jsonl").write_text(json.dumps({"body": "one"}) + "\n\n" + json.dumps({"body": "two"}))
+    (tmp_path / "b.jsonl").write_text(
+        json.dumps({"body": "one"}) + "\n\n" + json.dumps({"body": "two"})
+    )
     pq.write_table(pa.table({"body": ["three", ""]}), tmp_path / "c.parquet")
     assert [d.text for d in iter_documents(str(tmp_path / "a.txt"))] == ["hello world"]
-    assert [d.text for d in iter_documents(str(tmp_path / "b.jsonl"), field="body")] == ["one", "two"]
+    assert [d.text for d in iter_documents(str(tmp_path / "b.jsonl"), field="body")] == [
+        "one",
+        "two",
+    ]
     assert [d.text for d in iter_documents(str(tmp_path / "c.parquet"), field="body")] == ["three"]
 
 
@@ -46,7 +51,9 @@ def test_bad_corpora_are_named(tmp_path):
 def test_empty_corpus_is_refused(tmp_path, tok):
     (tmp_path / "empty.txt").write_text("   \n")
     with pytest.raises(SpecError, match="fewer than"):
-        pack_contexts(iter_documents(str(tmp_path / "empty.txt")), tok, ctx_len=16, token_budget=100)
+        pack_contexts(
+            iter_documents(str(tmp_path / "empty.txt")), tok, ctx_len=16, token_budget=100
+        )
 
 
 def test_budget_must_be_positive(tok):

@@ -2,84 +2,60 @@
 
 Each actor loads the model once and pulls shards; it runs the forward only up to the
 deepest hooked layer, writes the shard's rows for every hook, fsyncs, and commits.
-Actors restart when their process dies and the interrupted shard runs again; a shard
-is only visible once committed, so nothing is ever counted twice.
+A shard is only visible once committed, so nothing is ever counted twice.
+
+Fault tolerance: Ray restarts an actor whose process dies (`max_restarts=-1`); the
+driver, not Ray, retries the shards that were in flight (`max_task_retries=0`), because
+only the driver can count attempts per shard. A shard that was in flight when its actor
+died runs alone on an actor next time, so a shard that kills its worker every time does
+not take innocent shards down with it; after `spec.max_shard_attempts` deaths it is
+skipped, recorded, and the set is marked `complete_with_gaps`.
 """
 
 from __future__ import annotations
 
-import threading
+import fcntl
+import os
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import ray
-import torch
 
 from saefeat.config import Settings, get_settings
-from saefeat.corpus import CorpusReport, iter_documents, pack_contexts
+from saefeat.corpus import CorpusReport, mix_sources, pack_contexts
 from saefeat.errors import SaefeatError, SpecError
-from saefeat.lm import (
-    auto_dtype,
-    cached_model,
-    model_config_and_tokenizer,
-    parse_hook,
-    run_to_hooks,
-)
+from saefeat.lm import model_config_and_tokenizer, parse_hook
 from saefeat.specs import HarvestSpec
 from saefeat.storage.activations import STATUS_COMPLETE, ActivationSet
 from saefeat.storage.stats import set_statistics
 from saefeat.workers.runtime import cpus_available, ensure_ray, gpus_available
+from saefeat.workers.shard import ShardHarvester, model_dtype
 
 Progress = Callable[[int, int], None]  # (tokens done, tokens total)
+ShouldStop = Callable[[], bool]
+# Test-only: "shard:times,..." makes the actor os._exit() on its first `times` attempts at
+# that shard (-1: every attempt). Unset in normal runs; read by the driver only.
+CRASH_ENV = "SAEFEAT_TEST_CRASH_SHARDS"
+IN_FLIGHT_PER_ACTOR = 2  # one shard in the forward, one being written
+__all__ = ["HarvestResult", "HarvestWorker", "ShardHarvester", "harvest", "model_dtype"]
 
 
-def model_dtype(spec: HarvestSpec, device: str) -> torch.dtype:
-    if spec.model_dtype == "auto":
-        return auto_dtype(device)
-    return getattr(torch, spec.model_dtype)
+class HarvestCancelled(SaefeatError):
+    """The job was cancelled; committed shards stay valid and a resubmit resumes."""
+
+    status_code = 409
 
 
-class ShardHarvester:
-    """Runs the model over one shard's contexts and writes the shard. Used in a Ray actor
-    and, unchanged, in-process by tests that need a single-process reference."""
+class HarvestBusy(SaefeatError):
+    """Another process is harvesting this set right now."""
 
-    def __init__(self, spec_json: str, set_path: str, device: str, threads: int | None = None):
-        if threads:
-            torch.set_num_threads(threads)
-        self.spec = HarvestSpec.model_validate_json(spec_json)
-        self.device = device
-        self.lm = cached_model(self.spec.model, device, model_dtype(self.spec, device))
-        self.points = self.lm.check_hooks(self.spec.hooks)
-        self.aset = ActivationSet(Path(set_path))
-        # Forwards run one at a time; a finished shard's write overlaps the next forward.
-        self._forward_lock = threading.Lock()
-
-    def harvest_shard(self, shard: int) -> dict:
-        c0, c1 = self.aset.shard_contexts(shard)
-        tokens = torch.from_numpy(self.aset.tokens(c0, c1)).long()
-        out: dict[str, list[torch.Tensor]] = {h: [] for h in self.spec.hooks}
-        with self._forward_lock:
-            for b in range(0, tokens.shape[0], self.spec.batch_size):
-                acts = run_to_hooks(self.lm, tokens[b : b + self.spec.batch_size], self.points)
-                for h, a in acts.items():
-                    out[h].append(a.to("cpu", non_blocking=True))
-        rows = {h: torch.cat(v).reshape(-1, self.lm.d_model) for h, v in out.items()}
-        for h, x in rows.items():
-            if not torch.isfinite(x).all():
-                bad = (~torch.isfinite(x).all(dim=1)).nonzero()[0].item() // self.aset.ctx_len
-                raise ValueError(
-                    f"NaN or Inf activations at {h} in context {c0 + bad} (shard {shard}); "
-                    "the shard was not committed"
-                )
-        commit = self.aset.write_shard(shard, rows)
-        return commit.__dict__
+    status_code = 409
 
 
-HarvestWorker = ray.remote(max_restarts=-1, max_task_retries=3, max_concurrency=2)(
-    ShardHarvester
-)
+HarvestWorker = ray.remote(max_restarts=-1, max_task_retries=0, max_concurrency=2)(ShardHarvester)
 
 
 @dataclass
@@ -89,6 +65,15 @@ class HarvestResult:
     shards_run: int
     seconds: float
     report: CorpusReport | None
+    skipped: dict[int, str] = field(default_factory=dict)  # shard -> why
+    dropped_contexts: int = 0  # contexts left out for NaN/Inf (on_nonfinite="drop")
+    startup_seconds: float = 0.0  # Ray actors up and the model loaded
+    shard_seconds: float = 0.0  # first shard sent to last shard committed
+    tokens_run: int = 0  # tokens of the shards committed in this run
+
+    @property
+    def has_gaps(self) -> bool:
+        return bool(self.skipped)
 
 
 def prepare_set(spec: HarvestSpec, root: Path) -> tuple[ActivationSet, CorpusReport | None]:
@@ -106,8 +91,10 @@ def prepare_set(spec: HarvestSpec, root: Path) -> tuple[ActivationSet, CorpusRep
                 field="hooks",
             )
     report = CorpusReport()
-    docs = (
-        d for src in spec.corpus for d in iter_documents(src.path, field=src.field, report=report)
+    docs = mix_sources(
+        [(src.path, src.field, src.weight) for src in spec.corpus],
+        report=report,
+        on_bad=spec.on_bad_document,
     )
     packed = pack_contexts(
         docs,
@@ -132,7 +119,27 @@ def prepare_set(spec: HarvestSpec, root: Path) -> tuple[ActivationSet, CorpusRep
         contexts_per_shard=spec.contexts_per_shard,
         storage_dtype=spec.storage_dtype,
     )
+    aset.group.attrs["corpus_report"] = report.as_dict()
     return aset, report
+
+
+@contextmanager
+def set_lock(root: Path, set_id: str) -> Iterator[None]:
+    """One harvesting process per set: two would be two writers of the same shards.
+    flock is released by the kernel when a holder dies, so a crash never leaves it stale."""
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / f".{set_id}.lock", "w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise HarvestBusy(
+                f"activation set {set_id} is being harvested by another process; wait for it "
+                "or cancel its job"
+            ) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def harvest(
@@ -140,74 +147,182 @@ def harvest(
     *,
     settings: Settings | None = None,
     progress: Progress | None = None,
+    should_stop: ShouldStop | None = None,
 ) -> HarvestResult:
-    """Run (or resume, or reuse) the harvest this spec describes."""
+    """Run (or resume, or reuse) the harvest this spec describes.
+
+    `should_stop` is polled between shards; when it says so, in-flight work is abandoned
+    (its shards stay uncommitted) and HarvestCancelled is raised.
+    """
     settings = settings or get_settings()
     t0 = time.perf_counter()
-    aset, report = prepare_set(spec, settings.activations_dir)
-    if aset.status == STATUS_COMPLETE:
-        return HarvestResult(aset, True, 0, 0.0, report)
-    pending = aset.uncommitted_shards()
-    if pending:
-        _run_shards(spec, aset, pending, settings, progress)
-    aset.mark_complete(set_statistics(aset))
-    return HarvestResult(aset, False, len(pending), time.perf_counter() - t0, report)
-
-
-def _get(ref):
-    """ray.get, re-raising our own errors from a worker as themselves."""
-    try:
-        return ray.get(ref)
-    except ray.exceptions.RayTaskError as e:
-        if isinstance(e.cause, SaefeatError | ValueError):
-            raise e.cause from None
-        raise
-
-
-def _run_shards(
-    spec: HarvestSpec,
-    aset: ActivationSet,
-    shards: list[int],
-    settings: Settings,
-    progress: Progress | None,
-) -> None:
-    ensure_ray(settings)
-    n_gpus = gpus_available()
-    device = spec.device or ("cuda" if n_gpus else "cpu")
-    default_workers = max(1, n_gpus) if device.startswith("cuda") else 1
-    n_workers = min(spec.workers or default_workers, len(shards))
-    threads = max(1, cpus_available() // n_workers)
-    options = {"num_gpus": 1} if device.startswith("cuda") else {"num_cpus": threads}
-    workers = [
-        HarvestWorker.options(**options).remote(
-            spec.model_dump_json(), str(aset.path), device, threads
-        )
-        for _ in range(n_workers)
-    ]
-    total = aset.n_tokens
-    done = sum(aset.shard_rows(s)[1] - aset.shard_rows(s)[0] for s in aset.committed_shards())
-    if progress:
-        progress(done, total)
-    queue = list(shards)
-    # Two shards in flight per actor: one in its forward, one being written.
-    in_flight: dict = {}
-    for w in workers:
-        for _ in range(2):
-            if queue:
-                in_flight[w.harvest_shard.remote(queue.pop(0))] = w
-    try:
-        while in_flight:
-            ready, _ = ray.wait(list(in_flight), num_returns=1)
-            ref = ready[0]
-            w = in_flight.pop(ref)
-            commit = _get(ref)
-            done += commit["rows"]
+    root = settings.activations_dir
+    with set_lock(root, spec.set_id()):
+        aset, report = prepare_set(spec, root)
+        if aset.status == STATUS_COMPLETE:
             if progress:
-                progress(done, total)
-            if queue:
-                in_flight[w.harvest_shard.remote(queue.pop(0))] = w
-    finally:
-        for ref in in_flight:
-            ray.cancel(ref)
-        for w in workers:
-            ray.kill(w)
+                progress(aset.n_tokens, aset.n_tokens)
+            return HarvestResult(aset, True, 0, 0.0, report)
+        pending = aset.uncommitted_shards()
+        run = _ShardRun(spec, aset, settings, progress, should_stop)
+        if pending:
+            run.run(pending)
+        if should_stop and should_stop():
+            raise HarvestCancelled("the harvest was cancelled; resubmit it to resume")
+        aset.mark_complete(set_statistics(aset), run.skipped)
+    return HarvestResult(
+        aset,
+        False,
+        len(pending),
+        time.perf_counter() - t0,
+        report,
+        skipped=run.skipped,
+        dropped_contexts=len(aset.dropped_contexts()),
+        startup_seconds=run.startup_seconds,
+        shard_seconds=run.shard_seconds,
+        tokens_run=run.tokens_run,
+    )
+
+
+def _task_error(e: ray.exceptions.RayTaskError) -> BaseException:
+    """Our own errors from a worker come back as themselves."""
+    if isinstance(e.cause, SaefeatError | ValueError):
+        return e.cause
+    return e
+
+
+class _ShardRun:
+    """The driver's loop: hands shards to actors, counts deaths per shard, reports."""
+
+    def __init__(
+        self,
+        spec: HarvestSpec,
+        aset: ActivationSet,
+        settings: Settings,
+        progress: Progress | None,
+        should_stop: ShouldStop | None,
+    ):
+        self.spec, self.aset, self.settings = spec, aset, settings
+        self.progress, self.should_stop = progress, should_stop
+        self.attempts: dict[int, int] = {}
+        self.skipped: dict[int, str] = {}
+        self.startup_seconds = self.shard_seconds = 0.0
+        self.tokens_run = 0
+
+    def _start_workers(self, n_shards: int) -> list:
+        ensure_ray(self.settings)
+        n_gpus = gpus_available()
+        device = self.spec.device or ("cuda" if n_gpus else "cpu")
+        default_workers = max(1, n_gpus) if device.startswith("cuda") else 1
+        n_workers = min(self.spec.workers or default_workers, n_shards)
+        threads = max(1, cpus_available() // n_workers)
+        options = {"num_gpus": 1} if device.startswith("cuda") else {"num_cpus": threads}
+        args = (self.spec.model_dump_json(), str(self.aset.path), device, threads)
+        crash = os.environ.get(CRASH_ENV) or None
+        workers = [HarvestWorker.options(**options).remote(*args, crash) for _ in range(n_workers)]
+        try:
+            ray.get([w.ready.remote() for w in workers])
+        except ray.exceptions.RayTaskError as e:
+            for w in workers:
+                ray.kill(w)
+            raise _task_error(e) from None
+        except ray.exceptions.RayActorError as e:
+            for w in workers:
+                ray.kill(w)
+            raise SaefeatError(f"harvest workers failed to start: {e}") from None
+        return workers
+
+    def _report(self, done: int) -> None:
+        if self.progress:
+            self.progress(done, self.aset.n_tokens)
+
+    def run(self, shards: list[int]) -> None:
+        t0 = time.perf_counter()
+        workers = self._start_workers(len(shards))
+        t1 = time.perf_counter()
+        self.startup_seconds = t1 - t0
+        done = sum(self.aset.shard_rows(s)[1] - self.aset.shard_rows(s)[0]
+                   for s in self.aset.committed_shards())  # fmt: skip
+        self._report(done)
+        queue = list(shards)
+        suspects: set[int] = set()  # in flight when an actor died: run alone next time
+        in_flight: dict = {}  # ref -> (actor index, shard)
+        per_actor: dict[int, list[int]] = {i: [] for i in range(len(workers))}
+        # An actor that died is restarted by Ray; until its ready() answers, tasks sent to
+        # it fail at once with ActorUnavailableError, so it gets none.
+        probes: dict = {}  # ready() ref -> actor index
+        down: set[int] = set()
+
+        def submit() -> None:
+            for i, w in enumerate(workers):
+                while i not in down and queue and len(per_actor[i]) < IN_FLIGHT_PER_ACTOR:
+                    if any(s in suspects for s in per_actor[i]):
+                        break  # a suspect runs alone
+                    shard = queue[0]
+                    if shard in suspects and per_actor[i]:
+                        break
+                    queue.pop(0)
+                    in_flight[w.harvest_shard.remote(shard)] = (i, shard)
+                    per_actor[i].append(shard)
+
+        def probe(i: int) -> None:
+            down.add(i)
+            probes[workers[i].ready.remote()] = i
+
+        try:
+            submit()
+            while in_flight or probes:
+                if self.should_stop and self.should_stop():
+                    return
+                ready, _ = ray.wait([*in_flight, *probes], num_returns=1, timeout=0.5)
+                if not ready:
+                    continue
+                ref = ready[0]
+                if ref in probes:
+                    i = probes.pop(ref)
+                    try:
+                        ray.get(ref)
+                        down.discard(i)
+                    except ray.exceptions.RayActorError:
+                        time.sleep(0.2)  # still restarting
+                        probe(i)
+                    submit()
+                    continue
+                i, shard = in_flight.pop(ref)
+                per_actor[i].remove(shard)
+                try:
+                    commit = ray.get(ref)
+                except ray.exceptions.RayTaskError as e:
+                    raise _task_error(e) from None
+                except ray.exceptions.ActorUnavailableError:
+                    queue.insert(0, shard)  # never ran, or ran on a dying actor: redo
+                    if i not in down:
+                        probe(i)
+                except ray.exceptions.RayActorError as e:
+                    self._worker_died(shard, e, queue, suspects)
+                    if i not in down:
+                        probe(i)
+                else:
+                    suspects.discard(shard)
+                    done += commit["rows"]
+                    self.tokens_run += commit["rows"]
+                    self._report(done)
+                submit()
+        finally:
+            self.shard_seconds = time.perf_counter() - t1
+            for ref in in_flight:
+                ray.cancel(ref)
+            for w in workers:
+                ray.kill(w)  # also stops a running shard on cancel: it stays uncommitted
+
+    def _worker_died(self, shard: int, e: Exception, queue: list[int], suspects: set[int]):
+        n = self.attempts[shard] = self.attempts.get(shard, 0) + 1
+        if n >= self.spec.max_shard_attempts:
+            self.skipped[shard] = (
+                f"its worker process died on all {n} attempts; skipped "
+                f"(last error: {type(e).__name__})"
+            )
+            suspects.discard(shard)
+            return
+        suspects.add(shard)
+        queue.insert(0, shard)

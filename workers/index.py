@@ -1,7 +1,8 @@
 """Indexing: run an SAE over its activation set and build the feature catalog's content.
 
 Ray tasks each take a slice of the committed shards, run the SAE over whole contexts
-and return a FeatureAccumulator; the driver merges them, adds the vocabulary projection
+and return a FeatureAccumulator (statistics, top-N examples, quantile samples); the
+driver merges them, adds the vocabulary projection and the decoder-cosine neighbours
 from the weights, and turns the tables into FeatureIndex records.
 """
 
@@ -18,6 +19,7 @@ import torch
 
 from saefeat.config import Settings, get_settings
 from saefeat.features.accumulate import HIST_EDGES, FeatureAccumulator
+from saefeat.features.neighbours import decoder_neighbours
 from saefeat.features.records import FeatureExample, FeatureIndex
 from saefeat.features.vocab import token_strings, vocab_projections
 from saefeat.lm import cached_model, model_config_and_tokenizer
@@ -36,7 +38,7 @@ def accumulate_shards(
     spec = IndexSpec.model_validate_json(spec_json)
     sae = load_sae(Path(sae_path), device).eval()
     aset = ActivationSet(Path(set_path))
-    acc = FeatureAccumulator(sae.cfg.d_sae, spec.n_examples, spec.window, device)
+    acc = new_accumulator(sae.cfg.d_sae, spec, device, seed=shards[0] if shards else 0)
     rows_per_batch = spec.batch_contexts * aset.ctx_len
     with torch.inference_mode():
         for s in shards:
@@ -47,6 +49,19 @@ def accumulate_shards(
                 vals, idx = sae.encode(x)
                 acc.add(vals, idx, first_context=c0 + b // aset.ctx_len, ctx_len=aset.ctx_len)
     return acc
+
+
+def new_accumulator(d_sae: int, spec: IndexSpec, device: str, seed: int = 0) -> FeatureAccumulator:
+    # Each task seeds its sampler differently (by its first shard) so keys stay independent.
+    return FeatureAccumulator(
+        d_sae,
+        spec.n_examples,
+        spec.window,
+        device,
+        n_quantile_bins=spec.n_quantile_bins,
+        per_quantile_bin=spec.per_quantile_bin,
+        seed=seed,
+    )
 
 
 _accumulate_task = ray.remote(max_retries=3)(accumulate_shards)
@@ -106,7 +121,8 @@ def build_index(
     strings = token_strings(tokenizer, W_U.shape[0])
     fires = acc.fires.numpy()
     n = max(acc.n_tokens, 1)
-    examples = _examples(acc, aset, strings)
+    examples = _examples(acc, aset, strings) + _quantile_examples(acc, aset, strings)
+    near, cosines = decoder_neighbours(sae.W_dec.detach(), spec.n_neighbours)
     return FeatureIndex(
         d_sae=sae.cfg.d_sae,
         n_tokens=acc.n_tokens,
@@ -117,32 +133,62 @@ def build_index(
         projections=vocab_projections(sae.W_dec.detach(), W_U, norm_scale, strings, spec.n_vocab),
         histogram_edges=HIST_EDGES,
         histograms=acc.hist.numpy(),
+        neighbour_indices=near.numpy() if spec.n_neighbours else None,
+        neighbour_cosines=cosines.numpy() if spec.n_neighbours else None,
+    )
+
+
+def _example(tokens, strings, ctx_len, w, f, rank, value, ctx, pos, window, kind):
+    lo, hi = max(0, pos - w), min(ctx_len, pos + w + 1)
+    ids = tokens[ctx, lo:hi].tolist()
+    return FeatureExample(
+        feature_index=f,
+        rank=rank,
+        activation=value,
+        context_index=ctx,
+        position=pos,
+        token_ids=ids,
+        token_strs=[strings[i] if i < len(strings) else "" for i in ids],
+        values=window[lo - (pos - w) : hi - (pos - w)].tolist(),
+        focus=pos - lo,
+        kind=kind,
     )
 
 
 def _examples(acc: FeatureAccumulator, aset: ActivationSet, strings: list[str]):
     tokens = aset.tokens()
-    w = acc.window
     held = (acc.top_vals > -float("inf")).nonzero().tolist()
-    out = []
-    for f, rank in held:
-        ctx, pos = int(acc.top_ctx[f, rank]), int(acc.top_pos[f, rank])
-        lo, hi = max(0, pos - w), min(aset.ctx_len, pos + w + 1)
-        ids = tokens[ctx, lo:hi].tolist()
-        window_vals = acc.top_window[f, rank, lo - (pos - w) : hi - (pos - w)].tolist()
+    return [
+        _example(
+            tokens,
+            strings,
+            aset.ctx_len,
+            acc.window,
+            f,
+            rank,
+            float(acc.top_vals[f, rank]),
+            int(acc.top_ctx[f, rank]),
+            int(acc.top_pos[f, rank]),
+            acc.top_window[f, rank],
+            "top",
+        )
+        for f, rank in held
+    ]
+
+
+def _quantile_examples(acc: FeatureAccumulator, aset: ActivationSet, strings: list[str]):
+    if acc.quantiles is None:
+        return []
+    tokens = aset.tokens()
+    f, v, ctx, pos, win = acc.quantiles.samples()
+    out, last, rank = [], -1, 0
+    rows = zip(f.tolist(), v.tolist(), ctx.tolist(), pos.tolist(), win, strict=True)
+    for fi, vi, ci, pi, wi in rows:
+        rank = rank + 1 if fi == last else 0  # samples() gives each feature's strongest first
+        last = fi
         out.append(
-            FeatureExample(
-                feature_index=f,
-                rank=rank,
-                activation=float(acc.top_vals[f, rank]),
-                context_index=ctx,
-                position=pos,
-                token_ids=ids,
-                token_strs=[strings[i] if i < len(strings) else "" for i in ids],
-                values=window_vals,
-                focus=pos - lo,
+            _example(
+                tokens, strings, aset.ctx_len, acc.window, fi, rank, vi, ci, pi, wi, "quantile"
             )
         )
     return out
-
-

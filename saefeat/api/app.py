@@ -11,7 +11,14 @@ from contextlib import asynccontextmanager
 from fastapi import Depends, FastAPI
 
 from saefeat import __version__
-from saefeat.api import catalog_routes, health_routes, label_routes
+from saefeat.api import (
+    catalog_routes,
+    health_routes,
+    label_routes,
+    live_routes,
+    page_routes,
+    search_routes,
+)
 from saefeat.api.auth import AUTH_RESPONSES, require_scope
 from saefeat.api.errors import install_error_handlers, install_problem_openapi
 from saefeat.config import Settings, get_settings
@@ -22,7 +29,9 @@ from saefeat.storage.catalog.models import API_SCOPES
 API_PREFIX = "/v1"
 DESCRIPTION = """\
 Browse sparse-autoencoder features: SAEs, their features' statistics, top-activating
-examples and vocabulary projections; search features by token; label features.
+examples and vocabulary projections, nearest features; search features by token, by
+label text (full-text), or by running a text through the model; label and vote on labels.
+The same app serves the feature browser pages at `/`.
 
 Errors are `application/problem+json` (RFC 9457). Lists are cursor-paginated: pass a
 page's `next_cursor` back as `cursor`. Writes need `Authorization: Bearer <key>`.
@@ -69,12 +78,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     read_guard = [Depends(require_scope("read"))] if settings.require_read_key else []
     read_responses = AUTH_RESPONSES if settings.require_read_key else {}
     app.include_router(health_routes.router, prefix=API_PREFIX)
-    app.include_router(
-        catalog_routes.router,
-        prefix=API_PREFIX,
-        dependencies=read_guard,
-        responses=read_responses,
-    )
+    for reads in (catalog_routes, search_routes, live_routes):
+        app.include_router(
+            reads.router, prefix=API_PREFIX, dependencies=read_guard, responses=read_responses
+        )
+    # Pages are reads too; a browser cannot send the key, so keyed reads close them.
+    app.include_router(page_routes.router, dependencies=read_guard)
     app.include_router(label_routes.router, prefix=API_PREFIX)
     _bootstrap_key(app, settings)
     return app

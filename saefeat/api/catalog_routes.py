@@ -14,6 +14,7 @@ from saefeat.api.schemas import (
     FeatureDetail,
     FeaturePage,
     LabelHistory,
+    NeighbourList,
     SaeDetail,
     SaePage,
     TokenMatchPage,
@@ -68,6 +69,10 @@ def list_features(
     order: Annotated[Literal["asc", "desc"], Query(description="Sort direction")] = "desc",
     min_density: Annotated[float | None, Query(ge=0.0, le=1.0)] = None,
     max_density: Annotated[float | None, Query(ge=0.0, le=1.0)] = None,
+    labelled: Annotated[
+        bool | None,
+        Query(description="true: only features with a label; false: only unlabelled ones"),
+    ] = None,
     limit: Limit = 50,
     cursor: CursorParam = None,
 ) -> FeaturePage:
@@ -78,6 +83,7 @@ def list_features(
         order=order,
         min_density=min_density,
         max_density=max_density,
+        labelled=labelled,
         limit=limit,
         cursor=cursor,
     )
@@ -94,12 +100,17 @@ def list_features(
 )
 def get_feature(sae_id: SaeId, index: FeatureIndexParam, session: SessionDep) -> FeatureDetail:
     feature = queries.get_feature(session, sae_id, index)
-    return convert.feature_detail(
+    history = labels.label_history(session, feature.id)
+    votes = labels.label_votes(session, [lb.id for lb in history])
+    current = labels.pick_current_label(history, votes)
+    detail = convert.feature_detail(
         feature,
         queries.feature_examples(session, feature.id),
         queries.feature_projection(session, feature.id),
-        labels.pick_current_label(labels.label_history(session, feature.id)),
+        None,
     )
+    detail.label = convert.label_out(current, votes.get(current.id) if current else None)
+    return detail
 
 
 @router.get(
@@ -111,10 +122,25 @@ def get_feature(sae_id: SaeId, index: FeatureIndexParam, session: SessionDep) ->
 def list_labels(sae_id: SaeId, index: FeatureIndexParam, session: SessionDep) -> LabelHistory:
     feature = queries.get_feature(session, sae_id, index)
     history = labels.label_history(session, feature.id)
+    votes = labels.label_votes(session, [lb.id for lb in history])
+    current = labels.pick_current_label(history, votes)
     return LabelHistory(
-        items=[convert.label_out(lb) for lb in history],  # type: ignore[misc]
-        current=convert.label_out(labels.pick_current_label(history)),
+        items=[convert.label_out(lb, votes.get(lb.id)) for lb in history],  # type: ignore[misc]
+        current=convert.label_out(current, votes.get(current.id) if current else None),
     )
+
+
+@router.get(
+    "/saes/{sae_id}/features/{index}/neighbours",
+    response_model=NeighbourList,
+    responses=problem_responses(404, 422),
+    summary="The features whose decoder rows are most similar (cosine), nearest first",
+)
+def list_neighbours(sae_id: SaeId, index: FeatureIndexParam, session: SessionDep) -> NeighbourList:
+    feature = queries.get_feature(session, sae_id, index)
+    near = queries.feature_neighbours(session, feature.id)
+    current = labels.current_labels(session, [n.feature.id for n in near])
+    return NeighbourList(items=[convert.neighbour(n, current.get(n.feature.id)) for n in near])
 
 
 @router.get(

@@ -7,15 +7,19 @@ from saefeat.api.schemas import (
     FeatureDetail,
     FeatureSummary,
     Histogram,
+    LabelMatchOut,
     LabelOut,
+    NeighbourOut,
     Projection,
     ProjectionToken,
     SaeDetail,
     SaeSummary,
     TokenMatchOut,
 )
+from saefeat.storage.catalog.label_search import LabelMatch
+from saefeat.storage.catalog.labels import Votes
 from saefeat.storage.catalog.models import SAE, Feature, FeatureExample, Label, VocabToken
-from saefeat.storage.catalog.queries import TokenMatch
+from saefeat.storage.catalog.queries import NeighbourMatch, TokenMatch
 
 
 def sae_summary(sae: SAE) -> SaeSummary:
@@ -42,10 +46,13 @@ def sae_detail(sae: SAE, n_features_indexed: int) -> SaeDetail:
     )
 
 
-def label_out(label: Label | None) -> LabelOut | None:
+def label_out(label: Label | None, votes: Votes | None = None) -> LabelOut | None:
     if label is None:
         return None
+    votes = votes or Votes()
     return LabelOut(
+        votes_up=votes.up,
+        votes_down=votes.down,
         id=label.id,
         text=label.text,
         source=label.source,  # type: ignore[arg-type]
@@ -120,5 +127,26 @@ def token_match(match: TokenMatch, label: Label | None) -> TokenMatchOut:
         token_id=match.token_id,
         rank=match.rank,
         value=match.value,
+        label=label.text if label else None,
+    )
+
+
+def label_match(match: LabelMatch, votes: Votes | None) -> LabelMatchOut:
+    return LabelMatchOut(
+        sae_id=match.feature.sae_id,
+        index=match.feature.index,
+        density=match.feature.density,
+        max_activation=match.feature.max_activation,
+        label=label_out(match.label, votes),  # type: ignore[arg-type]
+    )
+
+
+def neighbour(match: NeighbourMatch, label: Label | None) -> NeighbourOut:
+    return NeighbourOut(
+        sae_id=match.feature.sae_id,
+        index=match.feature.index,
+        rank=match.rank,
+        cosine=match.cosine,
+        density=match.feature.density,
         label=label.text if label else None,
     )

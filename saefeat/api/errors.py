@@ -22,6 +22,7 @@ DESCRIPTIONS = {
     401: "No API key, or the key is unknown or revoked",
     403: "The API key lacks the scope this route needs",
     404: "The SAE or feature does not exist",
+    413: "The text is longer than live search takes",
     422: "A parameter or body field is invalid; `errors` names it",
     503: "The catalog database cannot be reached",
 }
@@ -112,9 +113,9 @@ async def _on_validation(request: Request, exc: RequestValidationError) -> JSONR
 
 async def _on_saefeat(request: Request, exc: SaefeatError) -> JSONResponse:
     errors = None
-    if exc.status_code == 422 and exc.field:
+    if exc.status_code in (413, 422) and exc.field:
         errors = [FieldError(field=exc.field, location=None, message=exc.message)]
-    slug = {404: "not-found", 422: "invalid-value"}.get(exc.status_code, "error")
+    slug = {404: "not-found", 413: "too-long", 422: "invalid-value"}.get(exc.status_code, "error")
     return problem_response(exc.status_code, str(exc), slug=slug, errors=errors)
 
 

@@ -11,9 +11,9 @@ from saefeat.api import convert
 from saefeat.api.auth import require_scope
 from saefeat.api.deps import get_session
 from saefeat.api.errors import problem_responses
-from saefeat.api.schemas import LabelCreate, LabelOut
+from saefeat.api.schemas import LabelCreate, LabelOut, VoteCreate
 from saefeat.storage.catalog import labels, queries
-from saefeat.storage.catalog.models import ApiKey
+from saefeat.storage.catalog.models import ApiKey, Label
 
 router = APIRouter(tags=["labels"])
 
@@ -43,3 +43,26 @@ def create_label(
     )
     session.commit()
     return convert.label_out(label)  # type: ignore[return-value]
+
+
+@router.post(
+    "/labels/{label_id}/votes",
+    response_model=LabelOut,
+    responses=problem_responses(401, 403, 404, 422),
+    summary="Vote a label up or down (one vote per key; voting again replaces it)",
+    description=(
+        "A human label more people voted down than up stops being the feature's current "
+        "label; the next newest accepted human label, else the best-scored auto label, is."
+    ),
+)
+def vote_label(
+    label_id: Annotated[int, Path(description="Label id, as in a label history")],
+    body: VoteCreate,
+    key: Annotated[ApiKey, Depends(require_scope("label"))],
+    session: Annotated[Session, Depends(get_session)],
+) -> LabelOut:
+    totals = labels.vote_label(
+        session, label_id, voter=f"{key.name} (key {key.id})", value=1 if body.vote == "up" else -1
+    )
+    session.commit()
+    return convert.label_out(session.get(Label, label_id), totals)  # type: ignore[return-value]

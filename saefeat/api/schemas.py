@@ -108,6 +108,8 @@ class LabelOut(BaseModel):
     author: str | None
     score: float | None
     created_at: datetime
+    votes_up: int = 0
+    votes_down: int = 0
 
 
 class FeatureDetail(BaseModel):
@@ -167,6 +169,63 @@ class LabelCreate(BaseModel):
 class LabelHistory(BaseModel):
     items: list[LabelOut] = Field(description="Every label, newest first")
     current: LabelOut | None
+
+
+class VoteCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    vote: Literal["up", "down"] = Field(description="One vote per key; voting again replaces it")
+
+
+class LabelMatchOut(BaseModel):
+    sae_id: str
+    index: int
+    density: float
+    max_activation: float
+    label: LabelOut = Field(description="The feature's newest label that matched the query")
+
+
+class LabelMatchPage(BaseModel):
+    items: list[LabelMatchOut]
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null at end")
+
+
+class NeighbourOut(BaseModel):
+    sae_id: str
+    index: int
+    rank: int = Field(description="0 = most similar")
+    cosine: float = Field(description="Cosine similarity of the two decoder rows")
+    density: float
+    label: str | None
+
+
+class NeighbourList(BaseModel):
+    items: list[NeighbourOut] = Field(description="Nearest first (at most 100, not paged)")
+
+
+class TextQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    text: str = Field(min_length=1, description="Text to run through the model and the SAE")
+    top_n: int = Field(default=5, ge=1, le=50, description="Features per token")
+
+
+class ActiveFeature(BaseModel):
+    index: int
+    activation: float
+
+
+class TokenActivations(BaseModel):
+    position: int
+    token_id: int
+    token: str
+    features: list[ActiveFeature] = Field(description="Strongest first; only active ones")
+
+
+class TextActivations(BaseModel):
+    sae_id: str
+    hook: str
+    tokens: list[TokenActivations]
 
 
 Problem.model_rebuild()

@@ -3,8 +3,9 @@
 The SAE's sparse output (vals, idx) for a block of whole contexts goes in; out come
 fire counts, activation sums, maxima, log-binned histograms, and each feature's N
 strongest examples with the feature's activation on every token of a window around
-them. The top-N merge is a segmented sort (by value, then stably by feature), never a
-Python loop over features. Accumulators from different workers merge the same way.
+them, and quantile samples (see quantiles.py). The top-N merge is a segmented sort (by
+value, then stably by feature), never a Python loop over features. Accumulators from
+different workers merge the same way.
 """
 
 from __future__ import annotations
@@ -12,12 +13,25 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from saefeat.features.quantiles import QuantileSampler
+from saefeat.features.segments import segment_rank, segment_top
+
 HIST_EDGES = np.logspace(-4, 3, 57)  # 8 bins a decade over raw activation values
 _CANDIDATE_CHUNK = 8192  # window gathers are [chunk, 2w+1, k]: bound their memory
 
 
 class FeatureAccumulator:
-    def __init__(self, d_sae: int, n_top: int, window: int, device: torch.device | str = "cpu"):
+    def __init__(
+        self,
+        d_sae: int,
+        n_top: int,
+        window: int,
+        device: torch.device | str = "cpu",
+        *,
+        n_quantile_bins: int = 0,
+        per_quantile_bin: int = 0,
+        seed: int = 0,
+    ):
         self.d_sae, self.n_top, self.window = d_sae, n_top, window
         self.device = torch.device(device)
         dev = self.device
@@ -32,6 +46,11 @@ class FeatureAccumulator:
         self.top_ctx = torch.full((d_sae, n_top), -1, dtype=torch.long, device=dev)
         self.top_pos = torch.full((d_sae, n_top), -1, dtype=torch.long, device=dev)
         self.top_window = torch.zeros(d_sae, n_top, W, dtype=torch.float32, device=dev)
+        self.quantiles: QuantileSampler | None = None
+        if n_quantile_bins > 0 and per_quantile_bin > 0:
+            self.quantiles = QuantileSampler(
+                d_sae, n_quantile_bins, per_quantile_bin, W, dev, seed=seed
+            )
 
     @torch.no_grad()
     def add(
@@ -56,21 +75,38 @@ class FeatureAccumulator:
         r = rows[:, None].expand_as(idx)[active]
         self.fires.index_add_(0, f, torch.ones_like(f))
         self.act_sum.index_add_(0, f, v.double())
+        max_before = self.act_max.clone() if self.quantiles is not None else None
         self.act_max.scatter_reduce_(0, f, v, reduce="amax")
         b = torch.bucketize(v, self._edges).clamp_(1, len(HIST_EDGES) - 1) - 1
         self.hist.view(-1).index_add_(0, f * self.hist.shape[1] + b, torch.ones_like(b))
 
+        if self.quantiles is not None:
+            self.quantiles.add(
+                f,
+                v,
+                r,
+                act_max=self.act_max,
+                max_grew=self.act_max > max_before,
+                first_context=first_context,
+                ctx_len=ctx_len,
+                windows=lambda ff, rr: self._windows(vals, idx, ff, rr, ctx_len),
+            )
         # Only values above the feature's current N-th best can enter its top list.
         keep = v > self.top_vals[f, -1]
         f, v, r = f[keep], v[keep], r[keep]
         if f.numel() == 0:
             return
         # Cut to at most N per feature before the window gathers.
-        sel = _segment_top(f, v, self.n_top, self.d_sae)
+        sel = segment_top(f, v, self.n_top, self.d_sae)
         f, v, r = f[sel], v[sel], r[sel]
-        chunks = [slice(i, i + _CANDIDATE_CHUNK) for i in range(0, f.numel(), _CANDIDATE_CHUNK)]
-        windows = torch.cat([self._window_values(vals, idx, f[c], r[c], ctx_len) for c in chunks])
+        windows = self._windows(vals, idx, f, r, ctx_len)
         self._merge(f, v, first_context + r // ctx_len, r % ctx_len, windows)
+
+    def _windows(self, vals, idx, f, r, ctx_len) -> torch.Tensor:
+        chunks = [slice(i, i + _CANDIDATE_CHUNK) for i in range(0, f.numel(), _CANDIDATE_CHUNK)]
+        if not chunks:
+            return torch.zeros(0, 2 * self.window + 1, device=self.device)
+        return torch.cat([self._window_values(vals, idx, f[c], r[c], ctx_len) for c in chunks])
 
     def _window_values(self, vals, idx, f, r, ctx_len) -> torch.Tensor:
         """[n, 2w+1]: feature f's activation at each token around row r, same context only."""
@@ -89,7 +125,7 @@ class FeatureAccumulator:
         all_ctx = torch.cat([self.top_ctx.view(-1)[held], ctx])
         all_pos = torch.cat([self.top_pos.view(-1)[held], pos])
         all_win = torch.cat([self.top_window.view(-1, windows.shape[1])[held], windows])
-        order, rank = _segment_rank(all_f, all_v, self.d_sae)
+        order, rank = segment_rank(all_f, all_v, self.d_sae)
         keep = rank < self.n_top
         order, rank = order[keep], rank[keep]
         slot = all_f[order] * self.n_top + rank
@@ -108,6 +144,8 @@ class FeatureAccumulator:
         self.act_sum += other.act_sum
         self.act_max = torch.maximum(self.act_max, other.act_max)
         self.hist += other.hist
+        if self.quantiles is not None and other.quantiles is not None:
+            self.quantiles.merge(other.quantiles, self.act_max)
         held = other.top_vals.view(-1) > -float("inf")
         f = torch.arange(self.d_sae, device=self.device).repeat_interleave(self.n_top)[held]
         self._merge(
@@ -122,6 +160,8 @@ class FeatureAccumulator:
         for name, value in vars(self).items():
             if isinstance(value, torch.Tensor):
                 setattr(self, name, value.to(device))
+        if self.quantiles is not None:
+            self.quantiles.to(device)
         self.device = torch.device(device)
         return self
 
@@ -137,21 +177,3 @@ class FeatureAccumulator:
     def __setstate__(self, state):
         self.__dict__.update(state)
         self.device = torch.device("cpu")
-
-
-def _segment_rank(f: torch.Tensor, v: torch.Tensor, d_sae: int):
-    """Order grouping entries by feature with values descending, and each entry's rank."""
-    by_value = torch.sort(v, descending=True, stable=True).indices
-    by_feature = torch.sort(f[by_value], stable=True).indices
-    order = by_value[by_feature]
-    fs = f[order]
-    counts = torch.bincount(fs, minlength=d_sae)
-    starts = torch.cumsum(counts, 0) - counts
-    rank = torch.arange(fs.numel(), device=f.device) - starts[fs]
-    return order, rank
-
-
-def _segment_top(f: torch.Tensor, v: torch.Tensor, n: int, d_sae: int) -> torch.Tensor:
-    """Indices of the n largest values of each feature."""
-    order, rank = _segment_rank(f, v, d_sae)
-    return order[rank < n]

@@ -13,7 +13,10 @@ import numpy as np
 
 @dataclass
 class FeatureExample:
-    """One top-activating example of one feature: a token window around the peak."""
+    """One example of one feature: a token window around the focus token.
+
+    kind "top": the N strongest activations (rank 0 = strongest). kind "quantile": samples
+    spread over the activation range (rank orders them by activation, strongest first)."""
 
     feature_index: int
     rank: int  # 0 = strongest
@@ -53,3 +56,6 @@ class FeatureIndex:
     projections: list[VocabProjection] = field(default_factory=list)
     histogram_edges: np.ndarray | None = None  # shared log-spaced bin edges
     histograms: np.ndarray | None = None  # [d_sae, n_bins] counts
+    # Nearest features by decoder cosine: [d_sae, n] feature indices (-1 = none) and cosines.
+    neighbour_indices: np.ndarray | None = None
+    neighbour_cosines: np.ndarray | None = None

@@ -25,8 +25,18 @@ _ROW_CHUNK = 32 if interpreting() else 2048
 
 @triton.jit
 def _adam_kernel(
-    p_ptr, g_ptr, m_ptr, v_ptr, n,
-    step_size, inv_sqrt_bc2, beta1, beta2, omb1, omb2, eps,
+    p_ptr,
+    g_ptr,
+    m_ptr,
+    v_ptr,
+    n,
+    step_size,
+    inv_sqrt_bc2,
+    beta1,
+    beta2,
+    omb1,
+    omb2,
+    eps,
     BLOCK: tl.constexpr,
 ):
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
@@ -44,8 +54,7 @@ def _adam_kernel(
 
 
 @triton.jit
-def _decoder_row_update(w, g, m, v, gw, ww, step_size, inv_sqrt_bc2, beta1, beta2, omb1, omb2,
-                        eps):
+def _decoder_row_update(w, g, m, v, gw, ww, step_size, inv_sqrt_bc2, beta1, beta2, omb1, omb2, eps):
     g = g - (gw / tl.maximum(ww, 1e-30)) * w
     m = beta1 * m + omb1 * g
     v = beta2 * v + omb2 * g * g
@@ -55,61 +64,95 @@ def _decoder_row_update(w, g, m, v, gw, ww, step_size, inv_sqrt_bc2, beta1, beta
 
 @triton.jit
 def _decoder_adam_kernel(
-    p_ptr, g_ptr, m_ptr, v_ptr, D,
-    stride_p, stride_g, stride_m, stride_v,
-    step_size, inv_sqrt_bc2, beta1, beta2, omb1, omb2, eps,
-    BLOCK_D: tl.constexpr, IN_REGISTERS: tl.constexpr,
+    p_ptr,
+    g_ptr,
+    m_ptr,
+    v_ptr,
+    R,
+    D,
+    stride_p,
+    stride_g,
+    stride_m,
+    stride_v,
+    step_size,
+    inv_sqrt_bc2,
+    beta1,
+    beta2,
+    omb1,
+    omb2,
+    eps,
+    ROWS: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    IN_REGISTERS: tl.constexpr,
 ):
-    row = tl.program_id(0).to(tl.int64)
-    p_row = p_ptr + row * stride_p
-    g_row = g_ptr + row * stride_g
-    m_row = m_ptr + row * stride_m
-    v_row = v_ptr + row * stride_v
+    rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+    row_ok = rows < R
+    rows = rows.to(tl.int64)
+    p_rows = p_ptr + rows[:, None] * stride_p
+    g_rows = g_ptr + rows[:, None] * stride_g
+    m_rows = m_ptr + rows[:, None] * stride_m
+    v_rows = v_ptr + rows[:, None] * stride_v
     if IN_REGISTERS:
-        offs = tl.arange(0, BLOCK_D)
-        mask = offs < D
-        w = tl.load(p_row + offs, mask=mask, other=0.0).to(tl.float32)
-        g = tl.load(g_row + offs, mask=mask, other=0.0).to(tl.float32)
-        m = tl.load(m_row + offs, mask=mask, other=0.0).to(tl.float32)
-        v = tl.load(v_row + offs, mask=mask, other=0.0).to(tl.float32)
-        w, m, v = _decoder_row_update(w, g, m, v, tl.sum(g * w), tl.sum(w * w), step_size,
-                                      inv_sqrt_bc2, beta1, beta2, omb1, omb2, eps)
+        offs = tl.arange(0, BLOCK_D)[None, :]
+        mask = row_ok[:, None] & (offs < D)
+        w = tl.load(p_rows + offs, mask=mask, other=0.0).to(tl.float32)
+        g = tl.load(g_rows + offs, mask=mask, other=0.0).to(tl.float32)
+        m = tl.load(m_rows + offs, mask=mask, other=0.0).to(tl.float32)
+        v = tl.load(v_rows + offs, mask=mask, other=0.0).to(tl.float32)
+        gw = tl.sum(g * w, 1)[:, None]
+        ww = tl.sum(w * w, 1)[:, None]
+        w, m, v = _decoder_row_update(
+            w, g, m, v, gw, ww, step_size, inv_sqrt_bc2, beta1, beta2, omb1, omb2, eps
+        )
         w = tl.where(mask, w, 0.0)
-        w = w / tl.maximum(tl.sqrt(tl.sum(w * w)), 1e-12)
-        tl.store(p_row + offs, w.to(p_ptr.dtype.element_ty), mask=mask)
-        tl.store(m_row + offs, m.to(m_ptr.dtype.element_ty), mask=mask)
-        tl.store(v_row + offs, v.to(v_ptr.dtype.element_ty), mask=mask)
+        w = w / tl.maximum(tl.sqrt(tl.sum(w * w, 1)), 1e-12)[:, None]
+        tl.store(p_rows + offs, w.to(p_ptr.dtype.element_ty), mask=mask)
+        tl.store(m_rows + offs, m.to(m_ptr.dtype.element_ty), mask=mask)
+        tl.store(v_rows + offs, v.to(v_ptr.dtype.element_ty), mask=mask)
     else:
-        gw = tl.zeros((), dtype=tl.float32)
-        ww = tl.zeros((), dtype=tl.float32)
+        gw = tl.zeros((ROWS,), dtype=tl.float32)
+        ww = tl.zeros((ROWS,), dtype=tl.float32)
         for d0 in range(0, D, BLOCK_D):
-            offs = d0 + tl.arange(0, BLOCK_D)
-            mask = offs < D
-            w = tl.load(p_row + offs, mask=mask, other=0.0).to(tl.float32)
-            g = tl.load(g_row + offs, mask=mask, other=0.0).to(tl.float32)
-            gw += tl.sum(g * w)
-            ww += tl.sum(w * w)
-        nn = tl.zeros((), dtype=tl.float32)
+            offs = d0 + tl.arange(0, BLOCK_D)[None, :]
+            mask = row_ok[:, None] & (offs < D)
+            w = tl.load(p_rows + offs, mask=mask, other=0.0).to(tl.float32)
+            g = tl.load(g_rows + offs, mask=mask, other=0.0).to(tl.float32)
+            gw += tl.sum(g * w, 1)
+            ww += tl.sum(w * w, 1)
+        nn = tl.zeros((ROWS,), dtype=tl.float32)
         for d0 in range(0, D, BLOCK_D):
-            offs = d0 + tl.arange(0, BLOCK_D)
-            mask = offs < D
-            w = tl.load(p_row + offs, mask=mask, other=0.0).to(tl.float32)
-            g = tl.load(g_row + offs, mask=mask, other=0.0).to(tl.float32)
-            m = tl.load(m_row + offs, mask=mask, other=0.0).to(tl.float32)
-            v = tl.load(v_row + offs, mask=mask, other=0.0).to(tl.float32)
-            w, m, v = _decoder_row_update(w, g, m, v, gw, ww, step_size, inv_sqrt_bc2, beta1,
-                                          beta2, omb1, omb2, eps)
+            offs = d0 + tl.arange(0, BLOCK_D)[None, :]
+            mask = row_ok[:, None] & (offs < D)
+            w = tl.load(p_rows + offs, mask=mask, other=0.0).to(tl.float32)
+            g = tl.load(g_rows + offs, mask=mask, other=0.0).to(tl.float32)
+            m = tl.load(m_rows + offs, mask=mask, other=0.0).to(tl.float32)
+            v = tl.load(v_rows + offs, mask=mask, other=0.0).to(tl.float32)
+            w, m, v = _decoder_row_update(
+                w,
+                g,
+                m,
+                v,
+                gw[:, None],
+                ww[:, None],
+                step_size,
+                inv_sqrt_bc2,
+                beta1,
+                beta2,
+                omb1,
+                omb2,
+                eps,
+            )
             w = tl.where(mask, w, 0.0)
-            nn += tl.sum(w * w)
-            tl.store(p_row + offs, w.to(p_ptr.dtype.element_ty), mask=mask)
-            tl.store(m_row + offs, m.to(m_ptr.dtype.element_ty), mask=mask)
-            tl.store(v_row + offs, v.to(v_ptr.dtype.element_ty), mask=mask)
-        inv = 1.0 / tl.maximum(tl.sqrt(nn), 1e-12)
+            nn += tl.sum(w * w, 1)
+            tl.store(p_rows + offs, w.to(p_ptr.dtype.element_ty), mask=mask)
+            tl.store(m_rows + offs, m.to(m_ptr.dtype.element_ty), mask=mask)
+            tl.store(v_rows + offs, v.to(v_ptr.dtype.element_ty), mask=mask)
+        inv = (1.0 / tl.maximum(tl.sqrt(nn), 1e-12))[:, None]
         for d0 in range(0, D, BLOCK_D):
-            offs = d0 + tl.arange(0, BLOCK_D)
-            mask = offs < D
-            w = tl.load(p_row + offs, mask=mask, other=0.0).to(tl.float32)
-            tl.store(p_row + offs, (w * inv).to(p_ptr.dtype.element_ty), mask=mask)
+            offs = d0 + tl.arange(0, BLOCK_D)[None, :]
+            mask = row_ok[:, None] & (offs < D)
+            w = tl.load(p_rows + offs, mask=mask, other=0.0).to(tl.float32)
+            tl.store(p_rows + offs, (w * inv).to(p_ptr.dtype.element_ty), mask=mask)
 
 
 def _same_dense_layout(*ts: torch.Tensor) -> bool:
@@ -119,8 +162,15 @@ def _same_dense_layout(*ts: torch.Tensor) -> bool:
 
 
 def adam_(
-    p: torch.Tensor, g: torch.Tensor, m: torch.Tensor, v: torch.Tensor,
-    step_size: float, bias_correction2: float, beta1: float, beta2: float, eps: float,
+    p: torch.Tensor,
+    g: torch.Tensor,
+    m: torch.Tensor,
+    v: torch.Tensor,
+    step_size: float,
+    bias_correction2: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
 ) -> None:
     """In-place Adam on p, m, v; walks the shared storage order when layouts agree."""
     if not _same_dense_layout(p, m, v):  # odd strides: the torch twin handles any layout
@@ -132,15 +182,33 @@ def adam_(
     if n == 0:
         return
     _adam_kernel[(triton.cdiv(n, _BLOCK),)](
-        p, g, m, v, n,
-        step_size, 1.0 / bias_correction2**0.5, beta1, beta2, 1.0 - beta1, 1.0 - beta2, eps,
-        BLOCK=_BLOCK, num_warps=8,
+        p,
+        g,
+        m,
+        v,
+        n,
+        step_size,
+        1.0 / bias_correction2**0.5,
+        beta1,
+        beta2,
+        1.0 - beta1,
+        1.0 - beta2,
+        eps,
+        BLOCK=_BLOCK,
+        num_warps=8,
     )
 
 
 def decoder_adam_(
-    p: torch.Tensor, g: torch.Tensor, m: torch.Tensor, v: torch.Tensor,
-    step_size: float, bias_correction2: float, beta1: float, beta2: float, eps: float,
+    p: torch.Tensor,
+    g: torch.Tensor,
+    m: torch.Tensor,
+    v: torch.Tensor,
+    step_size: float,
+    bias_correction2: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
 ) -> None:
     """Fused decoder step on rows of p [d_sae, d_in] (rows must be contiguous)."""
     if g.stride(1) != 1:
@@ -153,9 +221,28 @@ def decoder_adam_(
         return
     in_registers = D <= MAX_REGISTER_ROW
     block = triton.next_power_of_2(D) if in_registers else _ROW_CHUNK
-    _decoder_adam_kernel[(R,)](
-        p, g, m, v, D,
-        p.stride(0), g.stride(0), m.stride(0), v.stride(0),
-        step_size, 1.0 / bias_correction2**0.5, beta1, beta2, 1.0 - beta1, 1.0 - beta2, eps,
-        BLOCK_D=block, IN_REGISTERS=in_registers, num_warps=min(16, max(4, block // 512)),
+    # Narrow rows share a program so each still moves a few thousand elements.
+    rows = 16 if interpreting() else max(1, min(16, 2048 // block))
+    _decoder_adam_kernel[(triton.cdiv(R, rows),)](
+        p,
+        g,
+        m,
+        v,
+        R,
+        D,
+        p.stride(0),
+        g.stride(0),
+        m.stride(0),
+        v.stride(0),
+        step_size,
+        1.0 / bias_correction2**0.5,
+        beta1,
+        beta2,
+        1.0 - beta1,
+        1.0 - beta2,
+        eps,
+        ROWS=rows,
+        BLOCK_D=block,
+        IN_REGISTERS=in_registers,
+        num_warps=min(16, max(4, rows * block // 512)),
     )

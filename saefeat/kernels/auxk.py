@@ -37,8 +37,10 @@ def auxk_loss(
     variance: torch.Tensor | float | None = None,
 ) -> torch.Tensor:
     if dead_mask.dtype != torch.bool or dead_mask.shape != b_enc.shape:
-        raise ValueError(f"dead_mask must be bool [d_sae]={tuple(b_enc.shape)}, got "
-                         f"{dead_mask.dtype} {tuple(dead_mask.shape)}")
+        raise ValueError(
+            f"dead_mask must be bool [d_sae]={tuple(b_enc.shape)}, got "
+            f"{dead_mask.dtype} {tuple(dead_mask.shape)}"
+        )
     if not isinstance(k_aux, int) or k_aux < 1:
         raise ValueError(f"k_aux must be a positive int, got {k_aux!r}")
     dead = dead_mask.nonzero().squeeze(1)

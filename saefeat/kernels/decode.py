@@ -12,6 +12,7 @@ from types import ModuleType
 
 import torch
 
+from . import dense_cpu
 from .dispatch import compute_dtype, ops_for, param_dtype
 
 
@@ -50,13 +51,18 @@ def sparse_decode(
 ) -> torch.Tensor:
     """[B, d_in] = sum_j vals[b, j] * W_dec[idx[b, j]] + b_dec (b_dec may be None)."""
     if idx.dim() != 2 or idx.shape != vals.shape:
-        raise ValueError(f"idx and vals must both be [B, k]; got {tuple(idx.shape)} and "
-                         f"{tuple(vals.shape)}")
+        raise ValueError(
+            f"idx and vals must both be [B, k]; got {tuple(idx.shape)} and {tuple(vals.shape)}"
+        )
     if W_dec.dim() != 2 or (b_dec is not None and b_dec.shape != (W_dec.shape[1],)):
-        raise ValueError(f"expected W_dec [d_sae, d_in] and b_dec [d_in]; got "
-                         f"{tuple(W_dec.shape)}, {None if b_dec is None else tuple(b_dec.shape)}")
+        raise ValueError(
+            f"expected W_dec [d_sae, d_in] and b_dec [d_in]; got "
+            f"{tuple(W_dec.shape)}, {None if b_dec is None else tuple(b_dec.shape)}"
+        )
     if idx.dtype not in (torch.int64, torch.int32):
         raise TypeError(f"idx must be int64 or int32, got {idx.dtype}")
+    if dense_cpu.wanted(idx, vals, W_dec, b_dec):
+        return dense_cpu.sparse_decode(idx, vals, W_dec, b_dec)
     ops = ops_for(idx, vals, W_dec, b_dec)
     cdtype = compute_dtype(vals, W_dec)
     return _SparseDecode.apply(idx.contiguous(), vals.contiguous(), W_dec, b_dec, ops, cdtype)

@@ -2,7 +2,8 @@
 
 `SAEFEAT_KERNELS` chooses, read on every call so tests can switch it:
 
-- `auto` (default): Triton when every tensor is on CUDA and triton imports, else torch.
+- `auto` (default): Triton when every tensor is on CUDA (none float64) and triton imports,
+  else torch.
 - `triton`: always Triton. On CPU tensors this needs `TRITON_INTERPRET=1` (set before
   triton is imported), which is how the Triton kernels are tested without a GPU.
 - `torch`: always the reference.
@@ -54,7 +55,9 @@ def use_triton(*tensors: torch.Tensor | None) -> bool:
     present = [t for t in tensors if t is not None]
     on_cuda = all(t.is_cuda for t in present)
     if mode == "auto":
-        return on_cuda and triton_available()
+        # The kernels compute in at most fp32; float64 work stays exact on the reference.
+        no_f64 = all(t.dtype != torch.float64 for t in present)
+        return on_cuda and no_f64 and triton_available()
     if not triton_available():
         raise RuntimeError(f"{ENV_VAR}=triton but triton does not import; install saefeat[triton]")
     if not on_cuda and not interpreting():

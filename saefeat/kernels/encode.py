@@ -24,17 +24,22 @@ from types import ModuleType
 
 import torch
 
+from . import dense_cpu
 from .dispatch import compute_dtype, ops_for, param_dtype
 
 
-def _as_rows(W_enc: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """W_enc [d_in, d_sae] as contiguous latent rows [d_sae, d_in] in `dtype` (one pass)."""
+def _encoder_weight(W_enc: torch.Tensor, dtype: torch.dtype, rows: bool, ops: ModuleType):
+    """W_enc for the GEMM as a [d_sae, d_in] operand (any strides) in `dtype`.
+
+    Contiguous latent rows (a transposing cast, one pass) when the backward must gather
+    them for grad x; otherwise a plain cast viewed transposed is enough for the GEMM.
+    """
     wt = W_enc.detach().t()
-    if wt.dtype == dtype and wt.is_contiguous():
+    if wt.dtype == dtype and (wt.is_contiguous() or not rows):
         return wt
-    out = torch.empty(wt.shape, dtype=dtype, device=wt.device)
-    out.copy_(wt)
-    return out
+    if rows:
+        return ops.latent_rows(W_enc.detach(), dtype)
+    return W_enc.detach().to(dtype).t()
 
 
 def _check_encoder(x: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor) -> None:
@@ -56,7 +61,11 @@ def _check_k(k: int, d_sae: int, name: str = "k") -> None:
 
 
 def padded_layout(
-    vals: torch.Tensor, rows: torch.Tensor, latents: torch.Tensor, B: int, d_sae: int,
+    vals: torch.Tensor,
+    rows: torch.Tensor,
+    latents: torch.Tensor,
+    B: int,
+    d_sae: int,
     out_dtype: torch.dtype,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Flat selected entries -> the padded [B, k_max] layout documented above."""
@@ -82,7 +91,7 @@ class _SparseEncode(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, W_enc, b_enc, k, batch, ops: ModuleType, cdtype):  # type: ignore[override]
         x_c = x.detach().to(cdtype).contiguous()
-        w_t = _as_rows(W_enc, cdtype)
+        w_t = _encoder_weight(W_enc, cdtype, ctx.needs_input_grad[0], ops)
         out_dtype = param_dtype(x, W_enc, b_enc)
         b = b_enc.detach()
         if batch:
@@ -123,6 +132,8 @@ def topk_encode(
     """TopK encoder: (vals [B, k] >= 0, idx [B, k] int64) of relu(x @ W_enc + b_enc)."""
     _check_encoder(x, W_enc, b_enc)
     _check_k(k, W_enc.shape[1])
+    if dense_cpu.wanted(x, W_enc, b_enc):
+        return dense_cpu.topk_encode(x, W_enc, b_enc, k)
     ops = ops_for(x, W_enc, b_enc)
     return _SparseEncode.apply(x, W_enc, b_enc, k, False, ops, compute_dtype(x, W_enc))
 
@@ -133,6 +144,8 @@ def batch_topk_encode(
     """BatchTopK encoder: the batch's B*k largest relu'd pre-activations, padded [B, k_max]."""
     _check_encoder(x, W_enc, b_enc)
     _check_k(k, W_enc.shape[1])
+    if dense_cpu.wanted(x, W_enc, b_enc):
+        return dense_cpu.batch_topk_encode(x, W_enc, b_enc, k)
     ops = ops_for(x, W_enc, b_enc)
     return _SparseEncode.apply(x, W_enc, b_enc, k, True, ops, compute_dtype(x, W_enc))
 
@@ -142,7 +155,7 @@ class _JumpReLU(torch.autograd.Function):
     def forward(ctx, x, W_enc, b_enc, threshold, bandwidth, want_l0, ops, cdtype):  # type: ignore[override]
         ctx.set_materialize_grads(False)
         x_c = x.detach().to(cdtype).contiguous()
-        w_t = _as_rows(W_enc, cdtype)
+        w_t = _encoder_weight(W_enc, cdtype, False, ops)
         acts, pre = ops.encode_jump(x_c, w_t, b_enc.detach(), threshold.detach())
         need_x, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         ctx.save_for_backward(x_c if need_w else None, w_t if need_x else None, pre, threshold)
@@ -158,8 +171,7 @@ class _JumpReLU(torch.autograd.Function):
         x_c, w_t, pre, threshold = ctx.saved_tensors
         if grad_acts is None and grad_l0 is None:
             return (None,) * 8
-        grad_pre, grad_th = ctx.ops.jump_backward(grad_acts, grad_l0, pre, threshold,
-                                                  ctx.bandwidth)
+        grad_pre, grad_th = ctx.ops.jump_backward(grad_acts, grad_l0, pre, threshold, ctx.bandwidth)
         x_dtype, w_dtype, b_dtype = ctx.dtypes
         grad_x = grad_w = grad_b = None
         if grad_pre is not None:
@@ -186,10 +198,12 @@ def jumprelu_encode(
     """JumpReLU encoder, dense acts [B, d_sae]; threshold gets the rectangle-kernel STE."""
     _check_encoder(x, W_enc, b_enc)
     if threshold.shape != b_enc.shape:
-        raise ValueError(f"threshold must be [d_sae]={tuple(b_enc.shape)}, got "
-                         f"{tuple(threshold.shape)}")
+        raise ValueError(
+            f"threshold must be [d_sae]={tuple(b_enc.shape)}, got {tuple(threshold.shape)}"
+        )
     if not bandwidth > 0:
         raise ValueError(f"bandwidth must be > 0, got {bandwidth!r}")
     ops = ops_for(x, W_enc, b_enc, threshold)
-    return _JumpReLU.apply(x, W_enc, b_enc, threshold, float(bandwidth), return_l0, ops,
-                           compute_dtype(x, W_enc))
+    return _JumpReLU.apply(
+        x, W_enc, b_enc, threshold, float(bandwidth), return_l0, ops, compute_dtype(x, W_enc)
+    )

@@ -27,30 +27,99 @@ EPILOGUE_JUMP = 1
 SEL_BLOCK = 32 if interpreting() else 128
 
 
+@triton.jit
+def _cast_transpose_kernel(
+    src_ptr,
+    dst_ptr,
+    R,
+    C,
+    stride_sr,
+    stride_sc,
+    stride_dc,
+    BLOCK_R: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
+    """dst[c, r] = src[r, c] in dst's dtype; the tile goes through shared memory."""
+    offs_r = (tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)).to(tl.int64)
+    offs_c = (tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)).to(tl.int64)
+    mask = (offs_r[:, None] < R) & (offs_c[None, :] < C)
+    tile = tl.load(src_ptr + offs_r[:, None] * stride_sr + offs_c[None, :] * stride_sc, mask=mask)
+    dst = dst_ptr + offs_c[None, :] * stride_dc + offs_r[:, None]
+    tl.store(dst, tile.to(dst_ptr.dtype.element_ty), mask=mask)
+
+
+def latent_rows(W_enc: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """W_enc [d_in, d_sae] as contiguous rows [d_sae, d_in] in `dtype`, in one pass."""
+    R, C = W_enc.shape
+    out = torch.empty((C, R), dtype=dtype, device=W_enc.device)
+    block = 32 if interpreting() else 64
+    grid = (triton.cdiv(R, block), triton.cdiv(C, block))
+    _cast_transpose_kernel[grid](
+        W_enc,
+        out,
+        R,
+        C,
+        W_enc.stride(0),
+        W_enc.stride(1),
+        out.stride(0),
+        BLOCK_R=block,
+        BLOCK_C=block,
+    )
+    return out
+
+
 def _configs() -> list[triton.Config]:
     if interpreting():
         return [triton.Config({"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 4})]
     cfg = triton.Config
     return [
-        cfg({"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 64, "GROUP_M": 8}, num_warps=8,
-            num_stages=3),
-        cfg({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8}, num_warps=8,
-            num_stages=4),
-        cfg({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8}, num_warps=4,
-            num_stages=4),
-        cfg({"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8}, num_warps=4,
-            num_stages=4),
+        cfg(
+            {"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 64, "GROUP_M": 8}, num_warps=8, num_stages=3
+        ),
+        cfg(
+            {"BLOCK_M": 256, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8}, num_warps=8, num_stages=3
+        ),
+        cfg(
+            {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8}, num_warps=8, num_stages=4
+        ),
+        cfg(
+            {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8}, num_warps=4, num_stages=4
+        ),
+        cfg(
+            {"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8}, num_warps=4, num_stages=4
+        ),
     ]
 
 
 @triton.autotune(configs=_configs(), key=["M", "N", "K", "EPILOGUE"])
 @triton.jit
 def _encode_gemm_kernel(
-    x_ptr, w_ptr, b_ptr, th_ptr, pre_ptr, acts_ptr, bmax_ptr,
-    M, N, K, NB,
-    stride_xm, stride_xk, stride_wn, stride_wk, stride_pm, stride_am, stride_bm,
-    EPILOGUE: tl.constexpr, SEL: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    x_ptr,
+    w_ptr,
+    b_ptr,
+    th_ptr,
+    pre_ptr,
+    acts_ptr,
+    bmax_ptr,
+    M,
+    N,
+    K,
+    NB,
+    stride_xm,
+    stride_xk,
+    stride_wn,
+    stride_wk,
+    stride_pm,
+    stride_am,
+    stride_bm,
+    EPILOGUE: tl.constexpr,
+    SEL: tl.constexpr,
+    PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    GROUP_M: tl.constexpr,
 ):
     # Grouped launch order: GROUP_M row blocks share each weight tile while it is in L2.
     pid = tl.program_id(0)
@@ -133,11 +202,27 @@ def _launch(
         return (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)
 
     _encode_gemm_kernel[grid](
-        x_c, w_t, b, th, pre, acts_t, bmax_t,
-        M, N, K, nb,
-        x_c.stride(0), x_c.stride(1), w_t.stride(0), w_t.stride(1),
-        pre.stride(0), acts_t.stride(0), bmax_t.stride(0),
-        EPILOGUE=epilogue, SEL=SEL_BLOCK, PRECISION=dot_precision(x_c.dtype),
+        x_c,
+        w_t,
+        b,
+        th,
+        pre,
+        acts_t,
+        bmax_t,
+        M,
+        N,
+        K,
+        nb,
+        x_c.stride(0),
+        x_c.stride(1),
+        w_t.stride(0),
+        w_t.stride(1),
+        pre.stride(0),
+        acts_t.stride(0),
+        bmax_t.stride(0),
+        EPILOGUE=epilogue,
+        SEL=SEL_BLOCK,
+        PRECISION=dot_precision(x_c.dtype),
         UPCAST=UPCAST_DOT,
     )
 

@@ -18,11 +18,22 @@ _BLOCK_M, _BLOCK_N = (16, 32) if interpreting() else (32, 256)
 
 @triton.jit
 def _jump_backward_kernel(
-    ga_ptr, gl0_ptr, pre_ptr, th_ptr, gpre_ptr, gth_ptr,
-    M, N, bandwidth,
-    stride_ga, stride_pre, stride_gp,
-    HAS_GA: tl.constexpr, HAS_L0: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    ga_ptr,
+    gl0_ptr,
+    pre_ptr,
+    th_ptr,
+    gpre_ptr,
+    gth_ptr,
+    M,
+    N,
+    bandwidth,
+    stride_ga,
+    stride_pre,
+    stride_gp,
+    HAS_GA: tl.constexpr,
+    HAS_L0: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
 ):
     offs_m = (tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
     offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -72,10 +83,21 @@ def jump_backward(
     gl0 = grad_l0.contiguous() if grad_l0 is not None else grad_th
     grid = (triton.cdiv(M, _BLOCK_M), triton.cdiv(N, _BLOCK_N))
     _jump_backward_kernel[grid](
-        ga, gl0, pre, threshold, gp, grad_th,
-        M, N, float(bandwidth),
-        ga.stride(0), pre.stride(0), gp.stride(0),
-        HAS_GA=grad_acts is not None, HAS_L0=grad_l0 is not None,
-        BLOCK_M=_BLOCK_M, BLOCK_N=_BLOCK_N,
+        ga,
+        gl0,
+        pre,
+        threshold,
+        gp,
+        grad_th,
+        M,
+        N,
+        float(bandwidth),
+        ga.stride(0),
+        pre.stride(0),
+        gp.stride(0),
+        HAS_GA=grad_acts is not None,
+        HAS_L0=grad_l0 is not None,
+        BLOCK_M=_BLOCK_M,
+        BLOCK_N=_BLOCK_N,
     )
     return grad_pre, grad_th

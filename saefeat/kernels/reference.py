@@ -11,6 +11,12 @@ import torch
 import torch.nn.functional as F
 
 
+def latent_rows(W_enc: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """W_enc [d_in, d_sae] as contiguous rows [d_sae, d_in] in `dtype`."""
+    out = torch.empty((W_enc.shape[1], W_enc.shape[0]), dtype=dtype, device=W_enc.device)
+    return out.copy_(W_enc.t())
+
+
 def encode_pre(x_c: torch.Tensor, w_t: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """x_c @ w_t.T + b: product in x_c's dtype, bias added in fp32, rounded once more."""
     prod = x_c @ w_t.t()
@@ -108,8 +114,15 @@ def segment_matmul(
 
 @torch.no_grad()
 def adam_(
-    p: torch.Tensor, g: torch.Tensor, m: torch.Tensor, v: torch.Tensor,
-    step_size: float, bias_correction2: float, beta1: float, beta2: float, eps: float,
+    p: torch.Tensor,
+    g: torch.Tensor,
+    m: torch.Tensor,
+    v: torch.Tensor,
+    step_size: float,
+    bias_correction2: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
 ) -> None:
     g = g.float()
     m.mul_(beta1).add_(g, alpha=1 - beta1)
@@ -120,8 +133,15 @@ def adam_(
 
 @torch.no_grad()
 def decoder_adam_(
-    p: torch.Tensor, g: torch.Tensor, m: torch.Tensor, v: torch.Tensor,
-    step_size: float, bias_correction2: float, beta1: float, beta2: float, eps: float,
+    p: torch.Tensor,
+    g: torch.Tensor,
+    m: torch.Tensor,
+    v: torch.Tensor,
+    step_size: float,
+    bias_correction2: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
 ) -> None:
     """Adam on rows of p with the row-parallel gradient removed, then rows at unit norm."""
     w = p.float()

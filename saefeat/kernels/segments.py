@@ -20,35 +20,38 @@ class Segments:
     starts: torch.Tensor  # int32 [n_latents + 1]: segment l is starts[l]:starts[l + 1]
 
 
-# One-slot cache: the decoder and encoder backward of a step sort the same idx. A strong
-# reference keeps the storage alive, so equal data_ptr and version mean the same contents.
-_last: tuple[torch.Tensor, int, int, Segments] | None = None
+# A two-slot cache: a step's decoder and encoder backward sort the same idx (twice with
+# AuxK's second code). A strong reference keeps the storage alive, so an equal data_ptr and
+# version counter mean the same contents.
+_SLOTS = 2
+_cache: list[tuple[torch.Tensor, int, int, Segments]] = []
+
+
+def _hit(held: torch.Tensor, version: int, n: int, idx: torch.Tensor, n_latents: int) -> bool:
+    return (
+        held.data_ptr() == idx.data_ptr()
+        and held.shape == idx.shape
+        and held.stride() == idx.stride()
+        and held.device == idx.device
+        and held._version == version == idx._version
+        and n == n_latents
+    )
 
 
 def segments_by_latent(idx: torch.Tensor, n_latents: int) -> Segments:
-    global _last
-    if _last is not None:
-        held, version, held_latents, seg = _last
-        if (
-            held.data_ptr() == idx.data_ptr()
-            and held.shape == idx.shape
-            and held.stride() == idx.stride()
-            and held._version == version == idx._version
-            and held_latents == n_latents
-            and held.device == idx.device
-        ):
+    for held, version, n, seg in _cache:
+        if _hit(held, version, n, idx, n_latents):
             return seg
     k = idx.shape[1]
-    flat = idx.reshape(-1)
-    latents, order = torch.sort(flat)
+    latents, order = torch.sort(idx.reshape(-1))
     rows = torch.div(order, k, rounding_mode="floor").to(torch.int32)
     bounds = torch.arange(n_latents + 1, device=idx.device, dtype=latents.dtype)
     starts = torch.searchsorted(latents, bounds).to(torch.int32)
     seg = Segments(order, latents.to(torch.int32), rows, starts)
-    _last = (idx, idx._version, n_latents, seg)
+    _cache.insert(0, (idx, idx._version, n_latents, seg))
+    del _cache[_SLOTS:]
     return seg
 
 
 def clear_cache() -> None:
-    global _last
-    _last = None
+    _cache.clear()

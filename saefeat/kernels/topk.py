@@ -27,10 +27,22 @@ _BLOCKS_PER_ITER, _ROWS = (4, 16) if interpreting() else (16, 1)
 
 @triton.jit
 def _select_kernel(
-    pre_ptr, blocks_ptr, vals_ptr, idx_ptr,
-    B, N, n_blocks, k,
-    stride_pre, stride_blk, stride_v, stride_i,
-    KEY_BITS: tl.constexpr, SEL: tl.constexpr, BPI: tl.constexpr, ROWS: tl.constexpr,
+    pre_ptr,
+    blocks_ptr,
+    vals_ptr,
+    idx_ptr,
+    B,
+    N,
+    n_blocks,
+    k,
+    stride_pre,
+    stride_blk,
+    stride_v,
+    stride_i,
+    KEY_BITS: tl.constexpr,
+    SEL: tl.constexpr,
+    BPI: tl.constexpr,
+    ROWS: tl.constexpr,
 ):
     # ROWS rows per program, each with its own histogram (bins offset by 256 * local row).
     rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
@@ -46,7 +58,9 @@ def _select_kernel(
     remaining = tl.zeros((ROWS,), dtype=tl.int32) + k
     for p in tl.static_range(KEY_BITS // 8):
         shift: tl.constexpr = KEY_BITS - 8 * (p + 1)
-        hist = tl.zeros((ROWS * 256,), dtype=tl.int32)
+        # Bin 2 * (256 * row + digit) + (not matching): every key lands in range, so this
+        # needs no histogram mask (older triton has none); odd bins are dropped below.
+        hist = tl.zeros((ROWS * 512,), dtype=tl.int32)
         for j0 in range(0, n_blocks, BPI):
             jo = j0 + tl.arange(0, BPI)
             jm = row_ok[:, None] & (jo < n_blocks)[None, :]
@@ -61,13 +75,11 @@ def _select_kernel(
             match = valid
             if p > 0:
                 match = valid & ((key >> (shift + 8)) == (prefix >> (shift + 8))[:, None, None])
-            slot = local[:, None, None] * 256 + ((key >> shift) & 255)
-            hist += tl.histogram(
-                tl.reshape(slot, (ROWS * BPI * SEL,)),
-                ROWS * 256,
-                mask=tl.reshape(match, (ROWS * BPI * SEL,)),
-            )
-        at_least = tl.cumsum(tl.reshape(hist, (ROWS, 256)), 1, reverse=True)  # digit >= d
+            slot = 2 * (local[:, None, None] * 256 + ((key >> shift) & 255))
+            slot += (~match).to(tl.int32)
+            hist += tl.histogram(tl.reshape(slot, (ROWS * BPI * SEL,)), ROWS * 512)
+        counts, _ = tl.split(tl.reshape(hist, (ROWS, 256, 2)))
+        at_least = tl.cumsum(counts, 1, reverse=True)  # keys with digit >= d
         d = tl.sum((at_least >= remaining[:, None]).to(tl.int32), 1) - 1
         above = tl.sum(tl.where(bins[None, :] == d[:, None] + 1, at_least, 0), 1)  # digit > d
         remaining -= above
@@ -123,10 +135,22 @@ def select_topk(
     if B == 0:
         return vals, idx
     _select_kernel[(triton.cdiv(B, _ROWS),)](
-        pre, blocks, vals, idx,
-        B, N, blocks.shape[1], k,
-        pre.stride(0), blocks.stride(0), vals.stride(0), idx.stride(0),
-        KEY_BITS=key_bits, SEL=gemm.SEL_BLOCK, BPI=_BLOCKS_PER_ITER, ROWS=_ROWS,
+        pre,
+        blocks,
+        vals,
+        idx,
+        B,
+        N,
+        blocks.shape[1],
+        k,
+        pre.stride(0),
+        blocks.stride(0),
+        vals.stride(0),
+        idx.stride(0),
+        KEY_BITS=key_bits,
+        SEL=gemm.SEL_BLOCK,
+        BPI=_BLOCKS_PER_ITER,
+        ROWS=_ROWS,
         num_warps=8,
     )
     return vals, idx

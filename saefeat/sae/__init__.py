@@ -1,10 +1,11 @@
 """SAE architectures, registered by name, and their checkpoint format."""
 
-from saefeat.sae import topk  # noqa: F401  (registers "topk")
+from saefeat.sae import batchtopk, jumprelu, matryoshka, relu, topk  # noqa: F401  (register)
 from saefeat.sae.base import (
     SAEConfig,
     SAEOutput,
     SparseAutoencoder,
+    TrainStep,
     architectures,
     load_sae,
     read_config,
@@ -14,6 +15,7 @@ __all__ = [
     "SAEConfig",
     "SAEOutput",
     "SparseAutoencoder",
+    "TrainStep",
     "architectures",
     "load_sae",
     "read_config",

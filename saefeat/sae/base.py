@@ -12,7 +12,7 @@ import os
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import NamedTuple
+from typing import ClassVar, NamedTuple
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -69,8 +69,36 @@ class SAEOutput(NamedTuple):
     idx: torch.Tensor  # [B, k] latent ids
 
 
+class TrainStep(NamedTuple):
+    """What one training forward gives the trainer."""
+
+    out: SAEOutput
+    loss: torch.Tensor  # scalar to minimise (AuxK is added by the trainer)
+    parts: dict[str, torch.Tensor]  # named loss terms, for logging
+
+
+def dense_to_sparse(acts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dense [B, d_sae] activations -> the padded (vals, idx) layout of the kernels:
+    k_max = the most active latents in any row; padding is zeros at valid latents."""
+    k_max = max(1, int((acts != 0).sum(1).max())) if acts.shape[0] else 1
+    vals, idx = acts.topk(min(k_max, acts.shape[1]), dim=1, sorted=False)
+    return vals, idx
+
+
+def fvu_loss(x: torch.Tensor, x_hat: torch.Tensor, variance: torch.Tensor) -> torch.Tensor:
+    return (x_hat.float() - x).pow(2).sum() / variance
+
+
 class SparseAutoencoder(nn.Module):
+    """Subclasses implement encode(x) -> (vals, idx); the trainer calls training_loss and
+    after_step, so every architecture trains through the same loop."""
+
     architecture = "base"
+    # Decoder rows kept at unit norm by the optimizer (not for ReLU+L1, whose penalty is
+    # weighted by the row norms and so needs them free).
+    unit_norm_decoder: ClassVar[bool] = True
+    # AuxK applies to the TopK family, whose dead latents get no gradient otherwise.
+    uses_auxk: ClassVar[bool] = False
 
     def __init__(self, cfg: SAEConfig):
         super().__init__()
@@ -102,6 +130,16 @@ class SparseAutoencoder(nn.Module):
     def forward(self, x: torch.Tensor) -> SAEOutput:
         vals, idx = self.encode(x)
         return SAEOutput(self.decode(vals, idx), vals, idx)
+
+    def training_loss(self, x: torch.Tensor, variance: torch.Tensor) -> TrainStep:
+        """Forward in training mode and the loss: FVU unless the architecture adds terms.
+        `variance` = sum((x - mean x)^2) of the batch, the FVU denominator."""
+        out = self(x)
+        fvu = fvu_loss(x, out.x_hat, variance)
+        return TrainStep(out, fvu, {"fvu": fvu})
+
+    def after_step(self, out: SAEOutput) -> None:
+        """Called after each optimizer step with that step's output (threshold EMAs)."""
 
     def dense_activations(self, x: torch.Tensor) -> torch.Tensor:
         """[B, d_sae] latent activations (for analysis on small batches)."""
@@ -162,4 +200,5 @@ def load_sae(path: Path, device: str | torch.device = "cpu") -> SparseAutoencode
     cfg.validate()
     sae = _REGISTRY[cfg.architecture](cfg)
     sae.load_state_dict(load_file(str(Path(path) / "sae.safetensors")))
-    return sae.to(device)
+    # Inference mode: BatchTopK encodes with its stored threshold there.
+    return sae.to(device).eval()

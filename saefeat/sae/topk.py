@@ -9,6 +9,8 @@ from saefeat.sae.base import SparseAutoencoder, register
 
 @register("topk")
 class TopKSAE(SparseAutoencoder):
+    uses_auxk = True
+
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         from saefeat.kernels import topk_encode
 

@@ -1,38 +1,47 @@
-"""Train an SAE on a harvested activation set.
+"""Train SAEs on a harvested activation set: one, or a sweep sharing every batch read.
 
-The recipe is sparsify's and OpenAI's: activations scaled to unit mean squared norm,
-b_dec at the data mean, encoder initialised as the decoder's transpose, unit-norm
-decoder rows with the parallel gradient removed (SAEAdam does both in one pass), FVU as
-the loss, AuxK on latents that have not fired for a while, bf16 autocast over fp32
-master weights where the hardware is fast at bf16.
+The recipe is sparsify's and OpenAI's: activations scaled to unit mean squared norm (the
+set's statistics; the scale is folded into the weights at save), b_dec at the geometric
+median of a sample, encoder initialised as the decoder's transpose at `init_decoder_norm`,
+unit-norm decoder rows with the parallel gradient removed (SAEAdam, where the
+architecture wants them), FVU plus the architecture's own terms as the loss, AuxK for
+the TopK family, warm-up/decay of the learning rate, gradient clipping. Checkpoints every
+`checkpoint_every_tokens` resume exactly (see state.py).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import math
+import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from saefeat.config import Settings, get_settings
-from saefeat.errors import SpecError
-from saefeat.kernels import SAEAdam, auxk_loss
-from saefeat.lm import auto_dtype
+from saefeat.errors import SaefeatError, SpecError
 from saefeat.sae import SAEConfig, SparseAutoencoder
 from saefeat.sae.base import _REGISTRY
-from saefeat.specs import TrainSpec
+from saefeat.specs import TRAIN_EXECUTION_FIELDS, TrainSpec
 from saefeat.storage.activations import STATUS_COMPLETE, ActivationSet, open_set
 from saefeat.storage.reader import ShuffledBatchReader
+from saefeat.training import state as st
 from saefeat.training.evaluate import evaluate
+from saefeat.training.init import geometric_median
+from saefeat.training.memory import check_fits, estimate_bytes
+from saefeat.training.run import Run, TrainingDiverged
+from saefeat.training.schedule import default_lr, lr_factor
+
+__all__ = ["TrainResult", "default_lr", "lr_factor", "train_sae", "train_sweep"]
 
 Progress = Callable[[int, int, float], None]  # (step, total steps, loss)
-AUXK_COEF = 1 / 32
 EVAL_TOKENS = 50_000
+MEDIAN_SAMPLE = 4096  # rows for the geometric median of b_dec's initial value
+AUXK_DEAD_CAP = 10_000_000  # sparsify's dead_feature_threshold
 
 
 @dataclass
@@ -45,25 +54,14 @@ class TrainResult:
     seconds: float = 0.0
 
 
-def default_lr(d_sae: int) -> float:
-    """sparsify's Adam learning rate, scaled by width."""
-    return 2e-4 / math.sqrt(d_sae / 2**14)
-
-
-def lr_factor(step: int, total: int, warmup_frac: float = 0.05, decay_frac: float = 0.2) -> float:
-    """Linear warm-up, flat, then linear decay to zero over the last `decay_frac`."""
-    warm = max(1, int(total * warmup_frac))
-    decay_start = int(total * (1 - decay_frac))
-    if step < warm:
-        return (step + 1) / warm
-    if step >= decay_start:
-        return max(0.0, (total - step) / max(1, total - decay_start))
-    return 1.0
-
-
 def sae_id_for(spec: TrainSpec, set_id: str) -> str:
-    blob = json.dumps({"set": set_id, **spec.model_dump(mode="json")}, sort_keys=True)
+    data = spec.model_dump(mode="json", exclude=set(TRAIN_EXECUTION_FIELDS))
+    blob = json.dumps({"set": set_id, **data}, sort_keys=True)
     return "sae-" + hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def state_dir(settings: Settings, sae_id: str) -> Path:
+    return settings.home / "train-state" / sae_id
 
 
 def open_complete_set(settings: Settings, set_id: str) -> ActivationSet:
@@ -77,93 +75,213 @@ def open_complete_set(settings: Settings, set_id: str) -> ActivationSet:
     return aset
 
 
-def build_sae(spec: TrainSpec, aset: ActivationSet, hook: str) -> SparseAutoencoder:
+def sae_config(spec: TrainSpec, aset: ActivationSet, hook: str) -> SAEConfig:
     d_sae = spec.d_sae or spec.expansion_factor * aset.d_model
-    cfg = SAEConfig(
-        d_in=aset.d_model,
-        d_sae=d_sae,
-        architecture=spec.architecture,
-        k=spec.k,
-        model=aset.model_name,
-        hook=hook,
-        activation_set=aset.id,
-    )
-    if spec.k >= d_sae:
+    arch = spec.architecture
+    uses_k = arch in ("topk", "batchtopk", "matryoshka_batchtopk")
+    if arch != "relu" and spec.k >= d_sae:  # JumpReLU's default target L0 is k
         raise SpecError(f"k must be < d_sae ({d_sae}), got {spec.k}", field="k")
-    return _REGISTRY[spec.architecture](cfg)
+    extra: dict = {"init_decoder_norm": spec.init_decoder_norm}
+    if arch in ("batchtopk", "matryoshka_batchtopk"):
+        extra["threshold_ema"] = spec.threshold_ema
+    if arch == "matryoshka_batchtopk":
+        extra["matryoshka_groups"] = list(spec.matryoshka_groups)
+    if arch == "relu":
+        extra["l1_coefficient"] = spec.l1_coefficient
+    if arch == "jumprelu":
+        target = spec.jumprelu_target_l0 or float(spec.k)
+        extra |= {"bandwidth": spec.jumprelu_bandwidth,
+                  "init_threshold": spec.jumprelu_init_threshold,
+                  "target_l0": target if spec.jumprelu_sparsity == "target_l0" else None,
+                  "sparsity_coefficient": spec.jumprelu_sparsity_coefficient}  # fmt: skip
+    return SAEConfig(d_in=aset.d_model, d_sae=d_sae, architecture=arch,
+                     k=spec.k if uses_k else None, model=aset.model_name, hook=hook,
+                     activation_set=aset.id, extra=extra)  # fmt: skip
+
+
+def build_sae(spec: TrainSpec, aset: ActivationSet, hook: str) -> SparseAutoencoder:
+    cfg = sae_config(spec, aset, hook)
+    sae = _REGISTRY[cfg.architecture](cfg)
+    sae.init_weights(spec.init_decoder_norm)
+    return sae
+
+
+def _median_sample(reader: ShuffledBatchReader) -> torch.Tensor:
+    rows, n = [], 0
+    for x in reader.iter_epoch(0):
+        rows.append(x)
+        n += x.shape[0]
+        if n >= MEDIAN_SAMPLE:
+            break
+    return torch.cat(rows)[:MEDIAN_SAMPLE]
+
+
+def _check_sweep(specs: list[TrainSpec]) -> None:
+    if not specs:
+        raise SpecError("a sweep needs at least one spec", field="specs")
+    first = specs[0]
+    for s in specs[1:]:
+        for f in ("activation_set", "batch_size", "epochs", "seed", "device"):
+            if getattr(s, f) != getattr(first, f):
+                raise SpecError(
+                    f"every SAE of a sweep reads the same batches, so {f} must agree "
+                    f"({getattr(first, f)!r} vs {getattr(s, f)!r})",
+                    field=f,
+                )
 
 
 def train_sae(
     spec: TrainSpec, *, settings: Settings | None = None, progress: Progress | None = None
 ) -> TrainResult:
+    return train_sweep([spec], settings=settings, progress=progress)[0]
+
+
+def train_sweep(
+    specs: list[TrainSpec], *, settings: Settings | None = None, progress: Progress | None = None
+) -> list[TrainResult]:
+    """Train several SAEs (widths, k, architectures, hooks of one set) in one pass over the
+    data: one reader per hook, each batch read once and given to every SAE on that hook."""
     settings = settings or get_settings()
     t0 = time.perf_counter()
-    aset = open_complete_set(settings, spec.activation_set)
-    hook = spec.hook or aset.hooks[0]
-    aset.acts_array(hook)  # raises when the hook is not in the set
-    stats = aset.stats[hook]
-    scale = stats["scale"]
-    device = torch.device(spec.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    torch.manual_seed(spec.seed)
+    _check_sweep(specs)
+    first = specs[0]
+    aset = open_complete_set(settings, first.activation_set)
+    device = torch.device(first.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    hooks = [s.hook or aset.hooks[0] for s in specs]
+    for h in hooks:
+        aset.acts_array(h)  # raises when the hook is not in the set
+    ids = [sae_id_for(s, aset.id) for s in specs]
+    if len(set(ids)) != len(ids):
+        raise SpecError("the sweep holds the same SAE twice", field="specs")
+    cfgs = [sae_config(s, aset, h) for s, h in zip(specs, hooks, strict=True)]
+    check_fits([(f"{c.architecture} d_sae={c.d_sae}",
+                 estimate_bytes(c.d_in, c.d_sae, s.batch_size, c.architecture))
+                for c, s in zip(cfgs, specs, strict=True)], device)  # fmt: skip
 
-    sae = build_sae(spec, aset, hook).to(device)
-    with torch.no_grad():
-        sae.b_dec.copy_(torch.tensor(stats["mean"], device=device) * scale)
-    opt = SAEAdam(sae.parameters(), lr=spec.lr or default_lr(sae.cfg.d_sae), decoder=sae.W_dec)
-    base_lrs = [g["lr"] for g in opt.param_groups]
-    reader = ShuffledBatchReader(aset, hook, spec.batch_size, seed=spec.seed)
-    total_steps = max(1, int(reader.batches_per_epoch * spec.epochs))
-    amp_dtype = auto_dtype(device)
-    use_amp = amp_dtype == torch.bfloat16
-    # A latent counts as dead for AuxK after half an epoch without firing (capped at
-    # sparsify's 10M tokens): short runs need the signal early.
-    dead_after = min(10_000_000, reader.rows_per_epoch // 2)
-    since_fired = torch.zeros(sae.cfg.d_sae, dtype=torch.long, device=device)
-    k_aux = max(1, sae.cfg.d_in // 2)
+    readers = {h: ShuffledBatchReader(aset, h, first.batch_size, seed=first.seed)
+               for h in dict.fromkeys(hooks)}  # fmt: skip
+    per_epoch = next(iter(readers.values())).batches_per_epoch
+    rows_per_epoch = next(iter(readers.values())).rows_per_epoch
+    total = max(1, int(per_epoch * first.epochs))
 
-    losses: list[float] = []
-    step = 0
-    epoch = 0
-    while step < total_steps:
-        for x in reader.iter_epoch(epoch):
-            if step >= total_steps:
-                break
-            x = x.to(device, non_blocking=True) * scale
-            for g, base in zip(opt.param_groups, base_lrs, strict=True):
-                g["lr"] = base * lr_factor(step, total_steps)
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-                out = sae(x)
-                err = out.x_hat.float() - x
-                total_var = (x - x.mean(0)).pow(2).sum()
-                loss = err.pow(2).sum() / total_var
-                dead = since_fired > dead_after
-                if dead.any():
-                    loss = loss + AUXK_COEF * auxk_loss(
-                        x - sae.b_dec, err.neg(), sae.W_enc, sae.b_enc, sae.W_dec, dead,
-                        min(k_aux, int(dead.sum())), variance=total_var,
-                    )  # fmt: skip
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss is {loss.item()} at step {step}; stopped")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(sae.parameters(), 1.0)
-            opt.step()
-            with torch.no_grad():
-                fired = torch.zeros_like(since_fired, dtype=torch.bool)
-                fired[out.idx[out.vals > 0]] = True
-                since_fired += x.shape[0]
-                since_fired[fired] = 0
-            losses.append(loss.item())
-            step += 1
+    runs: list[Run] = []
+    for spec, hook, sae_id in zip(specs, hooks, ids, strict=True):
+        torch.manual_seed(spec.seed)
+        sae = build_sae(spec, aset, hook).to(device)
+        scale = float(aset.stats[hook]["scale"])
+        with torch.no_grad():
+            mean = torch.tensor(aset.stats[hook]["mean"], device=device) * scale
+            centre = (geometric_median(_median_sample(readers[hook]).to(device) * scale)
+                      if spec.geometric_median_init else mean)  # fmt: skip
+            sae.b_dec.copy_(centre)
+        # Dead for AuxK after half an epoch without firing (capped at sparsify's 10M
+        # tokens): short runs need the signal early.
+        dead_after = spec.dead_after_tokens or min(AUXK_DEAD_CAP, rows_per_epoch // 2)
+        runs.append(Run(spec, sae_id, hook, sae, scale, dead_after, device))
+
+    start = _resume(runs, settings, device)
+    every = (max(1, first.checkpoint_every_tokens // first.batch_size)
+             if first.checkpoint_every_tokens else None)  # fmt: skip
+    last_saved: int | None = start if start else None
+    step = start
+    try:
+        for step, batches in _batches(readers, per_epoch, start, total):
+            for run in runs:
+                loss = run.step(batches[run.hook], step, total)
+            if every and (step + 1) % every == 0 and step + 1 < total:
+                _save_states(runs, settings, step + 1, per_epoch)
+                last_saved = step + 1
             if progress:
-                progress(step, total_steps, losses[-1])
-        epoch += 1
+                progress(step + 1, total, loss)
+    except TrainingDiverged as e:
+        kept = (f"the last good checkpoint (step {last_saved}) is kept at "
+                f"{state_dir(settings, runs[0].sae_id)}" if last_saved is not None
+                else "no checkpoint had been written yet")  # fmt: skip
+        raise TrainingDiverged(f"{e.message}; stopped, {kept}. Lower lr or check the data.",
+                               field="lr") from None  # fmt: skip
 
-    sae.fold_input_scale(scale)
+    results = []
+    lm = _eval_model(aset, device) if any(s.eval_ce_contexts for s in specs) else None
+    for run in runs:
+        results.append(_finish(run, aset, readers[run.hook], settings, lm, total, t0))
+    return results
+
+
+def _batches(
+    readers: dict[str, ShuffledBatchReader], per_epoch: int, start: int, total: int
+) -> Iterator[tuple[int, dict[str, torch.Tensor]]]:
+    """(step, {hook: batch}) from `start` on; the hooks' readers stay in lockstep (same
+    seed, same rows), and a resumed run re-enters mid-epoch without reading the skip."""
+    step = start
+    while step < total:
+        epoch, batch = divmod(step, per_epoch)
+        iters = {h: r.iter_epoch(epoch, batch) for h, r in readers.items()}
+        try:
+            for _ in range(batch, per_epoch):
+                if step >= total:
+                    return
+                yield step, {h: next(it) for h, it in iters.items()}
+                step += 1
+        finally:
+            for it in iters.values():
+                it.close()
+
+
+def _save_states(runs: list[Run], settings: Settings, step: int, per_epoch: int) -> None:
+    epoch, batch = divmod(step, per_epoch)
+    rng = st.rng_states()
+    for run in runs:
+        st.save_state(state_dir(settings, run.sae_id),
+                      run.state() | {"position": st.Position(step, epoch, batch).__dict__,
+                                     "rng": rng})  # fmt: skip
+
+
+def _resume(runs: list[Run], settings: Settings, device: torch.device) -> int:
+    """Load every run's saved state (all or none), returning the step to start at."""
+    folders = [Path(r.spec.resume_from) if r.spec.resume_from else state_dir(settings, r.sae_id)
+               for r in runs]  # fmt: skip
+    explicit = any(r.spec.resume_from for r in runs)
+    present = [st.has_state(f) for f in folders]
+    if not any(present) and not explicit:
+        return 0
+    states = [st.load_state(f, r.identity(), device) for f, r in zip(folders, runs, strict=True)]
+    steps = {s["position"]["step"] for s in states}
+    if len(steps) != 1:
+        raise SpecError(f"the sweep's saved states are at different steps {sorted(steps)}; "
+                        "resume them separately", field="resume_from")  # fmt: skip
+    for run, s in zip(runs, states, strict=True):
+        run.load(s)
+    st.set_rng_states(states[0]["rng"])
+    return steps.pop()
+
+
+def _eval_model(aset: ActivationSet, device: torch.device):
+    from saefeat.lm import load_model
+
+    try:
+        return load_model(aset.model_name, revision=aset.spec.get("revision"), device=device)
+    except (SaefeatError, OSError) as e:  # the SAE is trained; report, do not lose it
+        return e
+
+
+def _finish(run: Run, aset: ActivationSet, reader: ShuffledBatchReader, settings: Settings,
+            lm, total: int, t0: float) -> TrainResult:  # fmt: skip
+    from saefeat.training.model_evals import spliced_metrics
+
+    sae, spec = run.sae, run.spec
+    sae.fold_input_scale(run.scale)
     sae.eval()
     metrics = evaluate(sae, reader.iter_epoch(0), max_tokens=EVAL_TOKENS)
-    metrics.update(steps=step, tokens_trained=step * spec.batch_size, lr=base_lrs[0])
-    sae_id = sae_id_for(spec, aset.id)
-    checkpoint = sae.save(settings.saes_dir / sae_id, overwrite=True)
+    metrics.update(steps=total, tokens_trained=total * spec.batch_size, lr=run.base_lr,
+                   final_loss=run.losses[-1] if run.losses else None)  # fmt: skip
+    if spec.eval_ce_contexts and isinstance(lm, Exception):
+        metrics["ce_eval_error"] = str(lm)
+    elif spec.eval_ce_contexts and lm is not None:
+        n = min(spec.eval_ce_contexts, aset.n_contexts)
+        tokens = torch.from_numpy(np.asarray(aset.tokens(0, n)))
+        metrics.update(spliced_metrics(sae, lm, tokens, run.hook))
+    checkpoint = sae.save(settings.saes_dir / run.sae_id, overwrite=True)
     (checkpoint / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    return TrainResult(sae_id, sae, checkpoint, metrics, losses, time.perf_counter() - t0)
+    shutil.rmtree(state_dir(settings, run.sae_id), ignore_errors=True)
+    return TrainResult(run.sae_id, sae, checkpoint, metrics, run.losses,
+                       time.perf_counter() - t0)  # fmt: skip

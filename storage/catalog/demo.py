@@ -29,6 +29,7 @@ def synthetic_feature_index(
     window: int = 9,
     n_vocab: int = 8,
     n_bins: int = 10,
+    n_neighbours: int = 10,
     dead_fraction: float = 0.1,
     seed: int = 0,
 ) -> FeatureIndex:
@@ -84,6 +85,13 @@ def synthetic_feature_index(
                 bottom_values=np.round(bottom_values, 4).tolist(),
             )
         )
+    # Random distinct neighbours other than the feature itself, with falling cosines.
+    n_near = min(n_neighbours, d_sae - 1)
+    # Strictly increasing offsets in 1..d_sae-1 (O(d_sae * n), fine for a million features).
+    step = max((d_sae - 1) // max(n_near, 1), 1)
+    shift = np.cumsum(rng.integers(1, step + 1, size=(d_sae, n_near)), axis=1)
+    near = (np.arange(d_sae)[:, None] + shift) % d_sae
+    cosines = np.round(np.sort(rng.uniform(0.1, 0.9, size=(d_sae, n_near)), axis=1)[:, ::-1], 4)
     return FeatureIndex(
         d_sae=d_sae,
         n_tokens=100_000,
@@ -94,4 +102,6 @@ def synthetic_feature_index(
         projections=projections,
         histogram_edges=edges,
         histograms=histograms,
+        neighbour_indices=near,
+        neighbour_cosines=cosines,
     )

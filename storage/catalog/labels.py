@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
-from saefeat.errors import SpecError
-from saefeat.storage.catalog.models import LABEL_SOURCES, Feature, Label
+from saefeat.errors import NotFoundError, SpecError
+from saefeat.storage.catalog.models import LABEL_SOURCES, VOTE_VALUES, Feature, Label, LabelVote
 
 MAX_LABEL_CHARS = 500
 
@@ -39,23 +40,78 @@ def add_label(
     return label
 
 
+@dataclass(frozen=True)
+class Votes:
+    up: int = 0
+    down: int = 0
+
+    @property
+    def net(self) -> int:
+        return self.up - self.down
+
+
+def vote_label(session: Session, label_id: int, *, voter: str, value: int) -> Votes:
+    """Record `voter`'s vote (+1 up, -1 down) on a label, replacing their earlier vote.
+
+    The caller commits. Returns the label's totals after the vote."""
+    if value not in VOTE_VALUES:
+        raise SpecError(f"is {value!r}; use 1 (up) or -1 (down)", field="value")
+    if session.get(Label, label_id) is None:
+        raise NotFoundError(f"no label with id {label_id}", field="label_id")
+    vote = session.get(LabelVote, (label_id, voter))
+    if vote is None:
+        session.add(LabelVote(label_id=label_id, voter=voter, value=value))
+    else:
+        vote.value = value
+    session.flush()
+    return label_votes(session, [label_id]).get(label_id, Votes())
+
+
+def label_votes(session: Session, label_ids: Iterable[int]) -> dict[int, Votes]:
+    """Up and down totals of each label that has votes, in one query."""
+    ids = list(label_ids)
+    if not ids:
+        return {}
+    up = func.sum(case((LabelVote.value > 0, 1), else_=0))
+    down = func.sum(case((LabelVote.value < 0, 1), else_=0))
+    query = (
+        select(LabelVote.label_id, up, down)
+        .where(LabelVote.label_id.in_(ids))
+        .group_by(LabelVote.label_id)
+    )
+    return {lid: Votes(int(u or 0), int(d or 0)) for lid, u, d in session.execute(query)}
+
+
+def is_accepted(label: Label, votes: Votes | None) -> bool:
+    """A human label stands unless more people voted it down than up."""
+    return votes is None or votes.net >= 0
+
+
 def _newest_first(labels: Iterable[Label]) -> list[Label]:
     # Equal timestamps happen (coarse clocks); the id keeps insertion order.
     return sorted(labels, key=lambda lb: (lb.created_at, lb.id), reverse=True)
 
 
-def pick_current_label(labels: Iterable[Label]) -> Label | None:
-    """The newest human label; else the best-scored auto label (unscored counts as worst,
-    ties go to the newest); else None. A person's word beats any model's."""
+def pick_current_label(
+    labels: Iterable[Label], votes: dict[int, Votes] | None = None
+) -> Label | None:
+    """The newest accepted human label (see `is_accepted`); else the best-scored auto label
+    (unscored counts as worst, ties go to the newest); else None. A person's word beats
+    any model's, unless people voted it down."""
+    votes = votes or {}
     ordered = _newest_first(labels)
     for label in ordered:
-        if label.source == "human":
+        if label.source == "human" and is_accepted(label, votes.get(label.id)):
             return label
     autos = [lb for lb in ordered if lb.source == "auto"]
     if not autos:
         return None
     # max() keeps the first of equal keys, and `autos` is newest first.
     return max(autos, key=lambda lb: -math.inf if lb.score is None else lb.score)
+
+
+def current_label(session: Session, feature_id: int) -> Label | None:
+    return current_labels(session, [feature_id]).get(feature_id)
 
 
 def label_history(session: Session, feature_id: int) -> list[Label]:
@@ -76,5 +132,7 @@ def current_labels(session: Session, feature_ids: Iterable[int]) -> dict[int, La
     by_feature: dict[int, list[Label]] = {}
     for label in session.scalars(select(Label).where(Label.feature_id.in_(ids))):
         by_feature.setdefault(label.feature_id, []).append(label)
-    picked = {fid: pick_current_label(labels) for fid, labels in by_feature.items()}
+    human = [lb.id for group in by_feature.values() for lb in group if lb.source == "human"]
+    votes = label_votes(session, human)
+    picked = {fid: pick_current_label(labels, votes) for fid, labels in by_feature.items()}
     return {fid: label for fid, label in picked.items() if label is not None}

@@ -40,6 +40,7 @@ EXAMPLE_KINDS = ("top", "quantile")
 VOCAB_SIDES = ("top", "bottom")
 LABEL_SOURCES = ("human", "auto")
 API_SCOPES = ("read", "label", "admin")
+VOTE_VALUES = (-1, 1)
 
 
 def utcnow() -> datetime:
@@ -282,6 +283,26 @@ class Label(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     __table_args__ = (CheckConstraint(_check_in("source", LABEL_SOURCES), name="source"),)
+
+
+class LabelVote(Base):
+    """One voter's up (+1) or down (-1) vote on a label; voting again replaces it.
+
+    The voter is the API key's name. Full-text search over labels lives beside this in
+    revision 0002 (FTS5 table `labels_fts` on SQLite, a generated tsvector column on
+    PostgreSQL); neither is mapped here because each exists on one database only.
+    """
+
+    __tablename__ = "label_votes"
+
+    label_id: Mapped[int] = mapped_column(
+        ForeignKey("labels.id", ondelete="CASCADE"), primary_key=True
+    )
+    voter: Mapped[str] = mapped_column(String(200), primary_key=True)
+    value: Mapped[int]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    __table_args__ = (CheckConstraint("value IN (-1, 1)", name="value"),)
 
 
 class ApiKey(Base):

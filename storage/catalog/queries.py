@@ -9,12 +9,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Generic, Literal, TypeVar
 
-from sqlalchemy import ColumnElement, and_, func, or_, select
+from sqlalchemy import ColumnElement, and_, exists, func, or_, select
 from sqlalchemy.orm import Session
 
 from saefeat.errors import NotFoundError, SpecError
 from saefeat.storage.catalog.cursor import Cursor, decode_cursor, encode_cursor
-from saefeat.storage.catalog.models import SAE, VOCAB_SIDES, Feature, FeatureExample, VocabToken
+from saefeat.storage.catalog.models import (
+    SAE,
+    VOCAB_SIDES,
+    Feature,
+    FeatureExample,
+    Label,
+    Neighbour,
+    VocabToken,
+)
 
 T = TypeVar("T")
 FeatureSort = Literal["max_activation", "density"]
@@ -85,10 +93,13 @@ def list_features(
     order: SortOrder = "desc",
     min_density: float | None = None,
     max_density: float | None = None,
+    labelled: bool | None = None,
     limit: int = 50,
     cursor: str | None = None,
 ) -> Page[Feature]:
-    """Features of one SAE, sorted by `sort` then by index (ascending, as a tie-break)."""
+    """Features of one SAE, sorted by `sort` then by index (ascending, as a tie-break).
+
+    `labelled`: True keeps features with at least one label, False those with none."""
     get_sae(session, sae_id)
     if sort not in FEATURE_SORTS:
         raise SpecError(f"is {sort!r}; use one of {list(FEATURE_SORTS)}", field="sort")
@@ -107,6 +118,9 @@ def list_features(
         query = query.where(Feature.density >= min_density)
     if max_density is not None:
         query = query.where(Feature.density <= max_density)
+    if labelled is not None:
+        has_label = exists().where(Label.feature_id == Feature.id)
+        query = query.where(has_label if labelled else ~has_label)
     if cursor is not None:
         value, index = decode_cursor(cursor, ordering, (float, int)).key
         beyond = column < value if order == "desc" else column > value
@@ -163,6 +177,24 @@ def feature_projection(session: Session, feature_id: int) -> dict[str, list[Voca
     for token in session.scalars(query):
         sides[token.side].append(token)
     return sides
+
+
+@dataclass
+class NeighbourMatch:
+    feature: Feature
+    rank: int
+    cosine: float
+
+
+def feature_neighbours(session: Session, feature_id: int) -> list[NeighbourMatch]:
+    """The feature's nearest features by decoder cosine, nearest first."""
+    query = (
+        select(Feature, Neighbour.rank, Neighbour.cosine)
+        .join(Neighbour, Neighbour.neighbour_feature_id == Feature.id)
+        .where(Neighbour.feature_id == feature_id)
+        .order_by(Neighbour.rank)
+    )
+    return [NeighbourMatch(*row) for row in session.execute(query)]
 
 
 def token_variants(token: str, *, exact: bool = False) -> list[str]:

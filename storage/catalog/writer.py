@@ -43,6 +43,7 @@ class IndexWriteSummary:
     n_features: int
     n_examples: int
     n_vocab_tokens: int
+    n_neighbours: int = 0
 
 
 def _finite_list(values: Sequence[float], field: str) -> list[float]:
@@ -162,6 +163,35 @@ def _vocab_rows(projections: Sequence[VocabProjection], d_sae: int) -> list[dict
     return rows
 
 
+def _neighbour_pairs(index: FeatureIndex) -> list[tuple[int, int, int, float]]:
+    """(feature, rank, neighbour, cosine) for every stored neighbour; -1 marks no neighbour."""
+    if index.neighbour_indices is None:
+        return []
+    near = np.asarray(index.neighbour_indices, dtype=np.int64)
+    cos = np.asarray(index.neighbour_cosines, dtype=np.float64)
+    if near.ndim != 2 or near.shape[0] != index.d_sae or cos.shape != near.shape:
+        raise SpecError(
+            f"neighbour_indices and neighbour_cosines must both be [d_sae={index.d_sae}, n]",
+            field="neighbour_indices",
+        )
+    if near.max(initial=-1) >= index.d_sae or near.min(initial=0) < -1:
+        raise SpecError(f"must hold -1 or 0..{index.d_sae - 1}", field="neighbour_indices")
+    keep = near >= 0
+    if not np.isfinite(cos[keep]).all():
+        raise SpecError("contains NaN or infinity", field="neighbour_cosines")
+    f, rank = np.nonzero(keep)
+    return list(
+        zip(f.tolist(), rank.tolist(), near[keep].tolist(), cos[keep].tolist(), strict=True)
+    )
+
+
+def _neighbour_rows(pairs, ids: dict[int, int]) -> list[dict[str, Any]]:
+    return [
+        {"feature_id": ids[f], "rank": r, "neighbour_feature_id": ids[n], "cosine": c}
+        for f, r, n, c in pairs
+    ]
+
+
 def _attach_ids(rows: list[dict[str, Any]], ids: dict[int, int]) -> list[dict[str, Any]]:
     for row in rows:
         row["feature_id"] = ids[row.pop("feature_index")]
@@ -222,6 +252,7 @@ def write_feature_index(session: Session, sae_id: str, index: FeatureIndex) -> I
     feature_rows = _feature_rows(index, sae.d_sae)
     examples = _example_rows(index.examples, sae.d_sae)
     vocab = _vocab_rows(index.projections, sae.d_sae)
+    neighbours = _neighbour_pairs(index)
     try:
         existing = _feature_ids(session, sae_id)
         old_ids = select(Feature.id).where(Feature.sae_id == sae_id).scalar_subquery()
@@ -240,6 +271,7 @@ def write_feature_index(session: Session, sae_id: str, index: FeatureIndex) -> I
         ids = _feature_ids(session, sae_id) if inserts else existing
         _bulk_insert(session, FeatureExample, _attach_ids(examples, ids))
         _bulk_insert(session, VocabToken, _attach_ids(vocab, ids))
+        _bulk_insert(session, Neighbour, _neighbour_rows(neighbours, ids))
         session.commit()
         # Bulk DELETE/INSERT bypass the identity map and our sessions do not expire on
         # commit: forget loaded rows so nothing of the old index is read from memory.
@@ -247,4 +279,4 @@ def write_feature_index(session: Session, sae_id: str, index: FeatureIndex) -> I
     except BaseException:
         session.rollback()
         raise
-    return IndexWriteSummary(sae_id, len(feature_rows), len(examples), len(vocab))
+    return IndexWriteSummary(sae_id, len(feature_rows), len(examples), len(vocab), len(neighbours))

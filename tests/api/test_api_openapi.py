@@ -10,6 +10,8 @@ from fastapi.testclient import TestClient
 from saefeat.api.app import create_app
 
 PROBLEM_REF = {"$ref": "#/components/schemas/Problem"}
+# POST routes that only read (open unless reads need a key).
+READ_POSTS = {"/v1/saes/{sae_id}/activations"}
 
 
 def _operations(schema: dict):
@@ -29,6 +31,10 @@ def test_docs_and_schema_are_served(client):
         "/v1/saes/{sae_id}/features/{index}",
         "/v1/saes/{sae_id}/features/{index}/labels",
         "/v1/features/search",
+        "/v1/saes/{sae_id}/features/{index}/neighbours",
+        "/v1/labels/search",
+        "/v1/labels/{label_id}/votes",
+        "/v1/saes/{sae_id}/activations",
     }
 
 
@@ -44,7 +50,8 @@ def test_every_error_response_is_declared_as_problem_json(make_settings, require
                 assert response["content"] == {"application/problem+json": {"schema": PROBLEM_REF}}
         has_params = bool(operation.get("parameters") or operation.get("requestBody"))
         assert ("422" in statuses) == has_params, (method, path)
-        guarded = method == "post" or (require_read_key and path != "/v1/health")
+        writes = method == "post" and path not in READ_POSTS
+        guarded = writes or (require_read_key and path != "/v1/health")
         assert ({"401", "403"} <= statuses) == guarded, (method, path)
         if guarded:
             assert operation["security"] == [{"ApiKey": []}]
@@ -77,6 +84,21 @@ def test_answers_only_use_declared_statuses(client, catalog, keys):
         ("post", label_url, {"json": {"text": "x"}, "headers": auth(keys["read"])}),
         ("post", label_url, {"json": {"text": ""}, "headers": auth(keys["label"])}),
         ("post", label_url, {"json": {"text": "x"}, "headers": auth(keys["label"])}),
+        ("get", "/v1/labels/search?q=%22open", {}),
+        ("get", "/v1/labels/search?q=x", {}),
+        ("get", "/v1/labels/search?q=x&sae_id=nope", {}),
+        ("get", "/v1/saes/sae-a/features/3/neighbours", {}),
+        ("get", "/v1/saes/sae-a/features/999/neighbours", {}),
+        ("post", "/v1/labels/1/votes", {"json": {"vote": "up"}}),
+        ("post", "/v1/labels/999/votes", {"json": {"vote": "up"}, "headers": auth(keys["label"])}),
+        (
+            "post",
+            "/v1/labels/1/votes",
+            {"json": {"vote": "sideways"}, "headers": auth(keys["label"])},
+        ),
+        ("post", "/v1/saes/sae-a/activations", {"json": {"text": "x" * 5000}}),
+        ("post", "/v1/saes/nope/activations", {"json": {"text": "x"}}),
+        ("post", "/v1/saes/sae-a/activations", {"json": {"text": ""}}),
     ]
     templates = [
         (re.compile("^" + re.sub(r"\{[^}]+\}", "[^/]+", p) + "$"), p) for p in schema["paths"]

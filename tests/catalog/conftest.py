@@ -7,6 +7,7 @@ import os
 import shlex
 import shutil
 import subprocess
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -88,9 +89,15 @@ def _admin(server: PostgresServer, sql: str) -> None:
 
 def _new_postgres_database(server: PostgresServer, template: str | None = None) -> str:
     database = f"saefeat_test_{uuid.uuid4().hex[:12]}"
-    copy_of = f" TEMPLATE {template}" if template else ""
-    _admin(server, f"CREATE DATABASE {database}{copy_of}")
-    return database
+    # template0 takes no connections, so an autovacuum worker cannot be "using" it.
+    sql = f"CREATE DATABASE {database} TEMPLATE {template or 'template0'}"
+    for attempt in range(20):
+        try:
+            _admin(server, sql)
+            return database
+        except psycopg.errors.ObjectInUse:  # the template is busy for a moment
+            time.sleep(0.1 * (attempt + 1))
+    raise RuntimeError(f"could not copy {template}: it stayed in use")
 
 
 def _drop_postgres_database(server: PostgresServer, database: str) -> None:
@@ -112,6 +119,8 @@ def postgres_template(postgres_server: PostgresServer) -> Iterator[str]:
     """A database migrated once; tests get copies (CREATE DATABASE ... TEMPLATE)."""
     database = _new_postgres_database(postgres_server)
     upgrade(postgres_server.url(database))
+    # No connections from now on (autovacuum included), so copies never find it busy.
+    _admin(postgres_server, f"ALTER DATABASE {database} WITH ALLOW_CONNECTIONS false")
     try:
         yield database
     finally:
@@ -193,3 +202,12 @@ def _make_sae(session: Session, d_sae: int = 64, sae_id: str = "sae-a") -> SAE:
     )
     session.commit()
     return sae
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def db_url_at_0001(request) -> str:
+    """An empty database migrated only to revision 0001, on SQLite and on PostgreSQL."""
+    fixture = "sqlite_url" if request.param == "sqlite" else "postgres_url"
+    url = request.getfixturevalue(fixture)
+    upgrade(url, "0001")
+    return url

@@ -10,6 +10,7 @@ from sqlalchemy import inspect, select
 from saefeat.storage.catalog.db import (
     current_revision,
     downgrade,
+    include_object,
     make_engine,
     make_sessionmaker,
     upgrade,
@@ -39,13 +40,30 @@ TABLES = {
     "neighbours",
     "labels",
     "api_keys",
+    "label_votes",
 }
 
 
 def _tables(url: str) -> set[str]:
+    """Mapped tables only: FTS5's virtual and shadow tables are checked by _has_fts."""
     engine = make_engine(url)
     try:
-        return set(inspect(engine).get_table_names()) - {"alembic_version"}
+        names = set(inspect(engine).get_table_names()) - {"alembic_version"}
+        return {n for n in names if not n.startswith("labels_fts")}
+    finally:
+        engine.dispose()
+
+
+def _has_fts(url: str) -> bool:
+    """Whether revision 0002's full-text search objects exist (FTS5 table or tsvector)."""
+    engine = make_engine(url)
+    try:
+        inspector = inspect(engine)
+        if engine.dialect.name == "sqlite":
+            return "labels_fts" in inspector.get_table_names()
+        if "labels" not in inspector.get_table_names():
+            return False
+        return "text_tsv" in {c["name"] for c in inspector.get_columns("labels")}
     finally:
         engine.dispose()
 
@@ -54,7 +72,9 @@ def _drift(url: str) -> list:
     engine = make_engine(url)
     try:
         with engine.connect() as connection:
-            context = MigrationContext.configure(connection, opts={"compare_type": True})
+            context = MigrationContext.configure(
+                connection, opts={"compare_type": True, "include_object": include_object}
+            )
             return compare_metadata(context, Base.metadata)
     finally:
         engine.dispose()
@@ -63,12 +83,20 @@ def _drift(url: str) -> list:
 def _check_round_trip(url: str) -> None:
     assert current_revision(url) is None
     upgrade(url)
-    assert current_revision(url) == "0001"
+    assert current_revision(url) == "0002"
     assert _tables(url) == TABLES
     assert _drift(url) == [], "models and migrations disagree: add a revision"
+    assert _has_fts(url)
+    downgrade(url, "0001")
+    assert current_revision(url) == "0001"
+    assert not _has_fts(url)
+    assert _tables(url) == TABLES - {"label_votes"}
+    upgrade(url)
+    assert _has_fts(url)
     downgrade(url, "base")
     assert current_revision(url) is None
     assert _tables(url) == set()
+    assert not _has_fts(url)
     upgrade(url)  # and back up again from nothing
     assert _tables(url) == TABLES
 
@@ -111,4 +139,32 @@ def test_foreign_keys_are_enforced_on_sqlite(sqlite_url):
         s.add(Feature(sae_id="missing", index=0, density=0, max_activation=0, mean_activation=0))
         with pytest.raises(Exception, match="FOREIGN KEY"):
             s.commit()
+    engine.dispose()
+
+
+def test_0002_indexes_labels_written_before_it(db_url_at_0001):
+    """Labels already in a 0001 catalog are searchable after upgrading to 0002."""
+    url = db_url_at_0001
+    engine = make_engine(url)
+    with engine.begin() as connection:
+        connection.exec_driver_sql(
+            "INSERT INTO saes (id, name, model_name, hook_name, architecture, d_in, d_sae, cfg,"
+            " metrics, created_at) VALUES ('s', 's', 'm', 'h', 'topk', 4, 4, '{}', '{}',"
+            " CURRENT_TIMESTAMP)"
+        )
+        connection.exec_driver_sql(
+            'INSERT INTO features (sae_id, "index", density, max_activation, mean_activation)'
+            " VALUES ('s', 0, 0.1, 1.0, 0.5)"
+        )
+        connection.exec_driver_sql(
+            "INSERT INTO labels (feature_id, text, source, created_at) SELECT id,"
+            " 'closing brackets', 'human', CURRENT_TIMESTAMP FROM features"
+        )
+    engine.dispose()
+    upgrade(url)
+    from saefeat.storage.catalog.label_search import search_labels
+
+    engine = make_engine(url)
+    with make_sessionmaker(engine)() as s:
+        assert [m.label.text for m in search_labels(s, "bracket").items] == ["closing brackets"]
     engine.dispose()

@@ -17,8 +17,9 @@ def test_smollm2_pipeline(settings, ray_session):
     assert aset.n_shards == 4
 
     train = run_train(
-        TrainSpec(activation_set=aset.id, expansion_factor=4, k=16, batch_size=128,
-                  epochs=4, lr=1e-3),  # fmt: skip
+        TrainSpec(
+            activation_set=aset.id, expansion_factor=4, k=16, batch_size=128, epochs=4, lr=1e-3
+        ),  # fmt: skip
         settings=settings,
     )
     assert train.sae.cfg.d_sae == 4 * 576

@@ -25,9 +25,7 @@ def problem(B: int, d_in: int, d_sae: int, seed: int, bias_shift: float = 0.0) -
 
 def f64(t: dict) -> dict:
     """Detached float64 leaf copies."""
-    return {
-        k: v.detach().double().requires_grad_(v.requires_grad) for k, v in t.items()
-    }
+    return {k: v.detach().double().requires_grad_(v.requires_grad) for k, v in t.items()}
 
 
 def pre_acts(t: dict) -> torch.Tensor:

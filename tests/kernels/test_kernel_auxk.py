@@ -40,8 +40,15 @@ def test_auxk_matches_dense(backend: str, k_aux: int) -> None:
 
 def test_auxk_nothing_dead_is_zero(backend: str) -> None:
     t = problem(3, 10, 30, seed=1)
-    loss = auxk_loss(t["x"], torch.randn(3, 10), t["W_enc"], t["b_enc"], t["W_dec"],
-                     torch.zeros(30, dtype=torch.bool), 4)
+    loss = auxk_loss(
+        t["x"],
+        torch.randn(3, 10),
+        t["W_enc"],
+        t["b_enc"],
+        t["W_dec"],
+        torch.zeros(30, dtype=torch.bool),
+        4,
+    )
     assert float(loss) == 0.0
 
 

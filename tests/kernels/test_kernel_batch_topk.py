@@ -18,8 +18,9 @@ def _dense_batch_topk(pre: torch.Tensor, k: int) -> torch.Tensor:
     return torch.zeros_like(flat).scatter(0, idx, vals).view_as(acts)
 
 
-@pytest.mark.parametrize("size", [(6, 30, 97, 1), (5, 21, 70, 9), (4, 17, 40, 33)],
-                         ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize(
+    "size", [(6, 30, 97, 1), (5, 21, 70, 9), (4, 17, 40, 33)], ids=lambda s: "x".join(map(str, s))
+)
 def test_batch_topk_layout_and_grads(backend: str, size: tuple[int, ...]) -> None:
     B, d_in, d_sae, k = size
     # Skewed rows so per-row counts differ a lot (and exceed the first 2k candidates).

@@ -21,13 +21,15 @@ def _inputs(B: int, k: int, d_sae: int, d_in: int, seed: int) -> tuple[torch.Ten
 
 def _dense64(idx, vals, W_dec, b_dec):
     dense = torch.zeros(idx.shape[0], W_dec.shape[0], dtype=torch.float64)
-    dense = dense.index_put((torch.arange(idx.shape[0])[:, None].expand_as(idx), idx), vals,
-                            accumulate=True)
+    dense = dense.index_put(
+        (torch.arange(idx.shape[0])[:, None].expand_as(idx), idx), vals, accumulate=True
+    )
     return dense @ W_dec + b_dec
 
 
-@pytest.mark.parametrize("size", [(6, 1, 50, 17), (5, 40, 33, 70), (9, 7, 130, 45)],
-                         ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize(
+    "size", [(6, 1, 50, 17), (5, 40, 33, 70), (9, 7, 130, 45)], ids=lambda s: "x".join(map(str, s))
+)
 def test_sparse_decode_matches_dense(backend: str, size: tuple[int, ...]) -> None:
     B, k, d_sae, d_in = size
     idx, vals, W_dec, b_dec, cot = _inputs(B, k, d_sae, d_in, seed=sum(size))
@@ -51,8 +53,20 @@ def test_sparse_decode_bf16_weights(backend: str) -> None:
     assert out.dtype == torch.float32
     out64 = _dense64(idx, vals.detach().double(), w16.detach().double(), b_dec.detach().double())
     assert_close64(out, out64, rtol=1e-5)
-    g_w, = torch.autograd.grad((out * cot).sum(), [w16])
+    (g_w,) = torch.autograd.grad((out * cot).sum(), [w16])
     assert g_w.dtype == torch.bfloat16 and torch.isfinite(g_w.float()).all()
+
+
+def test_sparse_decode_int32_indices(backend: str) -> None:
+    idx, vals, W_dec, b_dec, cot = _inputs(5, 6, 40, 19, seed=8)
+    out = sparse_decode(idx.int(), vals, W_dec, b_dec)
+    got = torch.autograd.grad((out * cot).sum(), [vals, W_dec])
+    want = torch.autograd.grad((sparse_decode(idx, vals, W_dec, b_dec) * cot).sum(), [vals, W_dec])
+    assert_close64(
+        out, _dense64(idx, vals.detach().double(), W_dec.detach().double(), b_dec.detach().double())
+    )
+    for g, w in zip(got, want, strict=True):
+        assert_close64(g, w.double())
 
 
 def test_sparse_decode_without_bias(backend: str) -> None:

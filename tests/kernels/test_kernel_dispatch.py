@@ -40,3 +40,16 @@ def test_allocations_are_poisoned() -> None:
     assert torch.empty(4).isnan().all()
     assert (torch.empty(4, dtype=torch.int64) == -1).all()
     assert torch.empty_like(torch.zeros(2, 2)).isnan().all()
+
+
+def test_segments_cache_tells_tensors_apart() -> None:
+    from saefeat.kernels.segments import segments_by_latent
+
+    a = torch.tensor([[3, 1], [0, 3]])
+    b = torch.tensor([[2, 2], [1, 0]])
+    sa = segments_by_latent(a, 4)
+    assert segments_by_latent(a, 4) is sa
+    sb = segments_by_latent(b, 4)
+    assert sb is not sa and sb.starts.tolist() == [0, 1, 2, 4, 4]
+    a[0, 0] = 2  # in-place change bumps the version: no stale hit
+    assert segments_by_latent(a, 4).starts.tolist() == [0, 1, 2, 3, 4]

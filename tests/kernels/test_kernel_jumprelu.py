@@ -53,8 +53,7 @@ def test_jumprelu_matches_float64_ste(backend: str, size: tuple[int, ...]) -> No
     cot = torch.randn(B, d_sae, generator=g)
     cot_l0 = torch.randn(B, generator=g)
 
-    acts, l0 = jumprelu_encode(t["x"], t["W_enc"], t["b_enc"], t["threshold"], bw,
-                               return_l0=True)
+    acts, l0 = jumprelu_encode(t["x"], t["W_enc"], t["b_enc"], t["threshold"], bw, return_l0=True)
     got = grads((acts * cot).sum() + (l0 * cot_l0).sum(), t, NAMES)
 
     r = f64(t)

@@ -18,7 +18,7 @@ from saefeat.kernels import sparse_decode, topk_encode
 
 # (B, d_in, d_sae, k): d_in never a power of two, d_sae not a multiple of the block size,
 # k = 1, k = d_sae and k large against the number of column blocks.
-SIZES = [(5, 24, 97, 1), (7, 50, 300, 9), (4, 33, 70, 70), (6, 19, 130, 100)]
+SIZES = [(5, 24, 97, 1), (19, 50, 300, 9), (4, 33, 70, 70), (6, 19, 130, 100)]
 NAMES = ("x", "W_enc", "b_enc", "W_dec", "b_dec")
 
 

@@ -9,7 +9,7 @@ import torch
 
 from saefeat.kernels import SAEAdam, auxk_loss, sparse_decode, topk_encode
 
-B, D_IN, D_SAE, K, STEPS = 16, 24, 64, 4, 8
+B, D_IN, D_SAE, K, STEPS = 32, 24, 80, 4, 12
 
 
 def _data() -> torch.Tensor:

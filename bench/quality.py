@@ -1,0 +1,149 @@
+"""SAE quality: saefeat's TopK trainer against sparsify's, same data, width, k and budget.
+
+Harvests SmolLM2-135M's middle-layer residual stream on the built-in corpus (reused when
+present), trains saefeat's TopK SAE (its defaults) and sparsify's SparseCoder the way
+sparsify's trainer does (raw activations, b_dec at the first batch's mean, unit-norm
+decoder with the parallel gradient removed, FVU loss, AuxK off, torch Adam at
+2e-4 / sqrt(num_latents / 2^14) with linear warm-up and decay), on identical batches.
+sparsify's SAE goes through a real export/import round trip (its own save_to_disk), then
+both are evaluated by the same code: saefeat.training.evaluate and the spliced CE/KL.
+
+    .venv/bin/python bench/quality.py [--quick]
+
+The last line is one JSON object with the six headline numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("SPARSIFY_DISABLE_TRITON", "1")  # eager decoder on the CPU
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Its own home (catalog, sets, SAEs) so it never touches a user's; the converted model is
+# shared with the test suite's cache.
+_CACHE = Path.home() / ".cache" / "saefeat"
+os.environ.setdefault("SAEFEAT_HOME", str(_CACHE / "bench-quality"))
+os.environ.setdefault("SAEFEAT_MODEL_CACHE", str(_CACHE / "models"))
+
+import torch  # noqa: E402
+
+from saefeat.config import get_settings  # noqa: E402
+from saefeat.lm import EMBEDDED_MODEL, load_model, model_config_and_tokenizer  # noqa: E402
+from saefeat.pipeline import run_harvest  # noqa: E402
+from saefeat.sae.interop import import_sparsify  # noqa: E402
+from saefeat.specs import HarvestSpec, TrainSpec  # noqa: E402
+from saefeat.storage.reader import ShuffledBatchReader  # noqa: E402
+from saefeat.training.evaluate import evaluate  # noqa: E402
+from saefeat.training.model_evals import spliced_metrics  # noqa: E402
+from saefeat.training.trainer import train_sae  # noqa: E402
+
+SPARSIFY_WARMUP = 1000  # TrainConfig.lr_warmup_steps
+
+
+def harvest(tokens: int) -> tuple:
+    config, _ = model_config_and_tokenizer(EMBEDDED_MODEL)
+    hook = f"blocks.{config.num_hidden_layers // 2}.hook_resid_post"
+    spec = HarvestSpec(model=EMBEDDED_MODEL, hooks=[hook], ctx_len=128, token_budget=tokens,
+                       batch_size=16)  # fmt: skip
+    return run_harvest(spec).activation_set, hook
+
+
+def train_sparsify(reader: ShuffledBatchReader, d_in: int, d_sae: int, k: int, steps: int):
+    from sparsify.config import SparseCoderConfig
+    from sparsify.sparse_coder import SparseCoder
+    from transformers import get_linear_schedule_with_warmup
+
+    torch.manual_seed(0)
+    sae = SparseCoder(d_in, SparseCoderConfig(num_latents=d_sae, k=k), dtype=torch.float32)
+    opt = torch.optim.Adam(sae.parameters(), lr=2e-4 / (d_sae / 2**14) ** 0.5)
+    # sparsify warms up over 1000 steps of a run it assumes is long; a short run would
+    # never reach the peak, so the warm-up is capped at a tenth of the run.
+    sched = get_linear_schedule_with_warmup(opt, min(SPARSIFY_WARMUP, steps // 10), steps)
+    step, epoch = 0, 0
+    while step < steps:
+        for x in reader.iter_epoch(epoch):
+            if step >= steps:
+                break
+            if step == 0:
+                sae.b_dec.data = x.mean(0)
+            sae.set_decoder_norm_to_unit_norm()
+            out = sae(x)
+            out.fvu.backward()
+            sae.remove_gradient_parallel_to_decoder_directions()
+            opt.step()
+            opt.zero_grad()
+            sched.step()
+            step += 1
+        epoch += 1
+    sae.set_decoder_norm_to_unit_norm()
+    return sae
+
+
+def evaluate_both(saes: dict, aset, hook: str, ce_contexts: int) -> dict:
+    reader = ShuffledBatchReader(aset, hook, 1024, seed=1)
+    lm = load_model(EMBEDDED_MODEL)
+    tokens = torch.from_numpy(aset.tokens(0, ce_contexts).astype("int64"))
+    out = {}
+    for name, sae in saes.items():
+        sae.eval()
+        m = evaluate(sae, reader.iter_epoch(0), max_tokens=50_000)
+        m |= spliced_metrics(sae, lm, tokens, hook)
+        out[name] = m
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="a CPU-sized run (< 10 minutes)")
+    args = ap.parse_args()
+    tokens, epochs, ce_contexts = (40_000, 2.0, 16) if args.quick else (200_000, 2.0, 64)
+    k, batch = 32, 256
+    t0 = time.perf_counter()
+    aset, hook = harvest(tokens)
+    d_in = aset.d_model
+    d_sae = 8 * d_in
+    t_harvest = time.perf_counter() - t0
+
+    spec = TrainSpec(activation_set=aset.id, hook=hook, d_sae=d_sae, k=k, batch_size=batch,
+                     epochs=epochs, eval_ce_contexts=0, name="bench-quality")  # fmt: skip
+    t1 = time.perf_counter()
+    ours = train_sae(spec).sae
+    t_ours = time.perf_counter() - t1
+    steps = int(ShuffledBatchReader(aset, hook, batch, seed=spec.seed).batches_per_epoch * epochs)
+
+    t2 = time.perf_counter()
+    reader = ShuffledBatchReader(aset, hook, batch, seed=spec.seed)  # the same batches
+    theirs = train_sparsify(reader, d_in, d_sae, k, steps)
+    t_theirs = time.perf_counter() - t2
+    with tempfile.TemporaryDirectory() as tmp:
+        theirs.save_to_disk(Path(tmp) / "layer")
+        theirs_ours = import_sparsify(Path(tmp) / "layer", model=EMBEDDED_MODEL, hook=hook)
+
+    m = evaluate_both({"saefeat": ours, "sparsify": theirs_ours}, aset, hook, ce_contexts)
+    print(f"machine: {platform.machine()} {os.cpu_count()} cpus, torch {torch.__version__}; "
+          f"set {aset.id} ({aset.n_tokens} tokens at {hook}); d_sae={d_sae} k={k} "
+          f"batch={batch} steps={steps}; harvest {t_harvest:.0f}s, train saefeat "
+          f"{t_ours:.0f}s, sparsify {t_theirs:.0f}s; home {get_settings().home}")  # fmt: skip
+    for name, v in m.items():
+        print(f"{name:9s} fvu {v['fvu']:.4f}  l0 {v['l0']:.1f}  dead {v['dead_frac']:.3f}  "
+              f"CE clean {v['ce_loss_clean']:.4f} sae {v['ce_loss_with_sae']:.4f} zero "
+              f"{v['ce_loss_zero_ablation']:.4f}  recovered {v['ce_loss_recovered']:.4f}  "
+              f"KL {v['kl_div_with_sae']:.4f}")  # fmt: skip
+    print(json.dumps({
+        "fvu_saefeat": m["saefeat"]["fvu"], "fvu_sparsify": m["sparsify"]["fvu"],
+        "ce_recovered_saefeat": m["saefeat"]["ce_loss_recovered"],
+        "ce_recovered_sparsify": m["sparsify"]["ce_loss_recovered"],
+        "dead_frac_saefeat": m["saefeat"]["dead_frac"],
+        "dead_frac_sparsify": m["sparsify"]["dead_frac"],
+    }))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

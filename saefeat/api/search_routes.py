@@ -1,0 +1,43 @@
+"""Full-text search over labels (read routes)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query
+from sqlalchemy.orm import Session
+
+from saefeat.api import convert
+from saefeat.api.deps import get_session
+from saefeat.api.errors import problem_responses
+from saefeat.api.schemas import LabelMatchPage
+from saefeat.storage.catalog import label_search, labels, queries
+from saefeat.storage.catalog.search_syntax import MAX_QUERY_CHARS
+
+router = APIRouter(tags=["catalog"])
+
+
+@router.get(
+    "/labels/search",
+    response_model=LabelMatchPage,
+    responses=problem_responses(404, 422),
+    summary="Features whose labels match a full-text query",
+    description=(
+        "Web-search syntax: words (all must match, stemmed: `bracket` finds `brackets`), "
+        '`"exact phrase"`, `OR` between alternatives, `-word` to exclude, `word*` for a '
+        "prefix. A malformed query (an unclosed quote, a dangling OR, only exclusions) is a "
+        "422 naming the problem. Each feature appears once, with its newest matching label; "
+        "newest first."
+    ),
+)
+def search_labels(
+    session: Annotated[Session, Depends(get_session)],
+    q: Annotated[str, Query(max_length=MAX_QUERY_CHARS, description="The query")],
+    sae_id: Annotated[str | None, Query(description="Only this SAE's features")] = None,
+    limit: Annotated[int, Query(ge=1, le=queries.MAX_PAGE)] = 50,
+    cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
+) -> LabelMatchPage:
+    page = label_search.search_labels(session, q, sae_id=sae_id, limit=limit, cursor=cursor)
+    votes = labels.label_votes(session, [m.label.id for m in page.items])
+    items = [convert.label_match(m, votes.get(m.label.id)) for m in page.items]
+    return LabelMatchPage(items=items, next_cursor=page.next_cursor)

@@ -1,0 +1,92 @@
+"""Which features fire on a piece of text: the text through the model (up to the SAE's
+hook) and the SAE, then each token's strongest features.
+
+The language model loads on first use and stays cached (saefeat.lm.cached_model); SAEs
+are cached the same way, keyed by checkpoint path, so repeated queries cost one forward.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+from saefeat.errors import SaefeatError, SpecError
+from saefeat.lm import LanguageModel, cached_model, parse_hook, run_to_hooks
+from saefeat.sae import SparseAutoencoder, load_sae
+
+MAX_TEXT_CHARS = 4000
+MAX_TEXT_TOKENS = 512
+# One forward at a time per process: torch already uses every core, and two concurrent
+# first requests must not load the model twice.
+_lock = threading.Lock()
+
+
+class TextTooLongError(SaefeatError):
+    status_code = 413
+
+
+@dataclass
+class TokenFeatures:
+    position: int
+    token_id: int
+    token: str
+    features: list[tuple[int, float]]  # (feature index, activation), strongest first
+
+
+@lru_cache(maxsize=4)
+def cached_sae(checkpoint: str, device: str = "cpu") -> SparseAutoencoder:
+    return load_sae(Path(checkpoint), device)
+
+
+def check_text(text: str) -> None:
+    if not text.strip():
+        raise SpecError("must not be empty", field="text")
+    if len(text) > MAX_TEXT_CHARS:
+        raise TextTooLongError(
+            f"has {len(text)} characters; live search takes at most {MAX_TEXT_CHARS}",
+            field="text",
+        )
+
+
+@torch.inference_mode()
+def features_on_text(
+    lm: LanguageModel, sae: SparseAutoencoder, hook: str, text: str, top_n: int = 5
+) -> list[TokenFeatures]:
+    """Each token of `text` with its `top_n` strongest active features."""
+    check_text(text)
+    ids = lm.tokenizer(text, return_tensors="pt").input_ids  # type: ignore[operator]
+    if ids.shape[1] > MAX_TEXT_TOKENS:
+        raise TextTooLongError(
+            f"is {ids.shape[1]} tokens long; live search takes at most {MAX_TEXT_TOKENS}",
+            field="text",
+        )
+    acts = run_to_hooks(lm, ids, [parse_hook(hook)])[hook][0]  # [seq, d_in]
+    vals, idx = sae.encode(acts.to(sae.W_enc.device, sae.W_enc.dtype))
+    n = min(top_n, vals.shape[1])
+    best, where = vals.topk(n, dim=1)
+    features = idx.gather(1, where)
+    out = []
+    for pos, token_id in enumerate(ids[0].tolist()):
+        pairs = [
+            (int(f), float(v))
+            for f, v in zip(features[pos].tolist(), best[pos].tolist(), strict=True)
+            if v > 0
+        ]
+        token = lm.tokenizer.decode([token_id])  # type: ignore[attr-defined]
+        out.append(TokenFeatures(pos, token_id, token, pairs))
+    return out
+
+
+def features_for_sae(
+    model_name: str, checkpoint: str, hook: str, text: str, top_n: int = 5
+) -> list[TokenFeatures]:
+    """Load (once) the model and SAE named by a catalog row and run `features_on_text`."""
+    check_text(text)  # before paying for a model load
+    with _lock:
+        lm = cached_model(model_name, "cpu")
+        sae = cached_sae(checkpoint, "cpu")
+        return features_on_text(lm, sae, hook, text, top_n)

@@ -1,0 +1,45 @@
+"""Matryoshka BatchTopK SAE (Bussmann et al. 2025; dictionary_learning).
+
+Latents are split into nested groups by `matryoshka_groups` (fractions of d_sae); every
+prefix of groups must reconstruct the input on its own, so the loss is the sum over
+prefixes of the FVU of the reconstruction from that prefix's latents. The early latents
+learn general features, the later ones refine them. Encoding is BatchTopK's.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from saefeat.sae.base import SAEConfig, TrainStep, fvu_loss, register
+from saefeat.sae.batchtopk import BatchTopKSAE
+
+DEFAULT_GROUPS = (0.0625, 0.125, 0.25, 0.5625)
+
+
+def group_ends(fractions: list[float] | tuple[float, ...], d_sae: int) -> list[int]:
+    """Cumulative latent counts of each prefix; the last is d_sae."""
+    ends, total = [], 0.0
+    for f in fractions[:-1]:
+        total += f
+        ends.append(max(1, min(d_sae - 1, round(total * d_sae))))
+    ends.append(d_sae)
+    return sorted(set(ends))
+
+
+@register("matryoshka_batchtopk")
+class MatryoshkaBatchTopKSAE(BatchTopKSAE):
+    def __init__(self, cfg: SAEConfig):
+        super().__init__(cfg)
+        self.ends = group_ends(cfg.extra.get("matryoshka_groups", DEFAULT_GROUPS), cfg.d_sae)
+
+    def training_loss(self, x: torch.Tensor, variance: torch.Tensor) -> TrainStep:
+        from saefeat.kernels import sparse_decode
+
+        out = self(x)
+        full = fvu_loss(x, out.x_hat, variance)
+        loss = full
+        for end in self.ends[:-1]:  # the full prefix is out.x_hat
+            vals = torch.where(out.idx < end, out.vals, torch.zeros_like(out.vals))
+            loss = loss + fvu_loss(x, sparse_decode(out.idx, vals, self.W_dec, self.b_dec),
+                                   variance)  # fmt: skip
+        return TrainStep(out, loss, {"fvu": full, "matryoshka": loss})

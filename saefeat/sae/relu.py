@@ -1,0 +1,41 @@
+"""ReLU SAE with an L1 penalty weighted by decoder row norms (Anthropic, April 2024).
+
+loss = FVU + l1_coefficient * mean_b sum_i f_i(x_b) * ||W_dec[i]||. Weighting by the
+norms stops the SAE from shrinking activations and growing the decoder to cheat the
+penalty, so the decoder rows stay free (no unit-norm constraint).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from saefeat.sae.base import (
+    SAEOutput,
+    SparseAutoencoder,
+    TrainStep,
+    dense_to_sparse,
+    fvu_loss,
+    register,
+)
+
+DEFAULT_L1 = 0.02
+
+
+@register("relu")
+class ReLUSAE(SparseAutoencoder):
+    unit_norm_decoder = False
+
+    def dense(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu((x - self.b_dec) @ self.W_enc + self.b_enc)
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return dense_to_sparse(self.dense(x))
+
+    def training_loss(self, x: torch.Tensor, variance: torch.Tensor) -> TrainStep:
+        acts = self.dense(x)
+        x_hat = acts @ self.W_dec.to(acts.dtype) + self.b_dec
+        fvu = fvu_loss(x, x_hat, variance)
+        l1 = (acts.float() * self.W_dec.norm(dim=1)).sum() / x.shape[0]
+        coef = float(self.cfg.extra.get("l1_coefficient", DEFAULT_L1))
+        vals, idx = dense_to_sparse(acts.detach())
+        return TrainStep(SAEOutput(x_hat, vals, idx), fvu + coef * l1, {"fvu": fvu, "l1": l1})

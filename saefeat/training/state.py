@@ -1,0 +1,84 @@
+"""Training state on disk, for exact resume.
+
+One folder per run: `state.pt` holds the SAE's weights (in training units, before the
+input scale is folded in), the optimizer state, the step (which fixes the learning-rate
+schedule and, with the batches per epoch, the reader's (epoch, batch) position), the
+tokens since each latent last fired, the loss history and the RNG states. It is written
+to a temporary file and renamed, so a crash while saving keeps the previous state.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from saefeat.errors import SpecError
+
+STATE_FORMAT = 1
+STATE_FILE = "state.pt"
+# What a state must agree on with the run that resumes it.
+IDENTITY_KEYS = ("model", "hook", "activation_set", "architecture", "d_in", "d_sae")
+
+
+@dataclass
+class Position:
+    step: int  # optimizer steps done
+    epoch: int
+    batch: int  # batches already served in this epoch
+
+
+def rng_states() -> dict:
+    states = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+              "python": random.getstate()}  # fmt: skip
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict) -> None:
+    torch.set_rng_state(states["torch"])
+    np.random.set_state(states["numpy"])
+    random.setstate(states["python"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def save_state(folder: Path, state: dict) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".{STATE_FILE}.{os.getpid()}.tmp"
+    torch.save({"format": STATE_FORMAT, **state}, tmp)
+    os.replace(tmp, folder / STATE_FILE)
+    return folder / STATE_FILE
+
+
+def has_state(folder: Path) -> bool:
+    return (folder / STATE_FILE).is_file()
+
+
+def load_state(folder: Path, identity: dict, device: torch.device) -> dict:
+    """The saved state, after checking it belongs to this run; SpecError otherwise."""
+    path = folder / STATE_FILE
+    if not path.is_file():
+        raise SpecError(f"no training state at {folder} ({STATE_FILE} missing)",
+                        field="resume_from")  # fmt: skip
+    # Our own file (it holds numpy RNG state, which weights_only refuses).
+    state = torch.load(path, map_location=device, weights_only=False)
+    if state.get("format") != STATE_FORMAT:
+        raise SpecError(
+            f"{path} has training-state format {state.get('format')!r}; this saefeat reads "
+            f"format {STATE_FORMAT} only. Start a new run (nothing was changed).",
+            field="resume_from",
+        )
+    wrong = [f"{k}: checkpoint {state['identity'].get(k)!r}, this run {identity[k]!r}"
+             for k in IDENTITY_KEYS if state["identity"].get(k) != identity[k]]  # fmt: skip
+    if wrong:
+        raise SpecError(
+            f"{path} is from another run ({'; '.join(wrong)}); nothing was changed",
+            field="resume_from",
+        )
+    return state

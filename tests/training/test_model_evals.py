@@ -1,0 +1,46 @@
+import torch
+
+from saefeat.lm import load_model
+from saefeat.sae import SAEConfig
+from saefeat.sae.topk import TopKSAE
+from saefeat.training.model_evals import spliced, spliced_metrics
+
+HOOK = "blocks.1.hook_resid_post"
+
+
+class Identity(TopKSAE):
+    """A perfect reconstruction: splicing it in must change nothing."""
+
+    def forward(self, x):
+        out = super().forward(x)
+        return out._replace(x_hat=x)
+
+
+def test_ce_recovered_is_one_for_a_perfect_sae_and_sane_for_a_random_one(tiny_llama):
+    lm = load_model(str(tiny_llama))
+    tokens = torch.randint(0, 400, (3, 16))
+    perfect = spliced_metrics(Identity(SAEConfig(d_in=64, d_sae=128, k=4)), lm, tokens, HOOK,
+                              batch_contexts=2)  # fmt: skip
+    assert abs(perfect["ce_loss_recovered"] - 1.0) < 1e-4
+    assert perfect["kl_div_with_sae"] < 1e-6 and perfect["kl_div_zero_ablation"] > 0
+    assert perfect["ce_eval_tokens"] == 3 * 15
+    rand = spliced_metrics(TopKSAE(SAEConfig(d_in=64, d_sae=128, k=4)), lm, tokens, HOOK)
+    assert rand["kl_div_with_sae"] > 0
+    assert abs(rand["ce_loss_clean"] - perfect["ce_loss_clean"]) < 1e-4
+
+
+def test_splice_keeps_position_zero_and_removes_the_hook(tiny_llama):
+    lm = load_model(str(tiny_llama))
+    ids = torch.randint(0, 400, (1, 6))
+    seen = {}
+    block = lm.blocks[2]
+    handle = block.register_forward_pre_hook(
+        lambda m, a, kw: seen.update(x=(a or [kw["hidden_states"]])[0]), with_kwargs=True
+    )  # noqa: E501
+    with torch.no_grad():
+        with spliced(lm, HOOK, torch.zeros_like):
+            lm.model(input_ids=ids)
+        assert float(seen["x"][0, 1:].abs().sum()) == 0 and float(seen["x"][0, 0].abs().sum()) > 0
+        lm.model(input_ids=ids)
+        assert float(seen["x"][0, 1:].abs().sum()) > 0
+    handle.remove()

@@ -1,0 +1,67 @@
+"""A real local Ray: worker deaths, a shard that always kills its worker, cancel + resume."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import assert_same_data, reference_set
+
+from saefeat.storage.activations import STATUS_COMPLETE, STATUS_COMPLETE_WITH_GAPS
+from saefeat.workers.harvest import CRASH_ENV, HarvestCancelled, harvest
+
+
+def crashes(aset, shard: int) -> int:
+    marker = aset.path / ".test-crashes" / f"shard-{shard}"
+    return marker.stat().st_size if marker.exists() else 0
+
+
+def test_killed_worker_is_retried_and_data_matches_one_process(
+    spec, settings, ray_session, tmp_path, monkeypatch
+):
+    monkeypatch.setenv(CRASH_ENV, "2:1,3:1")  # die mid-write on the first try of shards 2, 3
+    result = harvest(spec, settings=settings)
+    aset = result.activation_set
+    assert not result.skipped, result.skipped
+    assert aset.status == STATUS_COMPLETE
+    assert crashes(aset, 2) == 1 and crashes(aset, 3) == 1
+    assert aset.committed_shards() == list(range(aset.n_shards)) and aset.verify() == []
+    assert_same_data(aset, reference_set(spec, tmp_path / "ref"))
+    # Both sources made it into the mix, and every context appears once.
+    doc_ids = aset.group.attrs["doc_ids"]
+    assert any(d.startswith("0/") for d in doc_ids) and any(d.startswith("1/") for d in doc_ids)
+
+
+def test_shard_that_always_kills_its_worker_is_skipped(
+    spec, settings, ray_session, tmp_path, monkeypatch
+):
+    monkeypatch.setenv(CRASH_ENV, "1:-1")
+    spec = spec.model_copy(update={"max_shard_attempts": 2})
+    result = harvest(spec, settings=settings)
+    aset = result.activation_set
+    assert list(result.skipped) == [1] and "died on all 2 attempts" in result.skipped[1]
+    assert crashes(aset, 1) == 2
+    assert aset.status == STATUS_COMPLETE_WITH_GAPS and list(aset.skipped_shards) == ["1"]
+    others = [s for s in range(aset.n_shards) if s != 1]
+    assert aset.committed_shards() == others
+    assert_same_data(aset, reference_set(spec, tmp_path / "ref"), shards=others)
+    # Once the cause is gone, a resubmit redoes only the gap.
+    monkeypatch.delenv(CRASH_ENV)
+    again = harvest(spec, settings=settings)
+    assert again.shards_run == 1 and again.activation_set.status == STATUS_COMPLETE
+
+
+def test_cancel_then_resume(spec, settings, ray_session, tmp_path):
+    seen = []
+
+    def progress(done, total):
+        seen.append(done)
+
+    with pytest.raises(HarvestCancelled):
+        harvest(spec, settings=settings, progress=progress, should_stop=lambda: seen[-1] > 0)
+    from saefeat.storage.activations import open_set
+
+    aset = open_set(settings.activations_dir, spec.set_id())
+    n_done = len(aset.committed_shards())
+    assert 0 < n_done < aset.n_shards and aset.status == "harvesting"
+    result = harvest(spec, settings=settings)
+    assert result.shards_run == aset.n_shards - n_done
+    assert_same_data(result.activation_set, reference_set(spec, tmp_path / "ref"))
