@@ -41,7 +41,7 @@ from saefeat.sae.interop import import_sparsify  # noqa: E402
 from saefeat.specs import HarvestSpec, TrainSpec  # noqa: E402
 from saefeat.storage.reader import ShuffledBatchReader  # noqa: E402
 from saefeat.training.evaluate import evaluate  # noqa: E402
-from saefeat.training.model_evals import spliced_metrics  # noqa: E402
+from saefeat.training.model_evals import spliced_metrics_many  # noqa: E402
 from saefeat.training.trainer import train_sae  # noqa: E402
 
 SPARSIFY_WARMUP = 1000  # TrainConfig.lr_warmup_steps
@@ -90,20 +90,16 @@ def evaluate_both(saes: dict, aset, hook: str, ce_contexts: int) -> dict:
     reader = ShuffledBatchReader(aset, hook, 1024, seed=1)
     lm = load_model(EMBEDDED_MODEL)
     tokens = torch.from_numpy(aset.tokens(0, ce_contexts).astype("int64"))
-    out = {}
-    for name, sae in saes.items():
-        sae.eval()
-        m = evaluate(sae, reader.iter_epoch(0), max_tokens=50_000)
-        m |= spliced_metrics(sae, lm, tokens, hook)
-        out[name] = m
-    return out
+    spliced = spliced_metrics_many([(sae.eval(), hook) for sae in saes.values()], lm, tokens)
+    return {name: evaluate(sae, reader.iter_epoch(0), max_tokens=50_000) | ce
+            for (name, sae), ce in zip(saes.items(), spliced, strict=True)}  # fmt: skip
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="a CPU-sized run (< 10 minutes)")
     args = ap.parse_args()
-    tokens, epochs, ce_contexts = (40_000, 2.0, 16) if args.quick else (200_000, 2.0, 64)
+    tokens, epochs, ce_contexts = (40_000, 2.0, 8) if args.quick else (200_000, 2.0, 64)
     k, batch = 32, 256
     t0 = time.perf_counter()
     aset, hook = harvest(tokens)
@@ -126,11 +122,14 @@ def main() -> None:
         theirs.save_to_disk(Path(tmp) / "layer")
         theirs_ours = import_sparsify(Path(tmp) / "layer", model=EMBEDDED_MODEL, hook=hook)
 
+    t3 = time.perf_counter()
     m = evaluate_both({"saefeat": ours, "sparsify": theirs_ours}, aset, hook, ce_contexts)
+    t_eval = time.perf_counter() - t3
     print(f"machine: {platform.machine()} {os.cpu_count()} cpus, torch {torch.__version__}; "
           f"set {aset.id} ({aset.n_tokens} tokens at {hook}); d_sae={d_sae} k={k} "
           f"batch={batch} steps={steps}; harvest {t_harvest:.0f}s, train saefeat "
-          f"{t_ours:.0f}s, sparsify {t_theirs:.0f}s; home {get_settings().home}")  # fmt: skip
+          f"{t_ours:.0f}s, sparsify {t_theirs:.0f}s, eval {t_eval:.0f}s, total "
+          f"{time.perf_counter() - t0:.0f}s; home {get_settings().home}")  # fmt: skip
     for name, v in m.items():
         print(f"{name:9s} fvu {v['fvu']:.4f}  l0 {v['l0']:.1f}  dead {v['dead_frac']:.3f}  "
               f"CE clean {v['ce_loss_clean']:.4f} sae {v['ce_loss_with_sae']:.4f} zero "

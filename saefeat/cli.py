@@ -138,7 +138,7 @@ def harvest(
         storage_dtype=storage_dtype,
         batch_size=batch_size,
     )
-    print(do_harvest(spec).activation_set.id)
+    print(harvest_as_job(spec).activation_set.id)
 
 
 @app.command()
@@ -146,6 +146,9 @@ def harvest(
 def train(
     activation_set: Annotated[str, typer.Option("--set", help="activation set id")],
     hook: str | None = None,
+    architecture: Annotated[
+        str, typer.Option(help="topk, batchtopk, jumprelu, relu, matryoshka_batchtopk")
+    ] = "topk",
     d_sae: int | None = None,
     expansion_factor: int = 8,
     k: int = 32,
@@ -154,12 +157,13 @@ def train(
     epochs: float = 2.0,
     seed: int = 0,
 ):
-    """Train a TopK SAE on an activation set."""
+    """Train an SAE (TopK by default) on an activation set."""
     from saefeat.specs import TrainSpec
 
     spec = TrainSpec(
-        activation_set=activation_set, hook=hook, d_sae=d_sae, expansion_factor=expansion_factor,
-        k=k, batch_size=batch_size, lr=lr, epochs=epochs, seed=seed,
+        activation_set=activation_set, hook=hook, architecture=architecture, d_sae=d_sae,
+        expansion_factor=expansion_factor, k=k, batch_size=batch_size, lr=lr, epochs=epochs,
+        seed=seed,
     )  # fmt: skip
     print(do_train(spec).sae_id)
 
@@ -170,7 +174,7 @@ def index(
     sae: Annotated[str, typer.Option(help="SAE id")],
     examples: int = 20,
     window: int = 8,
-    vocab: int = 10,
+    vocab: int = 20,
 ):
     """Compute each feature's statistics, top examples and vocabulary projection."""
     from saefeat.specs import IndexSpec
@@ -204,6 +208,51 @@ def demo(
     print_features(sae_id, n=5)
     if serve_after:
         serve(port=port)
+
+
+@app.command("export")
+@user_errors
+def export_sae(
+    sae: Annotated[str, typer.Option(help="SAE id")],
+    to: Annotated[str, typer.Option(help="saelens or sparsify")],
+    out: Annotated[str, typer.Option(help="folder to write")],
+):
+    """Write a trained SAE in SAELens's or sparsify's layout."""
+    from pathlib import Path
+
+    from saefeat.errors import SpecError
+    from saefeat.sae import load_sae
+    from saefeat.sae.interop import export_saelens, export_sparsify
+
+    writers = {"saelens": export_saelens, "sparsify": export_sparsify}
+    if to not in writers:
+        raise SpecError(f"{to!r} is not a format; use one of {sorted(writers)}", field="to")
+    path = writers[to](load_sae(get_settings().saes_dir / sae), Path(out))
+    console.print(f"wrote {path}")
+
+
+@app.command("import")
+@user_errors
+def import_sae(
+    path: Annotated[str, typer.Argument(help="an SAELens or sparsify SAE folder")],
+    sae_id: Annotated[str, typer.Option("--id", help="id to store it under")],
+):
+    """Read an SAELens or sparsify SAE folder into saefeat's checkpoint format."""
+    from pathlib import Path
+
+    from saefeat.errors import SpecError
+    from saefeat.sae.interop import import_saelens, import_sparsify
+
+    folder = Path(path)
+    if (folder / "sae_weights.safetensors").is_file():
+        sae = import_saelens(folder)
+    elif (folder / "sae.safetensors").is_file():
+        sae = import_sparsify(folder)
+    else:
+        raise SpecError(f"{path} holds neither sae_weights.safetensors nor sae.safetensors",
+                        field="path")  # fmt: skip
+    out = sae.save(get_settings().saes_dir / sae_id)
+    console.print(f"stored {out}")
 
 
 @db_app.command("upgrade")
@@ -354,3 +403,62 @@ def features_fire(
     for t in features_for_sae(model_name, checkpoint, hook, text, top):
         feats = "  ".join(f"{f}:{v:.3g}" for f, v in t.features)
         print(f"{t.position}\t{t.token!r}\t{feats}")
+
+
+def harvest_as_job(spec):
+    """`saefeat harvest`: the run is a job row too, so `saefeat jobs` and the API see it."""
+    from saefeat.storage import catalog
+    from saefeat.workers.jobs import JobRunner
+
+    settings = get_settings()
+    catalog.upgrade(settings.db_url)
+    engine = catalog.make_engine(settings.db_url)
+    try:
+        runner = JobRunner(settings, catalog.make_sessionmaker(engine))
+        job, created = runner.submit(spec)
+        if not created:
+            raise SaefeatError(
+                f"job {job.id} ({job.status}) is already harvesting set {job.spec_hash}; "
+                "follow it with `saefeat jobs`"
+            )
+        with _bar("harvest", "tokens") as bar:
+            task = bar.add_task("harvest", total=None, info=f"job {job.id}")
+            progress = lambda d, t: bar.update(task, completed=d, total=t)  # noqa: E731
+            result = runner.run(job.id, progress=progress)
+        job = runner.get(job.id)
+    finally:
+        engine.dispose()
+    if result is None:
+        raise SaefeatError(f"job {job.id} {job.status}: {job.error}")
+    aset = result.activation_set
+    how = "reused" if result.reused else f"{result.shards_run} shards in {result.seconds:.1f}s"
+    console.print(f"activation set [bold]{aset.id}[/bold]: {aset.n_tokens:,} tokens ({how})")
+    if result.skipped:
+        console.print(f"[yellow]warning:[/yellow] {job.error}", highlight=False, soft_wrap=True)
+    return result
+
+
+@app.command()
+@user_errors
+def jobs(limit: Annotated[int, typer.Option(help="newest N jobs")] = 20):
+    """List jobs, newest first: status, progress, rate, error."""
+    from rich.table import Table
+    from sqlalchemy import select
+
+    from saefeat.pipeline import catalog_session
+    from saefeat.storage.catalog.models import Job
+
+    table = Table("id", "kind", "status", "progress", "tok/s", "created", "error")
+    with catalog_session(get_settings()) as s:
+        for j in s.scalars(select(Job).order_by(Job.created_at.desc()).limit(limit)):
+            pct = f"{j.progress_done / j.progress_total:.0%}" if j.progress_total else "-"
+            table.add_row(
+                j.id,
+                j.kind,
+                j.status,
+                f"{j.progress_done:,}/{j.progress_total or 0:,} ({pct})",
+                f"{j.rate:,.0f}" if j.rate else "-",
+                f"{j.created_at:%Y-%m-%d %H:%M}",
+                (j.error or "")[:60],
+            )
+    Console().print(table)

@@ -60,9 +60,7 @@ def print_features(sae_id: str, n: int = 5, console: Console | None = None) -> N
         for f in picks:
             proj = queries.feature_projection(s, f.id)
             examples = queries.feature_examples(s, f.id)
-            console.rule(
-                f"feature {f.index}  density {f.density:.3%}  max {f.max_activation:.3f}"
-            )
+            console.rule(f"feature {f.index}  density {f.density:.3%}  max {f.max_activation:.3f}")
             tops = ", ".join(repr(t.token_str) for t in proj["top"][:8])
             console.print(f"promotes: {tops}", highlight=False)
             if examples:

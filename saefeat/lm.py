@@ -307,9 +307,7 @@ def capture(lm: LanguageModel, points: list[HookPoint]):
         for p in points:
             mod = lm.module_for(p)
             if p.kind == "resid_pre":
-                handles.append(
-                    mod.register_forward_pre_hook(make_hook(p, True), with_kwargs=True)
-                )
+                handles.append(mod.register_forward_pre_hook(make_hook(p, True), with_kwargs=True))
             else:
                 handles.append(mod.register_forward_hook(make_hook(p, False), with_kwargs=True))
         yield acts

@@ -77,9 +77,10 @@ def run_harvest(
     *,
     settings: Settings | None = None,
     progress: Callable[[int, int], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> HarvestResult:
     settings = settings or get_settings()
-    result = harvest(spec, settings=settings, progress=progress)
+    result = harvest(spec, settings=settings, progress=progress, should_stop=should_stop)
     record_activation_set(settings, result.activation_set)
     return result
 
@@ -143,5 +144,3 @@ def run_index(
         catalog.write_feature_index(s, spec.sae, result.index)
         s.commit()
     return IndexRunResult(result.index, result.seconds)
-
-

@@ -55,3 +55,23 @@ def test_keys_create_prints_a_key(settings):
     assert code == 0 and out.startswith("sfk_")
     code, out = run("keys", "create", "--scope", "root")
     assert code == 2 and "scope" in out.lower()
+
+
+@pytest.mark.parametrize("fmt, weights", [("saelens", "sae_weights"), ("sparsify", "sae")])
+def test_export_then_import_gives_the_same_sae(settings, tmp_path, fmt, weights):
+    import torch
+
+    from saefeat.sae import SAEConfig, load_sae
+    from saefeat.sae.topk import TopKSAE
+
+    sae = TopKSAE(SAEConfig(d_in=8, d_sae=32, k=3, model="m", hook="blocks.0.hook_resid_post"))
+    sae.save(settings.saes_dir / "orig")
+    code, out = run("export", "--sae", "orig", "--to", fmt, "--out", str(tmp_path / fmt))
+    assert code == 0, out
+    assert (tmp_path / fmt / f"{weights}.safetensors").is_file()
+    code, out = run("import", str(tmp_path / fmt), "--id", "back")
+    assert code == 0, out
+    x = torch.randn(5, 8)
+    torch.testing.assert_close(load_sae(settings.saes_dir / "back")(x).x_hat, sae(x).x_hat)
+    code, out = run("export", "--sae", "orig", "--to", "onnx", "--out", str(tmp_path / "x"))
+    assert code == 2 and "onnx" in out

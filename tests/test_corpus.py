@@ -78,3 +78,44 @@ def test_packing_keeps_document_and_offset(tok, bos):
             ids = [tok.eos_token_id, *ids]
         n = min(8, len(ids) - off)
         assert list(p.tokens[i, body : body + n]) == ids[off : off + n]
+
+
+def test_sources_mix_in_proportion_to_weights(tmp_path):
+    from saefeat.corpus import CorpusReport, mix_sources
+
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        for i in range(40):
+            (tmp_path / name / f"{i:02d}.txt").write_text(name * 100)
+    sources = [(str(tmp_path / "a"), "text", 3.0), (str(tmp_path / "b"), "text", 1.0)]
+    report = CorpusReport()
+    docs = [d.doc_id for _, d in zip(range(40), mix_sources(sources, report=report), strict=False)]
+    assert docs == [d.doc_id for _, d in zip(range(40), mix_sources(sources), strict=False)]
+    assert sum(d.startswith("0/") for d in docs) == 30  # 3:1 by text
+    assert report.by_source == {str(tmp_path / "a"): 30, str(tmp_path / "b"): 10}
+    # A source that runs out drops out; the rest go on.
+    assert len(list(mix_sources(sources))) == 80
+
+
+def test_bad_documents_skip_or_fail_per_policy(tmp_path):
+    from saefeat.corpus import CorpusReport
+
+    (tmp_path / "good.txt").write_text("fine text")
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9".encode("latin-1"))
+    (tmp_path / "blob.txt").write_bytes(b"\x00\x01binary")
+    (tmp_path / "rows.jsonl").write_bytes(b'{"text": "ok"}\n\xff\xfe\nnot json\n')
+    with pytest.raises(SpecError, match="on_bad_document='skip'"):
+        list(iter_documents(str(tmp_path)))
+    report = CorpusReport()
+    docs = list(iter_documents(str(tmp_path), report=report, on_bad="skip"))
+    assert sorted(d.text for d in docs) == ["fine text", "ok"]
+    assert (report.undecodable, report.malformed, report.documents) == (3, 1, 2)
+
+
+def test_storage_dtype_must_be_storable():
+    from pydantic import ValidationError
+
+    from saefeat.specs import HarvestSpec
+
+    with pytest.raises(ValidationError, match="storage_dtype"):
+        HarvestSpec(hooks=["blocks.0.hook_resid_post"], storage_dtype="int8")

@@ -229,7 +229,9 @@ class _ShardRun:
         except ray.exceptions.RayActorError as e:
             for w in workers:
                 ray.kill(w)
-            raise SaefeatError(f"harvest workers failed to start: {e}") from None
+            lines = [line for line in str(e).splitlines() if line.strip()]
+            why = lines[-1].strip() if lines else type(e).__name__  # the __init__ error
+            raise SaefeatError(f"harvest workers failed to start: {why}") from None
         return workers
 
     def _report(self, done: int) -> None:
@@ -294,11 +296,9 @@ class _ShardRun:
                     commit = ray.get(ref)
                 except ray.exceptions.RayTaskError as e:
                     raise _task_error(e) from None
-                except ray.exceptions.ActorUnavailableError:
-                    queue.insert(0, shard)  # never ran, or ran on a dying actor: redo
-                    if i not in down:
-                        probe(i)
                 except ray.exceptions.RayActorError as e:
+                    # Unavailable or died: either way this actor was ready when the shard
+                    # was sent, so its process died holding it.
                     self._worker_died(shard, e, queue, suspects)
                     if i not in down:
                         probe(i)

@@ -14,6 +14,7 @@ from saefeat import __version__
 from saefeat.api import (
     catalog_routes,
     health_routes,
+    job_routes,
     label_routes,
     live_routes,
     page_routes,
@@ -85,5 +86,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Pages are reads too; a browser cannot send the key, so keyed reads close them.
     app.include_router(page_routes.router, dependencies=read_guard)
     app.include_router(label_routes.router, prefix=API_PREFIX)
+    app.include_router(
+        job_routes.router, prefix=API_PREFIX, dependencies=read_guard, responses=read_responses
+    )
     _bootstrap_key(app, settings)
     return app

@@ -119,14 +119,22 @@ def get_feature(sae_id: SaeId, index: FeatureIndexParam, session: SessionDep) ->
     responses=problem_responses(404, 422),
     summary="A feature's label history, newest first",
 )
-def list_labels(sae_id: SaeId, index: FeatureIndexParam, session: SessionDep) -> LabelHistory:
+def list_labels(
+    sae_id: SaeId,
+    index: FeatureIndexParam,
+    session: SessionDep,
+    limit: Limit = 50,
+    cursor: CursorParam = None,
+) -> LabelHistory:
     feature = queries.get_feature(session, sae_id, index)
-    history = labels.label_history(session, feature.id)
-    votes = labels.label_votes(session, [lb.id for lb in history])
-    current = labels.pick_current_label(history, votes)
+    page, next_cursor = labels.label_history_page(session, feature.id, limit=limit, cursor=cursor)
+    current = labels.current_label(session, feature.id)
+    shown = [lb.id for lb in page] + ([current.id] if current else [])
+    votes = labels.label_votes(session, shown)
     return LabelHistory(
-        items=[convert.label_out(lb, votes.get(lb.id)) for lb in history],  # type: ignore[misc]
+        items=[convert.label_out(lb, votes.get(lb.id)) for lb in page],  # type: ignore[misc]
         current=convert.label_out(current, votes.get(current.id) if current else None),
+        next_cursor=next_cursor,
     )
 
 

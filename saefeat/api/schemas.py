@@ -167,8 +167,11 @@ class LabelCreate(BaseModel):
 
 
 class LabelHistory(BaseModel):
-    items: list[LabelOut] = Field(description="Every label, newest first")
+    items: list[LabelOut] = Field(description="Labels, newest first, one page")
     current: LabelOut | None
+    next_cursor: str | None = Field(
+        default=None, description="Pass as `cursor` for the next page; null at end"
+    )
 
 
 class VoteCreate(BaseModel):

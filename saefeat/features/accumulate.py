@@ -14,10 +14,44 @@ import numpy as np
 import torch
 
 from saefeat.features.quantiles import QuantileSampler
-from saefeat.features.segments import segment_rank, segment_top
+from saefeat.features.segments import merge_into_table, segment_top
 
 HIST_EDGES = np.logspace(-4, 3, 57)  # 8 bins a decade over raw activation values
-_CANDIDATE_CHUNK = 8192  # window gathers are [chunk, 2w+1, k]: bound their memory
+_CANDIDATE_CHUNK = 65536  # window lookups are [chunk, 2w+1]: bound their memory
+
+
+class BlockLookup:
+    """Any (row, feature) activation of one block, by binary search over the block's
+    sparse entries sorted by row * d_sae + feature: a window of 2w+1 tokens costs 2w+1
+    searches instead of comparing against all k entries of each row."""
+
+    def __init__(self, vals: torch.Tensor, idx: torch.Tensor, d_sae: int, ctx_len: int, w: int):
+        n_rows = vals.shape[0]
+        self.n_rows, self.d_sae, self.ctx_len = n_rows, d_sae, ctx_len
+        rows = torch.arange(n_rows, device=vals.device)[:, None]
+        keys, order = (rows * d_sae + idx).reshape(-1).sort()
+        # Repeated (row, feature) entries (padding) add up, as a dense scatter-add would.
+        self.keys, inverse = torch.unique_consecutive(keys, return_inverse=True)
+        self.values = torch.zeros(self.keys.numel(), device=vals.device)
+        self.values.index_add_(0, inverse, vals.reshape(-1)[order])
+        self.offsets = torch.arange(-w, w + 1, device=vals.device)
+
+    def windows(self, f: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+        """[n, 2w+1]: feature f's activation at each token around row r, same context only."""
+        out = [self._chunk(f[i : i + _CANDIDATE_CHUNK], r[i : i + _CANDIDATE_CHUNK])
+               for i in range(0, f.numel(), _CANDIDATE_CHUNK)]  # fmt: skip
+        if not out:
+            return torch.zeros(0, self.offsets.numel(), device=self.values.device)
+        return torch.cat(out)
+
+    def _chunk(self, f: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+        rr = r[:, None] + self.offsets[None, :]
+        valid = (rr >= 0) & (rr < self.n_rows)
+        valid &= rr // self.ctx_len == (r // self.ctx_len)[:, None]
+        query = rr.clamp(0, self.n_rows - 1) * self.d_sae + f[:, None]
+        at = torch.searchsorted(self.keys, query).clamp_(max=self.keys.numel() - 1)
+        hit = valid & (self.keys[at] == query)
+        return torch.where(hit, self.values[at], torch.zeros((), device=f.device))
 
 
 class FeatureAccumulator:
@@ -80,6 +114,7 @@ class FeatureAccumulator:
         b = torch.bucketize(v, self._edges).clamp_(1, len(HIST_EDGES) - 1) - 1
         self.hist.view(-1).index_add_(0, f * self.hist.shape[1] + b, torch.ones_like(b))
 
+        lookup = BlockLookup(vals, idx, self.d_sae, ctx_len, self.window)
         if self.quantiles is not None:
             self.quantiles.add(
                 f,
@@ -89,7 +124,7 @@ class FeatureAccumulator:
                 max_grew=self.act_max > max_before,
                 first_context=first_context,
                 ctx_len=ctx_len,
-                windows=lambda ff, rr: self._windows(vals, idx, ff, rr, ctx_len),
+                windows=lambda ff, rr: lookup.windows(ff, rr),
             )
         # Only values above the feature's current N-th best can enter its top list.
         keep = v > self.top_vals[f, -1]
@@ -99,41 +134,12 @@ class FeatureAccumulator:
         # Cut to at most N per feature before the window gathers.
         sel = segment_top(f, v, self.n_top, self.d_sae)
         f, v, r = f[sel], v[sel], r[sel]
-        windows = self._windows(vals, idx, f, r, ctx_len)
+        windows = lookup.windows(f, r)
         self._merge(f, v, first_context + r // ctx_len, r % ctx_len, windows)
 
-    def _windows(self, vals, idx, f, r, ctx_len) -> torch.Tensor:
-        chunks = [slice(i, i + _CANDIDATE_CHUNK) for i in range(0, f.numel(), _CANDIDATE_CHUNK)]
-        if not chunks:
-            return torch.zeros(0, 2 * self.window + 1, device=self.device)
-        return torch.cat([self._window_values(vals, idx, f[c], r[c], ctx_len) for c in chunks])
-
-    def _window_values(self, vals, idx, f, r, ctx_len) -> torch.Tensor:
-        """[n, 2w+1]: feature f's activation at each token around row r, same context only."""
-        offsets = torch.arange(-self.window, self.window + 1, device=self.device)
-        rr = r[:, None] + offsets[None, :]
-        valid = (rr >= 0) & (rr < vals.shape[0]) & (rr // ctx_len == (r // ctx_len)[:, None])
-        rr = rr.clamp(0, vals.shape[0] - 1)
-        match = idx[rr] == f[:, None, None]  # [n, W, k]
-        return (vals[rr] * match).sum(-1) * valid
-
     def _merge(self, f, v, ctx, pos, windows) -> None:
-        held = self.top_vals.view(-1) > -float("inf")
-        held_f = torch.arange(self.d_sae, device=self.device).repeat_interleave(self.n_top)[held]
-        all_f = torch.cat([held_f, f])
-        all_v = torch.cat([self.top_vals.view(-1)[held], v])
-        all_ctx = torch.cat([self.top_ctx.view(-1)[held], ctx])
-        all_pos = torch.cat([self.top_pos.view(-1)[held], pos])
-        all_win = torch.cat([self.top_window.view(-1, windows.shape[1])[held], windows])
-        order, rank = segment_rank(all_f, all_v, self.d_sae)
-        keep = rank < self.n_top
-        order, rank = order[keep], rank[keep]
-        slot = all_f[order] * self.n_top + rank
-        self.top_vals.fill_(-float("inf"))
-        self.top_vals.view(-1)[slot] = all_v[order]
-        self.top_ctx.view(-1)[slot] = all_ctx[order]
-        self.top_pos.view(-1)[slot] = all_pos[order]
-        self.top_window.view(-1, windows.shape[1])[slot] = all_win[order]
+        fields = [(self.top_ctx, -1), (self.top_pos, -1), (self.top_window, 0.0)]
+        merge_into_table(self.top_vals, fields, f, v, [ctx, pos, windows], largest=True)
 
     @torch.no_grad()
     def merge(self, other: FeatureAccumulator) -> None:

@@ -22,7 +22,7 @@ from collections.abc import Callable
 
 import torch
 
-from saefeat.features.segments import segment_rank, segment_top
+from saefeat.features.segments import merge_into_table, segment_rank, segment_top
 
 WindowFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -68,63 +68,47 @@ class QuantileSampler:
     ) -> None:
         """Offer the firings (feature f, value v, row r) of one block; `act_max` is the
         running max including this block, `max_grew[d]` whether this block raised it."""
-        if f.numel() == 0:
-            return
         key = torch.rand(f.shape, generator=self.generator, device=self.device)
         g = self._bins(f, v, act_max)
         # A firing can enter only if it beats its bin's worst held key. Where the max just
         # grew the held bins are stale until the merge below, so let those through.
         keep = (key < self.key[g, -1]) | max_grew[f]
         f, v, r, g, key = f[keep], v[keep], r[keep], g[keep], key[keep]
-        if f.numel() == 0:
-            return
         sel = segment_top(g, -key, self.per_bin, self.d_sae * self.n_bins)
-        f, v, r, key = f[sel], v[sel], r[sel], key[sel]
-        self._merge(f, v, key, first_context + r // ctx_len, r % ctx_len, windows(f, r), act_max)
+        f, v, r, g, key = f[sel], v[sel], r[sel], g[sel], key[sel]
+        fresh = (g, key, v, first_context + r // ctx_len, r % ctx_len, windows(f, r))
+        self._merge([fresh, self._take_held(max_grew, act_max)])
 
-    def _merge(self, f, v, key, ctx, pos, win, act_max) -> None:
-        held = self.key.view(-1) < float("inf")
-        held_f = torch.div(
-            torch.arange(held.numel(), device=self.device),
-            self.n_bins * self.per_bin,
-            rounding_mode="floor",
+    def _fields(self) -> list[tuple[torch.Tensor, float]]:
+        return [(self.val, 0.0), (self.ctx, -1), (self.pos, -1), (self.window, 0.0)]
+
+    def _take_held(self, features: torch.Tensor, act_max: torch.Tensor):
+        """Remove the held samples of these features (a bool mask) and return them as
+        candidates, binned against `act_max`: how samples move when a max grows."""
+        per_feature = self.n_bins * self.per_bin
+        held = (self.key.view(self.d_sae, per_feature) < float("inf")) & features[:, None]
+        held = held.view(-1)
+        f = torch.div(
+            torch.arange(held.numel(), device=self.device), per_feature, rounding_mode="floor"
         )[held]
-        all_f = torch.cat([held_f, f])
-        all_v = torch.cat([self.val.view(-1)[held], v])
-        all_key = torch.cat([self.key.view(-1)[held], key])
-        all_ctx = torch.cat([self.ctx.view(-1)[held], ctx])
-        all_pos = torch.cat([self.pos.view(-1)[held], pos])
-        all_win = torch.cat([self.window.view(-1, self.width)[held], win])
-        g = self._bins(all_f, all_v, act_max)  # re-bin the held samples against the new max
-        order, rank = segment_rank(g, -all_key, self.d_sae * self.n_bins)
-        keep = rank < self.per_bin
-        order, rank = order[keep], rank[keep]
-        slot = g[order] * self.per_bin + rank
-        self.key.fill_(float("inf"))
-        self.key.view(-1)[slot] = all_key[order]
-        self.val.view(-1)[slot] = all_v[order]
-        self.ctx.view(-1)[slot] = all_ctx[order]
-        self.pos.view(-1)[slot] = all_pos[order]
-        self.window.view(-1, self.width)[slot] = all_win[order]
+        taken = [t.reshape(held.numel(), *t.shape[2:])[held].clone() for t, _ in self._fields()]
+        key = self.key.view(-1)[held].clone()
+        self.key.view(-1)[held] = float("inf")
+        for tensor, fill in self._fields():
+            tensor.view(held.numel(), *tensor.shape[2:])[held] = fill
+        return (self._bins(f, taken[0], act_max), key, *taken)
+
+    def _merge(self, parts) -> None:
+        g, key, *fields = (torch.cat(column) for column in zip(*parts, strict=True))
+        merge_into_table(self.key, self._fields(), g, key, fields, largest=False)
 
     @torch.no_grad()
     def merge(self, other: QuantileSampler, act_max: torch.Tensor) -> None:
         """Fold another worker's sampler in; `act_max` is the merged maximum."""
-        held = other.key.view(-1) < float("inf")
-        f = torch.div(
-            torch.arange(held.numel(), device=self.device),
-            self.n_bins * self.per_bin,
-            rounding_mode="floor",
-        )[held]
-        self._merge(
-            f,
-            other.val.view(-1)[held].to(self.device),
-            other.key.view(-1)[held].to(self.device),
-            other.ctx.view(-1)[held].to(self.device),
-            other.pos.view(-1)[held].to(self.device),
-            other.window.view(-1, other.width)[held].to(self.device),
-            act_max,
-        )
+        every = torch.ones(self.d_sae, dtype=torch.bool, device=self.device)
+        mine = self._take_held(every, act_max)
+        theirs = other.to(self.device)._take_held(every, act_max)
+        self._merge([mine, theirs])
 
     def samples(
         self,

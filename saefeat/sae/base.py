@@ -85,6 +85,13 @@ def dense_to_sparse(acts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return vals, idx
 
 
+def dense_layout(acts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dense [B, d_sae] activations as (vals, idx) with idx every latent (a view, no copy):
+    the training loop needs which latents fired, not a compact layout."""
+    idx = torch.arange(acts.shape[1], device=acts.device).expand(acts.shape[0], -1)
+    return acts, idx
+
+
 def fvu_loss(x: torch.Tensor, x_hat: torch.Tensor, variance: torch.Tensor) -> torch.Tensor:
     return (x_hat.float() - x).pow(2).sum() / variance
 

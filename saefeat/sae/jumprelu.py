@@ -17,6 +17,7 @@ from saefeat.sae.base import (
     SAEOutput,
     SparseAutoencoder,
     TrainStep,
+    dense_layout,
     dense_to_sparse,
     fvu_loss,
     register,
@@ -53,7 +54,7 @@ class JumpReLUSAE(SparseAutoencoder):
         coef = float(self.setting("sparsity_coefficient"))
         target = self.setting("target_l0")
         sparsity = coef * (mean_l0 / target - 1).pow(2) if target else coef * mean_l0
-        vals, idx = dense_to_sparse(acts.detach())
+        vals, idx = dense_layout(acts.detach())
         out = SAEOutput(x_hat, vals, idx)
         return TrainStep(out, fvu + sparsity, {"fvu": fvu, "l0": mean_l0.detach(),
                                                "sparsity": sparsity})  # fmt: skip

@@ -13,6 +13,7 @@ from saefeat.sae.base import (
     SAEOutput,
     SparseAutoencoder,
     TrainStep,
+    dense_layout,
     dense_to_sparse,
     fvu_loss,
     register,
@@ -37,5 +38,5 @@ class ReLUSAE(SparseAutoencoder):
         fvu = fvu_loss(x, x_hat, variance)
         l1 = (acts.float() * self.W_dec.norm(dim=1)).sum() / x.shape[0]
         coef = float(self.cfg.extra.get("l1_coefficient", DEFAULT_L1))
-        vals, idx = dense_to_sparse(acts.detach())
+        vals, idx = dense_layout(acts.detach())
         return TrainStep(SAEOutput(x_hat, vals, idx), fvu + coef * l1, {"fvu": fvu, "l1": l1})

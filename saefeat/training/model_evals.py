@@ -58,49 +58,80 @@ def spliced(lm: LanguageModel, hook: str, replace: Replace | None):
         handle.remove()
 
 
-def _logits(lm: LanguageModel, tokens: torch.Tensor, hook: str, replace: Replace | None):
+def _logits(lm: LanguageModel, tokens: torch.Tensor, hook: str | None, replace: Replace | None):
     with spliced(lm, hook, replace):
         return lm.model(input_ids=tokens.to(lm.device), use_cache=False).logits.float()
 
 
-@torch.no_grad()
+def _reconstruct(sae: SparseAutoencoder) -> Replace:
+    device = sae.W_enc.device
+
+    def replace(x: torch.Tensor) -> torch.Tensor:
+        return sae(x.to(device, torch.float32)).x_hat.to(x.device)
+
+    return replace
+
+
 def spliced_metrics(
     sae: SparseAutoencoder, lm: LanguageModel, tokens: torch.Tensor, hook: str,
     *, batch_contexts: int = 4,
 ) -> dict[str, float]:  # fmt: skip
     """CE and KL with the SAE spliced in at `hook`, against clean and zero ablation, over
     `tokens` [n_contexts, ctx_len] (next-token loss on every position after the first)."""
-    if not hasattr(lm.model, "get_output_embeddings") or lm.is_encoder:
-        return {}
-    device = sae.W_enc.device
+    return spliced_metrics_many([(sae, hook)], lm, tokens, batch_contexts=batch_contexts)[0]
 
-    def reconstruct(x: torch.Tensor) -> torch.Tensor:
-        return sae(x.to(device, torch.float32)).x_hat.to(x.device)
 
-    sums = {"ce_clean": 0.0, "ce_sae": 0.0, "ce_zero": 0.0, "kl_sae": 0.0, "kl_zero": 0.0}
-    n = 0
+@torch.no_grad()
+def spliced_metrics_many(
+    saes: list[tuple[SparseAutoencoder, str]], lm: LanguageModel, tokens: torch.Tensor,
+    *, batch_contexts: int = 4,
+) -> list[dict[str, float]]:  # fmt: skip
+    """spliced_metrics for several (SAE, hook) pairs; the clean run and each hook's
+    zero-ablation run are computed once and shared (the forwards dominate the cost)."""
+    if lm.is_encoder or not saes:
+        return [{} for _ in saes]
+    hooks = list(dict.fromkeys(h for _, h in saes))
+    ce_sae, kl_sae = [0.0] * len(saes), [0.0] * len(saes)
+    ce_zero, kl_zero = dict.fromkeys(hooks, 0.0), dict.fromkeys(hooks, 0.0)
+    ce_clean, n = 0.0, 0
     for b in range(0, tokens.shape[0], batch_contexts):
         ids = tokens[b : b + batch_contexts].long()
         targets = ids[:, 1:].reshape(-1).to(lm.device)
-        clean = _logits(lm, ids, hook, None)[:, :-1].flatten(0, 1)
-        logp_clean = clean.log_softmax(-1)
-        for name, replace in (("sae", reconstruct), ("zero", torch.zeros_like)):
-            logits = _logits(lm, ids, hook, replace)[:, :-1].flatten(0, 1)
-            logp = logits.log_softmax(-1)
-            sums[f"ce_{name}"] += F.nll_loss(logp, targets, reduction="sum").item()
-            kl = (logp_clean.exp() * (logp_clean - logp)).sum(-1)
-            sums[f"kl_{name}"] += kl.sum().item()
-        sums["ce_clean"] += F.nll_loss(logp_clean, targets, reduction="sum").item()
+        logp_clean = _logits(lm, ids, None, None)[:, :-1].flatten(0, 1).log_softmax(-1)
+        for h in hooks:
+            ce, kl = _score(lm, ids, targets, logp_clean, h, torch.zeros_like)
+            ce_zero[h] += ce
+            kl_zero[h] += kl
+        for i, (sae, h) in enumerate(saes):
+            ce, kl = _score(lm, ids, targets, logp_clean, h, _reconstruct(sae))
+            ce_sae[i] += ce
+            kl_sae[i] += kl
+        ce_clean += F.nll_loss(logp_clean, targets, reduction="sum").item()
         n += targets.numel()
-    m = {k: v / n for k, v in sums.items()}
-    ce_gap = m["ce_zero"] - m["ce_clean"]
+    return [_summary(ce_clean / n, ce_sae[i] / n, ce_zero[h] / n, kl_sae[i] / n,
+                     kl_zero[h] / n, n) for i, (_, h) in enumerate(saes)]  # fmt: skip
+
+
+def _score(
+    lm: LanguageModel, ids: torch.Tensor, targets: torch.Tensor, logp_clean: torch.Tensor,
+    hook: str, replace: Replace,
+) -> tuple[float, float]:  # fmt: skip
+    """(summed CE, summed KL(clean || spliced)) of one spliced run."""
+    logp = _logits(lm, ids, hook, replace)[:, :-1].flatten(0, 1).log_softmax(-1)
+    kl = (logp_clean.exp() * (logp_clean - logp)).sum()
+    return F.nll_loss(logp, targets, reduction="sum").item(), kl.item()
+
+
+def _summary(clean: float, sae: float, zero: float, kl_sae: float, kl_zero: float,
+             n: int) -> dict[str, float]:  # fmt: skip
+    gap = zero - clean
     return {
-        "ce_loss_clean": m["ce_clean"],
-        "ce_loss_with_sae": m["ce_sae"],
-        "ce_loss_zero_ablation": m["ce_zero"],
-        "ce_loss_recovered": (m["ce_zero"] - m["ce_sae"]) / ce_gap if ce_gap else float("nan"),
-        "kl_div_with_sae": m["kl_sae"],
-        "kl_div_zero_ablation": m["kl_zero"],
-        "kl_div_score": (m["kl_zero"] - m["kl_sae"]) / m["kl_zero"] if m["kl_zero"] else 0.0,
+        "ce_loss_clean": clean,
+        "ce_loss_with_sae": sae,
+        "ce_loss_zero_ablation": zero,
+        "ce_loss_recovered": (zero - sae) / gap if gap else float("nan"),
+        "kl_div_with_sae": kl_sae,
+        "kl_div_zero_ablation": kl_zero,
+        "kl_div_score": (kl_zero - kl_sae) / kl_zero if kl_zero else 0.0,
         "ce_eval_tokens": n,
     }

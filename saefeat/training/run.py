@@ -61,11 +61,15 @@ class Run:
                 residual = x - ts.out.x_hat.float()
                 loss = loss + spec.auxk_coefficient * auxk_loss(
                     x - sae.b_dec, residual, sae.W_enc, sae.b_enc, sae.W_dec, dead,
-                    min(self.k_aux, int(dead.sum())), variance=variance,
+                    self.k_aux, variance=variance,  # auxk_loss scales by n_dead / k_aux
                 )  # fmt: skip
         value = loss.item()
         if not torch.isfinite(loss):
-            raise TrainingDiverged(f"loss is {value} at step {step}", field="lr")
+            raise TrainingDiverged(
+                f"loss of {self.sae_id} ({self.sae.cfg.architecture}, {self.hook}) is {value} "
+                f"at step {step}",
+                field="lr",
+            )
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         if spec.grad_clip:

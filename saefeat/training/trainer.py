@@ -164,16 +164,17 @@ def train_sweep(
     rows_per_epoch = next(iter(readers.values())).rows_per_epoch
     total = max(1, int(per_epoch * first.epochs))
 
+    medians: dict[str, torch.Tensor] = {}  # one sample per hook, shared by its SAEs
     runs: list[Run] = []
     for spec, hook, sae_id in zip(specs, hooks, ids, strict=True):
         torch.manual_seed(spec.seed)
         sae = build_sae(spec, aset, hook).to(device)
         scale = float(aset.stats[hook]["scale"])
         with torch.no_grad():
+            if spec.geometric_median_init and hook not in medians:
+                medians[hook] = geometric_median(_median_sample(readers[hook]).to(device) * scale)
             mean = torch.tensor(aset.stats[hook]["mean"], device=device) * scale
-            centre = (geometric_median(_median_sample(readers[hook]).to(device) * scale)
-                      if spec.geometric_median_init else mean)  # fmt: skip
-            sae.b_dec.copy_(centre)
+            sae.b_dec.copy_(medians[hook] if spec.geometric_median_init else mean)
         # Dead for AuxK after half an epoch without firing (capped at sparsify's 10M
         # tokens): short runs need the signal early.
         dead_after = spec.dead_after_tokens or min(AUXK_DEAD_CAP, rows_per_epoch // 2)
@@ -194,17 +195,18 @@ def train_sweep(
             if progress:
                 progress(step + 1, total, loss)
     except TrainingDiverged as e:
-        kept = (f"the last good checkpoint (step {last_saved}) is kept at "
-                f"{state_dir(settings, runs[0].sae_id)}" if last_saved is not None
+        kept = (f"the last good checkpoint (step {last_saved}) is kept under "
+                f"{state_dir(settings, runs[0].sae_id).parent}" if last_saved is not None
                 else "no checkpoint had been written yet")  # fmt: skip
         raise TrainingDiverged(f"{e.message}; stopped, {kept}. Lower lr or check the data.",
                                field="lr") from None  # fmt: skip
 
-    results = []
-    lm = _eval_model(aset, device) if any(s.eval_ce_contexts for s in specs) else None
     for run in runs:
-        results.append(_finish(run, aset, readers[run.hook], settings, lm, total, t0))
-    return results
+        run.sae.fold_input_scale(run.scale)
+        run.sae.eval()
+    spliced = _spliced_metrics(runs, aset, device)
+    return [_finish(run, aset, readers[run.hook], settings, ce, total, t0)
+            for run, ce in zip(runs, spliced, strict=True)]  # fmt: skip
 
 
 def _batches(
@@ -255,31 +257,32 @@ def _resume(runs: list[Run], settings: Settings, device: torch.device) -> int:
     return steps.pop()
 
 
-def _eval_model(aset: ActivationSet, device: torch.device):
+def _spliced_metrics(runs: list[Run], aset: ActivationSet, device: torch.device) -> list[dict]:
+    """CE/KL with each SAE spliced in, on the set's first contexts; one model load and
+    one clean run for the whole sweep. A model that cannot be loaded is reported in the
+    metrics: the SAEs are trained and must not be lost to an evaluation."""
     from saefeat.lm import load_model
+    from saefeat.training.model_evals import spliced_metrics_many
 
+    wanted = [r for r in runs if r.spec.eval_ce_contexts]
+    if not wanted:
+        return [{} for _ in runs]
+    n = min(max(r.spec.eval_ce_contexts for r in wanted), aset.n_contexts)
     try:
-        return load_model(aset.model_name, revision=aset.spec.get("revision"), device=device)
-    except (SaefeatError, OSError) as e:  # the SAE is trained; report, do not lose it
-        return e
+        lm = load_model(aset.model_name, revision=aset.spec.get("revision"), device=device)
+    except (SaefeatError, OSError) as e:
+        return [{"ce_eval_error": str(e)} if r.spec.eval_ce_contexts else {} for r in runs]
+    tokens = torch.from_numpy(np.asarray(aset.tokens(0, n)))
+    found = iter(spliced_metrics_many([(r.sae, r.hook) for r in wanted], lm, tokens))
+    return [next(found) if r.spec.eval_ce_contexts else {} for r in runs]
 
 
 def _finish(run: Run, aset: ActivationSet, reader: ShuffledBatchReader, settings: Settings,
-            lm, total: int, t0: float) -> TrainResult:  # fmt: skip
-    from saefeat.training.model_evals import spliced_metrics
-
+            spliced: dict, total: int, t0: float) -> TrainResult:  # fmt: skip
     sae, spec = run.sae, run.spec
-    sae.fold_input_scale(run.scale)
-    sae.eval()
     metrics = evaluate(sae, reader.iter_epoch(0), max_tokens=EVAL_TOKENS)
     metrics.update(steps=total, tokens_trained=total * spec.batch_size, lr=run.base_lr,
-                   final_loss=run.losses[-1] if run.losses else None)  # fmt: skip
-    if spec.eval_ce_contexts and isinstance(lm, Exception):
-        metrics["ce_eval_error"] = str(lm)
-    elif spec.eval_ce_contexts and lm is not None:
-        n = min(spec.eval_ce_contexts, aset.n_contexts)
-        tokens = torch.from_numpy(np.asarray(aset.tokens(0, n)))
-        metrics.update(spliced_metrics(sae, lm, tokens, run.hook))
+                   final_loss=run.losses[-1] if run.losses else None, **spliced)  # fmt: skip
     checkpoint = sae.save(settings.saes_dir / run.sae_id, overwrite=True)
     (checkpoint / "metrics.json").write_text(json.dumps(metrics, indent=2))
     shutil.rmtree(state_dir(settings, run.sae_id), ignore_errors=True)

@@ -124,6 +124,22 @@ def label_history(session: Session, feature_id: int) -> list[Label]:
     return list(session.scalars(query))
 
 
+def label_history_page(
+    session: Session, feature_id: int, *, limit: int = 50, cursor: str | None = None
+) -> tuple[list[Label], str | None]:
+    """One page of the feature's labels, newest (highest id) first, and the next cursor."""
+    from saefeat.storage.catalog.cursor import Cursor, decode_cursor, encode_cursor
+
+    query = select(Label).where(Label.feature_id == feature_id)
+    if cursor is not None:
+        (after,) = decode_cursor(cursor, "labels:history", (int,)).key
+        query = query.where(Label.id < after)
+    rows = list(session.scalars(query.order_by(Label.id.desc()).limit(limit + 1)))
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return rows, encode_cursor(Cursor("labels:history", (rows[-1].id,))) if more else None
+
+
 def current_labels(session: Session, feature_ids: Iterable[int]) -> dict[int, Label]:
     """The current label of each feature that has one, in one query."""
     ids = list(feature_ids)

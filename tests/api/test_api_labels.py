@@ -119,7 +119,7 @@ def test_history_is_kept_and_the_current_label_follows_the_rule(client, catalog,
     def current():
         return client.get(URL).json()["current"]
 
-    assert client.get(URL).json() == {"items": [], "current": None}
+    assert client.get(URL).json() == {"items": [], "current": None, "next_cursor": None}
     weak = post(text="auto weak", source="auto", score=0.2)
     strong = post(text="auto strong", source="auto", score=0.8)
     post(text="auto newer but weaker", source="auto", score=0.5)

@@ -23,7 +23,8 @@ def _operations(schema: dict):
 def test_docs_and_schema_are_served(client):
     assert client.get("/docs").status_code == 200
     schema = client.get("/openapi.json").json()
-    assert {p for p, _, _ in _operations(schema)} == {
+    # The catalog's routes (job routes live beside them, tested with the jobs).
+    assert {p for p, _, _ in _operations(schema)} >= {
         "/v1/health",
         "/v1/saes",
         "/v1/saes/{sae_id}",

@@ -137,3 +137,20 @@ def test_live_search_runs_model_and_sae(client, db, tiny_llama, tmp_path):
         assert got == want
         assert all(f["activation"] > 0 for f in t["features"])
     assert cached_model.cache_info().currsize >= 1  # loaded once, kept
+
+
+def test_label_history_pages(client, catalog, keys):
+    url = "/v1/saes/sae-a/features/6/labels"
+    for n in range(5):
+        client.post(url, json={"text": f"label {n}"}, headers=auth(keys["label"]))
+    first = client.get(url, params={"limit": 2}).json()
+    assert [i["text"] for i in first["items"]] == ["label 4", "label 3"]
+    assert first["current"]["text"] == "label 4"
+    seen = [i["text"] for i in first["items"]]
+    cursor = first["next_cursor"]
+    while cursor:
+        page = client.get(url, params={"limit": 2, "cursor": cursor}).json()
+        seen += [i["text"] for i in page["items"]]
+        cursor = page["next_cursor"]
+    assert seen == [f"label {n}" for n in range(4, -1, -1)]
+    assert client.get(url, params={"cursor": "junk"}).status_code == 422

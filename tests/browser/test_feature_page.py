@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from conftest import ARTIFACTS
+from pathlib import Path
+
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as ec
 from selenium.webdriver.support.ui import WebDriverWait
+
+ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"  # kept by CI, gitignored
 
 
 def test_label_a_feature_in_the_browser(served, browser):

@@ -44,3 +44,38 @@ def test_splice_keeps_position_zero_and_removes_the_hook(tiny_llama):
         lm.model(input_ids=ids)
         assert float(seen["x"][0, 1:].abs().sum()) > 0
     handle.remove()
+
+
+def test_trainer_stores_ce_metrics_for_the_sets_model(settings, tiny_llama):
+    from synthetic_sets import make_set
+
+    from saefeat.specs import TrainSpec
+    from saefeat.training.trainer import train_sweep
+
+    settings.activations_dir.mkdir(parents=True)
+    aset = make_set(settings.activations_dir, set_id="as-tiny", model=str(tiny_llama), d=64)
+    specs = [TrainSpec(activation_set=aset.id, d_sae=128, k=4, batch_size=64, epochs=0.5,
+                       eval_ce_contexts=2),
+             TrainSpec(activation_set=aset.id, d_sae=128, k=4, batch_size=64, epochs=0.5,
+                       eval_ce_contexts=2, hook="blocks.2.hook_resid_post"),
+             TrainSpec(activation_set=aset.id, d_sae=64, k=4, batch_size=64, epochs=0.5,
+                       eval_ce_contexts=0)]  # fmt: skip
+    results = train_sweep(specs, settings=settings)
+    for r in results[:2]:
+        assert r.metrics["ce_eval_tokens"] == 2 * 7
+        assert r.metrics["ce_loss_zero_ablation"] > 0 and "kl_div_with_sae" in r.metrics
+    assert "ce_loss_recovered" not in results[2].metrics
+
+
+def test_unloadable_model_is_reported_not_fatal(settings):
+    from synthetic_sets import make_set
+
+    from saefeat.specs import TrainSpec
+    from saefeat.training.trainer import train_sae
+
+    settings.activations_dir.mkdir(parents=True)
+    aset = make_set(settings.activations_dir, model="no-such/model-anywhere")
+    r = train_sae(TrainSpec(activation_set=aset.id, d_sae=32, k=4, batch_size=64, epochs=0.5,
+                            eval_ce_contexts=2), settings=settings)  # fmt: skip
+    assert "cannot load model" in r.metrics["ce_eval_error"]
+    assert r.checkpoint.is_dir()

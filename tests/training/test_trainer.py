@@ -28,16 +28,20 @@ def test_every_architecture_trains_and_reloads(settings, synthetic_set, arch):
         assert r.metrics["l0"] < 4 * 3  # inference uses the threshold, L0 stays near k
 
 
-def test_resume_is_exact(settings, synthetic_set, tmp_path, monkeypatch):
+def test_resume_is_exact(settings, synthetic_set, tmp_path):
+    """A sweep (TopK on one hook, BatchTopK with its threshold EMA on the other) stopped
+    mid-epoch and resumed ends with the same weights as an uninterrupted one."""
+    from synthetic_sets import make_set
+
     from saefeat.config import Settings
 
-    s = spec(synthetic_set, checkpoint_every_tokens=64, epochs=2.0)
-    whole = train_sae(s, settings=settings)
+    specs = [spec(synthetic_set, checkpoint_every_tokens=64, epochs=2.0),
+             spec(synthetic_set, checkpoint_every_tokens=64, epochs=2.0,
+                  architecture="batchtopk", hook="blocks.2.hook_resid_post")]  # fmt: skip
+    whole = train_sweep(specs, settings=settings)
 
     other = Settings(home=tmp_path / "other")
     other.activations_dir.mkdir(parents=True)
-    from conftest import make_set
-
     make_set(other.activations_dir)
 
     def stop_at_7(step, total, loss):
@@ -45,13 +49,15 @@ def test_resume_is_exact(settings, synthetic_set, tmp_path, monkeypatch):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        train_sae(s, settings=other, progress=stop_at_7)
-    assert (state_dir(other, whole.sae_id) / "state.pt").is_file()  # saved at step 6
-    resumed = train_sae(s, settings=other)
-    for name, value in whole.sae.state_dict().items():
-        assert torch.equal(value, resumed.sae.state_dict()[name]), name
-    assert resumed.losses == whole.losses
-    assert not state_dir(other, whole.sae_id).exists()  # cleaned up after success
+        train_sweep(specs, settings=other, progress=stop_at_7)
+    for r in whole:
+        assert (state_dir(other, r.sae_id) / "state.pt").is_file()  # saved at step 6
+    resumed = train_sweep(specs, settings=other)
+    for a, b in zip(whole, resumed, strict=True):
+        for name, value in a.sae.state_dict().items():
+            assert torch.equal(value, b.sae.state_dict()[name]), name
+        assert a.losses == b.losses
+        assert not state_dir(other, a.sae_id).exists()  # cleaned up after success
 
 
 def test_nan_stops_and_keeps_last_checkpoint(settings, synthetic_set, monkeypatch):

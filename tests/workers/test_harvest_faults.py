@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import assert_same_data, reference_set
+from harvest_refs import assert_same_data, reference_set
 
 from saefeat.storage.activations import STATUS_COMPLETE, STATUS_COMPLETE_WITH_GAPS
 from saefeat.workers.harvest import CRASH_ENV, HarvestCancelled, harvest
@@ -65,3 +65,19 @@ def test_cancel_then_resume(spec, settings, ray_session, tmp_path):
     result = harvest(spec, settings=settings)
     assert result.shards_run == aset.n_shards - n_done
     assert_same_data(result.activation_set, reference_set(spec, tmp_path / "ref"))
+
+
+def test_workers_that_cannot_start_fail_the_harvest_clearly(
+    spec, settings, ray_session, tmp_path, tiny_llama
+):
+    import shutil
+
+    from saefeat.errors import SaefeatError
+
+    broken = tmp_path / "no-weights"
+    shutil.copytree(tiny_llama, broken)
+    for f in broken.glob("*.safetensors"):
+        f.unlink()  # config and tokenizer load (the corpus packs), the weights do not
+    spec = spec.model_copy(update={"model": str(broken)})
+    with pytest.raises(SaefeatError, match="harvest workers failed to start: .*Error"):
+        harvest(spec, settings=settings)

@@ -1,0 +1,19 @@
+from saefeat.pipeline import catalog_session, record_activation_set, run_train
+from saefeat.specs import TrainSpec
+from saefeat.storage.catalog import queries
+
+
+def test_run_train_registers_a_sweep_with_its_metrics(settings, synthetic_set):
+    record_activation_set(settings, synthetic_set)  # what run_harvest does
+    specs = [TrainSpec(activation_set=synthetic_set.id, d_sae=32, k=4, batch_size=64,
+                       epochs=0.5, eval_ce_contexts=0),
+             TrainSpec(activation_set=synthetic_set.id, d_sae=48, architecture="jumprelu",
+                       k=4, batch_size=64, epochs=0.5, eval_ce_contexts=0)]  # fmt: skip
+    results = run_train(specs, settings=settings)
+    with catalog_session(settings) as s:
+        for r in results:
+            row = queries.get_sae(s, r.sae_id)
+            assert row.architecture == r.sae.cfg.architecture
+            assert row.metrics["fvu"] == r.metrics["fvu"]
+            assert "density_histogram" in row.metrics
+    assert results[1].sae.cfg.k is None

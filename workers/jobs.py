@@ -1,0 +1,263 @@
+"""The job runner: a harvest job row in SQL is the truth; a thread here drives the Ray work.
+
+Life of a job: `submit` writes a `queued` row (or replays the row of the same
+Idempotency-Key, or joins the active job of the same activation set); `start` runs it in
+a background thread of this process, which moves it to `running`, writes progress
+(tokens done/total, tokens/s) as shards commit, and ends it `succeeded`, `failed` (error
+text set; a harvest that had to skip shards fails and names them) or `cancelled`.
+`cancel` sets a flag the harvest polls between shards; in-flight Ray work is dropped,
+committed shards stay valid, and resubmitting the spec resumes. On start the API calls
+`resume_pending`, which picks up the jobs a previous process left queued or running.
+
+One API process runs the jobs: a second process that finds the set locked leaves the job
+to the process holding it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from saefeat.config import Settings
+from saefeat.errors import NotFoundError, SaefeatError
+from saefeat.specs import HarvestSpec
+from saefeat.storage.catalog.models import Job
+from saefeat.workers.harvest import HarvestBusy, HarvestCancelled, HarvestResult
+
+log = logging.getLogger(__name__)
+HARVEST = "harvest"
+ACTIVE = ("queued", "running")
+FINISHED = ("succeeded", "failed", "cancelled")
+PROGRESS_EVERY_S = 0.5  # at most this often a progress write to the catalog
+
+
+class IdempotencyConflict(SaefeatError):
+    """The Idempotency-Key was used before with another body."""
+
+
+class JobFinished(SaefeatError):
+    status_code = 409
+
+
+def _spec_json(spec: HarvestSpec) -> dict:
+    return spec.model_dump(mode="json")
+
+
+class JobRunner:
+    def __init__(self, settings: Settings, make_session: sessionmaker[Session]):
+        self.settings = settings
+        self.make_session = make_session
+        self._lock = threading.Lock()
+        self._threads: dict[str, threading.Thread] = {}
+        self._cancel: dict[str, threading.Event] = {}
+        self._shutdown = threading.Event()
+
+    # ---- rows -------------------------------------------------------------------
+
+    def get(self, job_id: str) -> Job:
+        with self.make_session() as s:
+            job = s.get(Job, job_id)
+            if job is None:
+                raise NotFoundError(f"no job {job_id!r}; list jobs with GET /v1/jobs")
+            s.expunge(job)
+            return job
+
+    def list(self, limit: int = 50) -> list[Job]:
+        with self.make_session() as s:
+            jobs = list(s.scalars(select(Job).order_by(Job.created_at.desc()).limit(limit)))
+            s.expunge_all()
+            return jobs
+
+    def _update(self, job_id: str, **values) -> None:
+        with self.make_session() as s:
+            job = s.get(Job, job_id)
+            if job is not None:
+                for k, v in values.items():
+                    setattr(job, k, v)
+                s.commit()
+
+    # ---- submit / cancel ----------------------------------------------------------
+
+    def submit(self, spec: HarvestSpec, idempotency_key: str | None = None) -> tuple[Job, bool]:
+        """(the job, whether it is new). Same key + same spec replays; same key + another
+        spec is IdempotencyConflict; an active job for the same set is joined."""
+        body = _spec_json(spec)
+        with self._lock, self.make_session() as s:
+            if idempotency_key is not None:
+                job = s.scalar(select(Job).where(Job.idempotency_key == idempotency_key))
+                if job is not None:
+                    if job.kind != HARVEST or job.spec != body:
+                        raise IdempotencyConflict(
+                            f"Idempotency-Key {idempotency_key!r} was used for job {job.id} "
+                            "with a different body; use a new key for a new request",
+                            field="Idempotency-Key",
+                        )
+                    s.expunge(job)
+                    return job, False
+            active = s.scalar(
+                select(Job)
+                .where(Job.kind == HARVEST, Job.spec_hash == spec.set_id(), Job.status.in_(ACTIVE))
+                .order_by(Job.created_at)
+            )
+            if active is not None:  # two runs of one set would be two writers of its shards
+                s.expunge(active)
+                return active, False
+            job = Job(
+                kind=HARVEST,
+                spec=body,
+                spec_hash=spec.set_id(),
+                status="queued",
+                idempotency_key=idempotency_key,
+            )
+            s.add(job)
+            s.commit()
+            s.refresh(job)
+            s.expunge(job)
+            return job, True
+
+    def cancel(self, job_id: str) -> Job:
+        job = self.get(job_id)
+        if job.status in FINISHED:
+            raise JobFinished(f"job {job_id} has already {job.status}; nothing to cancel")
+        with self._lock:
+            event = self._cancel.get(job_id)
+            alive = job_id in self._threads and self._threads[job_id].is_alive()
+        if event is not None and alive:
+            event.set()  # the thread marks it cancelled once the harvest has stopped
+            self._update(job_id, error="cancel requested")
+        else:
+            self._update(job_id, status="cancelled", error="cancelled before it ran")
+        return self.get(job_id)
+
+    # ---- running --------------------------------------------------------------------
+
+    def start(self, job_id: str) -> None:
+        """Run the job in a background thread of this process."""
+        with self._lock:
+            if job_id in self._threads and self._threads[job_id].is_alive():
+                return
+            self._cancel[job_id] = threading.Event()
+            t = threading.Thread(target=self._run_quietly, args=(job_id,), daemon=True)
+            self._threads[job_id] = t
+        t.start()
+
+    def wait(self, job_id: str, timeout: float | None = None) -> Job:
+        t = self._threads.get(job_id)
+        if t is not None:
+            t.join(timeout)
+        return self.get(job_id)
+
+    def resume_pending(self) -> list[str]:
+        """Start every harvest job a previous process left queued or running."""
+        with self.make_session() as s:
+            ids = list(
+                s.scalars(
+                    select(Job.id)
+                    .where(Job.kind == HARVEST, Job.status.in_(ACTIVE))
+                    .order_by(Job.created_at)
+                )
+            )
+        for job_id in ids:
+            self._update(job_id, status="queued")
+            self.start(job_id)
+        return ids
+
+    def shutdown(self, timeout: float = 10.0) -> None:
+        """Stop the threads; their jobs go back to `queued` for the next process."""
+        self._shutdown.set()
+        for t in list(self._threads.values()):
+            t.join(timeout)
+
+    def _run_quietly(self, job_id: str) -> None:
+        try:
+            self.run(job_id)
+        except Exception:  # already recorded on the row
+            log.exception("harvest job %s failed", job_id)
+
+    def run(
+        self, job_id: str, progress: Callable[[int, int], None] | None = None
+    ) -> HarvestResult | None:
+        """Run a job in this thread, recording everything on its row."""
+        from saefeat.pipeline import run_harvest  # the catalog bookkeeping of a harvest
+
+        job = self.get(job_id)
+        if job.status != "queued":
+            return None
+        spec = HarvestSpec.model_validate(job.spec)
+        cancel = self._cancel.setdefault(job_id, threading.Event())
+        self._update(job_id, status="running", error=None, rate=None)
+        meter = _ProgressMeter(lambda **v: self._update(job_id, **v), progress)
+
+        def should_stop() -> bool:
+            return cancel.is_set() or self._shutdown.is_set()
+
+        try:
+            result = run_harvest(
+                spec, settings=self.settings, progress=meter, should_stop=should_stop
+            )
+        except HarvestCancelled:
+            if self._shutdown.is_set() and not cancel.is_set():
+                self._update(job_id, status="queued", error="interrupted by a shutdown")
+            else:
+                self._update(job_id, status="cancelled", error="cancelled; resubmit to resume")
+            return None
+        except HarvestBusy as e:
+            self._update(job_id, error=str(e))  # the holder of the set runs it
+            return None
+        except KeyboardInterrupt:  # Ctrl-C in the CLI: committed shards stay
+            self._update(job_id, status="cancelled", error="interrupted; resubmit to resume")
+            raise
+        except Exception as e:
+            self._update(job_id, status="failed", error=f"{type(e).__name__}: {e}"[:4000])
+            raise
+        meter.flush()
+        if result.skipped:
+            shards = ", ".join(f"{s} ({why})" for s, why in result.skipped.items())
+            self._update(
+                job_id,
+                status="failed",
+                error=(
+                    f"finished with gaps: shard(s) {shards}. The other shards are committed "
+                    "and the set is marked complete_with_gaps; resubmit the spec to retry "
+                    "the skipped shards"
+                ),
+            )
+        else:
+            note = None
+            if result.dropped_contexts:
+                note = f"{result.dropped_contexts} context(s) with NaN/Inf were dropped"
+            self._update(job_id, status="succeeded", error=note)
+        return result
+
+
+class _ProgressMeter:
+    """Turns harvest progress into throttled row updates with a tokens/s rate."""
+
+    def __init__(self, write: Callable[..., None], also: Callable[[int, int], None] | None):
+        self.write, self.also = write, also
+        self.t0: float | None = None
+        self.done0 = 0
+        self.last_write = 0.0
+        self.pending: dict | None = None
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        if self.t0 is None:
+            self.t0, self.done0 = now, done
+        rate = (done - self.done0) / (now - self.t0) if now > self.t0 else None
+        self.pending = {"progress_done": done, "progress_total": total, "rate": rate}
+        if self.also:
+            self.also(done, total)
+        if now - self.last_write >= PROGRESS_EVERY_S or done >= total:
+            self.flush()
+            self.last_write = now
+
+    def flush(self) -> None:
+        if self.pending:
+            self.write(**self.pending)
+            self.pending = None
