@@ -116,14 +116,17 @@ def do_index(spec):
 def harvest(
     hook: Annotated[list[str], typer.Option(help="e.g. blocks.15.hook_resid_post")],
     model: Annotated[str, typer.Option(help="HF id, local folder, .gguf file")] = "smollm2-135m",
-    corpus: Annotated[list[str], typer.Option(help="file/folder or builtin:python-docs")] = [  # noqa: B006
-        "builtin:python-docs"
-    ],
+    corpus: Annotated[
+        list[str], typer.Option(help="file/folder or builtin:python-docs, optionally PATH@WEIGHT")
+    ] = ["builtin:python-docs"],  # noqa: B006
+    field: Annotated[str, typer.Option(help="JSONL/Parquet/dataset text field")] = "text",
     ctx_len: int = 128,
     tokens: Annotated[int, typer.Option(help="token budget")] = 100_000,
     shard_contexts: int = 64,
     storage_dtype: str = "bfloat16",
     batch_size: int = 8,
+    on_bad_document: Annotated[str, typer.Option(help="fail or skip")] = "fail",
+    on_nonfinite: Annotated[str, typer.Option(help="fail or drop")] = "fail",
 ):
     """Run the model over a corpus and store activations at the hooks."""
     from saefeat.specs import HarvestSpec
@@ -131,14 +134,24 @@ def harvest(
     spec = HarvestSpec(
         model=model,
         hooks=hook,
-        corpus=corpus,
+        corpus=[_corpus_source(c, field) for c in corpus],
         ctx_len=ctx_len,
         token_budget=tokens,
         contexts_per_shard=shard_contexts,
         storage_dtype=storage_dtype,
         batch_size=batch_size,
+        on_bad_document=on_bad_document,
+        on_nonfinite=on_nonfinite,
     )
     print(harvest_as_job(spec).activation_set.id)
+
+
+def _corpus_source(text: str, field: str) -> dict:
+    """`PATH` or `PATH@WEIGHT` (a source's share when several are mixed)."""
+    path, sep, weight = text.rpartition("@")
+    if sep and weight.replace(".", "", 1).isdigit():
+        return {"path": path, "field": field, "weight": float(weight)}
+    return {"path": text, "field": field}
 
 
 @app.command()

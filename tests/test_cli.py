@@ -75,3 +75,20 @@ def test_export_then_import_gives_the_same_sae(settings, tmp_path, fmt, weights)
     torch.testing.assert_close(load_sae(settings.saes_dir / "back")(x).x_hat, sae(x).x_hat)
     code, out = run("export", "--sae", "orig", "--to", "onnx", "--out", str(tmp_path / "x"))
     assert code == 2 and "onnx" in out
+
+
+def test_harvest_two_weighted_sources(settings, tiny_llama, tmp_path, ray_session):
+    a, b = tmp_path / "a.txt", tmp_path / "b.jsonl"
+    a.write_text("alpha beta gamma delta. " * 40)
+    b.write_text("\n".join('{"body": "one two three four five six seven"}' for _ in range(40)))
+    code, out = run(
+        "harvest", "--model", str(tiny_llama), "--hook", "blocks.1.hook_resid_post",
+        "--corpus", f"{a}@1", "--corpus", f"{b}@3", "--field", "body", "--tokens", "1024",
+        "--ctx-len", "16", "--shard-contexts", "8",
+    )  # fmt: skip
+    assert code == 0, out
+    from saefeat.storage.activations import open_set
+
+    aset = open_set(settings.activations_dir, out.splitlines()[-1].strip())
+    sources = {d.split("/")[0] for d in aset.group.attrs["doc_ids"]}
+    assert sources == {"0", "1"}  # both sources were mixed in
