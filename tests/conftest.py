@@ -70,6 +70,7 @@ def ray_session():
 
     if not ray.is_initialized():
         ray.init(
+            address="local",  # never join a cluster another test or user started
             num_cpus=2,
             object_store_memory=80 * 1024**2,
             include_dashboard=False,

@@ -23,6 +23,9 @@ def ensure_ray(settings: Settings | None = None) -> None:
     # 2.5x) would make every local command manage a token for nothing.
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     ray.init(
+        # "local": always our own instance, never a stray cluster that `ray start` left
+        # in /tmp/ray/ray_current_cluster.
+        address="local",
         num_cpus=os.cpu_count(),
         include_dashboard=False,
         log_to_driver=False,

@@ -99,17 +99,7 @@ def list_features(
     summary="One feature: statistics, examples, vocabulary projection, current label",
 )
 def get_feature(sae_id: SaeId, index: FeatureIndexParam, session: SessionDep) -> FeatureDetail:
-    feature = queries.get_feature(session, sae_id, index)
-    history = labels.label_history(session, feature.id)
-    votes = labels.label_votes(session, [lb.id for lb in history])
-    current = labels.pick_current_label(history, votes)
-    detail = convert.feature_detail(
-        feature,
-        queries.feature_examples(session, feature.id),
-        queries.feature_projection(session, feature.id),
-        None,
-    )
-    detail.label = convert.label_out(current, votes.get(current.id) if current else None)
+    detail, _, _ = convert.load_feature_detail(session, queries.get_feature(session, sae_id, index))
     return detail
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from sqlalchemy.orm import Session
+
 from saefeat.api.schemas import (
     Example,
     FeatureDetail,
@@ -16,6 +18,7 @@ from saefeat.api.schemas import (
     SaeSummary,
     TokenMatchOut,
 )
+from saefeat.storage.catalog import labels, queries
 from saefeat.storage.catalog.label_search import LabelMatch
 from saefeat.storage.catalog.labels import Votes
 from saefeat.storage.catalog.models import SAE, Feature, FeatureExample, Label, VocabToken
@@ -115,6 +118,24 @@ def feature_detail(
         projection=projection(sides),
         label=label_out(label),
     )
+
+
+def load_feature_detail(
+    session: Session, feature: Feature
+) -> tuple[FeatureDetail, list[Label], Votes]:
+    """A feature's full detail with its current label, plus the label history and votes
+    (the JSON route and the page both show them)."""
+    history = labels.label_history(session, feature.id)
+    votes = labels.label_votes(session, [lb.id for lb in history])
+    current = labels.pick_current_label(history, votes)
+    detail = feature_detail(
+        feature,
+        queries.feature_examples(session, feature.id),
+        queries.feature_projection(session, feature.id),
+        None,
+    )
+    detail.label = label_out(current, votes.get(current.id) if current else None)
+    return detail, history, votes
 
 
 def token_match(match: TokenMatch, label: Label | None) -> TokenMatchOut:

@@ -80,15 +80,7 @@ def feature_page(request: Request, sae_id: str, index: int, session: SessionDep)
         feature = queries.get_feature(session, sae_id, index)
     except SaefeatError as exc:
         return _render(request, "missing.html", exc.status_code, error=str(exc))
-    history = labels.label_history(session, feature.id)
-    votes = labels.label_votes(session, [lb.id for lb in history])
-    current = labels.pick_current_label(history, votes)
-    detail = convert.feature_detail(
-        feature,
-        queries.feature_examples(session, feature.id),
-        queries.feature_projection(session, feature.id),
-        current,
-    )
+    detail, history, votes = convert.load_feature_detail(session, feature)
     near = queries.feature_neighbours(session, feature.id)
     near_labels = labels.current_labels(session, [n.feature.id for n in near])
     examples = [page_views.example_view(e, detail.max_activation) for e in detail.examples]

@@ -4,10 +4,12 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -24,7 +26,11 @@ def _free_port() -> int:
 @pytest.mark.skipif(not RAY.exists(), reason="the ray CLI is not installed beside python")
 def test_harvest_on_a_cluster_address(spec, tmp_path):
     port = _free_port()
-    env = dict(os.environ, RAY_AUTH_MODE="disabled", SAEFEAT_HOME=str(tmp_path / "home"))
+    # A temp dir of its own (short: it holds unix sockets) keeps this head's
+    # ray_current_cluster file away from every other Ray on the machine.
+    ray_tmp = tempfile.mkdtemp(prefix="rayc", dir="/tmp")
+    env = dict(os.environ, RAY_AUTH_MODE="disabled", SAEFEAT_HOME=str(tmp_path / "home"),
+               RAY_TMPDIR=ray_tmp)  # fmt: skip
     # Every port of our own, so this head never meets the suite's session-wide Ray.
     head = ["--head", f"--port={port}", "--num-cpus=2", "--include-dashboard=false",
             "--node-ip-address=127.0.0.1", "--object-store-memory=80000000",
@@ -59,3 +65,4 @@ def test_harvest_on_a_cluster_address(spec, tmp_path):
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
