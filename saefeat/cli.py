@@ -64,22 +64,6 @@ def _bar(description: str, unit: str) -> Progress:
     )
 
 
-def do_harvest(spec):
-    from saefeat.pipeline import run_harvest
-
-    with _bar("harvest", "tokens") as bar:
-        task = bar.add_task("harvest", total=None, info="")
-
-        def progress(done, total):
-            bar.update(task, completed=done, total=total)
-
-        result = run_harvest(spec, progress=progress)
-    aset = result.activation_set
-    how = "reused" if result.reused else f"{result.shards_run} shards in {result.seconds:.1f}s"
-    console.print(f"activation set [bold]{aset.id}[/bold]: {aset.n_tokens:,} tokens ({how})")
-    return result
-
-
 def do_train(spec):
     from saefeat.pipeline import run_train
 
@@ -217,7 +201,7 @@ def demo(
     """harvest -> train -> index -> serve on SmolLM2-135M and the built-in corpus."""
     from saefeat.demo import print_features, run_demo
 
-    sae_id = run_demo(tokens=tokens, harvest=do_harvest, train=do_train, index=do_index)
+    sae_id = run_demo(tokens=tokens, harvest=harvest_as_job, train=do_train, index=do_index)
     print_features(sae_id, n=5)
     if serve_after:
         serve(port=port)
@@ -420,14 +404,12 @@ def features_fire(
 
 def harvest_as_job(spec):
     """`saefeat harvest`: the run is a job row too, so `saefeat jobs` and the API see it."""
-    from saefeat.storage import catalog
+    from saefeat.pipeline import catalog_sessions
     from saefeat.workers.jobs import JobRunner
 
     settings = get_settings()
-    catalog.upgrade(settings.db_url)
-    engine = catalog.make_engine(settings.db_url)
-    try:
-        runner = JobRunner(settings, catalog.make_sessionmaker(engine))
+    with catalog_sessions(settings) as sessions:
+        runner = JobRunner(settings, sessions)
         job, created = runner.submit(spec)
         if not created:
             raise SaefeatError(
@@ -439,8 +421,6 @@ def harvest_as_job(spec):
             progress = lambda d, t: bar.update(task, completed=d, total=t)  # noqa: E731
             result = runner.run(job.id, progress=progress)
         job = runner.get(job.id)
-    finally:
-        engine.dispose()
     if result is None:
         raise SaefeatError(f"job {job.id} {job.status}: {job.error}")
     aset = result.activation_set

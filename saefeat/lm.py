@@ -206,16 +206,12 @@ def load_model(
     dtype: torch.dtype = torch.float32,
 ) -> LanguageModel:
     """Load a model by transformers id, local folder, .gguf file, or the embedded default."""
-    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModel, AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
+    config, tokenizer = model_config_and_tokenizer(name, revision)
     source, kwargs = _resolve_source(name)
-    try:
-        config = AutoConfig.from_pretrained(source, revision=revision, **kwargs)
-        tokenizer = AutoTokenizer.from_pretrained(source, revision=revision, **kwargs)
-    except (OSError, ValueError) as e:
-        raise _unknown_model(name) from e
     is_encoder = not getattr(config, "is_decoder", False) and config.model_type in (
         "bert",
         "roberta",

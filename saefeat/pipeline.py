@@ -8,13 +8,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import contextmanager
-from dataclasses import dataclass
 
 from sqlalchemy import select
 
 from saefeat.config import Settings, get_settings
 from saefeat.errors import NotFoundError
-from saefeat.features.records import FeatureIndex
 from saefeat.sae import read_config
 from saefeat.specs import HarvestSpec, IndexSpec, TrainSpec
 from saefeat.storage import catalog
@@ -22,18 +20,24 @@ from saefeat.storage.activations import ActivationSet
 from saefeat.storage.catalog import models as m
 from saefeat.training.trainer import TrainResult, open_complete_set, train_sweep
 from saefeat.workers.harvest import HarvestResult, harvest
-from saefeat.workers.index import index_sae
+from saefeat.workers.index import IndexResult, index_sae
+
+
+@contextmanager
+def catalog_sessions(settings: Settings):
+    """A session factory on the migrated catalog, disposed of on exit."""
+    catalog.upgrade(settings.db_url)
+    engine = catalog.make_engine(settings.db_url)
+    try:
+        yield catalog.make_sessionmaker(engine)
+    finally:
+        engine.dispose()
 
 
 @contextmanager
 def catalog_session(settings: Settings):
-    catalog.upgrade(settings.db_url)
-    engine = catalog.make_engine(settings.db_url)
-    try:
-        with catalog.make_sessionmaker(engine)() as session:
-            yield session
-    finally:
-        engine.dispose()
+    with catalog_sessions(settings) as sessions, sessions() as session:
+        yield session
 
 
 def record_activation_set(settings: Settings, aset: ActivationSet) -> None:
@@ -120,18 +124,12 @@ def run_train(
     return results if isinstance(spec, list) else results[0]
 
 
-@dataclass
-class IndexRunResult:
-    index: FeatureIndex
-    seconds: float
-
-
 def run_index(
     spec: IndexSpec,
     *,
     settings: Settings | None = None,
     progress: Callable[[int, int], None] | None = None,
-) -> IndexRunResult:
+) -> IndexResult:
     settings = settings or get_settings()
     sae_path = settings.saes_dir / spec.sae
     try:
@@ -143,4 +141,4 @@ def run_index(
     with catalog_session(settings) as s:
         catalog.write_feature_index(s, spec.sae, result.index)
         s.commit()
-    return IndexRunResult(result.index, result.seconds)
+    return result

@@ -22,7 +22,7 @@ from saefeat.features.accumulate import HIST_EDGES, FeatureAccumulator
 from saefeat.features.neighbours import decoder_neighbours
 from saefeat.features.records import FeatureExample, FeatureIndex
 from saefeat.features.vocab import token_strings, vocab_projections
-from saefeat.lm import cached_model, model_config_and_tokenizer
+from saefeat.lm import cached_model
 from saefeat.sae import SparseAutoencoder, load_sae
 from saefeat.specs import IndexSpec
 from saefeat.storage.activations import ActivationSet
@@ -115,13 +115,15 @@ def build_index(
     acc: FeatureAccumulator, sae: SparseAutoencoder, aset: ActivationSet, spec: IndexSpec
 ) -> FeatureIndex:
     acc = acc.to("cpu")
-    _, tokenizer = model_config_and_tokenizer(aset.model_name)
     lm = cached_model(aset.model_name, "cpu")
     W_U, norm_scale = lm.unembedding()
-    strings = token_strings(tokenizer, W_U.shape[0])
+    strings = token_strings(lm.tokenizer, W_U.shape[0])
     fires = acc.fires.numpy()
     n = max(acc.n_tokens, 1)
-    examples = _examples(acc, aset, strings) + _quantile_examples(acc, aset, strings)
+    tokens = aset.tokens()  # read once for both kinds of example
+    examples = _examples(acc, aset, tokens, strings) + _quantile_examples(
+        acc, aset, tokens, strings
+    )
     near, cosines = decoder_neighbours(sae.W_dec.detach(), spec.n_neighbours)
     return FeatureIndex(
         d_sae=sae.cfg.d_sae,
@@ -155,8 +157,7 @@ def _example(tokens, strings, ctx_len, w, f, rank, value, ctx, pos, window, kind
     )
 
 
-def _examples(acc: FeatureAccumulator, aset: ActivationSet, strings: list[str]):
-    tokens = aset.tokens()
+def _examples(acc: FeatureAccumulator, aset: ActivationSet, tokens, strings: list[str]):
     held = (acc.top_vals > -float("inf")).nonzero().tolist()
     return [
         _example(
@@ -176,10 +177,9 @@ def _examples(acc: FeatureAccumulator, aset: ActivationSet, strings: list[str]):
     ]
 
 
-def _quantile_examples(acc: FeatureAccumulator, aset: ActivationSet, strings: list[str]):
+def _quantile_examples(acc: FeatureAccumulator, aset: ActivationSet, tokens, strings: list[str]):
     if acc.quantiles is None:
         return []
-    tokens = aset.tokens()
     f, v, ctx, pos, win = acc.quantiles.samples()
     out, last, rank = [], -1, 0
     rows = zip(f.tolist(), v.tolist(), ctx.tolist(), pos.tolist(), win, strict=True)

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from . import reference
 from .dispatch import ops_for, requested_backend
 
 
@@ -86,17 +87,14 @@ class SAEAdam(torch.optim.Optimizer):
     def _cpu_step(self, p, state, group, beta1: float, beta2: float) -> None:
         """torch's fused CPU Adam (one vectorised pass) plus the decoder's projection and
         renormalisation: ~4x faster than the reference's separate elementwise passes."""
-        g = p.grad
-        if p is self.decoder:
-            coef = (g * p).sum(1, keepdim=True) / (p * p).sum(1, keepdim=True).clamp_min(1e-30)
-            g = g - coef * p
+        g = reference.remove_parallel(p.grad, p) if p is self.decoder else p.grad
         torch._fused_adam_(
             [p], [g], [state["exp_avg"]], [state["exp_avg_sq"]], [], [state["step"]],
             lr=group["lr"], beta1=beta1, beta2=beta2, weight_decay=0.0, eps=group["eps"],
             amsgrad=False, maximize=False,
         )  # fmt: skip
         if p is self.decoder:
-            p.div_(p.norm(dim=1, keepdim=True).clamp_min(1e-12))
+            reference.renormalise_rows_(p)
 
 
 def _fused_cpu(p: torch.Tensor) -> bool:

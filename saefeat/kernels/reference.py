@@ -131,6 +131,16 @@ def adam_(
     p.copy_(p.float() - step_size * m.float() / denom)
 
 
+def remove_parallel(g: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """g without its component along each row of w (exact for rows of any length)."""
+    coef = (g * w).sum(1, keepdim=True) / (w * w).sum(1, keepdim=True).clamp_min(1e-30)
+    return g - coef * w
+
+
+def renormalise_rows_(p: torch.Tensor) -> None:
+    p.div_(p.norm(dim=1, keepdim=True).clamp_min(1e-12))
+
+
 @torch.no_grad()
 def decoder_adam_(
     p: torch.Tensor,
@@ -144,12 +154,6 @@ def decoder_adam_(
     eps: float,
 ) -> None:
     """Adam on rows of p with the row-parallel gradient removed, then rows at unit norm."""
-    w = p.float()
-    g = g.float()
-    gw = (g * w).sum(1, keepdim=True)
-    ww = (w * w).sum(1, keepdim=True).clamp_min(1e-30)
-    g = g - (gw / ww) * w
-    m.mul_(beta1).add_(g, alpha=1 - beta1)
-    v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
-    w = w - step_size * m.float() / (v.float().sqrt() / bias_correction2**0.5 + eps)
-    p.copy_(w / w.norm(dim=1, keepdim=True).clamp_min(1e-12))
+    g = remove_parallel(g.float(), p.float())
+    adam_(p, g, m, v, step_size, bias_correction2, beta1, beta2, eps)
+    renormalise_rows_(p)

@@ -35,6 +35,16 @@ def register(name: str):
     return wrap
 
 
+def sae_class(architecture: str) -> type[SparseAutoencoder]:
+    """The class registered under `architecture` (a checkpoint's cfg field)."""
+    if architecture not in _REGISTRY:
+        raise SpecError(
+            f"unknown architecture {architecture!r}; known: {architectures()}",
+            field="architecture",
+        )
+    return _REGISTRY[architecture]
+
+
 def architectures() -> list[str]:
     return sorted(_REGISTRY)
 
@@ -52,11 +62,7 @@ class SAEConfig:
     extra: dict = field(default_factory=dict)  # architecture-specific settings
 
     def validate(self) -> None:
-        if self.architecture not in _REGISTRY:
-            raise SpecError(
-                f"unknown architecture {self.architecture!r}; known: {architectures()}",
-                field="architecture",
-            )
+        sae_class(self.architecture)  # raises for an unknown architecture
         if self.d_in <= 0 or self.d_sae <= 0:
             raise SpecError(f"d_in and d_sae must be > 0, got {self.d_in}, {self.d_sae}")
         if self.k is not None and not 0 < self.k < self.d_sae:
@@ -205,7 +211,7 @@ def read_config(path: Path) -> SAEConfig:
 def load_sae(path: Path, device: str | torch.device = "cpu") -> SparseAutoencoder:
     cfg = read_config(path)
     cfg.validate()
-    sae = _REGISTRY[cfg.architecture](cfg)
+    sae = sae_class(cfg.architecture)(cfg)
     sae.load_state_dict(load_file(str(Path(path) / "sae.safetensors")))
     # Inference mode: BatchTopK encodes with its stored threshold there.
     return sae.to(device).eval()

@@ -25,7 +25,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from saefeat.errors import NotFoundError, SpecError
-from saefeat.sae.base import _REGISTRY, SAEConfig, SparseAutoencoder
+from saefeat.sae.base import SAEConfig, SparseAutoencoder, sae_class
 
 SAELENS_WEIGHTS = "sae_weights.safetensors"
 SPARSIFY_WEIGHTS = "sae.safetensors"
@@ -118,7 +118,7 @@ def import_saelens(path: Path) -> SparseAutoencoder:
     if not raw.get("apply_b_dec_to_input", True):
         # relu(x W + b) == relu((x - b_dec) W + b + b_dec W): move b_dec into b_enc.
         w["b_enc"] = w["b_enc"] + w["b_dec"] @ w["W_enc"]
-    sae = _REGISTRY[ours](cfg)
+    sae = sae_class(ours)(cfg)
     sae.load_state_dict({k: w[k] for k in sae.state_dict()})
     return sae.eval()
 
@@ -167,7 +167,7 @@ def import_sparsify(path: Path, *, model: str | None = None, hook: str | None = 
     d_sae, d_in = w["encoder.weight"].shape
     cfg = SAEConfig(d_in=d_in, d_sae=d_sae, architecture="topk", k=int(raw["k"]),
                     model=model, hook=hook)  # fmt: skip
-    sae = _REGISTRY["topk"](cfg)
+    sae = sae_class("topk")(cfg)
     sae.load_state_dict({"W_enc": w["encoder.weight"].t().contiguous(), "b_enc": w["encoder.bias"],
                          "W_dec": w["W_dec"], "b_dec": w["b_dec"]})  # fmt: skip
     return sae.eval()

@@ -25,7 +25,7 @@ import torch
 from saefeat.config import Settings, get_settings
 from saefeat.errors import SaefeatError, SpecError
 from saefeat.sae import SAEConfig, SparseAutoencoder
-from saefeat.sae.base import _REGISTRY
+from saefeat.sae.base import sae_class
 from saefeat.specs import TRAIN_EXECUTION_FIELDS, TrainSpec
 from saefeat.storage.activations import STATUS_COMPLETE, ActivationSet, open_set
 from saefeat.storage.reader import ShuffledBatchReader
@@ -101,7 +101,7 @@ def sae_config(spec: TrainSpec, aset: ActivationSet, hook: str) -> SAEConfig:
 
 def build_sae(spec: TrainSpec, aset: ActivationSet, hook: str) -> SparseAutoencoder:
     cfg = sae_config(spec, aset, hook)
-    sae = _REGISTRY[cfg.architecture](cfg)
+    sae = sae_class(cfg.architecture)(cfg)
     sae.init_weights(spec.init_decoder_norm)
     return sae
 
