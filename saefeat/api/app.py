@@ -7,8 +7,10 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import Depends, FastAPI
+from fastapi.staticfiles import StaticFiles
 
 from saefeat import __version__
 from saefeat.api import (
@@ -28,6 +30,7 @@ from saefeat.storage.catalog.keys import ensure_api_key
 from saefeat.storage.catalog.models import API_SCOPES
 
 API_PREFIX = "/v1"
+STATIC_DIR = Path(__file__).parent / "static"  # the pages' scripts
 DESCRIPTION = """\
 Browse sparse-autoencoder features: SAEs, their features' statistics, top-activating
 examples and vocabulary projections, nearest features; search features by token, by
@@ -72,6 +75,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.engine = engine
     app.state.sessionmaker = make_sessionmaker(engine)
+    # Read routes run without a transaction: on PostgreSQL that saves the BEGIN and
+    # ROLLBACK round trips around every page's three queries.
+    app.state.read_sessionmaker = make_sessionmaker(
+        engine.execution_options(isolation_level="AUTOCOMMIT")
+    )
     install_error_handlers(app)
     install_problem_openapi(app)
 
@@ -85,6 +93,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
     # Pages are reads too; a browser cannot send the key, so keyed reads close them.
     app.include_router(page_routes.router, dependencies=read_guard)
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.include_router(label_routes.router, prefix=API_PREFIX)
     app.include_router(
         job_routes.router, prefix=API_PREFIX, dependencies=read_guard, responses=read_responses

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, Path, Query
+from fastapi import APIRouter, Depends, Path, Query, Response
 from sqlalchemy.orm import Session
 
 from saefeat.api import convert
-from saefeat.api.deps import get_session
+from saefeat.api.deps import read_session
 from saefeat.api.errors import problem_responses
 from saefeat.api.schemas import (
     FeatureDetail,
@@ -19,11 +19,11 @@ from saefeat.api.schemas import (
     SaePage,
     TokenMatchPage,
 )
-from saefeat.storage.catalog import labels, queries
+from saefeat.storage.catalog import documents, labels, queries
 
 router = APIRouter(tags=["catalog"])
 
-SessionDep = Annotated[Session, Depends(get_session)]
+SessionDep = Annotated[Session, Depends(read_session)]
 SaeId = Annotated[str, Path(description="SAE id, as listed by GET /v1/saes")]
 FeatureIndexParam = Annotated[int, Path(ge=0, description="Latent index, 0..d_sae-1")]
 Limit = Annotated[int, Query(ge=1, le=queries.MAX_PAGE, description="Page size")]
@@ -38,7 +38,7 @@ CursorParam = Annotated[
     responses=problem_responses(422),
     summary="List the SAEs in the catalog",
 )
-def list_saes(session: SessionDep, limit: Limit = 100, cursor: CursorParam = None) -> SaePage:
+async def list_saes(session: SessionDep, limit: Limit = 100, cursor: CursorParam = None) -> SaePage:
     page = queries.list_saes(session, limit=limit, cursor=cursor)
     return SaePage(items=[convert.sae_summary(s) for s in page.items], next_cursor=page.next_cursor)
 
@@ -49,7 +49,7 @@ def list_saes(session: SessionDep, limit: Limit = 100, cursor: CursorParam = Non
     responses=problem_responses(404, 422),
     summary="One SAE, with its config and how many features are indexed",
 )
-def get_sae(sae_id: SaeId, session: SessionDep) -> SaeDetail:
+async def get_sae(sae_id: SaeId, session: SessionDep) -> SaeDetail:
     sae = queries.get_sae(session, sae_id)
     return convert.sae_detail(sae, queries.count_features(session, sae_id))
 
@@ -60,7 +60,7 @@ def get_sae(sae_id: SaeId, session: SessionDep) -> SaeDetail:
     responses=problem_responses(404, 422),
     summary="List an SAE's features, filtered by density and sorted",
 )
-def list_features(
+async def list_features(
     sae_id: SaeId,
     session: SessionDep,
     sort: Annotated[
@@ -98,9 +98,13 @@ def list_features(
     responses=problem_responses(404, 422),
     summary="One feature: statistics, examples, vocabulary projection, current label",
 )
-def get_feature(sae_id: SaeId, index: FeatureIndexParam, session: SessionDep) -> FeatureDetail:
-    detail, _, _ = convert.load_feature_detail(session, queries.get_feature(session, sae_id, index))
-    return detail
+async def get_feature(sae_id: SaeId, index: FeatureIndexParam, session: SessionDep) -> Response:
+    feature = queries.get_feature(session, sae_id, index)
+    label = convert.current_label_out(labels.label_state(session, [feature.id]), feature.id)
+    document = documents.feature_document(session, feature.id)
+    # Already JSON (the arrays come from the database as text), so no response_model pass.
+    body = convert.feature_detail_json(feature, document, label)
+    return Response(body, media_type="application/json")
 
 
 @router.get(
@@ -109,7 +113,7 @@ def get_feature(sae_id: SaeId, index: FeatureIndexParam, session: SessionDep) ->
     responses=problem_responses(404, 422),
     summary="A feature's label history, newest first",
 )
-def list_labels(
+async def list_labels(
     sae_id: SaeId,
     index: FeatureIndexParam,
     session: SessionDep,
@@ -134,7 +138,9 @@ def list_labels(
     responses=problem_responses(404, 422),
     summary="The features whose decoder rows are most similar (cosine), nearest first",
 )
-def list_neighbours(sae_id: SaeId, index: FeatureIndexParam, session: SessionDep) -> NeighbourList:
+async def list_neighbours(
+    sae_id: SaeId, index: FeatureIndexParam, session: SessionDep
+) -> NeighbourList:
     feature = queries.get_feature(session, sae_id, index)
     near = queries.feature_neighbours(session, feature.id)
     current = labels.current_labels(session, [n.feature.id for n in near])
@@ -155,7 +161,7 @@ def list_neighbours(sae_id: SaeId, index: FeatureIndexParam, session: SessionDep
         "`side=bottom`); a feature holding several spellings appears once, with its strongest."
     ),
 )
-def search_features(
+async def search_features(
     session: SessionDep,
     token: Annotated[str, Query(min_length=1, max_length=200, description="Token string")],
     sae_id: Annotated[str | None, Query(description="Only this SAE's features")] = None,

@@ -2,27 +2,30 @@
 
 from __future__ import annotations
 
-from sqlalchemy.orm import Session
+from typing import Any
+
+import orjson
 
 from saefeat.api.schemas import (
-    Example,
-    FeatureDetail,
     FeatureSummary,
-    Histogram,
     LabelMatchOut,
     LabelOut,
     NeighbourOut,
-    Projection,
-    ProjectionToken,
     SaeDetail,
     SaeSummary,
     TokenMatchOut,
 )
-from saefeat.storage.catalog import labels, queries
+from saefeat.storage.catalog import labels
+from saefeat.storage.catalog.documents import FeatureDocument
 from saefeat.storage.catalog.label_search import LabelMatch
-from saefeat.storage.catalog.labels import Votes
-from saefeat.storage.catalog.models import SAE, Feature, FeatureExample, Label, VocabToken
-from saefeat.storage.catalog.queries import NeighbourMatch, TokenMatch
+from saefeat.storage.catalog.labels import LabelRow, Votes
+from saefeat.storage.catalog.models import SAE, Label
+from saefeat.storage.catalog.queries import (
+    FeatureRecord,
+    FeatureRow,
+    NeighbourMatch,
+    TokenMatch,
+)
 
 
 def sae_summary(sae: SAE) -> SaeSummary:
@@ -49,7 +52,7 @@ def sae_detail(sae: SAE, n_features_indexed: int) -> SaeDetail:
     )
 
 
-def label_out(label: Label | None, votes: Votes | None = None) -> LabelOut | None:
+def label_out(label: Label | LabelRow | None, votes: Votes | None = None) -> LabelOut | None:
     if label is None:
         return None
     votes = votes or Votes()
@@ -65,7 +68,7 @@ def label_out(label: Label | None, votes: Votes | None = None) -> LabelOut | Non
     )
 
 
-def feature_summary(feature: Feature, label: Label | None) -> FeatureSummary:
+def feature_summary(feature: FeatureRow, label: LabelRow | None) -> FeatureSummary:
     return FeatureSummary(
         sae_id=feature.sae_id,
         index=feature.index,
@@ -76,69 +79,49 @@ def feature_summary(feature: Feature, label: Label | None) -> FeatureSummary:
     )
 
 
-def example(row: FeatureExample) -> Example:
-    return Example(
-        kind=row.kind,  # type: ignore[arg-type]
-        rank=row.rank,
-        activation=row.activation,
-        context_index=row.context_index,
-        position=row.position,
-        focus=row.focus,
-        tokens=row.token_strs,
-        token_ids=row.token_ids,
-        values=row.values,
+def current_label_out(state: labels.LabelState, feature_id: int) -> LabelOut | None:
+    current = state.current(feature_id)
+    return label_out(current, state.votes.get(current.id) if current else None)
+
+
+def _detail_fields(feature: FeatureRecord, document: FeatureDocument) -> dict[str, Any]:
+    # The database-built arrays go in unparsed (orjson.Fragment): no per-row Python work.
+    return {
+        "max_activation": feature.max_activation,
+        "histogram": feature.histogram,
+        "examples": orjson.Fragment(document.examples),
+        "projection": {
+            "top": orjson.Fragment(document.projection_top),
+            "bottom": orjson.Fragment(document.projection_bottom),
+        },
+    }
+
+
+def feature_detail_json(
+    feature: FeatureRecord, document: FeatureDocument, label: LabelOut | None
+) -> bytes:
+    """The body of a FeatureDetail (tests/api validate it against the model)."""
+    return orjson.dumps(
+        {
+            "sae_id": feature.sae_id,
+            "index": feature.index,
+            "density": feature.density,
+            "mean_activation": feature.mean_activation,
+            **_detail_fields(feature, document),
+            "label": label.model_dump(mode="json") if label else None,
+        }
     )
 
 
-def projection(sides: dict[str, list[VocabToken]]) -> Projection:
-    def tokens(rows: list[VocabToken]) -> list[ProjectionToken]:
-        return [
-            ProjectionToken(rank=t.rank, token_id=t.token_id, token=t.token_str, value=t.value)
-            for t in rows
-        ]
-
-    return Projection(top=tokens(sides["top"]), bottom=tokens(sides["bottom"]))
+def script_json(feature: FeatureRecord, document: FeatureDocument) -> str:
+    """What static/feature.js draws (examples, histogram, projection), as JSON that is safe
+    inside a <script> element: "<", ">" and "&" become JSON unicode escapes, so no token
+    text can close the element."""
+    data = orjson.dumps(_detail_fields(feature, document)).decode()
+    return data.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
-def feature_detail(
-    feature: Feature,
-    examples: list[FeatureExample],
-    sides: dict[str, list[VocabToken]],
-    label: Label | None,
-) -> FeatureDetail:
-    histogram = Histogram(**feature.histogram) if feature.histogram else None
-    return FeatureDetail(
-        sae_id=feature.sae_id,
-        index=feature.index,
-        density=feature.density,
-        max_activation=feature.max_activation,
-        mean_activation=feature.mean_activation,
-        histogram=histogram,
-        examples=[example(e) for e in examples],
-        projection=projection(sides),
-        label=label_out(label),
-    )
-
-
-def load_feature_detail(
-    session: Session, feature: Feature
-) -> tuple[FeatureDetail, list[Label], Votes]:
-    """A feature's full detail with its current label, plus the label history and votes
-    (the JSON route and the page both show them)."""
-    history = labels.label_history(session, feature.id)
-    votes = labels.label_votes(session, [lb.id for lb in history])
-    current = labels.pick_current_label(history, votes)
-    detail = feature_detail(
-        feature,
-        queries.feature_examples(session, feature.id),
-        queries.feature_projection(session, feature.id),
-        None,
-    )
-    detail.label = label_out(current, votes.get(current.id) if current else None)
-    return detail, history, votes
-
-
-def token_match(match: TokenMatch, label: Label | None) -> TokenMatchOut:
+def token_match(match: TokenMatch, label: LabelRow | None) -> TokenMatchOut:
     return TokenMatchOut(
         sae_id=match.feature.sae_id,
         index=match.feature.index,
@@ -162,7 +145,7 @@ def label_match(match: LabelMatch, votes: Votes | None) -> LabelMatchOut:
     )
 
 
-def neighbour(match: NeighbourMatch, label: Label | None) -> NeighbourOut:
+def neighbour(match: NeighbourMatch, label: LabelRow | None) -> NeighbourOut:
     return NeighbourOut(
         sae_id=match.feature.sae_id,
         index=match.feature.index,

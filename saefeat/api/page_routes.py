@@ -1,4 +1,7 @@
-"""Server-rendered pages: a search page and a feature page (Jinja2 templates).
+"""Pages: a search page and a feature page (Jinja2 templates).
+
+The feature page's examples, histogram and projection are drawn in the browser by
+static/feature.js from JSON embedded in the page; the rest is rendered here.
 
 Pages read through the same query functions as the JSON API; the feature page's label
 form posts to the JSON API with the key typed into the page.
@@ -9,29 +12,29 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
+import orjson
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
+from markupsafe import Markup
 from sqlalchemy.orm import Session
 
-from saefeat.api import convert, page_views
-from saefeat.api.deps import get_session
+from saefeat.api import convert
+from saefeat.api.deps import read_session
 from saefeat.errors import SaefeatError
-from saefeat.storage.catalog import label_search, labels, queries
+from saefeat.storage.catalog import documents, label_search, labels, queries
 
 TEMPLATES = Jinja2Templates(directory=Path(__file__).parent / "templates")
 router = APIRouter(include_in_schema=False)
-SessionDep = Annotated[Session, Depends(get_session)]
+SessionDep = Annotated[Session, Depends(read_session)]
 
 
 def _render(request: Request, name: str, status: int = 200, **values) -> HTMLResponse:
-    return TEMPLATES.TemplateResponse(
-        request, name, page_views.page_context(**values), status_code=status
-    )
+    return TEMPLATES.TemplateResponse(request, name, values, status_code=status)
 
 
 @router.get("/", response_class=HTMLResponse)
-def search_page(
+async def search_page(
     request: Request,
     session: SessionDep,
     q: Annotated[str, Query(max_length=200)] = "",
@@ -75,24 +78,22 @@ def _text(label) -> str | None:
 
 
 @router.get("/saes/{sae_id}/features/{index}", response_class=HTMLResponse)
-def feature_page(request: Request, sae_id: str, index: int, session: SessionDep) -> HTMLResponse:
+async def feature_page(
+    request: Request, sae_id: str, index: int, session: SessionDep
+) -> HTMLResponse:
     try:
         feature = queries.get_feature(session, sae_id, index)
     except SaefeatError as exc:
         return _render(request, "missing.html", exc.status_code, error=str(exc))
-    detail, history, votes = convert.load_feature_detail(session, feature)
-    near = queries.feature_neighbours(session, feature.id)
-    near_labels = labels.current_labels(session, [n.feature.id for n in near])
-    examples = [page_views.example_view(e, detail.max_activation) for e in detail.examples]
+    document = documents.feature_document(session, feature.id)
+    state = labels.label_state_around(session, feature.id)
+    neighbours = orjson.loads(document.neighbours)
     return _render(
         request,
         "feature.html",
-        sae=queries.get_sae(session, sae_id),
-        feature=detail,
-        top_examples=[e for e in examples if e.kind == "top"],
-        quantile_examples=[e for e in examples if e.kind == "quantile"],
-        bars=page_views.histogram_bars(detail.histogram),
-        hist_range=page_views.histogram_range(detail.histogram),
-        neighbours=[(n, _text(near_labels.get(n.feature.id))) for n in near],
-        history=[convert.label_out(lb, votes.get(lb.id)) for lb in history],
+        feature=feature,
+        label=convert.current_label_out(state, feature.id),
+        feature_data=Markup(convert.script_json(feature, document)),
+        neighbours=[(n, _text(state.current(n["feature_id"]))) for n in neighbours],
+        history=[convert.label_out(lb, state.votes.get(lb.id)) for lb in state.history(feature.id)],
     )

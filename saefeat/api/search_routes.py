@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Query
 from sqlalchemy.orm import Session
 
 from saefeat.api import convert
-from saefeat.api.deps import get_session
+from saefeat.api.deps import read_session
 from saefeat.api.errors import problem_responses
 from saefeat.api.schemas import LabelMatchPage
 from saefeat.storage.catalog import label_search, labels, queries
@@ -30,8 +30,8 @@ router = APIRouter(tags=["catalog"])
         "newest first."
     ),
 )
-def search_labels(
-    session: Annotated[Session, Depends(get_session)],
+async def search_labels(
+    session: Annotated[Session, Depends(read_session)],
     q: Annotated[str, Query(max_length=MAX_QUERY_CHARS, description="The query")],
     sae_id: Annotated[str | None, Query(description="Only this SAE's features")] = None,
     limit: Annotated[int, Query(ge=1, le=queries.MAX_PAGE)] = 50,

@@ -14,8 +14,16 @@ from sqlalchemy.orm import Session
 
 from saefeat.errors import SpecError
 from saefeat.storage.catalog.cursor import Cursor, decode_cursor, encode_cursor
+from saefeat.storage.catalog.labels import LABEL_ROW_COLUMNS, LabelRow
 from saefeat.storage.catalog.models import Feature, Label
-from saefeat.storage.catalog.queries import MAX_PAGE, Page, get_sae
+from saefeat.storage.catalog.queries import (
+    FEATURE_ROW_COLUMNS,
+    MAX_PAGE,
+    FeatureRow,
+    Page,
+    require_sae,
+    run,
+)
 from saefeat.storage.catalog.search_syntax import parse_query, to_fts5, to_tsquery
 
 # The FTS5 table of revision 0002 (SQLite only, so not an ORM model).
@@ -24,8 +32,8 @@ _FTS = table("labels_fts", column("rowid", Integer))
 
 @dataclass
 class LabelMatch:
-    feature: Feature
-    label: Label  # the newest label of the feature that matched
+    feature: FeatureRow
+    label: LabelRow  # the newest label of the feature that matched
 
 
 def _matching_label_ids(session: Session, q: str) -> Select:
@@ -50,7 +58,7 @@ def search_labels(
     if not 1 <= limit <= MAX_PAGE:
         raise SpecError(f"is {limit}; use 1..{MAX_PAGE}", field="limit")
     if sae_id is not None:
-        get_sae(session, sae_id)
+        require_sae(session, sae_id)
     ids = _matching_label_ids(session, q)
     newest = func.max(Label.id).label("label_id")
     per_feature = select(Label.feature_id, newest).where(Label.id.in_(ids))
@@ -64,14 +72,19 @@ def search_labels(
         per_feature = per_feature.having(func.max(Label.id) < after)
     best = per_feature.subquery()
     query = (
-        select(Feature, Label)
+        select(*FEATURE_ROW_COLUMNS, *LABEL_ROW_COLUMNS)
+        .select_from(Feature)
         .join(best, best.c.feature_id == Feature.id)
         .join(Label, Label.id == best.c.label_id)
         .order_by(best.c.label_id.desc())
         .limit(limit + 1)
     )
     try:
-        rows = [LabelMatch(feature, label) for feature, label in session.execute(query)]
+        split = len(FEATURE_ROW_COLUMNS)
+        rows = [
+            LabelMatch(FeatureRow(*row[:split]), LabelRow(*row[split:]))
+            for row in run(session, query)
+        ]
     except OperationalError as exc:
         # parse_query only lets well-formed queries through; this is the safety net for
         # anything FTS5 still refuses, so it is a 422 and never a 500.

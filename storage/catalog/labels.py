@@ -5,19 +5,26 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
 
-from sqlalchemy import case, func, select
+from sqlalchemy import ColumnElement, Select, bindparam, case, func, or_, select
 from sqlalchemy.orm import Session
 
 from saefeat.errors import NotFoundError, SpecError
-from saefeat.storage.catalog.models import LABEL_SOURCES, VOTE_VALUES, Feature, Label, LabelVote
+from saefeat.storage.catalog.models import LABEL_SOURCES, VOTE_VALUES, Label, LabelVote, Neighbour
+from saefeat.storage.catalog.queries import run
 
 MAX_LABEL_CHARS = 500
 
 
+class HasId(Protocol):
+    id: int
+
+
 def add_label(
     session: Session,
-    feature: Feature,
+    feature: HasId,
     *,
     text: str,
     source: str = "human",
@@ -38,6 +45,34 @@ def add_label(
     session.add(label)
     session.flush()
     return label
+
+
+@dataclass(slots=True)
+class LabelRow:
+    """A label as read back (plain columns; the ORM `Label` is for writing)."""
+
+    id: int
+    feature_id: int
+    text: str
+    source: str
+    author: str | None
+    score: float | None
+    created_at: datetime
+
+
+LABEL_ROW_COLUMNS = (
+    Label.id,
+    Label.feature_id,
+    Label.text,
+    Label.source,
+    Label.author,
+    Label.score,
+    Label.created_at,
+)
+
+
+def label_rows(rows: Iterable) -> list[LabelRow]:
+    return [LabelRow(*row) for row in rows]
 
 
 @dataclass(frozen=True)
@@ -67,34 +102,39 @@ def vote_label(session: Session, label_id: int, *, voter: str, value: int) -> Vo
     return label_votes(session, [label_id]).get(label_id, Votes())
 
 
+_VOTE_TOTALS = (
+    select(
+        LabelVote.label_id,
+        func.sum(case((LabelVote.value > 0, 1), else_=0)),
+        func.sum(case((LabelVote.value < 0, 1), else_=0)),
+    )
+    .where(LabelVote.label_id.in_(bindparam("ids", expanding=True)))
+    .group_by(LabelVote.label_id)
+)
+
+
 def label_votes(session: Session, label_ids: Iterable[int]) -> dict[int, Votes]:
     """Up and down totals of each label that has votes, in one query."""
     ids = list(label_ids)
     if not ids:
         return {}
-    up = func.sum(case((LabelVote.value > 0, 1), else_=0))
-    down = func.sum(case((LabelVote.value < 0, 1), else_=0))
-    query = (
-        select(LabelVote.label_id, up, down)
-        .where(LabelVote.label_id.in_(ids))
-        .group_by(LabelVote.label_id)
-    )
-    return {lid: Votes(int(u or 0), int(d or 0)) for lid, u, d in session.execute(query)}
+    rows = run(session, _VOTE_TOTALS, ids=ids)
+    return {lid: Votes(int(u or 0), int(d or 0)) for lid, u, d in rows}
 
 
-def is_accepted(label: Label, votes: Votes | None) -> bool:
+def is_accepted(label: Label | LabelRow, votes: Votes | None) -> bool:
     """A human label stands unless more people voted it down than up."""
     return votes is None or votes.net >= 0
 
 
-def _newest_first(labels: Iterable[Label]) -> list[Label]:
+def _newest_first(labels: Iterable[LabelRow]) -> list[LabelRow]:
     # Equal timestamps happen (coarse clocks); the id keeps insertion order.
     return sorted(labels, key=lambda lb: (lb.created_at, lb.id), reverse=True)
 
 
 def pick_current_label(
-    labels: Iterable[Label], votes: dict[int, Votes] | None = None
-) -> Label | None:
+    labels: Iterable[LabelRow], votes: dict[int, Votes] | None = None
+) -> LabelRow | None:
     """The newest accepted human label (see `is_accepted`); else the best-scored auto label
     (unscored counts as worst, ties go to the newest); else None. A person's word beats
     any model's, unless people voted it down."""
@@ -110,45 +150,101 @@ def pick_current_label(
     return max(autos, key=lambda lb: -math.inf if lb.score is None else lb.score)
 
 
-def current_label(session: Session, feature_id: int) -> Label | None:
+def current_label(session: Session, feature_id: int) -> LabelRow | None:
     return current_labels(session, [feature_id]).get(feature_id)
 
 
-def label_history(session: Session, feature_id: int) -> list[Label]:
+def label_history(session: Session, feature_id: int) -> list[LabelRow]:
     """Every label of the feature, newest first."""
-    query = (
-        select(Label)
-        .where(Label.feature_id == feature_id)
-        .order_by(Label.created_at.desc(), Label.id.desc())
-    )
-    return list(session.scalars(query))
+    return label_state(session, [feature_id]).history(feature_id)
 
 
 def label_history_page(
     session: Session, feature_id: int, *, limit: int = 50, cursor: str | None = None
-) -> tuple[list[Label], str | None]:
+) -> tuple[list[LabelRow], str | None]:
     """One page of the feature's labels, newest (highest id) first, and the next cursor."""
     from saefeat.storage.catalog.cursor import Cursor, decode_cursor, encode_cursor
 
-    query = select(Label).where(Label.feature_id == feature_id)
+    query = select(*LABEL_ROW_COLUMNS).where(Label.feature_id == feature_id)
     if cursor is not None:
         (after,) = decode_cursor(cursor, "labels:history", (int,)).key
         query = query.where(Label.id < after)
-    rows = list(session.scalars(query.order_by(Label.id.desc()).limit(limit + 1)))
+    rows = label_rows(run(session, query.order_by(Label.id.desc()).limit(limit + 1)))
     more = len(rows) > limit
     rows = rows[:limit]
     return rows, encode_cursor(Cursor("labels:history", (rows[-1].id,))) if more else None
 
 
-def current_labels(session: Session, feature_ids: Iterable[int]) -> dict[int, Label]:
-    """The current label of each feature that has one, in one query."""
+def _labels_with_votes(where: ColumnElement[bool]) -> Select:
+    return (
+        select(
+            *LABEL_ROW_COLUMNS,
+            func.sum(case((LabelVote.value > 0, 1), else_=0)),
+            func.sum(case((LabelVote.value < 0, 1), else_=0)),
+        )
+        .outerjoin(LabelVote, LabelVote.label_id == Label.id)
+        .where(where)
+        .group_by(Label.id)  # the other label columns depend on it (the primary key)
+    )
+
+
+_LABELS_OF = _labels_with_votes(Label.feature_id.in_(bindparam("ids", expanding=True)))
+# A feature's labels and its stored neighbours' labels (what its page shows).
+_LABELS_AROUND = _labels_with_votes(
+    or_(
+        Label.feature_id == bindparam("feature_id"),
+        Label.feature_id.in_(
+            select(Neighbour.neighbour_feature_id).where(
+                Neighbour.feature_id == bindparam("feature_id")
+            )
+        ),
+    )
+)
+
+
+@dataclass
+class LabelState:
+    """Every label of some features (newest first) and the votes on them."""
+
+    by_feature: dict[int, list[LabelRow]]
+    votes: dict[int, Votes]
+
+    @classmethod
+    def from_rows(cls, rows: Iterable) -> LabelState:
+        labels, votes = [], {}
+        for *columns, up, down in rows:
+            label = LabelRow(*columns)
+            labels.append(label)
+            votes[label.id] = Votes(int(up or 0), int(down or 0))
+        by_feature: dict[int, list[LabelRow]] = {}
+        for label in _newest_first(labels):
+            by_feature.setdefault(label.feature_id, []).append(label)
+        return cls(by_feature, votes)
+
+    def history(self, feature_id: int) -> list[LabelRow]:
+        return self.by_feature.get(feature_id, [])
+
+    def current(self, feature_id: int) -> LabelRow | None:
+        return pick_current_label(self.history(feature_id), self.votes)
+
+    def currents(self) -> dict[int, LabelRow]:
+        picked = {fid: self.current(fid) for fid in self.by_feature}
+        return {fid: label for fid, label in picked.items() if label is not None}
+
+
+def label_state(session: Session, feature_ids: Iterable[int]) -> LabelState:
+    """The labels of these features with their vote totals, in one query."""
     ids = list(feature_ids)
     if not ids:
-        return {}
-    by_feature: dict[int, list[Label]] = {}
-    for label in session.scalars(select(Label).where(Label.feature_id.in_(ids))):
-        by_feature.setdefault(label.feature_id, []).append(label)
-    human = [lb.id for group in by_feature.values() for lb in group if lb.source == "human"]
-    votes = label_votes(session, human)
-    picked = {fid: pick_current_label(labels, votes) for fid, labels in by_feature.items()}
-    return {fid: label for fid, label in picked.items() if label is not None}
+        return LabelState({}, {})
+    return LabelState.from_rows(run(session, _LABELS_OF, ids=ids))
+
+
+def label_state_around(session: Session, feature_id: int) -> LabelState:
+    """The labels of a feature and of its stored neighbours, with votes, in one query."""
+    return LabelState.from_rows(run(session, _LABELS_AROUND, feature_id=feature_id))
+
+
+def current_labels(session: Session, feature_ids: Iterable[int]) -> dict[int, LabelRow]:
+    """The current label of each feature that has one."""
+    return label_state(session, feature_ids).currents()

@@ -2,14 +2,19 @@
 
 Lists are keyset-paginated: a page is `limit` rows after the cursor's sort key, so pages
 stay consistent and cheap however deep one goes (no OFFSET scans).
+
+Reads select plain columns into small dataclasses instead of loading ORM objects, and
+the per-feature reads are statements built once with bound parameters, run on the
+session's connection: they run on every page view, and building statements and loading
+ORM objects cost several times the indexed lookups themselves (bench/catalog.py).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Generic, Literal, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
-from sqlalchemy import ColumnElement, and_, exists, func, or_, select
+from sqlalchemy import ColumnElement, Executable, Result, and_, bindparam, exists, func, or_, select
 from sqlalchemy.orm import Session
 
 from saefeat.errors import NotFoundError, SpecError
@@ -41,11 +46,53 @@ class Page(Generic[T]):
     next_cursor: str | None
 
 
+@dataclass(slots=True)
+class FeatureRow:
+    """A feature's summary columns (what lists and links show)."""
+
+    id: int
+    sae_id: str
+    index: int
+    density: float
+    max_activation: float
+    mean_activation: float
+
+
+# The columns of FeatureRow, in its field order.
+FEATURE_ROW_COLUMNS = (
+    Feature.id,
+    Feature.sae_id,
+    Feature.index,
+    Feature.density,
+    Feature.max_activation,
+    Feature.mean_activation,
+)
+
+
+def feature_rows(rows: Any) -> list[FeatureRow]:
+    return [FeatureRow(*row) for row in rows]
+
+
+def run(session: Session, statement: Executable, **params: Any) -> Result[Any]:
+    """Execute a Core statement on the session's connection (inside its transaction),
+    skipping the ORM's per-statement work."""
+    return session.connection().execute(statement, params)
+
+
+@dataclass(slots=True)
+class FeatureRecord(FeatureRow):
+    """One feature with its histogram and the SAE it belongs to (the feature page)."""
+
+    histogram: dict[str, Any] | None
+    sae_name: str
+    hook_name: str
+
+
 @dataclass
 class TokenMatch:
     """A feature whose vocabulary projection holds the searched token."""
 
-    feature: Feature
+    feature: FeatureRow
     token_str: str  # the spelling that matched
     token_id: int
     rank: int  # position in the feature's top or bottom list (0 = strongest)
@@ -74,11 +121,24 @@ def list_saes(session: Session, *, limit: int = 100, cursor: str | None = None) 
 def get_sae(session: Session, sae_id: str) -> SAE:
     sae = session.get(SAE, sae_id)
     if sae is None:
-        raise NotFoundError(
-            f"no SAE with id {sae_id!r}; GET /v1/saes lists the SAEs in the catalog",
-            field="sae_id",
-        )
+        raise _no_sae(sae_id)
     return sae
+
+
+def _no_sae(sae_id: str) -> NotFoundError:
+    return NotFoundError(
+        f"no SAE with id {sae_id!r}; GET /v1/saes lists the SAEs in the catalog",
+        field="sae_id",
+    )
+
+
+_SAE_SIZE = select(SAE.d_sae).where(SAE.id == bindparam("sae_id"))
+
+
+def require_sae(session: Session, sae_id: str) -> None:
+    """NotFoundError unless the SAE exists (one indexed lookup, no ORM object)."""
+    if run(session, _SAE_SIZE, sae_id=sae_id).scalar() is None:
+        raise _no_sae(sae_id)
 
 
 def count_features(session: Session, sae_id: str) -> int:
@@ -96,11 +156,11 @@ def list_features(
     labelled: bool | None = None,
     limit: int = 50,
     cursor: str | None = None,
-) -> Page[Feature]:
+) -> Page[FeatureRow]:
     """Features of one SAE, sorted by `sort` then by index (ascending, as a tie-break).
 
     `labelled`: True keeps features with at least one label, False those with none."""
-    get_sae(session, sae_id)
+    require_sae(session, sae_id)
     if sort not in FEATURE_SORTS:
         raise SpecError(f"is {sort!r}; use one of {list(FEATURE_SORTS)}", field="sort")
     if order not in ("asc", "desc"):
@@ -113,7 +173,7 @@ def list_features(
         )
     column = getattr(Feature, sort)
     ordering = f"{sort}:{order}"
-    query = select(Feature).where(Feature.sae_id == sae_id)
+    query = select(*FEATURE_ROW_COLUMNS).where(Feature.sae_id == sae_id)
     if min_density is not None:
         query = query.where(Feature.density >= min_density)
     if max_density is not None:
@@ -127,7 +187,7 @@ def list_features(
         query = query.where(or_(beyond, and_(column == value, Feature.index > index)))
     primary = column.desc() if order == "desc" else column.asc()
     query = query.order_by(primary, Feature.index.asc()).limit(limit + 1)
-    rows = list(session.scalars(query))
+    rows = feature_rows(run(session, query))
     more = len(rows) > limit
     rows = rows[:limit]
     token = None
@@ -137,64 +197,115 @@ def list_features(
     return Page(rows, token)
 
 
-def get_feature(session: Session, sae_id: str, index: int) -> Feature:
-    sae = get_sae(session, sae_id)
-    if not 0 <= index < sae.d_sae:
+_FEATURE_BY_INDEX = (
+    select(SAE.d_sae, SAE.name, SAE.hook_name, *FEATURE_ROW_COLUMNS, Feature.histogram)
+    .outerjoin(Feature, and_(Feature.sae_id == SAE.id, Feature.index == bindparam("index")))
+    .where(SAE.id == bindparam("sae_id"))
+)
+
+
+def get_feature(session: Session, sae_id: str, index: int) -> FeatureRecord:
+    """One feature with its SAE's name, in one query; NotFoundError says which part is
+    missing (the SAE, the index, or the whole index run)."""
+    found = run(session, _FEATURE_BY_INDEX, sae_id=sae_id, index=index).first()
+    if found is None:
+        raise _no_sae(sae_id)
+    d_sae, sae_name, hook_name, *columns, histogram = found
+    if not 0 <= index < d_sae:
         raise NotFoundError(
-            f"SAE {sae_id!r} has features 0..{sae.d_sae - 1}; {index} is not one of them",
+            f"SAE {sae_id!r} has features 0..{d_sae - 1}; {index} is not one of them",
             field="index",
         )
-    feature = session.scalar(
-        select(Feature).where(Feature.sae_id == sae_id, Feature.index == index)
-    )
-    if feature is None:
+    if columns[0] is None:
         raise NotFoundError(
             f"SAE {sae_id!r} has not been indexed yet; run the index step for it first",
             field="index",
         )
-    return feature
+    return FeatureRecord(*columns, histogram, sae_name, hook_name)
 
 
-def feature_examples(session: Session, feature_id: int) -> list[FeatureExample]:
+@dataclass(slots=True)
+class ExampleRow:
+    kind: str  # "top" or "quantile"
+    rank: int
+    activation: float
+    context_index: int
+    position: int
+    focus: int
+    token_ids: list[int]
+    token_strs: list[str]
+    values: list[float]
+
+
+_e = FeatureExample
+_EXAMPLES = (
+    select(
+        _e.kind,
+        _e.rank,
+        _e.activation,
+        _e.context_index,
+        _e.position,
+        _e.focus,
+        _e.token_ids,
+        _e.token_strs,
+        _e.values,
+    )  # fmt: skip
+    .where(_e.feature_id == bindparam("feature_id"))
+    .order_by((_e.kind != "top").asc(), _e.kind, _e.rank)  # top examples first
+)
+
+
+def feature_examples(session: Session, feature_id: int) -> list[ExampleRow]:
     """Top examples by rank, then quantile samples by rank."""
-    top_first = (FeatureExample.kind != "top").asc()
-    query = (
-        select(FeatureExample)
-        .where(FeatureExample.feature_id == feature_id)
-        .order_by(top_first, FeatureExample.kind, FeatureExample.rank)
-    )
-    return list(session.scalars(query))
+    return [ExampleRow(*row) for row in run(session, _EXAMPLES, feature_id=feature_id)]
 
 
-def feature_projection(session: Session, feature_id: int) -> dict[str, list[VocabToken]]:
+@dataclass(slots=True)
+class ProjectionRow:
+    """One entry of a feature's vocabulary projection."""
+
+    side: str  # "top" or "bottom"
+    rank: int
+    token_id: int
+    token_str: str
+    value: float
+
+
+_v = VocabToken
+_PROJECTION = (
+    select(_v.side, _v.rank, _v.token_id, _v.token_str, _v.value)
+    .where(_v.feature_id == bindparam("feature_id"))
+    .order_by(_v.side, _v.rank)
+)
+
+
+def feature_projection(session: Session, feature_id: int) -> dict[str, list[ProjectionRow]]:
     """{"top": [...], "bottom": [...]}, each by rank."""
-    query = (
-        select(VocabToken)
-        .where(VocabToken.feature_id == feature_id)
-        .order_by(VocabToken.side, VocabToken.rank)
-    )
-    sides: dict[str, list[VocabToken]] = {side: [] for side in VOCAB_SIDES}
-    for token in session.scalars(query):
-        sides[token.side].append(token)
+    sides: dict[str, list[ProjectionRow]] = {side: [] for side in VOCAB_SIDES}
+    for row in run(session, _PROJECTION, feature_id=feature_id):
+        sides[row[0]].append(ProjectionRow(*row))
     return sides
 
 
 @dataclass
 class NeighbourMatch:
-    feature: Feature
+    feature: FeatureRow
     rank: int
     cosine: float
 
 
+_NEIGHBOURS = (
+    select(*FEATURE_ROW_COLUMNS, Neighbour.rank, Neighbour.cosine)
+    .join(Neighbour, Neighbour.neighbour_feature_id == Feature.id)
+    .where(Neighbour.feature_id == bindparam("feature_id"))
+    .order_by(Neighbour.rank)
+)
+
+
 def feature_neighbours(session: Session, feature_id: int) -> list[NeighbourMatch]:
     """The feature's nearest features by decoder cosine, nearest first."""
-    query = (
-        select(Feature, Neighbour.rank, Neighbour.cosine)
-        .join(Neighbour, Neighbour.neighbour_feature_id == Feature.id)
-        .where(Neighbour.feature_id == feature_id)
-        .order_by(Neighbour.rank)
-    )
-    return [NeighbourMatch(*row) for row in session.execute(query)]
+    rows = run(session, _NEIGHBOURS, feature_id=feature_id)
+    return [NeighbourMatch(FeatureRow(*row[:-2]), *row[-2:]) for row in rows]
 
 
 def token_variants(token: str, *, exact: bool = False) -> list[str]:
@@ -226,7 +337,7 @@ def search_by_token(
         raise SpecError("must not be empty", field="token")
     _check_limit(limit)
     if sae_id is not None:
-        get_sae(session, sae_id)
+        require_sae(session, sae_id)
     strongest_first = VocabToken.value.desc() if side == "top" else VocabToken.value.asc()
     matches = select(
         VocabToken.feature_id,
@@ -246,7 +357,7 @@ def search_by_token(
     best = matches.subquery()
     ordering = f"search:{side}"
     query = (
-        select(Feature, best.c.token_str, best.c.token_id, best.c.rank, best.c.value)
+        select(*FEATURE_ROW_COLUMNS, best.c.token_str, best.c.token_id, best.c.rank, best.c.value)
         .join(best, best.c.feature_id == Feature.id)
         .where(best.c.nth == 1)
     )
@@ -258,7 +369,7 @@ def search_by_token(
         query = query.where(or_(beyond, and_(best.c.value == value, Feature.id > feature_id)))
     primary = best.c.value.desc() if side == "top" else best.c.value.asc()
     query = query.order_by(primary, Feature.id.asc()).limit(limit + 1)
-    rows = [TokenMatch(*row) for row in session.execute(query)]
+    rows = [TokenMatch(FeatureRow(*row[:-4]), *row[-4:]) for row in run(session, query)]
     more = len(rows) > limit
     rows = rows[:limit]
     token_out = None

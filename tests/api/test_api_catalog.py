@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from saefeat.api.schemas import FeatureDetail
+
 PROBLEM = "application/problem+json"
 
 
@@ -127,7 +129,10 @@ def test_a_cursor_from_another_sort_is_refused(client, catalog):
 def test_feature_detail(client, catalog):
     index = catalog.indexes["sae-a"]
     f = next(i for i in range(index.d_sae) if index.density[i] > 0)
-    body = client.get(f"/v1/saes/sae-a/features/{f}").json()
+    response = client.get(f"/v1/saes/sae-a/features/{f}")
+    assert response.headers["content-type"] == "application/json"
+    body = response.json()
+    FeatureDetail.model_validate(body)  # the body is built without the model: check it fits
     assert body["index"] == f and body["label"] is None
     assert body["density"] == pytest.approx(index.density[f])
     assert body["histogram"]["counts"] == index.histograms[f].tolist()

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 from saefeat.storage.catalog.labels import add_label
 from saefeat.storage.catalog.queries import get_feature
+
+
+def _embedded_data(html: str) -> dict:
+    found = re.search(r'<script id="feature-data" type="application/json">(.*?)</script>', html)
+    assert found, "the page embeds its data for static/feature.js"
+    return json.loads(found.group(1))
 
 
 def test_feature_page_shows_everything(client, db, catalog):
@@ -15,16 +22,30 @@ def test_feature_page_shows_everything(client, db, catalog):
     db.commit()
     html = client.get(f"/saes/sae-a/features/{f}").text
     assert "angle &lt;brackets&gt; &amp; co" in html  # escaped
-    assert '<svg id="histogram"' in html and html.count("<rect ") >= 1
     for near in index.neighbour_indices[f]:
         assert f'href="/saes/sae-a/features/{near}"' in html
+    assert 'id="label-form"' in html and '<script src="/static/feature.js">' in html
+    # What the script draws (the browser test checks the drawing itself).
+    data = _embedded_data(html)
     projection = index.projections[f]
-    for token in projection.top_strs + projection.bottom_strs:
-        assert token.replace("&", "&amp;") in html
-    n_examples = sum(1 for e in index.examples if e.feature_index == f)
-    assert html.count('class="example"') == n_examples
-    assert re.search(r'class="tok focus" style="background: rgba\(230, 138, 0, [0-9.]+\)"', html)
-    assert 'id="label-form"' in html
+    assert [t["token"] for t in data["projection"]["top"]] == projection.top_strs
+    assert [t["token"] for t in data["projection"]["bottom"]] == projection.bottom_strs
+    assert len(data["examples"]) == sum(1 for e in index.examples if e.feature_index == f)
+    assert data["histogram"]["counts"] == index.histograms[f].tolist()
+    assert client.get("/static/feature.js").status_code == 200
+
+
+def test_embedded_data_cannot_close_its_script_element(client, db, catalog):
+    from saefeat.storage.catalog.models import VocabToken
+
+    feature = get_feature(db, "sae-a", 0)
+    token = db.get(VocabToken, (feature.id, "top", 0))
+    token.token_str = "</script><b>x</b>&"
+    db.commit()
+    html = client.get("/saes/sae-a/features/0").text
+    assert "</script><b>" not in html
+    data = _embedded_data(html)
+    assert data["projection"]["top"][0]["token"] == "</script><b>x</b>&"
 
 
 def test_missing_feature_page_is_404(client, catalog):

