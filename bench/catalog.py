@@ -6,11 +6,15 @@ indexing throughput against the SAE forward alone.
 
 For each database: build a synthetic catalog (20 top examples of 17 tokens, 20 + 20
 projection tokens, 10 neighbours and a histogram per feature, labels on 10% of the
-features), serve it with uvicorn on 127.0.0.1 (a separate process), and time the feature
-page, a filtered list, label search, token search and a label write with 1 and with 16
-concurrent httpx clients (bounded request counts). Then the indexing ratio: tokens/s of
-SAE encode + FeatureAccumulator.add (top-k, quantiles, histograms) over tokens/s of the
-SAE encode alone, on the same batches in the same run.
+features; bulk-loaded straight through the driver), serve it with uvicorn on 127.0.0.1
+(one worker process per core, as deployed), and time the feature page (the HTML page a
+person opens), a filtered list, label search, token search and a label write, each for a
+fixed time with 1 and with 16 concurrent clients (closed loop: each client sends its next
+request when the last one is answered). The clients are wrk (`apt install wrk`), a C load
+generator that leaves the cores to the server; without it, aiohttp clients in this
+process, whose own CPU use lowers the numbers on a 2-core machine. Then the indexing
+ratio: tokens/s of SAE encode + FeatureAccumulator.add (top-k, quantiles, histograms)
+over tokens/s of the SAE encode alone, on the same batches in the same run.
 
 The last line printed is one JSON object:
 {"sqlite": {"feature_page_p95_ms": ..., ...}, "postgresql": {...}, "config": {...}}.
@@ -28,11 +32,11 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, urlencode
 
 import numpy as np
 
@@ -43,7 +47,7 @@ N_EXAMPLES = 20
 N_VOCAB = 20
 N_NEIGHBOURS = 10
 LABEL_FRACTION = 0.1
-CHUNK = 10_000  # features generated and inserted at a time
+CHUNK = 20_000  # features generated and inserted at a time
 HIST_EDGES = np.logspace(-4, 3, 57).round(6).tolist()
 LABEL_WORDS = (
     "python code closing brackets string literal import module class def return loop "
@@ -73,162 +77,221 @@ def synthetic_vocab(rng: np.random.Generator, size: int = 49_152) -> list[str]:
     return list(dict.fromkeys(out))
 
 
-def _feature_rows(rng, start: int, n: int) -> list[dict[str, Any]]:
+POOL = 4096  # distinct example windows; examples pick from them (row sizes stay real)
+
+
+def _example_pool(rng: np.random.Generator, vocab: list[str]) -> list[tuple[str, str, str]]:
+    """(token_ids, token_strs, values) JSON texts of POOL random windows."""
+    tokens = rng.integers(0, len(vocab), size=(POOL, WINDOW))
+    values = np.round(rng.random((POOL, WINDOW)) * rng.random((POOL, 1)) * 3, 4)
+    return [
+        (json.dumps(ids), json.dumps([vocab[t] for t in ids], ensure_ascii=False), json.dumps(v))
+        for ids, v in zip(tokens.tolist(), values.tolist(), strict=True)
+    ]
+
+
+def _feature_chunk(rng, start: int, n: int) -> tuple[list[tuple], np.ndarray]:
+    """Feature rows start..start+n (ids are index + 1: the bench fills an empty catalog),
+    and their max activations."""
+    ids = np.arange(start + 1, start + n + 1)
     density = np.round(rng.beta(0.5, 200.0, size=n), 6)
     max_act = np.round(rng.gamma(2.0, 3.0, size=n), 4)
     mean_act = np.round(max_act * rng.uniform(0.1, 0.5, size=n), 4)
-    counts = rng.integers(0, 5000, size=(n, 56))
-    return [
-        {
-            "sae_id": SAE_ID,
-            "index": start + i,
-            "density": float(density[i]),
-            "max_activation": float(max_act[i]),
-            "mean_activation": float(mean_act[i]),
-            "histogram": {"edges": HIST_EDGES, "counts": counts[i].tolist()},
-        }
-        for i in range(n)
-    ]
+    counts = rng.integers(0, 5000, size=(n, len(HIST_EDGES) - 1)).tolist()
+    rows = [
+        (int(fid), SAE_ID, int(fid) - 1, float(d), float(m), float(a),
+         json.dumps({"edges": HIST_EDGES, "counts": c}))
+        for fid, d, m, a, c in zip(ids, density, max_act, mean_act, counts, strict=True)
+    ]  # fmt: skip
+    return rows, max_act
 
 
-def _example_rows(rng, ids: list[int], max_act: list[float], vocab: list[str]):
-    n = len(ids) * N_EXAMPLES
-    tokens = rng.integers(0, len(vocab), size=(n, WINDOW))
-    values = np.round(rng.random((n, WINDOW)) * rng.random((n, 1)) * 3, 4)
-    contexts = rng.integers(0, 1_000_000, size=n)
-    positions = rng.integers(0, 128, size=n)
-    rows = []
-    for j in range(n):
+def _detail_chunk(rng, start: int, max_act, n_features: int, vocab, pool) -> dict[str, list]:
+    """Example, projection and neighbour rows of features start..start+len(max_act), as
+    tuples in TABLE_COLUMNS order."""
+    n = len(max_act)
+    ids = np.arange(start + 1, start + n + 1)
+    picks = rng.integers(0, POOL, size=n * N_EXAMPLES).tolist()
+    contexts = rng.integers(0, 1_000_000, size=n * N_EXAMPLES).tolist()
+    positions = rng.integers(0, 128, size=n * N_EXAMPLES).tolist()
+    examples = []
+    for j, (pick, context, position) in enumerate(zip(picks, contexts, positions, strict=True)):
         f, rank = divmod(j, N_EXAMPLES)
-        peak = round(max_act[f] * (1 - rank / (2 * N_EXAMPLES)), 4)
-        vals = values[j].tolist()
-        vals[8] = peak
-        toks = tokens[j].tolist()
-        rows.append(
-            {
-                "feature_id": ids[f],
-                "kind": "top",
-                "rank": rank,
-                "activation": peak,
-                "context_index": int(contexts[j]),
-                "position": int(positions[j]),
-                "focus": 8,
-                "token_ids": toks,
-                "token_strs": [vocab[t] for t in toks],
-                "values": vals,
-            }
+        peak = round(float(max_act[f]) * (1 - rank / (2 * N_EXAMPLES)), 4)
+        examples.append(
+            (int(ids[f]), "top", rank, peak, context, position, WINDOW // 2, *pool[pick])
         )
-    return rows
-
-
-def _vocab_rows(rng, ids: list[int], vocab: list[str]):
-    rows = []
-    picks = rng.integers(0, len(vocab), size=(len(ids), 2 * N_VOCAB))
-    values = np.round(np.sort(rng.uniform(0.3, 3.0, size=(len(ids), N_VOCAB)), axis=1), 4)
-    for f, fid in enumerate(ids):
-        for side, sign, offset in (("top", 1.0, 0), ("bottom", -1.0, N_VOCAB)):
-            for rank in range(N_VOCAB):
-                tok = int(picks[f, offset + rank])
-                rows.append(
-                    {
-                        "feature_id": fid,
-                        "side": side,
-                        "rank": rank,
-                        "token_id": tok,
-                        "token_str": vocab[tok],
-                        "value": sign * float(values[f, N_VOCAB - 1 - rank]),
-                    }
-                )
-    return rows
-
-
-def _neighbour_rows(rng, ids: list[int], all_ids: np.ndarray):
-    near = rng.integers(0, len(all_ids), size=(len(ids), N_NEIGHBOURS))
-    cos = np.round(np.sort(rng.uniform(0.1, 0.9, size=(len(ids), N_NEIGHBOURS)))[:, ::-1], 4)
-    return [
-        {
-            "feature_id": fid,
-            "rank": r,
-            "neighbour_feature_id": int(all_ids[near[f, r]]),
-            "cosine": float(cos[f, r]),
-        }
-        for f, fid in enumerate(ids)
+    tokens = rng.integers(0, len(vocab), size=(n, 2 * N_VOCAB)).tolist()
+    values = np.sort(rng.uniform(0.3, 3.0, size=(n, N_VOCAB)), axis=1)[:, ::-1].round(4).tolist()
+    vocab_rows = [
+        (int(fid), side, rank, tok[offset + rank], vocab[tok[offset + rank]], sign * val[rank])
+        for fid, tok, val in zip(ids, tokens, values, strict=True)
+        for side, sign, offset in (("top", 1.0, 0), ("bottom", -1.0, N_VOCAB))
+        for rank in range(N_VOCAB)
+    ]
+    near = (rng.integers(0, n_features, size=(n, N_NEIGHBOURS)) + 1).tolist()
+    cosines = np.sort(rng.uniform(0.1, 0.9, size=(n, N_NEIGHBOURS)))[:, ::-1].round(4).tolist()
+    neighbours = [
+        (int(fid), r, nb[r], cos[r])
+        for fid, nb, cos in zip(ids, near, cosines, strict=True)
         for r in range(N_NEIGHBOURS)
     ]
+    return {"feature_examples": examples, "vocab_tokens": vocab_rows, "neighbours": neighbours}
 
 
-def _label_rows(rng, ids: np.ndarray) -> list[dict[str, Any]]:
+TABLE_COLUMNS = {
+    "features": ("id", "sae_id", "index", "density", "max_activation", "mean_activation",
+                 "histogram"),
+    "feature_examples": ("feature_id", "kind", "rank", "activation", "context_index",
+                         "position", "focus", "token_ids", "token_strs", "values"),
+    "vocab_tokens": ("feature_id", "side", "rank", "token_id", "token_str", "value"),
+    "neighbours": ("feature_id", "rank", "neighbour_feature_id", "cosine"),
+}  # fmt: skip
+
+
+def _label_rows(rng, n_features: int) -> list[tuple]:
     from saefeat.storage.catalog.models import utcnow
 
-    chosen = rng.choice(ids, size=int(len(ids) * LABEL_FRACTION), replace=False)
+    chosen = rng.choice(n_features, size=int(n_features * LABEL_FRACTION), replace=False) + 1
     rows = []
     for fid in chosen.tolist():
-        words = rng.choice(LABEL_WORDS, size=int(rng.integers(2, 7)))
+        words = " ".join(rng.choice(LABEL_WORDS, size=int(rng.integers(2, 7))))
         auto = rng.random() < 0.7
-        rows.append(
-            {
-                "feature_id": fid,
-                "text": " ".join(words),
-                "source": "auto" if auto else "human",
-                "author": "autointerp" if auto else "bench",
-                "score": round(float(rng.random()), 3) if auto else None,
-                "created_at": utcnow(),
-            }
-        )
+        score = round(float(rng.random()), 3) if auto else None
+        source, author = ("auto", "autointerp") if auto else ("human", "bench")
+        rows.append((fid, words, source, author, score, utcnow()))
     return rows
+
+
+LABEL_COLUMNS = ("feature_id", "text", "source", "author", "score", "created_at")
+
+
+class Loader:
+    """Bulk loading straight through the driver: executemany on SQLite, COPY on PostgreSQL.
+    Secondary indexes are dropped first and rebuilt at the end, as for any bulk load."""
+
+    def __init__(self, connection, dialect: str):
+        self.connection, self.dialect = connection, dialect
+
+    def _quote(self, columns) -> str:
+        return ", ".join(f'"{c}"' for c in columns)
+
+    def insert(self, table: str, columns, rows: list[tuple]) -> None:
+        if self.dialect == "sqlite":
+            marks = ", ".join("?" * len(columns))
+            sql = f"INSERT INTO {table} ({self._quote(columns)}) VALUES ({marks})"
+            self.connection.executemany(sql, rows)
+            return
+        with self.connection.cursor() as cursor:
+            with cursor.copy(f"COPY {table} ({self._quote(columns)}) FROM STDIN") as copy:
+                for row in rows:
+                    copy.write_row(row)
+
+    def secondary_indexes(self) -> list[tuple[str, str]]:
+        tables = tuple(TABLE_COLUMNS) + ("labels",)
+        if self.dialect == "sqlite":
+            marks = ", ".join("?" * len(tables))
+            return self.connection.execute(
+                "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL "
+                f"AND tbl_name IN ({marks}) AND sql NOT LIKE '%UNIQUE%'",
+                tables,
+            ).fetchall()
+        return self.connection.execute(
+            "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = ANY(%s) "
+            "AND indexdef NOT LIKE '%%UNIQUE%%'", (list(tables),)
+        ).fetchall()  # fmt: skip
+
+    def foreign_keys(self) -> list[tuple[str, str, str]]:
+        """(table, name, definition) of the detail tables' foreign keys (PostgreSQL): they
+        are dropped for the load and added back after, one validating join each instead
+        of a lookup per row."""
+        if self.dialect == "sqlite":
+            return []  # this connection never turned foreign keys on
+        return self.connection.execute(
+            "SELECT conrelid::regclass::text, conname, pg_get_constraintdef(oid) "
+            "FROM pg_constraint WHERE contype = 'f' AND conrelid::regclass::text = ANY(%s)",
+            (["feature_examples", "vocab_tokens", "neighbours", "labels"],),
+        ).fetchall()
+
+    def execute(self, sql: str) -> None:
+        self.connection.execute(sql)
+
+    def commit(self) -> None:
+        self.connection.commit()
+
+
+def _connect(url: str):
+    from sqlalchemy.engine import make_url
+
+    u = make_url(url)
+    if u.get_backend_name() == "sqlite":
+        import sqlite3
+
+        connection = sqlite3.connect(u.database)
+        connection.execute("PRAGMA synchronous=OFF")
+        return Loader(connection, "sqlite")
+    import psycopg
+
+    connection = psycopg.connect(host=u.host, port=u.port or 5432, user=u.username,
+                                 password=u.password, dbname=u.database)  # fmt: skip
+    connection.execute("SET synchronous_commit = off")
+    return Loader(connection, "postgresql")
 
 
 def build_catalog(url: str, n_features: int, seed: int = 0) -> str:
     """Create the schema and fill it; returns a label-scope API key."""
-    from sqlalchemy import select, text
-
     from saefeat.storage.catalog.db import make_engine, make_sessionmaker, upgrade
     from saefeat.storage.catalog.keys import create_api_key
-    from saefeat.storage.catalog.models import (
-        Feature,
-        FeatureExample,
-        Label,
-        Neighbour,
-        VocabToken,
-    )
     from saefeat.storage.catalog.registry import register_sae
-    from saefeat.storage.catalog.writer import _bulk_insert
 
     rng = np.random.default_rng(seed)
     vocab = synthetic_vocab(rng)
+    pool = _example_pool(rng, vocab)
     upgrade(url)
     engine = make_engine(url)
-    t0 = time.perf_counter()
     with make_sessionmaker(engine)() as s:
         register_sae(s, sae_id=SAE_ID, name="bench", model_name="SmolLM2-135M-Instruct",
                      hook_name="blocks.15.hook_resid_post", architecture="topk", d_in=576,
                      d_sae=n_features, k=32)  # fmt: skip
         key = create_api_key(s, "bench", ["label"])
         s.commit()
-        for start in range(0, n_features, CHUNK):
-            _bulk_insert(s, Feature, _feature_rows(rng, start, min(CHUNK, n_features - start)))
-            s.commit()
-        all_ids = np.array(
-            s.scalars(
-                select(Feature.id).where(Feature.sae_id == SAE_ID).order_by(Feature.index)
-            ).all()
-        )
-        max_acts = s.scalars(select(Feature.max_activation).order_by(Feature.index)).all()
-        for start in range(0, n_features, CHUNK):
-            ids = all_ids[start : start + CHUNK].tolist()
-            acts = max_acts[start : start + CHUNK]
-            _bulk_insert(s, FeatureExample, _example_rows(rng, ids, acts, vocab))
-            _bulk_insert(s, VocabToken, _vocab_rows(rng, ids, vocab))
-            _bulk_insert(s, Neighbour, _neighbour_rows(rng, ids, all_ids))
-            s.commit()
-            if (start // CHUNK) % 10 == 0:
-                log(f"  {start + len(ids):,} features ({time.perf_counter() - t0:.0f} s)")
-        _bulk_insert(s, Label, _label_rows(rng, all_ids))
-        s.commit()
-        # Fresh statistics, as after any big load, so the planners pick the indexes.
-        s.execute(text("ANALYZE"))
-        s.commit()
     engine.dispose()
+
+    t0 = time.perf_counter()
+    loader = _connect(url)
+    indexes, foreign_keys = loader.secondary_indexes(), loader.foreign_keys()
+    for name, _ in indexes:
+        loader.execute(f'DROP INDEX "{name}"')
+    for table, name, _ in foreign_keys:
+        loader.execute(f'ALTER TABLE {table} DROP CONSTRAINT "{name}"')
+    # Every feature first: neighbours point anywhere, and the foreign keys stay checked.
+    max_acts = []
+    for start in range(0, n_features, CHUNK):
+        rows, max_act = _feature_chunk(rng, start, min(CHUNK, n_features - start))
+        loader.insert("features", TABLE_COLUMNS["features"], rows)
+        max_acts.append(max_act)
+    loader.commit()
+    for start, max_act in zip(range(0, n_features, CHUNK), max_acts, strict=True):
+        rows = _detail_chunk(rng, start, max_act, n_features, vocab, pool)
+        for table, table_rows in rows.items():
+            loader.insert(table, TABLE_COLUMNS[table], table_rows)
+        loader.commit()
+        if (start // CHUNK) % 10 == 0:
+            log(f"  {start + CHUNK:,} features ({time.perf_counter() - t0:.0f} s)")
+    loader.insert("labels", LABEL_COLUMNS, _label_rows(rng, n_features))
+    if loader.dialect == "postgresql":
+        # Ids were given explicitly; the sequence must move past them.
+        loader.execute("SELECT setval(pg_get_serial_sequence('features', 'id'), "
+                       "(SELECT max(id) FROM features))")  # fmt: skip
+    loader.commit()
+    log(f"  rows loaded ({time.perf_counter() - t0:.0f} s); rebuilding {len(indexes)} indexes")
+    for _, definition in indexes:
+        loader.execute(definition)
+    for table, name, definition in foreign_keys:
+        loader.execute(f'ALTER TABLE {table} ADD CONSTRAINT "{name}" {definition}')
+    # Fresh statistics, as after any big load, so the planners pick the indexes.
+    loader.execute("ANALYZE")
+    loader.commit()
     log(f"  built {n_features:,} features in {time.perf_counter() - t0:.0f} s")
     return key
 
@@ -263,106 +326,172 @@ def serve(url: str, home: Path, workers: int) -> tuple[subprocess.Popen, str]:
     raise RuntimeError("uvicorn did not come up in 60 s")
 
 
-Request = Callable[[Any, random.Random], Any]
+@dataclass
+class Scenario:
+    """A pool of requests of one kind; clients draw from it at random."""
+
+    method: str
+    paths: list[str]
+    bodies: list[str] | None = None
+    headers: dict[str, str] = field(default_factory=dict)
 
 
-def scenarios(n_features: int, key: str, vocab: list[str]) -> dict[str, Request]:
-    auth = {"Authorization": f"Bearer {key}"}
+def scenarios(n_features: int, key: str, vocab: list[str], size: int = 2000) -> dict[str, Scenario]:
+    rnd = random.Random(1)
 
-    def feature_page(client, rnd):
-        return client.get(f"/saes/{SAE_ID}/features/{rnd.randrange(n_features)}")
+    def pick(values):
+        return [rnd.choice(values) for _ in range(size)]
 
-    def filtered_list(client, rnd):
-        low = rnd.choice([0.0, 0.001, 0.002])
-        params = {"min_density": low, "max_density": low + 0.01, "labelled": "true",
-                  "sort": "density", "limit": 50}  # fmt: skip
-        return client.get(f"/v1/saes/{SAE_ID}/features", params=params)
+    def features(template: str) -> list[str]:
+        return [template.format(rnd.randrange(n_features)) for _ in range(size)]
 
-    def label_search(client, rnd):
-        params = {"q": rnd.choice(SEARCH_WORDS), "sae_id": SAE_ID, "limit": 20}
-        return client.get("/v1/labels/search", params=params)
+    def lists() -> list[str]:
+        out = []
+        for _ in range(size):
+            low = rnd.choice([0.0, 0.001, 0.002])
+            params = {"min_density": low, "max_density": low + 0.01, "labelled": "true",
+                      "sort": "density", "limit": 50}  # fmt: skip
+            out.append(f"/v1/saes/{SAE_ID}/features?{urlencode(params)}")
+        return out
 
-    def token_search(client, rnd):
-        params = {"token": rnd.choice(vocab), "sae_id": SAE_ID, "limit": 20}
-        return client.get("/v1/features/search", params=params)
-
-    def label_write(client, rnd):
-        index = rnd.randrange(n_features)
-        body = {"text": f"bench label {rnd.randrange(10**6)}"}
-        return client.post(f"/v1/saes/{SAE_ID}/features/{index}/labels", json=body, headers=auth)
-
+    search = "&".join(("sae_id=" + SAE_ID, "limit=20"))
     return {
-        "feature_page": feature_page,
-        "list": filtered_list,
-        "label_search": label_search,
-        "token_search": token_search,
-        "label_write": label_write,
+        "feature_page": Scenario("GET", features(f"/saes/{SAE_ID}/features/{{}}")),
+        "list": Scenario("GET", lists()),
+        "label_search": Scenario(
+            "GET", [f"/v1/labels/search?q={quote(q)}&{search}" for q in pick(SEARCH_WORDS)]
+        ),
+        "token_search": Scenario(
+            "GET", [f"/v1/features/search?token={quote(t)}&{search}" for t in pick(vocab)]
+        ),
+        "label_write": Scenario(
+            "POST",
+            features(f"/v1/saes/{SAE_ID}/features/{{}}/labels"),
+            [json.dumps({"text": f"bench label {rnd.randrange(10**6)}"}) for _ in range(size)],
+            {"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+        ),
     }
 
 
-def run_load(base: str, request: Request, clients: int, per_client: int) -> dict[str, Any]:
-    import httpx
+WRK_SCRIPT = """
+local paths = {%(paths)s}
+local bodies = %(bodies)s
+local headers = {%(headers)s}
+local threads = 0
+function setup(thread) threads = threads + 1; thread:set("id", threads) end
+function init(args) math.randomseed(id * 7919) end
+function request()
+  local k = math.random(#paths)
+  return wrk.format("%(method)s", paths[k], headers, bodies and bodies[k] or nil)
+end
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    '{"p50_ms": %%.1f, "p95_ms": %%.1f, "p99_ms": %%.1f, '
+    .. '"requests": %%d, "errors": %%d, "seconds": %%.2f}\\n',
+    latency:percentile(50) / 1000, latency:percentile(95) / 1000,
+    latency:percentile(99) / 1000, summary.requests,
+    e.connect + e.read + e.write + e.timeout + e.status, summary.duration / 1e6))
+end
+"""
 
-    latencies: list[float] = []
-    errors = [0]
-    lock = threading.Lock()
 
-    def client_loop(seed: int) -> None:
-        rnd = random.Random(seed)
-        with httpx.Client(base_url=base, timeout=60) as client:
-            for _ in range(per_client):
-                t = time.perf_counter()
-                try:
-                    response = request(client, rnd)
-                    ok = response.status_code < 400
-                except httpx.HTTPError:
-                    ok = False
-                elapsed = (time.perf_counter() - t) * 1000
-                with lock:
-                    latencies.append(elapsed)
-                    errors[0] += not ok
+def _lua(text: str) -> str:
+    return f"[==[{text}]==]"
 
-    threads = [threading.Thread(target=client_loop, args=(i,)) for i in range(clients)]
+
+def load_wrk(base: str, scenario: Scenario, clients: int, seconds: float) -> dict[str, Any]:
+    """wrk (C, event loop) drives `clients` connections: a load generator that leaves the
+    cores to the server, as separate client machines would."""
+    script = WRK_SCRIPT % {
+        "paths": ",".join(map(_lua, scenario.paths)),
+        "bodies": "{" + ",".join(map(_lua, scenario.bodies)) + "}" if scenario.bodies else "nil",
+        "headers": ",".join(f'["{k}"] = {_lua(v)}' for k, v in scenario.headers.items()),
+        "method": scenario.method,
+    }
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
+        f.write(script)
+    try:
+        command = ["wrk", "-t", str(min(clients, 2)), "-c", str(clients), "-d", f"{max(1, round(seconds))}s",
+                   "--timeout", "30s", "-s", f.name, base]  # fmt: skip
+        out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    finally:
+        os.unlink(f.name)
+    result = json.loads(out.strip().splitlines()[-1])
+    result["rps"] = round(result["requests"] / result.pop("seconds"), 1)
+    return result
+
+
+def load_aiohttp(base: str, scenario: Scenario, clients: int, seconds: float) -> dict[str, Any]:
+    """The same load from Python (when wrk is not installed): `clients` concurrent
+    connections on one event loop. Its own CPU use lowers the numbers on a small machine."""
+    import asyncio
+
+    import aiohttp
+
+    async def run() -> tuple[list[float], int]:
+        latencies: list[float] = []
+        errors = 0
+        deadline = time.perf_counter() + seconds
+
+        async def client(seed: int) -> None:
+            nonlocal errors
+            rnd = random.Random(seed)
+            async with aiohttp.ClientSession(base, headers=scenario.headers) as session:
+                while time.perf_counter() < deadline:
+                    k = rnd.randrange(len(scenario.paths))
+                    body = scenario.bodies[k] if scenario.bodies else None
+                    t = time.perf_counter()
+                    try:
+                        async with session.request(
+                            scenario.method, scenario.paths[k], data=body
+                        ) as r:
+                            await r.read()
+                            errors += r.status >= 400
+                    except aiohttp.ClientError:
+                        errors += 1
+                    latencies.append((time.perf_counter() - t) * 1000)
+
+        await asyncio.gather(*(client(i) for i in range(clients)))
+        return latencies, errors
+
     t0 = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    latencies, errors = asyncio.run(run())
     wall = time.perf_counter() - t0
     p50, p95, p99 = np.percentile(latencies, [50, 95, 99]).tolist()
     return {"p50_ms": round(p50, 1), "p95_ms": round(p95, 1), "p99_ms": round(p99, 1),
-            "requests": len(latencies), "errors": errors[0],
+            "requests": len(latencies), "errors": errors,
             "rps": round(len(latencies) / wall, 1)}  # fmt: skip
 
 
 def bench_database(
-    name: str, url: str, n_features: int, requests: int, workers: int, home: Path
+    name: str, url: str, n_features: int, seconds: float, workers: int, home: Path
 ) -> dict[str, Any]:
     log(f"{name}: building {n_features:,} features")
     t = time.perf_counter()
     key = build_catalog(url, n_features)
     build_s = time.perf_counter() - t
     vocab = synthetic_vocab(np.random.default_rng(0))[:2000]
+    load = load_wrk if shutil.which("wrk") else load_aiohttp
     process, base = serve(url, home, workers)
-    results: dict[str, Any] = {"build_s": round(build_s, 1), "by_clients": {}}
+    results: dict[str, Any] = {"build_s": round(build_s, 1), "load": load.__name__,
+                               "by_clients": {}}  # fmt: skip
     try:
-        import httpx
-
-        httpx.get(f"{base}/saes/{SAE_ID}/features/0", timeout=60)  # warm the pool
+        warm = scenarios(n_features, key, vocab, size=50)
+        for scenario in warm.values():  # every route once per worker, untimed
+            load(base, scenario, 2, 1)
         for clients in (1, 16):
-            # 1 client: `requests` requests; 16 clients: 2 x `requests` in all.
-            per_client = requests if clients == 1 else max(1, (2 * requests) // clients)
             row = {}
-            for scenario, request in scenarios(n_features, key, vocab).items():
-                row[scenario] = run_load(base, request, clients, per_client)
-                log(f"  {clients:2d} clients {scenario:13s} {row[scenario]}")
+            for scenario_name, scenario in scenarios(n_features, key, vocab).items():
+                row[scenario_name] = load(base, scenario, clients, seconds)
+                log(f"  {clients:2d} clients {scenario_name:13s} {row[scenario_name]}")
             results["by_clients"][str(clients)] = row
     finally:
         process.terminate()
         process.wait(timeout=30)
     sixteen = results["by_clients"]["16"]
-    for scenario in ("feature_page", "list", "label_search", "token_search", "label_write"):
-        results[f"{scenario}_p95_ms"] = sixteen[scenario]["p95_ms"]
+    for scenario_name in ("feature_page", "list", "label_search", "token_search", "label_write"):
+        results[f"{scenario_name}_p95_ms"] = sixteen[scenario_name]["p95_ms"]
     results["errors"] = sum(
         r["errors"] for row in results["by_clients"].values() for r in row.values()
     )
@@ -436,9 +565,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="100,000 features")
     parser.add_argument("--features", type=int, help="override the feature count")
-    parser.add_argument("--requests", type=int, help="requests per scenario and client count")
+    parser.add_argument("--seconds", type=float, help="load time per scenario and client count")
     parser.add_argument(
-        "--workers", type=int, default=1, help="uvicorn worker processes (see RESULTS.md)"
+        "--workers", type=int, default=os.cpu_count(), help="uvicorn worker processes"
     )
     parser.add_argument("--databases", default="sqlite,postgresql")
     parser.add_argument(
@@ -449,7 +578,7 @@ def main() -> None:
     parser.add_argument("--index-batches", type=int, help="batches of 4096 tokens")
     args = parser.parse_args()
     n_features = args.features or (100_000 if args.quick else 1_000_000)
-    requests = args.requests or (100 if args.quick else 200)
+    seconds = args.seconds or (5.0 if args.quick else 10.0)
     index_batches = args.index_batches or (24 if args.quick else 64)
 
     out: dict[str, Any] = {}
@@ -461,7 +590,7 @@ def main() -> None:
         for name in filter(None, args.databases.split(",")):
             if name == "sqlite":
                 url = f"sqlite:///{work / 'catalog.db'}"
-                out[name] = bench_database(name, url, n_features, requests, args.workers, work)
+                out[name] = bench_database(name, url, n_features, seconds, args.workers, work)
             elif name == "postgresql":
                 database = f"saefeat_bench_{os.getpid()}"
                 try:
@@ -471,14 +600,14 @@ def main() -> None:
                     continue
                 url = _postgres_url(args.postgres, database)
                 try:
-                    out[name] = bench_database(name, url, n_features, requests, args.workers, work)
+                    out[name] = bench_database(name, url, n_features, seconds, args.workers, work)
                 finally:
                     _pg_admin(args.postgres, f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
             out[name]["index_ratio_vs_sae_forward"] = ratio["ratio"]
     finally:
         shutil.rmtree(work, ignore_errors=True)
     out["config"] = {"features": n_features, "examples_per_feature": N_EXAMPLES,
-                     "requests_per_client_count": requests, "uvicorn_workers": args.workers,
+                     "seconds_per_scenario": seconds, "uvicorn_workers": args.workers,
                      "index": ratio}  # fmt: skip
     print(json.dumps(out))
 
