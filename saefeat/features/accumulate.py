@@ -21,37 +21,46 @@ _CANDIDATE_CHUNK = 65536  # window lookups are [chunk, 2w+1]: bound their memory
 
 
 class BlockLookup:
-    """Any (row, feature) activation of one block, by binary search over the block's
-    sparse entries sorted by row * d_sae + feature: a window of 2w+1 tokens costs 2w+1
-    searches instead of comparing against all k entries of each row."""
+    """Windows of one feature's activations around given rows of one block.
+
+    The block's sparse entries are sorted feature-major (key = feature * rows + row), so
+    one feature's entries over a window of 2w+1 rows are at most 2w+1 consecutive keys:
+    a window costs one binary search and one contiguous read, not a search per token."""
 
     def __init__(self, vals: torch.Tensor, idx: torch.Tensor, d_sae: int, ctx_len: int, w: int):
         n_rows = vals.shape[0]
-        self.n_rows, self.d_sae, self.ctx_len = n_rows, d_sae, ctx_len
+        self.n_rows, self.d_sae, self.ctx_len, self.w = n_rows, d_sae, ctx_len, w
         rows = torch.arange(n_rows, device=vals.device)[:, None]
-        keys, order = (rows * d_sae + idx).reshape(-1).sort()
+        keys, order = (idx * n_rows + rows).reshape(-1).sort()
         # Repeated (row, feature) entries (padding) add up, as a dense scatter-add would.
         self.keys, inverse = torch.unique_consecutive(keys, return_inverse=True)
         self.values = torch.zeros(self.keys.numel(), device=vals.device)
         self.values.index_add_(0, inverse, vals.reshape(-1)[order])
-        self.offsets = torch.arange(-w, w + 1, device=vals.device)
+        self.span = torch.arange(2 * w + 1, device=vals.device)
 
     def windows(self, f: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
         """[n, 2w+1]: feature f's activation at each token around row r, same context only."""
         out = [self._chunk(f[i : i + _CANDIDATE_CHUNK], r[i : i + _CANDIDATE_CHUNK])
                for i in range(0, f.numel(), _CANDIDATE_CHUNK)]  # fmt: skip
         if not out:
-            return torch.zeros(0, self.offsets.numel(), device=self.values.device)
+            return torch.zeros(0, self.span.numel(), device=self.values.device)
         return torch.cat(out)
 
     def _chunk(self, f: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
-        rr = r[:, None] + self.offsets[None, :]
-        valid = (rr >= 0) & (rr < self.n_rows)
-        valid &= rr // self.ctx_len == (r // self.ctx_len)[:, None]
-        query = rr.clamp(0, self.n_rows - 1) * self.d_sae + f[:, None]
-        at = torch.searchsorted(self.keys, query).clamp_(max=self.keys.numel() - 1)
-        hit = valid & (self.keys[at] == query)
-        return torch.where(hit, self.values[at], torch.zeros((), device=f.device))
+        width = self.span.numel()
+        start = f * self.n_rows + r - self.w  # the key of the window's first token
+        at = torch.searchsorted(self.keys, start)[:, None] + self.span
+        inside = at < self.keys.numel()
+        at.clamp_(max=self.keys.numel() - 1)
+        offset = self.keys[at] - start[:, None]  # the token each entry falls on, if any
+        row = r[:, None] - self.w + offset
+        # In the window, and in the same context as r (a key off either end of the block
+        # belongs to a neighbouring feature: the row test drops it too).
+        hit = inside & (offset >= 0) & (offset < width) & (row >= 0) & (row < self.n_rows)
+        hit &= row // self.ctx_len == (r // self.ctx_len)[:, None]
+        out = torch.zeros(f.numel(), width, device=f.device)
+        values = torch.where(hit, self.values[at], torch.zeros((), device=f.device))
+        return out.scatter_add_(1, offset.clamp(0, width - 1), values)
 
 
 class FeatureAccumulator:
