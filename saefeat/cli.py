@@ -181,14 +181,29 @@ def index(
 
 @app.command()
 @user_errors
-def serve(host: str = "127.0.0.1", port: int = DEFAULT_PORT):
+def serve(
+    host: str = "127.0.0.1",
+    port: int = DEFAULT_PORT,
+    workers: Annotated[
+        int, typer.Option(min=1, help="processes; one per core serves the most requests")
+    ] = 1,
+):
     """Serve the API and the feature pages."""
     import uvicorn
 
     from saefeat.api.app import create_app
 
+    settings = get_settings()
     console.print(f"serving on http://{host}:{port}  (API docs: http://{host}:{port}/docs)")
-    uvicorn.run(create_app(get_settings()), host=host, port=port, log_level="warning")
+    if workers == 1:
+        uvicorn.run(create_app(settings), host=host, port=port, log_level="warning")
+        return
+    # Each worker process builds its own app from the environment; migrate once, first.
+    from saefeat.storage.catalog.db import upgrade
+
+    upgrade(settings.db_url)
+    uvicorn.run("saefeat.api.app:create_app", factory=True, host=host, port=port,
+                workers=workers, log_level="warning")  # fmt: skip
 
 
 @app.command()

@@ -88,3 +88,37 @@ def test_harvest_two_weighted_sources(settings, tiny_llama, tmp_path, ray_sessio
     aset = open_set(settings.activations_dir, out.splitlines()[-1].strip())
     sources = {d.split("/")[0] for d in aset.group.attrs["doc_ids"]}
     assert sources == {"0", "1"}  # both sources were mixed in
+
+
+def test_serve_with_several_workers(settings):
+    """`saefeat serve --workers 2`: the catalog is migrated once, then both processes
+    answer (each builds its app from the environment)."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    import httpx
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    saefeat = str(Path(sys.executable).parent / "saefeat")  # the installed entry point
+    command = [saefeat, "serve", "--port", str(port), "--workers", "2"]
+    server = subprocess.Popen(command, env=dict(os.environ), stderr=subprocess.PIPE, text=True)
+    try:
+        deadline, body = time.monotonic() + 60, None
+        while time.monotonic() < deadline and body is None:
+            try:
+                body = httpx.get(f"http://127.0.0.1:{port}/v1/health", timeout=2).json()
+            except httpx.HTTPError:
+                assert server.poll() is None, server.stderr.read()
+                time.sleep(0.3)
+        assert body is not None and body["status"] == "ok" and body["schema_revision"]
+        statuses = {httpx.get(f"http://127.0.0.1:{port}/v1/saes").status_code for _ in range(8)}
+        assert statuses == {200}
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

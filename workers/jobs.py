@@ -19,13 +19,15 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from saefeat.config import Settings
 from saefeat.errors import NotFoundError, SaefeatError
 from saefeat.specs import HarvestSpec
+from saefeat.storage.catalog.cursor import Cursor, decode_cursor, encode_cursor
 from saefeat.storage.catalog.models import Job
 from saefeat.workers.harvest import HarvestBusy, HarvestCancelled, HarvestResult
 
@@ -67,11 +69,23 @@ class JobRunner:
             s.expunge(job)
             return job
 
-    def list(self, limit: int = 50) -> list[Job]:
+    def list(self, limit: int = 50, cursor: str | None = None) -> tuple[list[Job], str | None]:
+        """A page of jobs, newest first, and the cursor of the next page (None: no more)."""
+        query = select(Job).order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)
+        if cursor is not None:
+            when, job_id = decode_cursor(cursor, "jobs:newest", (str, str)).key
+            after = datetime.fromisoformat(when)
+            query = query.where(
+                or_(Job.created_at < after, and_(Job.created_at == after, Job.id < job_id))
+            )
         with self.make_session() as s:
-            jobs = list(s.scalars(select(Job).order_by(Job.created_at.desc()).limit(limit)))
+            jobs = list(s.scalars(query))
             s.expunge_all()
-            return jobs
+        if len(jobs) <= limit:
+            return jobs, None
+        last = jobs[limit - 1]
+        key = (last.created_at.isoformat(), last.id)
+        return jobs[:limit], encode_cursor(Cursor("jobs:newest", key))
 
     def _update(self, job_id: str, **values) -> None:
         with self.make_session() as s:

@@ -76,6 +76,7 @@ class JobOut(BaseModel):
 
 class JobList(BaseModel):
     items: list[JobOut]
+    next_cursor: str | None = Field(default=None, description="Pass as `cursor` for more")
 
 
 def _job_out(job: Job, request: Request) -> JobOut:
@@ -156,8 +157,12 @@ def list_jobs(
     request: Request,
     runner: Annotated[JobRunner, Depends(get_runner)],
     limit: Annotated[int, Query(ge=1, le=200, description="At most this many")] = 50,
+    cursor: Annotated[
+        str | None, Query(description="next_cursor of the previous page; omit for the first")
+    ] = None,
 ) -> JobList:
-    return JobList(items=[_job_out(j, request) for j in runner.list(limit)])
+    jobs, next_cursor = runner.list(limit, cursor)
+    return JobList(items=[_job_out(j, request) for j in jobs], next_cursor=next_cursor)
 
 
 @router.get(

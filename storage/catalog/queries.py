@@ -142,7 +142,10 @@ def require_sae(session: Session, sae_id: str) -> None:
 
 
 def count_features(session: Session, sae_id: str) -> int:
-    return session.scalar(select(func.count()).where(Feature.sae_id == sae_id)) or 0
+    """How many of the SAE's features are indexed. An index run writes all d_sae of them
+    in one transaction, so this is d_sae or 0: one lookup, not a count of a million rows."""
+    indexed = exists().where(Feature.sae_id == SAE.id)
+    return session.scalar(select(SAE.d_sae).where(SAE.id == sae_id, indexed)) or 0
 
 
 def list_features(
