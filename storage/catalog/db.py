@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
@@ -13,9 +14,9 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-# storage/catalog/db.py -> repo root (the same folder as saefeat.storage.catalog.__file__);
-# the package is installed editable, so migrations/ sits beside storage/.
-MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
+# The Alembic folder ships inside the package as saefeat.migrations (pyproject maps the
+# repository's migrations/ there), so wheels and editable installs both find it.
+MIGRATIONS_DIR = Path(str(files("saefeat.migrations")))
 
 
 # Enough pooled connections for the API's thread pool under load: an overflow connection

@@ -1,0 +1,1 @@
+"""Alembic revisions of the catalog (installed as saefeat.migrations)."""
