@@ -251,8 +251,9 @@ class VocabToken(Base):
 
     __table_args__ = (
         CheckConstraint(_check_in("side", VOCAB_SIDES), name="side"),
-        # Search is "which features have this token on this side".
-        Index(None, "token_str", "side"),
+        # Search is "which features have this token on this side, strongest first": one
+        # spelling's entries in value order, read until a page is full (revision 0003).
+        Index(None, "token_str", "side", "value", "feature_id"),
     )
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Generic, Literal, TypeVar
 
-from sqlalchemy import ColumnElement, Executable, Result, and_, bindparam, exists, func, or_, select
+from sqlalchemy import Executable, Result, and_, bindparam, exists, func, or_, select
 from sqlalchemy.orm import Session
 
 from saefeat.errors import NotFoundError, SpecError
@@ -333,7 +333,13 @@ def search_by_token(
     cursor: str | None = None,
 ) -> Page[TokenMatch]:
     """Features whose `side` projection list holds `token` (see `token_variants`), strongest
-    first: by value descending for "top", ascending (most negative) for "bottom"."""
+    first: by value descending for "top", ascending (most negative) for "bottom"; ties by
+    feature id in the same direction. A feature holding several spellings appears once,
+    with its strongest.
+
+    Each spelling's entries are read in that order off the (token_str, side, value,
+    feature_id) index, `batch` at a time, and merged; only entries no later than the
+    earliest cut-off of a truncated spelling are certain, so a short page reads more."""
     if side not in VOCAB_SIDES:
         raise SpecError(f"is {side!r}; use one of {list(VOCAB_SIDES)}", field="side")
     if not token:
@@ -341,42 +347,94 @@ def search_by_token(
     _check_limit(limit)
     if sae_id is not None:
         require_sae(session, sae_id)
-    strongest_first = VocabToken.value.desc() if side == "top" else VocabToken.value.asc()
-    matches = select(
-        VocabToken.feature_id,
-        VocabToken.token_str,
-        VocabToken.token_id,
-        VocabToken.rank,
-        VocabToken.value,
-        # A feature can hold several spellings ("cat" and "Ġcat"): keep its strongest.
-        func.row_number()
-        .over(partition_by=VocabToken.feature_id, order_by=strongest_first)
-        .label("nth"),
-    ).where(VocabToken.token_str.in_(token_variants(token, exact=exact)), VocabToken.side == side)
-    if sae_id is not None:
-        matches = matches.join(Feature, Feature.id == VocabToken.feature_id).where(
-            Feature.sae_id == sae_id
-        )
-    best = matches.subquery()
-    ordering = f"search:{side}"
-    query = (
-        select(*FEATURE_ROW_COLUMNS, best.c.token_str, best.c.token_id, best.c.rank, best.c.value)
-        .join(best, best.c.feature_id == Feature.id)
-        .where(best.c.nth == 1)
+    top = side == "top"
+    ordering = f"token:{side}"
+    v = VocabToken
+    query = select(v.feature_id, v.token_str, v.token_id, v.rank, v.value).where(
+        v.token_str == bindparam("token_str"), v.side == side
     )
+    if sae_id is not None:
+        query = query.join(Feature, Feature.id == v.feature_id).where(Feature.sae_id == sae_id)
     if cursor is not None:
         value, feature_id = decode_cursor(cursor, ordering, (float, int)).key
-        beyond: ColumnElement[bool] = (
-            best.c.value < value if side == "top" else best.c.value > value
-        )
-        query = query.where(or_(beyond, and_(best.c.value == value, Feature.id > feature_id)))
-    primary = best.c.value.desc() if side == "top" else best.c.value.asc()
-    query = query.order_by(primary, Feature.id.asc()).limit(limit + 1)
-    rows = [TokenMatch(FeatureRow(*row[:-4]), *row[-4:]) for row in run(session, query)]
-    more = len(rows) > limit
-    rows = rows[:limit]
+        if top:
+            query = query.where(
+                or_(v.value < value, and_(v.value == value, v.feature_id < feature_id))
+            )
+        else:
+            query = query.where(
+                or_(v.value > value, and_(v.value == value, v.feature_id > feature_id))
+            )
+    if top:
+        query = query.order_by(v.value.desc(), v.feature_id.desc())
+    else:
+        query = query.order_by(v.value.asc(), v.feature_id.asc())
+    query = query.limit(bindparam("n"))
+
+    def order_key(row) -> tuple[float, int]:  # ascending = the order of the results
+        return (-row.value, -row.feature_id) if top else (row.value, row.feature_id)
+
+    variants = token_variants(token, exact=exact)
+    strongest = _strongest_spelling(variants, side)
+    batch = limit + 1
+    while True:
+        rows, frontier = [], None
+        for spelling in variants:
+            got = run(session, query, token_str=spelling, n=batch).all()
+            rows += got
+            if len(got) == batch:  # truncated: nothing is known beyond its last row
+                last = order_key(got[-1])
+                frontier = last if frontier is None else min(frontier, last)
+        rows = [r for r in rows if frontier is None or order_key(r) <= frontier]
+        rows.sort(key=order_key)
+        best = strongest(session, {r.feature_id for r in rows})
+        picked: list[Any] = []
+        seen: set[int] = set()
+        for row in rows:
+            # A feature counts at its strongest spelling only: a weaker one after the
+            # cursor belongs to a feature an earlier page already showed.
+            if row.feature_id in seen or row.value != best[row.feature_id]:
+                continue
+            seen.add(row.feature_id)
+            picked.append(row)
+            if len(picked) > limit:
+                break
+        if len(picked) > limit or frontier is None:
+            break
+        batch *= 4
+    ids = [r.feature_id for r in picked[:limit]]
+    features = {f.id: f for f in feature_rows(run(session, _FEATURES_BY_ID, ids=ids))}
+    items = [
+        TokenMatch(features[r.feature_id], r.token_str, r.token_id, r.rank, r.value)
+        for r in picked[:limit]
+    ]
     token_out = None
-    if more:
-        last = rows[-1]
-        token_out = encode_cursor(Cursor(ordering, (last.value, last.feature.id)))
-    return Page(rows, token_out)
+    if len(picked) > limit:
+        last = picked[limit - 1]
+        token_out = encode_cursor(Cursor(ordering, (last.value, last.feature_id)))
+    return Page(items, token_out)
+
+
+_FEATURES_BY_ID = select(*FEATURE_ROW_COLUMNS).where(
+    Feature.id.in_(bindparam("ids", expanding=True))
+)
+
+
+def _strongest_spelling(variants: list[str], side: str):
+    """A function: feature ids -> each one's strongest value over `variants` on `side`."""
+    v = VocabToken
+    strongest = func.max(v.value) if side == "top" else func.min(v.value)
+    query = (
+        select(v.feature_id, strongest)
+        .where(
+            v.feature_id.in_(bindparam("ids", expanding=True)),
+            v.side == side,
+            v.token_str.in_(variants),
+        )
+        .group_by(v.feature_id)
+    )
+
+    def best(session: Session, ids: set[int]) -> dict[int, float]:
+        return dict(run(session, query, ids=sorted(ids)).all()) if ids else {}
+
+    return best

@@ -80,13 +80,25 @@ def _drift(url: str) -> list:
         engine.dispose()
 
 
+def _vocab_indexes(url: str) -> set[str]:
+    engine = make_engine(url)
+    try:
+        return {ix["name"] for ix in inspect(engine).get_indexes("vocab_tokens")}
+    finally:
+        engine.dispose()
+
+
 def _check_round_trip(url: str) -> None:
     assert current_revision(url) is None
     upgrade(url)
-    assert current_revision(url) == "0002"
+    assert current_revision(url) == "0003"
     assert _tables(url) == TABLES
     assert _drift(url) == [], "models and migrations disagree: add a revision"
     assert _has_fts(url)
+    downgrade(url, "0002")
+    assert _vocab_indexes(url) == {"ix_vocab_tokens_token_str_side"}
+    upgrade(url)
+    assert _vocab_indexes(url) == {"ix_vocab_tokens_token_str_side_value_feature_id"}
     downgrade(url, "0001")
     assert current_revision(url) == "0001"
     assert not _has_fts(url)

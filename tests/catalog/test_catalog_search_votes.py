@@ -127,3 +127,32 @@ def test_neighbour_shape_is_checked(session, make_sae):
     index.neighbour_cosines = index.neighbour_cosines[:, :2]
     with pytest.raises(SpecError, match="-1 or 0..7"):
         write_feature_index(session, sae.id, index)
+
+
+def test_label_search_pages_match_the_rule_over_many_labels(session, make_sae, monkeypatch):
+    """Many labels per feature, pages smaller than the read batches and larger: every
+    matching feature once, ordered by its newest matching label, across all pages."""
+    from saefeat.storage.catalog import label_search
+
+    monkeypatch.setattr(label_search, "FIRST_BATCH", 3)  # several growing batches
+    sae = make_sae(session, d_sae=40)
+    write_feature_index(session, sae.id, synthetic_feature_index(40, seed=6))
+    rng = np.random.default_rng(0)
+    newest: dict[int, int] = {}
+    for _ in range(150):
+        index = int(rng.integers(0, 40))
+        text = "python code" if rng.random() < 0.5 else "plain prose"
+        label = add_label(session, get_feature(session, sae.id, index), text=text, author="t")
+        if text == "python code":
+            newest[index] = label.id
+    session.commit()
+    expected = sorted(newest, key=lambda i: -newest[i])
+    for limit in (1, 4, 50):
+        got, cursor = [], None
+        while True:
+            page = search_labels(session, "python", sae_id=sae.id, limit=limit, cursor=cursor)
+            got += [(m.feature.index, m.label.id) for m in page.items]
+            if page.next_cursor is None:
+                break
+            cursor = page.next_cursor
+        assert got == [(i, newest[i]) for i in expected]
