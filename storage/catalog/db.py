@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
@@ -10,7 +13,7 @@ from typing import Any
 import orjson
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, NullPool, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -22,6 +25,7 @@ MIGRATIONS_DIR = Path(str(files("saefeat.migrations")))
 # Enough pooled connections for the API's thread pool under load: an overflow connection
 # is closed after each use, and on SQLite a fresh one starts with a cold page cache.
 POOL_SIZE = 20
+MIGRATION_LOCK_KEY = 0x5AEFEA7  # PostgreSQL advisory lock id of "saefeat migrates"
 
 
 def include_object(
@@ -101,11 +105,41 @@ def alembic_config(url: str) -> Config:
     return config
 
 
+@contextmanager
+def migration_lock(url: str) -> Iterator[None]:
+    """Held while migrating: API worker processes all migrate on start, and two running
+    one revision at once would collide (or deadlock, on PostgreSQL). A file lock beside a
+    SQLite file; a PostgreSQL advisory lock, held on its own connection."""
+    if is_sqlite(url):
+        database = make_url(url).database
+        if not database or database == ":memory:" or database.startswith("file:"):
+            yield
+            return
+        with open(f"{database}.migrate-lock", "w") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            yield
+        return
+    engine = create_engine(url, poolclass=NullPool)
+    try:
+        with engine.connect() as connection:
+            connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
+            try:
+                yield
+            finally:
+                connection.execute(
+                    text("SELECT pg_advisory_unlock(:key)"), {"key": MIGRATION_LOCK_KEY}
+                )
+    finally:
+        engine.dispose()
+
+
 def upgrade(url: str, revision: str = "head") -> None:
-    """Bring the catalog at `url` up to `revision` (creating it if it is empty)."""
+    """Bring the catalog at `url` up to `revision` (creating it if it is empty); safe to
+    call from several processes at once (see `migration_lock`)."""
     if is_sqlite(url):
         _ensure_sqlite_folder(url)
-    command.upgrade(alembic_config(url), revision)
+    with migration_lock(url):
+        command.upgrade(alembic_config(url), revision)
 
 
 def downgrade(url: str, revision: str) -> None:

@@ -180,3 +180,28 @@ def test_0002_indexes_labels_written_before_it(db_url_at_0001):
     with make_sessionmaker(engine)() as s:
         assert [m.label.text for m in search_labels(s, "bracket").items] == ["closing brackets"]
     engine.dispose()
+
+
+@pytest.mark.parametrize("which", ["sqlite", "postgresql"])
+def test_processes_starting_together_migrate_once(which, request):
+    """API workers all migrate on start: four at once on an empty catalog must leave it
+    at head, with no collision (tables created twice) and no deadlock."""
+    import threading
+
+    url = request.getfixturevalue("sqlite_url" if which == "sqlite" else "postgres_url")
+    errors: list[BaseException] = []
+
+    def migrate() -> None:
+        try:
+            upgrade(url)
+        except BaseException as exc:  # noqa: BLE001 - collected and reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=migrate) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert errors == []
+    assert current_revision(url) == "0003"
+    assert _drift(url) == []
