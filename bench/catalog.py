@@ -565,6 +565,20 @@ def _pg_admin(url: str, sql: str) -> None:
         connection.execute(sql)
 
 
+def _drop_database(url: str, database: str) -> None:
+    """Drop the bench database once the server's worker processes have let go of it
+    (FORCE may not end another role's sessions)."""
+    import psycopg
+
+    for _ in range(30):
+        try:
+            _pg_admin(url, f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
+            return
+        except (psycopg.errors.InsufficientPrivilege, psycopg.errors.ObjectInUse):
+            time.sleep(1)
+    log(f"could not drop {database}; drop it by hand")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="100,000 features")
@@ -606,7 +620,7 @@ def main() -> None:
                 try:
                     out[name] = bench_database(name, url, n_features, seconds, args.workers, work)
                 finally:
-                    _pg_admin(args.postgres, f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
+                    _drop_database(args.postgres, database)
             out[name]["index_ratio_vs_sae_forward"] = ratio["ratio"]
     finally:
         shutil.rmtree(work, ignore_errors=True)
