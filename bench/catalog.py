@@ -230,10 +230,7 @@ def _connect(url: str):
         connection = sqlite3.connect(u.database)
         connection.execute("PRAGMA synchronous=OFF")
         return Loader(connection, "sqlite")
-    import psycopg
-
-    connection = psycopg.connect(host=u.host, port=u.port or 5432, user=u.username,
-                                 password=u.password, dbname=u.database)  # fmt: skip
+    connection = _psycopg(url)
     connection.execute("SET synchronous_commit = off")
     return Loader(connection, "postgresql")
 
@@ -552,16 +549,22 @@ def index_ratio(n_batches: int, d_sae: int = 4608, d_in: int = 576) -> dict[str,
 
 
 def _postgres_url(base: str, database: str) -> str:
-    return base.rsplit("/", 1)[0] + "/" + database
+    from sqlalchemy.engine import make_url
+
+    return make_url(base).set(database=database).render_as_string(hide_password=False)
 
 
-def _pg_admin(url: str, sql: str) -> None:
+def _psycopg(url: str, **kwargs):
+    """A plain psycopg connection to the database of a SQLAlchemy URL."""
     import psycopg
     from sqlalchemy.engine import make_url
 
-    u = make_url(url)
-    with psycopg.connect(host=u.host, port=u.port or 5432, user=u.username, password=u.password,
-                         dbname="postgres", autocommit=True) as connection:  # fmt: skip
+    plain = make_url(url).set(drivername="postgresql")
+    return psycopg.connect(plain.render_as_string(hide_password=False), **kwargs)
+
+
+def _pg_admin(url: str, sql: str) -> None:
+    with _psycopg(_postgres_url(url, "postgres"), autocommit=True) as connection:
         connection.execute(sql)
 
 

@@ -122,12 +122,10 @@ async def list_labels(
 ) -> LabelHistory:
     feature = queries.get_feature(session, sae_id, index)
     page, next_cursor = labels.label_history_page(session, feature.id, limit=limit, cursor=cursor)
-    current = labels.current_label(session, feature.id)
-    shown = [lb.id for lb in page] + ([current.id] if current else [])
-    votes = labels.label_votes(session, shown)
+    state = labels.label_state(session, [feature.id])  # the current label needs them all
     return LabelHistory(
-        items=[convert.label_out(lb, votes.get(lb.id)) for lb in page],  # type: ignore[misc]
-        current=convert.label_out(current, votes.get(current.id) if current else None),
+        items=[convert.label_out(lb, state.votes.get(lb.id)) for lb in page],  # type: ignore[misc]
+        current=convert.current_label_out(state, feature.id),
         next_cursor=next_cursor,
     )
 

@@ -27,9 +27,9 @@ class BlockLookup:
     one feature's entries over a window of 2w+1 rows are at most 2w+1 consecutive keys:
     a window costs one binary search and one contiguous read, not a search per token."""
 
-    def __init__(self, vals: torch.Tensor, idx: torch.Tensor, d_sae: int, ctx_len: int, w: int):
+    def __init__(self, vals: torch.Tensor, idx: torch.Tensor, ctx_len: int, w: int):
         n_rows = vals.shape[0]
-        self.n_rows, self.d_sae, self.ctx_len, self.w = n_rows, d_sae, ctx_len, w
+        self.n_rows, self.ctx_len, self.w = n_rows, ctx_len, w
         rows = torch.arange(n_rows, device=vals.device)[:, None]
         keys, order = (idx * n_rows + rows).reshape(-1).sort()
         # Repeated (row, feature) entries (padding) add up, as a dense scatter-add would.
@@ -123,7 +123,7 @@ class FeatureAccumulator:
         b = torch.bucketize(v, self._edges).clamp_(1, len(HIST_EDGES) - 1) - 1
         self.hist.view(-1).index_add_(0, f * self.hist.shape[1] + b, torch.ones_like(b))
 
-        lookup = BlockLookup(vals, idx, self.d_sae, ctx_len, self.window)
+        lookup = BlockLookup(vals, idx, ctx_len, self.window)
         if self.quantiles is not None:
             self.quantiles.add(
                 f,
@@ -133,7 +133,7 @@ class FeatureAccumulator:
                 max_grew=self.act_max > max_before,
                 first_context=first_context,
                 ctx_len=ctx_len,
-                windows=lambda ff, rr: lookup.windows(ff, rr),
+                windows=lookup.windows,
             )
         # Only values above the feature's current N-th best can enter its top list.
         keep = v > self.top_vals[f, -1]

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from saefeat.errors import NotFoundError, SpecError
 from saefeat.storage.catalog.models import LABEL_SOURCES, VOTE_VALUES, Label, LabelVote, Neighbour
-from saefeat.storage.catalog.queries import run
+from saefeat.storage.catalog.queries import row_columns, run
 
 MAX_LABEL_CHARS = 500
 
@@ -60,15 +60,7 @@ class LabelRow:
     created_at: datetime
 
 
-LABEL_ROW_COLUMNS = (
-    Label.id,
-    Label.feature_id,
-    Label.text,
-    Label.source,
-    Label.author,
-    Label.score,
-    Label.created_at,
-)
+LABEL_ROW_COLUMNS = row_columns(Label, LabelRow)
 
 
 def label_rows(rows: Iterable) -> list[LabelRow]:
@@ -102,12 +94,13 @@ def vote_label(session: Session, label_id: int, *, voter: str, value: int) -> Vo
     return label_votes(session, [label_id]).get(label_id, Votes())
 
 
+# A label's up and down totals (over its LabelVote rows).
+_UP_DOWN = (
+    func.sum(case((LabelVote.value > 0, 1), else_=0)),
+    func.sum(case((LabelVote.value < 0, 1), else_=0)),
+)
 _VOTE_TOTALS = (
-    select(
-        LabelVote.label_id,
-        func.sum(case((LabelVote.value > 0, 1), else_=0)),
-        func.sum(case((LabelVote.value < 0, 1), else_=0)),
-    )
+    select(LabelVote.label_id, *_UP_DOWN)
     .where(LabelVote.label_id.in_(bindparam("ids", expanding=True)))
     .group_by(LabelVote.label_id)
 )
@@ -177,11 +170,7 @@ def label_history_page(
 
 def _labels_with_votes() -> Select:
     return (
-        select(
-            *LABEL_ROW_COLUMNS,
-            func.sum(case((LabelVote.value > 0, 1), else_=0)),
-            func.sum(case((LabelVote.value < 0, 1), else_=0)),
-        )
+        select(*LABEL_ROW_COLUMNS, *_UP_DOWN)
         .outerjoin(LabelVote, LabelVote.label_id == Label.id)
         .group_by(Label.id)  # the other label columns depend on it (the primary key)
     )

@@ -11,7 +11,7 @@ ORM objects cost several times the indexed lookups themselves (bench/catalog.py)
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Generic, Literal, TypeVar
 
 from sqlalchemy import Executable, Result, and_, bindparam, exists, func, or_, select
@@ -58,15 +58,13 @@ class FeatureRow:
     mean_activation: float
 
 
-# The columns of FeatureRow, in its field order.
-FEATURE_ROW_COLUMNS = (
-    Feature.id,
-    Feature.sae_id,
-    Feature.index,
-    Feature.density,
-    Feature.max_activation,
-    Feature.mean_activation,
-)
+def row_columns(model: type, row_type: type) -> tuple[Any, ...]:
+    """The model's columns named by the row dataclass's fields, in field order: a select of
+    them unpacks straight into `row_type(*row)`."""
+    return tuple(getattr(model, f.name) for f in fields(row_type))
+
+
+FEATURE_ROW_COLUMNS = row_columns(Feature, FeatureRow)
 
 
 def feature_rows(rows: Any) -> list[FeatureRow]:
@@ -240,21 +238,11 @@ class ExampleRow:
     values: list[float]
 
 
-_e = FeatureExample
 _EXAMPLES = (
-    select(
-        _e.kind,
-        _e.rank,
-        _e.activation,
-        _e.context_index,
-        _e.position,
-        _e.focus,
-        _e.token_ids,
-        _e.token_strs,
-        _e.values,
-    )  # fmt: skip
-    .where(_e.feature_id == bindparam("feature_id"))
-    .order_by((_e.kind != "top").asc(), _e.kind, _e.rank)  # top examples first
+    select(*row_columns(FeatureExample, ExampleRow))
+    .where(FeatureExample.feature_id == bindparam("feature_id"))
+    # Top examples first, then quantile samples, each by rank.
+    .order_by((FeatureExample.kind != "top").asc(), FeatureExample.kind, FeatureExample.rank)
 )
 
 
@@ -274,11 +262,10 @@ class ProjectionRow:
     value: float
 
 
-_v = VocabToken
 _PROJECTION = (
-    select(_v.side, _v.rank, _v.token_id, _v.token_str, _v.value)
-    .where(_v.feature_id == bindparam("feature_id"))
-    .order_by(_v.side, _v.rank)
+    select(*row_columns(VocabToken, ProjectionRow))
+    .where(VocabToken.feature_id == bindparam("feature_id"))
+    .order_by(VocabToken.side, VocabToken.rank)
 )
 
 
@@ -375,7 +362,6 @@ def search_by_token(
         return (-row.value, -row.feature_id) if top else (row.value, row.feature_id)
 
     variants = token_variants(token, exact=exact)
-    strongest = _strongest_spelling(variants, side)
     batch = limit + 1
     while True:
         rows, frontier = [], None
@@ -387,7 +373,7 @@ def search_by_token(
                 frontier = last if frontier is None else min(frontier, last)
         rows = [r for r in rows if frontier is None or order_key(r) <= frontier]
         rows.sort(key=order_key)
-        best = strongest(session, {r.feature_id for r in rows})
+        best = _strongest_values(session, {r.feature_id for r in rows}, variants, side)
         picked: list[Any] = []
         seen: set[int] = set()
         for row in rows:
@@ -420,21 +406,17 @@ _FEATURES_BY_ID = select(*FEATURE_ROW_COLUMNS).where(
 )
 
 
-def _strongest_spelling(variants: list[str], side: str):
-    """A function: feature ids -> each one's strongest value over `variants` on `side`."""
+def _strongest_values(
+    session: Session, ids: set[int], variants: list[str], side: str
+) -> dict[int, float]:
+    """Each feature's strongest projection value over the spellings `variants` on `side`."""
+    if not ids:
+        return {}
     v = VocabToken
     strongest = func.max(v.value) if side == "top" else func.min(v.value)
     query = (
         select(v.feature_id, strongest)
-        .where(
-            v.feature_id.in_(bindparam("ids", expanding=True)),
-            v.side == side,
-            v.token_str.in_(variants),
-        )
+        .where(v.feature_id.in_(sorted(ids)), v.side == side, v.token_str.in_(variants))
         .group_by(v.feature_id)
     )
-
-    def best(session: Session, ids: set[int]) -> dict[int, float]:
-        return dict(run(session, query, ids=sorted(ids)).all()) if ids else {}
-
-    return best
+    return dict(run(session, query).all())
