@@ -499,7 +499,9 @@ def bench_database(
 # ---- indexing throughput ----------------------------------------------------------------
 
 
-def index_ratio(n_batches: int, d_sae: int = 4608, d_in: int = 576) -> dict[str, Any]:
+def index_ratio(
+    n_batches: int, d_sae: int = 4608, d_in: int = 576, device: str = "cpu"
+) -> dict[str, Any]:
     """tokens/s of encode + accumulate over tokens/s of encode alone, same batches."""
     import torch
 
@@ -509,25 +511,34 @@ def index_ratio(n_batches: int, d_sae: int = 4608, d_in: int = 576) -> dict[str,
 
     torch.manual_seed(0)
     ctx_len, contexts = 128, 32
-    sae = TopKSAE(SAEConfig(d_in=d_in, d_sae=d_sae, k=32)).eval()
+    sae = TopKSAE(SAEConfig(d_in=d_in, d_sae=d_sae, k=32)).to(device).eval()
     # Inputs built from the dictionary's own atoms with heavy-tailed weights, so codes are
     # sparse and skewed as on real activations (pure noise would make every latent alike).
-    atoms = sae.W_dec.detach()
+    atoms = sae.W_dec.detach().cpu()
     batches = []
     for _ in range(n_batches):
         n = contexts * ctx_len
         which = torch.randint(0, d_sae, (n, 16))
         weight = torch.distributions.Exponential(1.0).sample((n, 16)) ** 2
-        batches.append((weight[:, :, None] * atoms[which]).sum(1) + 0.05 * torch.randn(n, d_in))
+        x = (weight[:, :, None] * atoms[which]).sum(1) + 0.05 * torch.randn(n, d_in)
+        batches.append(x.to(device))
+
+    def sync() -> None:
+        if torch.device(device).type == "cuda":
+            torch.cuda.synchronize()
 
     def run(bookkeeping: bool) -> float:
-        acc = FeatureAccumulator(d_sae, N_EXAMPLES, 8, n_quantile_bins=10, per_quantile_bin=5)
+        acc = FeatureAccumulator(
+            d_sae, N_EXAMPLES, 8, n_quantile_bins=10, per_quantile_bin=5, device=device
+        )
+        sync()
         t = time.perf_counter()
         with torch.inference_mode():
             for b, x in enumerate(batches):
                 vals, idx = sae.encode(x)
                 if bookkeeping:
                     acc.add(vals, idx, first_context=b * contexts, ctx_len=ctx_len)
+        sync()
         return time.perf_counter() - t
 
     run(False)  # warm-up
@@ -538,6 +549,9 @@ def index_ratio(n_batches: int, d_sae: int = 4608, d_in: int = 576) -> dict[str,
         indexing = min(indexing, run(True))
     tokens = n_batches * contexts * ctx_len
     return {
+        "device": torch.cuda.get_device_name() if torch.device(device).type == "cuda" else "cpu",
+        "d_in": d_in,
+        "d_sae": d_sae,
         "tokens": tokens,
         "sae_forward_tok_s": round(tokens / forward),
         "index_tok_s": round(tokens / indexing),
@@ -597,6 +611,10 @@ def main() -> None:
         help="a role that may CREATE DATABASE; a throwaway database is made and dropped",
     )
     parser.add_argument("--index-batches", type=int, help="batches of 4096 tokens")
+    parser.add_argument("--device", default="cpu", help="where the indexing ratio runs")
+    parser.add_argument(
+        "--index-only", action="store_true", help="only the indexing ratio (no database)"
+    )
     args = parser.parse_args()
     n_features = args.features or (100_000 if args.quick else 1_000_000)
     seconds = args.seconds or (5.0 if args.quick else 10.0)
@@ -604,8 +622,11 @@ def main() -> None:
 
     out: dict[str, Any] = {}
     log(f"indexing ratio over {index_batches} batches of 4096 tokens")
-    ratio = index_ratio(index_batches)
+    ratio = index_ratio(index_batches, device=args.device)
     log(f"  {ratio}")
+    if args.index_only:
+        print(json.dumps({"index": ratio}))
+        return
     work = Path(tempfile.mkdtemp(prefix="saefeat-bench-catalog-"))
     try:
         for name in filter(None, args.databases.split(",")):

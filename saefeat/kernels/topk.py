@@ -57,7 +57,7 @@ def _select_kernel(
     prefix = tl.zeros((ROWS,), dtype=tl.int32)
     remaining = tl.zeros((ROWS,), dtype=tl.int32) + k
     for p in tl.static_range(KEY_BITS // 8):
-        shift: tl.constexpr = KEY_BITS - 8 * (p + 1)
+        shift = KEY_BITS - 8 * (p + 1)  # constexpr: p is a static_range index
         # Bin 2 * (256 * row + digit) + (not matching): every key lands in range, so this
         # needs no histogram mask (older triton has none); odd bins are dropped below.
         hist = tl.zeros((ROWS * 512,), dtype=tl.int32)

@@ -88,6 +88,9 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         return engine
     kwargs.setdefault("pool_pre_ping", True)
     kwargs.setdefault("pool_size", POOL_SIZE)
+    # No parallel workers: catalog queries are short and many run at once, and starting a
+    # worker (~10 ms) cost more than the index scans it was meant to share.
+    kwargs.setdefault("connect_args", {"options": "-c max_parallel_workers_per_gather=0"})
     return create_engine(url, **kwargs)
 
 

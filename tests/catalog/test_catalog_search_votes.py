@@ -130,20 +130,25 @@ def test_neighbour_shape_is_checked(session, make_sae):
 
 
 def test_label_search_pages_match_the_rule_over_many_labels(session, make_sae, monkeypatch):
-    """Many labels per feature, pages smaller than the read batches and larger: every
-    matching feature once, ordered by its newest matching label, across all pages."""
+    """Many labels per feature, pages smaller than the read batches and larger, matches in
+    another SAE mixed in: every matching feature of the SAE once, ordered by its newest
+    matching label, across all pages (on PostgreSQL through both the recent-id walk and
+    the GIN index)."""
     from saefeat.storage.catalog import label_search
 
     monkeypatch.setattr(label_search, "FIRST_BATCH", 3)  # several growing batches
-    sae = make_sae(session, d_sae=40)
-    write_feature_index(session, sae.id, synthetic_feature_index(40, seed=6))
+    monkeypatch.setattr(label_search, "RECENT_LABELS", 40)
+    sae, other = make_sae(session, d_sae=40), make_sae(session, d_sae=40, sae_id="sae-b")
+    for s in (sae, other):
+        write_feature_index(session, s.id, synthetic_feature_index(40, seed=6))
     rng = np.random.default_rng(0)
     newest: dict[int, int] = {}
-    for _ in range(150):
-        index = int(rng.integers(0, 40))
+    for _ in range(200):
+        index, mine = int(rng.integers(0, 40)), rng.random() < 0.75
         text = "python code" if rng.random() < 0.5 else "plain prose"
-        label = add_label(session, get_feature(session, sae.id, index), text=text, author="t")
-        if text == "python code":
+        feature = get_feature(session, (sae if mine else other).id, index)
+        label = add_label(session, feature, text=text, author="t")
+        if text == "python code" and mine:
             newest[index] = label.id
     session.commit()
     expected = sorted(newest, key=lambda i: -newest[i])

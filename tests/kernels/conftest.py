@@ -1,4 +1,5 @@
-"""Kernel tests run the Triton kernels on the CPU through the Triton interpreter.
+"""Kernel tests run the Triton kernels on the CPU through the Triton interpreter, or
+compiled on a GPU with SAEFEAT_TEST_DEVICE=cuda (see kernel_testlib.DEVICE).
 
 TRITON_INTERPRET must be set before triton is first imported, hence at conftest import.
 Every test runs with fresh allocations poisoned: float tensors from torch.empty* are NaN
@@ -9,7 +10,8 @@ from __future__ import annotations
 
 import os
 
-os.environ.setdefault("TRITON_INTERPRET", "1")
+if os.environ.get("SAEFEAT_TEST_DEVICE", "cpu") == "cpu":
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

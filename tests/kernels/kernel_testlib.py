@@ -2,7 +2,18 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
+
+# The kernel tests run on the CPU through the Triton interpreter; with
+# SAEFEAT_TEST_DEVICE=cuda they run the compiled kernels on a GPU instead. Random inputs
+# are drawn on the CPU and moved, so both devices see the same numbers.
+DEVICE = torch.device(os.environ.get("SAEFEAT_TEST_DEVICE", "cpu"))
+
+
+def dev(t: torch.Tensor) -> torch.Tensor:
+    return t.to(DEVICE)
 
 
 def problem(B: int, d_in: int, d_sae: int, seed: int, bias_shift: float = 0.0) -> dict:
@@ -18,6 +29,7 @@ def problem(B: int, d_in: int, d_sae: int, seed: int, bias_shift: float = 0.0) -
         "b_dec": 0.1 * torch.randn(d_in, generator=g),
         "cot": torch.randn(B, d_in, generator=g),  # cotangent for a scalar loss
     }
+    t = {name: dev(v) for name, v in t.items()}
     for name in ("x", "W_enc", "b_enc", "W_dec", "b_dec"):
         t[name].requires_grad_(True)
     return t

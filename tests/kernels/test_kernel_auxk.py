@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from kernel_testlib import assert_close64, f64, grads, pre_acts, problem
+from kernel_testlib import assert_close64, dev, f64, grads, pre_acts, problem
 
 from saefeat.kernels import auxk_loss
 
@@ -25,8 +25,8 @@ def _reference(r: dict, residual: torch.Tensor, dead: torch.Tensor, k_aux: int) 
 def test_auxk_matches_dense(backend: str, k_aux: int) -> None:
     t = problem(6, 21, 90, seed=k_aux)
     g = torch.Generator().manual_seed(0)
-    dead = torch.rand(90, generator=g) < 0.3
-    residual = 0.3 * torch.randn(6, 21, generator=g)
+    dead = dev(torch.rand(90, generator=g) < 0.3)
+    residual = dev(0.3 * torch.randn(6, 21, generator=g))
     loss = auxk_loss(t["x"], residual, t["W_enc"], t["b_enc"], t["W_dec"], dead, k_aux)
     got = grads(loss, t, NAMES)
     r = f64(t)
@@ -42,11 +42,11 @@ def test_auxk_nothing_dead_is_zero(backend: str) -> None:
     t = problem(3, 10, 30, seed=1)
     loss = auxk_loss(
         t["x"],
-        torch.randn(3, 10),
+        dev(torch.randn(3, 10)),
         t["W_enc"],
         t["b_enc"],
         t["W_dec"],
-        torch.zeros(30, dtype=torch.bool),
+        dev(torch.zeros(30, dtype=torch.bool)),
         4,
     )
     assert float(loss) == 0.0
@@ -54,8 +54,8 @@ def test_auxk_nothing_dead_is_zero(backend: str) -> None:
 
 def test_auxk_custom_variance(backend: str) -> None:
     t = problem(4, 12, 40, seed=2)
-    dead = torch.arange(40) % 3 == 0
-    res = torch.randn(4, 12)
+    dead = dev(torch.arange(40) % 3 == 0)
+    res = dev(torch.randn(4, 12))
     a = auxk_loss(t["x"], res, t["W_enc"], t["b_enc"], t["W_dec"], dead, 5)
     b = auxk_loss(t["x"], res, t["W_enc"], t["b_enc"], t["W_dec"], dead, 5, variance=2.0)
     var = (res - res.mean(0)).pow(2).sum()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from kernel_testlib import assert_close64
+from kernel_testlib import DEVICE, assert_close64, dev
 
 from saefeat.kernels import sparse_decode
 
@@ -16,13 +16,16 @@ def _inputs(B: int, k: int, d_sae: int, d_in: int, seed: int) -> tuple[torch.Ten
     W_dec = torch.randn(d_sae, d_in, generator=g)
     b_dec = torch.randn(d_in, generator=g)
     cot = torch.randn(B, d_in, generator=g)
+    idx, vals, W_dec, b_dec, cot = (dev(t) for t in (idx, vals, W_dec, b_dec, cot))
     return idx, vals.requires_grad_(), W_dec.requires_grad_(), b_dec.requires_grad_(), cot
 
 
 def _dense64(idx, vals, W_dec, b_dec):
-    dense = torch.zeros(idx.shape[0], W_dec.shape[0], dtype=torch.float64)
+    dense = torch.zeros(idx.shape[0], W_dec.shape[0], dtype=torch.float64, device=DEVICE)
     dense = dense.index_put(
-        (torch.arange(idx.shape[0])[:, None].expand_as(idx), idx), vals, accumulate=True
+        (torch.arange(idx.shape[0], device=DEVICE)[:, None].expand_as(idx), idx),
+        vals,
+        accumulate=True,
     )
     return dense @ W_dec + b_dec
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from kernel_testlib import assert_close64, f64, grads, pre_acts, problem
+from kernel_testlib import DEVICE, assert_close64, dev, f64, grads, pre_acts, problem
 
 from saefeat.kernels import jumprelu_encode
 
@@ -49,9 +49,9 @@ def test_jumprelu_matches_float64_ste(backend: str, size: tuple[int, ...]) -> No
     bw = 0.7
     t = problem(B, d_in, d_sae, seed=sum(size))
     g = torch.Generator().manual_seed(1)
-    t["threshold"] = torch.rand(d_sae, generator=g).requires_grad_()
-    cot = torch.randn(B, d_sae, generator=g)
-    cot_l0 = torch.randn(B, generator=g)
+    t["threshold"] = dev(torch.rand(d_sae, generator=g)).requires_grad_()
+    cot = dev(torch.randn(B, d_sae, generator=g))
+    cot_l0 = dev(torch.randn(B, generator=g))
 
     acts, l0 = jumprelu_encode(t["x"], t["W_enc"], t["b_enc"], t["threshold"], bw, return_l0=True)
     got = grads((acts * cot).sum() + (l0 * cot_l0).sum(), t, NAMES)
@@ -73,7 +73,7 @@ def test_jumprelu_matches_float64_ste(backend: str, size: tuple[int, ...]) -> No
 
 def test_jumprelu_acts_only(backend: str) -> None:
     t = problem(4, 23, 50, seed=7)
-    th = torch.full((50,), 0.3, requires_grad=True)
+    th = torch.full((50,), 0.3, device=DEVICE, requires_grad=True)
     acts = jumprelu_encode(t["x"], t["W_enc"], t["b_enc"], th, 0.1)
     assert isinstance(acts, torch.Tensor)
     g_th, g_w = torch.autograd.grad(acts.square().sum(), [th, t["W_enc"]])

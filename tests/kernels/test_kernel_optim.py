@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from kernel_testlib import assert_close64
+from kernel_testlib import DEVICE, assert_close64, dev
 
 from saefeat.kernels import SAEAdam
 
@@ -13,7 +13,7 @@ LR, BETAS, EPS = 3e-2, (0.9, 0.99), 1e-8
 
 def _grads(seed: int, steps: int, shapes: list[tuple[int, ...]]) -> list[list[torch.Tensor]]:
     g = torch.Generator().manual_seed(seed)
-    return [[torch.randn(s, generator=g) for s in shapes] for _ in range(steps)]
+    return [[dev(torch.randn(s, generator=g)) for s in shapes] for _ in range(steps)]
 
 
 def _decoder_reference64(w: torch.Tensor, grads: list[torch.Tensor]) -> torch.Tensor:
@@ -42,7 +42,7 @@ def test_sae_adam_matches_references(backend: str, register_row: bool, monkeypat
         monkeypatch.setattr(adam, "MAX_REGISTER_ROW", 16)
     shapes = [(37, 29), (29, 37), (29,), (37,)]  # W_enc, W_dec, b_enc, b_dec
     gen = torch.Generator().manual_seed(0)
-    init = [torch.randn(s, generator=gen) for s in shapes]
+    init = [dev(torch.randn(s, generator=gen)) for s in shapes]
     init[1] /= init[1].norm(dim=1, keepdim=True)
     # W_enc stored transposed (column-major), as an SAE may keep it.
     params = [init[0].t().contiguous().t().requires_grad_()]
@@ -66,7 +66,7 @@ def test_sae_adam_matches_references(backend: str, register_row: bool, monkeypat
         assert_close64(got.detach(), want.detach(), rtol=1e-5)
     w64 = _decoder_reference64(init[1], [gs[1] for gs in steps])
     assert_close64(params[1].detach(), w64, rtol=1e-5)
-    torch.testing.assert_close(params[1].detach().norm(dim=1), torch.ones(29))
+    torch.testing.assert_close(params[1].detach().norm(dim=1), torch.ones(29, device=DEVICE))
 
 
 def test_sae_adam_decoder_must_be_a_param() -> None:
@@ -76,9 +76,9 @@ def test_sae_adam_decoder_must_be_a_param() -> None:
 
 
 def test_sae_adam_state_dict_round_trip(backend: str) -> None:
-    w = torch.randn(5, 7).requires_grad_()
+    w = dev(torch.randn(5, 7)).requires_grad_()
     opt = SAEAdam([w], lr=1e-2, decoder=w)
-    w.grad = torch.randn(5, 7)
+    w.grad = dev(torch.randn(5, 7))
     opt.step()
     state = opt.state_dict()
     opt2 = SAEAdam([w], lr=1e-2, decoder=w)

@@ -5,9 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 from kernel_testlib import (
+    DEVICE,
     assert_close64,
     assert_same_values,
     dense_topk,
+    dev,
     f64,
     grads,
     pre_acts,
@@ -74,9 +76,9 @@ def test_topk_fewer_positive_than_k(backend: str) -> None:
 def test_topk_ties_pick_equal_values(backend: str) -> None:
     """x = 0 makes every row relu(b_enc); b_enc with many equal values forces ties."""
     d_sae, k = 75, 12
-    b = torch.randint(0, 4, (d_sae,), generator=torch.Generator().manual_seed(0)).float()
-    x = torch.zeros(3, 10)
-    W = torch.randn(10, d_sae)
+    b = dev(torch.randint(0, 4, (d_sae,), generator=torch.Generator().manual_seed(0)).float())
+    x = dev(torch.zeros(3, 10))
+    W = dev(torch.randn(10, d_sae))
     vals, idx = topk_encode(x, W, b, k)
     want = b.relu().topk(k).values.expand(3, k)
     assert_same_values(vals, want)
@@ -91,7 +93,7 @@ def test_topk_bf16_autocast_matches_reference(triton_backend: str, monkeypatch) 
     results = {}
     for mode in ("torch", "triton"):
         monkeypatch.setenv("SAEFEAT_KERNELS", mode)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast(DEVICE.type, dtype=torch.bfloat16):
             vals, idx = topk_encode(t["x"], t["W_enc"], t["b_enc"], k)
             out = sparse_decode(idx, vals, t["W_dec"], t["b_dec"])
         assert vals.dtype == torch.float32
@@ -113,10 +115,10 @@ def test_select_prunes_blocks_exactly(triton_backend: str, dtype: torch.dtype) -
 
     g = torch.Generator().manual_seed(5)
     B, N = 5, 1000
-    pre = torch.rand(B, N, generator=g).pow(4).to(dtype)  # skewed, with bf16 duplicates
+    pre = dev(torch.rand(B, N, generator=g).pow(4).to(dtype))  # skewed, with bf16 duplicates
     pre[1] = 0.0  # an all-zero row
     nb = -(-N // gemm.SEL_BLOCK)
-    padded = torch.zeros(B, nb * gemm.SEL_BLOCK, dtype=torch.float32)
+    padded = torch.zeros(B, nb * gemm.SEL_BLOCK, dtype=torch.float32, device=DEVICE)
     padded[:, :N] = pre.float()
     bmax = padded.view(B, nb, gemm.SEL_BLOCK).amax(2)
     for k in (1, 7, 64):

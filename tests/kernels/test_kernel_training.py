@@ -6,6 +6,7 @@ import contextlib
 
 import pytest
 import torch
+from kernel_testlib import DEVICE, dev
 
 from saefeat.kernels import SAEAdam, auxk_loss, sparse_decode, topk_encode
 
@@ -17,26 +18,26 @@ def _data() -> torch.Tensor:
     g = torch.Generator().manual_seed(0)
     dirs = torch.randn(40, D_IN, generator=g)
     codes = (torch.rand(B * STEPS, 40, generator=g) < 0.08) * torch.rand(B * STEPS, 40, generator=g)
-    return codes @ dirs + 0.01 * torch.randn(B * STEPS, D_IN, generator=g) + 0.5
+    return dev(codes @ dirs + 0.01 * torch.randn(B * STEPS, D_IN, generator=g) + 0.5)
 
 
 def _train(mode: str, bf16: bool, monkeypatch: pytest.MonkeyPatch) -> list[float]:
     monkeypatch.setenv("SAEFEAT_KERNELS", mode)
     data = _data()
     g = torch.Generator().manual_seed(1)
-    W_dec = torch.randn(D_SAE, D_IN, generator=g)
+    W_dec = dev(torch.randn(D_SAE, D_IN, generator=g))
     W_dec /= W_dec.norm(dim=1, keepdim=True)
     W_enc = W_dec.t().clone().requires_grad_()
     W_dec.requires_grad_()
-    b_enc = torch.zeros(D_SAE, requires_grad=True)
+    b_enc = torch.zeros(D_SAE, device=DEVICE, requires_grad=True)
     b_dec = data.mean(0).clone().requires_grad_()
     opt = SAEAdam([W_enc, b_enc, W_dec, b_dec], lr=1e-2, decoder=W_dec)
-    dead = torch.arange(D_SAE) >= 3 * D_SAE // 4  # a fixed "dead" set for the AuxK term
+    dead = torch.arange(D_SAE, device=DEVICE) >= 3 * D_SAE // 4  # a fixed "dead" set for AuxK
     losses = []
     for step in range(STEPS):
         x = data[step * B : (step + 1) * B]
-        ctx = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
-        with ctx:
+        bf16_ctx = torch.autocast(DEVICE.type, dtype=torch.bfloat16)
+        with bf16_ctx if bf16 else contextlib.nullcontext():
             x_in = x - b_dec
             vals, idx = topk_encode(x_in, W_enc, b_enc, K)
             recon = sparse_decode(idx, vals, W_dec, b_dec)
