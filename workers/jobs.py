@@ -6,29 +6,34 @@ a background thread of this process, which moves it to `running`, writes progres
 (tokens done/total, tokens/s) as shards commit, and ends it `succeeded`, `failed` (error
 text set; a harvest that had to skip shards fails and names them) or `cancelled`.
 `cancel` sets a flag the harvest polls between shards; in-flight Ray work is dropped,
-committed shards stay valid, and resubmitting the spec resumes. On start the API calls
-`resume_pending`, which picks up the jobs a previous process left queued or running.
+committed shards stay valid, and resubmitting the spec resumes.
 
-One API process runs the jobs: a second process that finds the set locked leaves the job
-to the process holding it.
+Several processes may run jobs (`saefeat serve --workers N`, the CLI): a runner claims a
+job with one conditional UPDATE (queued, or running under a lease that has run out) that
+writes its owner id and a lease expiry, and a heartbeat renews the leases of the jobs it
+runs. So each job runs in one place, and a job whose process died (its lease runs out)
+is picked up by `resume_pending`, which the API calls on start and then every LEASE_S.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
 import time
+import uuid
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from saefeat.config import Settings
 from saefeat.errors import NotFoundError, SaefeatError
 from saefeat.specs import HarvestSpec
 from saefeat.storage.catalog.cursor import Cursor, decode_cursor, encode_cursor
-from saefeat.storage.catalog.models import Job
+from saefeat.storage.catalog.models import Job, utcnow
 from saefeat.workers.harvest import HarvestBusy, HarvestCancelled, HarvestResult
 
 log = logging.getLogger(__name__)
@@ -36,6 +41,9 @@ HARVEST = "harvest"
 ACTIVE = ("queued", "running")
 FINISHED = ("succeeded", "failed", "cancelled")
 PROGRESS_EVERY_S = 0.5  # at most this often a progress write to the catalog
+LEASE_S = 60.0  # a running job's claim holds this long unless its runner renews it
+HEARTBEAT_S = LEASE_S / 4  # how often a runner renews its leases
+CANCEL_REQUESTED = "cancel requested"  # on a running job's row: its runner should stop
 
 
 class IdempotencyConflict(SaefeatError):
@@ -58,6 +66,8 @@ class JobRunner:
         self._threads: dict[str, threading.Thread] = {}
         self._cancel: dict[str, threading.Event] = {}
         self._shutdown = threading.Event()
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._heartbeat: threading.Thread | None = None
 
     # ---- rows -------------------------------------------------------------------
 
@@ -143,9 +153,19 @@ class JobRunner:
             alive = job_id in self._threads and self._threads[job_id].is_alive()
         if event is not None and alive:
             event.set()  # the thread marks it cancelled once the harvest has stopped
-            self._update(job_id, error="cancel requested")
-        else:
-            self._update(job_id, status="cancelled", error="cancelled before it ran")
+            self._update(job_id, error=CANCEL_REQUESTED)
+            return self.get(job_id)
+        # Nobody runs it (one UPDATE, so a runner claiming it meanwhile wins), or another
+        # process does: its heartbeat reads the request and stops the harvest.
+        with self.make_session() as s:
+            stopped = s.execute(
+                update(Job)
+                .where(Job.id == job_id, self._claimable(utcnow()))
+                .values(status="cancelled", error="cancelled before it ran", lease_expires_at=None)
+            ).rowcount
+            s.commit()
+        if not stopped:
+            self._update(job_id, error=CANCEL_REQUESTED)
         return self.get(job_id)
 
     # ---- running --------------------------------------------------------------------
@@ -166,20 +186,99 @@ class JobRunner:
             t.join(timeout)
         return self.get(job_id)
 
+    @staticmethod
+    def _claimable(now: datetime):
+        """Queued, or running under a lease that ran out (its runner died); a running job
+        without a lease predates revision 0004 and is as orphaned."""
+        expired = or_(Job.lease_expires_at.is_(None), Job.lease_expires_at < now)
+        return or_(Job.status == "queued", and_(Job.status == "running", expired))
+
     def resume_pending(self) -> list[str]:
-        """Start every harvest job a previous process left queued or running."""
+        """Start every harvest job nobody runs: queued, or left running by a dead runner.
+        Each thread claims its job first, so a job another live runner holds is left be."""
         with self.make_session() as s:
             ids = list(
                 s.scalars(
                     select(Job.id)
-                    .where(Job.kind == HARVEST, Job.status.in_(ACTIVE))
+                    .where(Job.kind == HARVEST, self._claimable(utcnow()))
                     .order_by(Job.created_at)
                 )
             )
         for job_id in ids:
-            self._update(job_id, status="queued")
             self.start(job_id)
         return ids
+
+    def watch(self, every: float = LEASE_S) -> threading.Thread:
+        """Call resume_pending every `every` seconds until shutdown, in a daemon thread:
+        the jobs of a runner that died are picked up without a restart."""
+
+        def loop() -> None:
+            while not self._shutdown.wait(every):
+                try:
+                    self.resume_pending()
+                except Exception:  # a database blip must not end the watch
+                    log.exception("looking for orphaned jobs failed")
+
+        t = threading.Thread(target=loop, name="job-watch", daemon=True)
+        t.start()
+        return t
+
+    def claim(self, job_id: str) -> bool:
+        """Make the job ours and running, in one UPDATE that only matches while it is
+        claimable: two runners racing for one job cannot both win."""
+        now = utcnow()
+        with self.make_session() as s:
+            claimed = s.execute(
+                update(Job)
+                .where(Job.id == job_id, self._claimable(now))
+                .values(
+                    status="running",
+                    owner=self.owner,
+                    lease_expires_at=now + timedelta(seconds=LEASE_S),
+                    error=None,
+                    rate=None,
+                    updated_at=now,
+                )
+            ).rowcount
+            s.commit()
+        if claimed:
+            self._start_heartbeat()
+        return claimed == 1
+
+    def renew_leases(self) -> int:
+        """Extend the lease of every job this runner is running, and pass on the cancel
+        requests other processes wrote on them; returns how many leases it renewed."""
+        now = utcnow()
+        ours = and_(Job.owner == self.owner, Job.status == "running")
+        with self.make_session() as s:
+            renewed = s.execute(
+                update(Job).where(ours).values(lease_expires_at=now + timedelta(seconds=LEASE_S))
+            ).rowcount
+            asked = list(s.scalars(select(Job.id).where(ours, Job.error == CANCEL_REQUESTED)))
+            s.commit()
+        for job_id in asked:
+            if job_id in self._cancel:
+                self._cancel[job_id].set()
+        return renewed
+
+    def _start_heartbeat(self) -> None:
+        with self._lock:
+            if self._heartbeat is not None and self._heartbeat.is_alive():
+                return
+
+            def beat() -> None:
+                while not self._shutdown.wait(HEARTBEAT_S):
+                    try:
+                        self.renew_leases()
+                    except Exception:  # try again next beat; the lease has slack
+                        log.exception("renewing job leases failed")
+
+            self._heartbeat = threading.Thread(target=beat, name="job-heartbeat", daemon=True)
+            self._heartbeat.start()
+
+    def _release(self, job_id: str, error: str) -> None:
+        """Back to `queued` for any runner (this one shut down, or the set was busy)."""
+        self._update(job_id, status="queued", owner=None, lease_expires_at=None, error=error)
 
     def shutdown(self, timeout: float = 10.0) -> None:
         """Stop the threads; their jobs go back to `queued` for the next process."""
@@ -199,12 +298,10 @@ class JobRunner:
         """Run a job in this thread, recording everything on its row."""
         from saefeat.pipeline import run_harvest  # the catalog bookkeeping of a harvest
 
-        job = self.get(job_id)
-        if job.status != "queued":
-            return None
-        spec = HarvestSpec.model_validate(job.spec)
+        if not self.claim(job_id):
+            return None  # finished, or another live runner has it
+        spec = HarvestSpec.model_validate(self.get(job_id).spec)
         cancel = self._cancel.setdefault(job_id, threading.Event())
-        self._update(job_id, status="running", error=None, rate=None)
         meter = _ProgressMeter(lambda **v: self._update(job_id, **v), progress)
 
         def should_stop() -> bool:
@@ -216,37 +313,38 @@ class JobRunner:
             )
         except HarvestCancelled:
             if self._shutdown.is_set() and not cancel.is_set():
-                self._update(job_id, status="queued", error="interrupted by a shutdown")
+                self._release(job_id, "interrupted by a shutdown")
             else:
-                self._update(job_id, status="cancelled", error="cancelled; resubmit to resume")
+                self._finish(job_id, "cancelled", "cancelled; resubmit to resume")
             return None
         except HarvestBusy as e:
-            self._update(job_id, error=str(e))  # the holder of the set runs it
+            self._release(job_id, str(e))  # tried again once the set is free
             return None
         except KeyboardInterrupt:  # Ctrl-C in the CLI: committed shards stay
-            self._update(job_id, status="cancelled", error="interrupted; resubmit to resume")
+            self._finish(job_id, "cancelled", "interrupted; resubmit to resume")
             raise
         except Exception as e:
-            self._update(job_id, status="failed", error=f"{type(e).__name__}: {e}"[:4000])
+            self._finish(job_id, "failed", f"{type(e).__name__}: {e}"[:4000])
             raise
         meter.flush()
         if result.skipped:
             shards = ", ".join(f"{s} ({why})" for s, why in result.skipped.items())
-            self._update(
+            self._finish(
                 job_id,
-                status="failed",
-                error=(
-                    f"finished with gaps: shard(s) {shards}. The other shards are committed "
-                    "and the set is marked complete_with_gaps; resubmit the spec to retry "
-                    "the skipped shards"
-                ),
+                "failed",
+                f"finished with gaps: shard(s) {shards}. The other shards are committed "
+                "and the set is marked complete_with_gaps; resubmit the spec to retry "
+                "the skipped shards",
             )
         else:
             note = None
             if result.dropped_contexts:
                 note = f"{result.dropped_contexts} context(s) with NaN/Inf were dropped"
-            self._update(job_id, status="succeeded", error=note)
+            self._finish(job_id, "succeeded", note)
         return result
+
+    def _finish(self, job_id: str, status: str, error: str | None) -> None:
+        self._update(job_id, status=status, error=error, lease_expires_at=None)
 
 
 class _ProgressMeter:

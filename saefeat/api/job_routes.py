@@ -1,7 +1,8 @@
 """Harvest jobs over HTTP: submit (202 + job id, Idempotency-Key), list, get, cancel.
 
-The router brings its own lifespan: on start it makes the app's JobRunner and resumes the
-jobs a previous process left queued or running; on stop it hands them back to `queued`.
+The router brings its own lifespan: on start it makes the app's JobRunner, resumes the
+jobs nobody runs (queued, or left running by a process that died) and keeps looking for
+such jobs every LEASE_S; on stop it hands its running jobs back to `queued`.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     runner = JobRunner(app.state.settings, app.state.sessionmaker)
     app.state.job_runner = runner
     runner.resume_pending()
+    runner.watch()
     yield
     runner.shutdown()
 

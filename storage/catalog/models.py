@@ -116,6 +116,10 @@ class Job(Base):
     rate: Mapped[float | None]  # units of progress per second
     error: Mapped[str | None] = mapped_column(Text)
     idempotency_key: Mapped[str | None] = mapped_column(String(200), unique=True)
+    # The runner that claimed it last, and until when its claim holds while `running`
+    # (revision 0004): past that, the runner is taken for dead and the job is free again.
+    owner: Mapped[str | None] = mapped_column(String(100))
+    lease_expires_at: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 

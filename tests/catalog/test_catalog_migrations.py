@@ -88,13 +88,25 @@ def _vocab_indexes(url: str) -> set[str]:
         engine.dispose()
 
 
+def _job_columns(url: str) -> set[str]:
+    engine = make_engine(url)
+    try:
+        return {c["name"] for c in inspect(engine).get_columns("jobs")}
+    finally:
+        engine.dispose()
+
+
 def _check_round_trip(url: str) -> None:
     assert current_revision(url) is None
     upgrade(url)
-    assert current_revision(url) == "0003"
+    assert current_revision(url) == "0004"
     assert _tables(url) == TABLES
     assert _drift(url) == [], "models and migrations disagree: add a revision"
     assert _has_fts(url)
+    assert {"owner", "lease_expires_at"} <= _job_columns(url)
+    downgrade(url, "0003")
+    assert not {"owner", "lease_expires_at"} & _job_columns(url)
+    upgrade(url)
     downgrade(url, "0002")
     assert _vocab_indexes(url) == {"ix_vocab_tokens_token_str_side"}
     upgrade(url)
@@ -203,5 +215,5 @@ def test_processes_starting_together_migrate_once(which, request):
     for thread in threads:
         thread.join(120)
     assert errors == []
-    assert current_revision(url) == "0003"
+    assert current_revision(url) == "0004"
     assert _drift(url) == []
