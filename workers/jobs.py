@@ -300,7 +300,6 @@ class JobRunner:
 
         if not self.claim(job_id):
             return None  # finished, or another live runner has it
-        spec = HarvestSpec.model_validate(self.get(job_id).spec)
         cancel = self._cancel.setdefault(job_id, threading.Event())
         meter = _ProgressMeter(lambda **v: self._update(job_id, **v), progress)
 
@@ -308,6 +307,9 @@ class JobRunner:
             return cancel.is_set() or self._shutdown.is_set()
 
         try:
+            # Inside the try: a claimed job must end failed, not stay running under a
+            # lease the heartbeat keeps renewing.
+            spec = HarvestSpec.model_validate(self.get(job_id).spec)
             result = run_harvest(
                 spec, settings=self.settings, progress=meter, should_stop=should_stop
             )

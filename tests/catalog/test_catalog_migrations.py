@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import inspect, select
+from sqlalchemy import Engine, inspect, select
 
 from saefeat.storage.catalog.db import (
     current_revision,
@@ -44,56 +47,49 @@ TABLES = {
 }
 
 
-def _tables(url: str) -> set[str]:
-    """Mapped tables only: FTS5's virtual and shadow tables are checked by _has_fts."""
+@contextmanager
+def _engine(url: str) -> Iterator[Engine]:
     engine = make_engine(url)
     try:
-        names = set(inspect(engine).get_table_names()) - {"alembic_version"}
-        return {n for n in names if not n.startswith("labels_fts")}
+        yield engine
     finally:
         engine.dispose()
 
 
+def _tables(url: str) -> set[str]:
+    """Mapped tables only: FTS5's virtual and shadow tables are checked by _has_fts."""
+    with _engine(url) as engine:
+        names = set(inspect(engine).get_table_names()) - {"alembic_version"}
+    return {n for n in names if not n.startswith("labels_fts")}
+
+
 def _has_fts(url: str) -> bool:
     """Whether revision 0002's full-text search objects exist (FTS5 table or tsvector)."""
-    engine = make_engine(url)
-    try:
+    with _engine(url) as engine:
         inspector = inspect(engine)
         if engine.dialect.name == "sqlite":
             return "labels_fts" in inspector.get_table_names()
         if "labels" not in inspector.get_table_names():
             return False
         return "text_tsv" in {c["name"] for c in inspector.get_columns("labels")}
-    finally:
-        engine.dispose()
 
 
 def _drift(url: str) -> list:
-    engine = make_engine(url)
-    try:
-        with engine.connect() as connection:
-            context = MigrationContext.configure(
-                connection, opts={"compare_type": True, "include_object": include_object}
-            )
-            return compare_metadata(context, Base.metadata)
-    finally:
-        engine.dispose()
+    with _engine(url) as engine, engine.connect() as connection:
+        context = MigrationContext.configure(
+            connection, opts={"compare_type": True, "include_object": include_object}
+        )
+        return compare_metadata(context, Base.metadata)
 
 
 def _vocab_indexes(url: str) -> set[str]:
-    engine = make_engine(url)
-    try:
+    with _engine(url) as engine:
         return {ix["name"] for ix in inspect(engine).get_indexes("vocab_tokens")}
-    finally:
-        engine.dispose()
 
 
 def _job_columns(url: str) -> set[str]:
-    engine = make_engine(url)
-    try:
+    with _engine(url) as engine:
         return {c["name"] for c in inspect(engine).get_columns("jobs")}
-    finally:
-        engine.dispose()
 
 
 def _check_round_trip(url: str) -> None:

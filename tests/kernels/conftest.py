@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import os
 
-if os.environ.get("SAEFEAT_TEST_DEVICE", "cpu") == "cpu":
+from kernel_testlib import DEVICE  # imports torch only, not triton
+
+if DEVICE.type == "cpu":
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest  # noqa: E402

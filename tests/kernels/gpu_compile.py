@@ -21,6 +21,7 @@ import os
 import sys
 import traceback
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
@@ -103,7 +104,7 @@ def _problem(B: int, d_in: int, d_sae: int) -> dict[str, torch.Tensor]:
     return {k: v.requires_grad_() for k, v in t.items()}
 
 
-def probes() -> dict[str, callable]:
+def probes() -> dict[str, Callable[[], None]]:
     from saefeat.kernels import (
         SAEAdam,
         adam,
@@ -146,14 +147,18 @@ def probes() -> dict[str, callable]:
 
     def optimizer(row_limit: int | None):
         def run():
+            limit = adam.MAX_REGISTER_ROW
             if row_limit is not None:
                 adam.MAX_REGISTER_ROW = row_limit  # the chunked decoder-row loop
-            t = _problem(8, 96, 300)
-            params = [t["W_enc"], t["b_enc"], t["W_dec"], t["b_dec"]]
-            opt = SAEAdam(params, lr=1e-3, decoder=t["W_dec"])
-            for p in params:
-                p.grad = torch.randn_like(p)
-            opt.step()
+            try:
+                t = _problem(8, 96, 300)
+                params = [t["W_enc"], t["b_enc"], t["W_dec"], t["b_dec"]]
+                opt = SAEAdam(params, lr=1e-3, decoder=t["W_dec"])
+                for p in params:
+                    p.grad = torch.randn_like(p)
+                opt.step()
+            finally:
+                adam.MAX_REGISTER_ROW = limit
 
         return run
 
