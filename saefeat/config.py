@@ -23,6 +23,8 @@ class Settings(BaseSettings):
     require_read_key: bool = False
     # A key created at start-up with every scope, for bootstrapping a deployment.
     bootstrap_api_key: str | None = None
+    # Most tokens one steering request may generate (each costs two forwards).
+    steer_max_new_tokens: int = 64
 
     @property
     def db_url(self) -> str:

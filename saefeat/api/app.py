@@ -21,6 +21,7 @@ from saefeat.api import (
     live_routes,
     page_routes,
     search_routes,
+    steer_routes,
 )
 from saefeat.api.auth import AUTH_RESPONSES, require_scope
 from saefeat.api.errors import install_error_handlers, install_problem_openapi
@@ -87,7 +88,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     read_guard = [Depends(require_scope("read"))] if settings.require_read_key else []
     read_responses = AUTH_RESPONSES if settings.require_read_key else {}
     app.include_router(health_routes.router, prefix=API_PREFIX)
-    for reads in (catalog_routes, search_routes, live_routes):
+    for reads in (catalog_routes, search_routes, live_routes, steer_routes):
         app.include_router(
             reads.router, prefix=API_PREFIX, dependencies=read_guard, responses=read_responses
         )

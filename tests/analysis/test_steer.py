@@ -121,6 +121,6 @@ def test_clamping_high_raises_the_promoted_tokens_on_smollm2():
     (steered,), (default,) = (raised.steered.mean_promoted_logprob(),
                               raised.default.mean_promoted_logprob())  # fmt: skip
     print(f"mean log-prob of feature 7's top tokens: default {default:.3f}, clamped {steered:.3f}")
-    assert steered > default + 1.0
+    assert steered > default + 0.5
     zero = steer(lm, sae, hook, SteerRequest(prompt, (FeatureStrength(7, 0.0),), "add", 0.7, 1, 8))
     assert zero.steered.token_ids == zero.default.token_ids == raised.default.token_ids

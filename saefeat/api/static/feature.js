@@ -90,6 +90,47 @@
     }
   }
 
+  // The steering form: both continuations of one prompt side by side, the steered one
+  // with this feature added or clamped at its strength (POST /v1/saes/{id}/steer).
+  function wireSteering(form) {
+    if (!form) return;
+    const status = document.getElementById("steer-status");
+    form.addEventListener("submit", async (event) => {
+      event.preventDefault();
+      status.textContent = "generating…";
+      const payload = {
+        prompt: document.getElementById("steer-prompt").value,
+        method: document.getElementById("steer-method").value,
+        features: [{index: Number(form.dataset.index),
+                    strength: Number(document.getElementById("steer-strength").value)}],
+        max_new_tokens: Number(document.getElementById("steer-tokens").value),
+      };
+      let response;
+      try {
+        response = await fetch(form.dataset.url, {
+          method: "POST", headers: {"Content-Type": "application/json"},
+          body: JSON.stringify(payload),
+        });
+      } catch (err) {
+        status.textContent = String(err);
+        return;
+      }
+      const body = await response.json();
+      if (!response.ok) { status.textContent = body.detail || response.statusText; return; }
+      status.textContent = "done";
+      for (const run of ["default", "steered"]) {
+        const text = document.getElementById(`steer-${run}`);
+        text.replaceChildren(el("span", {className: "muted"}, payload.prompt),
+                             el("span", {}, body[run].text));
+        const mean = body[run].mean_promoted_logprob[0];
+        const tokens = body.promoted[0].tokens.map((t) => JSON.stringify(t)).join(" ");
+        document.getElementById(`steer-${run}-lp`).textContent =
+          `mean log-prob of ${tokens}: ${mean === null ? "–" : mean.toFixed(2)}`;
+      }
+      document.getElementById("steer-results").hidden = false;
+    });
+  }
+
   const byKind = (kind) => data.examples.filter((e) => e.kind === kind);
   drawExamples(document.getElementById("top-examples"), byKind("top"));
   const quantile = byKind("quantile");
@@ -100,4 +141,5 @@
   drawHistogram(document.getElementById("histogram-section"), data.histogram);
   drawProjection(document.getElementById("projection-top"), data.projection.top);
   drawProjection(document.getElementById("projection-bottom"), data.projection.bottom);
+  wireSteering(document.getElementById("steer-form"));
 })();
