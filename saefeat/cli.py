@@ -226,19 +226,27 @@ def demo(
 @user_errors
 def export_sae(
     sae: Annotated[str, typer.Option(help="SAE id")],
-    to: Annotated[str, typer.Option(help="saelens or sparsify")],
+    to: Annotated[str, typer.Option(help="saelens, sparsify (weights) or neuronpedia (catalog)")],
     out: Annotated[str, typer.Option(help="folder to write")],
 ):
-    """Write a trained SAE in SAELens's or sparsify's layout."""
+    """Write a trained SAE in SAELens's or sparsify's layout, or its catalog in Neuronpedia's."""
     from pathlib import Path
 
     from saefeat.errors import SpecError
     from saefeat.sae import load_sae
     from saefeat.sae.interop import export_saelens, export_sparsify
 
+    if to == "neuronpedia":  # the catalog's features, examples and labels, not weights
+        from saefeat.pipeline import catalog_session
+        from saefeat.storage.catalog.neuronpedia import export_neuronpedia
+
+        with catalog_session(get_settings()) as s:
+            console.print(f"wrote {export_neuronpedia(s, sae, Path(out))}")
+        return
     writers = {"saelens": export_saelens, "sparsify": export_sparsify}
     if to not in writers:
-        raise SpecError(f"{to!r} is not a format; use one of {sorted(writers)}", field="to")
+        known = sorted([*writers, "neuronpedia"])
+        raise SpecError(f"{to!r} is not a format; use one of {known}", field="to")
     path = writers[to](load_sae(get_settings().saes_dir / sae), Path(out))
     console.print(f"wrote {path}")
 
@@ -246,7 +254,9 @@ def export_sae(
 @app.command("import")
 @user_errors
 def import_sae(
-    path: Annotated[str, typer.Argument(help="an SAELens or sparsify SAE folder")],
+    path: Annotated[
+        str, typer.Argument(help="an SAELens or sparsify SAE, or a Neuronpedia export")
+    ],
     sae_id: Annotated[str, typer.Option("--id", help="id to store it under")],
 ):
     """Read an SAELens or sparsify SAE folder into saefeat's checkpoint format."""
@@ -256,6 +266,16 @@ def import_sae(
     from saefeat.sae.interop import import_saelens, import_sparsify
 
     folder = Path(path)
+    from saefeat.storage.catalog.neuronpedia import import_neuronpedia, is_neuronpedia_folder
+
+    if is_neuronpedia_folder(folder):  # a catalog export: features, examples, labels
+        from saefeat.pipeline import catalog_session
+
+        with catalog_session(get_settings()) as s:
+            done = import_neuronpedia(s, folder, sae_id)
+        console.print(f"stored SAE {done.sae_id}: {done.n_features} features, "
+                      f"{done.n_examples} examples, {done.n_labels} labels")  # fmt: skip
+        return
     if (folder / "sae_weights.safetensors").is_file():
         sae = import_saelens(folder)
     elif (folder / "sae.safetensors").is_file():

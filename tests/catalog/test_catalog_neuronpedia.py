@@ -1,0 +1,213 @@
+"""Neuronpedia export and import: the layout and field names of Neuronpedia's own exporter,
+and a round trip into a fresh catalog."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from saefeat.errors import SpecError
+from saefeat.storage.catalog import neuronpedia, queries
+from saefeat.storage.catalog.db import make_engine, make_sessionmaker
+from saefeat.storage.catalog.demo import synthetic_feature_index
+from saefeat.storage.catalog.labels import add_label
+from saefeat.storage.catalog.models import SAE, Feature, Label
+from saefeat.storage.catalog.writer import write_feature_index
+
+# Scalar and list fields of Neuronpedia's Neuron, Activation and Explanation models (the
+# relation fields left out), copied from apps/webapp/prisma/schema.prisma in
+# hijohnnylin/neuronpedia.
+PRISMA_NEURON = {
+    "modelId", "layer", "index", "sourceSetName", "creatorId", "createdAt", "maxActApprox",
+    "hasVector", "vector", "vectorLabel", "vectorDefaultSteerStrength", "hookName",
+    "topkCosSimIndices", "topkCosSimValues", "neuron_alignment_indices",
+    "neuron_alignment_values", "neuron_alignment_l1", "correlated_neurons_indices",
+    "correlated_neurons_pearson", "correlated_neurons_l1", "correlated_features_indices",
+    "correlated_features_pearson", "correlated_features_l1", "neg_str", "neg_values", "pos_str",
+    "pos_values", "frac_nonzero", "freq_hist_data_bar_heights", "freq_hist_data_bar_values",
+    "logits_hist_data_bar_heights", "logits_hist_data_bar_values", "decoder_weights_dist",
+    "umap_cluster", "umap_log_feature_sparsity", "umap_x", "umap_y",
+}  # fmt: skip
+PRISMA_ACTIVATION = {
+    "id", "tokens", "dataIndex", "index", "layer", "modelId", "dataSource", "maxValue",
+    "maxValueTokenIndex", "minValue", "values", "dfaValues", "dfaTargetIndex", "dfaMaxValue",
+    "zQIndices", "zKIndices", "zValues", "creatorId", "createdAt", "lossValues",
+    "logitContributions", "binMin", "binMax", "binContains", "qualifyingTokenIndex",
+}  # fmt: skip
+PRISMA_EXPLANATION = {
+    "id", "modelId", "layer", "index", "embedding", "description", "authorId",
+    "triggeredByUserId", "notes", "scoreV1", "scoreV2", "umap_x", "umap_y", "umap_cluster",
+    "umap_log_feature_sparsity", "typeName", "explanationModelName", "createdAt", "updatedAt",
+}  # fmt: skip
+# The columns Neuronpedia's exporter (utils/neuronpedia-utils/neuronpedia_utils/
+# export-data.py) selects for each table: an export has these keys, no more, no fewer.
+EXPORTER_NEURON = 29
+EXPORTER_ACTIVATION = 17
+EXPORTER_EXPLANATION = 13
+
+
+@pytest.fixture
+def indexed(session: Session, make_sae, monkeypatch):
+    monkeypatch.setattr(neuronpedia, "BATCH", 16)  # several batch files for 40 features
+    make_sae(session, d_sae=40)
+    index = synthetic_feature_index(40, n_examples=3, n_quantile=2, seed=5)
+    write_feature_index(session, "sae-a", index)
+    f3 = queries.get_feature(session, "sae-a", 3)
+    add_label(session, f3, text="closing brackets", author="ada")
+    add_label(session, f3, text="brackets, auto", source="auto", author="explainer", score=0.7)
+    add_label(session, queries.get_feature(session, "sae-a", 30), text="imports", author="bob")
+    session.commit()
+    return index
+
+
+@pytest.fixture
+def fresh(tmp_path, sqlite_template):
+    path = tmp_path / "fresh.db"
+    shutil.copyfile(sqlite_template, path)
+    engine = make_engine(f"sqlite:///{path}")
+    with make_sessionmaker(engine)() as s:
+        yield s
+    engine.dispose()
+
+
+def _rows(folder: Path, sub: str) -> list[dict]:
+    out = []
+    for f in sorted((folder / sub).glob("batch-*.jsonl.gz")):
+        out += [json.loads(line) for line in gzip.decompress(f.read_bytes()).splitlines()]
+    return out
+
+
+def test_layout_and_fields_are_neuronpedias(session, indexed, tmp_path):
+    folder = neuronpedia.export_neuronpedia(session, "sae-a", tmp_path / "out")
+    assert folder == tmp_path / "out" / "smollm2-135m-instruct" / "6-saefeat-res-40"
+    for name in ("model.jsonl", "release.jsonl", "sourceset.jsonl", "source.jsonl"):
+        assert len((folder / name).read_text().splitlines()) == 1
+    assert len(list((folder / "explanations").iterdir())) == 1  # 3 labels: one batch
+    assert sorted(p.name for p in (folder / "features").iterdir()) == [
+        "batch-0.jsonl.gz", "batch-1.jsonl.gz", "batch-2.jsonl.gz"]  # fmt: skip
+    neurons, acts, expl = (_rows(folder, s) for s in ("features", "activations", "explanations"))
+    assert len(neurons) == 40 and [n["index"] for n in neurons] == [str(i) for i in range(40)]
+    for rows, prisma, n_fields in ((neurons, PRISMA_NEURON, EXPORTER_NEURON),
+                                   (acts, PRISMA_ACTIVATION, EXPORTER_ACTIVATION),
+                                   (expl, PRISMA_EXPLANATION, EXPORTER_EXPLANATION)):  # fmt: skip
+        for row in rows:
+            assert set(row) <= prisma, set(row) - prisma
+            assert len(row) == n_fields
+    assert set(neurons[0]) == set(neuronpedia.NEURON_FIELDS)
+    assert set(acts[0]) == set(neuronpedia.ACTIVATION_FIELDS)
+    assert set(expl[0]) == set(neuronpedia.EXPLANATION_FIELDS)
+    source = json.loads((folder / "source.jsonl").read_text())
+    assert {r["layer"] for r in neurons + acts + expl} == {source["id"]}
+    assert source["saelensConfig"]["hook_name"] == "blocks.6.hook_resid_post"
+    # Neuronpedia marks top examples with binMin = -1; quantile samples carry their slice.
+    top = [a for a in acts if a["binMin"] == -1]
+    assert len(top) == 3 * int((indexed.density > 0).sum())
+    assert all(0 <= a["binMin"] < a["binMax"] for a in acts if a["binMin"] != -1)
+    assert sorted(e["description"] for e in expl) == [
+        "brackets, auto", "closing brackets", "imports"]  # fmt: skip
+    with pytest.raises(SpecError) as err:  # never writes over an export
+        neuronpedia.export_neuronpedia(session, "sae-a", tmp_path / "out")
+    assert err.value.field == "out"
+
+
+def _snapshot(s: Session, sae_id: str):
+    features = s.execute(
+        select(Feature.id, Feature.index, Feature.density, Feature.max_activation,
+               Feature.mean_activation, Feature.histogram)
+        .where(Feature.sae_id == sae_id).order_by(Feature.index)
+    ).all()  # fmt: skip
+    out = []
+    for fid, *cols in features:
+        examples = [tuple(vars_(e)) for e in queries.feature_examples(s, fid)]
+        projection = {k: [(p.rank, p.token_id, p.token_str, p.value) for p in v]
+                      for k, v in queries.feature_projection(s, fid).items()}  # fmt: skip
+        near = [(n.feature.index, n.rank, n.cosine) for n in queries.feature_neighbours(s, fid)]
+        labels = s.execute(select(Label.text, Label.source, Label.author, Label.score,
+                                  Label.created_at)
+                           .where(Label.feature_id == fid).order_by(Label.id)).all()  # fmt: skip
+        out.append((tuple(cols), examples, projection, near, [tuple(lb) for lb in labels]))
+    return out
+
+
+def vars_(row):
+    return [getattr(row, f) for f in row.__slots__]
+
+
+def test_round_trip_into_a_fresh_catalog(session, indexed, fresh, tmp_path):
+    folder = neuronpedia.export_neuronpedia(session, "sae-a", tmp_path / "out")
+    done = neuronpedia.import_neuronpedia(fresh, tmp_path / "out", "copy")
+    assert (done.n_features, done.n_labels) == (40, 3)
+    assert done.n_examples == 5 * int((indexed.density > 0).sum())
+    copy = fresh.get(SAE, "copy")
+    assert (copy.hook_name, copy.d_in, copy.d_sae, copy.architecture, copy.k) == (
+        "blocks.6.hook_resid_post", 576, 40, "topk", 8)  # fmt: skip
+    got, want = _snapshot(fresh, "copy"), _snapshot(session, "sae-a")
+    for g, w in zip(got, want, strict=True):
+        for part_g, part_w in zip(g, w, strict=True):
+            assert part_g == part_w
+    assert neuronpedia.is_neuronpedia_folder(folder)
+
+
+def test_a_folder_without_our_side_files_imports_from_the_records(session, indexed, fresh,
+                                                                  tmp_path):  # fmt: skip
+    folder = neuronpedia.export_neuronpedia(session, "sae-a", tmp_path / "out")
+    shutil.rmtree(folder / "saefeat")  # as Neuronpedia itself exports it
+    done = neuronpedia.import_neuronpedia(fresh, folder, "np")
+    assert done.n_features == 40 and done.n_labels == 3
+    original = queries.get_feature(session, "sae-a", 3)
+    f = queries.get_feature(fresh, "np", 3)
+    assert (f.density, f.max_activation) == (original.density, original.max_activation)
+    ex = queries.feature_examples(fresh, f.id)
+    assert [e.kind for e in ex].count("top") == 3 and [e.kind for e in ex].count("quantile") == 2
+    top_ranks = [e.rank for e in ex if e.kind == "top"]
+    assert top_ranks == [0, 1, 2]
+    want = [e.token_strs for e in queries.feature_examples(session, original.id)]
+    assert sorted(e.token_strs for e in ex) == sorted(want)
+    projection = queries.feature_projection(fresh, f.id)["top"]
+    assert [p.token_str for p in projection] == [
+        p.token_str for p in queries.feature_projection(session, original.id)["top"]]  # fmt: skip
+
+
+@pytest.mark.parametrize("damage", ["bad_json", "bad_index", "bad_value", "empty_label",
+                                    "wrong_layer"])  # fmt: skip
+def test_a_bad_file_writes_nothing(session, indexed, fresh, tmp_path, damage):
+    folder = neuronpedia.export_neuronpedia(session, "sae-a", tmp_path / "out")
+    sub = {"bad_json": "features", "bad_index": "activations", "bad_value": "features",
+           "empty_label": "explanations", "wrong_layer": "activations"}[damage]  # fmt: skip
+    path = sorted((folder / sub).glob("batch-*.jsonl.gz"))[-1]
+    rows = [json.loads(line) for line in gzip.decompress(path.read_bytes()).splitlines()]
+    row = rows[-1]
+    if damage == "bad_index":
+        row["index"] = "400"
+    elif damage == "bad_value":
+        row["frac_nonzero"] = "lots"
+    elif damage == "empty_label":
+        row["description"] = "  "
+    elif damage == "wrong_layer":
+        row["layer"] = "7-other"
+    text = "\n".join(json.dumps(r) for r in rows) + ("\n{not json" if damage == "bad_json" else "")
+    path.write_bytes(gzip.compress(text.encode()))
+    with pytest.raises(SpecError):
+        neuronpedia.import_neuronpedia(fresh, folder, "copy")
+    assert fresh.get(SAE, "copy") is None
+    assert fresh.scalar(select(Feature.id).limit(1)) is None
+
+
+def test_import_refuses_an_existing_id_and_a_folder_that_is_not_an_export(
+    session, indexed, tmp_path
+):
+    neuronpedia.export_neuronpedia(session, "sae-a", tmp_path / "out")
+    with pytest.raises(SpecError) as err:
+        neuronpedia.import_neuronpedia(session, tmp_path / "out", "sae-a")
+    assert err.value.field == "id"
+    (tmp_path / "empty").mkdir()
+    assert not neuronpedia.is_neuronpedia_folder(tmp_path / "empty")
+    with pytest.raises(SpecError) as err:
+        neuronpedia.import_neuronpedia(session, tmp_path / "empty", "x")
+    assert err.value.field == "path"
