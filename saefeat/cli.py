@@ -266,7 +266,10 @@ def import_sae(
     from saefeat.sae.interop import import_saelens, import_sparsify
 
     folder = Path(path)
-    from saefeat.storage.catalog.neuronpedia import import_neuronpedia, is_neuronpedia_folder
+    from saefeat.storage.catalog.neuronpedia_import import (
+        import_neuronpedia,
+        is_neuronpedia_folder,
+    )
 
     if is_neuronpedia_folder(folder):  # a catalog export: features, examples, labels
         from saefeat.pipeline import catalog_session

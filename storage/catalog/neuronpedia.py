@@ -18,7 +18,7 @@ their slice of (0, max] in binMin/binMax. Neuronpedia's importer reads only the 
 it knows, so the `saefeat/` side files (token ids, context positions, example kinds and
 ranks, mean activation, the exact histogram, projection token ids, label source, score
 and time) ride along unseen and make our own round trip exact. A folder from Neuronpedia
-has none: import then falls back to what its records hold (see `_example`).
+has none: import (neuronpedia_import.py) then falls back to what its records hold.
 """
 
 from __future__ import annotations
@@ -33,24 +33,18 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from saefeat.errors import SpecError
-from saefeat.features.records import FeatureExample, FeatureIndex, VocabProjection
 from saefeat.lm import parse_hook
 from saefeat.storage.catalog import queries
-from saefeat.storage.catalog.labels import MAX_LABEL_CHARS
 from saefeat.storage.catalog.models import (
-    LABEL_SOURCES,
     SAE,
     ActivationSet,
     Feature,
     Label,
 )
-from saefeat.storage.catalog.registry import register_sae
-from saefeat.storage.catalog.writer import write_feature_index
 
 BATCH = 1024  # features per batch file, as Neuronpedia's exporter
 # The creator Neuronpedia's converter falls back to; its exporter writes one id for all.
@@ -283,283 +277,4 @@ def _export_batch(session: Session, ids: list[int], names: SourceNames) -> dict[
             "pos_ids": [t.token_id for t in top], "neg_ids": [t.token_id for t in bottom],
             "examples": side, "labels": labels,
         })  # fmt: skip
-    return out
-
-
-# ---- import --------------------------------------------------------------------------
-
-
-def is_neuronpedia_folder(path: Path) -> bool:
-    return _find_source(Path(path), strict=False) is not None
-
-
-def _find_source(path: Path, *, strict: bool = True) -> Path | None:
-    """The source folder: `path` itself, or the one `<model>/<source>/` (or `<source>/`)
-    below it that holds source.jsonl and features/."""
-    candidates = [path, *sorted(path.glob("*")), *sorted(path.glob("*/*"))]
-    found = [p for p in candidates if (p / "source.jsonl").is_file() and (p / "features").is_dir()]
-    if len(found) == 1 or (found and found[0] == path):
-        return found[0]
-    if strict:
-        why = "holds several sources; name one" if found else "holds no source.jsonl + features/"
-        raise SpecError(f"{path} {why}", field="path")
-    return None
-
-
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    try:
-        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
-        rows = []
-        for n, line in enumerate(raw.decode().splitlines(), 1):
-            if line.strip():
-                row = json.loads(line)
-                if not isinstance(row, dict):
-                    raise ValueError("a line is not a JSON object")
-                rows.append(row)
-                row["_where"] = f"{path.parent.name}/{path.name}:{n}"
-    except (OSError, EOFError, ValueError, UnicodeDecodeError) as e:
-        raise SpecError(f"{path} cannot be read: {e}", field="path") from None
-    return rows
-
-
-def _batches(folder: Path, sub: str) -> list[dict[str, Any]]:
-    files = sorted((folder / sub).glob("batch-*.jsonl.gz"),
-                   key=lambda p: int(re.sub(r"\D", "", p.name) or 0))  # fmt: skip
-    return [row for f in files for row in _read_jsonl(f)]
-
-
-def _field(row: dict, name: str, kind: type | tuple[type, ...], *, optional: bool = False):
-    value = row.get(name)
-    if value is None and optional:
-        return None
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
-    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
-        raise SpecError(f"{row['_where']}: {name} is {value!r}", field=name)
-    return value
-
-
-def _feature_index(row: dict, d_sae: int | None = None) -> int:
-    raw = row.get("index")
-    try:
-        i = int(raw)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        raise SpecError(f"{row['_where']}: index is {raw!r}", field="index") from None
-    if i < 0 or (d_sae is not None and i >= d_sae):
-        raise SpecError(f"{row['_where']}: index {i} is outside 0..{(d_sae or 1) - 1}",
-                        field="index")  # fmt: skip
-    return i
-
-
-@dataclass
-class ImportSummary:
-    sae_id: str
-    n_features: int
-    n_examples: int
-    n_labels: int
-
-
-def import_neuronpedia(session: Session, path: Path, sae_id: str) -> ImportSummary:
-    """Read a Neuronpedia source folder into the catalog as SAE `sae_id` (features,
-    examples, projections, neighbours, labels). Every record is checked before the first
-    write; the writes are one commit, and the labels (which need the new feature ids)
-    follow in a second that, if it fails, removes the SAE again: nothing half-written."""
-    folder = _find_source(Path(path))
-    assert folder is not None
-    if session.get(SAE, sae_id) is not None:
-        raise SpecError(f"SAE {sae_id!r} exists; import under a new id", field="id")
-    source = _read_jsonl(folder / "source.jsonl")
-    if len(source) != 1:
-        raise SpecError(f"{folder}/source.jsonl must hold one record", field="path")
-    source_row = source[0]
-    source_id = _field(source_row, "id", str)
-    cfg = source_row.get("saelensConfig") or {}
-    if isinstance(cfg, str):
-        cfg = json.loads(cfg)
-    model_rows = _read_jsonl(folder / "model.jsonl") if (folder / "model.jsonl").is_file() else []
-    neurons = _batches(folder, "features")
-    if not neurons:
-        raise SpecError(f"{folder}/features holds no features", field="path")
-    for row in neurons + _batches(folder, "activations") + _batches(folder, "explanations"):
-        if row.get("layer") != source_id:
-            raise SpecError(f"{row['_where']}: layer is {row.get('layer')!r}, not the source "
-                            f"{source_id!r}", field="layer")  # fmt: skip
-    d_sae = int(cfg.get("d_sae") or max(_feature_index(r) for r in neurons) + 1)
-    index = _feature_index_from(folder, neurons, d_sae)
-    labels = _labels(folder, d_sae)
-    hook = cfg.get("hook_name") or _hook_from_source(source_id)
-    d_in = cfg.get("d_in") or (model_rows[0].get("dimension") if model_rows else None)
-    if not d_in:
-        raise SpecError("neither saelensConfig.d_in nor model.dimension gives d_in", field="d_in")
-    model_name = cfg.get("model_name") or source_row.get("modelId")
-    saefeat_meta = cfg.get("saefeat") or {}
-    register_sae(
-        session, sae_id=sae_id, name=saefeat_meta.get("name") or f"{model_name} {source_id}",
-        model_name=model_name, hook_name=hook, architecture=cfg.get("architecture") or "unknown",
-        d_in=int(d_in), d_sae=d_sae, k=cfg.get("k"), cfg=saefeat_meta.get("cfg") or {},
-        metrics=saefeat_meta.get("metrics") or {},
-    )  # fmt: skip
-    summary = write_feature_index(session, sae_id, index)  # commits the SAE with its index
-    try:
-        ids = dict(session.execute(
-            select(Feature.index, Feature.id).where(Feature.sae_id == sae_id)).all())  # fmt: skip
-        session.add_all(
-            Label(feature_id=ids[i], **{k: v for k, v in fields.items() if v is not None})
-            for i, fields in labels
-        )
-        session.commit()
-    except BaseException:
-        session.rollback()
-        session.delete(session.get(SAE, sae_id))
-        session.commit()
-        raise
-    return ImportSummary(sae_id, summary.n_features, summary.n_examples, len(labels))
-
-
-def _hook_from_source(source_id: str) -> str:
-    m = re.match(r"^(\d+)-(.*)$", source_id)
-    if not m:
-        raise SpecError(f"source id {source_id!r} does not start with a layer", field="layer")
-    kinds = {"res": "resid_post", "res-pre": "resid_pre", "mlp": "mlp_out", "att": "attn_out"}
-    for word, kind in sorted(kinds.items(), key=lambda kv: -len(kv[0])):
-        if re.search(rf"(^|-){word}(-|$)", m.group(2)):
-            return f"blocks.{m.group(1)}.hook_{kind}"
-    raise SpecError(f"cannot tell the hook from source id {source_id!r}", field="hook")
-
-
-def _side_rows(folder: Path, d_sae: int) -> dict[int, dict]:
-    if not (folder / "saefeat").is_dir():
-        return {}
-    return {_feature_index(r, d_sae): r for r in _batches(folder, "saefeat")}
-
-
-def _floats(row: dict, name: str) -> list[float]:
-    values = row.get(name) or []
-    if not isinstance(values, list) or not all(
-        isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in values
-    ):
-        raise SpecError(f"{row['_where']}: {name} must be a list of finite numbers", field=name)
-    return [float(v) for v in values]
-
-
-def _feature_index_from(folder: Path, neurons: list[dict], d_sae: int) -> FeatureIndex:
-    side = _side_rows(folder, d_sae)
-    density, max_act, mean_act = np.zeros(d_sae), np.zeros(d_sae), np.zeros(d_sae)
-    histograms: dict[int, dict] = {}
-    projections, near = [], {}
-    for row in neurons:
-        i = _feature_index(row, d_sae)
-        extra = side.get(i, {})
-        density[i] = _field(row, "frac_nonzero", float)
-        max_act[i] = _field(row, "maxActApprox", float, optional=True) or 0.0
-        heights, centres = _floats(row, "freq_hist_data_bar_heights"), _floats(
-            row, "freq_hist_data_bar_values")  # fmt: skip
-        mean = extra.get("mean_activation")
-        if mean is None and sum(heights) > 0:  # Neuronpedia keeps no mean: the histogram's
-            mean = float(np.dot(heights, centres) / sum(heights))
-        mean_act[i] = mean or 0.0
-        if extra.get("histogram"):
-            histograms[i] = extra["histogram"]
-        pos, neg = row.get("pos_str") or [], row.get("neg_str") or []
-        pos_v, neg_v = _floats(row, "pos_values"), _floats(row, "neg_values")
-        if len(pos) != len(pos_v) or len(neg) != len(neg_v):
-            raise SpecError(f"{row['_where']}: pos/neg strings and values differ in length",
-                            field="pos_str")  # fmt: skip
-        projections.append(VocabProjection(
-            i, extra.get("pos_ids") or [-1] * len(pos), list(pos), pos_v,
-            extra.get("neg_ids") or [-1] * len(neg), list(neg), neg_v))  # fmt: skip
-        cos_i = row.get("topkCosSimIndices") or []
-        near[i] = (list(cos_i), _floats(row, "topkCosSimValues"))
-    examples = _examples(folder, d_sae, side, max_act)
-    width = max((len(a) for a, _ in near.values()), default=0)
-    nbr_idx = np.full((d_sae, width), -1, dtype=np.int64)
-    nbr_cos = np.zeros((d_sae, width))
-    for i, (idx, cos) in near.items():
-        nbr_idx[i, : len(idx)] = idx
-        nbr_cos[i, : len(cos)] = cos
-    edges, counts = _shared_histograms(histograms, d_sae)
-    return FeatureIndex(
-        d_sae=d_sae, n_tokens=0, density=density, max_activation=max_act,
-        mean_activation=mean_act, examples=examples, projections=projections,
-        histogram_edges=edges, histograms=counts,
-        neighbour_indices=nbr_idx if width else None, neighbour_cosines=nbr_cos if width else None,
-    )  # fmt: skip
-
-
-def _shared_histograms(histograms: dict[int, dict], d_sae: int):
-    """The catalog keeps one set of bin edges for an SAE; use them when every feature came
-    with the same ones (our side files), else store no histograms."""
-    if not histograms:
-        return None, None
-    edges = next(iter(histograms.values()))["edges"]
-    if any(h["edges"] != edges for h in histograms.values()):
-        return None, None
-    counts = np.zeros((d_sae, len(edges) - 1), dtype=np.int64)
-    for i, h in histograms.items():
-        counts[i] = h["counts"]
-    return np.asarray(edges), counts
-
-
-def _examples(folder: Path, d_sae: int, side: dict[int, dict], max_act: np.ndarray):
-    extra = {e["id"]: e for r in side.values() for e in r.get("examples", [])}
-    by_feature: dict[tuple[int, str], list] = defaultdict(list)
-    for row in _batches(folder, "activations"):
-        i = _feature_index(row, d_sae)
-        tokens = row.get("tokens")
-        values = _floats(row, "values")
-        if not isinstance(tokens, list) or len(tokens) != len(values) or not tokens:
-            raise SpecError(f"{row['_where']}: tokens and values must be equal, non-empty lists",
-                            field="tokens")  # fmt: skip
-        e = extra.get(row.get("id"))
-        if e is not None:
-            ex = FeatureExample(i, e["rank"], e["activation"], e["context_index"], e["position"],
-                                e["token_ids"], [str(t) for t in tokens], values, e["focus"],
-                                e["kind"])  # fmt: skip
-        else:
-            ex = _example(row, i, tokens, values)
-        by_feature[(i, ex.kind)].append(ex)
-    out = []
-    for _, group in sorted(by_feature.items()):
-        if any(ex.rank < 0 for ex in group):  # no side file: rank by activation
-            group.sort(key=lambda ex: -ex.activation)
-            for rank, ex in enumerate(group):
-                ex.rank = rank
-        out.extend(group)
-    return out
-
-
-def _example(row: dict, i: int, tokens: list, values: list[float]) -> FeatureExample:
-    """A Neuronpedia Activation without our side file: the focus is its max token, the kind
-    comes from binMin (-1 marks top examples), and what Neuronpedia does not keep (token
-    ids, the context it came from) is -1."""
-    focus = _field(row, "maxValueTokenIndex", int, optional=True) or 0
-    focus = min(max(focus, 0), len(values) - 1)
-    kind = "top" if row.get("binMin") in (None, -1) else "quantile"
-    return FeatureExample(i, -1, values[focus], -1, focus, [-1] * len(tokens),
-                          [str(t) for t in tokens], values, focus, kind)  # fmt: skip
-
-
-def _labels(folder: Path, d_sae: int) -> list[tuple[int, dict]]:
-    side = {lb["id"]: lb for r in _side_rows(folder, d_sae).values() for lb in r.get("labels", [])}
-    out = []
-    for row in _batches(folder, "explanations"):
-        i = _feature_index(row, d_sae)
-        text = _field(row, "description", str).strip()
-        if not text or len(text) > MAX_LABEL_CHARS:
-            raise SpecError(f"{row['_where']}: description must have 1..{MAX_LABEL_CHARS} "
-                            "characters", field="description")  # fmt: skip
-        extra = side.get(row.get("id"), {})
-        auto = bool(row.get("typeName") or row.get("explanationModelName"))
-        source = extra.get("source") or ("auto" if auto else "human")
-        if source not in LABEL_SOURCES:
-            raise SpecError(f"{row['_where']}: label source {source!r}", field="source")
-        score = extra.get("score")
-        if score is not None and not math.isfinite(score):
-            raise SpecError(f"{row['_where']}: score is not finite", field="score")
-        when = extra.get("created_at")
-        fields = {"text": text, "source": source,
-                  "author": extra.get("author", row.get("explanationModelName")),
-                  "score": score,
-                  "created_at": datetime.fromisoformat(when) if when else None}  # fmt: skip
-        out.append((i, fields))
     return out

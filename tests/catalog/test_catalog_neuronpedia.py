@@ -13,7 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from saefeat.errors import SpecError
-from saefeat.storage.catalog import neuronpedia, queries
+from saefeat.storage.catalog import neuronpedia, neuronpedia_import, queries
 from saefeat.storage.catalog.db import make_engine, make_sessionmaker
 from saefeat.storage.catalog.demo import synthetic_feature_index
 from saefeat.storage.catalog.labels import add_label
@@ -141,7 +141,7 @@ def vars_(row):
 
 def test_round_trip_into_a_fresh_catalog(session, indexed, fresh, tmp_path):
     folder = neuronpedia.export_neuronpedia(session, "sae-a", tmp_path / "out")
-    done = neuronpedia.import_neuronpedia(fresh, tmp_path / "out", "copy")
+    done = neuronpedia_import.import_neuronpedia(fresh, tmp_path / "out", "copy")
     assert (done.n_features, done.n_labels) == (40, 3)
     assert done.n_examples == 5 * int((indexed.density > 0).sum())
     copy = fresh.get(SAE, "copy")
@@ -151,14 +151,14 @@ def test_round_trip_into_a_fresh_catalog(session, indexed, fresh, tmp_path):
     for g, w in zip(got, want, strict=True):
         for part_g, part_w in zip(g, w, strict=True):
             assert part_g == part_w
-    assert neuronpedia.is_neuronpedia_folder(folder)
+    assert neuronpedia_import.is_neuronpedia_folder(folder)
 
 
 def test_a_folder_without_our_side_files_imports_from_the_records(session, indexed, fresh,
                                                                   tmp_path):  # fmt: skip
     folder = neuronpedia.export_neuronpedia(session, "sae-a", tmp_path / "out")
     shutil.rmtree(folder / "saefeat")  # as Neuronpedia itself exports it
-    done = neuronpedia.import_neuronpedia(fresh, folder, "np")
+    done = neuronpedia_import.import_neuronpedia(fresh, folder, "np")
     assert done.n_features == 40 and done.n_labels == 3
     original = queries.get_feature(session, "sae-a", 3)
     f = queries.get_feature(fresh, "np", 3)
@@ -194,7 +194,7 @@ def test_a_bad_file_writes_nothing(session, indexed, fresh, tmp_path, damage):
     text = "\n".join(json.dumps(r) for r in rows) + ("\n{not json" if damage == "bad_json" else "")
     path.write_bytes(gzip.compress(text.encode()))
     with pytest.raises(SpecError):
-        neuronpedia.import_neuronpedia(fresh, folder, "copy")
+        neuronpedia_import.import_neuronpedia(fresh, folder, "copy")
     assert fresh.get(SAE, "copy") is None
     assert fresh.scalar(select(Feature.id).limit(1)) is None
 
@@ -204,10 +204,38 @@ def test_import_refuses_an_existing_id_and_a_folder_that_is_not_an_export(
 ):
     neuronpedia.export_neuronpedia(session, "sae-a", tmp_path / "out")
     with pytest.raises(SpecError) as err:
-        neuronpedia.import_neuronpedia(session, tmp_path / "out", "sae-a")
+        neuronpedia_import.import_neuronpedia(session, tmp_path / "out", "sae-a")
     assert err.value.field == "id"
     (tmp_path / "empty").mkdir()
-    assert not neuronpedia.is_neuronpedia_folder(tmp_path / "empty")
+    assert not neuronpedia_import.is_neuronpedia_folder(tmp_path / "empty")
     with pytest.raises(SpecError) as err:
-        neuronpedia.import_neuronpedia(session, tmp_path / "empty", "x")
+        neuronpedia_import.import_neuronpedia(session, tmp_path / "empty", "x")
     assert err.value.field == "path"
+
+
+def test_cli_export_and_import_dispatch_on_the_layout(tmp_path, monkeypatch, make_sae):
+    from typer.testing import CliRunner
+
+    from saefeat.cli import app
+    from saefeat.config import get_settings
+    from saefeat.pipeline import catalog_session
+
+    monkeypatch.setenv("SAEFEAT_HOME", str(tmp_path / "home"))
+    get_settings.cache_clear()
+    try:
+        with catalog_session(get_settings()) as s:
+            make_sae(s, d_sae=12)
+            write_feature_index(s, "sae-a", synthetic_feature_index(12, seed=1))
+        out = tmp_path / "np"
+        run = CliRunner().invoke(app, ["export", "--sae", "sae-a", "--to", "neuronpedia",
+                                       "--out", str(out)])  # fmt: skip
+        assert run.exit_code == 0, run.output
+        run = CliRunner().invoke(app, ["import", str(out), "--id", "back"])
+        assert run.exit_code == 0, run.output
+        assert "12 features" in run.output
+        with catalog_session(get_settings()) as s:
+            assert queries.count_features(s, "back") == 12
+        bad = CliRunner().invoke(app, ["export", "--sae", "sae-a", "--to", "np", "--out", "x"])
+        assert bad.exit_code == 2 and "neuronpedia" in bad.output
+    finally:
+        get_settings.cache_clear()
