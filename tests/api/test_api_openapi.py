@@ -11,7 +11,7 @@ from saefeat.api.app import create_app
 
 PROBLEM_REF = {"$ref": "#/components/schemas/Problem"}
 # POST routes that only read (open unless reads need a key).
-READ_POSTS = {"/v1/saes/{sae_id}/activations"}
+READ_POSTS = {"/v1/saes/{sae_id}/activations", "/v1/saes/{sae_id}/steer"}
 
 
 def _operations(schema: dict):
