@@ -234,10 +234,13 @@ class _Steering:
             self.handle.remove()
 
 
-def _cache_argument(model: torch.nn.Module) -> str:
-    """transformers 5 renamed the forward's `past_key_values` to `cache`."""
+def _forward_arguments(model: torch.nn.Module) -> tuple[str, dict]:
+    """(name of the forward's KV-cache argument, extra arguments): transformers 5 renamed
+    `past_key_values` to `cache`; `logits_to_keep=1` skips the prompt's other logits
+    where the family takes it."""
     params = inspect.signature(model.forward).parameters
-    return "cache" if "cache" in params else "past_key_values"
+    extra = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
+    return ("cache" if "cache" in params else "past_key_values"), extra
 
 
 @torch.inference_mode()
@@ -254,14 +257,14 @@ def generate(
     eos = getattr(lm.tokenizer, "eos_token_id", None)
     watch_ids = torch.tensor(watch, device=device)
     ids = ids.to(device)
-    cache_arg = _cache_argument(lm.model)
+    cache_arg, extra = _forward_arguments(lm.model)
     past = None
     step_ids = ids
     out_ids: list[int] = []
     logprobs: list[list[list[float]]] = []
     for _ in range(request.max_new_tokens):
         kwargs = {cache_arg: past} if past is not None else {}
-        result = lm.model(input_ids=step_ids, use_cache=True, logits_to_keep=1, **kwargs)
+        result = lm.model(input_ids=step_ids, use_cache=True, **extra, **kwargs)
         past = result.past_key_values
         logits = result.logits[0, -1].float()
         logp = torch.log_softmax(logits, dim=-1)
@@ -285,6 +288,9 @@ def steer(
 ) -> SteerResult:  # fmt: skip
     """The default and the steered continuation of `request.prompt`, side by side."""
     check_request(request, d_sae=sae.cfg.d_sae, max_new_tokens=max_new_tokens)
+    if lm.is_encoder:
+        raise SpecError(f"{lm.name} is an encoder; steering needs a model that generates",
+                        field="sae_id")  # fmt: skip
     lm.check_hooks([hook])
     ids = encode_prompt(lm, request)
     promoted = promoted_tokens(lm, sae, [f.index for f in request.features], request.n_promoted)

@@ -47,6 +47,14 @@ def test_strength_zero_add_reproduces_the_default_generation(tiny):
     assert result.steered.promoted_logprobs == result.default.promoted_logprobs
 
 
+def test_a_one_token_prompt_steers_the_generated_positions(tiny):
+    lm, sae, hook = tiny
+    result = steer(lm, sae, hook, request((5, 40.0), method="clamp", prompt="x", n=4))
+    assert len(lm.tokenizer("x").input_ids) == 1
+    assert result.steered.promoted_logprobs[1:] != result.default.promoted_logprobs[1:]
+    assert result.steered.promoted_logprobs[0] == result.default.promoted_logprobs[0]
+
+
 def test_steering_changes_sampled_text_and_seed_fixes_it(tiny):
     lm, sae, hook = tiny
     strong = steer(lm, sae, hook, request((5, 40.0)))
