@@ -212,6 +212,8 @@ def export_neuronpedia(session: Session, sae_id: str, out: Path) -> Path:
 def _export_batch(session: Session, ids: list[int], names: SourceNames) -> dict[str, list]:
     out: dict[str, list] = {"features": [], "activations": [], "explanations": [], "saefeat": []}
     common = {"modelId": names.model_id, "layer": names.source_id}
+    # Activation and Explanation ids are primary keys across a whole Neuronpedia.
+    prefix = f"sf-{names.model_id}-{names.source_id}"
     labels_by_feature: dict[int, list[Label]] = defaultdict(list)
     for label in session.scalars(select(Label).where(Label.feature_id.in_(ids)).order_by(Label.id)):
         labels_by_feature[label.feature_id].append(label)
@@ -241,7 +243,7 @@ def _export_batch(session: Session, ids: list[int], names: SourceNames) -> dict[
         })  # fmt: skip
         side = []
         for ex in examples:
-            act_id = f"sf-{names.source_id}-{index}-{ex.kind}-{ex.rank}"
+            act_id = f"{prefix}-{index}-{ex.kind}-{ex.rank}"
             values = ex.values
             peak = max(range(len(values)), key=values.__getitem__) if values else 0
             if ex.kind == "top":
@@ -263,7 +265,7 @@ def _export_batch(session: Session, ids: list[int], names: SourceNames) -> dict[
                          "token_ids": ex.token_ids})  # fmt: skip
         labels = []
         for lb in labels_by_feature[fid]:
-            lid = f"sf-{names.source_id}-{index}-label-{lb.id}"
+            lid = f"{prefix}-{index}-label-{lb.id}"
             out["explanations"].append({
                 "id": lid, **common, "index": index, "authorId": CREATOR_ID,
                 "description": lb.text, "embedding": None, "typeName": None,
