@@ -24,9 +24,27 @@ class Settings(BaseSettings):
     # A key created at start-up with every scope, for bootstrapping a deployment.
     bootstrap_api_key: str | None = None
 
+    # What a harvest spec sent over HTTP may reach (docs/SECURITY.md). Corpus paths must
+    # resolve under one of these folders (default: <home>/corpora); relative paths are
+    # taken from the first. The built-in corpus is always allowed.
+    corpus_roots: list[Path] | None = None
+    # Models besides the embedded one and folders under models_dir: ids or paths.
+    allowed_models: list[str] = Field(default_factory=list)
+    max_ctx_len: int = Field(4096, ge=2)
+    max_token_budget: int = Field(1_000_000_000, ge=1)
+    max_batch_size: int = Field(1024, ge=1)
+
     @property
     def db_url(self) -> str:
         return self.database_url or f"sqlite:///{self.home / 'catalog.db'}"
+
+    @property
+    def corpus_root_paths(self) -> list[Path]:
+        return list(self.corpus_roots) if self.corpus_roots is not None else [self.corpora_dir]
+
+    @property
+    def corpora_dir(self) -> Path:
+        return self.home / "corpora"
 
     @property
     def models_dir(self) -> Path:
