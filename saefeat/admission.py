@@ -94,7 +94,9 @@ def check_device(device: str | None, workers: int | None, res: Resources | None)
     when the cluster has GPUs."""
     match = DEVICE.fullmatch(device) if device is not None else None
     if device is not None and match is None:
-        raise SpecError(f"{device!r} is not a device: use 'cpu', 'cuda' or 'cuda:N'", field="device")
+        raise SpecError(
+            f"{device!r} is not a device: use 'cpu', 'cuda' or 'cuda:N'", field="device"
+        )
     if res is None:
         return
     on_gpu = device.startswith("cuda") if device is not None else res.gpus > 0

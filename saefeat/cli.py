@@ -248,10 +248,9 @@ def export_sae(
     from pathlib import Path
 
     from saefeat.errors import SpecError
+    from saefeat.paths import inside
     from saefeat.sae import load_sae
     from saefeat.sae.interop import export_saelens, export_sparsify
-
-    from saefeat.paths import inside
 
     writers = {"saelens": export_saelens, "sparsify": export_sparsify}
     if to not in writers:

@@ -200,8 +200,7 @@ def mix_sources(
             yield doc
         return
     iters = [
-        iter_documents(p, roots=roots, field=f, report=report, on_bad=on_bad)
-        for p, f, _ in sources
+        iter_documents(p, roots=roots, field=f, report=report, on_bad=on_bad) for p, f, _ in sources
     ]
     chars = [0] * len(sources)
     live = list(range(len(sources)))

@@ -9,7 +9,6 @@ from transformers import AutoTokenizer
 from saefeat.corpus import BUILTIN_PYTHON_DOCS, CorpusRoots, iter_documents, pack_contexts
 from saefeat.errors import SpecError
 
-
 NO_ROOTS = CorpusRoots.of([])  # the built-in corpus needs none
 
 
