@@ -7,6 +7,8 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
 from saefeat.api.app import create_app
+from saefeat.errors import SpecError
+from saefeat.specs import HarvestSpec
 from saefeat.storage.catalog.keys import create_api_key
 from saefeat.storage.catalog.models import Job
 
@@ -188,3 +190,16 @@ def test_job_details_only_for_the_jobs_scope(api, spec):
         "/v1/harvests", json=body(spec), headers={"Authorization": f"Bearer {label_key}"}
     )
     assert weak.status_code == 403
+
+
+def test_a_job_that_skipped_the_api_is_still_held_to_the_roots(api, spec):
+    """A row written without the API's check (a CLI job the server resumes, a hand-made
+    row) fails when the harvest opens the file, with the same answer."""
+    app, client, _ = api
+    runner = app.state.job_runner
+    job, _ = runner.submit(HarvestSpec.model_validate(body(spec) | {"corpus": ["/etc/passwd"]}))
+    with pytest.raises(SpecError, match="not a readable corpus under the corpus roots"):
+        runner.run(job.id)
+    failed = client.get(f"/v1/jobs/{job.id}").json()
+    assert failed["status"] == "failed" and "not a readable corpus" in failed["error"]
+    assert not list(app.state.settings.activations_dir.glob("*.zarr"))
