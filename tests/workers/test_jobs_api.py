@@ -128,7 +128,12 @@ BEYOND = [
 ]
 
 
-@pytest.mark.parametrize(("change", "field"), BEYOND)
+BEYOND_IDS = ["etc-passwd", "etc-folder", "dotdot", "folder-outside", "missing",
+              "model-missing", "model-dotdot", "model-outside", "cuda-7", "tpu", "workers",
+              "ctx_len", "token_budget", "batch_size"]  # fmt: skip
+
+
+@pytest.mark.parametrize(("change", "field"), BEYOND, ids=BEYOND_IDS)
 def test_specs_beyond_the_server_are_422_and_make_no_job(api, spec, tmp_path, change, field):
     app, client, _ = api
     outside = tmp_path.parent / f"{tmp_path.name}-outside"  # beside the corpus root
