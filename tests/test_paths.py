@@ -209,3 +209,13 @@ def test_devices_and_workers_fit_the_cluster():
     check_device("cpu", 8, two_gpus)
     check_device("cuda:7", 100, None)  # a remote cluster not joined: format only
     assert field_of(check_device, "gpu", None, None) == "device"
+
+
+def test_lists_come_from_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("SAEFEAT_HOME", str(tmp_path))
+    assert Settings().corpus_root_paths == [tmp_path / "corpora"]  # the default
+    monkeypatch.setenv("SAEFEAT_CORPUS_ROOTS", "/data/a,/data/b")
+    monkeypatch.setenv("SAEFEAT_ALLOWED_MODELS", '["org/model", "/srv/m"]')
+    s = Settings()
+    assert s.corpus_root_paths == [Path("/data/a"), Path("/data/b")]
+    assert s.allowed_models == ["org/model", "/srv/m"]
