@@ -67,6 +67,7 @@ def main() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
     from saefeat.config import get_settings
+    from saefeat.corpus import CorpusRoots
     from saefeat.lm import cached_model, parse_hook, run_to_hooks
     from saefeat.specs import HarvestSpec
     from saefeat.storage.reader import ShuffledBatchReader
@@ -85,7 +86,8 @@ def main() -> None:
         workers=args.workers,
     )
     t = time.perf_counter()
-    aset, _ = prepare_set(spec, settings.activations_dir)  # tokenize + pack, once
+    roots = CorpusRoots.of(settings.corpus_root_paths)
+    aset, _ = prepare_set(spec, settings.activations_dir, roots)  # tokenize + pack, once
     tokenize_s = time.perf_counter() - t
     dtype = model_dtype(spec, "cpu")
     lm = cached_model(spec.model, "cpu", dtype)

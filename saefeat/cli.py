@@ -18,8 +18,9 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from saefeat.config import get_settings
+from saefeat.config import Settings, get_settings
 from saefeat.errors import SaefeatError
+from saefeat.paths import BUILTIN_PYTHON_DOCS
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 db_app = typer.Typer(no_args_is_help=True, help="The catalog database.")
@@ -112,13 +113,17 @@ def harvest(
     on_bad_document: Annotated[str, typer.Option(help="fail or skip")] = "fail",
     on_nonfinite: Annotated[str, typer.Option(help="fail or drop")] = "fail",
 ):
-    """Run the model over a corpus and store activations at the hooks."""
+    """Run the model over a corpus and store activations at the hooks.
+
+    Files and folders named here are read wherever they are: the CLI's user owns the
+    machine. (Specs sent over HTTP are held to the corpus roots; docs/SECURITY.md.)"""
     from saefeat.specs import HarvestSpec
 
+    sources = [_corpus_source(c, field) for c in corpus]
     spec = HarvestSpec(
         model=model,
         hooks=hook,
-        corpus=[_corpus_source(c, field) for c in corpus],
+        corpus=sources,
         ctx_len=ctx_len,
         token_budget=tokens,
         contexts_per_shard=shard_contexts,
@@ -127,15 +132,25 @@ def harvest(
         on_bad_document=on_bad_document,
         on_nonfinite=on_nonfinite,
     )
-    print(harvest_as_job(spec).activation_set.id)
+    settings = get_settings()
+    named = [s["path"] for s in sources if s["path"] != BUILTIN_PYTHON_DOCS]
+    trusted = settings.model_copy(update={"corpus_roots": [*settings.corpus_root_paths, *named]})
+    print(harvest_as_job(spec, trusted).activation_set.id)
 
 
 def _corpus_source(text: str, field: str) -> dict:
-    """`PATH` or `PATH@WEIGHT` (a source's share when several are mixed)."""
+    """`PATH` or `PATH@WEIGHT` (a source's share when several are mixed); a path is made
+    absolute here, from the working folder the user typed it in."""
     path, sep, weight = text.rpartition("@")
     if sep and weight.replace(".", "", 1).isdigit():
-        return {"path": path, "field": field, "weight": float(weight)}
-    return {"path": text, "field": field}
+        return {"path": _absolute(path), "field": field, "weight": float(weight)}
+    return {"path": _absolute(text), "field": field}
+
+
+def _absolute(path: str) -> str:
+    if path == BUILTIN_PYTHON_DOCS:
+        return path
+    return os.path.abspath(os.path.expanduser(path))
 
 
 @app.command()
@@ -233,6 +248,7 @@ def export_sae(
     from pathlib import Path
 
     from saefeat.errors import SpecError
+    from saefeat.paths import inside
     from saefeat.sae import load_sae
     from saefeat.sae.interop import export_saelens, export_sparsify
 
@@ -247,7 +263,8 @@ def export_sae(
     if to not in writers:
         known = sorted([*writers, "neuronpedia"])
         raise SpecError(f"{to!r} is not a format; use one of {known}", field="to")
-    path = writers[to](load_sae(get_settings().saes_dir / sae), Path(out))
+    # --out is the user's own choice; the SAE is read only from the SAE folder.
+    path = writers[to](load_sae(inside(get_settings().saes_dir, sae, "sae")), Path(out))
     console.print(f"wrote {path}")
 
 
@@ -263,8 +280,10 @@ def import_sae(
     from pathlib import Path
 
     from saefeat.errors import SpecError
+    from saefeat.paths import inside
     from saefeat.sae.interop import import_saelens, import_sparsify
 
+    dest = inside(get_settings().saes_dir, sae_id, "id")  # before reading anything
     folder = Path(path)
     from saefeat.storage.catalog.neuronpedia_import import (
         import_neuronpedia,
@@ -286,7 +305,7 @@ def import_sae(
     else:
         raise SpecError(f"{path} holds neither sae_weights.safetensors nor sae.safetensors",
                         field="path")  # fmt: skip
-    out = sae.save(get_settings().saes_dir / sae_id)
+    out = sae.save(dest)
     console.print(f"stored {out}")
 
 
@@ -480,12 +499,12 @@ def steer(
         print(f"--- {name} (mean log-prob of promoted tokens: {means})\n{prompt}{run.text}")
 
 
-def harvest_as_job(spec):
+def harvest_as_job(spec, settings: Settings | None = None):
     """`saefeat harvest`: the run is a job row too, so `saefeat jobs` and the API see it."""
     from saefeat.pipeline import catalog_sessions
     from saefeat.workers.jobs import JobRunner
 
-    settings = get_settings()
+    settings = settings or get_settings()
     with catalog_sessions(settings) as sessions:
         runner = JobRunner(settings, sessions)
         job, created = runner.submit(spec)

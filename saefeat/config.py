@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from functools import lru_cache
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class Settings(BaseSettings):
@@ -26,9 +28,36 @@ class Settings(BaseSettings):
     # Most tokens one steering request may generate (each costs two forwards).
     steer_max_new_tokens: int = 64
 
+    # What a harvest spec sent over HTTP may reach (docs/SECURITY.md). Corpus paths must
+    # resolve under one of these folders (default: <home>/corpora); relative paths are
+    # taken from the first. The built-in corpus is always allowed.
+    corpus_roots: Annotated[list[Path] | None, NoDecode] = None
+    # Models besides the embedded one and folders under models_dir: ids or paths.
+    allowed_models: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    max_ctx_len: int = Field(4096, ge=2)
+    max_token_budget: int = Field(1_000_000_000, ge=1)
+    max_batch_size: int = Field(1024, ge=1)
+
+    @field_validator("corpus_roots", "allowed_models", mode="before")
+    @classmethod
+    def _list_from_env(cls, v):
+        """From the environment: a JSON list, or items separated by commas."""
+        if isinstance(v, str):
+            v = v.strip()
+            return json.loads(v) if v.startswith("[") else [x for x in v.split(",") if x]
+        return v
+
     @property
     def db_url(self) -> str:
         return self.database_url or f"sqlite:///{self.home / 'catalog.db'}"
+
+    @property
+    def corpus_root_paths(self) -> list[Path]:
+        return list(self.corpus_roots) if self.corpus_roots is not None else [self.corpora_dir]
+
+    @property
+    def corpora_dir(self) -> Path:
+        return self.home / "corpora"
 
     @property
     def models_dir(self) -> Path:

@@ -7,7 +7,7 @@ an example in the catalog can always be traced back to its source text.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from dataclasses import field as dc_field
 from pathlib import Path
@@ -16,8 +16,8 @@ from typing import Literal
 import numpy as np
 
 from saefeat.errors import SpecError
+from saefeat.paths import BUILTIN_PYTHON_DOCS, CorpusRoots
 
-BUILTIN_PYTHON_DOCS = "builtin:python-docs"
 TEXT_SUFFIXES = {".txt", ".md", ".rst", ".text"}
 BosPolicy = Literal["context", "document", "none"]
 BadDocumentPolicy = Literal["skip", "fail"]
@@ -96,11 +96,13 @@ def _parquet_documents(path: Path, field: str) -> Iterator[Document]:
         yield Document(f"{path.name}:{i}", text or "")
 
 
-def _hf_disk_documents(path: Path, field: str) -> Iterator[Document]:
+def _hf_disk_documents(
+    path: Path, field: str, confine: Callable[[Path], Path]
+) -> Iterator[Document]:
     """A `datasets.Dataset.save_to_disk` folder, read with pyarrow (no `datasets` needed)."""
     import pyarrow as pa
 
-    files = sorted(path.glob("*.arrow"))
+    files = [confine(f) for f in sorted(path.glob("*.arrow"))]
     if not files:
         raise SpecError(f"{path} holds no .arrow files of a saved dataset", field="corpus")
     row = 0
@@ -117,27 +119,23 @@ def _hf_disk_documents(path: Path, field: str) -> Iterator[Document]:
 def iter_documents(
     source: str,
     *,
+    roots: CorpusRoots,
     field: str = "text",
     report: CorpusReport | None = None,
     on_bad: BadDocumentPolicy = "fail",
 ) -> Iterator[Document]:
     """Documents of one source: `builtin:python-docs`, a file, or a folder of files.
 
-    Binary or non-UTF-8 documents (and malformed JSONL lines) fail with the file named,
-    or with on_bad="skip" are counted in `report` and left out.
+    A path must resolve under `roots`, and so must every file found in a folder
+    (saefeat/paths.py). Binary or non-UTF-8 documents (and malformed JSONL lines) fail
+    with the file named, or with on_bad="skip" are counted in `report` and left out.
     """
     report = report if report is not None else CorpusReport()
     if source == BUILTIN_PYTHON_DOCS:
         docs: Iterator[Document] = builtin_python_docs()
     else:
-        path = Path(source)
-        if not path.exists():
-            raise SpecError(
-                f"corpus path {source!r} does not exist (give a file, a folder, or "
-                f"{BUILTIN_PYTHON_DOCS!r})",
-                field="corpus",
-            )
-        docs = _path_documents(path, field, report)
+        path = roots.resolve(source)
+        docs = _path_documents(path, field, report, lambda p: roots.check_found(p, source))
     for doc in docs:
         if isinstance(doc, _BadDocument):
             if on_bad == "fail":
@@ -154,14 +152,14 @@ def iter_documents(
 
 
 def _path_documents(
-    path: Path, field: str, report: CorpusReport
+    path: Path, field: str, report: CorpusReport, confine: Callable[[Path], Path]
 ) -> Iterator[Document | _BadDocument]:
     if path.is_dir():
         if (path / "dataset_info.json").exists() or (path / "state.json").exists():
-            yield from _hf_disk_documents(path, field)
+            yield from _hf_disk_documents(path, field, confine)
             return
         for child in sorted(p for p in path.rglob("*") if p.is_file()):
-            yield from _path_documents(child, field, report)
+            yield from _path_documents(confine(child), field, report, confine)
         return
     suffix = path.suffix.lower()
     if suffix in (".jsonl", ".ndjson"):
@@ -182,6 +180,7 @@ def _path_documents(
 def mix_sources(
     sources: list[tuple[str, str, float]],
     *,
+    roots: CorpusRoots,
     report: CorpusReport | None = None,
     on_bad: BadDocumentPolicy = "fail",
 ) -> Iterator[Document]:
@@ -196,11 +195,13 @@ def mix_sources(
     report = report if report is not None else CorpusReport()
     if len(sources) == 1:
         path, fld, _ = sources[0]
-        for doc in iter_documents(path, field=fld, report=report, on_bad=on_bad):
+        for doc in iter_documents(path, roots=roots, field=fld, report=report, on_bad=on_bad):
             report.by_source[path] = report.by_source.get(path, 0) + 1
             yield doc
         return
-    iters = [iter_documents(p, field=f, report=report, on_bad=on_bad) for p, f, _ in sources]
+    iters = [
+        iter_documents(p, roots=roots, field=f, report=report, on_bad=on_bad) for p, f, _ in sources
+    ]
     chars = [0] * len(sources)
     live = list(range(len(sources)))
     while live:

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from saefeat.corpus import BUILTIN_PYTHON_DOCS
 from saefeat.lm import EMBEDDED_MODEL, parse_hook
+from saefeat.paths import check_id
 
 
 class _Spec(BaseModel):
@@ -125,6 +126,11 @@ class TrainSpec(_Spec):
     resume_from: str | None = None  # a training-state folder; default: this run's own
     eval_ce_contexts: int = Field(8, ge=0)  # contexts for CE/KL with the SAE spliced in
 
+    @field_validator("activation_set")
+    @classmethod
+    def _set_is_an_id(cls, v: str) -> str:
+        return check_id(v, "activation_set")  # it becomes a folder name
+
     @model_validator(mode="after")
     def _k_fits(self) -> TrainSpec:
         # k is the active count (TopK family) or JumpReLU's default target L0; ReLU has none.
@@ -150,3 +156,8 @@ class IndexSpec(_Spec):
     n_neighbours: int = Field(10, ge=0, le=100)  # nearest features by decoder cosine
     batch_contexts: int = Field(32, ge=1)
     device: str | None = None
+
+    @field_validator("sae")
+    @classmethod
+    def _sae_is_an_id(cls, v: str) -> str:
+        return check_id(v, "sae")  # it becomes a folder name

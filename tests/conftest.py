@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -87,6 +88,8 @@ def settings(tmp_path, monkeypatch):
     from saefeat.config import Settings, get_settings
 
     monkeypatch.setenv("SAEFEAT_HOME", str(tmp_path / "home"))
+    # The tests write their corpora in tmp_path: it is the corpus root.
+    monkeypatch.setenv("SAEFEAT_CORPUS_ROOTS", json.dumps([str(tmp_path)]))
     get_settings.cache_clear()
     s = Settings()
     yield s

@@ -1,5 +1,7 @@
 """Bad input on the command line: one line naming the field, exit code 2."""
 
+import json
+
 import pytest
 from typer.testing import CliRunner
 
@@ -73,13 +75,39 @@ def test_export_then_import_gives_the_same_sae(settings, tmp_path, fmt, weights)
     assert code == 2 and "onnx" in out
 
 
-def test_harvest_two_weighted_sources(settings, tiny_llama, tmp_path, ray_session):
+@pytest.mark.parametrize("bad", ["../x", "../../x", "..", "a/b", "/tmp/x", ".x", "link"])
+def test_import_id_stays_in_the_sae_folder(settings, tmp_path, bad):
+    from saefeat.sae import SAEConfig
+    from saefeat.sae.topk import TopKSAE
+
+    cfg = SAEConfig(d_in=8, d_sae=32, k=3, model="m", hook="blocks.0.hook_resid_post")
+    TopKSAE(cfg).save(settings.saes_dir / "orig")
+    assert run("export", "--sae", "orig", "--to", "sparsify", "--out", str(tmp_path / "sp"))[0] == 0
+    (settings.saes_dir / "link").symlink_to(tmp_path, target_is_directory=True)
+    before = sorted(p for p in tmp_path.rglob("*") if "sp" not in p.parts)
+    code, out = run("import", str(tmp_path / "sp"), "--id", bad)
+    assert code == 2 and out.startswith("error: id: "), out
+    assert sorted(p for p in tmp_path.rglob("*") if "sp" not in p.parts) == before
+    code, out = run(
+        "export", "--sae", "../saes/orig", "--to", "sparsify", "--out", str(tmp_path / "o")
+    )
+    assert code == 2 and "sae" in out
+
+
+def test_harvest_two_weighted_sources(settings, tiny_llama, tmp_path, ray_session, monkeypatch):
+    """The CLI reads the files its user names, outside the corpus roots too, and takes a
+    relative path from the working folder."""
+    from saefeat.config import get_settings
+
+    monkeypatch.setenv("SAEFEAT_CORPUS_ROOTS", json.dumps([str(tmp_path / "roots")]))
+    get_settings.cache_clear()
     a, b = tmp_path / "a.txt", tmp_path / "b.jsonl"
     a.write_text("alpha beta gamma delta. " * 40)
     b.write_text("\n".join('{"body": "one two three four five six seven"}' for _ in range(40)))
+    monkeypatch.chdir(tmp_path)
     code, out = run(
         "harvest", "--model", str(tiny_llama), "--hook", "blocks.1.hook_resid_post",
-        "--corpus", f"{a}@1", "--corpus", f"{b}@3", "--field", "body", "--tokens", "1024",
+        "--corpus", "a.txt@1", "--corpus", f"{b}@3", "--field", "body", "--tokens", "1024",
         "--ctx-len", "16", "--shard-contexts", "8",
     )  # fmt: skip
     assert code == 0, out

@@ -6,8 +6,15 @@ import pyarrow.parquet as pq
 import pytest
 from transformers import AutoTokenizer
 
-from saefeat.corpus import BUILTIN_PYTHON_DOCS, iter_documents, pack_contexts
+from saefeat.corpus import BUILTIN_PYTHON_DOCS, CorpusRoots, iter_documents, pack_contexts
 from saefeat.errors import SpecError
+
+NO_ROOTS = CorpusRoots.of([])  # the built-in corpus needs none
+
+
+@pytest.fixture
+def roots(tmp_path) -> CorpusRoots:
+    return CorpusRoots.of([tmp_path])
 
 
 @pytest.fixture(scope="module")
@@ -16,54 +23,63 @@ def tok(tiny_llama):
 
 
 def test_builtin_corpus_has_documents():
-    docs = list(iter_documents(BUILTIN_PYTHON_DOCS))
+    docs = list(iter_documents(BUILTIN_PYTHON_DOCS, roots=NO_ROOTS))
     assert len(docs) > 50 and all(d.text.strip() for d in docs)
 
 
-def test_text_jsonl_parquet_and_folder(tmp_path):
+def test_text_jsonl_parquet_and_folder(tmp_path, roots):
     (tmp_path / "a.txt").write_text("hello world")
     (tmp_path / "b.jsonl").write_text(
         json.dumps({"body": "one"}) + "\n\n" + json.dumps({"body": "two"})
     )
     pq.write_table(pa.table({"body": ["three", ""]}), tmp_path / "c.parquet")
-    assert [d.text for d in iter_documents(str(tmp_path / "a.txt"))] == ["hello world"]
-    assert [d.text for d in iter_documents(str(tmp_path / "b.jsonl"), field="body")] == [
+    assert [d.text for d in iter_documents(str(tmp_path / "a.txt"), roots=roots)] == ["hello world"]
+    assert [
+        d.text for d in iter_documents(str(tmp_path / "b.jsonl"), roots=roots, field="body")
+    ] == [
         "one",
         "two",
     ]
-    assert [d.text for d in iter_documents(str(tmp_path / "c.parquet"), field="body")] == ["three"]
+    assert [
+        d.text for d in iter_documents(str(tmp_path / "c.parquet"), roots=roots, field="body")
+    ] == ["three"]
 
 
-def test_bad_corpora_are_named(tmp_path):
-    with pytest.raises(SpecError, match="does not exist"):
-        list(iter_documents(str(tmp_path / "missing.txt")))
+def test_bad_corpora_are_named(tmp_path, roots):
+    with pytest.raises(SpecError, match="not a readable corpus under the corpus roots"):
+        list(iter_documents(str(tmp_path / "missing.txt"), roots=roots))
     (tmp_path / "bin.txt").write_bytes(b"\x00\x01\x02binary")
     with pytest.raises(SpecError, match="not UTF-8"):
-        list(iter_documents(str(tmp_path / "bin.txt")))
+        list(iter_documents(str(tmp_path / "bin.txt"), roots=roots))
     (tmp_path / "bad.jsonl").write_text('{"text": "ok"}\n{broken\n')
     with pytest.raises(SpecError, match="bad.jsonl:2"):
-        list(iter_documents(str(tmp_path / "bad.jsonl")))
+        list(iter_documents(str(tmp_path / "bad.jsonl"), roots=roots))
     (tmp_path / "nofield.jsonl").write_text('{"body": "ok"}\n')
     with pytest.raises(SpecError, match="no 'text' field"):
-        list(iter_documents(str(tmp_path / "nofield.jsonl")))
+        list(iter_documents(str(tmp_path / "nofield.jsonl"), roots=roots))
 
 
-def test_empty_corpus_is_refused(tmp_path, tok):
+def test_empty_corpus_is_refused(tmp_path, roots, tok):
     (tmp_path / "empty.txt").write_text("   \n")
     with pytest.raises(SpecError, match="fewer than"):
         pack_contexts(
-            iter_documents(str(tmp_path / "empty.txt")), tok, ctx_len=16, token_budget=100
+            iter_documents(str(tmp_path / "empty.txt"), roots=roots),
+            tok,
+            ctx_len=16,
+            token_budget=100,
         )
 
 
 def test_budget_must_be_positive(tok):
     with pytest.raises(SpecError, match="token_budget"):
-        pack_contexts(iter_documents(BUILTIN_PYTHON_DOCS), tok, ctx_len=16, token_budget=0)
+        pack_contexts(
+            iter_documents(BUILTIN_PYTHON_DOCS, roots=NO_ROOTS), tok, ctx_len=16, token_budget=0
+        )
 
 
 @pytest.mark.parametrize("bos", ["context", "document", "none"])
 def test_packing_keeps_document_and_offset(tok, bos):
-    docs = list(iter_documents(BUILTIN_PYTHON_DOCS))[:20]
+    docs = list(iter_documents(BUILTIN_PYTHON_DOCS, roots=NO_ROOTS))[:20]
     p = pack_contexts(iter(docs), tok, ctx_len=32, token_budget=32 * 40, bos=bos)
     assert p.tokens.shape == (40, 32) and p.tokens.dtype == np.int32
     if bos == "context":
@@ -80,7 +96,7 @@ def test_packing_keeps_document_and_offset(tok, bos):
         assert list(p.tokens[i, body : body + n]) == ids[off : off + n]
 
 
-def test_sources_mix_in_proportion_to_weights(tmp_path):
+def test_sources_mix_in_proportion_to_weights(tmp_path, roots):
     from saefeat.corpus import CorpusReport, mix_sources
 
     for name in ("a", "b"):
@@ -89,15 +105,20 @@ def test_sources_mix_in_proportion_to_weights(tmp_path):
             (tmp_path / name / f"{i:02d}.txt").write_text(name * 100)
     sources = [(str(tmp_path / "a"), "text", 3.0), (str(tmp_path / "b"), "text", 1.0)]
     report = CorpusReport()
-    docs = [d.doc_id for _, d in zip(range(40), mix_sources(sources, report=report), strict=False)]
-    assert docs == [d.doc_id for _, d in zip(range(40), mix_sources(sources), strict=False)]
+    docs = [
+        d.doc_id
+        for _, d in zip(range(40), mix_sources(sources, roots=roots, report=report), strict=False)
+    ]
+    assert docs == [
+        d.doc_id for _, d in zip(range(40), mix_sources(sources, roots=roots), strict=False)
+    ]
     assert sum(d.startswith("0/") for d in docs) == 30  # 3:1 by text
     assert report.by_source == {str(tmp_path / "a"): 30, str(tmp_path / "b"): 10}
     # A source that runs out drops out; the rest go on.
-    assert len(list(mix_sources(sources))) == 80
+    assert len(list(mix_sources(sources, roots=roots))) == 80
 
 
-def test_bad_documents_skip_or_fail_per_policy(tmp_path):
+def test_bad_documents_skip_or_fail_per_policy(tmp_path, roots):
     from saefeat.corpus import CorpusReport
 
     (tmp_path / "good.txt").write_text("fine text")
@@ -105,9 +126,9 @@ def test_bad_documents_skip_or_fail_per_policy(tmp_path):
     (tmp_path / "blob.txt").write_bytes(b"\x00\x01binary")
     (tmp_path / "rows.jsonl").write_bytes(b'{"text": "ok"}\n\xff\xfe\nnot json\n')
     with pytest.raises(SpecError, match="on_bad_document='skip'"):
-        list(iter_documents(str(tmp_path)))
+        list(iter_documents(str(tmp_path), roots=roots))
     report = CorpusReport()
-    docs = list(iter_documents(str(tmp_path), report=report, on_bad="skip"))
+    docs = list(iter_documents(str(tmp_path), roots=roots, report=report, on_bad="skip"))
     assert sorted(d.text for d in docs) == ["fine text", "ok"]
     assert (report.undecodable, report.malformed, report.documents) == (3, 1, 2)
 

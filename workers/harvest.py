@@ -25,7 +25,7 @@ from pathlib import Path
 import ray
 
 from saefeat.config import Settings, get_settings
-from saefeat.corpus import CorpusReport, mix_sources, pack_contexts
+from saefeat.corpus import CorpusReport, CorpusRoots, mix_sources, pack_contexts
 from saefeat.errors import SaefeatError, SpecError
 from saefeat.lm import model_config_and_tokenizer, parse_hook
 from saefeat.specs import HarvestSpec
@@ -76,8 +76,11 @@ class HarvestResult:
         return bool(self.skipped)
 
 
-def prepare_set(spec: HarvestSpec, root: Path) -> tuple[ActivationSet, CorpusReport | None]:
-    """Open the set this spec names, or tokenize the corpus and create it."""
+def prepare_set(
+    spec: HarvestSpec, root: Path, corpus_roots: CorpusRoots
+) -> tuple[ActivationSet, CorpusReport | None]:
+    """Open the set this spec names, or tokenize the corpus (read only from under
+    `corpus_roots`) and create it."""
     path = root / f"{spec.set_id()}.zarr"
     if (path / "zarr.json").is_file():
         return ActivationSet(path), None
@@ -93,6 +96,7 @@ def prepare_set(spec: HarvestSpec, root: Path) -> tuple[ActivationSet, CorpusRep
     report = CorpusReport()
     docs = mix_sources(
         [(src.path, src.field, src.weight) for src in spec.corpus],
+        roots=corpus_roots,
         report=report,
         on_bad=spec.on_bad_document,
     )
@@ -158,7 +162,7 @@ def harvest(
     t0 = time.perf_counter()
     root = settings.activations_dir
     with set_lock(root, spec.set_id()):
-        aset, report = prepare_set(spec, root)
+        aset, report = prepare_set(spec, root, CorpusRoots.of(settings.corpus_root_paths))
         if aset.status == STATUS_COMPLETE:
             if progress:
                 progress(aset.n_tokens, aset.n_tokens)

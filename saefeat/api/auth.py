@@ -60,3 +60,23 @@ def require_scope(scope: str) -> Callable[..., ApiKey]:
 
     check_key.__name__ = f"require_{scope}_scope"
     return check_key
+
+
+def optional_key(
+    credentials: HTTPAuthorizationCredentials | None = Security(bearer),
+    session: Session = Depends(get_session),
+) -> ApiKey | None:
+    """For open routes that show more to some keys: the caller's key, or None without
+    one; a key that is sent but unknown or revoked is still a 401."""
+    if credentials is None:
+        return None
+    key = verify_api_key(session, credentials.credentials)
+    if key is None:
+        raise ProblemError(
+            401,
+            "the API key is unknown or revoked; check it, ask an admin for a new one, or "
+            "send no key",
+            slug="unauthorized",
+            headers={"WWW-Authenticate": f'{REALM}, error="invalid_token"'},
+        )
+    return key

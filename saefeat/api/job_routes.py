@@ -1,5 +1,10 @@
 """Harvest jobs over HTTP: submit (202 + job id, Idempotency-Key), list, get, cancel.
 
+Submitting and cancelling need the `jobs` scope, and a submitted spec must pass
+saefeat/admission.py before a row is written. Anyone who may read sees a job's id, kind,
+status and progress; its spec, set, errors and corpus report (file names, server paths)
+only a key with the `jobs` scope sees.
+
 The router brings its own lifespan: on start it makes the app's JobRunner, resumes the
 jobs nobody runs (queued, or left running by a process that died) and keeps looking for
 such jobs every LEASE_S; on stop it hands its running jobs back to `queued`.
@@ -10,19 +15,18 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime
-from pathlib import Path as FilePath
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Header, Path, Query, Request, Response
 from pydantic import BaseModel, Field
 
-from saefeat.api.auth import AUTH_RESPONSES, require_scope
+from saefeat.admission import admit_harvest
+from saefeat.api.auth import AUTH_RESPONSES, optional_key, require_scope
 from saefeat.api.errors import problem_responses
 from saefeat.api.schemas import Problem
-from saefeat.corpus import BUILTIN_PYTHON_DOCS
-from saefeat.errors import SpecError
 from saefeat.specs import HarvestSpec
 from saefeat.storage.activations import open_set
+from saefeat.storage.catalog.keys import has_scope
 from saefeat.storage.catalog.models import ApiKey, Job
 from saefeat.workers.jobs import JobRunner
 
@@ -55,25 +59,34 @@ class JobAccepted(BaseModel):
     location: str = Field(description="Where to follow the job: GET this path")
 
 
+JOBS_ONLY = " (null unless the caller's key has the `jobs` scope)"
+
+
 class JobOut(BaseModel):
     id: str
     kind: str
     status: str = Field(description="queued, running, succeeded, failed or cancelled")
-    activation_set: str = Field(description="Id of the activation set the job fills")
-    spec: dict[str, Any]
     progress_done: int = Field(description="Tokens harvested so far")
     progress_total: int | None = Field(description="Tokens the set will hold")
     rate: float | None = Field(description="Tokens per second in the current run")
     eta_seconds: float | None = Field(description="Seconds left at the current rate")
-    error: str | None = Field(description="Why it failed, or a note (cancel, gaps, NaN)")
-    skipped_shards: dict[str, str] = Field(
-        default_factory=dict, description="Shards left out after killing their worker: why"
-    )
-    corpus_report: dict[str, Any] | None = Field(
-        None, description="Documents used and skipped (empty, undecodable, malformed)"
-    )
     created_at: datetime
     updated_at: datetime
+    detailed: bool = Field(description="Whether the fields below are shown" + JOBS_ONLY)
+    activation_set: str | None = Field(
+        None, description="Id of the activation set the job fills" + JOBS_ONLY
+    )
+    spec: dict[str, Any] | None = Field(None, description="The submitted spec" + JOBS_ONLY)
+    error: str | None = Field(
+        None, description="Why it failed, or a note (cancel, gaps, NaN)" + JOBS_ONLY
+    )
+    skipped_shards: dict[str, str] | None = Field(
+        None, description="Shards left out after killing their worker: why" + JOBS_ONLY
+    )
+    corpus_report: dict[str, Any] | None = Field(
+        None,
+        description="Documents used and skipped (empty, undecodable, malformed)" + JOBS_ONLY,
+    )
 
 
 class JobList(BaseModel):
@@ -81,10 +94,24 @@ class JobList(BaseModel):
     next_cursor: str | None = Field(default=None, description="Pass as `cursor` for more")
 
 
-def _job_out(job: Job, request: Request) -> JobOut:
+def _job_out(job: Job, request: Request, key: ApiKey | None) -> JobOut:
     eta = None
     if job.rate and job.progress_total is not None:
         eta = max(0.0, (job.progress_total - job.progress_done) / job.rate)
+    summary = JobOut(
+        id=job.id,
+        kind=job.kind,
+        status=job.status,
+        progress_done=job.progress_done,
+        progress_total=job.progress_total,
+        rate=job.rate,
+        eta_seconds=eta,
+        created_at=job.created_at,
+        updated_at=job.updated_at,
+        detailed=False,
+    )
+    if key is None or not has_scope(key, "jobs"):
+        return summary
     skipped, report = {}, None
     try:  # what the set itself recorded: gaps and the corpus report
         aset = open_set(request.app.state.settings.activations_dir, job.spec_hash)
@@ -92,21 +119,15 @@ def _job_out(job: Job, request: Request) -> JobOut:
         report = aset.group.attrs.get("corpus_report")
     except Exception:  # not created yet, or unreadable: the row still answers
         pass
-    return JobOut(
-        id=job.id,
-        kind=job.kind,
-        status=job.status,
-        activation_set=job.spec_hash,
-        spec=job.spec,
-        progress_done=job.progress_done,
-        progress_total=job.progress_total,
-        rate=job.rate,
-        eta_seconds=eta,
-        error=job.error,
-        skipped_shards=skipped,
-        corpus_report=report,
-        created_at=job.created_at,
-        updated_at=job.updated_at,
+    return summary.model_copy(
+        update={
+            "detailed": True,
+            "activation_set": job.spec_hash,
+            "spec": job.spec,
+            "error": job.error,
+            "skipped_shards": skipped,
+            "corpus_report": report,
+        }
     )
 
 
@@ -120,12 +141,18 @@ CONFLICT = {409: {"model": Problem, "description": "The job has already finished
     response_model=JobAccepted,
     responses=problem_responses(401, 403, 422),
     summary="Submit a harvest job (answers at once; follow the job at `location`)",
+    description=(
+        "Needs the `jobs` scope. Corpus paths must lie under the server's corpus roots "
+        "(relative paths are taken from the first), the model must be in its model cache "
+        "or allow-list, and ctx_len, token_budget, batch_size, device and workers within "
+        "its limits and its cluster: otherwise 422 naming the field, and no job is made."
+    ),
 )
 def submit_harvest(
     spec: HarvestSpec,
     request: Request,
     response: Response,
-    key: Annotated[ApiKey, Depends(require_scope("admin"))],
+    key: Annotated[ApiKey, Depends(require_scope("jobs"))],
     runner: Annotated[JobRunner, Depends(get_runner)],
     idempotency_key: Annotated[
         str | None,
@@ -136,11 +163,7 @@ def submit_harvest(
         ),
     ] = None,
 ) -> JobAccepted:
-    for src in spec.corpus:  # catch the commonest mistake before a job exists
-        if src.path != BUILTIN_PYTHON_DOCS and not FilePath(src.path).exists():
-            raise SpecError(
-                f"corpus path {src.path!r} does not exist on the server", field="corpus"
-            )
+    admit_harvest(spec, request.app.state.settings)  # before any row is written
     job, created = runner.submit(spec, idempotency_key)
     if created:
         runner.start(job.id)
@@ -152,33 +175,35 @@ def submit_harvest(
 @router.get(
     "/jobs",
     response_model=JobList,
-    responses=problem_responses(422),
-    summary="Jobs, newest first",
+    responses=problem_responses(401, 422),
+    summary="Jobs, newest first (specs and errors only for the `jobs` scope)",
 )
 def list_jobs(
     request: Request,
     runner: Annotated[JobRunner, Depends(get_runner)],
+    key: Annotated[ApiKey | None, Depends(optional_key)],
     limit: Annotated[int, Query(ge=1, le=200, description="At most this many")] = 50,
     cursor: Annotated[
         str | None, Query(description="next_cursor of the previous page; omit for the first")
     ] = None,
 ) -> JobList:
     jobs, next_cursor = runner.list(limit, cursor)
-    return JobList(items=[_job_out(j, request) for j in jobs], next_cursor=next_cursor)
+    return JobList(items=[_job_out(j, request, key) for j in jobs], next_cursor=next_cursor)
 
 
 @router.get(
     "/jobs/{job_id}",
     response_model=JobOut,
-    responses={**problem_responses(422), **NOT_FOUND},
-    summary="One job: status, progress (tokens, tokens/s, ETA), error",
+    responses={**problem_responses(401, 422), **NOT_FOUND},
+    summary="One job: status, progress (tokens, tokens/s, ETA); spec and error for `jobs`",
 )
 def get_job(
     job_id: Annotated[str, Path(max_length=32, description="Job id")],
     request: Request,
     runner: Annotated[JobRunner, Depends(get_runner)],
+    key: Annotated[ApiKey | None, Depends(optional_key)],
 ) -> JobOut:
-    return _job_out(runner.get(job_id), request)
+    return _job_out(runner.get(job_id), request, key)
 
 
 @router.post(
@@ -190,7 +215,7 @@ def get_job(
 def cancel_job(
     job_id: Annotated[str, Path(max_length=32, description="Job id")],
     request: Request,
-    key: Annotated[ApiKey, Depends(require_scope("admin"))],
+    key: Annotated[ApiKey, Depends(require_scope("jobs"))],
     runner: Annotated[JobRunner, Depends(get_runner)],
 ) -> JobOut:
-    return _job_out(runner.cancel(job_id), request)
+    return _job_out(runner.cancel(job_id), request, key)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from harvest_refs import HOOKS
+from harvest_refs import HOOKS, own_roots
 from typer.testing import CliRunner
 
 from saefeat.storage.reader import ShuffledBatchReader
@@ -34,7 +34,7 @@ def nan_forward(monkeypatch):
 
 
 def test_nonfinite_fail_commits_nothing(spec, tmp_path, nan_forward):
-    aset, _ = prepare_set(spec, tmp_path)
+    aset, _ = prepare_set(spec, tmp_path, own_roots(spec))
     worker = ShardHarvester(spec.model_dump_json(), str(aset.path), "cpu", threads=1)
     with pytest.raises(NonFiniteActivations, match="on_nonfinite='drop'"):
         worker.harvest_shard(0)
@@ -43,7 +43,7 @@ def test_nonfinite_fail_commits_nothing(spec, tmp_path, nan_forward):
 
 def test_nonfinite_drop_is_recorded_and_skipped_by_readers(spec, tmp_path, nan_forward):
     spec = spec.model_copy(update={"on_nonfinite": "drop"})
-    aset, _ = prepare_set(spec, tmp_path)
+    aset, _ = prepare_set(spec, tmp_path, own_roots(spec))
     worker = ShardHarvester(spec.model_dump_json(), str(aset.path), "cpu", threads=1)
     for s in range(aset.n_shards):
         worker.harvest_shard(s)
