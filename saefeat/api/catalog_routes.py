@@ -11,6 +11,7 @@ from saefeat.api import convert
 from saefeat.api.deps import read_session
 from saefeat.api.errors import problem_responses
 from saefeat.api.schemas import (
+    MAX_ROW_ID,
     FeatureDetail,
     FeaturePage,
     LabelHistory,
@@ -25,7 +26,9 @@ router = APIRouter(tags=["catalog"])
 
 SessionDep = Annotated[Session, Depends(read_session)]
 SaeId = Annotated[str, Path(description="SAE id, as listed by GET /v1/saes")]
-FeatureIndexParam = Annotated[int, Path(ge=0, description="Latent index, 0..d_sae-1")]
+FeatureIndexParam = Annotated[
+    int, Path(ge=0, le=MAX_ROW_ID, description="Latent index, 0..d_sae-1")
+]
 Limit = Annotated[int, Query(ge=1, le=queries.MAX_PAGE, description="Page size")]
 CursorParam = Annotated[
     str | None, Query(description="next_cursor of the previous page; omit for the first page")

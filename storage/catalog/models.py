@@ -39,7 +39,7 @@ JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 EXAMPLE_KINDS = ("top", "quantile")
 VOCAB_SIDES = ("top", "bottom")
 LABEL_SOURCES = ("human", "auto")
-API_SCOPES = ("read", "label", "admin")
+API_SCOPES = ("read", "label", "jobs", "explain", "admin")
 VOTE_VALUES = (-1, 1)
 
 
