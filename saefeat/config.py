@@ -39,8 +39,6 @@ class Settings(BaseSettings):
     live_requires_key: bool = False
     # Signs pagination cursors; default: made once in $SAEFEAT_HOME/secret (mode 0600).
     cursor_secret: str | None = None
-    # Label search reads at most this many matching labels per request.
-    label_search_max_scan: int = Field(default=20_000, ge=100)
 
     @property
     def db_url(self) -> str:
