@@ -15,7 +15,7 @@ from fastapi.security import HTTPAuthorizationCredentials
 from sqlalchemy.orm import Session
 
 from saefeat.api.auth import bearer, checked_key
-from saefeat.api.deps import get_session, read_session
+from saefeat.api.deps import read_session
 from saefeat.api.errors import ProblemError, problem_responses
 from saefeat.api.rate_limit import retry_after
 from saefeat.api.schemas import ActiveFeature, TextActivations, TextQuery, TokenActivations
@@ -30,14 +30,15 @@ BUSY_RETRY_S = 1  # what a full pool tells callers to wait: one forward takes ab
 def live_caller(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)],
-    session: Annotated[Session, Depends(get_session)],
 ) -> str:
     """Who is asking, for the rate limit: the key if one is sent (it must be valid), else
     the client's address. With `live_requires_key`, a key with the "read" scope."""
     required = request.app.state.settings.live_requires_key
     if credentials is None and not required:
         return f"address:{request.client.host if request.client else 'unknown'}"
-    key = checked_key(credentials, session, "read" if required else None)
+    # Its own short session: nothing stays checked out while the text waits for the pool.
+    with request.app.state.sessionmaker() as session:
+        key = checked_key(credentials, session, "read" if required else None)
     return f"key:{key.id}"
 
 

@@ -217,17 +217,6 @@ class TextQuery(BaseModel):
     text: str = Field(min_length=1, description="Text to run through the model and the SAE")
     top_n: int = Field(default=5, ge=1, le=50, description="Features per token")
 
-    @field_validator("text")
-    @classmethod
-    def _text_encodable(cls, value: str) -> str:
-        try:
-            value.encode("utf-8")  # the tokenizer takes UTF-8
-        except UnicodeEncodeError as exc:
-            raise ValueError(
-                f"holds a lone surrogate ({value[exc.start]!r}); send valid Unicode"
-            ) from exc
-        return value
-
 
 class ActiveFeature(BaseModel):
     index: int

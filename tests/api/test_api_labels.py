@@ -91,15 +91,13 @@ def test_provenance_cannot_be_forged(client, catalog, keys):
     }  # fmt: skip
 
 
-@pytest.mark.parametrize(
-    ("text", "says"),
-    [("a\x00b", "NUL"), ("lone \ud800 surrogate", "surrogate")],
-)
-def test_label_text_the_database_cannot_hold_is_422(client, catalog, keys, text, says):
+@pytest.mark.parametrize("text", ["a\x00b", "lone \ud800"])
+def test_label_text_the_database_cannot_hold_is_422(client, catalog, keys, text):
     headers = bearer(keys["label"]) | {"Content-Type": "application/json"}
     raw = json.dumps({"text": text}).encode()  # JSON escapes both
     problem = _problem(client.post(URL, content=raw, headers=headers), 422)
-    assert problem["errors"][0]["field"] == "text" and says in problem["detail"]
+    assert problem["errors"][0]["field"] == "text"
+    assert client.get(URL).json()["items"] == []
 
 
 @pytest.mark.parametrize(
