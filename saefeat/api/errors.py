@@ -127,6 +127,13 @@ async def _on_problem(request: Request, exc: ProblemError) -> JSONResponse:
 
 
 async def _on_http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    if exc.status_code == 400 and isinstance(exc.__cause__, ValueError):
+        # FastAPI could not decode the body (not UTF-8, say): an invalid body, like
+        # malformed JSON, so the same 422 naming it.
+        error = FieldError(
+            field="body", location="body", message=f"not valid JSON: {exc.__cause__}"
+        )
+        return problem_response(422, _describe(error), slug="validation-error", errors=[error])
     detail = exc.detail if isinstance(exc.detail, str) else http.HTTPStatus(exc.status_code).phrase
     if exc.status_code == 404 and detail == "Not Found":
         detail = f"no route {request.url.path}; the API is described at /docs"
