@@ -47,6 +47,22 @@ class Settings(BaseSettings):
             return json.loads(v) if v.startswith("[") else [x for x in v.split(",") if x]
         return v
 
+    # Request limits (docs/SECURITY.md, "Request limits"). Bodies over these sizes are refused
+    # with 413 before they are read: labels and votes, live text, everything else.
+    label_body_bytes: int = Field(default=8 * 1024, ge=256)
+    live_body_bytes: int = Field(default=32 * 1024, ge=256)
+    body_bytes: int = Field(default=64 * 1024, ge=256)
+    # Live text search: threads that run the model, requests that may wait for one (more
+    # answer 503), and a per-client token bucket (a key, else the client address: 429).
+    live_workers: int = Field(default=2, ge=1)
+    live_queue: int = Field(default=4, ge=0)
+    live_rate_per_minute: float = Field(default=30.0, gt=0)
+    live_burst: int = Field(default=10, ge=1)
+    # Live text search needs a key with the `read` scope when true.
+    live_requires_key: bool = False
+    # Signs pagination cursors; default: made once in $SAEFEAT_HOME/secret (mode 0600).
+    cursor_secret: str | None = None
+
     @property
     def db_url(self) -> str:
         return self.database_url or f"sqlite:///{self.home / 'catalog.db'}"

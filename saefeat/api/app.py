@@ -25,6 +25,7 @@ from saefeat.api import (
 )
 from saefeat.api.auth import AUTH_RESPONSES, require_scope
 from saefeat.api.errors import install_error_handlers, install_problem_openapi
+from saefeat.api.guards import install_request_guards
 from saefeat.config import Settings, get_settings
 from saefeat.storage.catalog.db import make_engine, make_sessionmaker, upgrade
 from saefeat.storage.catalog.keys import ensure_api_key
@@ -83,6 +84,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     install_error_handlers(app)
     install_problem_openapi(app)
+    install_request_guards(app, settings, API_PREFIX)
 
     # Reads are open unless the deployment asks for keys; OpenAPI then says so too.
     read_guard = [Depends(require_scope("read"))] if settings.require_read_key else []

@@ -23,6 +23,38 @@ bearer = HTTPBearer(
 AUTH_RESPONSES = problem_responses(401, 403)
 
 
+def checked_key(
+    credentials: HTTPAuthorizationCredentials | None, session: Session, scope: str | None
+) -> ApiKey:
+    """The caller's key if it is live and has `scope` (None: any scope); else a 401 or
+    403 problem."""
+    if credentials is None:
+        raise ProblemError(
+            401,
+            f'this route needs an API key with the "{scope}" scope; send it as '
+            '"Authorization: Bearer <key>"',
+            slug="unauthorized",
+            headers={"WWW-Authenticate": REALM},
+        )
+    key = verify_api_key(session, credentials.credentials)
+    if key is None:
+        raise ProblemError(
+            401,
+            "the API key is unknown or revoked; check it, or ask an admin for a new one",
+            slug="unauthorized",
+            headers={"WWW-Authenticate": f'{REALM}, error="invalid_token"'},
+        )
+    if scope is not None and not has_scope(key, scope):
+        raise ProblemError(
+            403,
+            f'the API key "{key.prefix}..." ({key.name}) has scopes {key.scopes}; this '
+            f'route needs "{scope}": ask an admin for a key with it',
+            slug="forbidden",
+            headers={"WWW-Authenticate": f'{REALM}, error="insufficient_scope", scope="{scope}"'},
+        )
+    return key
+
+
 def require_scope(scope: str) -> Callable[..., ApiKey]:
     """A dependency that returns the caller's key, or refuses the request."""
 
@@ -30,33 +62,7 @@ def require_scope(scope: str) -> Callable[..., ApiKey]:
         credentials: HTTPAuthorizationCredentials | None = Security(bearer),
         session: Session = Depends(get_session),
     ) -> ApiKey:
-        if credentials is None:
-            raise ProblemError(
-                401,
-                f'this route needs an API key with the "{scope}" scope; send it as '
-                '"Authorization: Bearer <key>"',
-                slug="unauthorized",
-                headers={"WWW-Authenticate": REALM},
-            )
-        key = verify_api_key(session, credentials.credentials)
-        if key is None:
-            raise ProblemError(
-                401,
-                "the API key is unknown or revoked; check it, or ask an admin for a new one",
-                slug="unauthorized",
-                headers={"WWW-Authenticate": f'{REALM}, error="invalid_token"'},
-            )
-        if not has_scope(key, scope):
-            raise ProblemError(
-                403,
-                f'the API key "{key.prefix}..." ({key.name}) has scopes {key.scopes}; this '
-                f'route needs "{scope}": ask an admin for a key with it',
-                slug="forbidden",
-                headers={
-                    "WWW-Authenticate": f'{REALM}, error="insufficient_scope", scope="{scope}"'
-                },
-            )
-        return key
+        return checked_key(credentials, session, scope)
 
     check_key.__name__ = f"require_{scope}_scope"
     return check_key

@@ -6,11 +6,13 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Path, Query, Response
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from saefeat.api import convert
 from saefeat.api.deps import read_session
 from saefeat.api.errors import problem_responses
 from saefeat.api.schemas import (
+    MAX_ROW_ID,
     FeatureDetail,
     FeaturePage,
     LabelHistory,
@@ -25,7 +27,9 @@ router = APIRouter(tags=["catalog"])
 
 SessionDep = Annotated[Session, Depends(read_session)]
 SaeId = Annotated[str, Path(description="SAE id, as listed by GET /v1/saes")]
-FeatureIndexParam = Annotated[int, Path(ge=0, description="Latent index, 0..d_sae-1")]
+FeatureIndexParam = Annotated[
+    int, Path(ge=0, le=MAX_ROW_ID, description="Latent index, 0..d_sae-1")
+]
 Limit = Annotated[int, Query(ge=1, le=queries.MAX_PAGE, description="Page size")]
 CursorParam = Annotated[
     str | None, Query(description="next_cursor of the previous page; omit for the first page")
@@ -76,20 +80,25 @@ async def list_features(
     limit: Limit = 50,
     cursor: CursorParam = None,
 ) -> FeaturePage:
-    page = queries.list_features(
-        session,
-        sae_id,
-        sort=sort,
-        order=order,
-        min_density=min_density,
-        max_density=max_density,
-        labelled=labelled,
-        limit=limit,
-        cursor=cursor,
-    )
-    current = labels.current_labels(session, [f.id for f in page.items])
-    items = [convert.feature_summary(f, current.get(f.id)) for f in page.items]
-    return FeaturePage(items=items, next_cursor=page.next_cursor)
+    def read() -> FeaturePage:
+        page = queries.list_features(
+            session,
+            sae_id,
+            sort=sort,
+            order=order,
+            min_density=min_density,
+            max_density=max_density,
+            labelled=labelled,
+            limit=limit,
+            cursor=cursor,
+        )
+        current = labels.current_labels(session, [f.id for f in page.items])
+        items = [convert.feature_summary(f, current.get(f.id)) for f in page.items]
+        return FeaturePage(items=items, next_cursor=page.next_cursor)
+
+    # A filter that few features pass (labelled, a narrow density window) walks the
+    # index until a page is full: possibly the whole SAE, so not on the event loop.
+    return await run_in_threadpool(read)
 
 
 @router.get(
@@ -168,9 +177,13 @@ async def search_features(
     limit: Limit = 50,
     cursor: CursorParam = None,
 ) -> TokenMatchPage:
-    page = queries.search_by_token(
-        session, token, sae_id=sae_id, side=side, exact=exact, limit=limit, cursor=cursor
-    )
-    current = labels.current_labels(session, [m.feature.id for m in page.items])
-    items = [convert.token_match(m, current.get(m.feature.id)) for m in page.items]
-    return TokenMatchPage(items=items, next_cursor=page.next_cursor)
+    def read() -> TokenMatchPage:
+        page = queries.search_by_token(
+            session, token, sae_id=sae_id, side=side, exact=exact, limit=limit, cursor=cursor
+        )
+        current = labels.current_labels(session, [m.feature.id for m in page.items])
+        items = [convert.token_match(m, current.get(m.feature.id)) for m in page.items]
+        return TokenMatchPage(items=items, next_cursor=page.next_cursor)
+
+    # A common token's entries are read in growing batches until a page is full.
+    return await run_in_threadpool(read)

@@ -19,12 +19,14 @@ PROBLEM_JSON = "application/problem+json"
 log = logging.getLogger(__name__)
 
 DESCRIPTIONS = {
+    400: "The cursor was not made by this server for this query",
     401: "No API key, or the key is unknown or revoked",
     403: "The API key lacks the scope this route needs",
     404: "The SAE or feature does not exist",
-    413: "The text is longer than live search takes",
+    413: "The body (or the text) is larger than this route takes",
     422: "A parameter or body field is invalid; `errors` names it",
-    503: "The catalog database cannot be reached",
+    429: "Too many requests from this client; Retry-After says when to try again",
+    503: "The service cannot take this request now (see the detail)",
 }
 
 
@@ -113,9 +115,10 @@ async def _on_validation(request: Request, exc: RequestValidationError) -> JSONR
 
 async def _on_saefeat(request: Request, exc: SaefeatError) -> JSONResponse:
     errors = None
-    if exc.status_code in (413, 422) and exc.field:
+    if exc.status_code in (400, 413, 422) and exc.field:
         errors = [FieldError(field=exc.field, location=None, message=exc.message)]
-    slug = {404: "not-found", 413: "too-long", 422: "invalid-value"}.get(exc.status_code, "error")
+    slugs = {400: "bad-cursor", 404: "not-found", 413: "too-long", 422: "invalid-value"}
+    slug = slugs.get(exc.status_code, "error")
     return problem_response(exc.status_code, str(exc), slug=slug, errors=errors)
 
 
@@ -124,6 +127,13 @@ async def _on_problem(request: Request, exc: ProblemError) -> JSONResponse:
 
 
 async def _on_http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    if exc.status_code == 400 and isinstance(exc.__cause__, ValueError):
+        # FastAPI could not decode the body (not UTF-8, say): an invalid body, like
+        # malformed JSON, so the same 422 naming it.
+        error = FieldError(
+            field="body", location="body", message=f"not valid JSON: {exc.__cause__}"
+        )
+        return problem_response(422, _describe(error), slug="validation-error", errors=[error])
     detail = exc.detail if isinstance(exc.detail, str) else http.HTTPStatus(exc.status_code).phrase
     if exc.status_code == 404 and detail == "Not Found":
         detail = f"no route {request.url.path}; the API is described at /docs"
@@ -145,6 +155,25 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(Exception, _on_unexpected)
 
 
+def _declare_guard_statuses(operation: dict[str, Any]) -> None:
+    """Statuses that come from outside the route itself: 413 from the body limit on any
+    operation with a body, 400 for a cursor this server did not sign."""
+    extra = []
+    if "requestBody" in operation:
+        extra.append(413)
+    if any(p.get("name") == "cursor" for p in operation.get("parameters", ())):
+        extra.append(400)
+    responses = operation.setdefault("responses", {})
+    for status in extra:
+        if str(status) not in responses:
+            responses[str(status)] = {
+                "description": DESCRIPTIONS[status],
+                "content": {
+                    "application/json": {"schema": {"$ref": "#/components/schemas/Problem"}}
+                },
+            }
+
+
 def install_problem_openapi(app: FastAPI) -> None:
     """Generate OpenAPI as FastAPI does, then declare error bodies as problem+json."""
 
@@ -159,6 +188,7 @@ def install_problem_openapi(app: FastAPI) -> None:
         )
         for path in schema.get("paths", {}).values():
             for operation in path.values():
+                _declare_guard_statuses(operation)
                 for status, response in operation.get("responses", {}).items():
                     content = response.get("content", {})
                     if status[:1] in "45" and "application/json" in content:

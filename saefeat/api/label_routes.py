@@ -1,4 +1,7 @@
-"""Writing labels: needs a key with the "label" scope."""
+"""Writing labels: needs a key with the "label" scope.
+
+Provenance comes from the key, never from the body: the author is the key's name, and
+only a key with the "explain" scope (the explainer's) may write auto labels or scores."""
 
 from __future__ import annotations
 
@@ -10,9 +13,10 @@ from sqlalchemy.orm import Session
 from saefeat.api import convert
 from saefeat.api.auth import require_scope
 from saefeat.api.deps import get_session
-from saefeat.api.errors import problem_responses
-from saefeat.api.schemas import LabelCreate, LabelOut, VoteCreate
+from saefeat.api.errors import ProblemError, problem_responses
+from saefeat.api.schemas import MAX_ROW_ID, LabelCreate, LabelOut, VoteCreate
 from saefeat.storage.catalog import labels, queries
+from saefeat.storage.catalog.keys import has_scope
 from saefeat.storage.catalog.models import ApiKey, Label
 
 router = APIRouter(tags=["labels"])
@@ -24,22 +28,28 @@ router = APIRouter(tags=["labels"])
     response_model=LabelOut,
     responses=problem_responses(401, 403, 404, 422),
     summary="Add a label to a feature (history is kept; nothing is overwritten)",
+    description=(
+        'The author is the API key\'s name. `source: "auto"` and `score` need a key with '
+        'the "explain" scope (403 otherwise).'
+    ),
 )
 def create_label(
     sae_id: Annotated[str, Path(description="SAE id")],
-    index: Annotated[int, Path(ge=0, description="Latent index")],
+    index: Annotated[int, Path(ge=0, le=MAX_ROW_ID, description="Latent index")],
     body: LabelCreate,
     key: Annotated[ApiKey, Depends(require_scope("label"))],
     session: Annotated[Session, Depends(get_session)],
 ) -> LabelOut:
+    if (body.source == "auto" or body.score is not None) and not has_scope(key, "explain"):
+        raise ProblemError(
+            403,
+            f'the API key "{key.prefix}..." ({key.name}) has scopes {key.scopes}; auto '
+            'labels and scores need the "explain" scope (the explainer\'s key)',
+            slug="forbidden",
+        )
     feature = queries.get_feature(session, sae_id, index)
     label = labels.add_label(
-        session,
-        feature,
-        text=body.text,
-        source=body.source,
-        author=body.author if body.author is not None else key.name,
-        score=body.score,
+        session, feature, text=body.text, source=body.source, author=key.name, score=body.score
     )
     session.commit()
     return convert.label_out(label)  # type: ignore[return-value]
@@ -56,7 +66,9 @@ def create_label(
     ),
 )
 def vote_label(
-    label_id: Annotated[int, Path(description="Label id, as in a label history")],
+    label_id: Annotated[
+        int, Path(ge=0, le=MAX_ROW_ID, description="Label id, as in a label history")
+    ],
     body: VoteCreate,
     key: Annotated[ApiKey, Depends(require_scope("label"))],
     session: Annotated[Session, Depends(get_session)],

@@ -1,37 +1,75 @@
-"""Live search: which features fire on a text the caller sends."""
+"""Live search: which features fire on a text the caller sends.
+
+The route is `async`: it waits for the forward on the live pool without holding one of
+the threads the other routes are served on. Each caller (its key, else its address) has
+a token bucket; a full pool or an empty bucket answer at once, with Retry-After.
+"""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path
+from fastapi import APIRouter, Depends, Path, Request, Security
+from fastapi.security import HTTPAuthorizationCredentials
 from sqlalchemy.orm import Session
 
-from saefeat.api.deps import get_session
-from saefeat.api.errors import problem_responses
+from saefeat.api.auth import bearer, checked_key
+from saefeat.api.deps import read_session
+from saefeat.api.errors import ProblemError, problem_responses
+from saefeat.api.rate_limit import retry_after
 from saefeat.api.schemas import ActiveFeature, TextActivations, TextQuery, TokenActivations
 from saefeat.errors import SpecError
 from saefeat.features import live
 from saefeat.storage.catalog import queries
 
 router = APIRouter(tags=["catalog"])
+BUSY_RETRY_S = 1  # what a full pool tells callers to wait: one forward takes about that
+
+
+def live_caller(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)],
+) -> str:
+    """Who is asking, for the rate limit: the key if one is sent (it must be valid), else
+    the client's address. With `live_requires_key`, a key with the "read" scope."""
+    required = request.app.state.settings.live_requires_key
+    if credentials is None and not required:
+        return f"address:{request.client.host if request.client else 'unknown'}"
+    # Its own short session: nothing stays checked out while the text waits for the pool.
+    with request.app.state.sessionmaker() as session:
+        key = checked_key(credentials, session, "read" if required else None)
+    return f"key:{key.id}"
 
 
 @router.post(
     "/saes/{sae_id}/activations",
     response_model=TextActivations,
-    responses=problem_responses(404, 413, 422),
+    responses=problem_responses(401, 403, 404, 413, 422, 429, 503),
     summary="Run a text through the model and the SAE: each token's strongest features",
     description=(
         f"At most {live.MAX_TEXT_CHARS} characters and {live.MAX_TEXT_TOKENS} tokens (413 "
-        "beyond). The first request loads the language model (seconds); it stays cached."
+        "beyond). The first request loads the language model (seconds); it stays cached. "
+        "Each caller (API key, else address) has a rate limit (429 with Retry-After), and "
+        "a few texts run at once (503 with Retry-After when all are taken). A key sent "
+        "must be valid; the server may require one with the read scope."
     ),
 )
-def text_activations(
+async def text_activations(
     sae_id: Annotated[str, Path(description="SAE id")],
     body: TextQuery,
-    session: Annotated[Session, Depends(get_session)],
+    request: Request,
+    caller: Annotated[str, Depends(live_caller)],
+    session: Annotated[Session, Depends(read_session)],
 ) -> TextActivations:
+    wait = request.app.state.live_rate_limiter.take(caller)
+    if wait is not None:
+        raise ProblemError(
+            429,
+            "too many live search requests from this client; wait and try again",
+            slug="rate-limited",
+            headers={"Retry-After": retry_after(wait)},
+        )
     sae = queries.get_sae(session, sae_id)
     live.check_text(body.text)  # 413 before anything is loaded
     if not sae.checkpoint_path:
@@ -40,7 +78,15 @@ def text_activations(
         )
     model_name, checkpoint, hook = sae.model_name, sae.checkpoint_path, sae.hook_name
     session.close()  # the forward can take a while: do not hold a connection through it
-    tokens = live.features_for_sae(model_name, checkpoint, hook, body.text, body.top_n)
+    try:
+        future = request.app.state.live_pool.submit(
+            live.features_for_sae, model_name, checkpoint, hook, body.text, body.top_n
+        )
+    except live.LiveBusyError as exc:
+        raise ProblemError(
+            503, str(exc), slug="busy", headers={"Retry-After": str(BUSY_RETRY_S)}
+        ) from exc
+    tokens = await asyncio.wrap_future(future)
     return TextActivations(
         sae_id=sae_id,
         hook=hook,

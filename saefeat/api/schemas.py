@@ -7,7 +7,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from saefeat.storage.catalog.labels import MAX_LABEL_CHARS
+from saefeat.storage.catalog.labels import MAX_LABEL_CHARS, text_problem
+
+# Ids and feature indices are 32-bit columns: a larger number in a path is a 422, not a
+# database overflow.
+MAX_ROW_ID = 2**31 - 1
 
 
 class Problem(BaseModel):
@@ -144,26 +148,27 @@ class TokenMatchPage(BaseModel):
 
 
 class LabelCreate(BaseModel):
+    """A new label. Its author is always the API key's name (there is no author field)."""
+
     model_config = ConfigDict(extra="forbid")
 
     text: str = Field(description=f"1 to {MAX_LABEL_CHARS} characters, not blank")
-    source: Literal["human", "auto"] = "human"
-    score: float | None = Field(
-        default=None, allow_inf_nan=False, description="For auto labels: how well it scored"
+    source: Literal["human", "auto"] = Field(
+        default="human", description='"auto" needs a key with the "explain" scope'
     )
-    author: str | None = Field(
-        default=None, max_length=200, description="Defaults to the API key's name"
+    score: float | None = Field(
+        default=None,
+        allow_inf_nan=False,
+        description='How well an auto label scored; needs a key with the "explain" scope',
     )
 
     @field_validator("text")
     @classmethod
-    def _text_not_blank(cls, value: str) -> str:
-        value = value.strip()
-        if not value:
-            raise ValueError("must not be blank")
-        if len(value) > MAX_LABEL_CHARS:
-            raise ValueError(f"must be at most {MAX_LABEL_CHARS} characters, got {len(value)}")
-        return value
+    def _text_storable(cls, value: str) -> str:
+        problem = text_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value.strip()
 
 
 class LabelHistory(BaseModel):

@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from saefeat.api import convert
 from saefeat.api.deps import read_session
@@ -37,7 +38,12 @@ async def search_labels(
     limit: Annotated[int, Query(ge=1, le=queries.MAX_PAGE)] = 50,
     cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
 ) -> LabelMatchPage:
-    page = label_search.search_labels(session, q, sae_id=sae_id, limit=limit, cursor=cursor)
-    votes = labels.label_votes(session, [m.label.id for m in page.items])
-    items = [convert.label_match(m, votes.get(m.label.id)) for m in page.items]
-    return LabelMatchPage(items=items, next_cursor=page.next_cursor)
+    def search() -> LabelMatchPage:
+        page = label_search.search_labels(session, q, sae_id=sae_id, limit=limit, cursor=cursor)
+        votes = labels.label_votes(session, [m.label.id for m in page.items])
+        items = [convert.label_match(m, votes.get(m.label.id)) for m in page.items]
+        return LabelMatchPage(items=items, next_cursor=page.next_cursor)
+
+    # A search reads up to label_search.MAX_SCAN matches: tens of milliseconds at worst,
+    # too long to hold the event loop, so it runs on the thread pool.
+    return await run_in_threadpool(search)

@@ -3,11 +3,16 @@ hook) and the SAE, then each token's strongest features.
 
 The language model loads on first use and stays cached (saefeat.lm.cached_model); SAEs
 are cached the same way, keyed by checkpoint path, so repeated queries cost one forward.
+
+Forwards run on a `LivePool` of their own: a few threads and a short queue, refusing
+more (503), so live text never takes the threads every other request is served on.
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -20,13 +25,53 @@ from saefeat.sae import SparseAutoencoder, load_sae
 
 MAX_TEXT_CHARS = 4000
 MAX_TEXT_TOKENS = 512
-# One forward at a time per process: torch already uses every core, and two concurrent
-# first requests must not load the model twice.
-_lock = threading.Lock()
+# Two concurrent first requests must not load a model twice; and one model runs one
+# forward at a time, since run_to_hooks captures activations with hooks on its modules.
+_load_lock = threading.Lock()
+_forward_locks: dict[str, threading.Lock] = {}
 
 
 class TextTooLongError(SaefeatError):
     status_code = 413
+
+
+class LiveBusyError(SaefeatError):
+    """Every live worker is busy and the queue is full: try again shortly (503)."""
+
+    status_code = 503
+
+
+class LivePool:
+    """At most `workers` texts encoded at once and `queue` more waiting; past that,
+    `submit` refuses at once instead of queueing without end."""
+
+    def __init__(self, workers: int, queue: int):
+        self.capacity = workers + queue
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="live")
+        self._slots = threading.BoundedSemaphore(self.capacity)
+        self._count_lock = threading.Lock()
+        self._in_flight = 0
+
+    @property
+    def in_flight(self) -> int:
+        """Requests running or waiting."""
+        return self._in_flight
+
+    def submit(self, fn: Callable[..., object], *args: object) -> Future:
+        if not self._slots.acquire(blocking=False):
+            raise LiveBusyError(
+                f"all {self.capacity} live search slots are taken; try again in a moment"
+            )
+        with self._count_lock:
+            self._in_flight += 1
+        future = self._executor.submit(fn, *args)
+        future.add_done_callback(self._release)
+        return future
+
+    def _release(self, _: Future) -> None:
+        with self._count_lock:
+            self._in_flight -= 1
+        self._slots.release()
 
 
 @dataclass
@@ -59,6 +104,8 @@ def features_on_text(
     """Each token of `text` with its `top_n` strongest active features."""
     check_text(text)
     ids = lm.tokenizer(text, return_tensors="pt").input_ids  # type: ignore[operator]
+    if ids.shape[1] == 0:  # e.g. only control characters the tokenizer drops
+        raise SpecError("has no tokens: the tokenizer drops every character of it", field="text")
     if ids.shape[1] > MAX_TEXT_TOKENS:
         raise TextTooLongError(
             f"is {ids.shape[1]} tokens long; live search takes at most {MAX_TEXT_TOKENS}",
@@ -86,7 +133,9 @@ def features_for_sae(
 ) -> list[TokenFeatures]:
     """Load (once) the model and SAE named by a catalog row and run `features_on_text`."""
     check_text(text)  # before paying for a model load
-    with _lock:
+    with _load_lock:
         lm = cached_model(model_name, "cpu")
         sae = cached_sae(checkpoint, "cpu")
+        forward_lock = _forward_locks.setdefault(model_name, threading.Lock())
+    with forward_lock:
         return features_on_text(lm, sae, hook, text, top_n)

@@ -3,6 +3,8 @@
 Each matching feature appears once, with its newest matching label; results are newest
 match first and keyset-paginated on that label's id. Matches are read newest first and
 the read stops once a page is full, so a word on thousands of labels costs a page's worth.
+A page deep into a very common query would read every match above it, so a request
+reads at most `max_scan` matches and then answers with what it has.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ def _match_condition(session: Session, q: str) -> tuple[ColumnElement, ColumnEle
 
 
 FIRST_BATCH, MAX_BATCH = 64, 4096
+MAX_SCAN = 20_000  # matches one request reads at most (the API passes its setting)
 # PostgreSQL: how many of the newest label ids are scanned in id order before the GIN index
 # takes over (see _matches_newest_first).
 RECENT_LABELS = 4096
@@ -101,26 +104,33 @@ def _matches_newest_first(session: Session, q: str, sae_id: str | None) -> Batch
         yield from _batches(session, older, sae_id)
 
 
-def _newest_per_feature(batches: Batches, limit: int, after: int | None) -> list[int]:
+def _newest_per_feature(
+    batches: Batches, limit: int, after: int | None, max_scan: int
+) -> tuple[list[int], bool]:
     """Ids of the newest matching label of each of the first `limit` + 1 features, in
     newest-first order, reading the newest-first batches only until there are enough: a
-    common word costs a few batches, not all its matches.
+    common word costs a few batches, not all its matches. True with them if the read
+    stopped at `max_scan` matches instead.
 
     After a cursor, a feature counts only if its newest match is below it (features whose
     newest match is at or above it were on an earlier page), so matches above the cursor
     are still read, to learn which features those were."""
     seen: set[int] = set()
     picked: list[int] = []
+    scanned = 0
     for rows in batches:
         for lid, fid in rows:
+            scanned += 1
+            if scanned > max_scan:
+                return picked, True
             if fid in seen:
                 continue
             seen.add(fid)
             if after is None or lid < after:
                 picked.append(lid)
                 if len(picked) > limit:
-                    return picked
-    return picked
+                    return picked, False
+    return picked, False
 
 
 def search_labels(
@@ -130,8 +140,12 @@ def search_labels(
     sae_id: str | None = None,
     limit: int = 50,
     cursor: str | None = None,
+    max_scan: int = MAX_SCAN,
 ) -> Page[LabelMatch]:
-    """Features with a label matching `q` (see search_syntax), newest match first."""
+    """Features with a label matching `q` (see search_syntax), newest match first.
+
+    Reads at most `max_scan` matches: past that, the page holds what was found (with a
+    cursor to go on), or, if nothing was, a SpecError asks for a narrower query."""
     if not 1 <= limit <= MAX_PAGE:
         raise SpecError(f"is {limit}; use 1..{MAX_PAGE}", field="limit")
     if sae_id is not None:
@@ -141,7 +155,7 @@ def search_labels(
         (after,) = decode_cursor(cursor, "labels:newest", (int,)).key
     batches = _matches_newest_first(session, q, sae_id)
     try:
-        picked = _newest_per_feature(batches, limit, after)
+        picked, truncated = _newest_per_feature(batches, limit, after, max_scan)
     except OperationalError as exc:
         # parse_query only lets well-formed queries through; this is the safety net for
         # anything FTS5 still refuses, so it is a 422 and never a 500.
@@ -149,6 +163,12 @@ def search_labels(
         if "fts5" in str(exc.orig).lower():
             raise SpecError(f"the search engine refused it: {exc.orig}", field="q") from exc
         raise
+    if truncated and not picked:
+        raise SpecError(
+            f"matches more than {max_scan} labels before this page; add words or an "
+            "sae_id to narrow it",
+            field="q",
+        )
     query = (
         select(*FEATURE_ROW_COLUMNS, *LABEL_ROW_COLUMNS)
         .select_from(Label)
@@ -160,7 +180,7 @@ def search_labels(
     rows = [
         LabelMatch(FeatureRow(*row[:split]), LabelRow(*row[split:])) for row in run(session, query)
     ]
-    more = len(rows) > limit
+    more = truncated or len(rows) > limit
     rows = rows[:limit]
     token = encode_cursor(Cursor("labels:newest", (rows[-1].label.id,))) if more else None
     return Page(rows, token)

@@ -9,17 +9,44 @@ from datetime import datetime
 from typing import Protocol
 
 from sqlalchemy import Integer, Select, bindparam, case, func, select, union
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from saefeat.errors import NotFoundError, SpecError
-from saefeat.storage.catalog.models import LABEL_SOURCES, VOTE_VALUES, Label, LabelVote, Neighbour
+from saefeat.storage.catalog.models import (
+    LABEL_SOURCES,
+    VOTE_VALUES,
+    Label,
+    LabelVote,
+    Neighbour,
+    utcnow,
+)
 from saefeat.storage.catalog.queries import row_columns, run
 
 MAX_LABEL_CHARS = 500
+# The dialects whose INSERT has ON CONFLICT (the two the catalog runs on).
+_INSERTS = {"sqlite": sqlite_insert, "postgresql": postgresql_insert}
 
 
 class HasId(Protocol):
     id: int
+
+
+def text_problem(text: str) -> str | None:
+    """Why `text` cannot be stored as label text, or None. NUL is refused on both
+    databases alike (PostgreSQL text cannot hold it); a lone surrogate cannot be encoded."""
+    if "\x00" in text:
+        return "must not contain a NUL character (\\u0000)"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return f"holds a lone surrogate ({text[exc.start]!r}); send valid Unicode"
+    if not text.strip():
+        return "must not be blank"
+    if len(text.strip()) > MAX_LABEL_CHARS:
+        return f"has {len(text.strip())} characters; at most {MAX_LABEL_CHARS}"
+    return None
 
 
 def add_label(
@@ -32,11 +59,10 @@ def add_label(
     score: float | None = None,
 ) -> Label:
     """Append a label to `feature`'s history (labels are never edited). The caller commits."""
+    problem = text_problem(text)
+    if problem:
+        raise SpecError(problem, field="text")
     text = text.strip()
-    if not text:
-        raise SpecError("must not be blank", field="text")
-    if len(text) > MAX_LABEL_CHARS:
-        raise SpecError(f"has {len(text)} characters; at most {MAX_LABEL_CHARS}", field="text")
     if source not in LABEL_SOURCES:
         raise SpecError(f"is {source!r}; use one of {list(LABEL_SOURCES)}", field="source")
     if score is not None and not math.isfinite(score):
@@ -80,17 +106,21 @@ class Votes:
 def vote_label(session: Session, label_id: int, *, voter: str, value: int) -> Votes:
     """Record `voter`'s vote (+1 up, -1 down) on a label, replacing their earlier vote.
 
-    The caller commits. Returns the label's totals after the vote."""
+    One upsert (INSERT ... ON CONFLICT DO UPDATE), so the same voter voting from many
+    requests at once ends with one row, never a duplicate-key error. The caller commits.
+    Returns the label's totals after the vote."""
     if value not in VOTE_VALUES:
         raise SpecError(f"is {value!r}; use 1 (up) or -1 (down)", field="value")
     if session.get(Label, label_id) is None:
         raise NotFoundError(f"no label with id {label_id}", field="label_id")
-    vote = session.get(LabelVote, (label_id, voter))
-    if vote is None:
-        session.add(LabelVote(label_id=label_id, voter=voter, value=value))
-    else:
-        vote.value = value
-    session.flush()
+    insert = _INSERTS[session.get_bind().dialect.name]
+    row = {"label_id": label_id, "voter": voter, "value": value, "created_at": utcnow()}
+    upsert = insert(LabelVote).values(row)
+    upsert = upsert.on_conflict_do_update(
+        index_elements=[LabelVote.label_id, LabelVote.voter],
+        set_={"value": upsert.excluded.value, "created_at": upsert.excluded.created_at},
+    )
+    session.execute(upsert)
     return label_votes(session, [label_id]).get(label_id, Votes())
 
 

@@ -99,9 +99,11 @@ def catalog(db) -> Seeded:
 
 @pytest.fixture
 def keys(db) -> dict[str, str]:
-    """Plaintext keys by role: label, read, admin, none (no useful scope), revoked."""
+    """Plaintext keys by role: label, explain (the explainer's: label + explain), read,
+    admin, revoked."""
     made = {
         "label": create_api_key(db, "labeller", ["label"]),
+        "explain": create_api_key(db, "explainer", ["label", "explain"]),
         "read": create_api_key(db, "reader", ["read"]),
         "admin": create_api_key(db, "admin", ["admin"]),
         "revoked": create_api_key(db, "gone", ["label"]),

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from saefeat.api.app import create_app
-from saefeat.storage.catalog.models import ApiKey
+from saefeat.storage.catalog.models import API_SCOPES, ApiKey
 
 URL = "/v1/saes/sae-a/features/3/labels"
 PROBLEM = "application/problem+json"
@@ -53,25 +55,49 @@ def test_auth_is_checked_before_the_body(client, catalog):
 
 
 def test_a_label_key_adds_a_label(client, catalog, keys):
-    response = client.post(
-        URL, json={"text": "  Python keywords  ", "score": 0.5}, headers=bearer(keys["label"])
-    )
+    response = client.post(URL, json={"text": "  Python keywords  "}, headers=bearer(keys["label"]))
     assert response.status_code == 201, response.text
     label = response.json()
     assert label["text"] == "Python keywords"  # trimmed
-    assert label["source"] == "human" and label["score"] == 0.5
-    assert label["author"] == "labeller"  # the key's name when no author is given
+    assert label["source"] == "human" and label["score"] is None
+    assert label["author"] == "labeller"  # always the key's name
     assert client.get("/v1/saes/sae-a/features/3").json()["label"] == label
     listed = client.get("/v1/saes/sae-a/features?limit=500").json()["items"]
     assert [f["label"] for f in listed if f["index"] == 3] == ["Python keywords"]
 
 
 def test_admin_keys_can_label(client, catalog, keys):
-    headers = bearer(keys["admin"])
-    assert (
-        client.post(URL, json={"text": "x", "author": "carol"}, headers=headers).json()["author"]
-        == "carol"
+    response = client.post(URL, json={"text": "x"}, headers=bearer(keys["admin"]))
+    assert response.status_code == 201 and response.json()["author"] == "admin"
+
+
+def test_provenance_cannot_be_forged(client, catalog, keys):
+    """The author is the key's name, and auto labels and scores need "explain"."""
+    label = bearer(keys["label"])
+    problem = _problem(client.post(URL, json={"text": "x", "author": "admin"}, headers=label), 422)
+    assert [e["field"] for e in problem["errors"]] == ["author"]
+    for body in ({"text": "x", "source": "auto"}, {"text": "x", "score": 1e308},
+                 {"text": "x", "source": "auto", "score": 1e308}):  # fmt: skip
+        problem = _problem(client.post(URL, json=body, headers=label), 403)
+        assert '"explain"' in problem["detail"]
+    assert client.get(URL).json()["items"] == []  # nothing was stored
+    made = client.post(
+        URL, json={"text": "x", "source": "auto", "score": 0.7}, headers=bearer(keys["explain"])
     )
+    assert made.status_code == 201, made.text
+    assert made.json() | {"id": 0, "created_at": 0} == {
+        "id": 0, "text": "x", "source": "auto", "author": "explainer", "score": 0.7,
+        "created_at": 0, "votes_up": 0, "votes_down": 0,
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("text", ["a\x00b", "lone \ud800"])
+def test_label_text_the_database_cannot_hold_is_422(client, catalog, keys, text):
+    headers = bearer(keys["label"]) | {"Content-Type": "application/json"}
+    raw = json.dumps({"text": text}).encode()  # JSON escapes both
+    problem = _problem(client.post(URL, content=raw, headers=headers), 422)
+    assert problem["errors"][0]["field"] == "text"
+    assert client.get(URL).json()["items"] == []
 
 
 @pytest.mark.parametrize(
@@ -109,7 +135,7 @@ def test_labelling_an_unknown_feature_is_404(client, catalog, keys):
 
 
 def test_history_is_kept_and_the_current_label_follows_the_rule(client, catalog, keys):
-    headers = bearer(keys["label"])
+    headers = bearer(keys["explain"])  # auto labels come from the explainer
 
     def post(**body):
         response = client.post(URL, json=body, headers=headers)
@@ -150,7 +176,7 @@ def test_bootstrap_key_is_created_with_every_scope(make_settings, catalog, db):
             == 201
         )
     keys = db.scalars(select(ApiKey).where(ApiKey.name == "bootstrap")).all()
-    assert len(keys) == 1 and keys[0].scopes == ["read", "label", "admin"]
+    assert len(keys) == 1 and keys[0].scopes == list(API_SCOPES)
 
 
 def test_require_read_key_guards_reads(make_settings, catalog, keys):

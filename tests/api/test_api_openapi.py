@@ -12,6 +12,8 @@ from saefeat.api.app import create_app
 PROBLEM_REF = {"$ref": "#/components/schemas/Problem"}
 # POST routes that only read (open unless reads need a key).
 READ_POSTS = {"/v1/saes/{sae_id}/activations", "/v1/saes/{sae_id}/steer"}
+# Routes that take an optional key (it must be valid when sent; settings may require it).
+OPTIONAL_KEY = {"/v1/saes/{sae_id}/activations"}
 
 
 def _operations(schema: dict):
@@ -52,13 +54,17 @@ def test_every_error_response_is_declared_as_problem_json(make_settings, require
         has_params = bool(operation.get("parameters") or operation.get("requestBody"))
         assert ("422" in statuses) == has_params, (method, path)
         writes = method == "post" and path not in READ_POSTS
-        guarded = writes or (require_read_key and path != "/v1/health")
+        guarded = writes or path in OPTIONAL_KEY or (require_read_key and path != "/v1/health")
         assert ({"401", "403"} <= statuses) == guarded, (method, path)
         if guarded:
             assert operation["security"] == [{"ApiKey": []}]
             assert "WWW-Authenticate" in operation["responses"]["401"]["headers"]
         if "{" in path:
             assert "404" in statuses, (method, path)
+        if "requestBody" in operation:
+            assert "413" in statuses, (method, path)  # the body limit
+        if any(p["name"] == "cursor" for p in operation.get("parameters", ())):
+            assert "400" in statuses, (method, path)  # a cursor the server did not sign
     scheme = schema["components"]["securitySchemes"]["ApiKey"]
     assert scheme == {"type": "http", "scheme": "bearer", "description": scheme["description"]}
 

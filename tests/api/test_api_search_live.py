@@ -72,7 +72,7 @@ def test_neighbours_route(client, catalog):
 def test_votes_need_label_scope_and_decide_the_current_label(client, db, catalog, keys):
     url = "/v1/saes/sae-a/features/5/labels"
     auto = client.post(url, json={"text": "auto", "source": "auto", "score": 0.5},
-                       headers=auth(keys["label"])).json()  # fmt: skip
+                       headers=auth(keys["explain"])).json()  # fmt: skip
     human = client.post(url, json={"text": "human"}, headers=auth(keys["label"])).json()
     vote_url = f"/v1/labels/{human['id']}/votes"
     assert client.post(vote_url, json={"vote": "down"}).status_code == 401
@@ -153,4 +153,4 @@ def test_label_history_pages(client, catalog, keys):
         seen += [i["text"] for i in page["items"]]
         cursor = page["next_cursor"]
     assert seen == [f"label {n}" for n in range(4, -1, -1)]
-    assert client.get(url, params={"cursor": "junk"}).status_code == 422
+    assert client.get(url, params={"cursor": "junk"}).status_code == 400

@@ -17,12 +17,19 @@ import psycopg
 import pytest
 from sqlalchemy.orm import Session
 
+from saefeat.storage.catalog.cursor import use_secret
 from saefeat.storage.catalog.db import make_engine, make_sessionmaker, upgrade
 from saefeat.storage.catalog.models import SAE
 from saefeat.storage.catalog.registry import register_sae
 
 PG_ROLE = "saefeat_test"
 PG_PASSWORD = "saefeat_test"
+
+
+@pytest.fixture(autouse=True)
+def _cursor_secret() -> None:
+    """Cursors are signed; these tests sign with a fixed secret, not one in a home folder."""
+    use_secret(b"catalog-tests")
 
 
 @dataclass(frozen=True)

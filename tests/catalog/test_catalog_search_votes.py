@@ -3,15 +3,19 @@ on SQLite and on PostgreSQL."""
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import pytest
 from sqlalchemy import select
 
 from saefeat.errors import NotFoundError, SpecError
+from saefeat.storage.catalog.db import make_engine, make_sessionmaker
 from saefeat.storage.catalog.demo import synthetic_feature_index
 from saefeat.storage.catalog.label_search import search_labels
 from saefeat.storage.catalog.labels import add_label, current_label, vote_label
-from saefeat.storage.catalog.models import Feature
+from saefeat.storage.catalog.models import Feature, LabelVote
 from saefeat.storage.catalog.queries import feature_neighbours, get_feature, list_features
 from saefeat.storage.catalog.search_syntax import parse_query
 from saefeat.storage.catalog.writer import write_feature_index
@@ -161,3 +165,58 @@ def test_label_search_pages_match_the_rule_over_many_labels(session, make_sae, m
                 break
             cursor = page.next_cursor
         assert got == [(i, newest[i]) for i in expected]
+
+
+def test_twenty_parallel_votes_from_one_voter_leave_one_vote(db_url, make_sae):
+    """A vote is an upsert: concurrent votes of one key never collide (IntegrityError)."""
+    engine = make_engine(db_url)
+    sessions = make_sessionmaker(engine)
+    with sessions() as session:
+        sae = make_sae(session, d_sae=4)
+        write_feature_index(session, sae.id, synthetic_feature_index(4, seed=1))
+        label = add_label(session, get_feature(session, sae.id, 0), text="x", author="t")
+        session.commit()
+        label_id = label.id
+    start = threading.Barrier(20)
+
+    def vote(n: int) -> None:
+        with sessions() as session:
+            start.wait()
+            vote_label(session, label_id, voter="key 1", value=1 if n % 2 else -1)
+            session.commit()
+
+    try:
+        with ThreadPoolExecutor(20) as pool:
+            list(pool.map(vote, range(20)))  # re-raises any thread's error
+        with sessions() as session:
+            rows = session.scalars(select(LabelVote).where(LabelVote.label_id == label_id))
+            assert [r.voter for r in rows] == ["key 1"]
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize("text", ["a\x00b", "lone \ud800"])
+def test_label_text_neither_database_can_hold_is_a_spec_error(session, labelled, text):
+    feature = get_feature(session, labelled.id, 0)
+    with pytest.raises(SpecError) as caught:
+        add_label(session, feature, text=text)
+    assert caught.value.field == "text"
+
+
+def test_label_search_reads_a_bounded_number_of_matches(session, make_sae):
+    sae = make_sae(session, d_sae=12)
+    write_feature_index(session, sae.id, synthetic_feature_index(12, seed=2))
+    for index in range(12):
+        add_label(session, get_feature(session, sae.id, index), text=f"python {index}")
+    session.commit()
+    first = search_labels(session, "python", limit=4, max_scan=6)
+    assert len(first.items) == 4 and first.next_cursor
+    # The next page would read the 4 matches above it and 3 more: past the bound, it
+    # answers with what it found and a cursor to go on.
+    second = search_labels(session, "python", limit=4, cursor=first.next_cursor, max_scan=6)
+    assert len(second.items) == 2 and second.next_cursor
+    with pytest.raises(SpecError, match="more than 6 labels") as caught:
+        search_labels(session, "python", limit=4, cursor=second.next_cursor, max_scan=6)
+    assert caught.value.field == "q"
+    everything = search_labels(session, "python", limit=12)
+    assert len(everything.items) == 12 and everything.next_cursor is None
