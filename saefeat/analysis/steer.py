@@ -29,7 +29,7 @@ from typing import Literal
 import torch
 
 from saefeat.errors import SpecError
-from saefeat.lm import LanguageModel, cached_model, parse_hook
+from saefeat.lm import LanguageModel, parse_hook
 from saefeat.sae import SparseAutoencoder
 
 Method = Literal["add", "clamp"]
@@ -302,15 +302,14 @@ def steer(
 
 
 def steer_for_sae(
-    model_name: str, checkpoint: str, hook: str, request: SteerRequest, *, max_new_tokens: int
+    model_name: str, checkpoint: str, hook: str, request: SteerRequest, max_new_tokens: int
 ) -> SteerResult:
     """Load (once) the model and SAE named by a catalog row and run `steer`: the one call
     the API route and the CLI make (and the one to hand to a worker pool)."""
     from saefeat.features import live
 
-    # Live encoding's lock: one forward at a time on the shared cached model, which here
-    # also keeps the steering hook out of any other request's forward.
-    with live._lock:
-        lm = cached_model(model_name, "cpu")
-        sae = live.cached_sae(checkpoint, "cpu")
+    # One forward at a time on the shared cached model: the steering hook stays out of
+    # any other request's forward.
+    lm, sae, forward_lock = live.loaded(model_name, checkpoint)
+    with forward_lock:
         return steer(lm, sae, hook, request, max_new_tokens=max_new_tokens)

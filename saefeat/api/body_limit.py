@@ -38,7 +38,7 @@ class BodyLimits:
 
 
 _LABEL_WRITES = re.compile(r"^/(saes/[^/]+/features/[^/]+/labels|labels/[^/]+/votes)/?$")
-_LIVE = re.compile(r"^/saes/[^/]+/activations/?$")
+_LIVE = re.compile(r"^/saes/[^/]+/(activations|steer)/?$")  # a text for the model
 
 
 def _content_length(scope: Scope) -> int | None:

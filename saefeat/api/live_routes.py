@@ -8,7 +8,8 @@ a token bucket; a full pool or an empty bucket answer at once, with Retry-After.
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, TypeVar
 
 from fastapi import APIRouter, Depends, Path, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials
@@ -24,6 +25,7 @@ from saefeat.features import live
 from saefeat.storage.catalog import queries
 
 router = APIRouter(tags=["catalog"])
+T = TypeVar("T")
 BUSY_RETRY_S = 1  # what a full pool tells callers to wait: one forward takes about that
 
 
@@ -40,6 +42,30 @@ def live_caller(
     with request.app.state.sessionmaker() as session:
         key = checked_key(credentials, session, "read" if required else None)
     return f"key:{key.id}"
+
+
+def check_rate(request: Request, caller: str) -> None:
+    """429 with Retry-After once the caller's token bucket is empty."""
+    wait = request.app.state.live_rate_limiter.take(caller)
+    if wait is not None:
+        raise ProblemError(
+            429,
+            "too many live requests from this client; wait and try again",
+            slug="rate-limited",
+            headers={"Retry-After": retry_after(wait)},
+        )
+
+
+async def run_on_live_pool(request: Request, fn: Callable[..., T], *args: object) -> T:
+    """Run a model forward on the live pool (503 with Retry-After when it is full),
+    without holding one of the threads the other routes are served on."""
+    try:
+        future = request.app.state.live_pool.submit(fn, *args)
+    except live.LiveBusyError as exc:
+        raise ProblemError(
+            503, str(exc), slug="busy", headers={"Retry-After": str(BUSY_RETRY_S)}
+        ) from exc
+    return await asyncio.wrap_future(future)
 
 
 @router.post(
@@ -62,14 +88,7 @@ async def text_activations(
     caller: Annotated[str, Depends(live_caller)],
     session: Annotated[Session, Depends(read_session)],
 ) -> TextActivations:
-    wait = request.app.state.live_rate_limiter.take(caller)
-    if wait is not None:
-        raise ProblemError(
-            429,
-            "too many live search requests from this client; wait and try again",
-            slug="rate-limited",
-            headers={"Retry-After": retry_after(wait)},
-        )
+    check_rate(request, caller)
     sae = queries.get_sae(session, sae_id)
     live.check_text(body.text)  # 413 before anything is loaded
     if not sae.checkpoint_path:
@@ -78,15 +97,9 @@ async def text_activations(
         )
     model_name, checkpoint, hook = sae.model_name, sae.checkpoint_path, sae.hook_name
     session.close()  # the forward can take a while: do not hold a connection through it
-    try:
-        future = request.app.state.live_pool.submit(
-            live.features_for_sae, model_name, checkpoint, hook, body.text, body.top_n
-        )
-    except live.LiveBusyError as exc:
-        raise ProblemError(
-            503, str(exc), slug="busy", headers={"Retry-After": str(BUSY_RETRY_S)}
-        ) from exc
-    tokens = await asyncio.wrap_future(future)
+    tokens = await run_on_live_pool(
+        request, live.features_for_sae, model_name, checkpoint, hook, body.text, body.top_n
+    )
     return TextActivations(
         sae_id=sae_id,
         hook=hook,

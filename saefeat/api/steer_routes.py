@@ -10,8 +10,9 @@ from pydantic import BaseModel, Field
 from sqlalchemy.orm import Session
 
 from saefeat.analysis import steer
-from saefeat.api.deps import get_session
+from saefeat.api.deps import read_session
 from saefeat.api.errors import problem_responses
+from saefeat.api.live_routes import check_rate, live_caller, run_on_live_pool
 from saefeat.errors import SpecError
 from saefeat.storage.catalog import queries
 
@@ -94,21 +95,24 @@ def steer_request(body: SteerBody) -> steer.SteerRequest:
 @router.post(
     "/saes/{sae_id}/steer",
     response_model=SteerOut,
-    responses=problem_responses(404, 422),
+    responses=problem_responses(401, 403, 404, 413, 422, 429, 503),
     summary="Generate with features added or clamped, beside the default continuation",
     description=(
         "Both runs use the same seed and sampling; at the SAE's hook every position but "
         "the first is steered (prompt and generated). For each generated position both "
         "runs report the log-probability of each feature's top promoted tokens. The first "
-        "request loads the language model (seconds)."
+        "request loads the language model (seconds). It shares live search's pool, rate "
+        "limit (429/503 with Retry-After) and key policy."
     ),
 )
-def steer_route(
+async def steer_route(
     sae_id: Annotated[str, Path(description="SAE id")],
     body: SteerBody,
     request: Request,
-    session: Annotated[Session, Depends(get_session)],
+    caller: Annotated[str, Depends(live_caller)],
+    session: Annotated[Session, Depends(read_session)],
 ) -> SteerOut:
+    check_rate(request, caller)
     sae = queries.get_sae(session, sae_id)
     limit = request.app.state.settings.steer_max_new_tokens
     spec = steer_request(body)
@@ -117,7 +121,9 @@ def steer_route(
         raise SpecError("has no checkpoint on this server, so it cannot steer", field="sae_id")
     model_name, checkpoint, hook = sae.model_name, sae.checkpoint_path, sae.hook_name
     session.close()  # generation takes a while: do not hold a connection through it
-    result = steer.steer_for_sae(model_name, checkpoint, hook, spec, max_new_tokens=limit)
+    result = await run_on_live_pool(
+        request, steer.steer_for_sae, model_name, checkpoint, hook, spec, limit
+    )
     return SteerOut(
         sae_id=sae_id,
         hook=result.hook,

@@ -133,9 +133,17 @@ def features_for_sae(
 ) -> list[TokenFeatures]:
     """Load (once) the model and SAE named by a catalog row and run `features_on_text`."""
     check_text(text)  # before paying for a model load
+    lm, sae, forward_lock = loaded(model_name, checkpoint)
+    with forward_lock:
+        return features_on_text(lm, sae, hook, text, top_n)
+
+
+def loaded(
+    model_name: str, checkpoint: str
+) -> tuple[LanguageModel, SparseAutoencoder, threading.Lock]:
+    """The cached model and SAE, and the lock every forward on that model must hold (live
+    encoding and steering both hook the model's modules)."""
     with _load_lock:
         lm = cached_model(model_name, "cpu")
         sae = cached_sae(checkpoint, "cpu")
-        forward_lock = _forward_locks.setdefault(model_name, threading.Lock())
-    with forward_lock:
-        return features_on_text(lm, sae, hook, text, top_n)
+        return lm, sae, _forward_locks.setdefault(model_name, threading.Lock())

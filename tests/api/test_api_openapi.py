@@ -13,7 +13,7 @@ PROBLEM_REF = {"$ref": "#/components/schemas/Problem"}
 # POST routes that only read (open unless reads need a key).
 READ_POSTS = {"/v1/saes/{sae_id}/activations", "/v1/saes/{sae_id}/steer"}
 # Routes that take an optional key (it must be valid when sent; settings may require it).
-OPTIONAL_KEY = {"/v1/saes/{sae_id}/activations"}
+OPTIONAL_KEY = {"/v1/saes/{sae_id}/activations", "/v1/saes/{sae_id}/steer"}
 
 
 def _operations(schema: dict):
