@@ -32,6 +32,7 @@ from saefeat.lm import model_config_and_tokenizer, parse_hook
 from saefeat.specs import HarvestSpec
 from saefeat.storage.activations import STATUS_COMPLETE, ActivationSet
 from saefeat.storage.stats import set_statistics
+from saefeat.workers.job_kinds import JobBusy, JobStopped
 from saefeat.workers.runtime import cpus_available, ensure_ray, gpus_available
 from saefeat.workers.shard import ShardHarvester, model_dtype
 
@@ -45,13 +46,13 @@ IN_FLIGHT_PER_ACTOR = 2  # one shard in the forward, one being written
 __all__ = ["HarvestResult", "HarvestWorker", "ShardHarvester", "harvest", "model_dtype"]
 
 
-class HarvestCancelled(SaefeatError):
+class HarvestCancelled(JobStopped):
     """The job was cancelled; committed shards stay valid and a resubmit resumes."""
 
     status_code = 409
 
 
-class HarvestBusy(SaefeatError):
+class HarvestBusy(JobBusy):
     """Another process is harvesting this set right now."""
 
     status_code = 409

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import signal
 import threading
 
 import ray
@@ -69,6 +70,17 @@ def ensure_ray(settings: Settings | None = None) -> None:
             "(saefeat.workers.runtime.ensure_ray)"
         )
     settings = settings or get_settings()
+    # ray.init() sets a SIGTERM handler that kills Ray and exits at once; the server's
+    # own (uvicorn's: a graceful stop that hands running jobs back) must stay.
+    sigterm = signal.getsignal(signal.SIGTERM)
+    try:
+        _init(settings)
+    finally:
+        if sigterm is not None:  # None: set outside Python; nothing to put back
+            signal.signal(signal.SIGTERM, sigterm)
+
+
+def _init(settings: Settings) -> None:
     # Our workers import saefeat from the driver's environment; say so for clusters too.
     runtime_env = {"env_vars": {"TOKENIZERS_PARALLELISM": "false"}}
     if settings.ray_address:  # RAY_AUTH_MODE / RAY_AUTH_TOKEN come from the environment
