@@ -320,9 +320,20 @@ class _ShardRun:
         for w in workers:
             ray.kill(w, no_restart=True)
         deadline = time.monotonic() + self.settings.actor_exit_timeout_s
-        pending = [w.ready.remote() for w in workers]  # fail once Ray has the actor dead
+        # Ray's view: a call fails with ActorDiedError once it has the actor dead; one
+        # that still answers was sent before the kill landed, so ask again.
+        pending = {w.ready.remote(): w for w in workers}
         while pending and time.monotonic() < deadline:
-            _, pending = ray.wait(pending, num_returns=len(pending), timeout=0.5)
+            done, _ = ray.wait(list(pending), num_returns=len(pending), timeout=0.5)
+            for ref in done:
+                w = pending.pop(ref)
+                try:
+                    ray.get(ref)
+                except ray.exceptions.ActorDiedError:
+                    continue
+                except ray.exceptions.RayError:
+                    pass  # unavailable (restarting, unreachable): not known dead yet
+                pending[w.ready.remote()] = w
         here = ray.get_runtime_context().get_node_id()
         pids = [pid for node, pid in self.where.values() if node == here]
         while pids and time.monotonic() < deadline:
@@ -349,9 +360,9 @@ class _ShardRun:
         suspects: set[int] = set()  # in flight when an actor died: run alone next time
         in_flight: dict = {}  # ref -> (actor index, shard)
         per_actor: dict[int, list[int]] = {i: [] for i in range(len(workers))}
-        # An actor that died is restarted by Ray; until its ready() answers, tasks sent to
+        # An actor that died is restarted by Ray; until its where() answers, tasks sent to
         # it fail at once with ActorUnavailableError, so it gets none.
-        probes: dict = {}  # ready() ref -> actor index
+        probes: dict = {}  # where() ref -> actor index
         down: set[int] = set()
 
         def submit() -> None:
@@ -368,7 +379,7 @@ class _ShardRun:
 
         def probe(i: int) -> None:
             down.add(i)
-            probes[workers[i].ready.remote()] = i
+            probes[workers[i].where.remote()] = i  # a restarted actor has a new pid
 
         try:
             submit()
@@ -382,7 +393,7 @@ class _ShardRun:
                 if ref in probes:
                     i = probes.pop(ref)
                     try:
-                        ray.get(ref)
+                        self.where[i] = ray.get(ref)
                         down.discard(i)
                     except ray.exceptions.RayActorError:
                         time.sleep(0.2)  # still restarting
