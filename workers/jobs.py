@@ -282,10 +282,11 @@ class JobRunner:
 
     def _end_attempt(self, job_id: str, why: str | None, **values: Any) -> None:
         """Write `values` and close our open attempt with `why` (None: forget it, it
-        never ran)."""
+        never ran); nothing if the job is no longer ours (handed back on shutdown, or
+        taken over after our lease ran out)."""
         with self.make_session() as s:
             job = s.get(Job, job_id)
-            if job is None:
+            if job is None or job.owner != self.owner or job.status != "running":
                 return
             attempts = [dict(a) for a in job.attempts or []]
             if attempts and attempts[-1]["owner"] == self.owner and not attempts[-1]["ended"]:
