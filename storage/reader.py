@@ -1,7 +1,8 @@
 """Shuffled batches over the committed shards of an activation set.
 
 An epoch visits every committed row exactly once (rows of contexts a commit record
-lists as dropped are not served). Shards are taken in a seeded random
+lists as dropped are not served, nor rows the token rule of exclusion.py leaves out, nor
+contexts outside `contexts` when a split is asked for). Shards are taken in a seeded random
 order, grouped into windows of `window_shards`, and rows are permuted within a window,
 so a batch mixes several shards while memory stays at about two windows. The plan of
 an epoch is pure index arithmetic, so a run resumes at any batch without reading what
@@ -19,6 +20,7 @@ import numpy as np
 import torch
 
 from saefeat.storage.activations import ActivationSet
+from saefeat.storage.exclusion import TokenRule, excluded_rows
 
 
 @dataclass(frozen=True)
@@ -37,11 +39,17 @@ class ShuffledBatchReader:
         seed: int = 0,
         window_shards: int = 4,
         skip_first_position: bool = True,
+        rule: TokenRule | None = None,
+        contexts: np.ndarray | None = None,
         prefetch: int = 4,
     ):
+        """`rule`: leave out the tokens it excludes (None: position 0 only, when
+        `skip_first_position`); `contexts`: bool [n_contexts], serve only these."""
         self.aset, self.hook, self.batch_size = aset, hook, batch_size
         self.seed, self.window_shards, self.prefetch = seed, window_shards, prefetch
-        self.skip_first_position = skip_first_position
+        self.skip_first_position = skip_first_position or rule is not None
+        self.contexts = contexts
+        self._massive = excluded_rows(aset, hook, rule) if rule is not None else None
         self.shards = aset.committed_shards()
         if not self.shards:
             raise ValueError(f"activation set {aset.id} has no committed shards")
@@ -50,7 +58,13 @@ class ShuffledBatchReader:
 
     def _kept_rows(self, shard: int) -> np.ndarray:
         """Row offsets inside the shard that the reader serves (dropped contexts left out)."""
-        return self.aset.kept_rows(shard, skip_first_position=self.skip_first_position)
+        rows = self.aset.kept_rows(shard, skip_first_position=self.skip_first_position)
+        r0, _ = self.aset.shard_rows(shard)
+        if self.contexts is not None:
+            rows = rows[self.contexts[(r0 + rows) // self.aset.ctx_len]]
+        if self._massive is not None and len(self._massive):
+            rows = rows[~np.isin(r0 + rows, self._massive)]
+        return rows
 
     @property
     def batches_per_epoch(self) -> int:
