@@ -42,7 +42,7 @@ from saefeat.lm import EMBEDDED_MODEL, load_model, model_config_and_tokenizer  #
 from saefeat.pipeline import run_harvest  # noqa: E402
 from saefeat.sae.interop import import_sparsify  # noqa: E402
 from saefeat.specs import HarvestSpec, TrainSpec  # noqa: E402
-from saefeat.storage.exclusion import exclusion_report, rule_for_set  # noqa: E402
+from saefeat.storage.exclusion import excluded_rows, exclusion_report, rule_for_set  # noqa: E402
 from saefeat.storage.reader import ShuffledBatchReader  # noqa: E402
 from saefeat.training.evaluate import evaluate  # noqa: E402
 from saefeat.training.model_evals import spliced_metrics_many  # noqa: E402
@@ -101,8 +101,11 @@ def evaluate_both(saes: dict, aset, hook: str, split, rule, ce_contexts: int) ->
     out = {}
     for (name, sae), ce in zip(saes.items(), spliced, strict=True):
         held = [
-            ShuffledBatchReader(aset, hook, 1024, seed=1, rule=r, contexts=ctx)
-            for r, ctx in ((rule, split.eval_contexts), (None, split.eval_contexts))
+            ShuffledBatchReader(aset, hook, 1024, seed=1, excluded=r, contexts=ctx)
+            for r, ctx in (
+                (excluded_rows(aset, hook, rule), split.eval_contexts),
+                (None, split.eval_contexts),
+            )
         ]
         typical = evaluate(sae, held[0].iter_epoch(0))
         every = evaluate(sae, held[1].iter_epoch(0))
@@ -133,7 +136,8 @@ def main() -> None:
     t_ours = time.perf_counter() - t1
 
     # The same batches saefeat trained on: training contexts, token rule applied.
-    reader = ShuffledBatchReader(aset, hook, batch, seed=spec.seed, rule=rule,
+    reader = ShuffledBatchReader(aset, hook, batch, seed=spec.seed,
+                                 excluded=excluded_rows(aset, hook, rule),
                                  contexts=split.train_contexts)  # fmt: skip
     steps = int(reader.batches_per_epoch * epochs)
     t2 = time.perf_counter()

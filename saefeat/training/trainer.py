@@ -22,6 +22,7 @@ import shutil
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import reduce
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +34,7 @@ from saefeat.sae import SAEConfig, SparseAutoencoder
 from saefeat.sae.base import sae_class
 from saefeat.specs import TRAIN_EXECUTION_FIELDS, TrainSpec
 from saefeat.storage.activations import STATUS_COMPLETE, ActivationSet, open_set
-from saefeat.storage.exclusion import TokenRule, exclusion_report, rule_for_set
+from saefeat.storage.exclusion import TokenRule, excluded_rows, exclusion_report, rule_for_set
 from saefeat.storage.reader import ShuffledBatchReader
 from saefeat.training import state as st
 from saefeat.training.core_eval import core_eval
@@ -207,8 +208,10 @@ def train_sweep(
 
     split = make_split(settings, first, aset, hooks)
     rules = {h: rule_for_set(aset, h, first.massive_norm_threshold) for h in hooks}
+    # One set of excluded rows for every hook: the hooks' readers serve the same rows.
+    excluded = reduce(np.union1d, [excluded_rows(aset, h, rules[h]) for h in rules])
     readers = {h: ShuffledBatchReader(aset, h, first.batch_size, seed=first.seed,
-                                      rule=rules[h], contexts=split.train_contexts)
+                                      excluded=excluded, contexts=split.train_contexts)
                for h in dict.fromkeys(hooks)}  # fmt: skip
     if not next(iter(readers.values())).rows_per_epoch:
         raise SpecError(f"set {aset.id} has no token to train on once the held-out slice "
@@ -343,10 +346,11 @@ def _finish(run: Run, aset: ActivationSet, split: Split, rule: TokenRule, settin
     sae, spec = run.sae, run.spec
     ev, ctx = split.eval_set, split.eval_contexts
 
-    def reader(r: TokenRule | None) -> ShuffledBatchReader:
-        return ShuffledBatchReader(ev, run.hook, 1024, seed=0, rule=r, contexts=ctx)
+    def reader(excluded: np.ndarray | None) -> ShuffledBatchReader:
+        return ShuffledBatchReader(ev, run.hook, 1024, seed=0, excluded=excluded, contexts=ctx)
 
-    typical = evaluate(sae, reader(rule).iter_epoch(0), max_tokens=EVAL_TOKENS,
+    massive = excluded_rows(ev, run.hook, rule)
+    typical = evaluate(sae, reader(massive).iter_epoch(0), max_tokens=EVAL_TOKENS,
                        with_density=True)  # fmt: skip
     density = typical.pop("density")
     every = evaluate(sae, reader(None).iter_epoch(0), max_tokens=EVAL_TOKENS)

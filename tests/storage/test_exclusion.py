@@ -12,6 +12,7 @@ from synthetic_sets import CTX, HOOKS, N_CTX, PER_SHARD, synthetic_rows  # noqa:
 from saefeat.storage.activations import ActivationSet  # noqa: E402
 from saefeat.storage.exclusion import (  # noqa: E402
     TokenRule,
+    excluded_rows,
     exclusion_report,
     row_norms,
     rule_for_set,
@@ -49,7 +50,7 @@ def test_massive_tokens_are_counted_and_never_served(tmp_path):
     assert report["position_0"] == N_CTX
     assert report["excluded"] == N_CTX + len(MASSIVE)
     assert report["massive_positions"] == {"1": 2, "5": 1}
-    reader = ShuffledBatchReader(aset, HOOKS[0], 50, rule=rule)
+    reader = ShuffledBatchReader(aset, HOOKS[0], 50, excluded=excluded_rows(aset, HOOKS[0], rule))
     assert reader.rows_per_epoch == N_CTX * (CTX - 1) - len(MASSIVE)
     served = torch.cat(list(reader.iter_epoch(0)))
     assert served.norm(dim=1).max() < rule.norm_limit
