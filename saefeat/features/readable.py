@@ -8,7 +8,8 @@ A feature is a candidate when
     (these are excluded from indexing now, so this is a second guard for old indexes);
   * no top example sits at position 0 or 1 (the attention sink and the token after it);
   * its top examples are concentrated: the share of them whose focus token is the same
-    string (the "top-token mass") is at least `MIN_TOP_TOKEN_MASS`.
+    string (the "top-token mass") is at least `MIN_TOP_TOKEN_MASS`, and that token has a
+    letter in it (a feature for newlines, spaces, digits or dashes reads as noise).
 Candidates are ranked by top-token mass, then density, and the picks have distinct
 dominant tokens, so five features show five different things.
 """
@@ -55,7 +56,7 @@ def pick_readable(features: list, examples_of, n: int = 5) -> list[Candidate]:
         if any(e.kind == "top" and e.position <= 1 for e in examples):
             continue
         token, mass = top_token_mass(examples)
-        if mass >= MIN_TOP_TOKEN_MASS:
+        if mass >= MIN_TOP_TOKEN_MASS and any(ch.isalpha() for ch in token):
             found.append(Candidate(f, examples, token, mass))
     found.sort(key=lambda c: (-c.mass, -c.feature.density))
     picks, seen = [], set()
