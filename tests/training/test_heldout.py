@@ -16,7 +16,7 @@ from saefeat.specs import TrainSpec
 from saefeat.storage.exclusion import excluded_rows, rule_for_set
 from saefeat.storage.reader import ShuffledBatchReader
 from saefeat.training.heldout import heldout_contexts
-from saefeat.training.trainer import make_split, train_sae
+from saefeat.training.trainer import make_split, train_sae, train_sweep
 
 
 def _spec(aset, **kw) -> TrainSpec:
@@ -98,3 +98,16 @@ def test_core_eval_is_stored_and_served(settings, synthetic_set):
         assert missing.headers["content-type"].startswith("application/problem+json")
         listed = client.get("/v1/saes").json()["items"][0]
         assert "eval_result_details" not in json.dumps(listed)
+
+
+def test_a_sweep_over_hooks_with_different_massive_tokens(settings):
+    """Massive tokens on one hook only: both hooks' readers leave out the union, so they
+    serve the same rows in lockstep to the end of the epoch."""
+    settings.activations_dir.mkdir(parents=True, exist_ok=True)
+    aset = make_set(settings.activations_dir, "as-massive", massive={0: [(4, 1), (30, 2)]})
+    specs = [_spec(aset, hook=h, batch_size=50, epochs=1) for h in aset.hooks]
+    results = train_sweep(specs, settings=settings)
+    assert [len(r.losses) for r in results] == [len(results[0].losses)] * 2
+    train = results[0].metrics["excluded_tokens_train"]
+    assert train["massive"] + results[0].metrics["excluded_tokens"]["massive"] == 2
+    assert results[1].metrics["excluded_tokens_train"]["massive"] == 0
