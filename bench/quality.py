@@ -4,13 +4,16 @@ Harvests SmolLM2-135M's middle-layer residual stream on the built-in corpus (reu
 present), trains saefeat's TopK SAE (its defaults) and sparsify's SparseCoder the way
 sparsify's trainer does (raw activations, b_dec at the first batch's mean, unit-norm
 decoder with the parallel gradient removed, FVU loss, AuxK off, torch Adam at
-2e-4 / sqrt(num_latents / 2^14) with linear warm-up and decay), on identical batches.
-sparsify's SAE goes through a real export/import round trip (its own save_to_disk), then
-both are evaluated by the same code: saefeat.training.evaluate and the spliced CE/KL.
+2e-4 / sqrt(num_latents / 2^14) with linear warm-up and decay), on identical batches:
+the training slice of the set with the token rule applied (no position 0, no token whose
+norm exceeds 10x the median; storage/exclusion.py). sparsify's SAE goes through a real
+export/import round trip (its own save_to_disk), then both are evaluated by the same code
+on the held-out 5% of contexts that neither trained on: FVU on typical tokens (the
+headline) and on all tokens but position 0, L0, dead fraction, and CE/KL spliced in.
 
-    .venv/bin/python bench/quality.py [--quick]
+    .venv/bin/python bench/quality.py [--quick] [--tokens N]
 
-The last line is one JSON object with the six headline numbers.
+The last line is one JSON object with the headline numbers.
 """
 
 from __future__ import annotations
@@ -39,10 +42,11 @@ from saefeat.lm import EMBEDDED_MODEL, load_model, model_config_and_tokenizer  #
 from saefeat.pipeline import run_harvest  # noqa: E402
 from saefeat.sae.interop import import_sparsify  # noqa: E402
 from saefeat.specs import HarvestSpec, TrainSpec  # noqa: E402
+from saefeat.storage.exclusion import excluded_rows, exclusion_report, rule_for_set  # noqa: E402
 from saefeat.storage.reader import ShuffledBatchReader  # noqa: E402
 from saefeat.training.evaluate import evaluate  # noqa: E402
 from saefeat.training.model_evals import spliced_metrics_many  # noqa: E402
-from saefeat.training.trainer import train_sae  # noqa: E402
+from saefeat.training.trainer import make_split, train_sae  # noqa: E402
 
 SPARSIFY_WARMUP = 1000  # TrainConfig.lr_warmup_steps
 
@@ -86,20 +90,36 @@ def train_sparsify(reader: ShuffledBatchReader, d_in: int, d_sae: int, k: int, s
     return sae
 
 
-def evaluate_both(saes: dict, aset, hook: str, ce_contexts: int) -> dict:
-    reader = ShuffledBatchReader(aset, hook, 1024, seed=1)
+def evaluate_both(saes: dict, aset, hook: str, split, rule, ce_contexts: int) -> dict:
+    """Both SAEs by the same code on the held-out contexts: typical tokens, all tokens but
+    position 0, and CE/KL with massive tokens left as they are."""
     lm = load_model(EMBEDDED_MODEL)
-    tokens = torch.from_numpy(aset.tokens(0, ce_contexts).astype("int64"))
-    spliced = spliced_metrics_many([(sae.eval(), hook) for sae in saes.values()], lm, tokens)
-    return {name: evaluate(sae, reader.iter_epoch(0), max_tokens=50_000) | ce
-            for (name, sae), ce in zip(saes.items(), spliced, strict=True)}  # fmt: skip
+    tokens = torch.from_numpy(aset.tokens()[split.eval_context_ids()[:ce_contexts]]
+                              .astype("int64"))  # fmt: skip
+    spliced = spliced_metrics_many([(sae.eval(), hook) for sae in saes.values()], lm, tokens,
+                                   norm_limit=rule.norm_limit)  # fmt: skip
+    out = {}
+    for (name, sae), ce in zip(saes.items(), spliced, strict=True):
+        held = [
+            ShuffledBatchReader(aset, hook, 1024, seed=1, excluded=r, contexts=ctx)
+            for r, ctx in (
+                (excluded_rows(aset, hook, rule), split.eval_contexts),
+                (None, split.eval_contexts),
+            )
+        ]
+        typical = evaluate(sae, held[0].iter_epoch(0))
+        every = evaluate(sae, held[1].iter_epoch(0))
+        out[name] = typical | {"fvu_all_tokens": every["fvu"]} | ce
+    return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="a CPU-sized run (< 10 minutes)")
+    ap.add_argument("--tokens", type=int, help="harvest this many tokens (default 200k)")
     args = ap.parse_args()
     tokens, epochs, ce_contexts = (40_000, 2.0, 8) if args.quick else (200_000, 2.0, 64)
+    tokens = args.tokens or tokens
     k, batch = 32, 256
     t0 = time.perf_counter()
     aset, hook = harvest(tokens)
@@ -109,13 +129,18 @@ def main() -> None:
 
     spec = TrainSpec(activation_set=aset.id, hook=hook, d_sae=d_sae, k=k, batch_size=batch,
                      epochs=epochs, eval_ce_contexts=0, name="bench-quality")  # fmt: skip
+    split = make_split(get_settings(), spec, aset, [hook])
+    rule = rule_for_set(aset, hook, spec.massive_norm_threshold)
     t1 = time.perf_counter()
     ours = train_sae(spec).sae
     t_ours = time.perf_counter() - t1
-    steps = int(ShuffledBatchReader(aset, hook, batch, seed=spec.seed).batches_per_epoch * epochs)
 
+    # The same batches saefeat trained on: training contexts, token rule applied.
+    reader = ShuffledBatchReader(aset, hook, batch, seed=spec.seed,
+                                 excluded=excluded_rows(aset, hook, rule),
+                                 contexts=split.train_contexts)  # fmt: skip
+    steps = int(reader.batches_per_epoch * epochs)
     t2 = time.perf_counter()
-    reader = ShuffledBatchReader(aset, hook, batch, seed=spec.seed)  # the same batches
     theirs = train_sparsify(reader, d_in, d_sae, k, steps)
     t_theirs = time.perf_counter() - t2
     with tempfile.TemporaryDirectory() as tmp:
@@ -123,24 +148,31 @@ def main() -> None:
         theirs_ours = import_sparsify(Path(tmp) / "layer", model=EMBEDDED_MODEL, hook=hook)
 
     t3 = time.perf_counter()
-    m = evaluate_both({"saefeat": ours, "sparsify": theirs_ours}, aset, hook, ce_contexts)
+    m = evaluate_both({"saefeat": ours, "sparsify": theirs_ours}, aset, hook, split, rule,
+                      ce_contexts)  # fmt: skip
     t_eval = time.perf_counter() - t3
+    excluded = exclusion_report(aset, hook, rule, split.eval_contexts)
     print(f"machine: {platform.machine()} {os.cpu_count()} cpus, torch {torch.__version__}; "
           f"set {aset.id} ({aset.n_tokens} tokens at {hook}); d_sae={d_sae} k={k} "
-          f"batch={batch} steps={steps}; harvest {t_harvest:.0f}s, train saefeat "
-          f"{t_ours:.0f}s, sparsify {t_theirs:.0f}s, eval {t_eval:.0f}s, total "
-          f"{time.perf_counter() - t0:.0f}s; home {get_settings().home}")  # fmt: skip
+          f"batch={batch} steps={steps} ({reader.rows_per_epoch} training rows); held out "
+          f"{split.describe()['contexts']} contexts, {m['saefeat']['n_tokens']} typical "
+          f"tokens; harvest {t_harvest:.0f}s, train saefeat {t_ours:.0f}s, sparsify "
+          f"{t_theirs:.0f}s, eval {t_eval:.0f}s, total {time.perf_counter() - t0:.0f}s; "
+          f"home {get_settings().home}")  # fmt: skip
+    print(f"excluded on the held-out contexts: {excluded}")
     for name, v in m.items():
-        print(f"{name:9s} fvu {v['fvu']:.4f}  l0 {v['l0']:.1f}  dead {v['dead_frac']:.3f}  "
-              f"CE clean {v['ce_loss_clean']:.4f} sae {v['ce_loss_with_sae']:.4f} zero "
-              f"{v['ce_loss_zero_ablation']:.4f}  recovered {v['ce_loss_recovered']:.4f}  "
-              f"KL {v['kl_div_with_sae']:.4f}")  # fmt: skip
+        print(f"{name:9s} fvu {v['fvu']:.4f} (all {v['fvu_all_tokens']:.4f})  l0 {v['l0']:.1f}  "
+              f"dead {v['dead_frac']:.4f}  CE clean {v['ce_loss_clean']:.4f} sae "
+              f"{v['ce_loss_with_sae']:.4f} zero {v['ce_loss_zero_ablation']:.4f}  recovered "
+              f"{v['ce_loss_recovered']:.4f}  KL {v['kl_div_with_sae']:.4f}")  # fmt: skip
     print(json.dumps({
-        "fvu_saefeat": m["saefeat"]["fvu"], "fvu_sparsify": m["sparsify"]["fvu"],
+        "fvu_heldout_saefeat": m["saefeat"]["fvu"], "fvu_heldout_sparsify": m["sparsify"]["fvu"],
+        "fvu_all_tokens_saefeat": m["saefeat"]["fvu_all_tokens"],
+        "dead_frac_heldout_saefeat": m["saefeat"]["dead_frac"],
+        "dead_frac_heldout_sparsify": m["sparsify"]["dead_frac"],
         "ce_recovered_saefeat": m["saefeat"]["ce_loss_recovered"],
         "ce_recovered_sparsify": m["sparsify"]["ce_loss_recovered"],
-        "dead_frac_saefeat": m["saefeat"]["dead_frac"],
-        "dead_frac_sparsify": m["sparsify"]["dead_frac"],
+        "excluded_tokens": excluded["excluded"],
     }))  # fmt: skip
 
 

@@ -75,12 +75,28 @@ def do_train(spec):
             bar.update(task, completed=step, total=total, info=f"loss {loss:.4f}")
 
         result = run_train(spec, progress=progress)
-    mt = result.metrics
-    console.print(
-        f"SAE [bold]{result.sae_id}[/bold]: FVU {mt['fvu']:.4f}, L0 {mt['l0']:.1f}, "
-        f"dead {mt['dead_frac']:.2%}, {result.seconds:.1f}s -> {result.checkpoint}"
-    )
+    console.print(f"SAE [bold]{result.sae_id}[/bold] in {result.seconds:.1f}s -> "
+                  f"{result.checkpoint}")  # fmt: skip
+    console.print(held_out_summary(result.metrics), highlight=False)
     return result
+
+
+def held_out_summary(mt: dict) -> str:
+    """The held-out figures of a trained SAE, as `saefeat train` and the demo print them."""
+    held, ex, tr = mt["heldout"], mt["excluded_tokens"], mt["excluded_tokens_train"]
+    where = (f"{held['contexts']} held-out contexts" if held["held_out_of_training_set"]
+             else f"eval set {held['eval_set']} ({held['contexts']} contexts)")  # fmt: skip
+    ce = (f"CE loss recovered {mt['ce_loss_recovered']:.3f}, KL {mt['kl_div_with_sae']:.4f}"
+          if "ce_loss_recovered" in mt else "CE/KL not measured")  # fmt: skip
+    positions = ", ".join(f"{p}: {n}" for p, n in ex["massive_positions"].items()) or "none"
+    return (
+        f"held-out ({where}, {mt['n_tokens']:,} typical tokens): FVU {mt['fvu']:.4f} "
+        f"(all tokens but position 0: {mt['fvu_all_tokens']:.4f}), L0 {mt['l0']:.1f}, "
+        f"dead {mt['dead_frac']:.2%}, dense {mt['dense_frac']:.2%}, {ce}\n"
+        f"excluded ({ex['rule']}): held-out {ex['excluded']:,} of {ex['tokens']:,} tokens "
+        f"({ex['massive']} massive; positions {positions}); training "
+        f"{tr['excluded']:,} of {tr['tokens']:,} ({tr['massive']} massive)"
+    )
 
 
 def do_index(spec):
@@ -91,6 +107,7 @@ def do_index(spec):
         result = run_index(spec, progress=lambda d, t: bar.update(task, completed=d, total=t))
     console.print(
         f"indexed {result.index.d_sae:,} features over {result.index.n_tokens:,} tokens "
+        f"({result.excluded_tokens:,} excluded: position 0 and massive-norm tokens) "
         f"in {result.seconds:.1f}s"
     )
     return result
@@ -168,14 +185,24 @@ def train(
     lr: float | None = None,
     epochs: float = 2.0,
     seed: int = 0,
+    eval_set: Annotated[
+        str | None, typer.Option(help="evaluate on this set (same model, hook, width)")
+    ] = None,
+    heldout_frac: Annotated[
+        float, typer.Option(help="share of the set's contexts held out for evaluation")
+    ] = 0.05,
+    massive_norm_threshold: Annotated[
+        float, typer.Option(help="leave out tokens whose norm exceeds this x the median")
+    ] = 10.0,
 ):
-    """Train an SAE (TopK by default) on an activation set."""
+    """Train an SAE (TopK by default) on an activation set; print its held-out metrics."""
     from saefeat.specs import TrainSpec
 
     spec = TrainSpec(
         activation_set=activation_set, hook=hook, architecture=architecture, d_sae=d_sae,
         expansion_factor=expansion_factor, k=k, batch_size=batch_size, lr=lr, epochs=epochs,
-        seed=seed,
+        seed=seed, eval_set=eval_set, heldout_frac=heldout_frac,
+        massive_norm_threshold=massive_norm_threshold,
     )  # fmt: skip
     print(do_train(spec).sae_id)
 

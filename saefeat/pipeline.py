@@ -96,7 +96,8 @@ def run_train(
     progress: Callable[[int, int, float], None] | None = None,
 ) -> TrainResult | list[TrainResult]:
     """Train one SAE, or a sweep (a list of specs sharing every batch read), and register
-    each with its metrics (MSE, FVU, L0, dead/dense, density histogram, CE/KL) in the
+    each with its held-out metrics (FVU on typical and on all tokens, MSE, L0, dead/dense,
+    density histogram, CE/KL, excluded-token counts) and its SAEBench core record in the
     catalog."""
     settings = settings or get_settings()
     specs = spec if isinstance(spec, list) else [spec]
@@ -105,7 +106,7 @@ def run_train(
         for one, result in zip(specs, results, strict=True):
             cfg = result.sae.cfg
             k = f"-k{cfg.k}" if cfg.k is not None else ""
-            catalog.register_sae(
+            row = catalog.register_sae(
                 s,
                 sae_id=result.sae_id,
                 name=one.name or f"{cfg.hook} {cfg.architecture}-{cfg.d_sae}{k}",
@@ -120,6 +121,7 @@ def run_train(
                 checkpoint_path=str(result.checkpoint),
                 activation_set_id=one.activation_set,
             )
+            row.core_eval = result.core_eval or None
         s.commit()
     return results if isinstance(spec, list) else results[0]
 

@@ -125,6 +125,14 @@ class TrainSpec(_Spec):
     checkpoint_every_tokens: int | None = Field(None, gt=0)
     resume_from: str | None = None  # a training-state folder; default: this run's own
     eval_ce_contexts: int = Field(8, ge=0)  # contexts for CE/KL with the SAE spliced in
+    # Tokens left out of training, metrics and features (storage/exclusion.py): position
+    # 0 and tokens whose norm exceeds this x the set's median norm.
+    massive_norm_threshold: float = Field(10.0, gt=1, allow_inf_nan=False)
+    # Held-out evaluation: this fraction of the set's contexts, never trained on...
+    heldout_frac: float = Field(0.05, gt=0, lt=0.5)
+    # ...or, when named, a separate set (same model, hook and width); training then reads
+    # every context of `activation_set`.
+    eval_set: str | None = None
 
     @field_validator("activation_set")
     @classmethod

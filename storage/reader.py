@@ -1,11 +1,12 @@
 """Shuffled batches over the committed shards of an activation set.
 
 An epoch visits every committed row exactly once (rows of contexts a commit record
-lists as dropped are not served). Shards are taken in a seeded random
-order, grouped into windows of `window_shards`, and rows are permuted within a window,
-so a batch mixes several shards while memory stays at about two windows. The plan of
-an epoch is pure index arithmetic, so a run resumes at any batch without reading what
-it skips. A background thread reads ahead.
+lists as dropped are not served, nor the rows given as excluded (the massive-norm tokens
+of exclusion.py's rule), nor contexts outside `contexts` when a split is asked for).
+Shards are taken in a seeded random order, grouped into windows of `window_shards`, and
+rows are permuted within a window, so a batch mixes several shards while memory stays at
+about two windows. The plan of an epoch is pure index arithmetic, so a run resumes at
+any batch without reading what it skips. A background thread reads ahead.
 """
 
 from __future__ import annotations
@@ -37,11 +38,18 @@ class ShuffledBatchReader:
         seed: int = 0,
         window_shards: int = 4,
         skip_first_position: bool = True,
+        excluded: np.ndarray | None = None,
+        contexts: np.ndarray | None = None,
         prefetch: int = 4,
     ):
+        """`excluded`: absolute rows to leave out (exclusion.excluded_rows; a multi-hook
+        sweep passes the union over its hooks so the readers stay in lockstep);
+        `contexts`: bool [n_contexts], serve only these."""
         self.aset, self.hook, self.batch_size = aset, hook, batch_size
         self.seed, self.window_shards, self.prefetch = seed, window_shards, prefetch
         self.skip_first_position = skip_first_position
+        self.contexts = contexts
+        self._excluded = excluded
         self.shards = aset.committed_shards()
         if not self.shards:
             raise ValueError(f"activation set {aset.id} has no committed shards")
@@ -50,7 +58,13 @@ class ShuffledBatchReader:
 
     def _kept_rows(self, shard: int) -> np.ndarray:
         """Row offsets inside the shard that the reader serves (dropped contexts left out)."""
-        return self.aset.kept_rows(shard, skip_first_position=self.skip_first_position)
+        rows = self.aset.kept_rows(shard, skip_first_position=self.skip_first_position)
+        r0, _ = self.aset.shard_rows(shard)
+        if self.contexts is not None:
+            rows = rows[self.contexts[(r0 + rows) // self.aset.ctx_len]]
+        if self._excluded is not None and len(self._excluded):
+            rows = rows[~np.isin(r0 + rows, self._excluded)]
+        return rows
 
     @property
     def batches_per_epoch(self) -> int:

@@ -1,7 +1,8 @@
 """Indexing: run an SAE over its activation set and build the feature catalog's content.
 
 Ray tasks each take a slice of the committed shards, run the SAE over whole contexts
-and return a FeatureAccumulator (statistics, top-N examples, quantile samples); the
+(the tokens the SAE's token rule excludes count nowhere; storage/exclusion.py) and
+return a FeatureAccumulator (statistics, top-N examples, quantile samples); the
 driver merges them, adds the vocabulary projection and the decoder-cosine neighbours
 from the weights, and turns the tables into FeatureIndex records.
 """
@@ -21,6 +22,7 @@ from saefeat.config import Settings, get_settings
 from saefeat.features.accumulate import HIST_EDGES, FeatureAccumulator
 from saefeat.features.neighbours import decoder_neighbours
 from saefeat.features.records import FeatureExample, FeatureIndex
+from saefeat.features.token_rule import sae_token_rule
 from saefeat.features.vocab import token_strings, vocab_projections
 from saefeat.lm import cached_model
 from saefeat.sae import SparseAutoencoder, load_sae
@@ -39,6 +41,7 @@ def accumulate_shards(
     sae = load_sae(Path(sae_path), device).eval()
     aset = ActivationSet(Path(set_path))
     acc = new_accumulator(sae.cfg.d_sae, spec, device, seed=shards[0] if shards else 0)
+    rule = sae_token_rule(sae, aset)
     rows_per_batch = spec.batch_contexts * aset.ctx_len
     with torch.inference_mode():
         for s in shards:
@@ -47,7 +50,9 @@ def accumulate_shards(
             for b in range(0, x_all.shape[0], rows_per_batch):
                 x = x_all[b : b + rows_per_batch].to(device)
                 vals, idx = sae.encode(x)
-                acc.add(vals, idx, first_context=c0 + b // aset.ctx_len, ctx_len=aset.ctx_len)
+                pos = torch.arange(x.shape[0], device=x.device) % aset.ctx_len
+                acc.add(vals, idx, first_context=c0 + b // aset.ctx_len, ctx_len=aset.ctx_len,
+                        excluded=rule.excluded_rows(x, pos))  # fmt: skip
     return acc
 
 
@@ -71,6 +76,7 @@ _accumulate_task = ray.remote(max_retries=3)(accumulate_shards)
 class IndexResult:
     index: FeatureIndex
     seconds: float
+    excluded_tokens: int = 0  # left out by the token rule
 
 
 def index_sae(
@@ -108,7 +114,7 @@ def index_sae(
             progress(done, n_tasks)
     assert acc is not None
     index = build_index(acc, sae, aset, spec)
-    return IndexResult(index, time.perf_counter() - t0)
+    return IndexResult(index, time.perf_counter() - t0, acc.n_excluded)
 
 
 def build_index(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path, Query, Response
 from sqlalchemy.orm import Session
@@ -21,6 +21,7 @@ from saefeat.api.schemas import (
     SaePage,
     TokenMatchPage,
 )
+from saefeat.errors import NotFoundError
 from saefeat.storage.catalog import documents, labels, queries
 
 router = APIRouter(tags=["catalog"])
@@ -56,6 +57,23 @@ async def list_saes(session: SessionDep, limit: Limit = 100, cursor: CursorParam
 async def get_sae(sae_id: SaeId, session: SessionDep) -> SaeDetail:
     sae = queries.get_sae(session, sae_id)
     return convert.sae_detail(sae, queries.count_features(session, sae_id))
+
+
+@router.get(
+    "/saes/{sae_id}/evals/core",
+    response_model=dict[str, Any],
+    responses=problem_responses(404, 422),
+    summary="The SAE's SAEBench `core` evaluation record (held-out tokens)",
+)
+async def get_core_eval(sae_id: SaeId, session: SessionDep) -> dict[str, Any]:
+    record = queries.get_sae(session, sae_id).core_eval
+    if record is None:
+        raise NotFoundError(
+            f"SAE {sae_id!r} has no core evaluation (it was registered without training "
+            "here, or before evaluations were recorded); retrain it to get one",
+            field="sae_id",
+        )
+    return record
 
 
 @router.get(

@@ -109,6 +109,7 @@ async def text_activations(
                 token_id=t.token_id,
                 token=t.token,
                 features=[ActiveFeature(index=f, activation=v) for f, v in t.features],
+                excluded=t.excluded,
             )
             for t in tokens
         ],

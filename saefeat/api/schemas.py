@@ -228,6 +228,9 @@ class TokenActivations(BaseModel):
     token_id: int
     token: str
     features: list[ActiveFeature] = Field(description="Strongest first; only active ones")
+    excluded: bool = Field(
+        False, description="Position 0 or a massive-norm token: the SAE never trained on it, "
+        "so no features are reported")  # fmt: skip
 
 
 class TextActivations(BaseModel):

@@ -79,6 +79,7 @@ class FeatureAccumulator:
         self.device = torch.device(device)
         dev = self.device
         self.n_tokens = 0
+        self.n_excluded = 0  # tokens the token rule left out
         self.fires = torch.zeros(d_sae, dtype=torch.long, device=dev)
         self.act_sum = torch.zeros(d_sae, dtype=torch.float64, device=dev)
         self.act_max = torch.zeros(d_sae, dtype=torch.float32, device=dev)
@@ -103,17 +104,23 @@ class FeatureAccumulator:
         *,
         first_context: int,
         ctx_len: int,
-        skip_first_position: bool = True,
+        excluded: torch.Tensor | None = None,
     ) -> None:
-        """Fold in the SAE output of `vals.shape[0] // ctx_len` consecutive whole contexts."""
+        """Fold in the SAE output of `vals.shape[0] // ctx_len` consecutive whole contexts.
+
+        `excluded`: bool [rows], the tokens the token rule leaves out (storage/exclusion.py);
+        None: position 0 only. They count nowhere: no statistic, example or window value."""
         vals, idx = vals.to(self.device, torch.float32), idx.to(self.device)
         n_rows = vals.shape[0]
         rows = torch.arange(n_rows, device=self.device)
-        pos = rows % ctx_len
+        if excluded is None:
+            excluded = rows % ctx_len == 0
+        excluded = excluded.to(self.device)
+        vals = vals.masked_fill(excluded[:, None], 0.0)
         active = vals > 0
-        if skip_first_position:
-            active &= (pos != 0)[:, None]
-        self.n_tokens += n_rows - (n_rows // ctx_len if skip_first_position else 0)
+        n_out = int(excluded.sum())
+        self.n_tokens += n_rows - n_out
+        self.n_excluded += n_out
         f, v = idx[active], vals[active]
         r = rows[:, None].expand_as(idx)[active]
         self.fires.index_add_(0, f, torch.ones_like(f))
@@ -155,6 +162,7 @@ class FeatureAccumulator:
         """Fold another worker's accumulator into this one."""
         other = other.to(self.device)
         self.n_tokens += other.n_tokens
+        self.n_excluded += other.n_excluded
         self.fires += other.fires
         self.act_sum += other.act_sum
         self.act_max = torch.maximum(self.act_max, other.act_max)

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from saefeat.errors import SaefeatError, SpecError
+from saefeat.features.token_rule import excluded_tokens
 from saefeat.lm import LanguageModel, cached_model, parse_hook, run_to_hooks
 from saefeat.sae import SparseAutoencoder, load_sae
 
@@ -80,6 +81,8 @@ class TokenFeatures:
     token_id: int
     token: str
     features: list[tuple[int, float]]  # (feature index, activation), strongest first
+    # Left out by the SAE's token rule (position 0, massive norm): no features reported.
+    excluded: bool = False
 
 
 @lru_cache(maxsize=4)
@@ -113,6 +116,7 @@ def features_on_text(
         )
     acts = run_to_hooks(lm, ids, [parse_hook(hook)])[hook][0]  # [seq, d_in]
     vals, idx = sae.encode(acts.to(sae.W_enc.device, sae.W_enc.dtype))
+    excluded = excluded_tokens(sae, acts).tolist()
     n = min(top_n, vals.shape[1])
     best, where = vals.topk(n, dim=1)
     features = idx.gather(1, where)
@@ -124,7 +128,8 @@ def features_on_text(
             if v > 0
         ]
         token = lm.tokenizer.decode([token_id])  # type: ignore[attr-defined]
-        out.append(TokenFeatures(pos, token_id, token, pairs))
+        out.append(TokenFeatures(pos, token_id, token, [] if excluded[pos] else pairs,
+                                 excluded[pos]))  # fmt: skip
     return out
 
 

@@ -3,8 +3,9 @@
 CE loss and KL divergence (to the clean run's next-token distribution) with the hook's
 output replaced by the SAE reconstruction, and by zeros (zero ablation). CE loss
 recovered = (CE_zero - CE_sae) / (CE_zero - CE_clean), SAELens's definition; KL score =
-(KL_zero - KL_sae) / KL_zero. Position 0 is left as is in every run: the SAE never trains
-on it (its attention-sink residual has a norm tens of times the rest; see the reader).
+(KL_zero - KL_sae) / KL_zero. The tokens the token rule excludes (position 0, and norms
+above `norm_limit`; see storage/exclusion.py) are left as they are in every run: the SAE
+never trains on them.
 """
 
 from __future__ import annotations
@@ -72,19 +73,32 @@ def _reconstruct(sae: SparseAutoencoder) -> Replace:
     return replace
 
 
+def _sparing(replace: Replace, norm_limit: float) -> Replace:
+    """`replace`, except on rows whose norm exceeds the limit (massive tokens)."""
+    if norm_limit == float("inf"):
+        return replace
+
+    def spare(x: torch.Tensor) -> torch.Tensor:
+        keep = (x.float().norm(dim=-1) > norm_limit)[:, None]
+        return torch.where(keep, x, replace(x).to(x.dtype))
+
+    return spare
+
+
 def spliced_metrics(
     sae: SparseAutoencoder, lm: LanguageModel, tokens: torch.Tensor, hook: str,
-    *, batch_contexts: int = 4,
+    *, batch_contexts: int = 4, norm_limit: float = float("inf"),
 ) -> dict[str, float]:  # fmt: skip
     """CE and KL with the SAE spliced in at `hook`, against clean and zero ablation, over
     `tokens` [n_contexts, ctx_len] (next-token loss on every position after the first)."""
-    return spliced_metrics_many([(sae, hook)], lm, tokens, batch_contexts=batch_contexts)[0]
+    return spliced_metrics_many([(sae, hook)], lm, tokens, batch_contexts=batch_contexts,
+                                norm_limit=norm_limit)[0]  # fmt: skip
 
 
 @torch.no_grad()
 def spliced_metrics_many(
     saes: list[tuple[SparseAutoencoder, str]], lm: LanguageModel, tokens: torch.Tensor,
-    *, batch_contexts: int = 4,
+    *, batch_contexts: int = 4, norm_limit: float = float("inf"),
 ) -> list[dict[str, float]]:  # fmt: skip
     """spliced_metrics for several (SAE, hook) pairs; the clean run and each hook's
     zero-ablation run are computed once and shared (the forwards dominate the cost)."""
@@ -99,11 +113,13 @@ def spliced_metrics_many(
         targets = ids[:, 1:].reshape(-1).to(lm.device)
         logp_clean = _logits(lm, ids, None, None)[:, :-1].flatten(0, 1).log_softmax(-1)
         for h in hooks:
-            ce, kl = _score(lm, ids, targets, logp_clean, h, torch.zeros_like)
+            ce, kl = _score(lm, ids, targets, logp_clean, h,
+                            _sparing(torch.zeros_like, norm_limit))  # fmt: skip
             ce_zero[h] += ce
             kl_zero[h] += kl
         for i, (sae, h) in enumerate(saes):
-            ce, kl = _score(lm, ids, targets, logp_clean, h, _reconstruct(sae))
+            ce, kl = _score(lm, ids, targets, logp_clean, h,
+                            _sparing(_reconstruct(sae), norm_limit))  # fmt: skip
             ce_sae[i] += ce
             kl_sae[i] += kl
         ce_clean += F.nll_loss(logp_clean, targets, reduction="sum").item()

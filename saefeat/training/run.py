@@ -31,6 +31,10 @@ class Run:
     sae: SparseAutoencoder
     scale: float  # activations are multiplied by this (unit mean squared norm)
     dead_after: int  # tokens without firing before a latent counts as dead
+    # Per-token variance of the scaled inputs, from the set's statistics: the FVU
+    # denominator of a batch of n rows is n x this, never the batch's own variance, which
+    # a short last batch (one row) can make zero.
+    token_var: float
     device: torch.device
     opt: SAEAdam = field(init=False)
     base_lr: float = field(init=False)
@@ -53,7 +57,7 @@ class Run:
                                                spec.lr_decay_frac)  # fmt: skip
         use_amp = self.amp_dtype == torch.bfloat16
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=use_amp):
-            variance = (x - x.mean(0)).pow(2).sum()
+            variance = torch.tensor(self.token_var * x.shape[0], device=x.device)
             ts = sae.training_loss(x, variance)
             loss = ts.loss
             dead = self.since_fired > self.dead_after

@@ -7,6 +7,11 @@ unit-norm decoder rows with the parallel gradient removed (SAEAdam, where the
 architecture wants them), FVU plus the architecture's own terms as the loss, AuxK for
 the TopK family, warm-up/decay of the learning rate, gradient clipping. Checkpoints every
 `checkpoint_every_tokens` resume exactly (see state.py).
+
+Training reads the tokens the set's token rule keeps (storage/exclusion.py: no position
+0, no massive-norm token) of every context outside the held-out slice (heldout.py); the
+metrics an SAE is registered with are measured on that slice (or on `eval_set`), with an
+SAEBench `core` record beside them (core_eval.py).
 """
 
 from __future__ import annotations
@@ -17,20 +22,24 @@ import shutil
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import reduce
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from saefeat.config import Settings, get_settings
-from saefeat.errors import SaefeatError, SpecError
+from saefeat.errors import NotFoundError, SaefeatError, SpecError
 from saefeat.sae import SAEConfig, SparseAutoencoder
 from saefeat.sae.base import sae_class
 from saefeat.specs import TRAIN_EXECUTION_FIELDS, TrainSpec
 from saefeat.storage.activations import STATUS_COMPLETE, ActivationSet, open_set
+from saefeat.storage.exclusion import TokenRule, excluded_rows, exclusion_report, rule_for_set
 from saefeat.storage.reader import ShuffledBatchReader
 from saefeat.training import state as st
+from saefeat.training.core_eval import core_eval
 from saefeat.training.evaluate import evaluate
+from saefeat.training.heldout import check_eval_set, heldout_contexts
 from saefeat.training.init import geometric_median
 from saefeat.training.memory import check_fits, estimate_bytes
 from saefeat.training.run import Run, TrainingDiverged
@@ -50,6 +59,7 @@ class TrainResult:
     sae: SparseAutoencoder  # in raw activation units (scale folded in)
     checkpoint: Path
     metrics: dict
+    core_eval: dict = field(default_factory=dict)  # SAEBench's core record
     losses: list[float] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -81,7 +91,10 @@ def sae_config(spec: TrainSpec, aset: ActivationSet, hook: str) -> SAEConfig:
     uses_k = arch in ("topk", "batchtopk", "matryoshka_batchtopk")
     if arch != "relu" and spec.k >= d_sae:  # JumpReLU's default target L0 is k
         raise SpecError(f"k must be < d_sae ({d_sae}), got {spec.k}", field="k")
-    extra: dict = {"init_decoder_norm": spec.init_decoder_norm}
+    extra: dict = {"init_decoder_norm": spec.init_decoder_norm,
+                   "token_rule": rule_for_set(aset, hook, spec.massive_norm_threshold).to_json(),
+                   "heldout": {"eval_set": spec.eval_set} if spec.eval_set
+                   else {"frac": spec.heldout_frac}}  # fmt: skip
     if arch in ("batchtopk", "matryoshka_batchtopk"):
         extra["threshold_ema"] = spec.threshold_ema
     if arch == "matryoshka_batchtopk":
@@ -106,6 +119,40 @@ def build_sae(spec: TrainSpec, aset: ActivationSet, hook: str) -> SparseAutoenco
     return sae
 
 
+@dataclass
+class Split:
+    """Where training and evaluation read: contexts of the set (None: all) and the set
+    evaluation reads (the training set's held-out slice, or `eval_set`)."""
+
+    train_contexts: np.ndarray | None
+    eval_set: ActivationSet
+    eval_contexts: np.ndarray | None
+
+    def describe(self) -> dict:
+        n = (int(self.eval_contexts.sum()) if self.eval_contexts is not None
+             else self.eval_set.n_contexts)  # fmt: skip
+        return {"eval_set": self.eval_set.id, "contexts": n,
+                "held_out_of_training_set": self.eval_contexts is not None}  # fmt: skip
+
+    def eval_context_ids(self) -> np.ndarray:
+        if self.eval_contexts is None:
+            return np.arange(self.eval_set.n_contexts)
+        return np.flatnonzero(self.eval_contexts)
+
+
+def make_split(settings: Settings, spec: TrainSpec, aset: ActivationSet, hooks: list[str]) -> Split:
+    if spec.eval_set:
+        try:
+            other = open_complete_set(settings, spec.eval_set)
+        except (SpecError, NotFoundError) as e:
+            raise SpecError(str(e), field="eval_set") from None
+        for h in hooks:
+            check_eval_set(aset, other, h)
+        return Split(None, other, None)
+    held = heldout_contexts(aset.n_contexts, spec.heldout_frac)
+    return Split(~held, aset, held)
+
+
 def _median_sample(reader: ShuffledBatchReader) -> torch.Tensor:
     rows, n = [], 0
     for x in reader.iter_epoch(0):
@@ -121,7 +168,8 @@ def _check_sweep(specs: list[TrainSpec]) -> None:
         raise SpecError("a sweep needs at least one spec", field="specs")
     first = specs[0]
     for s in specs[1:]:
-        for f in ("activation_set", "batch_size", "epochs", "seed", "device"):
+        for f in ("activation_set", "batch_size", "epochs", "seed", "device", "heldout_frac",
+                  "eval_set", "massive_norm_threshold"):  # fmt: skip
             if getattr(s, f) != getattr(first, f):
                 raise SpecError(
                     f"every SAE of a sweep reads the same batches, so {f} must agree "
@@ -158,8 +206,16 @@ def train_sweep(
                  estimate_bytes(c.d_in, c.d_sae, s.batch_size, c.architecture))
                 for c, s in zip(cfgs, specs, strict=True)], device)  # fmt: skip
 
-    readers = {h: ShuffledBatchReader(aset, h, first.batch_size, seed=first.seed)
+    split = make_split(settings, first, aset, hooks)
+    rules = {h: rule_for_set(aset, h, first.massive_norm_threshold) for h in hooks}
+    # One set of excluded rows for every hook: the hooks' readers serve the same rows.
+    excluded = reduce(np.union1d, [excluded_rows(aset, h, rules[h]) for h in rules])
+    readers = {h: ShuffledBatchReader(aset, h, first.batch_size, seed=first.seed,
+                                      excluded=excluded, contexts=split.train_contexts)
                for h in dict.fromkeys(hooks)}  # fmt: skip
+    if not next(iter(readers.values())).rows_per_epoch:
+        raise SpecError(f"set {aset.id} has no token to train on once the held-out slice "
+                        "and the excluded tokens are left out", field="activation_set")  # fmt: skip
     per_epoch = next(iter(readers.values())).batches_per_epoch
     rows_per_epoch = next(iter(readers.values())).rows_per_epoch
     total = max(1, int(per_epoch * first.epochs))
@@ -170,6 +226,7 @@ def train_sweep(
         torch.manual_seed(spec.seed)
         sae = build_sae(spec, aset, hook).to(device)
         scale = float(aset.stats[hook]["scale"])
+        token_var = float(np.sum(aset.stats[hook]["var"])) * scale**2
         with torch.no_grad():
             if spec.geometric_median_init and hook not in medians:
                 medians[hook] = geometric_median(_median_sample(readers[hook]).to(device) * scale)
@@ -178,7 +235,7 @@ def train_sweep(
         # Dead for AuxK after half an epoch without firing (capped at sparsify's 10M
         # tokens): short runs need the signal early.
         dead_after = spec.dead_after_tokens or min(AUXK_DEAD_CAP, rows_per_epoch // 2)
-        runs.append(Run(spec, sae_id, hook, sae, scale, dead_after, device))
+        runs.append(Run(spec, sae_id, hook, sae, scale, dead_after, token_var, device))
 
     start = _resume(runs, settings, device)
     every = (max(1, first.checkpoint_every_tokens // first.batch_size)
@@ -204,8 +261,8 @@ def train_sweep(
     for run in runs:
         run.sae.fold_input_scale(run.scale)
         run.sae.eval()
-    spliced = _spliced_metrics(runs, aset, device)
-    return [_finish(run, aset, readers[run.hook], settings, ce, total, t0)
+    spliced = _spliced_metrics(runs, aset, split, rules, device)
+    return [_finish(run, aset, split, rules[run.hook], settings, ce, total, t0)
             for run, ce in zip(runs, spliced, strict=True)]  # fmt: skip
 
 
@@ -257,8 +314,9 @@ def _resume(runs: list[Run], settings: Settings, device: torch.device) -> int:
     return steps.pop()
 
 
-def _spliced_metrics(runs: list[Run], aset: ActivationSet, device: torch.device) -> list[dict]:
-    """CE/KL with each SAE spliced in, on the set's first contexts; one model load and
+def _spliced_metrics(runs: list[Run], aset: ActivationSet, split: Split,
+                     rules: dict[str, TokenRule], device: torch.device) -> list[dict]:  # fmt: skip
+    """CE/KL with each SAE spliced in, on the first held-out contexts; one model load and
     one clean run for the whole sweep. A model that cannot be loaded is reported in the
     metrics: the SAEs are trained and must not be lost to an evaluation."""
     from saefeat.lm import load_model
@@ -267,24 +325,53 @@ def _spliced_metrics(runs: list[Run], aset: ActivationSet, device: torch.device)
     wanted = [r for r in runs if r.spec.eval_ce_contexts]
     if not wanted:
         return [{} for _ in runs]
-    n = min(max(r.spec.eval_ce_contexts for r in wanted), aset.n_contexts)
+    contexts = split.eval_context_ids()[: max(r.spec.eval_ce_contexts for r in wanted)]
     try:
         lm = load_model(aset.model_name, revision=aset.spec.get("revision"), device=device)
     except (SaefeatError, OSError) as e:
         return [{"ce_eval_error": str(e)} if r.spec.eval_ce_contexts else {} for r in runs]
-    tokens = torch.from_numpy(np.asarray(aset.tokens(0, n)))
-    found = iter(spliced_metrics_many([(r.sae, r.hook) for r in wanted], lm, tokens))
+    tokens = torch.from_numpy(np.asarray(split.eval_set.tokens())[contexts])
+    # One limit for the sweep: its SAEs share the set and threshold, and hooks differ
+    # little in median norm next to a 10x threshold; the tightest is used.
+    limit = min(rules[r.hook].norm_limit for r in wanted)
+    found = iter(spliced_metrics_many([(r.sae, r.hook) for r in wanted], lm, tokens,
+                                      norm_limit=limit))  # fmt: skip
     return [next(found) if r.spec.eval_ce_contexts else {} for r in runs]
 
 
-def _finish(run: Run, aset: ActivationSet, reader: ShuffledBatchReader, settings: Settings,
+def _finish(run: Run, aset: ActivationSet, split: Split, rule: TokenRule, settings: Settings,
             spliced: dict, total: int, t0: float) -> TrainResult:  # fmt: skip
+    """Held-out metrics (typical tokens as the headline, all tokens but position 0 beside
+    them), the excluded-token counts, the core record; save."""
     sae, spec = run.sae, run.spec
-    metrics = evaluate(sae, reader.iter_epoch(0), max_tokens=EVAL_TOKENS)
+    ev, ctx = split.eval_set, split.eval_contexts
+
+    def reader(excluded: np.ndarray | None) -> ShuffledBatchReader:
+        return ShuffledBatchReader(ev, run.hook, 1024, seed=0, excluded=excluded, contexts=ctx)
+
+    massive = excluded_rows(ev, run.hook, rule)
+    typical = evaluate(sae, reader(massive).iter_epoch(0), max_tokens=EVAL_TOKENS,
+                       with_density=True)  # fmt: skip
+    density = typical.pop("density")
+    every = evaluate(sae, reader(None).iter_epoch(0), max_tokens=EVAL_TOKENS)
+    metrics = typical | {
+        "evaluated_on": "held-out typical tokens",
+        "fvu_all_tokens": every["fvu"],
+        "heldout": split.describe(),
+        "excluded_tokens": exclusion_report(ev, run.hook, rule, ctx),
+        "excluded_tokens_train": exclusion_report(aset, run.hook, rule, split.train_contexts),
+    }
     metrics.update(steps=total, tokens_trained=total * spec.batch_size, lr=run.base_lr,
                    final_loss=run.losses[-1] if run.losses else None, **spliced)  # fmt: skip
+    config = {"model_name": sae.cfg.model, "hook_name": run.hook, "dataset": ev.id,
+              "heldout": split.describe(), "token_rule": rule.to_json(),
+              "exclude_special_tokens_from_reconstruction": True,
+              "n_eval_reconstruction_tokens": typical["n_tokens"],
+              "n_eval_ce_tokens": spliced.get("ce_eval_tokens", 0)}  # fmt: skip
+    record = core_eval(sae, run.sae_id, typical, density, spliced, config)
     checkpoint = sae.save(settings.saes_dir / run.sae_id, overwrite=True)
     (checkpoint / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    (checkpoint / "core_eval.json").write_text(json.dumps(record))
     shutil.rmtree(state_dir(settings, run.sae_id), ignore_errors=True)
-    return TrainResult(run.sae_id, sae, checkpoint, metrics, run.losses,
+    return TrainResult(run.sae_id, sae, checkpoint, metrics, record, run.losses,
                        time.perf_counter() - t0)  # fmt: skip

@@ -191,6 +191,8 @@ class SAE(Base):
     k: Mapped[int | None]
     cfg: Mapped[dict[str, Any]] = mapped_column(default=dict)
     metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # SAEBench's core record (migration 0007); deferred: listings never load it.
+    core_eval: Mapped[dict[str, Any] | None] = mapped_column(deferred=True)
     checkpoint_path: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 

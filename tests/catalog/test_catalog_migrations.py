@@ -30,7 +30,6 @@ from saefeat.storage.catalog.models import (
 )
 from saefeat.storage.catalog.writer import write_feature_index
 
-HEAD = "0005"  # the newest revision
 TABLES = {
     "language_models",
     "corpora",
@@ -55,6 +54,9 @@ def _engine(url: str) -> Iterator[Engine]:
         yield engine
     finally:
         engine.dispose()
+
+
+HEAD = "0007"  # the newest revision
 
 
 def _tables(url: str) -> set[str]:

@@ -41,7 +41,7 @@ def _check(acc: FeatureAccumulator, raw: torch.Tensor, ctx_len: int, exact_count
             for k, off in enumerate(range(-w, w + 1)):
                 rr = row + off
                 same = 0 <= rr < len(col) and rr // ctx_len == row // ctx_len
-                assert win[m, k] == (raw[rr, feature] if same else 0)
+                assert win[m, k] == (acts[rr, feature] if same else 0)  # 0 on position 0
 
 
 def _blocks(n_blocks, rows, d_sae, k, seed0, boost=()):

@@ -25,8 +25,10 @@ def synthetic_rows(
 
 
 def make_set(
-    root, set_id: str = "as-synthetic", model: str = "synthetic", d: int = D
-) -> ActivationSet:
+    root, set_id: str = "as-synthetic", model: str = "synthetic", d: int = D,
+    massive: dict[int, list[tuple[int, int]]] | None = None,
+) -> ActivationSet:  # fmt: skip
+    """`massive`: {hook index: [(context, position)]} rows made 100x larger there."""
     tokens = np.random.default_rng(0).integers(0, 100, (N_CTX, CTX))
     aset = ActivationSet.create(
         root / f"{set_id}.zarr", set_id=set_id, spec={"model": model}, model=model, hooks=HOOKS,
@@ -34,6 +36,9 @@ def make_set(
         doc_ids=["d"], contexts_per_shard=PER_SHARD, storage_dtype="float32",
     )  # fmt: skip
     rows = {h: synthetic_rows(N_CTX * CTX, seed=i, d=d) for i, h in enumerate(HOOKS)}
+    for i, where in (massive or {}).items():
+        for c, p in where:
+            rows[HOOKS[i]][c * CTX + p] *= 100
     for shard in range(aset.n_shards):
         r0, r1 = aset.shard_rows(shard)
         aset.write_shard(shard, {h: x[r0:r1] for h, x in rows.items()})

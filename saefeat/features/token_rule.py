@@ -1,0 +1,29 @@
+"""The token rule an SAE was trained under, for indexing and live encoding.
+
+Training records the rule (storage/exclusion.py) in the SAE's config (`extra.token_rule`:
+threshold and the training set's median norm). An SAE trained before rules were recorded
+gets its set's rule at the default threshold when the set is at hand (indexing), and
+position 0 only when it is not (live encoding).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from saefeat.sae import SparseAutoencoder
+from saefeat.storage.activations import ActivationSet
+from saefeat.storage.exclusion import TokenRule, rule_for_set
+
+
+def sae_token_rule(sae: SparseAutoencoder, aset: ActivationSet | None = None) -> TokenRule:
+    if "token_rule" in sae.cfg.extra:
+        return TokenRule.from_json(sae.cfg.extra["token_rule"])
+    if aset is not None and sae.cfg.hook:
+        return rule_for_set(aset, sae.cfg.hook)
+    return TokenRule()
+
+
+def excluded_tokens(sae: SparseAutoencoder, acts: torch.Tensor) -> torch.Tensor:
+    """bool [seq]: the tokens of one sequence's activations [seq, d] the rule leaves out."""
+    pos = torch.arange(acts.shape[0], device=acts.device)
+    return sae_token_rule(sae).excluded_rows(acts, pos)
