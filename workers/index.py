@@ -9,7 +9,7 @@ from the weights, and turns the tables into FeatureIndex records.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,16 +39,24 @@ def accumulate_shards(
     sae = load_sae(Path(sae_path), device).eval()
     aset = ActivationSet(Path(set_path))
     acc = new_accumulator(sae.cfg.d_sae, spec, device, seed=shards[0] if shards else 0)
-    rows_per_batch = spec.batch_contexts * aset.ctx_len
     with torch.inference_mode():
         for s in shards:
-            x_all = aset.read_shard(s, sae.cfg.hook)
-            c0, _ = aset.shard_contexts(s)
-            for b in range(0, x_all.shape[0], rows_per_batch):
-                x = x_all[b : b + rows_per_batch].to(device)
-                vals, idx = sae.encode(x)
-                acc.add(vals, idx, first_context=c0 + b // aset.ctx_len, ctx_len=aset.ctx_len)
+            for row, vals, idx in encoded_batches(sae, aset, s, spec.batch_contexts, device):
+                acc.add(vals, idx, first_context=row // aset.ctx_len, ctx_len=aset.ctx_len)
     return acc
+
+
+def encoded_batches(
+    sae: SparseAutoencoder, aset: ActivationSet, shard: int, batch_contexts: int, device: str
+) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+    """The SAE's sparse codes of one committed shard, whole contexts at a time:
+    (the batch's first row in the set, vals, idx). Call under inference_mode."""
+    x_all = aset.read_shard(shard, sae.cfg.hook)
+    r0, _ = aset.shard_rows(shard)
+    rows = batch_contexts * aset.ctx_len
+    for b in range(0, x_all.shape[0], rows):
+        vals, idx = sae.encode(x_all[b : b + rows].to(device))
+        yield r0 + b, vals, idx
 
 
 def new_accumulator(d_sae: int, spec: IndexSpec, device: str, seed: int = 0) -> FeatureAccumulator:
