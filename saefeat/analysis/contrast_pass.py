@@ -121,6 +121,6 @@ def count_sides(
         assert tables is not None  # every set has a committed shard (checked up front)
         tokens = np.bincount(layout.unit[layout.counted], minlength=layout.n_units)
         fire, act, win = (t.tocsr() for t in tables)
-        win.data[:] = 1.0  # fired in the window at all
+        win = (win > 0).astype(np.float64)  # fired in the window at all (Ray's are read-only)
         sides.append(SideCounts(tokens.astype(np.int64), fire, act, win, window))
     return sides

@@ -39,9 +39,9 @@ class ContrastRun(Base):
     n_window_docs_b: Mapped[int]
     n_significant_a: Mapped[int]
     n_significant_b: Mapped[int]
-    auroc: Mapped[float | None]
+    auroc: Mapped[float | None] = mapped_column(Float)
     classifier_features: Mapped[list[Any]] = mapped_column(default=list)
-    seconds: Mapped[float]
+    seconds: Mapped[float] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
