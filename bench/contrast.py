@@ -14,7 +14,7 @@ much as the SAE forward). auroc_top32_features is the held-out AUROC of the clas
 the top 32 features (target >= 0.9).
 
     python bench/contrast.py --prompts 787 --new-tokens 64 --tokens 50000   # the issue's size
-    python bench/contrast.py --prompts 120 --new-tokens 16 --tokens 4000    # what a loaded CPU allows
+    python bench/contrast.py --prompts 120 --new-tokens 16 --tokens 4000    # a loaded CPU
 
 The last line printed is one JSON object.
 """
@@ -45,9 +45,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=float, default=4.0, help="SAE training epochs")
     args = ap.parse_args()
     os.environ.setdefault("SAEFEAT_HOME", tempfile.mkdtemp(prefix="saefeat-bench-contrast-"))
-    os.environ.setdefault(
-        "SAEFEAT_MODEL_CACHE", str(Path.home() / ".cache" / "saefeat" / "models")
-    )
+    os.environ.setdefault("SAEFEAT_MODEL_CACHE", str(Path.home() / ".cache" / "saefeat" / "models"))
 
     from saefeat.analysis.contrast import ContrastSpec, run_contrast
     from saefeat.analysis.contrast_demo import write_demo_corpora

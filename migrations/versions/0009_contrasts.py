@@ -37,8 +37,14 @@ def upgrade() -> None:
         *(
             sa.Column(c, sa.Integer(), nullable=False)
             for c in (
-                "n_tokens_a", "n_tokens_b", "n_docs_a", "n_docs_b", "n_window_docs_a",
-                "n_window_docs_b", "n_significant_a", "n_significant_b",
+                "n_tokens_a",
+                "n_tokens_b",
+                "n_docs_a",
+                "n_docs_b",
+                "n_window_docs_a",
+                "n_window_docs_b",
+                "n_significant_a",
+                "n_significant_b",
             )  # fmt: skip
         ),
         sa.Column("auroc", sa.Float(), nullable=True),

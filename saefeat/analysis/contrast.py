@@ -86,7 +86,9 @@ def check_inputs(spec: ContrastSpec, settings: Settings) -> ContrastInputs:
     try:
         cfg = read_config(sae_path)
     except NotFoundError:
-        raise SpecError(f"no trained SAE {spec.sae!r} under {settings.saes_dir}", field="sae")
+        raise SpecError(
+            f"no trained SAE {spec.sae!r} under {settings.saes_dir}", field="sae"
+        ) from None
     sets = [_check_set(settings, cfg, getattr(spec, f), f) for f in ("a", "b")]
     return ContrastInputs(sae_path, cfg, *sets)
 
@@ -149,6 +151,4 @@ def run_contrast(
         test_fraction=spec.test_fraction,
         seed=spec.seed,
     )
-    return ContrastResult(
-        spec.contrast_id(), spec, stats, clf, time.perf_counter() - t0, t_pass
-    )
+    return ContrastResult(spec.contrast_id(), spec, stats, clf, time.perf_counter() - t0, t_pass)

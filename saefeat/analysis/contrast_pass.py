@@ -112,7 +112,11 @@ def count_sides(
         ready, pending = ray.wait(pending, num_returns=1, timeout=0.5)
         for ref in ready:
             part, i = ray.get(ref), refs[ref]
-            totals[i] = list(part) if totals[i] is None else [t + p for t, p in zip(totals[i], part)]
+            totals[i] = (
+                list(part)
+                if totals[i] is None
+                else [t + p for t, p in zip(totals[i], part, strict=True)]
+            )
             done += 1
             if progress:
                 progress(done, n_tasks)

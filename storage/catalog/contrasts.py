@@ -126,7 +126,9 @@ def get_contrast(session: Session, contrast_id: str) -> ContrastRun | None:
     return session.get(ContrastRun, contrast_id)
 
 
-def top_features(session: Session, run: ContrastRun, side: str, limit: int) -> list[ContrastFeatureRow]:
+def top_features(
+    session: Session, run: ContrastRun, side: str, limit: int
+) -> list[ContrastFeatureRow]:
     """Significant features (q < the run's alpha) that fire more in `side`, strongest
     log-ratio toward that side first."""
     alpha = float(run.spec.get("alpha", 0.05))

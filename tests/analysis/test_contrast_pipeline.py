@@ -52,7 +52,8 @@ def pair(settings, ray_session, tiny_llama, tmp_path):
 def _counts(settings) -> tuple[int, int, int]:
     with catalog_session(settings) as s:
         return tuple(
-            s.scalar(select(func.count()).select_from(t)) for t in (Job, ContrastRun, ContrastFeature)
+            s.scalar(select(func.count()).select_from(t))
+            for t in (Job, ContrastRun, ContrastFeature)
         )
 
 

@@ -91,7 +91,9 @@ def test_fisher_matches_scipy_and_is_used_for_rare_features():
     x2 = rng.integers(0, 6, 200)
     x1[:20], x2[:20] = n1 - x1[:20], n2 - x2[:20]  # rare silence: the flipped margin
     ours = fisher_exact_two_sided(x1, n1, x2, n2)
-    want = [stats.fisher_exact([[a, n1 - a], [b, n2 - b]]).pvalue for a, b in zip(x1, x2)]
+    want = [
+        stats.fisher_exact([[a, n1 - a], [b, n2 - b]]).pvalue for a, b in zip(x1, x2, strict=True)
+    ]
     assert ours == pytest.approx(want, rel=1e-6, abs=1e-12)
     _, _, used = window_test(np.array([1, 30]), 100, np.array([2, 50]), 100)
     assert used.tolist() == [True, False]

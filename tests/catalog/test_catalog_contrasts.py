@@ -53,9 +53,7 @@ def test_contrast_rows_round_trip_and_cascade(session, make_sae):
     assert run.n_significant_a == 3 and run.n_significant_b == 3
     assert len(session.scalars(select(ContrastFeature)).all()) == 39
     top_a = top_features(session, run, "a", 10)
-    assert [r.feature_index for r in top_a] == [
-        int(f) for f in result.stats.ranked("a", 0.05, 10)
-    ]
+    assert [r.feature_index for r in top_a] == [int(f) for f in result.stats.ranked("a", 0.05, 10)]
     assert {r.feature_index for r in top_features(session, run, "b", 10)} == {3, 4, 5}
     assert top_a[0].stats["p"] == result.stats.p[top_a[0].feature_index]
     session.delete(session.get(SAE, sae.id))
