@@ -43,6 +43,7 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=50_000, help="token budget of each set")
     ap.add_argument("--ctx-len", type=int, default=64)
     ap.add_argument("--epochs", type=float, default=4.0, help="SAE training epochs")
+    ap.add_argument("--lr", type=float, default=3e-4, help="SAE learning rate")
     args = ap.parse_args()
     os.environ.setdefault("SAEFEAT_HOME", tempfile.mkdtemp(prefix="saefeat-bench-contrast-"))
     os.environ.setdefault("SAEFEAT_MODEL_CACHE", str(Path.home() / ".cache" / "saefeat" / "models"))
@@ -70,13 +71,15 @@ def main() -> None:
     base, train_spec = demo_specs(args.tokens)
     sets = []
     for corpus in (human, generated):
-        spec = base.model_copy(
-            update={"corpus": [{"path": str(corpus)}], "ctx_len": args.ctx_len,
-                    "token_budget": args.tokens, "contexts_per_shard": 16}
+        spec = type(base)(
+            **{**base.model_dump(), "corpus": [str(corpus)], "ctx_len": args.ctx_len,
+               "token_budget": args.tokens, "contexts_per_shard": 16}
         )  # fmt: skip
-        sets.append(run_harvest(type(base).model_validate(spec.model_dump()), settings=settings))
+        sets.append(run_harvest(spec, settings=settings))
     a, b = (r.activation_set for r in sets)
-    train = train_spec(a.id).model_copy(update={"epochs": args.epochs, "batch_size": 128})
+    # The demo's lr 1e-3 diverged (inf loss) on a 4k-token set; small sets train at 3e-4.
+    update = {"epochs": args.epochs, "batch_size": 128, "lr": args.lr}
+    train = type(train_spec(a.id))(**{**train_spec(a.id).model_dump(), **update})
     sae_id = run_train(train, settings=settings).sae_id
     ensure_ray(settings)
 

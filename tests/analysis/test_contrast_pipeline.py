@@ -26,7 +26,7 @@ from saefeat.storage.catalog.models import Job
 HOOK = "blocks.2.hook_resid_post"
 
 
-def _harvest(model, corpus, hooks=(HOOK,), budget=32 * 40):
+def _harvest(model, corpus, hooks=(HOOK,), budget=32 * 120):
     return HarvestSpec(
         model=str(model), hooks=list(hooks), corpus=[corpus], ctx_len=32,
         token_budget=budget, contexts_per_shard=8, model_dtype="float32",
