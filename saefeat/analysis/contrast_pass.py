@@ -1,8 +1,8 @@
 """Run an SAE over an activation set and count, per document, where each feature fires.
 
-Ray tasks take slices of the committed shards (as indexing does) and encode them with
-the indexing path (`workers.index.encoded_batches`); each returns sparse
-[documents, d_sae] tables that the driver adds up into a `SideCounts`.
+Ray tasks (one per GPU, else one) take a share of every set's committed shards and
+encode them with the indexing path (`workers.index.encoded_batches`); each returns
+sparse [documents, d_sae] tables per set that the driver adds up into `SideCounts`.
 """
 
 from __future__ import annotations
@@ -33,15 +33,21 @@ Tables = tuple[sp.csr_matrix, sp.csr_matrix, sp.csr_matrix]
 
 def count_shards(
     sae_path: str,
-    set_path: str,
-    shards: list[int],
-    layout: DocumentLayout,
+    work: list[tuple[str, list[int]]],
+    layouts: list[DocumentLayout],
     batch_contexts: int,
     device: str,
-) -> Tables:
-    """(firing counts, activation sums, window firing) per [document, feature]."""
+) -> list[Tables]:
+    """For each (set path, shards) of `work`: (firing counts, activation sums, window
+    firing) per [document, feature]. One task serves every set, loading the SAE once."""
     sae = load_sae(Path(sae_path), device)
-    aset = ActivationSet(Path(set_path))
+    return [
+        _count_set(sae, ActivationSet(Path(path)), shards, layout, batch_contexts, device)
+        for (path, shards), layout in zip(work, layouts, strict=True)
+    ]
+
+
+def _count_set(sae, aset, shards, layout: DocumentLayout, batch_contexts, device) -> Tables:
     units, feats, acts, wins = [], [], [], []
     with torch.inference_mode():
         for s in shards:
@@ -84,26 +90,29 @@ def count_sides(
     progress: Callable[[int, int], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> list[SideCounts]:
-    """One SideCounts per set, all sets' shards in flight together."""
+    """One SideCounts per set."""
     ensure_ray(settings)
     n_gpus = gpus_available()
     device = device or ("cuda" if n_gpus else "cpu")
     opts = {"num_gpus": 1} if device.startswith("cuda") else {"num_cpus": cpus_available()}
-    per_set = max(1, n_gpus) if device.startswith("cuda") else 1
-    refs: dict = {}
-    layouts = []
-    for i, aset in enumerate(sets):
-        layout = document_layout(aset, window)
-        layouts.append(layout)
-        layout_ref = ray.put(layout)
-        shards = aset.committed_shards()
-        for part in (shards[j::per_set] for j in range(min(per_set, len(shards)))):
-            ref = _count_task.options(**opts).remote(
-                str(sae_path), str(aset.path), part, layout_ref, batch_contexts, device
-            )
-            refs[ref] = i
-    totals: list[list[sp.csr_matrix] | None] = [None] * len(sets)
-    n_tasks, done, pending = len(refs), 0, list(refs)
+    # One task per GPU, else one task for everything: each task loads the SAE once and
+    # takes a share of every set's shards.
+    n_tasks = max(1, n_gpus) if device.startswith("cuda") else 1
+    layouts = [document_layout(aset, window) for aset in sets]
+    layouts_ref = ray.put(layouts)
+    shards = [aset.committed_shards() for aset in sets]
+    pending = [
+        _count_task.options(**opts).remote(
+            str(sae_path),
+            [(str(aset.path), sh[j::n_tasks]) for aset, sh in zip(sets, shards, strict=True)],
+            layouts_ref,
+            batch_contexts,
+            device,
+        )
+        for j in range(n_tasks)
+    ]
+    totals: list[list[sp.csr_matrix]] | None = None
+    done = 0
     while pending:
         if should_stop and should_stop():
             for ref in pending:
@@ -111,18 +120,17 @@ def count_sides(
             raise ContrastCancelled("the contrast was cancelled")
         ready, pending = ray.wait(pending, num_returns=1, timeout=0.5)
         for ref in ready:
-            part, i = ray.get(ref), refs[ref]
-            totals[i] = (
-                list(part)
-                if totals[i] is None
-                else [t + p for t, p in zip(totals[i], part, strict=True)]
-            )
+            parts = [list(tables) for tables in ray.get(ref)]
+            totals = parts if totals is None else [
+                [t + p for t, p in zip(tot, part, strict=True)]
+                for tot, part in zip(totals, parts, strict=True)
+            ]  # fmt: skip
             done += 1
             if progress:
                 progress(done, n_tasks)
+    assert totals is not None
     sides = []
     for layout, tables in zip(layouts, totals, strict=True):
-        assert tables is not None  # every set has a committed shard (checked up front)
         tokens = np.bincount(layout.unit[layout.counted], minlength=layout.n_units)
         fire, act, win = (t.tocsr() for t in tables)
         win = (win > 0).astype(np.float64)  # fired in the window at all (Ray's are read-only)
