@@ -10,7 +10,7 @@ from the weights, and turns the tables into FeatureIndex records.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,18 +42,28 @@ def accumulate_shards(
     aset = ActivationSet(Path(set_path))
     acc = new_accumulator(sae.cfg.d_sae, spec, device, seed=shards[0] if shards else 0)
     rule = sae_token_rule(sae, aset)
-    rows_per_batch = spec.batch_contexts * aset.ctx_len
     with torch.inference_mode():
         for s in shards:
-            x_all = aset.read_shard(s, sae.cfg.hook)
-            c0, _ = aset.shard_contexts(s)
-            for b in range(0, x_all.shape[0], rows_per_batch):
-                x = x_all[b : b + rows_per_batch].to(device)
-                vals, idx = sae.encode(x)
+            for row, x, vals, idx in encoded_batches(sae, aset, s, spec.batch_contexts, device):
                 pos = torch.arange(x.shape[0], device=x.device) % aset.ctx_len
-                acc.add(vals, idx, first_context=c0 + b // aset.ctx_len, ctx_len=aset.ctx_len,
+                acc.add(vals, idx, first_context=row // aset.ctx_len, ctx_len=aset.ctx_len,
                         excluded=rule.excluded_rows(x, pos))  # fmt: skip
     return acc
+
+
+def encoded_batches(
+    sae: SparseAutoencoder, aset: ActivationSet, shard: int, batch_contexts: int, device: str
+) -> Iterator[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """The SAE's sparse codes of one committed shard, whole contexts at a time:
+    (the batch's first row in the set, its activations, vals, idx). Call under
+    inference_mode."""
+    x_all = aset.read_shard(shard, sae.cfg.hook)
+    r0, _ = aset.shard_rows(shard)
+    rows = batch_contexts * aset.ctx_len
+    for b in range(0, x_all.shape[0], rows):
+        x = x_all[b : b + rows].to(device)
+        vals, idx = sae.encode(x)
+        yield r0 + b, x, vals, idx
 
 
 def new_accumulator(d_sae: int, spec: IndexSpec, device: str, seed: int = 0) -> FeatureAccumulator:

@@ -15,6 +15,7 @@ from fastapi.staticfiles import StaticFiles
 from saefeat import __version__
 from saefeat.api import (
     catalog_routes,
+    contrast_routes,
     health_routes,
     job_routes,
     label_routes,
@@ -107,5 +108,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(
         job_routes.router, prefix=API_PREFIX, dependencies=read_guard, responses=read_responses
     )
+    contrast_routes.install(app, API_PREFIX, read_guard, read_responses)
     _bootstrap_key(app, settings)
     return app

@@ -11,15 +11,20 @@ from __future__ import annotations
 import torch
 
 from saefeat.sae import SparseAutoencoder
+from saefeat.sae.base import SAEConfig
 from saefeat.storage.activations import ActivationSet
 from saefeat.storage.exclusion import TokenRule, rule_for_set
 
 
 def sae_token_rule(sae: SparseAutoencoder, aset: ActivationSet | None = None) -> TokenRule:
-    if "token_rule" in sae.cfg.extra:
-        return TokenRule.from_json(sae.cfg.extra["token_rule"])
-    if aset is not None and sae.cfg.hook:
-        return rule_for_set(aset, sae.cfg.hook)
+    return config_token_rule(sae.cfg, aset)
+
+
+def config_token_rule(cfg: SAEConfig, aset: ActivationSet | None = None) -> TokenRule:
+    if "token_rule" in cfg.extra:
+        return TokenRule.from_json(cfg.extra["token_rule"])
+    if aset is not None and cfg.hook:
+        return rule_for_set(aset, cfg.hook)
     return TokenRule()
 
 

@@ -9,6 +9,8 @@ Typical use:
         write_feature_index(session, sae.id, feature_index)
 """
 
+# contrasts: its tables join Base.metadata wherever the catalog is imported (env.py, tests).
+from saefeat.storage.catalog import contrasts  # noqa: F401
 from saefeat.storage.catalog.db import (
     current_revision,
     downgrade,

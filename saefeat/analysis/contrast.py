@@ -1,0 +1,161 @@
+"""Contrastive features: which of an SAE's features tell corpus A from corpus B.
+
+`run_contrast(spec)` checks the inputs (both sets at the SAE's model and hook, non-empty),
+runs the SAE over both sets (contrast_pass.py), computes per-feature statistics with a
+length control and FDR (contrast_stats.py) and the held-out AUROC of a classifier on the
+top features (contrast_classifier.py). Storing the result is the caller's
+(storage/catalog/contrasts.py), so the CLI, the job and tests share this one function.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from saefeat.analysis.contrast_classifier import ClassifierResult, classify
+from saefeat.analysis.contrast_docs import counted_token_rows
+from saefeat.analysis.contrast_pass import count_sides
+from saefeat.analysis.contrast_stats import FeatureStats, contrast_statistics
+from saefeat.config import Settings, get_settings
+from saefeat.errors import NotFoundError, SpecError
+from saefeat.paths import check_id
+from saefeat.sae import read_config
+from saefeat.sae.base import SAEConfig
+from saefeat.storage.activations import STATUS_COMPLETE, ActivationSet, open_set
+
+# Fields that determine the result (the contrast id); the rest are execution knobs.
+CONTRAST_DATA_FIELDS = (
+    "sae", "a", "b", "window", "classifier_features", "test_fraction", "seed",
+)  # fmt: skip
+
+
+class ContrastSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    sae: str = Field(description="SAE id")
+    a: str = Field(description="Activation set id of corpus A")
+    b: str = Field(description="Activation set id of corpus B")
+    # Length control: document firing is measured on each document's first `window`
+    # counted tokens (32, the example window length delphi uses).
+    window: int = Field(32, ge=1, le=4096)
+    alpha: float = Field(0.05, gt=0, lt=1, description="FDR level (q-value) of 'significant'")
+    top: int = Field(20, ge=1, le=1000, description="Features listed per side")
+    classifier_features: int = Field(32, ge=1, le=4096)
+    test_fraction: float = Field(0.3, gt=0, lt=1)
+    seed: int = 0
+    batch_contexts: int = Field(32, ge=1)
+
+    @field_validator("sae", "a", "b")
+    @classmethod
+    def _safe_ids(cls, v: str, info) -> str:
+        return check_id(v, info.field_name)  # each becomes a folder name
+
+    device: str | None = None
+
+    @model_validator(mode="after")
+    def _two_sets(self) -> ContrastSpec:
+        if self.a == self.b:
+            raise ValueError("a and b are the same set; a contrast needs two sets")
+        return self
+
+    def contrast_id(self) -> str:
+        data = self.model_dump(include=set(CONTRAST_DATA_FIELDS), mode="json")
+        return "ct-" + hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass
+class ContrastInputs:
+    sae_path: Path
+    cfg: SAEConfig
+    a: ActivationSet
+    b: ActivationSet
+
+
+@dataclass
+class ContrastResult:
+    contrast_id: str
+    spec: ContrastSpec
+    stats: FeatureStats
+    classifier: ClassifierResult
+    seconds: float  # the whole contrast
+    pass_seconds: float  # of which: the SAE over both sets
+
+
+def check_inputs(spec: ContrastSpec, settings: Settings) -> ContrastInputs:
+    """Everything a contrast needs, or a SpecError naming the field at fault."""
+    sae_path = settings.saes_dir / spec.sae
+    try:
+        cfg = read_config(sae_path)
+    except NotFoundError:
+        raise SpecError(
+            f"no trained SAE {spec.sae!r} under {settings.saes_dir}", field="sae"
+        ) from None
+    sets = [_check_set(settings, cfg, getattr(spec, f), f) for f in ("a", "b")]
+    return ContrastInputs(sae_path, cfg, *sets)
+
+
+def _check_set(settings: Settings, cfg: SAEConfig, set_id: str, field: str) -> ActivationSet:
+    try:
+        aset = open_set(settings.activations_dir, set_id)
+    except NotFoundError:
+        raise SpecError(f"no activation set {set_id!r}; harvest it first", field=field) from None
+    if aset.status != STATUS_COMPLETE:
+        raise SpecError(
+            f"activation set {set_id} is not complete (status {aset.status})", field=field
+        )
+    if cfg.model and aset.model_name != cfg.model:
+        raise SpecError(
+            f"set {set_id} holds activations of model {aset.model_name!r}, but the SAE was "
+            f"trained on {cfg.model!r}",
+            field=field,
+        )
+    if cfg.hook not in aset.hooks:
+        raise SpecError(
+            f"set {set_id} has hooks {aset.hooks}, not the SAE's hook {cfg.hook!r}", field=field
+        )
+    if aset.d_model != cfg.d_in:
+        raise SpecError(
+            f"set {set_id} has width {aset.d_model}, the SAE takes d_in={cfg.d_in}", field=field
+        )
+    shards = aset.committed_shards()
+    if not shards or not any(len(counted_token_rows(aset, s)) for s in shards):
+        raise SpecError(f"set {set_id} holds no tokens to count", field=field)
+    return aset
+
+
+def run_contrast(
+    spec: ContrastSpec,
+    *,
+    settings: Settings | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> ContrastResult:
+    settings = settings or get_settings()
+    t0 = time.perf_counter()
+    inputs = check_inputs(spec, settings)
+    side_a, side_b = count_sides(
+        inputs.sae_path,
+        [inputs.a, inputs.b],
+        window=spec.window,
+        batch_contexts=spec.batch_contexts,
+        device=spec.device,
+        settings=settings,
+        progress=progress,
+        should_stop=should_stop,
+    )
+    t_pass = time.perf_counter() - t0
+    stats = contrast_statistics(side_a, side_b)
+    clf = classify(
+        side_a,
+        side_b,
+        n_features=spec.classifier_features,
+        test_fraction=spec.test_fraction,
+        seed=spec.seed,
+    )
+    return ContrastResult(spec.contrast_id(), spec, stats, clf, time.perf_counter() - t0, t_pass)

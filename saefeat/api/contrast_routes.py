@@ -1,0 +1,207 @@
+"""Contrasts over HTTP and as a page: submit (202, Idempotency-Key), results, top features.
+
+`POST /v1/contrasts` checks the inputs before any row is written (a bad set or SAE is a
+422 naming the field), then runs the contrast as a `contrast` job; `GET
+/v1/contrasts/{id}` answers the job's status until the results are stored, then the
+results with the top features of each side. `/contrasts/{id}` is the page.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path as FilePath
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, FastAPI, Header, Path, Query, Request, Response
+from fastapi.responses import HTMLResponse
+from fastapi.templating import Jinja2Templates
+from pydantic import BaseModel, Field
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from saefeat.analysis.contrast import ContrastSpec, check_inputs
+from saefeat.api.auth import require_scope
+from saefeat.api.deps import get_session
+from saefeat.api.errors import problem_responses
+from saefeat.api.job_routes import get_runner
+from saefeat.api.schemas import Problem
+from saefeat.errors import NotFoundError
+from saefeat.storage.catalog import contrasts as store
+from saefeat.storage.catalog.models import ApiKey, Job
+from saefeat.workers.contrast_job import CONTRAST
+from saefeat.workers.jobs import JobRunner
+
+TEMPLATES = Jinja2Templates(directory=FilePath(__file__).parent / "templates")
+router = APIRouter(tags=["contrasts"])
+page_router = APIRouter(include_in_schema=False)
+SessionDep = Annotated[Session, Depends(get_session)]
+ContrastId = Annotated[str, Path(max_length=64, description="Contrast id (from the POST)")]
+NOT_FOUND = {404: {"model": Problem, "description": "No contrast with this id"}}
+
+
+class ContrastAccepted(BaseModel):
+    contrast_id: str
+    job_id: str
+    status: str = Field(description="queued, running, succeeded, failed or cancelled")
+    location: str = Field(description="Where the results appear: GET this path")
+
+
+class ContrastFeatureOut(BaseModel):
+    feature_index: int
+    side: str = Field(description="'a' or 'b': the set where its window firing is higher")
+    token_rate_a: float
+    token_rate_b: float
+    doc_rate_a: float = Field(description="Documents where it fires anywhere (not tested)")
+    doc_rate_b: float
+    window_rate_a: float = Field(description="Documents firing in their first `window` tokens")
+    window_rate_b: float
+    mean_act_a: float
+    mean_act_b: float
+    mean_act_diff: float
+    log_ratio: float = Field(description="log2 of smoothed token firing rates, a over b")
+    z: float
+    p: float
+    q: float = Field(description="Benjamini-Hochberg q-value")
+    fisher: bool = Field(description="p from Fisher's exact test (rare feature)")
+    url: str = Field(description="The feature's page")
+
+
+class ContrastOut(BaseModel):
+    id: str
+    status: str
+    error: str | None = None
+    spec: dict
+    progress_done: int = 0
+    progress_total: int | None = None
+    n_tokens_a: int | None = None
+    n_tokens_b: int | None = None
+    n_docs_a: int | None = None
+    n_docs_b: int | None = None
+    n_significant_a: int | None = None
+    n_significant_b: int | None = None
+    auroc: float | None = Field(None, description="Held-out AUROC on the top features")
+    classifier_features: list[int] = Field(default_factory=list)
+    seconds: float | None = None
+    created_at: datetime | None = None
+    top_a: list[ContrastFeatureOut] = Field(default_factory=list)
+    top_b: list[ContrastFeatureOut] = Field(default_factory=list)
+
+
+def _latest_job(session: Session, contrast_id: str) -> Job | None:
+    return session.scalar(
+        select(Job)
+        .where(Job.kind == CONTRAST.name, Job.spec_hash == contrast_id)
+        .order_by(Job.created_at.desc())
+        .limit(1)
+    )
+
+
+def _features(run: store.ContrastRun, rows: list[store.ContrastFeatureRow]):
+    return [
+        ContrastFeatureOut(
+            feature_index=r.feature_index,
+            side=r.side,
+            fisher=r.fisher,
+            url=f"/saes/{run.sae_id}/features/{r.feature_index}",
+            **r.stats,
+        )
+        for r in rows
+    ]
+
+
+def contrast_out(session: Session, contrast_id: str, top: int | None) -> ContrastOut:
+    run = store.get_contrast(session, contrast_id)
+    job = _latest_job(session, contrast_id)
+    if run is None and job is None:
+        raise NotFoundError(f"no contrast {contrast_id!r}; submit one with POST /v1/contrasts")
+    if run is None or (job is not None and job.status in ("queued", "running")):
+        return ContrastOut(
+            id=contrast_id,
+            status=job.status,
+            error=job.error,
+            spec=job.spec,
+            progress_done=job.progress_done,
+            progress_total=job.progress_total,
+        )
+    n = top or int(run.spec.get("top", 20))
+    return ContrastOut(
+        id=run.id,
+        status="succeeded",
+        spec=run.spec,
+        n_tokens_a=run.n_tokens_a,
+        n_tokens_b=run.n_tokens_b,
+        n_docs_a=run.n_docs_a,
+        n_docs_b=run.n_docs_b,
+        n_significant_a=run.n_significant_a,
+        n_significant_b=run.n_significant_b,
+        auroc=run.auroc,
+        classifier_features=run.classifier_features,
+        seconds=run.seconds,
+        created_at=run.created_at,
+        top_a=_features(run, store.top_features(session, run, "a", n)),
+        top_b=_features(run, store.top_features(session, run, "b", n)),
+    )
+
+
+@router.post(
+    "/contrasts",
+    status_code=202,
+    response_model=ContrastAccepted,
+    responses=problem_responses(401, 403, 422),
+    summary="Rank an SAE's features by how differently they fire on two activation sets",
+)
+def submit_contrast(
+    spec: ContrastSpec,
+    request: Request,
+    response: Response,
+    key: Annotated[ApiKey, Depends(require_scope("jobs"))],
+    runner: Annotated[JobRunner, Depends(get_runner)],
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            alias="Idempotency-Key",
+            max_length=200,
+            description="Makes a retry safe: the same key and body answer the same job",
+        ),
+    ] = None,
+) -> ContrastAccepted:
+    check_inputs(spec, request.app.state.settings)  # bad input stores nothing
+    job, created = runner.submit(spec, idempotency_key)
+    if created:
+        runner.start(job.id)
+    location = str(request.url_for("get_contrast", contrast_id=job.spec_hash).path)
+    response.headers["Location"] = location
+    return ContrastAccepted(
+        contrast_id=job.spec_hash, job_id=job.id, status=job.status, location=location
+    )
+
+
+@router.get(
+    "/contrasts/{contrast_id}",
+    response_model=ContrastOut,
+    responses={**problem_responses(422), **NOT_FOUND},
+    summary="A contrast: its status, then its statistics and the top features of each side",
+)
+def get_contrast(
+    contrast_id: ContrastId,
+    session: SessionDep,
+    top: Annotated[int | None, Query(ge=1, le=1000, description="Features per side")] = None,
+) -> ContrastOut:
+    return contrast_out(session, contrast_id, top)
+
+
+@page_router.get("/contrasts/{contrast_id}", response_class=HTMLResponse)
+def contrast_page(request: Request, contrast_id: str, session: SessionDep) -> HTMLResponse:
+    try:
+        out = contrast_out(session, contrast_id, None)
+    except NotFoundError as exc:
+        return TEMPLATES.TemplateResponse(
+            request, "missing.html", {"error": str(exc)}, status_code=404
+        )
+    return TEMPLATES.TemplateResponse(request, "contrast.html", {"c": out})
+
+
+def install(app: FastAPI, prefix: str, read_guard: list, read_responses: dict) -> None:
+    """The JSON routes under `prefix` and the page; reads behind the app's read guard."""
+    app.include_router(router, prefix=prefix, dependencies=read_guard, responses=read_responses)
+    app.include_router(page_router, dependencies=read_guard)
