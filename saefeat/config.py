@@ -23,6 +23,12 @@ class Settings(BaseSettings):
     require_read_key: bool = False
     # A key created at start-up with every scope, for bootstrapping a deployment.
     bootstrap_api_key: str | None = None
+    # An OpenAI-compatible chat endpoint for explanations and judge scorers (issue 13),
+    # e.g. http://127.0.0.1:8000/v1; unset: the offline explainer and no-judge scorers.
+    llm_base_url: str | None = None
+    llm_model: str | None = None
+    llm_api_key: str | None = None
+    llm_timeout_s: float = 60.0
 
     @property
     def db_url(self) -> str:

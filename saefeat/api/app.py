@@ -15,6 +15,7 @@ from fastapi.staticfiles import StaticFiles
 from saefeat import __version__
 from saefeat.api import (
     catalog_routes,
+    explain_routes,
     health_routes,
     job_routes,
     label_routes,
@@ -98,5 +99,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(
         job_routes.router, prefix=API_PREFIX, dependencies=read_guard, responses=read_responses
     )
+    app.include_router(explain_routes.router, prefix=API_PREFIX)
     _bootstrap_key(app, settings)
     return app

@@ -35,7 +35,7 @@ def _walk(client, url: str, params: dict) -> list[dict]:
 def test_health(client):
     response = client.get("/v1/health")
     assert response.status_code == 200
-    assert response.json() == {"status": "ok", "version": "0.1.0", "schema_revision": "0004"}
+    assert response.json() == {"status": "ok", "version": "0.1.0", "schema_revision": "0008"}
 
 
 def test_list_and_get_saes(client, catalog):

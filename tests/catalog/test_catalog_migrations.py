@@ -44,7 +44,11 @@ TABLES = {
     "labels",
     "api_keys",
     "label_votes",
+    "explanations",
+    "explanation_scores",
 }
+# The newest revision (the lead chains the helpers' revisions at merge).
+HEAD = "0008"
 
 
 @contextmanager
@@ -95,11 +99,14 @@ def _job_columns(url: str) -> set[str]:
 def _check_round_trip(url: str) -> None:
     assert current_revision(url) is None
     upgrade(url)
-    assert current_revision(url) == "0004"
+    assert current_revision(url) == HEAD
     assert _tables(url) == TABLES
     assert _drift(url) == [], "models and migrations disagree: add a revision"
     assert _has_fts(url)
     assert {"owner", "lease_expires_at"} <= _job_columns(url)
+    downgrade(url, "0004")
+    assert _tables(url) == TABLES - {"explanations", "explanation_scores"}
+    upgrade(url)
     downgrade(url, "0003")
     assert not {"owner", "lease_expires_at"} & _job_columns(url)
     upgrade(url)
@@ -110,7 +117,7 @@ def _check_round_trip(url: str) -> None:
     downgrade(url, "0001")
     assert current_revision(url) == "0001"
     assert not _has_fts(url)
-    assert _tables(url) == TABLES - {"label_votes"}
+    assert _tables(url) == TABLES - {"label_votes", "explanations", "explanation_scores"}
     upgrade(url)
     assert _has_fts(url)
     downgrade(url, "base")
@@ -211,5 +218,5 @@ def test_processes_starting_together_migrate_once(which, request):
     for thread in threads:
         thread.join(120)
     assert errors == []
-    assert current_revision(url) == "0004"
+    assert current_revision(url) == HEAD
     assert _drift(url) == []
