@@ -52,7 +52,7 @@ def upgrade() -> None:
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("label_id", sa.Integer(), nullable=False),
         sa.Column("type", sa.String(30), nullable=False),
-        sa.Column("value", sa.Float(), nullable=False),
+        sa.Column("value", sa.Double(), nullable=False),
         sa.Column("n", sa.Integer(), nullable=False),
         sa.Column("details", sa.JSON(), nullable=False),
         sa.Column("explainer_model", sa.String(200), nullable=True),
