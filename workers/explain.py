@@ -84,12 +84,13 @@ def explain_batch(
 ) -> list[FeatureOutcome]:
     """Explain and score some features (one Ray task). Never raises for one feature."""
     from saefeat.interp.encoder import sentence_encoder
-    from saefeat.interp.scorers import EmbeddingCache, make_scorers
+    from saefeat.interp.scorers import NO_JUDGE, EmbeddingCache, make_scorers
 
     client = _client(job.llm)
     try:
         explainer = make_explainer(job.explainer, client)
-        embed = EmbeddingCache(sentence_encoder()) if pool is not None else None
+        needs_encoder = any(n in NO_JUDGE for n in job.scorers)
+        embed = EmbeddingCache(sentence_encoder()) if needs_encoder else None
         scorers = make_scorers(job.scorers, embed=embed, client=client, seed=job.seed)
         texts: dict[int, str] = {}
         out: dict[int, FeatureOutcome] = {}
