@@ -55,20 +55,21 @@ def activation_mass(evidence: FeatureEvidence) -> list[tuple[str, float]]:
 
 
 def evidence_label(evidence: FeatureEvidence, *, max_tokens: int = 5, cover: float = 0.6) -> str:
-    """`tokens: " f", " x" | promotes: "(", "_"`: the fewest tokens (at most max_tokens)
-    that carry `cover` of the activation mass, then the top of the vocabulary projection."""
+    """`tokens: " f", " x"`: the fewest tokens (at most max_tokens) that carry `cover` of
+    the activation mass; the top of the vocabulary projection if no token fired."""
     picked, covered = [], 0.0
     for token, share in activation_mass(evidence):
         picked.append(token)
         covered += share
         if covered >= cover or len(picked) >= max_tokens:
             break
-    parts = []
     if picked:
-        parts.append("tokens: " + ", ".join(quote(t) for t in picked))
+        return "tokens: " + ", ".join(quote(t) for t in picked)
+    # The projection only when the examples name nothing: in the label it adds words
+    # that are not in the text the feature fires on, which the scorers then look for.
     if evidence.promoted:
-        parts.append("promotes: " + ", ".join(quote(t) for t in evidence.promoted[:3]))
-    return " | ".join(parts) or "no activating tokens in its examples"
+        return "promotes: " + ", ".join(quote(t) for t in evidence.promoted[:3])
+    return "no activating tokens in its examples"
 
 
 class OfflineExplainer:

@@ -51,7 +51,8 @@ def test_offline_label_names_the_tokens_with_most_activation_mass():
     ev = _evidence(windows, promoted=["(", "_", " ="])
     shares = dict(activation_mass(ev))
     assert max(shares, key=shares.get) == " f"
-    assert evidence_label(ev) == 'tokens: " f" | promotes: "(", "_", " ="'
+    assert evidence_label(ev) == 'tokens: " f"'
+    assert evidence_label(_evidence([], promoted=["(", "_"])) == 'promotes: "(", "_"'
     # A pair that carries nearly all of its token's mass is named as the pair.
     pairs = [Window(["New", " York"], [0.0, 1.0], c) for c in range(3)]
     assert evidence_label(_evidence(pairs)) == 'tokens: "New York"'
