@@ -194,7 +194,7 @@ def explain(
 ):
     """Explain and score an indexed SAE's features (the LLM endpoint: SAEFEAT_LLM_*)."""
     from saefeat.interp.spec import ExplainSpec
-    from saefeat.workers.explain import run_explain
+    from saefeat.workers.explain import run_explain, validate_explain
 
     spec = ExplainSpec(
         sae=sae,
@@ -203,6 +203,7 @@ def explain(
         scorers=[s.strip() for s in scorers.split(",") if s.strip()],
         batch_features=batch,
     )
+    validate_explain(spec)  # bad input is one line, before any progress bar
     with _bar("explain", "features") as bar:
         task = bar.add_task("explain", total=None, info="")
         result = run_explain(spec, progress=lambda d, t: bar.update(task, completed=d, total=t))

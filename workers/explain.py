@@ -155,6 +155,15 @@ def check_explain(spec: ExplainSpec, session, settings: Settings) -> None:
     check_sae(session, spec)
 
 
+def validate_explain(spec: ExplainSpec, settings: Settings | None = None) -> None:
+    """check_explain on its own catalog session (the CLI, before its progress bar)."""
+    from saefeat.pipeline import catalog_session
+
+    settings = settings or get_settings()
+    with catalog_session(settings) as s:
+        check_explain(spec, s, settings)
+
+
 def run_explain(
     spec: ExplainSpec,
     *,

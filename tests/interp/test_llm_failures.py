@@ -15,6 +15,7 @@ from saefeat.interp.llm import LLMClient, LLMError
 from saefeat.interp.pool import ScoringPool
 from saefeat.workers.explain import _Job, explain_batch
 
+
 class _Nonsense(BaseHTTPRequestHandler):
     """Answers every POST with HTTP 200 and a body that is no chat completion; the path
     /bad/v1/... answers JSON without `choices`, /down/v1/... a 503."""
