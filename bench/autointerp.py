@@ -32,6 +32,7 @@ os.environ.setdefault("SAEFEAT_HOME", str(CACHE))
 os.environ.setdefault("SAEFEAT_MODEL_CACHE", str(Path.home() / ".cache" / "saefeat" / "models"))
 
 import numpy as np  # noqa: E402
+from sqlalchemy import text  # noqa: E402
 
 from saefeat.config import Settings, get_settings  # noqa: E402
 from saefeat.interp.explainers import OfflineExplainer  # noqa: E402
@@ -86,7 +87,11 @@ def fresh_catalog(settings: Settings) -> Settings:
     src = Path(settings.db_url.removeprefix("sqlite:///"))
     dst = Path(tempfile.mkdtemp(prefix="autointerp-")) / "catalog.db"
     shutil.copyfile(src, dst)
-    return settings.model_copy(update={"database_url": f"sqlite:///{dst}"})
+    fresh = settings.model_copy(update={"database_url": f"sqlite:///{dst}"})
+    with catalog_session(fresh) as s:  # earlier runs' explanations would be skipped
+        s.execute(text("DELETE FROM labels WHERE source = 'auto'"))
+        s.commit()
+    return fresh
 
 
 def shuffled_scores(settings, spec, true_text: dict[int, str]) -> dict[str, list]:

@@ -89,7 +89,7 @@ class OfflineExplainer:
             return label
         fragments = "\n".join(w.marked() for w in evidence.explain[:5])
         answer = self.gloss.chat(prompts.gloss_messages(fragments), max_tokens=16).text
-        gloss = _first_line(answer)[:60]
+        gloss = _first_line(answer).replace("<<", "").replace(">>", "").strip()[:60]
         if not gloss:
             raise LLMError(f"the LLM gave no gloss (answered {answer[:100]!r})")
         return f"{label} ({gloss})"[:MAX_EXPLANATION_CHARS]

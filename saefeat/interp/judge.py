@@ -46,6 +46,7 @@ class _Judge:
     name = ""
     system = ""
     prompt_version = ""
+    shots: list[tuple[str, str, str]] = []
 
     def __init__(self, client: LLMClient, n_each: int = 5, seed: int = 0):
         self.client, self.n, self.seed = client, n_each, seed
@@ -59,7 +60,9 @@ class _Judge:
         truth, said, probs, shown, unreadable = [], [], [], [], []
         for text, is_positive in samples:
             answer = self.client.chat(
-                prompts.judge_messages(self.system, explanation, text), max_tokens=3, logprobs=True
+                prompts.judge_messages(self.system, explanation, text, self.shots),
+                max_tokens=3,
+                logprobs=True,
             )
             verdict, p = read_answer(answer)
             if verdict is None:
@@ -92,6 +95,7 @@ class DetectionScorer(_Judge):
 
     name = "detection"
     system = prompts.DETECTION_SYSTEM
+    shots = prompts.DETECTION_SHOTS
     prompt_version = prompts.DETECTION_VERSION
 
     def samples(self, evidence: FeatureEvidence, pool: ScoringPool) -> list[tuple[str, bool]]:
@@ -106,6 +110,7 @@ class FuzzingScorer(_Judge):
 
     name = "fuzzing"
     system = prompts.FUZZING_SYSTEM
+    shots = prompts.FUZZING_SHOTS
     prompt_version = prompts.FUZZING_VERSION
 
     def samples(self, evidence: FeatureEvidence, pool: ScoringPool) -> list[tuple[str, bool]]:

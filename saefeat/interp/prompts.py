@@ -51,8 +51,29 @@ def gloss_messages(evidence: str) -> list[dict[str, str]]:
     ]
 
 
-def judge_messages(system: str, explanation: str, text: str) -> list[dict[str, str]]:
-    return [
-        {"role": "system", "content": system},
-        {"role": "user", "content": f"Description: {explanation}\nText: {text}\nAnswer:"},
-    ]
+# Two worked answers before the real question: without them a small judge (SmolLM2-135M)
+# continues the text instead of answering; with them it answers a digit.
+DETECTION_SHOTS = [
+    ("names of animals", "the cat sat on the mat", "1"),
+    ("names of animals", "the stock market fell today", "0"),
+]
+FUZZING_SHOTS = [
+    ("names of animals", "the <<cat>> sat on the mat", "1"),
+    ("names of animals", "the cat sat <<on>> the mat", "0"),
+]
+
+
+def _question(explanation: str, text: str) -> str:
+    return f"Description: {explanation}\nText: {text}\nAnswer:"
+
+
+def judge_messages(
+    system: str, explanation: str, text: str, shots: list[tuple[str, str, str]]
+) -> list[dict[str, str]]:
+    messages = [{"role": "system", "content": system}]
+    for shot_explanation, shot_text, answer in shots:
+        messages += [
+            {"role": "user", "content": _question(shot_explanation, shot_text)},
+            {"role": "assistant", "content": answer},
+        ]
+    return messages + [{"role": "user", "content": _question(explanation, text)}]
