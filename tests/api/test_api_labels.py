@@ -7,7 +7,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from saefeat.api.app import create_app
-from saefeat.storage.catalog.models import ApiKey
+from saefeat.storage.catalog.models import API_SCOPES, ApiKey
 
 URL = "/v1/saes/sae-a/features/3/labels"
 PROBLEM = "application/problem+json"
@@ -150,7 +150,7 @@ def test_bootstrap_key_is_created_with_every_scope(make_settings, catalog, db):
             == 201
         )
     keys = db.scalars(select(ApiKey).where(ApiKey.name == "bootstrap")).all()
-    assert len(keys) == 1 and keys[0].scopes == ["read", "label", "admin"]
+    assert len(keys) == 1 and keys[0].scopes == list(API_SCOPES)
 
 
 def test_require_read_key_guards_reads(make_settings, catalog, keys):
