@@ -21,7 +21,7 @@ from saefeat.storage.catalog.writer import write_feature_index
 
 # feature index -> (text, detection, embedding)
 AUTO = {
-    0: ("tokens: \" (\" python calls", 0.9, 0.95),
+    0: ('tokens: " (" python calls', 0.9, 0.95),
     1: ("python imports", 0.6, 0.7),
     2: ("python keywords", 0.75, 0.55),
     3: ("dogs", 0.8, 0.8),
