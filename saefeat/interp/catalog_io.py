@@ -58,7 +58,7 @@ class ExplainPlan:
     def build_pool(self, settings: Settings) -> ScoringPool:
         """Run the subject model and the SAE over the scoring contexts (once per job)."""
         from saefeat.interp.encoder import sentence_encoder
-        from saefeat.lm import cached_model
+        from saefeat.lm import auto_dtype, cached_model
         from saefeat.sae import load_sae
         from saefeat.storage.activations import open_set
 
@@ -77,8 +77,9 @@ class ExplainPlan:
                 field="sae",
             ) from e
         contexts = scoring_contexts(aset, self.spec.pool_contexts, self.spec.seed)
+        # The harvest's dtype choice: bf16 where the CPU runs it fast (~10x fp32 here).
         return build_pool(
-            cached_model(aset.model_name, "cpu"),
+            cached_model(aset.model_name, "cpu", auto_dtype("cpu")),
             load_sae(self.checkpoint),
             self.hook,
             aset.tokens(),
