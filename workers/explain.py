@@ -53,6 +53,7 @@ class ExplainResult:
     failed: dict[int, str] = field(default_factory=dict)  # feature index -> error
     cancelled: bool = False
     seconds: float = 0.0
+    pool_seconds: float = 0.0  # of `seconds`: building the scoring pool (once per job)
     mean_scores: dict[str, float] = field(default_factory=dict)
 
     def summary(self) -> str:
@@ -193,7 +194,9 @@ def run_explain(
     if not plan.todo:
         result.seconds = time.perf_counter() - t0
         return result
+    t_pool = time.perf_counter()
     pool = plan.build_pool(settings)
+    result.pool_seconds = time.perf_counter() - t_pool
     ensure_ray(settings)
     pool_ref = ray.put(pool)
     job = _Job(spec.explainer, scorers, llm, spec.seed)
