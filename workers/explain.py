@@ -19,7 +19,7 @@ import numpy as np
 import ray
 
 from saefeat.config import Settings, get_settings
-from saefeat.errors import NotFoundError, SpecError
+from saefeat.errors import SaefeatError
 from saefeat.interp.evidence import FeatureEvidence
 from saefeat.interp.explainers import make_explainer
 from saefeat.interp.llm import LLMClient
@@ -124,11 +124,9 @@ def explain_batch(
 
 
 def _why(e: Exception) -> str:
-    return (
-        str(e)
-        if isinstance(e, SpecError | NotFoundError) or hasattr(e, "message")
-        else (f"{type(e).__name__}: {e}")[:500]
-    )
+    """Our errors say what happened in words; anything else gets its type name."""
+    text = str(e) if isinstance(e, SaefeatError) else f"{type(e).__name__}: {e}"
+    return text[:500]
 
 
 _explain_task = ray.remote(max_retries=1)(explain_batch)
