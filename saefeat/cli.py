@@ -223,6 +223,55 @@ def index(
 
 @app.command()
 @user_errors
+def explain(
+    sae: Annotated[str, typer.Option(help="SAE id")],
+    features: Annotated[
+        str | None, typer.Option(help="indices to explain, e.g. 0,5,10-20; default: all")
+    ] = None,
+    explainer: Annotated[str, typer.Option(help="offline or llm")] = "offline",
+    scorers: Annotated[
+        str, typer.Option(help="comma-separated: embedding,activation,detection,fuzzing")
+    ] = "embedding,activation",
+    batch: Annotated[int, typer.Option(help="features per Ray task")] = 64,
+):
+    """Explain and score an indexed SAE's features (the LLM endpoint: SAEFEAT_LLM_*)."""
+    from saefeat.interp.spec import ExplainSpec
+    from saefeat.workers.explain import run_explain, validate_explain
+
+    spec = ExplainSpec(
+        sae=sae,
+        features=_index_ranges(features) if features else None,
+        explainer=explainer,  # type: ignore[arg-type]
+        scorers=[s.strip() for s in scorers.split(",") if s.strip()],
+        batch_features=batch,
+    )
+    validate_explain(spec)  # bad input is one line, before any progress bar
+    with _bar("explain", "features") as bar:
+        task = bar.add_task("explain", total=None, info="")
+        result = run_explain(spec, progress=lambda d, t: bar.update(task, completed=d, total=t))
+    console.print(result.summary(), highlight=False)
+    for index, error in list(result.failed.items())[:5]:
+        console.print(f"  feature {index}: {error}", highlight=False, soft_wrap=True)
+
+
+def _index_ranges(text: str) -> list[int]:
+    """'0,5,10-12' -> [0, 5, 10, 11, 12]; SpecError naming `features` otherwise."""
+    from saefeat.errors import SpecError
+
+    out: list[int] = []
+    for part in text.split(","):
+        lo, _, hi = part.strip().partition("-")
+        try:
+            out += list(range(int(lo), int(hi) + 1)) if hi else [int(lo)]
+        except ValueError:
+            raise SpecError(
+                f"{part.strip()!r} is not an index or a range a-b", field="features"
+            ) from None
+    return out
+
+
+@app.command()
+@user_errors
 def serve(
     host: str = "127.0.0.1",
     port: int = DEFAULT_PORT,

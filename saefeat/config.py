@@ -72,6 +72,12 @@ class Settings(BaseSettings):
     max_job_resumes: int = Field(default=3, ge=0)
     # Seconds a cancel waits for the workers of the run to be gone before giving up.
     actor_exit_timeout_s: float = Field(default=60.0, gt=0)
+    # An OpenAI-compatible chat endpoint for explanations and judge scorers (issue 13),
+    # e.g. http://127.0.0.1:8000/v1; unset: the offline explainer and no-judge scorers.
+    llm_base_url: str | None = None
+    llm_model: str | None = None
+    llm_api_key: str | None = None
+    llm_timeout_s: float = 60.0
 
     @property
     def db_url(self) -> str:

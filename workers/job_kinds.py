@@ -27,7 +27,11 @@ from pydantic import BaseModel
 
 from saefeat.errors import SaefeatError
 
-BUILTIN_KIND_MODULES = ("saefeat.workers.harvest_job", "saefeat.workers.contrast_job")
+BUILTIN_KIND_MODULES = (
+    "saefeat.workers.harvest_job",
+    "saefeat.workers.contrast_job",
+    "saefeat.workers.explain_job",
+)
 Progress = Callable[[int, int], None]  # (done, total) in the kind's unit
 
 

@@ -16,6 +16,7 @@ from saefeat import __version__
 from saefeat.api import (
     catalog_routes,
     contrast_routes,
+    explain_routes,
     health_routes,
     job_routes,
     label_routes,
@@ -109,5 +110,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         job_routes.router, prefix=API_PREFIX, dependencies=read_guard, responses=read_responses
     )
     contrast_routes.install(app, API_PREFIX, read_guard, read_responses)
+    app.include_router(explain_routes.router, prefix=API_PREFIX)
     _bootstrap_key(app, settings)
     return app

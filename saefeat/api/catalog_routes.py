@@ -22,7 +22,7 @@ from saefeat.api.schemas import (
     TokenMatchPage,
 )
 from saefeat.errors import NotFoundError
-from saefeat.storage.catalog import documents, labels, queries
+from saefeat.storage.catalog import documents, explanations, labels, queries
 
 router = APIRouter(tags=["catalog"])
 
@@ -129,8 +129,9 @@ async def get_feature(sae_id: SaeId, index: FeatureIndexParam, session: SessionD
     feature = queries.get_feature(session, sae_id, index)
     label = convert.current_label_out(labels.label_state(session, [feature.id]), feature.id)
     document = documents.feature_document(session, feature.id)
+    explained = explanations.feature_explanations(session, feature.id)
     # Already JSON (the arrays come from the database as text), so no response_model pass.
-    body = convert.feature_detail_json(feature, document, label)
+    body = convert.feature_detail_json(feature, document, label, explained)
     return Response(body, media_type="application/json")
 
 

@@ -17,6 +17,7 @@ from saefeat.api.schemas import (
 )
 from saefeat.storage.catalog import labels
 from saefeat.storage.catalog.documents import FeatureDocument
+from saefeat.storage.catalog.explanations import ExplanationRow
 from saefeat.storage.catalog.label_search import LabelMatch
 from saefeat.storage.catalog.labels import LabelRow, Votes
 from saefeat.storage.catalog.models import SAE, Label
@@ -97,8 +98,28 @@ def _detail_fields(feature: FeatureRecord, document: FeatureDocument) -> dict[st
     }
 
 
+def explanation_out(row: ExplanationRow) -> dict[str, Any]:
+    return {
+        "label_id": row.label_id,
+        "text": row.text,
+        "explainer": row.explainer,
+        "explainer_model": row.explainer_model,
+        "prompt_version": row.prompt_version,
+        "evidence": row.evidence,
+        "created_at": row.created_at,
+        "scores": [
+            {"type": s.type, "value": s.value, "n": s.n, "scorer_model": s.scorer_model,
+             "details": s.details, "created_at": s.created_at}
+            for s in row.scores
+        ],
+    }  # fmt: skip
+
+
 def feature_detail_json(
-    feature: FeatureRecord, document: FeatureDocument, label: LabelOut | None
+    feature: FeatureRecord,
+    document: FeatureDocument,
+    label: LabelOut | None,
+    explained: list[ExplanationRow] = (),  # type: ignore[assignment]
 ) -> bytes:
     """The body of a FeatureDetail (tests/api validate it against the model)."""
     return orjson.dumps(
@@ -109,6 +130,7 @@ def feature_detail_json(
             "mean_activation": feature.mean_activation,
             **_detail_fields(feature, document),
             "label": label.model_dump(mode="json") if label else None,
+            "explanations": [explanation_out(e) for e in explained],
         }
     )
 

@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 from saefeat.api import convert
 from saefeat.api.deps import read_session
 from saefeat.errors import SaefeatError
-from saefeat.storage.catalog import documents, label_search, labels, queries
+from saefeat.storage.catalog import documents, explanations, label_search, labels, queries
 
 TEMPLATES = Jinja2Templates(directory=Path(__file__).parent / "templates")
 router = APIRouter(include_in_schema=False)
@@ -96,4 +96,5 @@ async def feature_page(
         feature_data=Markup(convert.script_json(feature, document)),
         neighbours=[(n, _text(state.current(n["feature_id"]))) for n in neighbours],
         history=[convert.label_out(lb, state.votes.get(lb.id)) for lb in state.history(feature.id)],
+        explanations=explanations.feature_explanations(session, feature.id),
     )

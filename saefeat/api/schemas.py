@@ -116,6 +116,29 @@ class LabelOut(BaseModel):
     votes_down: int = 0
 
 
+class ScoreOut(BaseModel):
+    type: str = Field(description="detection, fuzzing, embedding or activation")
+    value: float = Field(
+        description="detection/fuzzing: balanced accuracy; embedding: AUROC (0.5 = chance); "
+        "activation: standard deviations above random windows"
+    )
+    n: int = Field(description="Windows the score rests on")
+    scorer_model: str | None
+    details: dict[str, Any] = Field(description="The windows it was scored on, and more")
+    created_at: datetime
+
+
+class ExplanationOut(BaseModel):
+    label_id: int
+    text: str
+    explainer: str = Field(description="offline or llm (the auto label's author)")
+    explainer_model: str | None
+    prompt_version: str
+    evidence: dict[str, Any] = Field(description="The windows it was explained from")
+    created_at: datetime
+    scores: list[ScoreOut]
+
+
 class FeatureDetail(BaseModel):
     sae_id: str
     index: int
@@ -127,6 +150,9 @@ class FeatureDetail(BaseModel):
     projection: Projection
     label: LabelOut | None = Field(
         description="Newest human label, else the best-scored auto label, else null"
+    )
+    explanations: list[ExplanationOut] = Field(
+        default_factory=list, description="Automatic explanations, newest first, with scores"
     )
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Query
 from sqlalchemy.orm import Session
@@ -37,9 +37,23 @@ async def search_labels(
     sae_id: Annotated[str | None, Query(description="Only this SAE's features")] = None,
     limit: Annotated[int, Query(ge=1, le=queries.MAX_PAGE)] = 50,
     cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
+    sort: Annotated[
+        Literal["newest", "score"],
+        Query(description="newest match first, or best score first (ties: newest)"),
+    ] = "newest",
+    score_type: Annotated[
+        Literal["detection", "fuzzing", "embedding", "activation"] | None,
+        Query(description="Rank/filter by this explanation score; omit for the label's score"),
+    ] = None,
+    min_score: Annotated[
+        float | None, Query(description="Only labels with a score at least this")
+    ] = None,
 ) -> LabelMatchPage:
     def search() -> LabelMatchPage:
-        page = label_search.search_labels(session, q, sae_id=sae_id, limit=limit, cursor=cursor)
+        page = label_search.search_labels(
+            session, q, sae_id=sae_id, limit=limit, cursor=cursor,
+            sort=sort, score_type=score_type, min_score=min_score,
+        )  # fmt: skip
         votes = labels.label_votes(session, [m.label.id for m in page.items])
         items = [convert.label_match(m, votes.get(m.label.id)) for m in page.items]
         return LabelMatchPage(items=items, next_cursor=page.next_cursor)

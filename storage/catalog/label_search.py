@@ -140,9 +140,14 @@ def search_labels(
     sae_id: str | None = None,
     limit: int = 50,
     cursor: str | None = None,
+    sort: str = "newest",
+    score_type: str | None = None,
+    min_score: float | None = None,
     max_scan: int = MAX_SCAN,
 ) -> Page[LabelMatch]:
-    """Features with a label matching `q` (see search_syntax), newest match first.
+    """Features with a label matching `q` (see search_syntax), newest match first; ranked
+    or filtered by explanation score with `sort="score"`, `score_type`, `min_score`
+    (score_search.py).
 
     Reads at most `max_scan` matches: past that, the page holds what was found (with a
     cursor to go on), or, if nothing was, a SpecError asks for a narrower query."""
@@ -150,6 +155,15 @@ def search_labels(
         raise SpecError(f"is {limit}; use 1..{MAX_PAGE}", field="limit")
     if sae_id is not None:
         require_sae(session, sae_id)
+    if sort not in ("newest", "score"):
+        raise SpecError(f"is {sort!r}; use 'newest' or 'score'", field="sort")
+    if sort == "score" or score_type is not None or min_score is not None:
+        from saefeat.storage.catalog.score_search import search_labels_scored
+
+        return search_labels_scored(
+            session, q, sae_id=sae_id, sort=sort, score_type=score_type,  # type: ignore[arg-type]
+            min_score=min_score, limit=limit, cursor=cursor, max_scan=max_scan,
+        )  # fmt: skip
     after = None
     if cursor is not None:
         (after,) = decode_cursor(cursor, "labels:newest", (int,)).key

@@ -325,3 +325,50 @@ class ApiKey(Base):
     scopes: Mapped[list[Any]]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     revoked_at: Mapped[datetime | None]
+
+
+# ---- automatic explanations (issue 13, revision 0008) ----------------------------------
+
+
+class Explanation(Base):
+    """How an auto label was made: the explainer, its model and prompt version, and the
+    example windows it saw. One row per auto label an explain job wrote; a resubmitted
+    job skips features that already have one from the same explainer and prompt."""
+
+    __tablename__ = "explanations"
+
+    label_id: Mapped[int] = mapped_column(
+        ForeignKey("labels.id", ondelete="CASCADE"), primary_key=True
+    )
+    feature_id: Mapped[int] = mapped_column(ForeignKey("features.id", ondelete="CASCADE"))
+    explainer: Mapped[str] = mapped_column(String(50))
+    explainer_model: Mapped[str | None] = mapped_column(String(200))
+    prompt_version: Mapped[str] = mapped_column(String(50))
+    evidence: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    __table_args__ = (Index(None, "feature_id", "explainer", "prompt_version"),)
+
+
+class ExplanationScore(Base):
+    """One scorer's verdict on one explanation (a label): detection, fuzzing, embedding or
+    activation, with how many windows it rests on and what it was scored on."""
+
+    __tablename__ = "explanation_scores"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    label_id: Mapped[int] = mapped_column(ForeignKey("labels.id", ondelete="CASCADE"))
+    type: Mapped[str] = mapped_column(String(30))
+    value: Mapped[float]
+    n: Mapped[int]
+    details: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    explainer_model: Mapped[str | None] = mapped_column(String(200))
+    scorer_model: Mapped[str | None] = mapped_column(String(200))
+    prompt_version: Mapped[str] = mapped_column(String(50))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    __table_args__ = (
+        UniqueConstraint("label_id", "type"),
+        # Label search sorted or filtered by one score type.
+        Index(None, "type", "value"),
+    )

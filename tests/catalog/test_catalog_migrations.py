@@ -46,6 +46,8 @@ TABLES = {
     "label_votes",
     "contrasts",
     "contrast_features",
+    "explanations",
+    "explanation_scores",
 }
 HEAD = "0009"  # the newest revision
 
@@ -105,6 +107,13 @@ def _check_round_trip(url: str) -> None:
     assert {"owner", "lease_expires_at", "attempts"} <= _job_columns(url)
     downgrade(url, "0004")
     assert "attempts" not in _job_columns(url)
+    assert _tables(url) == TABLES - {
+        "explanations",
+        "explanation_scores",
+        "contrasts",
+        "contrast_features",
+    }
+    upgrade(url)
     downgrade(url, "0003")
     assert not {"owner", "lease_expires_at"} & _job_columns(url)
     upgrade(url)
@@ -115,7 +124,13 @@ def _check_round_trip(url: str) -> None:
     downgrade(url, "0001")
     assert current_revision(url) == "0001"
     assert not _has_fts(url)
-    assert _tables(url) == TABLES - {"label_votes", "contrasts", "contrast_features"}
+    assert _tables(url) == TABLES - {
+        "label_votes",
+        "contrasts",
+        "contrast_features",
+        "explanations",
+        "explanation_scores",
+    }
     upgrade(url)
     assert _has_fts(url)
     downgrade(url, "base")

@@ -1,0 +1,93 @@
+"""The scoring pool: windows of the activation set's contexts, run once per job through
+the subject model (up to the SAE's hook) and the SAE, and embedded once.
+
+Scorers take their negatives ("random windows") and the activation scorer its retrieval
+corpus from here, leaving out, per feature, the contexts its explanation was made from.
+Which contexts make the pool is `scoring_contexts`: the set's held-out slice when it
+exposes one (contexts training never read), else a seeded sample of all contexts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from saefeat.interp.encoder import SentenceEncoder
+from saefeat.lm import LanguageModel, parse_hook, run_to_hooks
+from saefeat.sae import SparseAutoencoder
+
+WINDOW_TOKENS = 32  # a pool window: long enough to read, short enough to be about one thing
+
+
+def scoring_contexts(aset, n_contexts: int, seed: int = 0) -> np.ndarray:
+    """Context indices the pool is cut from. Prefers the set's held-out contexts (an
+    attribute or method `held_out_contexts`, if the set has one); else samples all."""
+    held = getattr(aset, "held_out_contexts", None)
+    candidates = np.asarray(held() if callable(held) else held) if held is not None else None
+    if candidates is None or candidates.size == 0:
+        candidates = np.arange(aset.n_contexts)
+    rng = np.random.default_rng(seed)
+    take = min(n_contexts, candidates.size)
+    return np.sort(rng.choice(candidates, size=take, replace=False))
+
+
+@dataclass
+class ScoringPool:
+    texts: list[str]
+    context_index: np.ndarray  # [n] the context each window is cut from
+    acts: np.ndarray  # [n, d_sae] each feature's max activation over the window
+    embeddings: np.ndarray  # [n, dim] unit length
+    encoder_name: str
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def usable(self, exclude_contexts: set[int]) -> np.ndarray:
+        """Window ids whose context is not in `exclude_contexts`."""
+        if not exclude_contexts:
+            return np.arange(len(self))
+        keep = ~np.isin(self.context_index, np.fromiter(exclude_contexts, dtype=np.int64))
+        return np.nonzero(keep)[0]
+
+
+@torch.inference_mode()
+def build_pool(
+    lm: LanguageModel,
+    sae: SparseAutoencoder,
+    hook: str,
+    tokens: np.ndarray,
+    contexts: np.ndarray,
+    encoder: SentenceEncoder,
+    *,
+    window_tokens: int = WINDOW_TOKENS,
+    batch_contexts: int = 16,
+) -> ScoringPool:
+    """Cut `tokens[contexts]` into windows (position 0, the BOS/attention sink, left out),
+    run model + SAE over the whole contexts, and keep each feature's max per window."""
+    ctx_len = tokens.shape[1]
+    starts = list(range(1, ctx_len, window_tokens))
+    point = parse_hook(hook)
+    acts = np.zeros((len(contexts) * len(starts), sae.cfg.d_sae), np.float32)
+    texts, owner = [], []
+    decode = lm.tokenizer.decode  # type: ignore[attr-defined]
+    for b in range(0, len(contexts), batch_contexts):
+        ids = torch.from_numpy(tokens[contexts[b : b + batch_contexts]].astype(np.int64))
+        x = run_to_hooks(lm, ids, [point])[hook]  # [batch, ctx, d_in]
+        vals, idx = sae.encode(x.reshape(-1, x.shape[-1]).to(sae.W_enc.dtype))
+        dense = torch.zeros(vals.shape[0], sae.cfg.d_sae).scatter_(1, idx, vals.float())
+        dense = dense.clamp(min=0).reshape(ids.shape[0], ctx_len, -1)
+        for j, ctx in enumerate(contexts[b : b + batch_contexts]):
+            for s in starts:
+                row = len(texts)
+                acts[row] = dense[j, s : s + window_tokens].amax(0).numpy()
+                texts.append(decode(ids[j, s : s + window_tokens].tolist()))
+                owner.append(int(ctx))
+    return ScoringPool(
+        texts=texts,
+        context_index=np.asarray(owner, np.int64),
+        acts=acts[: len(texts)],
+        embeddings=encoder.encode(texts),
+        encoder_name=encoder.name,
+    )

@@ -1,0 +1,56 @@
+"""The explain job's spec: which SAE, which features, which explainer and scorers."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from saefeat.interp.scorers import NO_JUDGE
+from saefeat.storage.catalog.explanations import SCORE_TYPES
+
+
+class ExplainOptions(BaseModel):
+    """Everything about an explain job but the SAE (the body of its HTTP route)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    features: list[int] | None = Field(
+        None, description="Latent indices to explain; omit for every feature"
+    )
+    explainer: Literal["offline", "llm"] = "offline"
+    scorers: list[str] = Field(
+        default_factory=lambda: list(NO_JUDGE),
+        description=f"Any of {list(SCORE_TYPES)}; detection and fuzzing need a judge LLM",
+    )
+    n_explain: int = Field(10, ge=1, le=100, description="Top examples shown to the explainer")
+    pool_contexts: int = Field(
+        256, ge=4, le=100_000, description="Contexts cut into the scoring pool's windows"
+    )
+    batch_features: int = Field(64, ge=1, le=4096, description="Features per Ray task")
+    seed: int = 0
+
+    @field_validator("scorers")
+    @classmethod
+    def _known_scorers(cls, names: list[str]) -> list[str]:
+        unknown = [n for n in names if n not in SCORE_TYPES]
+        if unknown:
+            raise ValueError(f"{unknown[0]!r} is not a scorer; use any of {list(SCORE_TYPES)}")
+        return [t for t in SCORE_TYPES if t in names]
+
+    @field_validator("features")
+    @classmethod
+    def _non_negative(cls, features: list[int] | None) -> list[int] | None:
+        if features is not None:
+            if any(i < 0 for i in features):
+                raise ValueError("feature indices are >= 0")
+            features = sorted(set(features))
+        return features
+
+
+class ExplainSpec(ExplainOptions):
+    sae: str = Field(min_length=1, description="SAE id in the catalog")
+
+    def spec_hash(self) -> str:
+        return "ex-" + hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:16]

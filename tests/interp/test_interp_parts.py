@@ -1,0 +1,119 @@
+"""The pieces of automatic interpretation that need no model: metrics, marking, the
+offline explainer, reading LLM answers, the spec's checks."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from saefeat.errors import SpecError
+from saefeat.interp.evidence import FeatureEvidence, Window, split_examples
+from saefeat.interp.explainers import (
+    activation_mass,
+    evidence_label,
+    make_explainer,
+    parse_explanation,
+)
+from saefeat.interp.judge import read_answer
+from saefeat.interp.llm import ChatAnswer, LLMError, TokenChoice
+from saefeat.interp.metrics import auroc, balanced_accuracy
+from saefeat.interp.scorers import check_scorers
+from saefeat.interp.spec import ExplainSpec
+from saefeat.storage.catalog.queries import ExampleRow
+
+
+def test_auroc_and_balanced_accuracy():
+    assert auroc([3, 4], [1, 2]) == 1.0
+    assert auroc([1, 2], [3, 4]) == 0.0
+    assert auroc([1, 1], [1, 1]) == 0.5  # ties count half
+    assert auroc([2, 0], [1]) == 0.5
+    # 9 negatives all right, 1 positive wrong: accuracy 0.9, balanced 0.5.
+    assert balanced_accuracy([True] + [False] * 9, [False] * 10) == 0.5
+    assert balanced_accuracy([True, False], [True, False]) == 1.0
+
+
+def test_marked_puts_consecutive_firing_tokens_in_one_pair():
+    w = Window(["a", " b", " c", " d"], [0.0, 1.0, 2.0, 0.0], 0)
+    assert w.marked() == "a<< b c>> d"
+    assert w.marked([True, False, False, True]) == "<<a>> b c<< d>>"
+
+
+def _evidence(windows, promoted=()):
+    return FeatureEvidence(3, 30, 0.01, 2.0, windows, [], list(promoted))
+
+
+def test_offline_label_names_the_tokens_with_most_activation_mass():
+    windows = [
+        Window(["x", " f", "("], [0.0, 2.0, 0.0], 1),
+        Window(["y", " f", " x"], [0.0, 1.5, 0.5], 2),
+        Window(["z", " a", ","], [0.0, 0.4, 0.0], 3),
+    ]
+    ev = _evidence(windows, promoted=["(", "_", " ="])
+    shares = dict(activation_mass(ev))
+    assert max(shares, key=shares.get) == " f"
+    assert evidence_label(ev) == 'tokens: " f"'
+    assert evidence_label(_evidence([], promoted=["(", "_"])) == 'promotes: "(", "_"'
+    # A pair that carries nearly all of its token's mass is named as the pair.
+    pairs = [Window(["New", " York"], [0.0, 1.0], c) for c in range(3)]
+    assert evidence_label(_evidence(pairs)) == 'tokens: "New York"'
+
+
+def test_offline_explainer_without_llm_has_no_gloss():
+    explainer = make_explainer("offline", None)
+    ev = _evidence([Window(["a", " b"], [0.0, 1.0], 1)])
+    assert explainer.explain(ev) == 'tokens: " b"'
+    assert explainer.model is None and explainer.prompt_version == "offline-v1"
+
+
+def test_split_keeps_explain_contexts_out_of_the_held_out_windows():
+    def row(kind, rank, ctx, act):
+        return ExampleRow(kind, rank, act, ctx, 1, 0, [1], ["t"], [act])
+
+    examples = [row("top", i, ctx, 5.0 - i) for i, ctx in enumerate([7, 8, 9])] + [
+        row("quantile", 0, 8, 1.0),  # context 8 explained: left out
+        row("quantile", 1, 20, 0.5),
+        row("quantile", 2, 20, 0.4),  # one window per context
+        row("quantile", 3, 21, 0.3),
+    ]
+    explain, held = split_examples(examples, n_explain=2)
+    assert [w.context_index for w in explain] == [7, 8]
+    assert [w.context_index for w in held] == [9, 20, 21]
+
+
+@pytest.mark.parametrize(
+    ("answer", "text"),
+    [
+        ("Step 1...\n[EXPLANATION]: closing brackets in code", "closing brackets in code"),
+        ('"Python keywords"\nmore', "Python keywords"),
+        ("[explanation] <<the>> word the", "the word the"),
+    ],
+)
+def test_parse_explanation(answer, text):
+    assert parse_explanation(answer) == text
+
+
+@pytest.mark.parametrize("answer", ["", "   \n ", "[EXPLANATION]: ***", "<<>>"])
+def test_an_answer_with_no_explanation_is_an_llm_error(answer):
+    with pytest.raises(LLMError, match="no explanation"):
+        parse_explanation(answer)
+
+
+def test_read_answer_takes_the_verdict_and_p1_from_logprobs():
+    tokens = [TokenChoice("1", {"1": -0.1, "0": -2.4, "Yes": -3.0})]
+    verdict, p = read_answer(ChatAnswer("1", tokens))
+    assert verdict is True and 0.9 < p < 0.92
+    assert read_answer(ChatAnswer(" no.", None)) == (False, None)
+    assert read_answer(ChatAnswer("maybe", None)) == (None, None)
+
+
+def test_unknown_scorer_and_judges_without_llm_are_refused():
+    with pytest.raises(ValidationError, match="'vibes' is not a scorer"):
+        ExplainSpec(sae="s", scorers=["embedding", "vibes"])
+    with pytest.raises(SpecError, match="scorers: 'detection' needs a judge LLM"):
+        check_scorers(["detection"], has_llm=False)
+    with pytest.raises(SpecError, match="explainer: 'llm' needs an endpoint"):
+        make_explainer("llm", None)
+    assert ExplainSpec(sae="s", scorers=["activation", "embedding"]).scorers == [
+        "embedding",
+        "activation",
+    ]
