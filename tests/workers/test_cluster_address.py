@@ -30,7 +30,7 @@ def test_harvest_on_a_cluster_address(spec, tmp_path):
     # ray_current_cluster file away from every other Ray on the machine.
     ray_tmp = tempfile.mkdtemp(prefix="rayc", dir="/tmp")
     env = dict(os.environ, RAY_AUTH_MODE="disabled", SAEFEAT_HOME=str(tmp_path / "home"),
-               RAY_TMPDIR=ray_tmp)  # fmt: skip
+               SAEFEAT_CORPUS_ROOTS=str(tmp_path), RAY_TMPDIR=ray_tmp)  # fmt: skip
     # Every port of our own, so this head never meets the suite's session-wide Ray.
     head = ["--head", f"--port={port}", "--num-cpus=2", "--include-dashboard=false",
             "--node-ip-address=127.0.0.1", "--object-store-memory=80000000",

@@ -102,7 +102,8 @@ def test_server_outlives_its_jobs_on_loopback_with_ray_auth(tiny_llama, tmp_path
         "".join(f"def f{i}(x):\n    return x * {i} + {i % 7}\n\n" for i in range(5000))
     )
     port = _free_port()
-    env = dict(os.environ, SAEFEAT_HOME=str(home), SAEFEAT_BOOTSTRAP_API_KEY=KEY)
+    env = dict(os.environ, SAEFEAT_HOME=str(home), SAEFEAT_BOOTSTRAP_API_KEY=KEY,
+               SAEFEAT_ALLOWED_MODELS=str(tiny_llama))  # fmt: skip
     for name in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_ADDRESS",
                  "SAEFEAT_RAY_ADDRESS", "SAEFEAT_DATABASE_URL"):  # fmt: skip
         env.pop(name, None)  # production defaults: token auth on, our own Ray
