@@ -215,8 +215,16 @@ def serve(
         return
     # Each worker process builds its own app from the environment; migrate once, first.
     from saefeat.storage.catalog.db import upgrade
+    from saefeat.workers.runtime import ensure_ray
 
     upgrade(settings.db_url)
+    # One Ray for all of them, owned by this (the supervising) process's main thread;
+    # the workers join it as drivers.
+    ensure_ray(settings)
+    if not settings.ray_address:
+        import ray
+
+        os.environ["SAEFEAT_RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
     uvicorn.run("saefeat.api.app:create_app", factory=True, host=host, port=port,
                 workers=workers, log_level="warning")  # fmt: skip
 

@@ -63,6 +63,16 @@ class Settings(BaseSettings):
     # Signs pagination cursors; default: made once in $SAEFEAT_HOME/secret (mode 0600).
     cursor_secret: str | None = None
 
+    # Jobs (workers/jobs.py, workers/harvest.py).
+    # Seconds a job's Ray workers may take to be scheduled and start (model loaded);
+    # past that the job fails with what it asked for and what the cluster has.
+    schedule_timeout_s: float = Field(default=600.0, gt=0)
+    # A job picked up again after its runner stopped (shutdown, crash) more often than
+    # this fails, with the history of its attempts.
+    max_job_resumes: int = Field(default=3, ge=0)
+    # Seconds a cancel waits for the workers of the run to be gone before giving up.
+    actor_exit_timeout_s: float = Field(default=60.0, gt=0)
+
     @property
     def db_url(self) -> str:
         return self.database_url or f"sqlite:///{self.home / 'catalog.db'}"

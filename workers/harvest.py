@@ -15,6 +15,7 @@ skipped, recorded, and the set is marked `complete_with_gaps`.
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -31,9 +32,11 @@ from saefeat.lm import model_config_and_tokenizer, parse_hook
 from saefeat.specs import HarvestSpec
 from saefeat.storage.activations import STATUS_COMPLETE, ActivationSet
 from saefeat.storage.stats import set_statistics
+from saefeat.workers.job_kinds import JobBusy, JobStopped
 from saefeat.workers.runtime import cpus_available, ensure_ray, gpus_available
 from saefeat.workers.shard import ShardHarvester, model_dtype
 
+log = logging.getLogger(__name__)
 Progress = Callable[[int, int], None]  # (tokens done, tokens total)
 ShouldStop = Callable[[], bool]
 # Test-only: "shard:times,..." makes the actor os._exit() on its first `times` attempts at
@@ -43,19 +46,68 @@ IN_FLIGHT_PER_ACTOR = 2  # one shard in the forward, one being written
 __all__ = ["HarvestResult", "HarvestWorker", "ShardHarvester", "harvest", "model_dtype"]
 
 
-class HarvestCancelled(SaefeatError):
+class HarvestCancelled(JobStopped):
     """The job was cancelled; committed shards stay valid and a resubmit resumes."""
 
     status_code = 409
 
 
-class HarvestBusy(SaefeatError):
+class HarvestBusy(JobBusy):
     """Another process is harvesting this set right now."""
 
     status_code = 409
 
 
-HarvestWorker = ray.remote(max_restarts=-1, max_task_retries=0, max_concurrency=2)(ShardHarvester)
+class _RayShardHarvester(ShardHarvester):
+    def where(self) -> tuple[str, int]:
+        """(node id, pid): lets the driver wait for this process to be gone. Answers
+        once the model is loaded, like ready()."""
+        return ray.get_runtime_context().get_node_id(), os.getpid()
+
+
+HarvestWorker = ray.remote(max_restarts=-1, max_task_retries=0, max_concurrency=2)(
+    _RayShardHarvester
+)
+
+
+def _resources() -> str:
+    total, free = ray.cluster_resources(), ray.available_resources()
+    keys = [k for k in ("CPU", "GPU") if k in total or k in free]
+    return ", ".join(f"{k} {free.get(k, 0):g} free of {total.get(k, 0):g}" for k in keys) or "none"
+
+
+def _check_fits(options: dict, n_workers: int) -> None:
+    """Fail at once when the workers can never be scheduled on this machine."""
+    total = ray.cluster_resources()
+    if "num_gpus" in options:
+        need, have, what, field = (
+            n_workers * options["num_gpus"],
+            total.get("GPU", 0),
+            "GPU",
+            "device",
+        )
+    else:
+        need, have, what, field = (
+            n_workers * options["num_cpus"],
+            total.get("CPU", 0),
+            "CPU",
+            "workers",
+        )
+    if need > have:
+        raise SpecError(
+            f"the harvest needs {need:g} {what}(s) for {n_workers} worker(s) but this "
+            f"machine's Ray has {have:g}; lower `workers` or choose another `device`",
+            field=field,
+        )
+
+
+def _process_alive(pid: int) -> bool:
+    """A pid that is gone or a zombie (exited, not yet reaped) can write nothing."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
 
 
 @dataclass
@@ -212,6 +264,10 @@ class _ShardRun:
         self.skipped: dict[int, str] = {}
         self.startup_seconds = self.shard_seconds = 0.0
         self.tokens_run = 0
+        self.where: dict[int, tuple[str, int]] = {}  # actor index -> (node id, pid)
+
+    def _stopping(self) -> bool:
+        return bool(self.should_stop and self.should_stop())
 
     def _start_workers(self, n_shards: int) -> list:
         ensure_ray(self.settings)
@@ -221,22 +277,76 @@ class _ShardRun:
         n_workers = min(self.spec.workers or default_workers, n_shards)
         threads = max(1, cpus_available() // n_workers)
         options = {"num_gpus": 1} if device.startswith("cuda") else {"num_cpus": threads}
+        if not self.settings.ray_address:  # our own Ray: what it has is all it will have
+            _check_fits(options, n_workers)
         args = (self.spec.model_dump_json(), str(self.aset.path), device, threads)
         crash = os.environ.get(CRASH_ENV) or None
         workers = [HarvestWorker.options(**options).remote(*args, crash) for _ in range(n_workers)]
         try:
-            ray.get([w.ready.remote() for w in workers])
-        except ray.exceptions.RayTaskError as e:
-            for w in workers:
-                ray.kill(w)
-            raise _task_error(e) from None
-        except ray.exceptions.RayActorError as e:
-            for w in workers:
-                ray.kill(w)
-            lines = [line for line in str(e).splitlines() if line.strip()]
-            why = lines[-1].strip() if lines else type(e).__name__  # the __init__ error
-            raise SaefeatError(f"harvest workers failed to start: {why}") from None
+            self._wait_until_up(workers, options)
+        except BaseException:
+            self._stop_workers(workers)
+            raise
         return workers
+
+    def _wait_until_up(self, workers: list, options: dict) -> None:
+        """Until every actor is scheduled and has loaded the model; bounded by
+        settings.schedule_timeout_s, and a cancel stops the wait."""
+        limit = self.settings.schedule_timeout_s
+        deadline = time.monotonic() + limit
+        refs = {w.where.remote(): i for i, w in enumerate(workers)}
+        pending = list(refs)
+        while pending:
+            if self._stopping():
+                raise HarvestCancelled("the harvest was cancelled; resubmit it to resume")
+            if time.monotonic() > deadline:
+                raise SaefeatError(
+                    f"harvest workers were not up within {limit:.0f}s "
+                    f"(SAEFEAT_SCHEDULE_TIMEOUT_S): {len(pending)} of {len(workers)} still "
+                    f"wait for {options} each; the cluster has {_resources()}"
+                )
+            done, pending = ray.wait(pending, num_returns=len(pending), timeout=0.5)
+            for ref in done:
+                try:
+                    self.where[refs[ref]] = ray.get(ref)
+                except ray.exceptions.RayTaskError as e:
+                    raise _task_error(e) from None
+                except ray.exceptions.RayActorError as e:
+                    lines = [line for line in str(e).splitlines() if line.strip()]
+                    why = lines[-1].strip() if lines else type(e).__name__  # __init__'s error
+                    raise SaefeatError(f"harvest workers failed to start: {why}") from None
+
+    def _stop_workers(self, workers: list) -> None:
+        """Kill the actors and return only once none of them can write a shard: Ray
+        has them dead, and the processes on this machine have exited. ray.kill alone
+        does not wait, and a dying actor could still commit a shard that the next run
+        is writing (two writers on one shard)."""
+        for w in workers:
+            ray.kill(w, no_restart=True)
+        deadline = time.monotonic() + self.settings.actor_exit_timeout_s
+        # Ray's view: a call fails with ActorDiedError once it has the actor dead; one
+        # that still answers was sent before the kill landed, so ask again.
+        pending = {w.ready.remote(): w for w in workers}
+        while pending and time.monotonic() < deadline:
+            done, _ = ray.wait(list(pending), num_returns=len(pending), timeout=0.5)
+            for ref in done:
+                w = pending.pop(ref)
+                try:
+                    ray.get(ref)
+                except ray.exceptions.ActorDiedError:
+                    continue
+                except ray.exceptions.RayError:
+                    pass  # unavailable (restarting, unreachable): not known dead yet
+                pending[w.ready.remote()] = w
+        here = ray.get_runtime_context().get_node_id()
+        pids = [pid for node, pid in self.where.values() if node == here]
+        while pids and time.monotonic() < deadline:
+            pids = [p for p in pids if _process_alive(p)]
+            if pids:
+                time.sleep(0.05)
+        if pending or pids:
+            log.error("harvest workers still alive %.0fs after ray.kill: %d actor(s), pids %s",
+                      self.settings.actor_exit_timeout_s, len(pending), pids)  # fmt: skip
 
     def _report(self, done: int) -> None:
         if self.progress:
@@ -254,9 +364,9 @@ class _ShardRun:
         suspects: set[int] = set()  # in flight when an actor died: run alone next time
         in_flight: dict = {}  # ref -> (actor index, shard)
         per_actor: dict[int, list[int]] = {i: [] for i in range(len(workers))}
-        # An actor that died is restarted by Ray; until its ready() answers, tasks sent to
+        # An actor that died is restarted by Ray; until its where() answers, tasks sent to
         # it fail at once with ActorUnavailableError, so it gets none.
-        probes: dict = {}  # ready() ref -> actor index
+        probes: dict = {}  # where() ref -> actor index
         down: set[int] = set()
 
         def submit() -> None:
@@ -273,12 +383,12 @@ class _ShardRun:
 
         def probe(i: int) -> None:
             down.add(i)
-            probes[workers[i].ready.remote()] = i
+            probes[workers[i].where.remote()] = i  # a restarted actor has a new pid
 
         try:
             submit()
             while in_flight or probes:
-                if self.should_stop and self.should_stop():
+                if self._stopping():
                     return
                 ready, _ = ray.wait([*in_flight, *probes], num_returns=1, timeout=0.5)
                 if not ready:
@@ -287,7 +397,7 @@ class _ShardRun:
                 if ref in probes:
                     i = probes.pop(ref)
                     try:
-                        ray.get(ref)
+                        self.where[i] = ray.get(ref)
                         down.discard(i)
                     except ray.exceptions.RayActorError:
                         time.sleep(0.2)  # still restarting
@@ -314,10 +424,8 @@ class _ShardRun:
                 submit()
         finally:
             self.shard_seconds = time.perf_counter() - t1
-            for ref in in_flight:
-                ray.cancel(ref)
-            for w in workers:
-                ray.kill(w)  # also stops a running shard on cancel: it stays uncommitted
+            # Also stops a running shard on cancel: it stays uncommitted.
+            self._stop_workers(workers)
 
     def _worker_died(self, shard: int, e: Exception, queue: list[int], suspects: set[int]):
         n = self.attempts[shard] = self.attempts.get(shard, 0) + 1

@@ -1,18 +1,22 @@
-"""The job runner: a harvest job row in SQL is the truth; a thread here drives the Ray work.
+"""The job runner: a job row in SQL is the truth; a thread here runs the job's kind.
 
-Life of a job: `submit` writes a `queued` row (or replays the row of the same
-Idempotency-Key, or joins the active job of the same activation set); `start` runs it in
-a background thread of this process, which moves it to `running`, writes progress
-(tokens done/total, tokens/s) as shards commit, and ends it `succeeded`, `failed` (error
-text set; a harvest that had to skip shards fails and names them) or `cancelled`.
-`cancel` sets a flag the harvest polls between shards; in-flight Ray work is dropped,
-committed shards stay valid, and resubmitting the spec resumes.
+What a job does is its kind's (workers/job_kinds.py: harvest, ...); the runner is the
+same for all. Life of a job: `submit` writes a `queued` row (or replays the row of the
+same Idempotency-Key, or joins the active job of the same kind and spec hash); `start`
+runs it in a background thread of this process, which moves it to `running`, writes
+progress (done/total, rate) and ends it `succeeded`, `failed` (error text set) or
+`cancelled`. `cancel` sets a flag the kind polls; what it committed stays valid, and
+resubmitting the spec resumes.
 
 Several processes may run jobs (`saefeat serve --workers N`, the CLI): a runner claims a
 job with one conditional UPDATE (queued, or running under a lease that has run out) that
 writes its owner id and a lease expiry, and a heartbeat renews the leases of the jobs it
 runs. So each job runs in one place, and a job whose process died (its lease runs out)
 is picked up by `resume_pending`, which the API calls on start and then every LEASE_S.
+Every claim is an attempt, kept on the row (`attempts`, revision 0005) with how it
+ended; a job picked up again more than settings.max_job_resumes times fails with that
+history instead of running again. On shutdown the runner hands its jobs back to
+`queued`.
 """
 
 from __future__ import annotations
@@ -21,29 +25,36 @@ import logging
 import os
 import socket
 import threading
-import time
 import uuid
 from collections.abc import Callable
 from datetime import datetime, timedelta
+from typing import Any
 
+from pydantic import BaseModel
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from saefeat.config import Settings
 from saefeat.errors import NotFoundError, SaefeatError
-from saefeat.specs import HarvestSpec
 from saefeat.storage.catalog.cursor import Cursor, decode_cursor, encode_cursor
 from saefeat.storage.catalog.models import Job, utcnow
-from saefeat.workers.harvest import HarvestBusy, HarvestCancelled, HarvestResult
+from saefeat.workers.job_kinds import (
+    JobBusy,
+    JobStopped,
+    job_kind,
+    job_kind_names,
+    kind_for_spec,
+)
+from saefeat.workers.job_progress import ProgressMeter
 
 log = logging.getLogger(__name__)
-HARVEST = "harvest"
 ACTIVE = ("queued", "running")
 FINISHED = ("succeeded", "failed", "cancelled")
-PROGRESS_EVERY_S = 0.5  # at most this often a progress write to the catalog
 LEASE_S = 60.0  # a running job's claim holds this long unless its runner renews it
 HEARTBEAT_S = LEASE_S / 4  # how often a runner renews its leases
 CANCEL_REQUESTED = "cancel requested"  # on a running job's row: its runner should stop
+SHUTDOWN = "interrupted by a shutdown"
+LEASE_LOST = "its runner stopped renewing the lease (the process died or hung)"
 
 
 class IdempotencyConflict(SaefeatError):
@@ -52,10 +63,6 @@ class IdempotencyConflict(SaefeatError):
 
 class JobFinished(SaefeatError):
     status_code = 409
-
-
-def _spec_json(spec: HarvestSpec) -> dict:
-    return spec.model_dump(mode="json")
 
 
 class JobRunner:
@@ -107,15 +114,17 @@ class JobRunner:
 
     # ---- submit / cancel ----------------------------------------------------------
 
-    def submit(self, spec: HarvestSpec, idempotency_key: str | None = None) -> tuple[Job, bool]:
-        """(the job, whether it is new). Same key + same spec replays; same key + another
-        spec is IdempotencyConflict; an active job for the same set is joined."""
-        body = _spec_json(spec)
+    def submit(self, spec: BaseModel, idempotency_key: str | None = None) -> tuple[Job, bool]:
+        """(the job, whether it is new); the kind is the one that takes the spec's type.
+        Same key + same spec replays; same key + another spec is IdempotencyConflict; an
+        active job of the same kind and spec hash is joined."""
+        kind = kind_for_spec(spec)
+        body, spec_hash = spec.model_dump(mode="json"), kind.spec_hash(spec)
         with self._lock, self.make_session() as s:
             if idempotency_key is not None:
                 job = s.scalar(select(Job).where(Job.idempotency_key == idempotency_key))
                 if job is not None:
-                    if job.kind != HARVEST or job.spec != body:
+                    if job.kind != kind.name or job.spec != body:
                         raise IdempotencyConflict(
                             f"Idempotency-Key {idempotency_key!r} was used for job {job.id} "
                             "with a different body; use a new key for a new request",
@@ -125,16 +134,16 @@ class JobRunner:
                     return job, False
             active = s.scalar(
                 select(Job)
-                .where(Job.kind == HARVEST, Job.spec_hash == spec.set_id(), Job.status.in_(ACTIVE))
+                .where(Job.kind == kind.name, Job.spec_hash == spec_hash, Job.status.in_(ACTIVE))
                 .order_by(Job.created_at)
             )
-            if active is not None:  # two runs of one set would be two writers of its shards
+            if active is not None:  # two runs of one work would be two writers of it
                 s.expunge(active)
                 return active, False
             job = Job(
-                kind=HARVEST,
+                kind=kind.name,
                 spec=body,
-                spec_hash=spec.set_id(),
+                spec_hash=spec_hash,
                 status="queued",
                 idempotency_key=idempotency_key,
             )
@@ -194,13 +203,13 @@ class JobRunner:
         return or_(Job.status == "queued", and_(Job.status == "running", expired))
 
     def resume_pending(self) -> list[str]:
-        """Start every harvest job nobody runs: queued, or left running by a dead runner.
+        """Start every job nobody runs: queued, or left running by a dead runner.
         Each thread claims its job first, so a job another live runner holds is left be."""
         with self.make_session() as s:
             ids = list(
                 s.scalars(
                     select(Job.id)
-                    .where(Job.kind == HARVEST, self._claimable(utcnow()))
+                    .where(Job.kind.in_(job_kind_names()), self._claimable(utcnow()))
                     .order_by(Job.created_at)
                 )
             )
@@ -225,7 +234,8 @@ class JobRunner:
 
     def claim(self, job_id: str) -> bool:
         """Make the job ours and running, in one UPDATE that only matches while it is
-        claimable: two runners racing for one job cannot both win."""
+        claimable: two runners racing for one job cannot both win. False also when the
+        job was resumed too often: it is failed instead."""
         now = utcnow()
         with self.make_session() as s:
             claimed = s.execute(
@@ -241,9 +251,53 @@ class JobRunner:
                 )
             ).rowcount
             s.commit()
-        if claimed:
-            self._start_heartbeat()
-        return claimed == 1
+        if not claimed:
+            return False
+        self._start_heartbeat()
+        return self._begin_attempt(job_id)
+
+    def _begin_attempt(self, job_id: str) -> bool:
+        """Append this attempt to the row's history (ours now, so no race), closing an
+        attempt whose runner died; fail the job instead past max_job_resumes."""
+        now = utcnow().isoformat()
+        limit = self.settings.max_job_resumes
+        with self.make_session() as s:
+            job = s.get(Job, job_id)
+            attempts = [dict(a) for a in job.attempts or []]
+            if attempts and attempts[-1].get("ended") is None:
+                attempts[-1].update(ended=now, why=LEASE_LOST)
+            if len(attempts) > limit:
+                history = "; ".join(f"{i}. {a['owner']} from {a['started']}: {a['why']}"
+                                    for i, a in enumerate(attempts, 1))  # fmt: skip
+                job.status, job.lease_expires_at = "failed", None
+                job.error = (
+                    f"picked up again more than {limit} time(s) (SAEFEAT_MAX_JOB_RESUMES) "
+                    f"without finishing, so it was failed; attempts: {history}"
+                )[:4000]
+            else:
+                attempts.append({"owner": self.owner, "started": now, "ended": None, "why": None})
+            job.attempts = attempts
+            s.commit()
+            return job.status == "running"
+
+    def _end_attempt(self, job_id: str, why: str | None, **values: Any) -> None:
+        """Write `values` and close our open attempt with `why` (None: forget it, it
+        never ran); nothing if the job is no longer ours (handed back on shutdown, or
+        taken over after our lease ran out)."""
+        with self.make_session() as s:
+            job = s.get(Job, job_id)
+            if job is None or job.owner != self.owner or job.status != "running":
+                return
+            attempts = [dict(a) for a in job.attempts or []]
+            if attempts and attempts[-1]["owner"] == self.owner and not attempts[-1]["ended"]:
+                if why is None:
+                    attempts.pop()
+                else:
+                    attempts[-1].update(ended=utcnow().isoformat(), why=why)
+                job.attempts = attempts
+            for k, v in values.items():
+                setattr(job, k, v)
+            s.commit()
 
     def renew_leases(self) -> int:
         """Extend the lease of every job this runner is running, and pass on the cancel
@@ -276,32 +330,37 @@ class JobRunner:
             self._heartbeat = threading.Thread(target=beat, name="job-heartbeat", daemon=True)
             self._heartbeat.start()
 
-    def _release(self, job_id: str, error: str) -> None:
-        """Back to `queued` for any runner (this one shut down, or the set was busy)."""
-        self._update(job_id, status="queued", owner=None, lease_expires_at=None, error=error)
+    def _release(self, job_id: str, error: str, *, ran: bool = True) -> None:
+        """Back to `queued` for any runner (this one shut down, or the work was busy)."""
+        self._end_attempt(job_id, error if ran else None, status="queued", owner=None,
+                          lease_expires_at=None, error=error)  # fmt: skip
 
     def shutdown(self, timeout: float = 10.0) -> None:
-        """Stop the threads; their jobs go back to `queued` for the next process."""
+        """Stop the threads and hand their jobs back to `queued` for the next process;
+        a job whose thread did not stop in time is handed back all the same."""
         self._shutdown.set()
         for t in list(self._threads.values()):
             t.join(timeout)
+        with self.make_session() as s:
+            ours = s.scalars(
+                select(Job.id).where(Job.owner == self.owner, Job.status == "running")
+            ).all()
+        for job_id in ours:
+            self._release(job_id, SHUTDOWN)
 
     def _run_quietly(self, job_id: str) -> None:
         try:
             self.run(job_id)
         except Exception:  # already recorded on the row
-            log.exception("harvest job %s failed", job_id)
+            log.exception("job %s failed", job_id)
 
-    def run(
-        self, job_id: str, progress: Callable[[int, int], None] | None = None
-    ) -> HarvestResult | None:
-        """Run a job in this thread, recording everything on its row."""
-        from saefeat.pipeline import run_harvest  # the catalog bookkeeping of a harvest
-
+    def run(self, job_id: str, progress: Callable[[int, int], None] | None = None) -> Any:
+        """Run a job in this thread, recording everything on its row; returns what the
+        kind made (None: not run here, cancelled, handed back, or failed)."""
         if not self.claim(job_id):
-            return None  # finished, or another live runner has it
+            return None  # finished, failed for too many resumes, or another runner has it
         cancel = self._cancel.setdefault(job_id, threading.Event())
-        meter = _ProgressMeter(lambda **v: self._update(job_id, **v), progress)
+        meter = ProgressMeter(lambda **v: self._update(job_id, **v), progress)
 
         def should_stop() -> bool:
             return cancel.is_set() or self._shutdown.is_set()
@@ -309,69 +368,31 @@ class JobRunner:
         try:
             # Inside the try: a claimed job must end failed, not stay running under a
             # lease the heartbeat keeps renewing.
-            spec = HarvestSpec.model_validate(self.get(job_id).spec)
-            result = run_harvest(
+            row = self.get(job_id)
+            kind = job_kind(row.kind)
+            spec = kind.spec_type.model_validate(row.spec)
+            outcome = kind.run(
                 spec, settings=self.settings, progress=meter, should_stop=should_stop
             )
-        except HarvestCancelled:
+        except JobStopped:
             if self._shutdown.is_set() and not cancel.is_set():
-                self._release(job_id, "interrupted by a shutdown")
+                self._release(job_id, SHUTDOWN)
             else:
                 self._finish(job_id, "cancelled", "cancelled; resubmit to resume")
             return None
-        except HarvestBusy as e:
-            self._release(job_id, str(e))  # tried again once the set is free
+        except JobBusy as e:
+            self._release(job_id, str(e), ran=False)  # tried again once the work is free
             return None
-        except KeyboardInterrupt:  # Ctrl-C in the CLI: committed shards stay
+        except KeyboardInterrupt:  # Ctrl-C in the CLI: what was committed stays
             self._finish(job_id, "cancelled", "interrupted; resubmit to resume")
             raise
         except Exception as e:
             self._finish(job_id, "failed", f"{type(e).__name__}: {e}"[:4000])
             raise
         meter.flush()
-        if result.skipped:
-            shards = ", ".join(f"{s} ({why})" for s, why in result.skipped.items())
-            self._finish(
-                job_id,
-                "failed",
-                f"finished with gaps: shard(s) {shards}. The other shards are committed "
-                "and the set is marked complete_with_gaps; resubmit the spec to retry "
-                "the skipped shards",
-            )
-        else:
-            note = None
-            if result.dropped_contexts:
-                note = f"{result.dropped_contexts} context(s) with NaN/Inf were dropped"
-            self._finish(job_id, "succeeded", note)
-        return result
+        self._finish(job_id, outcome.status, outcome.note)
+        return outcome.result
 
     def _finish(self, job_id: str, status: str, error: str | None) -> None:
-        self._update(job_id, status=status, error=error, lease_expires_at=None)
-
-
-class _ProgressMeter:
-    """Turns harvest progress into throttled row updates with a tokens/s rate."""
-
-    def __init__(self, write: Callable[..., None], also: Callable[[int, int], None] | None):
-        self.write, self.also = write, also
-        self.t0: float | None = None
-        self.done0 = 0
-        self.last_write = 0.0
-        self.pending: dict | None = None
-
-    def __call__(self, done: int, total: int) -> None:
-        now = time.monotonic()
-        if self.t0 is None:
-            self.t0, self.done0 = now, done
-        rate = (done - self.done0) / (now - self.t0) if now > self.t0 else None
-        self.pending = {"progress_done": done, "progress_total": total, "rate": rate}
-        if self.also:
-            self.also(done, total)
-        if now - self.last_write >= PROGRESS_EVERY_S or done >= total:
-            self.flush()
-            self.last_write = now
-
-    def flush(self) -> None:
-        if self.pending:
-            self.write(**self.pending)
-            self.pending = None
+        self._end_attempt(job_id, status if not error else f"{status}: {error}"[:300],
+                          status=status, error=error, lease_expires_at=None)  # fmt: skip

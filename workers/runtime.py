@@ -1,27 +1,93 @@
-"""Connecting to Ray: a cluster at SAEFEAT_RAY_ADDRESS, or a local instance."""
+"""Connecting to Ray: a cluster at SAEFEAT_RAY_ADDRESS, or a local instance.
+
+Ray is started or joined once per process, from the main thread, and lives as long as
+the process: `saefeat serve` does it at start-up, the CLI's commands on first use. A job
+thread never starts it. The reason: the processes a local ray.init() spawns (GCS,
+raylet) get a parent-death signal, and on Linux that fires when the *thread* that
+spawned them exits, so a Ray started in a job thread died with the job, and the API
+process followed a minute later when it lost the GCS.
+
+A local instance listens on 127.0.0.1 only and uses Ray's token auth, with a token in
+the data folder (0600), unless RAY_AUTH_MODE is set (the test suite sets `disabled`).
+"""
 
 from __future__ import annotations
 
 import os
+import secrets
+import signal
+import threading
 
 import ray
 
 from saefeat.config import Settings, get_settings
+from saefeat.errors import SaefeatError
+
+TOKEN_FILE = "ray_auth_token"  # in the data folder; a local Ray's auth token
+
+
+class RayNotStarted(SaefeatError):
+    """ensure_ray() from a thread other than the main one, before Ray was started."""
+
+
+def _local_auth(settings: Settings) -> None:
+    """Token auth for a local instance, with a token of our own (not ~/.ray's)."""
+    if os.environ.get("RAY_AUTH_MODE") is not None:  # the operator chose; respect it
+        return
+    os.environ["RAY_AUTH_MODE"] = "token"
+    if not (os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")):
+        path = settings.home / TOKEN_FILE
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_hex(32))
+        os.environ["RAY_AUTH_TOKEN_PATH"] = str(path)
+    from ray._raylet import Config
+
+    Config.initialize("")  # Ray's C++ config caches RAY_AUTH_MODE from import time
+
+
+def _loopback_only() -> None:
+    """Make the local node's address 127.0.0.1, so every server Ray starts binds there.
+    ray.init() turns a `_node_ip_address` of 127.0.0.1 into the host's address on Linux;
+    this switch (Ray's own, for single-machine use) keeps the node on loopback. The
+    environment variable carries it to the processes Ray starts."""
+    from ray._private import ray_constants
+
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
 
 
 def ensure_ray(settings: Settings | None = None) -> None:
-    """Start or join Ray once per process."""
+    """Start or join Ray once per process; only the main thread may do so."""
     if ray.is_initialized():
         return
+    if threading.current_thread() is not threading.main_thread():
+        raise RayNotStarted(
+            "Ray is not running in this process, and a job thread must not start it (it "
+            "would die with the thread); start it from the main thread first "
+            "(saefeat.workers.runtime.ensure_ray)"
+        )
     settings = settings or get_settings()
+    # ray.init() sets a SIGTERM handler that kills Ray and exits at once; the server's
+    # own (uvicorn's: a graceful stop that hands running jobs back) must stay.
+    sigterm = signal.getsignal(signal.SIGTERM)
+    try:
+        _init(settings)
+    finally:
+        if sigterm is not None:  # None: set outside Python; nothing to put back
+            signal.signal(signal.SIGTERM, sigterm)
+
+
+def _init(settings: Settings) -> None:
     # Our workers import saefeat from the driver's environment; say so for clusters too.
     runtime_env = {"env_vars": {"TOKENIZERS_PARALLELISM": "false"}}
-    if settings.ray_address:
+    if settings.ray_address:  # RAY_AUTH_MODE / RAY_AUTH_TOKEN come from the environment
         ray.init(address=settings.ray_address, runtime_env=runtime_env, log_to_driver=False)
         return
-    # A local instance listens on loopback only; token auth (on by default since Ray
-    # 2.5x) would make every local command manage a token for nothing.
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    _local_auth(settings)
+    _loopback_only()
     ray.init(
         # "local": always our own instance, never a stray cluster that `ray start` left
         # in /tmp/ray/ray_current_cluster.
@@ -32,6 +98,15 @@ def ensure_ray(settings: Settings | None = None) -> None:
         object_store_memory=256 * 1024**2,
         runtime_env=runtime_env,
     )
+
+
+def ensure_ray_in_main_thread(settings: Settings) -> bool:
+    """At a server's start-up: start or join Ray if this is the main thread (a real
+    server; TestClient runs the app in a thread of its own and leaves Ray to the test)."""
+    if threading.current_thread() is not threading.main_thread():
+        return False
+    ensure_ray(settings)
+    return True
 
 
 def cpus_available() -> int:

@@ -65,6 +65,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Before the job runner (the jobs router's lifespan, entered after this one)
+        # starts: Ray for the process's whole life, from the main thread; a Ray a job
+        # thread started would die with the thread (workers/runtime.py).
+        from saefeat.workers.runtime import ensure_ray_in_main_thread
+
+        ensure_ray_in_main_thread(settings)
         yield
         engine.dispose()
 

@@ -120,6 +120,9 @@ class Job(Base):
     # (revision 0004): past that, the runner is taken for dead and the job is free again.
     owner: Mapped[str | None] = mapped_column(String(100))
     lease_expires_at: Mapped[datetime | None]
+    # Each claim of the job, oldest first (revision 0005): {"owner", "started", "ended",
+    # "why"}; a job picked up again too often fails with this history.
+    attempts: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 

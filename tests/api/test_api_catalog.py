@@ -33,9 +33,14 @@ def _walk(client, url: str, params: dict) -> list[dict]:
 
 
 def test_health(client):
+    from alembic.script import ScriptDirectory
+
+    from saefeat.storage.catalog.db import alembic_config
+
+    head = ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
     response = client.get("/v1/health")
     assert response.status_code == 200
-    assert response.json() == {"status": "ok", "version": "0.1.0", "schema_revision": "0004"}
+    assert response.json() == {"status": "ok", "version": "0.1.0", "schema_revision": head}
 
 
 def test_list_and_get_saes(client, catalog):

@@ -30,6 +30,7 @@ from saefeat.storage.catalog.models import (
 )
 from saefeat.storage.catalog.writer import write_feature_index
 
+HEAD = "0005"  # the newest revision
 TABLES = {
     "language_models",
     "corpora",
@@ -95,11 +96,13 @@ def _job_columns(url: str) -> set[str]:
 def _check_round_trip(url: str) -> None:
     assert current_revision(url) is None
     upgrade(url)
-    assert current_revision(url) == "0004"
+    assert current_revision(url) == HEAD
     assert _tables(url) == TABLES
     assert _drift(url) == [], "models and migrations disagree: add a revision"
     assert _has_fts(url)
-    assert {"owner", "lease_expires_at"} <= _job_columns(url)
+    assert {"owner", "lease_expires_at", "attempts"} <= _job_columns(url)
+    downgrade(url, "0004")
+    assert "attempts" not in _job_columns(url)
     downgrade(url, "0003")
     assert not {"owner", "lease_expires_at"} & _job_columns(url)
     upgrade(url)
@@ -211,5 +214,5 @@ def test_processes_starting_together_migrate_once(which, request):
     for thread in threads:
         thread.join(120)
     assert errors == []
-    assert current_revision(url) == "0004"
+    assert current_revision(url) == HEAD
     assert _drift(url) == []

@@ -55,8 +55,11 @@ def test_cancel_then_resume(spec, settings, ray_session, tmp_path):
     def progress(done, total):
         seen.append(done)
 
+    def first_shard_done() -> bool:
+        return bool(seen) and seen[-1] > 0
+
     with pytest.raises(HarvestCancelled):
-        harvest(spec, settings=settings, progress=progress, should_stop=lambda: seen[-1] > 0)
+        harvest(spec, settings=settings, progress=progress, should_stop=first_shard_done)
     from saefeat.storage.activations import open_set
 
     aset = open_set(settings.activations_dir, spec.set_id())

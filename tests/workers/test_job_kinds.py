@@ -1,0 +1,126 @@
+"""The runner is generic over job kinds: a kind registered here runs with leases,
+cancel, shutdown hand-back and the resume limit, on a real SQLite catalog, no Ray."""
+
+from __future__ import annotations
+
+import threading
+from datetime import timedelta
+
+import pytest
+from pydantic import BaseModel
+
+from saefeat.storage.catalog.db import make_engine, make_sessionmaker, upgrade
+from saefeat.storage.catalog.models import Job, utcnow
+from saefeat.workers.job_kinds import (
+    JobKind,
+    JobOutcome,
+    JobStopped,
+    job_kind_names,
+    register_job_kind,
+)
+from saefeat.workers.jobs import LEASE_LOST, SHUTDOWN, JobRunner
+
+
+class WaitSpec(BaseModel):
+    name: str
+    stubborn: bool = False  # ignores should_stop, like a job stuck in a call
+
+
+STARTED: dict[str, threading.Event] = {}
+RELEASE = threading.Event()  # lets a stubborn run end when the test is done
+
+
+def run_wait(spec: WaitSpec, *, settings, progress, should_stop) -> JobOutcome:
+    """Counts to 1000 unless stopped first; the test stops it."""
+    STARTED.setdefault(spec.name, threading.Event()).set()
+    for i in range(1000):
+        progress(i, 1000)
+        if spec.stubborn:
+            RELEASE.wait(30)
+            break
+        if should_stop():
+            raise JobStopped("stopped")
+        threading.Event().wait(0.05)
+    return JobOutcome("succeeded", None, "done")
+
+
+WAIT = register_job_kind(JobKind("test-wait", WaitSpec, lambda s: s.name, run_wait))
+
+
+@pytest.fixture
+def sessions(tmp_path):
+    url = f"sqlite:///{tmp_path / 'catalog.db'}"
+    upgrade(url)
+    engine = make_engine(url)
+    yield make_sessionmaker(engine)
+    engine.dispose()
+
+
+def _row(sessions, job_id: str) -> Job:
+    with sessions() as s:
+        job = s.get(Job, job_id)
+        s.expunge(job)
+        return job
+
+
+def _started(name: str) -> threading.Event:
+    return STARTED.setdefault(name, threading.Event())
+
+
+def test_a_registered_kind_runs_joins_and_cancels(sessions, settings):
+    assert {"harvest", "test-wait"} <= set(job_kind_names())
+    runner = JobRunner(settings, sessions)
+    job, created = runner.submit(WaitSpec(name="a"))
+    assert created and job.kind == "test-wait" and job.spec_hash == "a"
+    again, new = runner.submit(WaitSpec(name="a"))  # the active job of the same work
+    assert again.id == job.id and not new
+    runner.start(job.id)
+    assert _started("a").wait(30)
+    runner.cancel(job.id)
+    done = runner.wait(job.id, timeout=30)
+    assert done.status == "cancelled" and done.lease_expires_at is None
+    assert [a["why"] for a in done.attempts] == ["cancelled: cancelled; resubmit to resume"]
+    runner.shutdown()
+
+
+def test_shutdown_hands_running_jobs_back(sessions, settings):
+    runner = JobRunner(settings, sessions)
+    polite, _ = runner.submit(WaitSpec(name="polite"))
+    stuck, _ = runner.submit(WaitSpec(name="stuck", stubborn=True))
+    for job in (polite, stuck):
+        runner.start(job.id)
+    assert _started("polite").wait(30) and _started("stuck").wait(30)
+    runner.shutdown(timeout=1.0)  # the stubborn one does not stop in time
+    for job in (polite, stuck):
+        row = _row(sessions, job.id)
+        assert (row.status, row.owner, row.lease_expires_at) == ("queued", None, None)
+        assert row.attempts[-1]["why"] == SHUTDOWN and row.attempts[-1]["ended"]
+    RELEASE.set()
+
+
+def test_a_job_resumed_too_often_fails_with_its_history(sessions, settings):
+    settings = settings.model_copy(update={"max_job_resumes": 2})
+    runner = JobRunner(settings, sessions)
+    old = utcnow() - timedelta(hours=1)
+    when = old.isoformat()
+    attempts = [{"owner": "host:1:a", "started": when, "ended": when, "why": SHUTDOWN},
+                {"owner": "host:2:b", "started": when, "ended": None, "why": None}]  # fmt: skip
+    with sessions() as s:  # a job whose second runner died holding it
+        s.add(Job(id="j1", kind="test-wait", spec={"name": "j1"}, spec_hash="j1",
+                  status="running", owner="host:2:b", lease_expires_at=old,
+                  attempts=attempts))  # fmt: skip
+        s.commit()
+    assert runner.claim("j1")  # the second resume: allowed
+    row = _row(sessions, "j1")
+    assert row.status == "running" and [a["why"] for a in row.attempts] == [
+        SHUTDOWN, LEASE_LOST, None]  # fmt: skip
+    with sessions() as s:  # and this runner dies too
+        s.get(Job, "j1").lease_expires_at = old
+        s.commit()
+    assert not JobRunner(settings, sessions).claim("j1")  # the third: too many
+    row = _row(sessions, "j1")
+    assert row.status == "failed" and row.lease_expires_at is None
+    assert "more than 2 time(s)" in row.error
+    assert "1. host:1:a" in row.error and SHUTDOWN in row.error and LEASE_LOST in row.error
+    assert row.error.count(LEASE_LOST) == 2
+    runner.shutdown()

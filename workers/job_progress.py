@@ -1,0 +1,34 @@
+"""A job's progress as throttled row updates with a rate (units per second)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+PROGRESS_EVERY_S = 0.5  # at most this often a progress write to the catalog
+
+
+class ProgressMeter:
+    def __init__(self, write: Callable[..., None], also: Callable[[int, int], None] | None):
+        self.write, self.also = write, also
+        self.t0: float | None = None
+        self.done0 = 0
+        self.last_write = 0.0
+        self.pending: dict | None = None
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        if self.t0 is None:
+            self.t0, self.done0 = now, done
+        rate = (done - self.done0) / (now - self.t0) if now > self.t0 else None
+        self.pending = {"progress_done": done, "progress_total": total, "rate": rate}
+        if self.also:
+            self.also(done, total)
+        if now - self.last_write >= PROGRESS_EVERY_S or done >= total:
+            self.flush()
+            self.last_write = now
+
+    def flush(self) -> None:
+        if self.pending:
+            self.write(**self.pending)
+            self.pending = None
