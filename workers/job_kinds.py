@@ -27,7 +27,12 @@ from pydantic import BaseModel
 
 from saefeat.errors import SaefeatError
 
-BUILTIN_KIND_MODULES = ("saefeat.workers.harvest_job",)
+BUILTIN_KIND_MODULES = (
+    "saefeat.workers.harvest_job",
+    "saefeat.workers.train_job",
+    "saefeat.workers.index_job",
+    "saefeat.workers.pipeline_job",
+)
 Progress = Callable[[int, int], None]  # (done, total) in the kind's unit
 
 
