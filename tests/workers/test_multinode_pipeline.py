@@ -1,8 +1,9 @@
-"""A pipeline submitted with `saefeat --server URL submit` to a real two-node Ray cluster: a head (1 CPU) and a trainer node (1 CPU
-and a custom `trainer` resource standing in for the GPU). The pipeline is submitted over
-HTTP to `saefeat serve` joined to the head; its training asks for the `trainer`
-resource, so it runs on the trainer node. That node is killed mid-training and started
-again: the job finishes from its checkpoint, with no duplicated catalog rows."""
+"""A pipeline on a real two-node Ray cluster: a head (1 CPU) and a trainer node (1 CPU
+and a custom `trainer` resource standing in for the GPU). The pipeline is submitted with
+`saefeat --server URL submit` to `saefeat serve` joined to the head; its training asks
+for the `trainer` resource, so it runs on the trainer node. That node is killed
+mid-training and started again: the job finishes from its checkpoint, with no
+duplicated catalog rows."""
 
 from __future__ import annotations
 
@@ -157,8 +158,9 @@ def test_pipeline_survives_its_training_node(tiny_llama, tmp_path):
         # Ray could place it nowhere else. One SAE row, each feature once.
         db = sqlite3.connect(home / "catalog.db")
         assert db.execute("select count(*) from saes").fetchone() == (1,)
-        assert db.execute("select count(*), count(distinct idx) from "
-                          "(select \"index\" as idx from features)").fetchone() == (64, 64)
+        assert db.execute(
+            'select count(*), count(distinct idx) from (select "index" as idx from features)'
+        ).fetchone() == (64, 64)
         assert json.loads(db.execute("select metrics from saes").fetchone()[0])["steps"] > 0
         listed = subprocess.run([*cli, "jobs"], env=cli_env, capture_output=True, text=True,
                                 check=True).stdout  # fmt: skip
