@@ -41,7 +41,7 @@ def specs(tokens: int):
     from saefeat.specs import IndexSpec
 
     harvest, train = demo_specs(tokens)
-    return harvest, train(harvest.set_id()), IndexSpec(sae="-")
+    return harvest, train(harvest.set_id()), IndexSpec(sae="placeholder")
 
 
 def in_process(home: Path, tokens: int) -> tuple[float, str]:
