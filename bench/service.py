@@ -5,7 +5,8 @@
 (b) over HTTP: the same three specs as one POST /v1/pipelines to `saefeat serve` (its own
     fresh home, its own local Ray, started before the clock), timed from the POST to the
     pipeline's end, while a client reads feature pages of the SAE (a) made (its catalog
-    is copied into (b)'s home) one after another, 0.1 s apart.
+    is copied into (b)'s home) one after another, 0.1 s apart. (b) trains with seed 1, so
+    its SAE is another one than (a)'s and no stage of it is reused from that catalog.
 
     python bench/service.py            # SmolLM2-135M, built-in corpus, 20k tokens
 
@@ -71,7 +72,8 @@ def over_http(home: Path, tokens: int, sae_id: str, d_sae: int) -> tuple[float, 
     harvest, train, index = specs(tokens)
     body = {
         "harvest": harvest.model_dump(mode="json"),
-        "train": train.model_dump(mode="json", exclude={"activation_set"}),
+        # Seed 1: the same work as (a), another SAE id than the copied catalog's.
+        "train": train.model_dump(mode="json", exclude={"activation_set"}) | {"seed": 1},
         "index": index.model_dump(mode="json", exclude={"sae"}),
     }
     port = _free_port()
@@ -122,7 +124,7 @@ def over_http(home: Path, tokens: int, sae_id: str, d_sae: int) -> tuple[float, 
         seconds = time.perf_counter() - t0
         running.clear()
         pages.join()
-        if job["status"] != "succeeded":
+        if job["status"] != "succeeded" or job.get("error"):  # error: a note of reuse
             raise SystemExit(f"pipeline {job['status']}: {job.get('error')}")
         return seconds, latencies
     finally:
