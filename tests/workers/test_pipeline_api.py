@@ -3,6 +3,8 @@ local Ray, through TestClient: the chain, reuse, idempotency, and the refusals."
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
@@ -100,3 +102,39 @@ def test_bad_specs_are_refused_without_a_row(api, tiny_llama):
             "stages.1")  # fmt: skip
     refused("/v1/pipelines", pipeline_body(tiny_llama, train={"k": 0}), "train.k")
     assert rows(app, Job) == 0
+
+
+def test_sweep_cancel_and_resume(api, tiny_llama):
+    """A sweep of two SAEs on the pipeline's set is cancelled mid-run; resubmitted, it
+    resumes from its checkpoint, as `saefeat train` does after a crash."""
+    app, client = api
+    body = pipeline_body(tiny_llama, stages=["harvest"])
+    job = app.state.job_runner.wait(client.post("/v1/pipelines", json=body).json()["job_id"],
+                                    timeout=300)  # fmt: skip
+    assert job.status == "succeeded", job.error
+    set_id = client.get(f"/v1/jobs/{job.id}").json()["stages"][0]["job_id"]
+    set_id = client.get(f"/v1/jobs/{set_id}").json()["activation_set"]
+    one = {"activation_set": set_id, "hook": HOOK, "d_sae": 64, "batch_size": 64,
+           "epochs": 300, "checkpoint_every_tokens": 64 * 10, "eval_ce_contexts": 0,
+           "geometric_median_init": False}  # fmt: skip
+    sweep = {"specs": [one | {"k": 4}, one | {"k": 8}], "device": "cpu"}
+    r = client.post("/v1/trainings", json=sweep)
+    assert r.status_code == 202, r.text
+    job_id = r.json()["job_id"]
+    home = app.state.settings.home
+
+    deadline = time.monotonic() + 300
+    while len(list((home / "train-state").glob("*/state.pt"))) < 2:
+        assert time.monotonic() < deadline and client.get(f"/v1/jobs/{job_id}").json()[
+            "status"] == "running"  # fmt: skip
+        time.sleep(0.2)
+    assert client.post(f"/v1/jobs/{job_id}/cancel").status_code == 200
+    job = app.state.job_runner.wait(job_id, timeout=120)
+    assert job.status == "cancelled"
+    assert rows(app, SAE) == 0
+
+    again = client.post("/v1/trainings", json=sweep).json()["job_id"]
+    assert again != job_id
+    done = app.state.job_runner.wait(again, timeout=600)
+    assert done.status == "succeeded" and "resumed from checkpoint" in done.error, done.error
+    assert rows(app, SAE) == 2
