@@ -162,7 +162,8 @@ def test_pipeline_survives_its_training_node(tiny_llama, tmp_path):
             'select count(*), count(distinct idx) from (select "index" as idx from features)'
         ).fetchone() == (64, 64)
         assert json.loads(db.execute("select metrics from saes").fetchone()[0])["steps"] > 0
-        listed = subprocess.run([*cli, "jobs"], env=cli_env | {"COLUMNS": "400"}, capture_output=True, text=True,
+        wide = cli_env | {"COLUMNS": "400"}  # one row a job, unwrapped
+        listed = subprocess.run([*cli, "jobs"], env=wide, capture_output=True, text=True,
                                 check=True).stdout  # fmt: skip
         assert job_id in listed and "train:succeeded" in listed
     finally:
