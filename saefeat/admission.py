@@ -18,7 +18,7 @@ from saefeat.config import Settings
 from saefeat.errors import SpecError
 from saefeat.lm import EMBEDDED_MODEL
 from saefeat.paths import BUILTIN_PYTHON_DOCS, CorpusRoots
-from saefeat.specs import HarvestSpec
+from saefeat.specs import HarvestSpec, IndexSpec, TrainSpec
 
 DEVICE = re.compile(r"cpu|cuda(?::(\d{1,3}))?")
 
@@ -29,6 +29,7 @@ class Resources:
 
     cpus: int
     gpus: int
+    custom: dict[str, float] | None = None  # other Ray resources; None: not known yet
 
 
 def cluster_resources(settings: Settings) -> Resources | None:
@@ -39,7 +40,8 @@ def cluster_resources(settings: Settings) -> Resources | None:
 
     if ray.is_initialized():
         total = ray.cluster_resources()
-        return Resources(int(total.get("CPU", 0)), int(total.get("GPU", 0)))
+        custom = {k: v for k, v in total.items() if k not in ("CPU", "GPU")}
+        return Resources(int(total.get("CPU", 0)), int(total.get("GPU", 0)), custom)
     if settings.ray_address:
         return None
     import torch
@@ -116,3 +118,87 @@ def check_device(device: str | None, workers: int | None, res: Resources | None)
             f"has {have}",
             field="workers",
         )
+
+
+def admit_train(job, settings: Settings, field: str = "") -> None:
+    """A TrainJobSpec (workers/train_job.py): every spec's set harvested and complete with
+    its hook, no `resume_from` (training resumes from its own state; a path would reach
+    anywhere on the server), and a placement the cluster can satisfy."""
+    for i, spec in enumerate(job.specs):
+        _admit_train_spec(spec, settings, f"{field}specs.{i}.")
+    check_placement(job.device, job.resources, cluster_resources(settings), field)
+
+
+def _admit_train_spec(spec: TrainSpec, settings: Settings, field: str) -> None:
+    from saefeat.storage.activations import STATUS_COMPLETE, open_set
+
+    if spec.resume_from is not None:
+        raise SpecError("not accepted over HTTP: a training resumes from its own checkpoint "
+                        "when resubmitted", field=f"{field}resume_from")  # fmt: skip
+    try:
+        aset = open_set(settings.activations_dir, spec.activation_set)
+    except Exception:  # missing or unreadable: the same answer
+        aset = None
+    if aset is None or aset.status != STATUS_COMPLETE:
+        state = "does not exist" if aset is None else f"is {aset.status}, not complete"
+        raise SpecError(f"activation set {spec.activation_set!r} {state}; harvest it first "
+                        "(POST /v1/harvests)", field=f"{field}activation_set")  # fmt: skip
+    if spec.hook is not None and spec.hook not in aset.hooks:
+        raise SpecError(f"hook {spec.hook!r} is not in set {aset.id} (it has {aset.hooks})",
+                        field=f"{field}hook")  # fmt: skip
+
+
+def check_placement(
+    device: str, resources: dict[str, float], res: Resources | None, field: str = ""
+) -> None:
+    """`cuda` needs a GPU in the cluster; each custom resource must exist there in the
+    amount asked (a task asking for more could never be scheduled)."""
+    if res is None:
+        return
+    if device == "cuda" and res.gpus == 0:
+        raise SpecError("'cuda' needs a GPU and the cluster has none; use 'auto' or 'cpu'",
+                        field=f"{field}device")  # fmt: skip
+    for name, amount in resources.items():
+        have = (res.custom or {}).get(name, 0.0) if res.custom is not None else None
+        if amount <= 0 or (have is not None and amount > have):
+            raise SpecError(f"{amount} of resource {name!r} cannot be placed: the cluster has "
+                            f"{have or 0}", field=f"{field}resources.{name}")  # fmt: skip
+
+
+def admit_index(spec: IndexSpec, settings: Settings, field: str = "") -> None:
+    if not (settings.saes_dir / spec.sae / "metrics.json").is_file():
+        raise SpecError(f"no trained SAE {spec.sae!r}; train it first (POST /v1/trainings)",
+                        field=f"{field}sae")  # fmt: skip
+    if spec.device is not None:
+        check_device(spec.device, None, cluster_resources(settings))
+
+
+def admit_pipeline(spec, settings: Settings) -> None:
+    """A PipelineSpec (workers/pipeline_job.py): a plan whose stages agree, and each stage
+    admitted as its own job would be, except for inputs an earlier stage makes."""
+    from saefeat.workers.pipeline_job import plan
+
+    made: set[str] = set()
+    for stage, child in plan(spec):  # SpecError names the stage and its field
+        if stage.name == "harvest":
+            try:
+                admit_harvest(child, settings)
+            except SpecError as e:
+                raise SpecError(e.message, field=f"harvest.{e.field}") from None
+        elif stage.name == "train":
+            for one in child.specs:
+                if one.resume_from is not None:
+                    raise SpecError("not accepted over HTTP", field="train.resume_from")
+                if "harvest" not in made:
+                    _admit_train_spec(one, settings, "train.")
+            check_placement(child.device, child.resources, cluster_resources(settings))
+        elif stage.name == "index" and "train" not in made:
+            admit_index(child, settings, "index.")
+        elif stage.name == "explain":
+            from saefeat.workers.explain import check_explain_setup
+
+            try:
+                check_explain_setup(child, settings)
+            except SpecError as e:
+                raise SpecError(e.message, field=f"explain.{e.field}") from None
+        made.add(stage.name)

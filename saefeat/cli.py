@@ -30,6 +30,31 @@ app.add_typer(keys_app, name="keys")
 console = Console(stderr=True)
 
 DEFAULT_PORT = 8000
+submit_app = typer.Typer(no_args_is_help=True, help="Submit a job to a remote server (--server).")
+app.add_typer(submit_app, name="submit")
+_server: dict[str, str | None] = {"url": None, "key": None}  # set by --server / --key
+
+
+@app.callback()
+def _global(
+    server: Annotated[
+        str | None, typer.Option(envvar="SAEFEAT_SERVER", help="a remote saefeat server's URL")
+    ] = None,
+    key: Annotated[
+        str | None, typer.Option(envvar="SAEFEAT_API_KEY", help="API key for --server")
+    ] = None,
+):
+    """saefeat: sparse-autoencoder features, from harvest to pages."""
+    _server.update(url=server, key=key)
+
+
+def _remote():
+    from saefeat.remote import Remote
+
+    if not _server["url"]:
+        raise SaefeatError("this needs a server: pass --server URL (or set SAEFEAT_SERVER)",
+                           field="server")  # fmt: skip
+    return Remote(_server["url"], _server["key"])
 
 
 def user_errors(fn):
@@ -583,6 +608,28 @@ def steer(
         print(f"--- {name} (mean log-prob of promoted tokens: {means})\n{prompt}{run.text}")
 
 
+def _remote_jobs(limit: int, watch: bool) -> None:
+    from rich.table import Table
+
+    from saefeat.remote import watch as watch_jobs
+
+    remote = _remote()
+    if watch:
+        watch_jobs(remote, None, console)
+        return
+    table = Table("id", "kind", "status", "progress", "rate/s", "eta s", "created", "error")
+    for j in remote.jobs(limit):
+        done, total = j["progress_done"], j["progress_total"]
+        stages = " ".join(f"{s['stage']}:{s['status']}" for s in j.get("stages") or [])
+        table.add_row(
+            j["id"], j["kind"], j["status"] + (f" ({stages})" if stages else ""),
+            f"{done:,}/{total or 0:,}", f"{j['rate']:,.1f}" if j["rate"] else "-",
+            f"{j['eta_seconds']:.0f}" if j["eta_seconds"] is not None else "-",
+            j["created_at"][:16], (j.get("error") or "")[:60],
+        )  # fmt: skip
+    Console().print(table)
+
+
 def harvest_as_job(spec, settings: Settings | None = None):
     """`saefeat harvest`: the run is a job row too, so `saefeat jobs` and the API see it."""
     from saefeat.pipeline import catalog_sessions
@@ -612,11 +659,86 @@ def harvest_as_job(spec, settings: Settings | None = None):
     return result
 
 
+@submit_app.command("pipeline")
+@user_errors
+def submit_pipeline(spec: Annotated[str, typer.Argument(help="JSON file, - for stdin, or JSON")],
+                    watch: bool = False):  # fmt: skip
+    """Submit a pipeline (harvest -> train -> index) spec."""
+    _submit("pipeline", spec, watch)
+
+
+@submit_app.command("train")
+@user_errors
+def submit_train(spec: Annotated[str, typer.Argument(help="JSON file, - for stdin, or JSON")],
+                 watch: bool = False):  # fmt: skip
+    """Submit a training: a TrainSpec, or {"specs": [...], "device": ..., "resources": ...}."""
+    _submit("train", spec, watch)
+
+
+@submit_app.command("index")
+@user_errors
+def submit_index(spec: Annotated[str, typer.Argument(help="JSON file, - for stdin, or JSON")],
+                 watch: bool = False):  # fmt: skip
+    """Submit an indexing (an IndexSpec)."""
+    _submit("index", spec, watch)
+
+
+@submit_app.command("harvest")
+@user_errors
+def submit_harvest(spec: Annotated[str, typer.Argument(help="JSON file, - for stdin, or JSON")],
+                   watch: bool = False):  # fmt: skip
+    """Submit a harvest (a HarvestSpec)."""
+    _submit("harvest", spec, watch)
+
+
+def _submit(kind: str, text: str, watch: bool) -> None:
+    import json
+    from pathlib import Path
+
+    from saefeat.errors import SpecError
+    from saefeat.remote import watch as watch_jobs
+
+    remote = _remote()
+    if text == "-":
+        text = sys.stdin.read()
+    elif not text.lstrip().startswith("{"):
+        try:
+            text = Path(text).read_text()
+        except OSError as e:
+            raise SpecError(f"cannot read {text}: {e.strerror}", field="spec") from None
+    try:
+        body = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise SpecError(f"not JSON: {e}", field="spec") from None
+    accepted = remote.submit(kind, body)
+    print(accepted["job_id"])
+    if watch:
+        _report(watch_jobs(remote, [accepted["job_id"]], console))
+
+
+def _report(jobs: list[dict]) -> None:
+    failed = [j for j in jobs if j["status"] != "succeeded"]
+    for j in failed:
+        console.print(f"[red]{j['kind']} {j['id']} {j['status']}[/red]: {j.get('error') or ''}",
+                      highlight=False, soft_wrap=True)  # fmt: skip
+    if failed:
+        raise typer.Exit(1)
+
+
 @app.command()
 @user_errors
-def jobs(limit: Annotated[int, typer.Option(help="newest N jobs")] = 20):
-    """List jobs, newest first: status, progress, rate, error."""
+def jobs(
+    limit: Annotated[int, typer.Option(help="newest N jobs")] = 20,
+    watch: Annotated[bool, typer.Option(help="follow the active jobs live (--server)")] = False,
+):
+    """List jobs, newest first: status, progress, rate, error (of --server, if given)."""
     from rich.table import Table
+
+    if _server["url"]:
+        _remote_jobs(limit, watch)
+        return
+    if watch:
+        raise SaefeatError("--watch follows a server's jobs: pass --server URL", field="watch")
     from sqlalchemy import select
 
     from saefeat.pipeline import catalog_session

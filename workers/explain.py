@@ -148,10 +148,16 @@ def check_explain(spec: ExplainSpec, session, settings: Settings) -> None:
     the features, the explainer and scorers against the configured endpoint."""
     from saefeat.interp.catalog_io import check_sae
 
+    check_explain_setup(spec, settings)
+    check_sae(session, spec)
+
+
+def check_explain_setup(spec: ExplainSpec, settings: Settings) -> None:
+    """The explainer and scorers against the configured endpoint (no catalog needed: a
+    pipeline checks this before its SAE exists)."""
     llm = _llm_settings(settings)
     check_scorers(spec.scorers, has_llm=llm is not None)
     make_explainer(spec.explainer, _client(llm))
-    check_sae(session, spec)
 
 
 def validate_explain(spec: ExplainSpec, settings: Settings | None = None) -> None:

@@ -29,6 +29,9 @@ from saefeat.errors import SaefeatError
 
 BUILTIN_KIND_MODULES = (
     "saefeat.workers.harvest_job",
+    "saefeat.workers.train_job",
+    "saefeat.workers.index_job",
+    "saefeat.workers.pipeline_job",
     "saefeat.workers.contrast_job",
     "saefeat.workers.explain_job",
 )

@@ -104,6 +104,15 @@ class JobRunner:
         key = (last.created_at.isoformat(), last.id)
         return jobs[:limit], encode_cursor(Cursor("jobs:newest", key))
 
+    def latest(self, kind: str, spec_hash: str) -> Job | None:
+        """The newest job of this kind and spec hash (a pipeline's stage), or None."""
+        with self.make_session() as s:
+            job = s.scalar(select(Job).where(Job.kind == kind, Job.spec_hash == spec_hash)
+                           .order_by(Job.created_at.desc()).limit(1))  # fmt: skip
+            if job is not None:
+                s.expunge(job)
+            return job
+
     def _update(self, job_id: str, **values) -> None:
         with self.make_session() as s:
             job = s.get(Job, job_id)
@@ -354,16 +363,23 @@ class JobRunner:
         except Exception:  # already recorded on the row
             log.exception("job %s failed", job_id)
 
-    def run(self, job_id: str, progress: Callable[[int, int], None] | None = None) -> Any:
+    def run(
+        self,
+        job_id: str,
+        progress: Callable[[int, int], None] | None = None,
+        also_stop: Callable[[], bool] | None = None,
+    ) -> Any:
         """Run a job in this thread, recording everything on its row; returns what the
-        kind made (None: not run here, cancelled, handed back, or failed)."""
+        kind made (None: not run here, cancelled, handed back, or failed). `also_stop`:
+        another reason to stop (a pipeline's own stop, for its stage jobs)."""
         if not self.claim(job_id):
             return None  # finished, failed for too many resumes, or another runner has it
         cancel = self._cancel.setdefault(job_id, threading.Event())
         meter = ProgressMeter(lambda **v: self._update(job_id, **v), progress)
 
         def should_stop() -> bool:
-            return cancel.is_set() or self._shutdown.is_set()
+            return (cancel.is_set() or self._shutdown.is_set()
+                    or (also_stop is not None and also_stop()))  # fmt: skip
 
         try:
             # Inside the try: a claimed job must end failed, not stay running under a

@@ -113,5 +113,11 @@ def cpus_available() -> int:
     return int(ray.available_resources().get("CPU", 1)) or 1
 
 
+def largest_node_cpus() -> int:
+    """CPUs of the biggest live node: one task or actor can ask for no more than that."""
+    sizes = [int(n["Resources"].get("CPU", 0)) for n in ray.nodes() if n["Alive"]]
+    return max(sizes, default=1) or 1
+
+
 def gpus_available() -> int:
     return int(ray.cluster_resources().get("GPU", 0))

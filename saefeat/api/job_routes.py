@@ -1,4 +1,5 @@
-"""Harvest jobs over HTTP: submit (202 + job id, Idempotency-Key), list, get, cancel.
+"""Jobs over HTTP: submit harvests, trainings, indexings and pipelines (202 + job id,
+Idempotency-Key), list, get (a pipeline with its chain of stages), cancel.
 
 Submitting and cancelling need the `jobs` scope, and a submitted spec must pass
 saefeat/admission.py before a row is written. Anyone who may read sees a job's id, kind,
@@ -20,15 +21,17 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, FastAPI, Header, Path, Query, Request, Response
 from pydantic import BaseModel, Field
 
-from saefeat.admission import admit_harvest
+from saefeat.admission import admit_harvest, admit_index, admit_pipeline, admit_train
 from saefeat.api.auth import AUTH_RESPONSES, optional_key, require_scope
 from saefeat.api.errors import problem_responses
 from saefeat.api.schemas import Problem
-from saefeat.specs import HarvestSpec
+from saefeat.specs import HarvestSpec, IndexSpec
 from saefeat.storage.activations import open_set
 from saefeat.storage.catalog.keys import has_scope
 from saefeat.storage.catalog.models import ApiKey, Job
 from saefeat.workers.jobs import JobRunner
+from saefeat.workers.pipeline_job import PipelineSpec, plan
+from saefeat.workers.train_job import TrainJobSpec
 
 
 @asynccontextmanager
@@ -62,16 +65,30 @@ class JobAccepted(BaseModel):
 JOBS_ONLY = " (null unless the caller's key has the `jobs` scope)"
 
 
+class StageOut(BaseModel):
+    stage: str
+    kind: str
+    job_id: str | None = Field(description="The latest job of this stage's spec; null: none")
+    status: str = Field(description="That job's status; `pending` when there is none")
+    progress_done: int = 0
+    progress_total: int | None = None
+
+
 class JobOut(BaseModel):
     id: str
     kind: str
     status: str = Field(description="queued, running, succeeded, failed or cancelled")
-    progress_done: int = Field(description="Tokens harvested so far")
-    progress_total: int | None = Field(description="Tokens the set will hold")
-    rate: float | None = Field(description="Tokens per second in the current run")
+    progress_done: int = Field(
+        description="Units done: tokens (harvest), steps (train), tasks (index), stages"
+    )
+    progress_total: int | None = Field(description="Units in all")
+    rate: float | None = Field(description="Units per second in the current run")
     eta_seconds: float | None = Field(description="Seconds left at the current rate")
     created_at: datetime
     updated_at: datetime
+    stages: list[StageOut] | None = Field(
+        None, description="A pipeline's chain: each stage and the latest job of its spec"
+    )
     detailed: bool = Field(description="Whether the fields below are shown" + JOBS_ONLY)
     activation_set: str | None = Field(
         None, description="Id of the activation set the job fills" + JOBS_ONLY
@@ -94,7 +111,26 @@ class JobList(BaseModel):
     next_cursor: str | None = Field(default=None, description="Pass as `cursor` for more")
 
 
-def _job_out(job: Job, request: Request, key: ApiKey | None) -> JobOut:
+def _stages(job: Job, runner: JobRunner) -> list[StageOut] | None:
+    from saefeat.workers.job_kinds import job_kind
+
+    try:
+        steps = plan(PipelineSpec.model_validate(job.spec))
+    except Exception:  # a row from an older saefeat: show it without its chain
+        return None
+    out = []
+    for stage, child in steps:
+        latest = runner.latest(stage.kind, job_kind(stage.kind).spec_hash(child))
+        out.append(StageOut(stage=stage.name, kind=stage.kind, job_id=latest and latest.id,
+                            status=latest.status if latest else "pending",
+                            progress_done=latest.progress_done if latest else 0,
+                            progress_total=latest.progress_total if latest else None))  # fmt: skip
+    return out
+
+
+def _job_out(
+    job: Job, request: Request, key: ApiKey | None, runner: JobRunner | None = None
+) -> JobOut:
     eta = None
     if job.rate and job.progress_total is not None:
         eta = max(0.0, (job.progress_total - job.progress_done) / job.rate)
@@ -108,21 +144,23 @@ def _job_out(job: Job, request: Request, key: ApiKey | None) -> JobOut:
         eta_seconds=eta,
         created_at=job.created_at,
         updated_at=job.updated_at,
+        stages=_stages(job, runner) if job.kind == "pipeline" and runner else None,
         detailed=False,
     )
     if key is None or not has_scope(key, "jobs"):
         return summary
-    skipped, report = {}, None
-    try:  # what the set itself recorded: gaps and the corpus report
-        aset = open_set(request.app.state.settings.activations_dir, job.spec_hash)
-        skipped = aset.skipped_shards
-        report = aset.group.attrs.get("corpus_report")
-    except Exception:  # not created yet, or unreadable: the row still answers
-        pass
+    skipped, report = None, None
+    if job.kind == "harvest":
+        try:  # what the set itself recorded: gaps and the corpus report
+            aset = open_set(request.app.state.settings.activations_dir, job.spec_hash)
+            skipped = aset.skipped_shards
+            report = aset.group.attrs.get("corpus_report")
+        except Exception:  # not created yet, or unreadable: the row still answers
+            skipped = {}
     return summary.model_copy(
         update={
             "detailed": True,
-            "activation_set": job.spec_hash,
+            "activation_set": job.spec_hash if job.kind == "harvest" else None,
             "spec": job.spec,
             "error": job.error,
             "skipped_shards": skipped,
@@ -164,12 +202,98 @@ def submit_harvest(
     ] = None,
 ) -> JobAccepted:
     admit_harvest(spec, request.app.state.settings)  # before any row is written
+    return _submit(spec, request, response, runner, idempotency_key)
+
+
+def _submit(spec, request: Request, response: Response, runner: JobRunner,
+            idempotency_key: str | None) -> JobAccepted:  # fmt: skip
     job, created = runner.submit(spec, idempotency_key)
     if created:
         runner.start(job.id)
     location = str(request.url_for("get_job", job_id=job.id).path)
     response.headers["Location"] = location
     return JobAccepted(job_id=job.id, status=job.status, location=location)
+
+
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        max_length=200,
+        description="Makes a retry safe: the same key and body answer the same job",
+    ),
+]
+
+
+@router.post(
+    "/trainings",
+    status_code=202,
+    response_model=JobAccepted,
+    responses=problem_responses(401, 403, 422),
+    summary="Submit a training job: one TrainSpec, or a sweep {specs: [...]} on one set",
+    description=(
+        "Needs the `jobs` scope. The training runs as a Ray task: `device` cuda asks for a "
+        "GPU (422 when the cluster has none), cpu for none, auto for a GPU if there is one; "
+        "`resources` asks for custom Ray resources. Each spec's activation set must be "
+        "harvested and complete; `resume_from` is refused (a resubmitted or crashed "
+        "training resumes from its own last checkpoint). A sweep reads each batch once."
+    ),
+)
+def submit_training(
+    spec: TrainJobSpec,
+    request: Request,
+    response: Response,
+    key: Annotated[ApiKey, Depends(require_scope("jobs"))],
+    runner: Annotated[JobRunner, Depends(get_runner)],
+    idempotency_key: IdempotencyKey = None,
+) -> JobAccepted:
+    admit_train(spec, request.app.state.settings)
+    return _submit(spec, request, response, runner, idempotency_key)
+
+
+@router.post(
+    "/indexings",
+    status_code=202,
+    response_model=JobAccepted,
+    responses=problem_responses(401, 403, 422),
+    summary="Submit an indexing job for a trained SAE (features, examples, vocab)",
+)
+def submit_indexing(
+    spec: IndexSpec,
+    request: Request,
+    response: Response,
+    key: Annotated[ApiKey, Depends(require_scope("jobs"))],
+    runner: Annotated[JobRunner, Depends(get_runner)],
+    idempotency_key: IdempotencyKey = None,
+) -> JobAccepted:
+    admit_index(spec, request.app.state.settings)
+    return _submit(spec, request, response, runner, idempotency_key)
+
+
+@router.post(
+    "/pipelines",
+    status_code=202,
+    response_model=JobAccepted,
+    responses=problem_responses(401, 403, 422),
+    summary="Submit a pipeline: harvest -> train -> index, each stage a job of its own",
+    description=(
+        "Needs the `jobs` scope. `stages` (default harvest, train, index) run in order; "
+        "`train` holds TrainSpec fields (the set is the harvest's), `index` IndexSpec "
+        "fields (the SAE is the training's). A stage whose result exists is skipped. "
+        "Stages that disagree (a hook the harvest does not take) or an unknown stage: 422 "
+        "naming the field, and no job is made. GET /v1/jobs/{id} shows the chain."
+    ),
+)
+def submit_pipeline(
+    spec: PipelineSpec,
+    request: Request,
+    response: Response,
+    key: Annotated[ApiKey, Depends(require_scope("jobs"))],
+    runner: Annotated[JobRunner, Depends(get_runner)],
+    idempotency_key: IdempotencyKey = None,
+) -> JobAccepted:
+    admit_pipeline(spec, request.app.state.settings)
+    return _submit(spec, request, response, runner, idempotency_key)
 
 
 @router.get(
@@ -188,7 +312,8 @@ def list_jobs(
     ] = None,
 ) -> JobList:
     jobs, next_cursor = runner.list(limit, cursor)
-    return JobList(items=[_job_out(j, request, key) for j in jobs], next_cursor=next_cursor)
+    return JobList(items=[_job_out(j, request, key, runner) for j in jobs],
+                   next_cursor=next_cursor)  # fmt: skip
 
 
 @router.get(
@@ -203,7 +328,7 @@ def get_job(
     runner: Annotated[JobRunner, Depends(get_runner)],
     key: Annotated[ApiKey | None, Depends(optional_key)],
 ) -> JobOut:
-    return _job_out(runner.get(job_id), request, key)
+    return _job_out(runner.get(job_id), request, key, runner)
 
 
 @router.post(
@@ -218,4 +343,4 @@ def cancel_job(
     key: Annotated[ApiKey, Depends(require_scope("jobs"))],
     runner: Annotated[JobRunner, Depends(get_runner)],
 ) -> JobOut:
-    return _job_out(runner.cancel(job_id), request, key)
+    return _job_out(runner.cancel(job_id), request, key, runner)

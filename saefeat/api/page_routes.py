@@ -1,4 +1,5 @@
-"""Pages: a search page and a feature page (Jinja2 templates).
+"""Pages: a search page (with a "which features fire on my text" box), a feature page,
+an SAE page and a jobs page (Jinja2 templates; charts as server-side SVG, api/charts.py).
 
 The feature page's examples, histogram and projection are drawn in the browser by
 static/feature.js from JSON embedded in the page; the rest is rendered here.
@@ -19,7 +20,7 @@ from fastapi.templating import Jinja2Templates
 from markupsafe import Markup
 from sqlalchemy.orm import Session
 
-from saefeat.api import convert
+from saefeat.api import charts, convert
 from saefeat.api.deps import read_session
 from saefeat.errors import SaefeatError
 from saefeat.storage.catalog import documents, explanations, label_search, labels, queries
@@ -98,3 +99,64 @@ async def feature_page(
         history=[convert.label_out(lb, state.votes.get(lb.id)) for lb in state.history(feature.id)],
         explanations=explanations.feature_explanations(session, feature.id),
     )
+
+
+SAE_PAGE_FEATURES = 100  # features listed per page of the SAE page
+
+
+@router.get("/saes/{sae_id}", response_class=HTMLResponse)
+async def sae_page(
+    request: Request,
+    sae_id: str,
+    session: SessionDep,
+    page: Annotated[int, Query(ge=0, le=100_000)] = 0,
+) -> HTMLResponse:
+    """An SAE: spec and lineage, held-out metrics, density histogram, its features each
+    with a sparkline of its activation histogram (strongest first)."""
+    from sqlalchemy import select
+
+    from saefeat.storage.catalog.models import ActivationSet, Feature
+
+    try:
+        sae = queries.get_sae(session, sae_id)
+    except SaefeatError as exc:
+        return _render(request, "missing.html", exc.status_code, error=str(exc))
+    aset = session.get(ActivationSet, sae.activation_set_id) if sae.activation_set_id else None
+    rows = session.execute(
+        select(Feature.id, Feature.index, Feature.density, Feature.max_activation,
+               Feature.histogram)
+        .where(Feature.sae_id == sae_id)
+        .order_by(Feature.max_activation.desc(), Feature.index)
+        .offset(page * SAE_PAGE_FEATURES).limit(SAE_PAGE_FEATURES + 1)
+    ).all()  # fmt: skip
+    current = labels.current_labels(session, [r.id for r in rows])
+    features = [(r, _text(current.get(r.id)), charts.sparkline(r.histogram))
+                for r in rows[:SAE_PAGE_FEATURES]]  # fmt: skip
+    metrics = dict(sae.metrics or {})
+    density = charts.density_chart(metrics.pop("density_histogram", None))
+    shown = {k: v for k, v in metrics.items() if isinstance(v, int | float | str)}
+    return _render(
+        request, "sae.html", sae=sae, aset=aset, corpus=_corpus(request, aset),
+        train_spec=(sae.cfg or {}).get("train_spec"), metrics=shown, density=density,
+        features=features, page=page, more=len(rows) > SAE_PAGE_FEATURES,
+    )  # fmt: skip
+
+
+def _corpus(request: Request, aset) -> list | None:
+    """The corpus sources the set was harvested from (its own spec), if it is here."""
+    if aset is None:
+        return None
+    from saefeat.storage.activations import open_set
+
+    try:
+        return open_set(request.app.state.settings.activations_dir, aset.id).spec.get("corpus")
+    except Exception:  # harvested elsewhere, or gone: the page still answers
+        return None
+
+
+@router.get("/jobs", response_class=HTMLResponse)
+async def jobs_page(request: Request) -> HTMLResponse:
+    """Every job with its kind, status and live progress (static/jobs.js reads GET
+    /v1/jobs every few seconds). A page sends no key, so it shows what anonymous readers
+    may see: no specs or errors (those need the `jobs` scope, over the API)."""
+    return _render(request, "jobs.html")

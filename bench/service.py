@@ -1,0 +1,173 @@
+"""The pipeline as a service against the same work in-process.
+
+(a) in-process: harvest -> train -> index by the CLI's functions (saefeat.cli's
+    harvest_as_job, do_train, do_index) on a fresh SAEFEAT_HOME, Ray already started;
+(b) over HTTP: the same three specs as one POST /v1/pipelines to `saefeat serve` (its own
+    fresh home, its own local Ray, started before the clock), timed from the POST to the
+    pipeline's end, while a client reads feature pages of the SAE (a) made (its catalog
+    is copied into (b)'s home) one after another, 0.1 s apart. (b) trains with seed 1, so
+    its SAE is another one than (a)'s and no stage of it is reused from that catalog.
+
+    python bench/service.py            # SmolLM2-135M, built-in corpus, 20k tokens
+
+Targets: pipeline_overhead_ratio = (b) / (a) <= 1.15; api_p95_ms_during_pipeline < 100.
+The last line printed is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+KEY = "sk-bench-service"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def specs(tokens: int):
+    from saefeat.demo import demo_specs
+    from saefeat.specs import IndexSpec
+
+    harvest, train = demo_specs(tokens)
+    return harvest, train(harvest.set_id()), IndexSpec(sae="placeholder")
+
+
+def in_process(home: Path, tokens: int) -> tuple[float, str]:
+    os.environ["SAEFEAT_HOME"] = str(home)
+    from saefeat.cli import do_index, do_train, harvest_as_job
+    from saefeat.config import get_settings
+
+    get_settings.cache_clear()
+    from saefeat.workers.runtime import ensure_ray
+
+    ensure_ray(get_settings())
+    harvest, train, index = specs(tokens)
+    t0 = time.perf_counter()
+    harvest_as_job(harvest)
+    sae_id = do_train(train).sae_id
+    do_index(index.model_copy(update={"sae": sae_id}))
+    seconds = time.perf_counter() - t0
+    import ray
+
+    ray.shutdown()  # the server starts its own; one Ray at a time on this machine
+    return seconds, sae_id
+
+
+def over_http(home: Path, tokens: int, sae_id: str, d_sae: int) -> tuple[float, list[float]]:
+    import httpx
+
+    harvest, train, index = specs(tokens)
+    body = {
+        "harvest": harvest.model_dump(mode="json"),
+        # Seed 1: the same work as (a), another SAE id than the copied catalog's.
+        "train": train.model_dump(mode="json", exclude={"activation_set"}) | {"seed": 1},
+        "index": index.model_dump(mode="json", exclude={"sae"}),
+    }
+    port = _free_port()
+    env = dict(os.environ, SAEFEAT_HOME=str(home), SAEFEAT_BOOTSTRAP_API_KEY=KEY)
+    env.pop("SAEFEAT_RAY_ADDRESS", None)
+    log = (home / "server.log").open("wb")
+    server = subprocess.Popen(
+        [str(Path(sys.executable).with_name("saefeat")), "serve", "--port", str(port)],
+        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60,
+                          headers={"Authorization": f"Bearer {KEY}"})  # fmt: skip
+    latencies: list[float] = []
+    try:
+        while True:
+            try:
+                if client.get("/v1/health").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        client.get(f"/saes/{sae_id}/features/0")  # the first page load, off the clock
+        running = threading.Event()
+        running.set()
+
+        def read_pages() -> None:
+            reader = httpx.Client(base_url=client.base_url, timeout=60)
+            i = 0
+            while running.is_set():
+                t = time.perf_counter()
+                r = reader.get(f"/saes/{sae_id}/features/{i % d_sae}")
+                if r.status_code == 200:
+                    latencies.append((time.perf_counter() - t) * 1000)
+                i += 97
+                time.sleep(0.1)
+
+        pages = threading.Thread(target=read_pages, daemon=True)
+        t0 = time.perf_counter()
+        r = client.post("/v1/pipelines", json=body)
+        r.raise_for_status()
+        job_id = r.json()["job_id"]
+        pages.start()
+        while True:
+            job = client.get(f"/v1/jobs/{job_id}").json()
+            if job["status"] not in ("queued", "running"):
+                break
+            time.sleep(0.5)
+        seconds = time.perf_counter() - t0
+        running.clear()
+        pages.join()
+        if job["status"] != "succeeded" or job.get("error"):  # error: a note of reuse
+            raise SystemExit(f"pipeline {job['status']}: {job.get('error')}")
+        return seconds, latencies
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            server.kill()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--tokens", type=int, default=20_000)
+    args = ap.parse_args()
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    # Both homes load the embedded model from one converted copy.
+    os.environ.setdefault("SAEFEAT_MODEL_CACHE", str(Path.home() / ".cache/saefeat/models"))
+    root = Path(tempfile.mkdtemp(prefix="bench-service-"))
+    try:
+        local_s, sae_id = in_process(root / "local", args.tokens)
+        import sqlite3
+
+        d_sae = sqlite3.connect(root / "local" / "catalog.db").execute(
+            "select d_sae from saes where id = ?", (sae_id,)).fetchone()[0]  # fmt: skip
+        (root / "served").mkdir()
+        shutil.copy(root / "local" / "catalog.db", root / "served" / "catalog.db")
+        http_s, lat = over_http(root / "served", args.tokens, sae_id, d_sae)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    lat.sort()
+    p95 = lat[min(len(lat) - 1, int(0.95 * len(lat)))] if lat else None
+    print(f"in-process {local_s:.1f}s, over HTTP {http_s:.1f}s; "
+          f"{len(lat)} feature pages, p50 {lat[len(lat) // 2]:.1f} ms, p95 {p95:.1f} ms",
+          file=sys.stderr)  # fmt: skip
+    print(json.dumps({
+        "tokens": args.tokens,
+        "in_process_s": round(local_s, 2),
+        "http_pipeline_s": round(http_s, 2),
+        "pipeline_overhead_ratio": round(http_s / local_s, 3),
+        "api_p95_ms_during_pipeline": round(p95, 1) if p95 is not None else None,
+        "feature_page_requests": len(lat),
+    }))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

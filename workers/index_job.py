@@ -1,0 +1,60 @@
+"""The `index` job kind: an IndexSpec run by saefeat.pipeline.run_index inside a Ray task
+(which spreads the SAE's shards over the cluster's workers and writes the catalog), so
+the job thread loads neither the SAE nor the model. Writing the index replaces the SAE's
+feature rows in place (their ids and labels stay), so a re-run after a crash adds none.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+
+from saefeat.config import Settings
+from saefeat.specs import IndexSpec
+from saefeat.workers.job_kinds import JobKind, JobOutcome, Progress, register_job_kind
+
+INDEX_EXECUTION_FIELDS = {"device", "batch_contexts"}  # change how, not what, it indexes
+
+
+def index_hash(spec: IndexSpec) -> str:
+    data = spec.model_dump(mode="json", exclude=INDEX_EXECUTION_FIELDS)
+    return "index-" + hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def already_indexed(settings: Settings, sae_id: str) -> bool:
+    """The catalog holds the SAE's features (an index was written for it)."""
+    from sqlalchemy import func, select
+
+    from saefeat.pipeline import catalog_session
+    from saefeat.storage.catalog.models import Feature
+
+    with catalog_session(settings) as s:
+        return bool(s.scalar(select(func.count()).where(Feature.sae_id == sae_id)))
+
+
+def _index_task(spec: IndexSpec, settings: Settings, box) -> dict:
+    from saefeat.pipeline import run_index
+    from saefeat.workers.ray_stage import report_to
+
+    result = run_index(spec, settings=settings, progress=report_to(box))
+    return {"d_sae": result.index.d_sae, "n_tokens": result.index.n_tokens}
+
+
+def run_index_job(
+    spec: IndexSpec,
+    *,
+    settings: Settings,
+    progress: Progress | None,
+    should_stop: Callable[[], bool],
+) -> JobOutcome:
+    from saefeat.workers.ray_stage import run_on_ray
+
+    out, _ = run_on_ray(_index_task, (spec, settings), {"num_cpus": 1},
+                        progress=progress, should_stop=should_stop)  # fmt: skip
+    return JobOutcome("succeeded", None, out)
+
+
+INDEX = register_job_kind(
+    JobKind(name="index", spec_type=IndexSpec, spec_hash=index_hash, run=run_index_job)
+)

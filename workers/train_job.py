@@ -1,0 +1,112 @@
+"""The `train` job kind: one SAE or a sweep (several SAEs reading each batch once), run by
+saefeat.pipeline.run_train inside a Ray task placed by the resources the job declares.
+
+Placement: `device` "cuda" asks Ray for a GPU (num_gpus=1), "cpu" for none, "auto" for a
+GPU when the cluster has one; `resources` adds custom Ray resources (e.g. {"trainer": 1}
+for a node started with that resource). The task checkpoints every
+`checkpoint_every_tokens`; when its node dies Ray runs it again once a node with those
+resources is back, and the trainer resumes from the last checkpoint (its own train-state
+folder), as `saefeat train` does after a crash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from saefeat.config import Settings
+from saefeat.specs import TrainSpec
+from saefeat.workers.job_kinds import JobKind, JobOutcome, Progress, register_job_kind
+
+Device = Literal["auto", "cpu", "cuda"]
+
+
+class TrainJobSpec(BaseModel):
+    """A sweep of TrainSpecs on one activation set, and where to run it. A bare TrainSpec
+    is taken as a sweep of one."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    specs: list[TrainSpec] = Field(min_length=1, max_length=64)
+    device: Device = Field("auto", description="cuda: a GPU or 422; cpu; auto: GPU if any")
+    resources: dict[str, float] = Field(
+        default_factory=dict, description="Custom Ray resources the training task needs"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_spec(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "specs" not in data and "activation_set" in data:
+            return {"specs": [data]}
+        return data
+
+    def sae_ids(self) -> list[str]:
+        from saefeat.training.trainer import sae_id_for
+
+        return [sae_id_for(s, s.activation_set) for s in self.specs]
+
+    def work_hash(self) -> str:
+        return "train-" + hashlib.sha256(",".join(sorted(self.sae_ids())).encode()).hexdigest()[:16]
+
+
+def ray_options(spec: TrainJobSpec, cluster_gpus: int) -> tuple[str, dict[str, Any]]:
+    """(the torch device, the Ray task options) for this spec on a cluster with that
+    many GPUs; admission has refused a cuda spec on a cluster without one."""
+    on_gpu = spec.device == "cuda" or (spec.device == "auto" and cluster_gpus > 0)
+    opts: dict[str, Any] = {"num_gpus": 1 if on_gpu else 0, "num_cpus": 1}
+    if spec.resources:
+        opts["resources"] = dict(spec.resources)
+    return ("cuda" if on_gpu else "cpu"), opts
+
+
+def already_trained(settings: Settings, sae_ids: list[str]) -> bool:
+    """Every SAE of the sweep is saved with its metrics and in the catalog."""
+    from saefeat.pipeline import catalog_session
+    from saefeat.storage.catalog.models import SAE
+
+    if not all((settings.saes_dir / i / "metrics.json").is_file() for i in sae_ids):
+        return False
+    with catalog_session(settings) as s:
+        return all(s.get(SAE, i) is not None for i in sae_ids)
+
+
+def _train_task(specs: list[TrainSpec], settings: Settings, box) -> list[dict]:
+    """On a Ray worker: train, register in the catalog, return ids and metrics."""
+    from saefeat.pipeline import run_train
+    from saefeat.workers.ray_stage import report_to
+
+    results = run_train(list(specs), settings=settings, progress=report_to(box))
+    return [{"sae_id": r.sae_id, "metrics": r.metrics} for r in results]
+
+
+def run_train_job(
+    spec: TrainJobSpec,
+    *,
+    settings: Settings,
+    progress: Progress | None,
+    should_stop: Callable[[], bool],
+) -> JobOutcome:
+    import ray
+
+    from saefeat.workers.ray_stage import run_on_ray
+
+    ids = spec.sae_ids()
+    if already_trained(settings, ids):
+        return JobOutcome("succeeded", f"already trained: {', '.join(ids)}", ids)
+    device, opts = ray_options(spec, int(ray.cluster_resources().get("GPU", 0)))
+    specs = [s.model_copy(update={"device": device}) for s in spec.specs]
+    out, starts = run_on_ray(_train_task, (specs, settings), opts,
+                             progress=progress, should_stop=should_stop)  # fmt: skip
+    resumed = [s - 1 for s in starts if s > 1]  # the trainer reports step+1
+    note = f"resumed from checkpoint at step(s) {resumed}" if resumed else None
+    return JobOutcome("succeeded", note, [o["sae_id"] for o in out])
+
+
+TRAIN = register_job_kind(
+    JobKind(
+        name="train", spec_type=TrainJobSpec, spec_hash=TrainJobSpec.work_hash, run=run_train_job
+    )  # fmt: skip
+)
