@@ -128,22 +128,24 @@ class TrainSpec(_Spec):
     picked by its `name`; its settings may also be given flat beside it (`k=4`)."""
 
     activation_set: str  # set id
-    hook: str | None = None  # default: the set's first hook
+    hook: str | None = Field(None, description="hook to train on (default: the set's first)")
     architecture: SerializeAsAny[ArchConfig] = Field(default_factory=TopKConfig)
-    d_sae: int | None = Field(None, gt=0)  # default: expansion_factor x d_in
-    expansion_factor: int = Field(8, gt=0)
+    d_sae: int | None = Field(None, gt=0, description="latents (default: expansion_factor x d_in)")
+    expansion_factor: int = Field(8, gt=0, description="d_sae / d_in when d_sae is not given")
     # AuxK (TopK family): coefficient (0 turns it off) and tokens without firing = dead.
     auxk_coefficient: float = Field(1 / 32, ge=0)
     dead_after_tokens: int | None = Field(None, gt=0)  # default: min(10M, half an epoch)
     init_decoder_norm: float = Field(1.0, gt=0)
     geometric_median_init: bool = True
-    batch_size: int = Field(1024, gt=0)
-    lr: float | None = Field(None, gt=0)  # default: sparsify's 2e-4 / sqrt(d_sae / 2^14)
+    batch_size: int = Field(1024, gt=0, description="tokens per step")
+    lr: float | None = Field(
+        None, gt=0, description="default: sparsify's 2e-4 / sqrt(d_sae / 2^14)"
+    )
     lr_warmup_frac: float = Field(0.05, ge=0, lt=1)
     lr_decay_frac: float = Field(0.2, ge=0, le=1)
     grad_clip: float | None = Field(1.0, gt=0)
-    epochs: float = Field(1.0, gt=0)
-    seed: int = 0
+    epochs: float = Field(1.0, gt=0, description="passes over the training contexts")
+    seed: int = Field(0, description="seeds the initialisation and the batch order")
     device: str | None = None
     name: str | None = None
     checkpoint_every_tokens: int | None = Field(None, gt=0)
@@ -151,12 +153,17 @@ class TrainSpec(_Spec):
     eval_ce_contexts: int = Field(8, ge=0)  # contexts for CE/KL with the SAE spliced in
     # Tokens left out of training, metrics and features (storage/exclusion.py): position
     # 0 and tokens whose norm exceeds this x the set's median norm.
-    massive_norm_threshold: float = Field(10.0, gt=1, allow_inf_nan=False)
+    massive_norm_threshold: float = Field(
+        10.0, gt=1, allow_inf_nan=False,
+        description="leave out tokens whose norm exceeds this x the median",
+    )  # fmt: skip
     # Held-out evaluation: this fraction of the set's contexts, never trained on...
-    heldout_frac: float = Field(0.05, gt=0, lt=0.5)
+    heldout_frac: float = Field(
+        0.05, gt=0, lt=0.5, description="share of the set's contexts held out for evaluation"
+    )
     # ...or, when named, a separate set (same model, hook and width); training then reads
     # every context of `activation_set`.
-    eval_set: str | None = None
+    eval_set: str | None = Field(None, description="evaluate on this set (same model, hook, width)")
 
     @field_validator("activation_set")
     @classmethod

@@ -25,7 +25,7 @@ FORMAT_VERSION = 1
 
 
 # The TopK family's active latents per token; its bound by d_sae is in check_width.
-ActiveCount = Annotated[int, Field(gt=0)]
+ActiveCount = Annotated[int, Field(gt=0, description="active latents per token")]
 
 
 class ArchConfig(BaseModel):

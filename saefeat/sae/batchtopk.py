@@ -26,8 +26,10 @@ from saefeat.sae.base import (
 
 class BatchTopKConfig(ArchConfig):
     name: Literal["batchtopk"] = "batchtopk"
-    k: ActiveCount = 32  # active latents per token, on average over the batch
-    threshold_ema: float = Field(0.01, gt=0, le=1)  # EMA rate of the inference threshold
+    k: ActiveCount = 32  # on average over the batch
+    threshold_ema: float = Field(
+        0.01, gt=0, le=1, description="EMA rate of the inference threshold"
+    )
 
 
 @register(BatchTopKConfig)

@@ -32,10 +32,10 @@ from saefeat.sae.base import (
 class JumpReLUConfig(ArchConfig):
     name: Literal["jumprelu"] = "jumprelu"
     # Sparsity: coef * (L0/target - 1)^2 towards target_l0, or coef * L0 when it is None.
-    target_l0: float | None = Field(32.0, gt=0)
-    sparsity_coefficient: float = Field(1.0, ge=0)
-    bandwidth: float = Field(0.001, gt=0)  # STE rectangle width, as in Gemma Scope
-    init_threshold: float = Field(0.001, ge=0)
+    target_l0: float | None = Field(32.0, gt=0, description="L0 the sparsity term aims at")
+    sparsity_coefficient: float = Field(1.0, ge=0, description="weight of the sparsity term")
+    bandwidth: float = Field(0.001, gt=0, description="STE rectangle width (Gemma Scope's)")
+    init_threshold: float = Field(0.001, ge=0, description="every latent's first threshold")
 
     def check_width(self, d_sae: int) -> None:
         if self.target_l0 is not None and self.target_l0 >= d_sae:

@@ -19,8 +19,9 @@ from saefeat.sae.batchtopk import BatchTopKConfig, BatchTopKSAE
 
 class MatryoshkaConfig(BatchTopKConfig):
     name: Literal["matryoshka_batchtopk"] = "matryoshka_batchtopk"  # type: ignore[assignment]
-    # Fractions of d_sae in each nested group (sum to 1).
-    matryoshka_groups: tuple[float, ...] = Field((0.0625, 0.125, 0.25, 0.5625))
+    matryoshka_groups: tuple[float, ...] = Field(
+        (0.0625, 0.125, 0.25, 0.5625), description="fractions of d_sae per nested group (sum 1)"
+    )
 
     @field_validator("matryoshka_groups")
     @classmethod

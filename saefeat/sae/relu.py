@@ -26,7 +26,7 @@ from saefeat.sae.base import (
 
 class ReLUConfig(ArchConfig):
     name: Literal["relu"] = "relu"
-    l1_coefficient: float = Field(0.02, ge=0)  # weight of the norm-weighted L1 penalty
+    l1_coefficient: float = Field(0.02, ge=0, description="weight of the norm-weighted L1")
 
 
 @register(ReLUConfig)

@@ -1,0 +1,39 @@
+"""`saefeat jobs`: the job table, newest first."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from saefeat.cli.common import user_errors
+from saefeat.config import get_settings
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(user_errors(jobs))
+
+
+def jobs(limit: Annotated[int, typer.Option(help="newest N jobs")] = 20):
+    """List jobs, newest first: status, progress, rate, error."""
+    from rich.table import Table
+    from sqlalchemy import select
+
+    from saefeat.pipeline import catalog_session
+    from saefeat.storage.catalog.models import Job
+
+    table = Table("id", "kind", "status", "progress", "tok/s", "created", "error")
+    with catalog_session(get_settings()) as s:
+        for j in s.scalars(select(Job).order_by(Job.created_at.desc()).limit(limit)):
+            pct = f"{j.progress_done / j.progress_total:.0%}" if j.progress_total else "-"
+            table.add_row(
+                j.id,
+                j.kind,
+                j.status,
+                f"{j.progress_done:,}/{j.progress_total or 0:,} ({pct})",
+                f"{j.rate:,.0f}" if j.rate else "-",
+                f"{j.created_at:%Y-%m-%d %H:%M}",
+                (j.error or "")[:60],
+            )
+    Console().print(table)
