@@ -123,10 +123,6 @@ class HarvestResult:
     shard_seconds: float = 0.0  # first shard sent to last shard committed
     tokens_run: int = 0  # tokens of the shards committed in this run
 
-    @property
-    def has_gaps(self) -> bool:
-        return bool(self.skipped)
-
 
 def prepare_set(
     spec: HarvestSpec, root: Path, corpus_roots: CorpusRoots
@@ -168,6 +164,7 @@ def prepare_set(
         model=spec.model,
         hooks=list(spec.hooks),
         d_model=config.hidden_size,
+        n_layers=n_layers,
         tokens=packed.tokens,
         doc_index=packed.doc_index,
         doc_offset=packed.doc_offset,
