@@ -43,9 +43,9 @@ def catalog_session(settings: Settings):
 def record_activation_set(settings: Settings, aset: ActivationSet) -> None:
     """Mirror a finished set and its shard commits into the catalog."""
     with catalog_session(settings) as s:
-        lm = s.scalar(select(m.LanguageModel).where(m.LanguageModel.name == aset.model_name))
+        lm = s.scalar(select(m.LanguageModelRow).where(m.LanguageModelRow.name == aset.model_name))
         if lm is None:
-            lm = m.LanguageModel(
+            lm = m.LanguageModelRow(
                 name=aset.model_name,
                 revision=aset.spec.get("revision"),
                 d_model=aset.d_model,
@@ -53,7 +53,7 @@ def record_activation_set(settings: Settings, aset: ActivationSet) -> None:
             )
             s.add(lm)
             s.flush()
-        row = s.get(m.ActivationSet, aset.id) or m.ActivationSet(id=aset.id)
+        row = s.get(m.ActivationSetRow, aset.id) or m.ActivationSetRow(id=aset.id)
         row.model_id = lm.id
         row.hook_names = aset.hooks
         row.ctx_len = aset.ctx_len

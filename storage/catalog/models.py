@@ -80,7 +80,7 @@ class Base(DeclarativeBase):
     type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON, datetime: UTCDateTime}
 
 
-class LanguageModel(Base):
+class LanguageModelRow(Base):
     __tablename__ = "language_models"
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -132,7 +132,7 @@ class Job(Base):
     )
 
 
-class ActivationSet(Base):
+class ActivationSetRow(Base):
     """One Zarr group of harvested activations; the id is the hash of its spec."""
 
     __tablename__ = "activation_sets"
@@ -149,7 +149,7 @@ class ActivationSet(Base):
     stats: Mapped[dict[str, Any] | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
-    model: Mapped[LanguageModel] = relationship()
+    model: Mapped[LanguageModelRow] = relationship()
     shards: Mapped[list[ActivationShard]] = relationship(
         back_populates="activation_set",
         cascade="all, delete-orphan",
@@ -171,7 +171,7 @@ class ActivationShard(Base):
     checksum: Mapped[str] = mapped_column(Text)  # per-hook digests can be long
     committed_at: Mapped[datetime] = mapped_column(default=utcnow)
 
-    activation_set: Mapped[ActivationSet] = relationship(back_populates="shards")
+    activation_set: Mapped[ActivationSetRow] = relationship(back_populates="shards")
 
 
 class SAE(Base):
@@ -223,7 +223,7 @@ class Feature(Base):
     )
 
 
-class FeatureExample(Base):
+class FeatureExampleRow(Base):
     __tablename__ = "feature_examples"
 
     id: Mapped[int] = mapped_column(primary_key=True)

@@ -24,7 +24,7 @@ from saefeat.storage.catalog.models import (
     SAE,
     Base,
     Feature,
-    FeatureExample,
+    FeatureExampleRow,
     Label,
     VocabToken,
 )
@@ -152,7 +152,7 @@ def test_deleting_an_sae_cascades_to_its_features(session, make_sae):
     session.commit()
     session.delete(session.get(SAE, sae.id))
     session.commit()
-    for model in (Feature, FeatureExample, VocabToken, Label):
+    for model in (Feature, FeatureExampleRow, VocabToken, Label):
         assert session.scalars(select(model)).first() is None, model.__tablename__
 
 
