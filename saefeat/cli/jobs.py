@@ -18,14 +18,13 @@ def register(app: typer.Typer) -> None:
 def jobs(limit: Annotated[int, typer.Option(help="newest N jobs")] = 20):
     """List jobs, newest first: status, progress, rate, error."""
     from rich.table import Table
-    from sqlalchemy import select
 
     from saefeat.pipeline import catalog_session
-    from saefeat.storage.catalog.models import Job
+    from saefeat.storage.catalog.job_store import list_jobs
 
     table = Table("id", "kind", "status", "progress", "tok/s", "created", "error")
     with catalog_session(get_settings()) as s:
-        for j in s.scalars(select(Job).order_by(Job.created_at.desc()).limit(limit)):
+        for j in list_jobs(s, limit):
             pct = f"{j.progress_done / j.progress_total:.0%}" if j.progress_total else "-"
             table.add_row(
                 j.id,
