@@ -93,14 +93,6 @@ class LanguageModelRow(Base):
     __table_args__ = (UniqueConstraint("name", "revision"),)
 
 
-class Corpus(Base):
-    __tablename__ = "corpora"
-
-    id: Mapped[int] = mapped_column(primary_key=True)
-    name: Mapped[str] = mapped_column(String(300), unique=True)
-    spec: Mapped[dict[str, Any]] = mapped_column(default=dict)
-
-
 class Job(Base):
     """A unit of long work. The row is the truth; the runner only reports into it."""
 
@@ -159,7 +151,8 @@ class ActivationSetRow(Base):
 
 
 class ActivationShard(Base):
-    """Commit record of one shard: a shard without a row here does not exist for readers."""
+    """The catalog's copy of one shard's commit record. Readers trust the commit files in
+    the Zarr group (storage/activations.py), not this row; it lists the set's shards."""
 
     __tablename__ = "activation_shards"
 
