@@ -11,12 +11,12 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
+from synthetic_catalog import synthetic_feature_index
 
 from saefeat.api.app import create_app
 from saefeat.config import Settings
 from saefeat.features.records import FeatureIndex
 from saefeat.storage.catalog.db import upgrade
-from saefeat.storage.catalog.demo import synthetic_feature_index
 from saefeat.storage.catalog.keys import create_api_key, revoke_api_key, verify_api_key
 from saefeat.storage.catalog.registry import register_sae
 from saefeat.storage.catalog.writer import write_feature_index

@@ -34,10 +34,10 @@ def _free_port() -> int:
 @pytest.fixture
 def served(tmp_path) -> Iterator[Served]:
     import uvicorn
+    from synthetic_catalog import synthetic_feature_index
 
     from saefeat.api.app import create_app
     from saefeat.config import Settings
-    from saefeat.storage.catalog.demo import synthetic_feature_index
     from saefeat.storage.catalog.keys import create_api_key
     from saefeat.storage.catalog.registry import register_sae
     from saefeat.storage.catalog.writer import write_feature_index

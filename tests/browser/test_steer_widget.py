@@ -22,12 +22,12 @@ HOOK = "blocks.2.hook_resid_post"
 @pytest.fixture
 def steerable_page(tmp_path, tiny_llama):
     import uvicorn
+    from synthetic_catalog import synthetic_feature_index
 
     from saefeat.api.app import create_app
     from saefeat.config import Settings
     from saefeat.sae import SAEConfig
     from saefeat.sae.topk import TopKSAE
-    from saefeat.storage.catalog.demo import synthetic_feature_index
     from saefeat.storage.catalog.registry import register_sae
     from saefeat.storage.catalog.writer import write_feature_index
 

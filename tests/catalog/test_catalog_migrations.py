@@ -9,6 +9,7 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Engine, inspect, select
+from synthetic_catalog import synthetic_feature_index
 
 from saefeat.storage.catalog.db import (
     current_revision,
@@ -18,7 +19,6 @@ from saefeat.storage.catalog.db import (
     make_sessionmaker,
     upgrade,
 )
-from saefeat.storage.catalog.demo import synthetic_feature_index
 from saefeat.storage.catalog.labels import add_label
 from saefeat.storage.catalog.models import (
     SAE,

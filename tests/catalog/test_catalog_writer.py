@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
+from synthetic_catalog import synthetic_feature_index
 
 from saefeat.errors import NotFoundError, SpecError
 from saefeat.features.records import FeatureExample as ExampleRecord
 from saefeat.features.records import VocabProjection
-from saefeat.storage.catalog.demo import synthetic_feature_index
 from saefeat.storage.catalog.labels import add_label, label_history
 from saefeat.storage.catalog.models import Feature, FeatureExampleRow, VocabToken
 from saefeat.storage.catalog.queries import feature_examples, feature_projection, get_feature
