@@ -24,8 +24,14 @@ from saefeat.errors import NotFoundError, SpecError
 FORMAT_VERSION = 1
 
 
-# The TopK family's active latents per token; its bound by d_sae is in check_width.
+# The TopK family's active latents per token; its bound by d_sae is check_active_count.
 ActiveCount = Annotated[int, Field(gt=0, description="active latents per token")]
+
+
+def check_active_count(k: int | None, d_sae: int) -> None:
+    """The one rule for k: fewer active latents than there are latents."""
+    if k is not None and not 0 < k < d_sae:
+        raise SpecError(f"k must be < d_sae ({d_sae}) and > 0, got {k}", field="k")
 
 
 class ArchConfig(BaseModel):
@@ -37,9 +43,7 @@ class ArchConfig(BaseModel):
 
     def check_width(self, d_sae: int) -> None:
         """Refuse settings that cannot fit d_sae latents (the TopK family's k)."""
-        k = getattr(self, "k", None)  # > 0 by its type (ActiveCount)
-        if k is not None and k >= d_sae:
-            raise SpecError(f"k must be < d_sae ({d_sae}), got {k}", field="k")
+        check_active_count(getattr(self, "k", None), d_sae)
 
     def to_checkpoint(self) -> tuple[int | None, dict]:
         """(k, extra) as cfg.json holds them: k apart, the other settings in `extra`."""

@@ -204,7 +204,7 @@ def _make_sae(session: Session, d_sae: int = 64, sae_id: str = "sae-a") -> SAE:
         architecture="topk",
         d_in=576,
         d_sae=d_sae,
-        k=min(8, d_sae),
+        k=min(8, d_sae - 1),  # the TopK rule: fewer active latents than latents
         metrics={"fvu": 0.2, "l0": 8.0},
     )
     session.commit()
