@@ -81,7 +81,7 @@ def seed_catalog(session: Session) -> Seeded:
             architecture="topk",
             d_in=576,
             d_sae=d_sae,
-            k=8,
+            k=min(8, d_sae - 1),  # the TopK rule: fewer active latents than latents
             cfg={"k": 8},
             metrics={"fvu": 0.21, "l0": 8.0},
         )
