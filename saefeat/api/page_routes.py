@@ -13,20 +13,18 @@ from pathlib import Path
 from typing import Annotated
 
 import orjson
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
 from markupsafe import Markup
-from sqlalchemy.orm import Session
 
 from saefeat.api import convert
-from saefeat.api.deps import read_session
+from saefeat.api.params import ReadSession
 from saefeat.errors import SaefeatError
 from saefeat.storage.catalog import documents, label_search, labels, queries
 
 TEMPLATES = Jinja2Templates(directory=Path(__file__).parent / "templates")
 router = APIRouter(include_in_schema=False)
-SessionDep = Annotated[Session, Depends(read_session)]
 
 
 def _render(request: Request, name: str, status: int = 200, **values) -> HTMLResponse:
@@ -36,7 +34,7 @@ def _render(request: Request, name: str, status: int = 200, **values) -> HTMLRes
 @router.get("/", response_class=HTMLResponse)
 async def search_page(
     request: Request,
-    session: SessionDep,
+    session: ReadSession,
     q: Annotated[str, Query(max_length=200)] = "",
     token: Annotated[str, Query(max_length=200)] = "",
     sae_id: str = "",
@@ -79,7 +77,7 @@ def _text(label) -> str | None:
 
 @router.get("/saes/{sae_id}/features/{index}", response_class=HTMLResponse)
 async def feature_page(
-    request: Request, sae_id: str, index: int, session: SessionDep
+    request: Request, sae_id: str, index: int, session: ReadSession
 ) -> HTMLResponse:
     try:
         feature = queries.get_feature(session, sae_id, index)
