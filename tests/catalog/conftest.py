@@ -11,7 +11,6 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import psycopg
 import pytest
@@ -147,21 +146,6 @@ def migrated_postgres_url(postgres_server, postgres_template) -> Iterator[str]:
 def sqlite_url(tmp_path) -> str:
     """A path for an empty SQLite catalog."""
     return f"sqlite:///{tmp_path / 'catalog.db'}"
-
-
-@pytest.fixture(scope="session")
-def sqlite_template(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("template") / "catalog.db"
-    upgrade(f"sqlite:///{path}")
-    return path
-
-
-@pytest.fixture
-def migrated_sqlite_url(tmp_path, sqlite_template: Path) -> str:
-    # Copying a migrated file is much faster than running Alembic for every test.
-    path = tmp_path / "catalog.db"
-    shutil.copyfile(sqlite_template, path)
-    return f"sqlite:///{path}"
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
