@@ -42,7 +42,7 @@ class ArchConfig(BaseModel):
     name: str
 
     def check_width(self, d_sae: int) -> None:
-        """Refuse settings that cannot fit d_sae latents (the TopK family's k)."""
+        """Refuse settings that cannot train d_sae latents (the TopK family's k)."""
         check_active_count(getattr(self, "k", None), d_sae)
 
     def to_checkpoint(self) -> tuple[int | None, dict]:
@@ -132,7 +132,9 @@ class SAEConfig:
     def validate(self) -> None:
         if self.d_in <= 0 or self.d_sae <= 0:
             raise SpecError(f"d_in and d_sae must be > 0, got {self.d_in}, {self.d_sae}")
-        self.arch().check_width(self.d_sae)
+        self.arch()  # the settings parse
+        # Only k binds a stored SAE; a setting like JumpReLU's target L0 binds training.
+        check_active_count(self.k, self.d_sae)
 
 
 class SAEOutput(NamedTuple):

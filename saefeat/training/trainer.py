@@ -87,6 +87,7 @@ def open_complete_set(settings: Settings, set_id: str) -> ActivationSet:
 
 def sae_config(spec: TrainSpec, aset: ActivationSet, hook: str) -> SAEConfig:
     d_sae = spec.d_sae or spec.expansion_factor * aset.d_model
+    spec.architecture.check_width(d_sae)  # before any training
     k, settings = spec.architecture.to_checkpoint()
     rule = rule_for_set(aset, hook, spec.massive_norm_threshold)
     extra = settings | {"init_decoder_norm": spec.init_decoder_norm, "token_rule": rule.to_json(),
@@ -95,7 +96,6 @@ def sae_config(spec: TrainSpec, aset: ActivationSet, hook: str) -> SAEConfig:
     cfg = SAEConfig(d_in=aset.d_model, d_sae=d_sae, architecture=spec.architecture.name, k=k,
                     model=aset.model_name, hook=hook, activation_set=aset.id,
                     extra=extra)  # fmt: skip
-    cfg.validate()  # before any training: a k that does not fit d_sae stops here
     return cfg
 
 

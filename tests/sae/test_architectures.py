@@ -134,3 +134,11 @@ def test_matryoshka_loss_sums_prefix_losses():
     step = sae.training_loss(x, variance(x))
     assert float(step.loss.detach()) > float(step.parts["fvu"].detach())  # prefixes: worse
     assert isinstance(make("jumprelu"), JumpReLUSAE)
+
+
+def test_a_small_imported_jumprelu_loads_without_a_training_target(tmp_path):
+    """Checkpoints from elsewhere carry no target L0; the default (32) binds training only."""
+    sae = sae_class("jumprelu")(SAEConfig(d_in=12, d_sae=16, architecture="jumprelu", k=None))
+    assert load_sae(sae.save(tmp_path / "j")).settings.target_l0 == 32
+    with pytest.raises(ValueError, match="target_l0 must be < d_sae"):
+        TrainSpec(activation_set="as-x", architecture="jumprelu", d_sae=16)
