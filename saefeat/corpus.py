@@ -256,7 +256,8 @@ def pack_contexts(
     starts: list[tuple[int, int]] = []
     doc_ids: list[str] = []
     buf: list[int] = []  # pending tokens of the stream
-    buf_origin: list[tuple[int, int]] = []  # (doc, offset) of each pending token's doc run
+    # (start in buf, doc index) of each document run among the pending tokens
+    buf_origin: list[tuple[int, int]] = []
     for doc in documents:
         ids = tokenizer(doc.text, add_special_tokens=False)["input_ids"]
         if not ids:

@@ -11,6 +11,7 @@ from saefeat.config import get_settings
 from saefeat.corpus import BUILTIN_PYTHON_DOCS
 from saefeat.lm import EMBEDDED_MODEL, model_config_and_tokenizer
 from saefeat.specs import HarvestSpec, IndexSpec, TrainSpec
+from saefeat.storage.catalog.db import catalog_session
 
 # d_sae = 8 x d_model and k = 32 as the issue asks; two epochs at batch 256 give the
 # ~740 optimizer steps that take a 100k-token set to a held-out FVU of ~0.17.
@@ -47,18 +48,31 @@ def run_demo(*, tokens: int, harvest, train, index) -> str:
     return sae_id
 
 
-def print_features(sae_id: str, n: int = 5, console: Console | None = None) -> None:
-    """Print n features a person would find meaningful (features/readable.py says how they
-    are chosen), read back from the catalog: top tokens and one example each."""
+def readable_features(sae_id: str, n: int = 5) -> list[int]:
+    """The indices of n features a person would find meaningful (features/readable.py
+    says how they are chosen)."""
+    with catalog_session(get_settings()) as s:
+        return [c.feature.index for c in _pick(s, sae_id, n)]
+
+
+def _pick(s, sae_id: str, n: int):
     from saefeat.features.readable import MAX_DENSITY, MIN_DENSITY, pick_readable
-    from saefeat.pipeline import catalog_session
     from saefeat.storage.catalog import queries
+
+    page = queries.list_features(s, sae_id, min_density=MIN_DENSITY,
+                                 max_density=MAX_DENSITY, limit=200)  # fmt: skip
+    return pick_readable(page.items, lambda f: queries.feature_examples(s, f.id), n)
+
+
+def print_features(sae_id: str, n: int = 5, console: Console | None = None) -> None:
+    """Print n features a person would find meaningful, read back from the catalog: the
+    current label (the demo's offline explanation), top tokens and one example each."""
+    from saefeat.storage.catalog import labels, queries
 
     console = console or Console()
     with catalog_session(get_settings()) as s:
-        page = queries.list_features(s, sae_id, min_density=MIN_DENSITY,
-                                     max_density=MAX_DENSITY, limit=200)  # fmt: skip
-        picks = pick_readable(page.items, lambda f: queries.feature_examples(s, f.id), n)
+        picks = _pick(s, sae_id, n)
+        current = labels.current_labels(s, [c.feature.id for c in picks])
         if not picks:
             console.print("no feature met the readability criterion (features/readable.py)")
         for c in picks:
@@ -67,6 +81,8 @@ def print_features(sae_id: str, n: int = 5, console: Console | None = None) -> N
             console.rule(f"feature {f.index}  density {f.density:.3%}  max "
                          f"{f.max_activation:.3f}  top token {c.top_token!r} "
                          f"({c.mass:.0%} of top examples)")  # fmt: skip
+            if (label := current.get(f.id)) is not None:
+                console.print(f"label ({label.source}): {label.text}", highlight=False)
             tops = ", ".join(repr(t.token_str) for t in proj["top"][:8])
             console.print(f"promotes: {tops}", highlight=False)
             if c.examples:

@@ -7,73 +7,19 @@ runner and the tests all call these.
 from __future__ import annotations
 
 from collections.abc import Callable
-from contextlib import contextmanager
-
-from sqlalchemy import select
 
 from saefeat.config import Settings, get_settings
 from saefeat.errors import NotFoundError
 from saefeat.sae import read_config
 from saefeat.specs import HarvestSpec, IndexSpec, TrainSpec
 from saefeat.storage import catalog
-from saefeat.storage.activations import ActivationSet
-from saefeat.storage.catalog import models as m
+from saefeat.storage.catalog.db import catalog_session, catalog_sessions
 from saefeat.training.trainer import TrainResult, open_complete_set, train_sweep
-from saefeat.workers.harvest import HarvestResult, harvest
+from saefeat.workers.harvest import HarvestResult
+from saefeat.workers.harvest_job import harvest_and_record
 from saefeat.workers.index import IndexResult, index_sae
 
-
-@contextmanager
-def catalog_sessions(settings: Settings):
-    """A session factory on the migrated catalog, disposed of on exit."""
-    catalog.upgrade(settings.db_url)
-    engine = catalog.make_engine(settings.db_url)
-    try:
-        yield catalog.make_sessionmaker(engine)
-    finally:
-        engine.dispose()
-
-
-@contextmanager
-def catalog_session(settings: Settings):
-    with catalog_sessions(settings) as sessions, sessions() as session:
-        yield session
-
-
-def record_activation_set(settings: Settings, aset: ActivationSet) -> None:
-    """Mirror a finished set and its shard commits into the catalog."""
-    with catalog_session(settings) as s:
-        lm = s.scalar(select(m.LanguageModel).where(m.LanguageModel.name == aset.model_name))
-        if lm is None:
-            lm = m.LanguageModel(
-                name=aset.model_name,
-                revision=aset.spec.get("revision"),
-                d_model=aset.d_model,
-                n_layers=0,
-            )
-            s.add(lm)
-            s.flush()
-        row = s.get(m.ActivationSet, aset.id) or m.ActivationSet(id=aset.id)
-        row.model_id = lm.id
-        row.hook_names = aset.hooks
-        row.ctx_len = aset.ctx_len
-        row.n_contexts = aset.n_contexts
-        row.n_tokens = aset.n_tokens
-        row.dtype = aset.storage_dtype
-        row.path = str(aset.path)
-        row.status = aset.status
-        row.stats = {h: {k: v for k, v in st.items() if k not in ("mean", "var")}
-                     for h, st in (aset.stats or {}).items()}  # fmt: skip
-        s.merge(row)
-        s.flush()
-        have = {sh.shard_index for sh in s.scalars(
-            select(m.ActivationShard).where(m.ActivationShard.set_id == aset.id))}  # fmt: skip
-        for shard in aset.committed_shards():
-            if shard not in have:
-                c = aset.commit_record(shard)
-                s.add(m.ActivationShard(set_id=aset.id, shard_index=shard, rows=c.rows,
-                                        checksum=str(c.checksums)))  # fmt: skip
-        s.commit()
+__all__ = ["catalog_session", "catalog_sessions", "run_harvest", "run_index", "run_train"]
 
 
 def run_harvest(
@@ -83,10 +29,8 @@ def run_harvest(
     progress: Callable[[int, int], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> HarvestResult:
-    settings = settings or get_settings()
-    result = harvest(spec, settings=settings, progress=progress, should_stop=should_stop)
-    record_activation_set(settings, result.activation_set)
-    return result
+    return harvest_and_record(spec, settings=settings or get_settings(), progress=progress,
+                              should_stop=should_stop)  # fmt: skip
 
 
 def run_train(

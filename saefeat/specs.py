@@ -6,11 +6,21 @@ import hashlib
 import json
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializeAsAny,
+    field_validator,
+    model_validator,
+)
 
 from saefeat.corpus import BUILTIN_PYTHON_DOCS
+from saefeat.errors import SpecError
 from saefeat.lm import EMBEDDED_MODEL, parse_hook
 from saefeat.paths import check_id
+from saefeat.sae.base import ArchConfig, arch_settings, config_class
+from saefeat.sae.topk import TopKConfig
 
 
 class _Spec(BaseModel):
@@ -84,42 +94,58 @@ TRAIN_EXECUTION_FIELDS = (
 )  # fmt: skip
 
 
+# Flat names older specs used for architecture settings -> the config field they fill.
+LEGACY_ARCH_FIELDS = {
+    "jumprelu_target_l0": "target_l0",
+    "jumprelu_sparsity_coefficient": "sparsity_coefficient",
+    "jumprelu_bandwidth": "bandwidth",
+    "jumprelu_init_threshold": "init_threshold",
+}
+
+
+def _architecture_from_flat(data: dict) -> dict:
+    """Fold settings given beside `architecture` (`k=4`, `l1_coefficient=...`, the older
+    `jumprelu_*` names) into its config; a setting of another architecture is dropped, as
+    the flat spec ignored it. A config given whole (a dict or object) is left alone."""
+    arch = data.get("architecture", "topk")
+    if not isinstance(arch, str):
+        return data
+    data = dict(data)
+    names = arch_settings() | set(LEGACY_ARCH_FIELDS) | {"jumprelu_sparsity"}
+    flat = {key: data.pop(key) for key in list(data) if key in names}
+    if arch == "jumprelu" and "k" in flat:  # older specs: the target L0 defaulted to k
+        flat.setdefault("jumprelu_target_l0", flat["k"])
+    if flat.pop("jumprelu_sparsity", None) == "l0_penalty":  # older specs: no target
+        flat["jumprelu_target_l0"] = None
+    fields = config_class(arch).model_fields
+    settings = {LEGACY_ARCH_FIELDS.get(k, k): v for k, v in flat.items()}
+    data["architecture"] = {"name": arch} | {k: v for k, v in settings.items() if k in fields}
+    return data
+
+
 class TrainSpec(_Spec):
-    """One SAE to train. `architecture` picks the class; the fields after it that name an
-    architecture apply only to that one."""
+    """One SAE to train. `architecture` is the architecture's own config (saefeat/sae/*.py),
+    picked by its `name`; its settings may also be given flat beside it (`k=4`)."""
 
     activation_set: str  # set id
-    hook: str | None = None  # default: the set's first hook
-    architecture: Literal["topk", "batchtopk", "jumprelu", "relu", "matryoshka_batchtopk"] = "topk"
-    d_sae: int | None = Field(None, gt=0)  # default: expansion_factor x d_in
-    expansion_factor: int = Field(8, gt=0)
-    # TopK / BatchTopK / Matryoshka: active latents per token (BatchTopK: on average).
-    k: int = Field(32, gt=0)
-    # ReLU: L1 penalty on activations weighted by decoder row norms.
-    l1_coefficient: float = Field(0.02, ge=0)
-    # JumpReLU: sparsity from a target L0, coef * (L0/target - 1)^2 (target None: k), or
-    # from coef * L0 ("l0_penalty"); STE bandwidth and initial threshold as in Gemma Scope.
-    jumprelu_sparsity: Literal["target_l0", "l0_penalty"] = "target_l0"
-    jumprelu_target_l0: float | None = Field(None, gt=0)
-    jumprelu_sparsity_coefficient: float = Field(1.0, ge=0)
-    jumprelu_bandwidth: float = Field(0.001, gt=0)
-    jumprelu_init_threshold: float = Field(0.001, ge=0)
-    # BatchTopK / Matryoshka: EMA rate of the inference threshold.
-    threshold_ema: float = Field(0.01, gt=0, le=1)
-    # Matryoshka: fractions of d_sae in each nested group (sum to 1).
-    matryoshka_groups: list[float] = Field(default_factory=lambda: [0.0625, 0.125, 0.25, 0.5625])
+    hook: str | None = Field(None, description="hook to train on (default: the set's first)")
+    architecture: SerializeAsAny[ArchConfig] = Field(default_factory=TopKConfig)
+    d_sae: int | None = Field(None, gt=0, description="latents (default: expansion_factor x d_in)")
+    expansion_factor: int = Field(8, gt=0, description="d_sae / d_in when d_sae is not given")
     # AuxK (TopK family): coefficient (0 turns it off) and tokens without firing = dead.
     auxk_coefficient: float = Field(1 / 32, ge=0)
     dead_after_tokens: int | None = Field(None, gt=0)  # default: min(10M, half an epoch)
     init_decoder_norm: float = Field(1.0, gt=0)
     geometric_median_init: bool = True
-    batch_size: int = Field(1024, gt=0)
-    lr: float | None = Field(None, gt=0)  # default: sparsify's 2e-4 / sqrt(d_sae / 2^14)
+    batch_size: int = Field(1024, gt=0, description="tokens per step")
+    lr: float | None = Field(
+        None, gt=0, description="default: sparsify's 2e-4 / sqrt(d_sae / 2^14)"
+    )
     lr_warmup_frac: float = Field(0.05, ge=0, lt=1)
     lr_decay_frac: float = Field(0.2, ge=0, le=1)
     grad_clip: float | None = Field(1.0, gt=0)
-    epochs: float = Field(1.0, gt=0)
-    seed: int = 0
+    epochs: float = Field(1.0, gt=0, description="passes over the training contexts")
+    seed: int = Field(0, description="seeds the initialisation and the batch order")
     device: str | None = None
     name: str | None = None
     checkpoint_every_tokens: int | None = Field(None, gt=0)
@@ -127,28 +153,48 @@ class TrainSpec(_Spec):
     eval_ce_contexts: int = Field(8, ge=0)  # contexts for CE/KL with the SAE spliced in
     # Tokens left out of training, metrics and features (storage/exclusion.py): position
     # 0 and tokens whose norm exceeds this x the set's median norm.
-    massive_norm_threshold: float = Field(10.0, gt=1, allow_inf_nan=False)
+    massive_norm_threshold: float = Field(
+        10.0, gt=1, allow_inf_nan=False,
+        description="leave out tokens whose norm exceeds this x the median",
+    )  # fmt: skip
     # Held-out evaluation: this fraction of the set's contexts, never trained on...
-    heldout_frac: float = Field(0.05, gt=0, lt=0.5)
+    heldout_frac: float = Field(
+        0.05, gt=0, lt=0.5, description="share of the set's contexts held out for evaluation"
+    )
     # ...or, when named, a separate set (same model, hook and width); training then reads
     # every context of `activation_set`.
-    eval_set: str | None = None
+    eval_set: str | None = Field(None, description="evaluate on this set (same model, hook, width)")
 
     @field_validator("activation_set")
     @classmethod
     def _set_is_an_id(cls, v: str) -> str:
         return check_id(v, "activation_set")  # it becomes a folder name
 
+    @model_validator(mode="before")
+    @classmethod
+    def _flat_settings(cls, data):
+        return _architecture_from_flat(data) if isinstance(data, dict) else data
+
+    @field_validator("architecture", mode="before")
+    @classmethod
+    def _config_by_name(cls, v):
+        if isinstance(v, ArchConfig):
+            return v
+        if isinstance(v, str):
+            v = {"name": v}
+        if not isinstance(v, dict) or "name" not in v:
+            raise ValueError("must be an architecture name or a config with its `name`")
+        return config_class(v["name"]).model_validate(v)
+
     @model_validator(mode="after")
-    def _k_fits(self) -> TrainSpec:
-        # k is the active count (TopK family) or JumpReLU's default target L0; ReLU has none.
-        if self.d_sae is not None and self.k >= self.d_sae and self.architecture != "relu":
-            raise ValueError(f"k must be < d_sae ({self.d_sae}), got {self.k}")
+    def _fits(self) -> TrainSpec:
+        if self.d_sae is not None:
+            try:
+                self.architecture.check_width(self.d_sae)
+            except SpecError as e:  # pydantic names the location; the message suffices
+                raise ValueError(e.message) from None
         if self.lr_warmup_frac + self.lr_decay_frac > 1:
             raise ValueError("lr_warmup_frac + lr_decay_frac must be <= 1")
-        g = self.matryoshka_groups
-        if not g or any(f <= 0 for f in g) or abs(sum(g) - 1) > 1e-6:
-            raise ValueError(f"matryoshka_groups must be positive fractions summing to 1, got {g}")
         return self
 
 

@@ -123,6 +123,7 @@ class ActivationSet:
         self.contexts_per_shard: int = int(a["contexts_per_shard"])
         self.storage_dtype: str = a["storage_dtype"]
         self.model_name: str = a["model"]
+        self.n_layers: int | None = a.get("n_layers")  # None: harvested before it was stored
 
     # ---- creation -------------------------------------------------------------
 
@@ -143,6 +144,7 @@ class ActivationSet:
         contexts_per_shard: int,
         storage_dtype: str = "bfloat16",
         chunk_rows: int | None = None,
+        n_layers: int | None = None,
     ) -> ActivationSet:
         """Write the group, its token arrays and empty activation arrays.
 
@@ -180,11 +182,11 @@ class ActivationSet:
                 "model": model,
                 "hooks": hooks,
                 "d_model": d_model,
+                "n_layers": n_layers,
                 "ctx_len": ctx_len,
                 "n_contexts": n_contexts,
                 "contexts_per_shard": contexts_per_shard,
                 "storage_dtype": storage_dtype,
-                "real_dtype": storage_dtype,
                 "doc_ids": doc_ids,
                 "status": STATUS_HARVESTING,
             }

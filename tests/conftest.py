@@ -94,3 +94,22 @@ def settings(tmp_path, monkeypatch):
     s = Settings()
     yield s
     get_settings.cache_clear()
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory) -> Path:
+    from saefeat.storage.catalog import upgrade
+
+    path = tmp_path_factory.mktemp("template") / "catalog.db"
+    upgrade(f"sqlite:///{path}")
+    return path
+
+
+@pytest.fixture
+def migrated_sqlite_url(tmp_path, sqlite_template: Path) -> str:
+    # Copying a migrated file is much faster than running Alembic for every test.
+    path = tmp_path / "catalog.db"
+    import shutil
+
+    shutil.copyfile(sqlite_template, path)
+    return f"sqlite:///{path}"

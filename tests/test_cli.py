@@ -48,6 +48,27 @@ def test_train_unknown_set(settings):
     assert code == 2 and "as-doesnotexist" in out
 
 
+def test_train_options_come_from_the_spec_and_the_architectures(settings):
+    from saefeat.cli.train import train_options
+    from saefeat.sae import arch_settings
+    from saefeat.specs import TrainSpec
+
+    code, out = run("train", "--help")
+    assert code == 0
+    for name in arch_settings():
+        assert f"--{name.replace('_', '-')}" in out
+    options = {p.name: p for p in train_options()}
+    assert all(
+        p.default is None for n, p in options.items() if n not in ("activation_set", "architecture")
+    )
+    batch_help = options["batch_size"].annotation.__metadata__[0].help
+    assert f"default {TrainSpec.model_fields['batch_size'].default}" in batch_help
+    code, out = run("train", "--set", "as-missing", "--architecture", "nope")
+    assert code == 2 and "architecture" in out and "topk" in out
+    code, out = run("train", "--set", "as-missing", "--d-sae", "8", "--k", "8")
+    assert code == 2 and "k must be < d_sae" in out
+
+
 def test_keys_create_prints_a_key(settings):
     code, out = run("keys", "create", "--name", "me", "--scope", "label")
     assert code == 0 and out.startswith("sfk_")

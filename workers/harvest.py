@@ -44,9 +44,6 @@ from saefeat.workers.shard import ShardHarvester, model_dtype
 log = logging.getLogger(__name__)
 Progress = Callable[[int, int], None]  # (tokens done, tokens total)
 ShouldStop = Callable[[], bool]
-# Test-only: "shard:times,..." makes the actor os._exit() on its first `times` attempts at
-# that shard (-1: every attempt). Unset in normal runs; read by the driver only.
-CRASH_ENV = "SAEFEAT_TEST_CRASH_SHARDS"
 IN_FLIGHT_PER_ACTOR = 2  # one shard in the forward, one being written
 __all__ = ["HarvestResult", "HarvestWorker", "ShardHarvester", "harvest", "model_dtype"]
 
@@ -70,9 +67,15 @@ class _RayShardHarvester(ShardHarvester):
         return ray.get_runtime_context().get_node_id(), os.getpid()
 
 
-HarvestWorker = ray.remote(max_restarts=-1, max_task_retries=0, max_concurrency=2)(
-    _RayShardHarvester
-)
+def remote_harvester(cls: type[ShardHarvester]):
+    """The Ray actor class of a harvester: restarted when its process dies, a task never
+    retried by Ray (the driver counts the attempts), one shard in the forward while
+    another is written."""
+    return ray.remote(max_restarts=-1, max_task_retries=0, max_concurrency=2)(cls)
+
+
+# The actor class harvests start; tests put a harvester that dies here (the fault seam).
+HarvestWorker = remote_harvester(_RayShardHarvester)
 
 
 def _resources() -> str:
@@ -128,10 +131,6 @@ class HarvestResult:
     shard_seconds: float = 0.0  # first shard sent to last shard committed
     tokens_run: int = 0  # tokens of the shards committed in this run
 
-    @property
-    def has_gaps(self) -> bool:
-        return bool(self.skipped)
-
 
 def prepare_set(
     spec: HarvestSpec, root: Path, corpus_roots: CorpusRoots
@@ -173,6 +172,7 @@ def prepare_set(
         model=spec.model,
         hooks=list(spec.hooks),
         d_model=config.hidden_size,
+        n_layers=n_layers,
         tokens=packed.tokens,
         doc_index=packed.doc_index,
         doc_offset=packed.doc_offset,
@@ -285,8 +285,7 @@ class _ShardRun:
         if not self.settings.ray_address:  # our own Ray: what it has is all it will have
             _check_fits(options, n_workers)
         args = (self.spec.model_dump_json(), str(self.aset.path), device, threads)
-        crash = os.environ.get(CRASH_ENV) or None
-        workers = [HarvestWorker.options(**options).remote(*args, crash) for _ in range(n_workers)]
+        workers = [HarvestWorker.options(**options).remote(*args) for _ in range(n_workers)]
         try:
             self._wait_until_up(workers, options)
         except BaseException:

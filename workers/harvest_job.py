@@ -1,5 +1,5 @@
-"""The `harvest` job kind: a HarvestSpec run by workers/harvest.py, with its catalog
-bookkeeping (saefeat.pipeline.run_harvest). A harvest that had to skip shards fails and
+"""The `harvest` job kind: a HarvestSpec run by workers/harvest.py, then mirrored into the
+catalog (storage/catalog/set_registry.py). A harvest that had to skip shards fails and
 names them; its committed shards stay, and resubmitting the spec retries the gaps."""
 
 from __future__ import annotations
@@ -8,7 +8,25 @@ from collections.abc import Callable
 
 from saefeat.config import Settings
 from saefeat.specs import HarvestSpec
+from saefeat.storage.catalog.db import catalog_session
+from saefeat.storage.catalog.set_registry import record_activation_set
+from saefeat.workers.harvest import HarvestResult, harvest
 from saefeat.workers.job_kinds import JobKind, JobOutcome, Progress, register_job_kind
+
+
+def harvest_and_record(
+    spec: HarvestSpec,
+    *,
+    settings: Settings,
+    progress: Progress | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> HarvestResult:
+    """Harvest, then mirror the set and its committed shards into the catalog."""
+    result = harvest(spec, settings=settings, progress=progress, should_stop=should_stop)
+    with catalog_session(settings) as s:
+        record_activation_set(s, result.activation_set)
+        s.commit()
+    return result
 
 
 def run_harvest_job(
@@ -18,9 +36,8 @@ def run_harvest_job(
     progress: Progress | None,
     should_stop: Callable[[], bool],
 ) -> JobOutcome:
-    from saefeat.pipeline import run_harvest  # the pipeline imports the workers
-
-    result = run_harvest(spec, settings=settings, progress=progress, should_stop=should_stop)
+    result = harvest_and_record(spec, settings=settings, progress=progress,
+                                should_stop=should_stop)  # fmt: skip
     if result.skipped:
         shards = ", ".join(f"{s} ({why})" for s, why in result.skipped.items())
         return JobOutcome(

@@ -6,7 +6,6 @@ single-process reference for tests.
 
 from __future__ import annotations
 
-import os
 import threading
 from pathlib import Path
 
@@ -15,7 +14,7 @@ import torch
 from saefeat.errors import SaefeatError
 from saefeat.lm import auto_dtype, cached_model, run_to_hooks
 from saefeat.specs import HarvestSpec
-from saefeat.storage.activations import ActivationSet, encode_rows
+from saefeat.storage.activations import ActivationSet
 
 
 class NonFiniteActivations(SaefeatError):
@@ -24,16 +23,6 @@ class NonFiniteActivations(SaefeatError):
 
 def model_dtype(spec: HarvestSpec, device: str) -> torch.dtype:
     return auto_dtype(device) if spec.model_dtype == "auto" else getattr(torch, spec.model_dtype)
-
-
-def _parse_crash_plan(plan: str | None) -> dict[int, int]:
-    """Test-only crash plan "shard:times,..." -> {shard: times} (-1: always)."""
-    out = {}
-    for item in (plan or "").split(","):
-        if item.strip():
-            shard, times = item.split(":")
-            out[int(shard)] = int(times)
-    return out
 
 
 class _PinnedPool:
@@ -65,7 +54,6 @@ class ShardHarvester:
         set_path: str,
         device: str,
         threads: int | None = None,
-        crash_plan: str | None = None,
     ):
         if threads:
             torch.set_num_threads(threads)
@@ -74,7 +62,6 @@ class ShardHarvester:
         self.lm = cached_model(self.spec.model, device, model_dtype(self.spec, device))
         self.points = self.lm.check_hooks(self.spec.hooks)
         self.aset = ActivationSet(Path(set_path))
-        self._crash_plan = _parse_crash_plan(crash_plan)
         # Forwards run one at a time; a finished shard's write overlaps the next forward.
         self._forward_lock = threading.Lock()
         self._cuda = torch.cuda.is_available() and str(device).startswith("cuda")
@@ -139,26 +126,7 @@ class ShardHarvester:
             for c in dropped:  # zeros keep the shard whole; the commit record lists them
                 for x in rows.values():
                     x[(c - c0) * L : (c - c0 + 1) * L] = 0
-            self._maybe_crash(shard, rows)
             return self.aset.write_shard(shard, rows, dropped).__dict__
         finally:
             if host is not None:
                 self._pinned.give(host)
-
-    def _maybe_crash(self, shard: int, rows: dict[str, torch.Tensor]) -> None:
-        """Test-only: die half-way through writing the shard, as a killed worker would."""
-        times = self._crash_plan.get(shard)
-        if times is None:
-            return
-        marker = self.aset.path / ".test-crashes" / f"shard-{shard}"
-        marker.parent.mkdir(exist_ok=True)
-        tried = marker.stat().st_size if marker.exists() else 0
-        if times != -1 and tried >= times:
-            return
-        with marker.open("ab") as f:
-            f.write(b"x")
-        hook = self.spec.hooks[0]
-        r0, r1 = self.aset.shard_rows(shard)
-        garbage = torch.full_like(rows[hook], 7.0)  # half-written data must never be seen
-        self.aset.acts_array(hook)[r0:r1] = encode_rows(garbage, self.aset.storage_dtype)
-        os._exit(1)

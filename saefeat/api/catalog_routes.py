@@ -4,15 +4,13 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Path, Query, Response
-from sqlalchemy.orm import Session
+from fastapi import APIRouter, Query, Response
 from starlette.concurrency import run_in_threadpool
 
 from saefeat.api import convert
-from saefeat.api.deps import read_session
 from saefeat.api.errors import problem_responses
+from saefeat.api.params import CursorParam, FeatureIndexParam, Limit, OnlySae, ReadSession, SaeId
 from saefeat.api.schemas import (
-    MAX_ROW_ID,
     FeatureDetail,
     FeaturePage,
     LabelHistory,
@@ -26,16 +24,6 @@ from saefeat.storage.catalog import documents, explanations, labels, queries
 
 router = APIRouter(tags=["catalog"])
 
-SessionDep = Annotated[Session, Depends(read_session)]
-SaeId = Annotated[str, Path(description="SAE id, as listed by GET /v1/saes")]
-FeatureIndexParam = Annotated[
-    int, Path(ge=0, le=MAX_ROW_ID, description="Latent index, 0..d_sae-1")
-]
-Limit = Annotated[int, Query(ge=1, le=queries.MAX_PAGE, description="Page size")]
-CursorParam = Annotated[
-    str | None, Query(description="next_cursor of the previous page; omit for the first page")
-]
-
 
 @router.get(
     "/saes",
@@ -43,7 +31,9 @@ CursorParam = Annotated[
     responses=problem_responses(422),
     summary="List the SAEs in the catalog",
 )
-async def list_saes(session: SessionDep, limit: Limit = 100, cursor: CursorParam = None) -> SaePage:
+async def list_saes(
+    session: ReadSession, limit: Limit = 100, cursor: CursorParam = None
+) -> SaePage:
     page = queries.list_saes(session, limit=limit, cursor=cursor)
     return SaePage(items=[convert.sae_summary(s) for s in page.items], next_cursor=page.next_cursor)
 
@@ -54,7 +44,7 @@ async def list_saes(session: SessionDep, limit: Limit = 100, cursor: CursorParam
     responses=problem_responses(404, 422),
     summary="One SAE, with its config and how many features are indexed",
 )
-async def get_sae(sae_id: SaeId, session: SessionDep) -> SaeDetail:
+async def get_sae(sae_id: SaeId, session: ReadSession) -> SaeDetail:
     sae = queries.get_sae(session, sae_id)
     return convert.sae_detail(sae, queries.count_features(session, sae_id))
 
@@ -65,7 +55,7 @@ async def get_sae(sae_id: SaeId, session: SessionDep) -> SaeDetail:
     responses=problem_responses(404, 422),
     summary="The SAE's SAEBench `core` evaluation record (held-out tokens)",
 )
-async def get_core_eval(sae_id: SaeId, session: SessionDep) -> dict[str, Any]:
+async def get_core_eval(sae_id: SaeId, session: ReadSession) -> dict[str, Any]:
     record = queries.get_sae(session, sae_id).core_eval
     if record is None:
         raise NotFoundError(
@@ -84,7 +74,7 @@ async def get_core_eval(sae_id: SaeId, session: SessionDep) -> dict[str, Any]:
 )
 async def list_features(
     sae_id: SaeId,
-    session: SessionDep,
+    session: ReadSession,
     sort: Annotated[
         Literal["max_activation", "density"], Query(description="Sort key; ties by index")
     ] = "max_activation",
@@ -125,7 +115,7 @@ async def list_features(
     responses=problem_responses(404, 422),
     summary="One feature: statistics, examples, vocabulary projection, current label",
 )
-async def get_feature(sae_id: SaeId, index: FeatureIndexParam, session: SessionDep) -> Response:
+async def get_feature(sae_id: SaeId, index: FeatureIndexParam, session: ReadSession) -> Response:
     feature = queries.get_feature(session, sae_id, index)
     label = convert.current_label_out(labels.label_state(session, [feature.id]), feature.id)
     document = documents.feature_document(session, feature.id)
@@ -144,7 +134,7 @@ async def get_feature(sae_id: SaeId, index: FeatureIndexParam, session: SessionD
 async def list_labels(
     sae_id: SaeId,
     index: FeatureIndexParam,
-    session: SessionDep,
+    session: ReadSession,
     limit: Limit = 50,
     cursor: CursorParam = None,
 ) -> LabelHistory:
@@ -165,7 +155,7 @@ async def list_labels(
     summary="The features whose decoder rows are most similar (cosine), nearest first",
 )
 async def list_neighbours(
-    sae_id: SaeId, index: FeatureIndexParam, session: SessionDep
+    sae_id: SaeId, index: FeatureIndexParam, session: ReadSession
 ) -> NeighbourList:
     feature = queries.get_feature(session, sae_id, index)
     near = queries.feature_neighbours(session, feature.id)
@@ -188,9 +178,9 @@ async def list_neighbours(
     ),
 )
 async def search_features(
-    session: SessionDep,
+    session: ReadSession,
     token: Annotated[str, Query(min_length=1, max_length=200, description="Token string")],
-    sae_id: Annotated[str | None, Query(description="Only this SAE's features")] = None,
+    sae_id: OnlySae = None,
     side: Annotated[Literal["top", "bottom"], Query(description="Which list to search")] = "top",
     exact: Annotated[bool, Query(description="Match only the string as given")] = False,
     limit: Limit = 50,

@@ -69,15 +69,15 @@ def label_out(label: Label | LabelRow | None, votes: Votes | None = None) -> Lab
     )
 
 
+def _stats(feature: FeatureRow | FeatureRecord) -> dict[str, Any]:
+    """The fields of FeatureStats, which every feature listing starts with."""
+    return {"sae_id": feature.sae_id, "index": feature.index, "density": feature.density,
+            "max_activation": feature.max_activation}  # fmt: skip
+
+
 def feature_summary(feature: FeatureRow, label: LabelRow | None) -> FeatureSummary:
-    return FeatureSummary(
-        sae_id=feature.sae_id,
-        index=feature.index,
-        density=feature.density,
-        max_activation=feature.max_activation,
-        mean_activation=feature.mean_activation,
-        label=label.text if label else None,
-    )
+    return FeatureSummary(**_stats(feature), mean_activation=feature.mean_activation,
+                          label=label.text if label else None)  # fmt: skip
 
 
 def current_label_out(state: labels.LabelState, feature_id: int) -> LabelOut | None:
@@ -88,7 +88,7 @@ def current_label_out(state: labels.LabelState, feature_id: int) -> LabelOut | N
 def _detail_fields(feature: FeatureRecord, document: FeatureDocument) -> dict[str, Any]:
     # The database-built arrays go in unparsed (orjson.Fragment): no per-row Python work.
     return {
-        "max_activation": feature.max_activation,
+        "max_activation": feature.max_activation,  # feature.js scales the examples by it
         "histogram": feature.histogram,
         "examples": orjson.Fragment(document.examples),
         "projection": {
@@ -124,9 +124,7 @@ def feature_detail_json(
     """The body of a FeatureDetail (tests/api validate it against the model)."""
     return orjson.dumps(
         {
-            "sae_id": feature.sae_id,
-            "index": feature.index,
-            "density": feature.density,
+            **_stats(feature),  # max_activation again in _detail_fields: the same value
             "mean_activation": feature.mean_activation,
             **_detail_fields(feature, document),
             "label": label.model_dump(mode="json") if label else None,
@@ -145,10 +143,7 @@ def script_json(feature: FeatureRecord, document: FeatureDocument) -> str:
 
 def token_match(match: TokenMatch, label: LabelRow | None) -> TokenMatchOut:
     return TokenMatchOut(
-        sae_id=match.feature.sae_id,
-        index=match.feature.index,
-        density=match.feature.density,
-        max_activation=match.feature.max_activation,
+        **_stats(match.feature),
         token=match.token_str,
         token_id=match.token_id,
         rank=match.rank,
@@ -159,10 +154,7 @@ def token_match(match: TokenMatch, label: LabelRow | None) -> TokenMatchOut:
 
 def label_match(match: LabelMatch, votes: Votes | None) -> LabelMatchOut:
     return LabelMatchOut(
-        sae_id=match.feature.sae_id,
-        index=match.feature.index,
-        density=match.feature.density,
-        max_activation=match.feature.max_activation,
+        **_stats(match.feature),
         label=label_out(match.label, votes),  # type: ignore[arg-type]
     )
 

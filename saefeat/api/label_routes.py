@@ -14,6 +14,7 @@ from saefeat.api import convert
 from saefeat.api.auth import require_scope
 from saefeat.api.deps import get_session
 from saefeat.api.errors import ProblemError, problem_responses
+from saefeat.api.params import FeatureIndexParam, SaeId
 from saefeat.api.schemas import MAX_ROW_ID, LabelCreate, LabelOut, VoteCreate
 from saefeat.storage.catalog import labels, queries
 from saefeat.storage.catalog.keys import has_scope
@@ -34,8 +35,8 @@ router = APIRouter(tags=["labels"])
     ),
 )
 def create_label(
-    sae_id: Annotated[str, Path(description="SAE id")],
-    index: Annotated[int, Path(ge=0, le=MAX_ROW_ID, description="Latent index")],
+    sae_id: SaeId,
+    index: FeatureIndexParam,
     body: LabelCreate,
     key: Annotated[ApiKey, Depends(require_scope("label"))],
     session: Annotated[Session, Depends(get_session)],

@@ -11,13 +11,12 @@ import asyncio
 from collections.abc import Callable
 from typing import Annotated, TypeVar
 
-from fastapi import APIRouter, Depends, Path, Request, Security
+from fastapi import APIRouter, Depends, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials
-from sqlalchemy.orm import Session
 
 from saefeat.api.auth import bearer, checked_key
-from saefeat.api.deps import read_session
 from saefeat.api.errors import ProblemError, problem_responses
+from saefeat.api.params import ReadSession, SaeId
 from saefeat.api.rate_limit import retry_after
 from saefeat.api.schemas import ActiveFeature, TextActivations, TextQuery, TokenActivations
 from saefeat.errors import SpecError
@@ -82,11 +81,11 @@ async def run_on_live_pool(request: Request, fn: Callable[..., T], *args: object
     ),
 )
 async def text_activations(
-    sae_id: Annotated[str, Path(description="SAE id")],
+    sae_id: SaeId,
     body: TextQuery,
     request: Request,
     caller: Annotated[str, Depends(live_caller)],
-    session: Annotated[Session, Depends(read_session)],
+    session: ReadSession,
 ) -> TextActivations:
     check_rate(request, caller)
     sae = queries.get_sae(session, sae_id)

@@ -14,20 +14,18 @@ from pathlib import Path
 from typing import Annotated
 
 import orjson
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
 from markupsafe import Markup
-from sqlalchemy.orm import Session
 
 from saefeat.api import charts, convert
-from saefeat.api.deps import read_session
+from saefeat.api.params import ReadSession
 from saefeat.errors import SaefeatError
 from saefeat.storage.catalog import documents, explanations, label_search, labels, queries
 
 TEMPLATES = Jinja2Templates(directory=Path(__file__).parent / "templates")
 router = APIRouter(include_in_schema=False)
-SessionDep = Annotated[Session, Depends(read_session)]
 
 
 def _render(request: Request, name: str, status: int = 200, **values) -> HTMLResponse:
@@ -37,7 +35,7 @@ def _render(request: Request, name: str, status: int = 200, **values) -> HTMLRes
 @router.get("/", response_class=HTMLResponse)
 async def search_page(
     request: Request,
-    session: SessionDep,
+    session: ReadSession,
     q: Annotated[str, Query(max_length=200)] = "",
     token: Annotated[str, Query(max_length=200)] = "",
     sae_id: str = "",
@@ -80,7 +78,7 @@ def _text(label) -> str | None:
 
 @router.get("/saes/{sae_id}/features/{index}", response_class=HTMLResponse)
 async def feature_page(
-    request: Request, sae_id: str, index: int, session: SessionDep
+    request: Request, sae_id: str, index: int, session: ReadSession
 ) -> HTMLResponse:
     try:
         feature = queries.get_feature(session, sae_id, index)
@@ -108,20 +106,20 @@ SAE_PAGE_FEATURES = 100  # features listed per page of the SAE page
 async def sae_page(
     request: Request,
     sae_id: str,
-    session: SessionDep,
+    session: ReadSession,
     page: Annotated[int, Query(ge=0, le=100_000)] = 0,
 ) -> HTMLResponse:
     """An SAE: spec and lineage, held-out metrics, density histogram, its features each
     with a sparkline of its activation histogram (strongest first)."""
     from sqlalchemy import select
 
-    from saefeat.storage.catalog.models import ActivationSet, Feature
+    from saefeat.storage.catalog.models import ActivationSetRow, Feature
 
     try:
         sae = queries.get_sae(session, sae_id)
     except SaefeatError as exc:
         return _render(request, "missing.html", exc.status_code, error=str(exc))
-    aset = session.get(ActivationSet, sae.activation_set_id) if sae.activation_set_id else None
+    aset = session.get(ActivationSetRow, sae.activation_set_id) if sae.activation_set_id else None
     rows = session.execute(
         select(Feature.id, Feature.index, Feature.density, Feature.max_activation,
                Feature.histogram)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -12,6 +12,29 @@ from saefeat.storage.catalog.labels import MAX_LABEL_CHARS, text_problem
 # Ids and feature indices are 32-bit columns: a larger number in a path is a 422, not a
 # database overflow.
 MAX_ROW_ID = 2**31 - 1
+
+Item = TypeVar("Item")
+
+
+class Page(BaseModel, Generic[Item]):
+    """One page of a listing; each listing subclasses it under its own name."""
+
+    items: list[Item]
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null at end")
+
+
+class FeatureRef(BaseModel):
+    sae_id: str
+    index: int
+
+
+class FeatureStats(FeatureRef):
+    density: float = Field(description="Fraction of tokens on which the feature fires")
+    max_activation: float
+
+
+class FeatureActivity(FeatureStats):
+    mean_activation: float = Field(description="Mean over the tokens where it fires")
 
 
 class Problem(BaseModel):
@@ -57,23 +80,16 @@ class SaeDetail(SaeSummary):
     n_features_indexed: int = Field(description="0 until the SAE has been indexed")
 
 
-class SaePage(BaseModel):
-    items: list[SaeSummary]
-    next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null at end")
+class SaePage(Page[SaeSummary]):
+    pass
 
 
-class FeatureSummary(BaseModel):
-    sae_id: str
-    index: int
-    density: float = Field(description="Fraction of tokens on which the feature fires")
-    max_activation: float
-    mean_activation: float = Field(description="Mean over the tokens where it fires")
+class FeatureSummary(FeatureActivity):
     label: str | None = Field(description="Text of the current label, if any")
 
 
-class FeaturePage(BaseModel):
-    items: list[FeatureSummary]
-    next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null at end")
+class FeaturePage(Page[FeatureSummary]):
+    pass
 
 
 class Histogram(BaseModel):
@@ -139,12 +155,7 @@ class ExplanationOut(BaseModel):
     scores: list[ScoreOut]
 
 
-class FeatureDetail(BaseModel):
-    sae_id: str
-    index: int
-    density: float
-    max_activation: float
-    mean_activation: float
+class FeatureDetail(FeatureActivity):
     histogram: Histogram | None
     examples: list[Example]
     projection: Projection
@@ -156,11 +167,7 @@ class FeatureDetail(BaseModel):
     )
 
 
-class TokenMatchOut(BaseModel):
-    sae_id: str
-    index: int
-    density: float
-    max_activation: float
+class TokenMatchOut(FeatureStats):
     token: str = Field(description="The spelling found in the projection, e.g. 'Ġcat'")
     token_id: int
     rank: int = Field(description="Its position in the feature's top or bottom list")
@@ -168,9 +175,8 @@ class TokenMatchOut(BaseModel):
     label: str | None
 
 
-class TokenMatchPage(BaseModel):
-    items: list[TokenMatchOut]
-    next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null at end")
+class TokenMatchPage(Page[TokenMatchOut]):
+    pass
 
 
 class LabelCreate(BaseModel):
@@ -197,7 +203,7 @@ class LabelCreate(BaseModel):
         return value.strip()
 
 
-class LabelHistory(BaseModel):
+class LabelHistory(Page[LabelOut]):
     items: list[LabelOut] = Field(description="Labels, newest first, one page")
     current: LabelOut | None
     next_cursor: str | None = Field(
@@ -211,22 +217,15 @@ class VoteCreate(BaseModel):
     vote: Literal["up", "down"] = Field(description="One vote per key; voting again replaces it")
 
 
-class LabelMatchOut(BaseModel):
-    sae_id: str
-    index: int
-    density: float
-    max_activation: float
+class LabelMatchOut(FeatureStats):
     label: LabelOut = Field(description="The feature's newest label that matched the query")
 
 
-class LabelMatchPage(BaseModel):
-    items: list[LabelMatchOut]
-    next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null at end")
+class LabelMatchPage(Page[LabelMatchOut]):
+    pass
 
 
-class NeighbourOut(BaseModel):
-    sae_id: str
-    index: int
+class NeighbourOut(FeatureRef):
     rank: int = Field(description="0 = most similar")
     cosine: float = Field(description="Cosine similarity of the two decoder rows")
     density: float

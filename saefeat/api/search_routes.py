@@ -4,15 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, Query
-from sqlalchemy.orm import Session
+from fastapi import APIRouter, Query
 from starlette.concurrency import run_in_threadpool
 
 from saefeat.api import convert
-from saefeat.api.deps import read_session
 from saefeat.api.errors import problem_responses
+from saefeat.api.params import CursorParam, Limit, OnlySae, ReadSession
 from saefeat.api.schemas import LabelMatchPage
-from saefeat.storage.catalog import label_search, labels, queries
+from saefeat.storage.catalog import label_search, labels
 from saefeat.storage.catalog.search_syntax import MAX_QUERY_CHARS
 
 router = APIRouter(tags=["catalog"])
@@ -32,11 +31,11 @@ router = APIRouter(tags=["catalog"])
     ),
 )
 async def search_labels(
-    session: Annotated[Session, Depends(read_session)],
+    session: ReadSession,
     q: Annotated[str, Query(max_length=MAX_QUERY_CHARS, description="The query")],
-    sae_id: Annotated[str | None, Query(description="Only this SAE's features")] = None,
-    limit: Annotated[int, Query(ge=1, le=queries.MAX_PAGE)] = 50,
-    cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
+    sae_id: OnlySae = None,
+    limit: Limit = 50,
+    cursor: CursorParam = None,
     sort: Annotated[
         Literal["newest", "score"],
         Query(description="newest match first, or best score first (ties: newest)"),

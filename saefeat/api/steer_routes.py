@@ -5,14 +5,13 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, Path, Request
+from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, Field
-from sqlalchemy.orm import Session
 
 from saefeat.analysis import steer
-from saefeat.api.deps import read_session
 from saefeat.api.errors import problem_responses
 from saefeat.api.live_routes import check_rate, live_caller, run_on_live_pool
+from saefeat.api.params import ReadSession, SaeId
 from saefeat.errors import SpecError
 from saefeat.storage.catalog import queries
 
@@ -106,11 +105,11 @@ def steer_request(body: SteerBody) -> steer.SteerRequest:
     ),
 )
 async def steer_route(
-    sae_id: Annotated[str, Path(description="SAE id")],
+    sae_id: SaeId,
     body: SteerBody,
     request: Request,
     caller: Annotated[str, Depends(live_caller)],
-    session: Annotated[Session, Depends(read_session)],
+    session: ReadSession,
 ) -> SteerOut:
     check_rate(request, caller)
     sae = queries.get_sae(session, sae_id)

@@ -12,31 +12,80 @@ import os
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import ClassVar, NamedTuple
+from typing import Annotated, ClassVar, NamedTuple
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from saefeat.errors import NotFoundError, SpecError
 
 FORMAT_VERSION = 1
-_REGISTRY: dict[str, type[SparseAutoencoder]] = {}
 
 
-def register(name: str):
-    """Class decorator: the name is what `architecture` holds in cfg.json."""
+# The TopK family's active latents per token; its bound by d_sae is check_active_count.
+ActiveCount = Annotated[int, Field(gt=0, description="active latents per token")]
+
+
+def check_active_count(k: int | None, d_sae: int) -> None:
+    """The one rule for k: fewer active latents than there are latents."""
+    if k is not None and not 0 < k < d_sae:
+        raise SpecError(f"k must be < d_sae ({d_sae}) and > 0, got {k}", field="k")
+
+
+class ArchConfig(BaseModel):
+    """An architecture's own settings: each module subclasses this once, with its
+    defaults and validation; `name` is what `architecture` holds in cfg.json."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: str
+
+    def check_width(self, d_sae: int) -> None:
+        """Refuse settings that cannot train d_sae latents (the TopK family's k)."""
+        check_active_count(getattr(self, "k", None), d_sae)
+
+    def to_checkpoint(self) -> tuple[int | None, dict]:
+        """(k, extra) as cfg.json holds them: k apart, the other settings in `extra`."""
+        return getattr(self, "k", None), self.model_dump(mode="json", exclude={"name", "k"})
+
+    @classmethod
+    def from_checkpoint(cls, k: int | None, extra: dict) -> ArchConfig:
+        """The settings a cfg.json holds; a key it lacks takes the default, as it did."""
+        fields = {n: extra[n] for n in cls.model_fields if n in extra and n != "name"}
+        if "k" in cls.model_fields and k is not None:
+            fields["k"] = k
+        try:
+            return cls(**fields)
+        except ValidationError as e:
+            first = e.errors()[0]
+            where = ".".join(str(p) for p in first["loc"])
+            raise SpecError(f"{where} {first['msg']}", field=where or "architecture") from None
+
+
+class _Entry(NamedTuple):
+    cls: type[SparseAutoencoder]
+    config: type[ArchConfig]
+
+
+_REGISTRY: dict[str, _Entry] = {}
+
+
+def register(config: type[ArchConfig]):
+    """Class decorator: registers the SAE class with its config under the config's name."""
+    name = config.model_fields["name"].default
 
     def wrap(cls: type[SparseAutoencoder]) -> type[SparseAutoencoder]:
+        if name in _REGISTRY:
+            raise ValueError(f"architecture {name!r} is registered twice")
         cls.architecture = name
-        _REGISTRY[name] = cls
+        _REGISTRY[name] = _Entry(cls, config)
         return cls
 
     return wrap
 
 
-def sae_class(architecture: str) -> type[SparseAutoencoder]:
-    """The class registered under `architecture` (a checkpoint's cfg field)."""
+def _entry(architecture: str) -> _Entry:
     if architecture not in _REGISTRY:
         raise SpecError(
             f"unknown architecture {architecture!r}; known: {architectures()}",
@@ -45,8 +94,23 @@ def sae_class(architecture: str) -> type[SparseAutoencoder]:
     return _REGISTRY[architecture]
 
 
+def sae_class(architecture: str) -> type[SparseAutoencoder]:
+    """The class registered under `architecture` (a checkpoint's cfg field)."""
+    return _entry(architecture).cls
+
+
+def config_class(architecture: str) -> type[ArchConfig]:
+    """The settings class registered under `architecture`."""
+    return _entry(architecture).config
+
+
 def architectures() -> list[str]:
     return sorted(_REGISTRY)
+
+
+def arch_settings() -> set[str]:
+    """Every setting name some architecture's config declares."""
+    return {n for e in _REGISTRY.values() for n in e.config.model_fields if n != "name"}
 
 
 @dataclass
@@ -61,12 +125,16 @@ class SAEConfig:
     format_version: int = FORMAT_VERSION
     extra: dict = field(default_factory=dict)  # architecture-specific settings
 
+    def arch(self) -> ArchConfig:
+        """This checkpoint's architecture settings (raises for an unknown architecture)."""
+        return config_class(self.architecture).from_checkpoint(self.k, self.extra)
+
     def validate(self) -> None:
-        sae_class(self.architecture)  # raises for an unknown architecture
         if self.d_in <= 0 or self.d_sae <= 0:
             raise SpecError(f"d_in and d_sae must be > 0, got {self.d_in}, {self.d_sae}")
-        if self.k is not None and not 0 < self.k < self.d_sae:
-            raise SpecError(f"k must be in 1..d_sae-1 ({self.d_sae - 1}), got {self.k}", field="k")
+        self.arch()  # the settings parse
+        # Only k binds a stored SAE; a setting like JumpReLU's target L0 binds training.
+        check_active_count(self.k, self.d_sae)
 
 
 class SAEOutput(NamedTuple):
@@ -117,6 +185,7 @@ class SparseAutoencoder(nn.Module):
         super().__init__()
         cfg.validate()
         self.cfg = cfg
+        self.settings = cfg.arch()  # typed view of cfg.k + cfg.extra
         d_in, d_sae = cfg.d_in, cfg.d_sae
         self.W_enc = nn.Parameter(torch.empty(d_in, d_sae))
         self.b_enc = nn.Parameter(torch.zeros(d_sae))

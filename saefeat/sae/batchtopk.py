@@ -8,14 +8,31 @@ the `threshold` [d_sae] buffer is stored in the checkpoint (SAELens exports it a
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
+from pydantic import Field
 
-from saefeat.sae.base import SAEConfig, SAEOutput, SparseAutoencoder, dense_to_sparse, register
+from saefeat.sae.base import (
+    ActiveCount,
+    ArchConfig,
+    SAEConfig,
+    SAEOutput,
+    SparseAutoencoder,
+    dense_to_sparse,
+    register,
+)
 
-DEFAULT_THRESHOLD_EMA = 0.01
+
+class BatchTopKConfig(ArchConfig):
+    name: Literal["batchtopk"] = "batchtopk"
+    k: ActiveCount = 32  # on average over the batch
+    threshold_ema: float = Field(
+        0.01, gt=0, le=1, description="EMA rate of the inference threshold"
+    )
 
 
-@register("batchtopk")
+@register(BatchTopKConfig)
 class BatchTopKSAE(SparseAutoencoder):
     uses_auxk = True
 
@@ -44,5 +61,5 @@ class BatchTopKSAE(SparseAutoencoder):
         if not bool((self.threshold > 0).any()):
             self.threshold.fill_(smallest)
             return
-        rate = float(self.cfg.extra.get("threshold_ema", DEFAULT_THRESHOLD_EMA))
+        rate = self.settings.threshold_ema
         self.threshold.mul_(1 - rate).add_(rate * smallest)

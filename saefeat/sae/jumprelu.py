@@ -9,10 +9,15 @@ the L0 term reach only the thresholds.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
+from pydantic import Field
 from torch import nn
 
+from saefeat.errors import SpecError
 from saefeat.sae.base import (
+    ArchConfig,
     SAEConfig,
     SAEOutput,
     SparseAutoencoder,
@@ -23,25 +28,32 @@ from saefeat.sae.base import (
     register,
 )
 
-DEFAULTS = {"bandwidth": 0.001, "init_threshold": 0.001, "target_l0": None,
-            "sparsity_coefficient": 1.0}  # fmt: skip
+
+class JumpReLUConfig(ArchConfig):
+    name: Literal["jumprelu"] = "jumprelu"
+    # Sparsity: coef * (L0/target - 1)^2 towards target_l0, or coef * L0 when it is None.
+    target_l0: float | None = Field(32.0, gt=0, description="L0 the sparsity term aims at")
+    sparsity_coefficient: float = Field(1.0, ge=0, description="weight of the sparsity term")
+    bandwidth: float = Field(0.001, gt=0, description="STE rectangle width (Gemma Scope's)")
+    init_threshold: float = Field(0.001, ge=0, description="every latent's first threshold")
+
+    def check_width(self, d_sae: int) -> None:
+        if self.target_l0 is not None and self.target_l0 >= d_sae:
+            raise SpecError(f"target_l0 must be < d_sae ({d_sae}), got {self.target_l0}",
+                            field="target_l0")  # fmt: skip
 
 
-@register("jumprelu")
+@register(JumpReLUConfig)
 class JumpReLUSAE(SparseAutoencoder):
     def __init__(self, cfg: SAEConfig):
         super().__init__(cfg)
-        init = float(self.setting("init_threshold"))
-        self.threshold = nn.Parameter(torch.full((cfg.d_sae,), init))
-
-    def setting(self, name: str):
-        return self.cfg.extra.get(name, DEFAULTS[name])
+        self.threshold = nn.Parameter(torch.full((cfg.d_sae,), self.settings.init_threshold))
 
     def _acts(self, x: torch.Tensor, want_l0: bool):
         from saefeat.kernels import jumprelu_encode
 
         return jumprelu_encode(x - self.b_dec, self.W_enc, self.b_enc, self.threshold,
-                               float(self.setting("bandwidth")), return_l0=want_l0)  # fmt: skip
+                               self.settings.bandwidth, return_l0=want_l0)  # fmt: skip
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return dense_to_sparse(self._acts(x, False))
@@ -51,8 +63,8 @@ class JumpReLUSAE(SparseAutoencoder):
         x_hat = acts @ self.W_dec.to(acts.dtype) + self.b_dec  # dense: most latents fire early
         fvu = fvu_loss(x, x_hat, variance)
         mean_l0 = l0.float().mean()
-        coef = float(self.setting("sparsity_coefficient"))
-        target = self.setting("target_l0")
+        coef = self.settings.sparsity_coefficient
+        target = self.settings.target_l0
         sparsity = coef * (mean_l0 / target - 1).pow(2) if target else coef * mean_l0
         vals, idx = dense_layout(acts.detach())
         out = SAEOutput(x_hat, vals, idx)

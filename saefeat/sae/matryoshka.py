@@ -8,12 +8,29 @@ learn general features, the later ones refine them. Encoding is BatchTopK's.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
+from pydantic import Field, field_validator
 
 from saefeat.sae.base import SAEConfig, TrainStep, fvu_loss, register
-from saefeat.sae.batchtopk import BatchTopKSAE
+from saefeat.sae.batchtopk import BatchTopKConfig, BatchTopKSAE
 
-DEFAULT_GROUPS = (0.0625, 0.125, 0.25, 0.5625)
+
+class MatryoshkaConfig(BatchTopKConfig):
+    name: Literal["matryoshka_batchtopk"] = "matryoshka_batchtopk"  # type: ignore[assignment]
+    matryoshka_groups: tuple[float, ...] = Field(
+        (0.0625, 0.125, 0.25, 0.5625), description="fractions of d_sae per nested group (sum 1)"
+    )
+
+    @field_validator("matryoshka_groups")
+    @classmethod
+    def _fractions(cls, g: tuple[float, ...]) -> tuple[float, ...]:
+        if not g or any(f <= 0 for f in g) or abs(sum(g) - 1) > 1e-6:
+            raise ValueError(
+                f"matryoshka_groups must be positive fractions summing to 1, got {list(g)}"
+            )
+        return g
 
 
 def group_ends(fractions: list[float] | tuple[float, ...], d_sae: int) -> list[int]:
@@ -26,11 +43,11 @@ def group_ends(fractions: list[float] | tuple[float, ...], d_sae: int) -> list[i
     return sorted(set(ends))
 
 
-@register("matryoshka_batchtopk")
+@register(MatryoshkaConfig)
 class MatryoshkaBatchTopKSAE(BatchTopKSAE):
     def __init__(self, cfg: SAEConfig):
         super().__init__(cfg)
-        self.ends = group_ends(cfg.extra.get("matryoshka_groups", DEFAULT_GROUPS), cfg.d_sae)
+        self.ends = group_ends(self.settings.matryoshka_groups, cfg.d_sae)
 
     def training_loss(self, x: torch.Tensor, variance: torch.Tensor) -> TrainStep:
         from saefeat.kernels import sparse_decode

@@ -7,9 +7,13 @@ penalty, so the decoder rows stay free (no unit-norm constraint).
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
+from pydantic import Field
 
 from saefeat.sae.base import (
+    ArchConfig,
     SAEOutput,
     SparseAutoencoder,
     TrainStep,
@@ -19,10 +23,13 @@ from saefeat.sae.base import (
     register,
 )
 
-DEFAULT_L1 = 0.02
+
+class ReLUConfig(ArchConfig):
+    name: Literal["relu"] = "relu"
+    l1_coefficient: float = Field(0.02, ge=0, description="weight of the norm-weighted L1")
 
 
-@register("relu")
+@register(ReLUConfig)
 class ReLUSAE(SparseAutoencoder):
     unit_norm_decoder = False
 
@@ -37,6 +44,6 @@ class ReLUSAE(SparseAutoencoder):
         x_hat = acts @ self.W_dec.to(acts.dtype) + self.b_dec
         fvu = fvu_loss(x, x_hat, variance)
         l1 = (acts.float() * self.W_dec.norm(dim=1)).sum() / x.shape[0]
-        coef = float(self.cfg.extra.get("l1_coefficient", DEFAULT_L1))
+        coef = self.settings.l1_coefficient
         vals, idx = dense_layout(acts.detach())
         return TrainStep(SAEOutput(x_hat, vals, idx), fvu + coef * l1, {"fvu": fvu, "l1": l1})

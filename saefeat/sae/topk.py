@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 
-from saefeat.sae.base import SparseAutoencoder, register
+from saefeat.sae.base import ActiveCount, ArchConfig, SparseAutoencoder, register
 
 
-@register("topk")
+class TopKConfig(ArchConfig):
+    name: Literal["topk"] = "topk"
+    k: ActiveCount = 32  # active latents per token
+
+
+@register(TopKConfig)
 class TopKSAE(SparseAutoencoder):
     uses_auxk = True
 

@@ -87,29 +87,16 @@ def open_complete_set(settings: Settings, set_id: str) -> ActivationSet:
 
 def sae_config(spec: TrainSpec, aset: ActivationSet, hook: str) -> SAEConfig:
     d_sae = spec.d_sae or spec.expansion_factor * aset.d_model
-    arch = spec.architecture
-    uses_k = arch in ("topk", "batchtopk", "matryoshka_batchtopk")
-    if arch != "relu" and spec.k >= d_sae:  # JumpReLU's default target L0 is k
-        raise SpecError(f"k must be < d_sae ({d_sae}), got {spec.k}", field="k")
-    extra: dict = {"init_decoder_norm": spec.init_decoder_norm,
-                   "token_rule": rule_for_set(aset, hook, spec.massive_norm_threshold).to_json(),
-                   "heldout": {"eval_set": spec.eval_set} if spec.eval_set
-                   else {"frac": spec.heldout_frac}}  # fmt: skip
-    if arch in ("batchtopk", "matryoshka_batchtopk"):
-        extra["threshold_ema"] = spec.threshold_ema
-    if arch == "matryoshka_batchtopk":
-        extra["matryoshka_groups"] = list(spec.matryoshka_groups)
-    if arch == "relu":
-        extra["l1_coefficient"] = spec.l1_coefficient
-    if arch == "jumprelu":
-        target = spec.jumprelu_target_l0 or float(spec.k)
-        extra |= {"bandwidth": spec.jumprelu_bandwidth,
-                  "init_threshold": spec.jumprelu_init_threshold,
-                  "target_l0": target if spec.jumprelu_sparsity == "target_l0" else None,
-                  "sparsity_coefficient": spec.jumprelu_sparsity_coefficient}  # fmt: skip
-    return SAEConfig(d_in=aset.d_model, d_sae=d_sae, architecture=arch,
-                     k=spec.k if uses_k else None, model=aset.model_name, hook=hook,
-                     activation_set=aset.id, extra=extra)  # fmt: skip
+    spec.architecture.check_width(d_sae)  # before any training
+    k, settings = spec.architecture.to_checkpoint()
+    rule = rule_for_set(aset, hook, spec.massive_norm_threshold)
+    extra = settings | {"init_decoder_norm": spec.init_decoder_norm, "token_rule": rule.to_json(),
+                        "heldout": {"eval_set": spec.eval_set} if spec.eval_set
+                        else {"frac": spec.heldout_frac}}  # fmt: skip
+    cfg = SAEConfig(d_in=aset.d_model, d_sae=d_sae, architecture=spec.architecture.name, k=k,
+                    model=aset.model_name, hook=hook, activation_set=aset.id,
+                    extra=extra)  # fmt: skip
+    return cfg
 
 
 def build_sae(spec: TrainSpec, aset: ActivationSet, hook: str) -> SparseAutoencoder:

@@ -160,3 +160,20 @@ def current_revision(url: str) -> str | None:
             return MigrationContext.configure(connection).get_current_revision()
     finally:
         engine.dispose()
+
+
+@contextmanager
+def catalog_sessions(settings: Any) -> Iterator[sessionmaker[Session]]:
+    """A session factory on the migrated catalog at `settings.db_url`, disposed of on exit."""
+    upgrade(settings.db_url)
+    engine = make_engine(settings.db_url)
+    try:
+        yield make_sessionmaker(engine)
+    finally:
+        engine.dispose()
+
+
+@contextmanager
+def catalog_session(settings: Any) -> Iterator[Session]:
+    with catalog_sessions(settings) as sessions, sessions() as session:
+        yield session

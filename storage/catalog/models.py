@@ -80,7 +80,7 @@ class Base(DeclarativeBase):
     type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON, datetime: UTCDateTime}
 
 
-class LanguageModel(Base):
+class LanguageModelRow(Base):
     __tablename__ = "language_models"
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -91,14 +91,6 @@ class LanguageModel(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     __table_args__ = (UniqueConstraint("name", "revision"),)
-
-
-class Corpus(Base):
-    __tablename__ = "corpora"
-
-    id: Mapped[int] = mapped_column(primary_key=True)
-    name: Mapped[str] = mapped_column(String(300), unique=True)
-    spec: Mapped[dict[str, Any]] = mapped_column(default=dict)
 
 
 class Job(Base):
@@ -132,7 +124,7 @@ class Job(Base):
     )
 
 
-class ActivationSet(Base):
+class ActivationSetRow(Base):
     """One Zarr group of harvested activations; the id is the hash of its spec."""
 
     __tablename__ = "activation_sets"
@@ -149,7 +141,7 @@ class ActivationSet(Base):
     stats: Mapped[dict[str, Any] | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
-    model: Mapped[LanguageModel] = relationship()
+    model: Mapped[LanguageModelRow] = relationship()
     shards: Mapped[list[ActivationShard]] = relationship(
         back_populates="activation_set",
         cascade="all, delete-orphan",
@@ -159,7 +151,8 @@ class ActivationSet(Base):
 
 
 class ActivationShard(Base):
-    """Commit record of one shard: a shard without a row here does not exist for readers."""
+    """The catalog's copy of one shard's commit record. Readers trust the commit files in
+    the Zarr group (storage/activations.py), not this row; it lists the set's shards."""
 
     __tablename__ = "activation_shards"
 
@@ -171,7 +164,7 @@ class ActivationShard(Base):
     checksum: Mapped[str] = mapped_column(Text)  # per-hook digests can be long
     committed_at: Mapped[datetime] = mapped_column(default=utcnow)
 
-    activation_set: Mapped[ActivationSet] = relationship(back_populates="shards")
+    activation_set: Mapped[ActivationSetRow] = relationship(back_populates="shards")
 
 
 class SAE(Base):
@@ -223,7 +216,7 @@ class Feature(Base):
     )
 
 
-class FeatureExample(Base):
+class FeatureExampleRow(Base):
     __tablename__ = "feature_examples"
 
     id: Mapped[int] = mapped_column(primary_key=True)

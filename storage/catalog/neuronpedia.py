@@ -41,7 +41,7 @@ from saefeat.lm import parse_hook
 from saefeat.storage.catalog import queries
 from saefeat.storage.catalog.models import (
     SAE,
-    ActivationSet,
+    ActivationSetRow,
     Feature,
     Label,
 )
@@ -104,7 +104,7 @@ def _iso(t: datetime | None) -> str:
 
 
 def _meta_records(session: Session, sae: SAE, names: SourceNames) -> dict[str, dict]:
-    aset = session.get(ActivationSet, sae.activation_set_id) if sae.activation_set_id else None
+    aset = session.get(ActivationSetRow, sae.activation_set_id) if sae.activation_set_id else None
     n_layers = aset.model.n_layers if aset is not None else 0
     created = _iso(sae.created_at)
     point = parse_hook(sae.hook_name)

@@ -23,7 +23,7 @@ from saefeat.storage.catalog.models import (
     SAE,
     VOCAB_SIDES,
     Feature,
-    FeatureExample,
+    FeatureExampleRow,
     Label,
     Neighbour,
     VocabToken,
@@ -239,10 +239,12 @@ class ExampleRow:
 
 
 _EXAMPLES = (
-    select(*row_columns(FeatureExample, ExampleRow))
-    .where(FeatureExample.feature_id == bindparam("feature_id"))
+    select(*row_columns(FeatureExampleRow, ExampleRow))
+    .where(FeatureExampleRow.feature_id == bindparam("feature_id"))
     # Top examples first, then quantile samples, each by rank.
-    .order_by((FeatureExample.kind != "top").asc(), FeatureExample.kind, FeatureExample.rank)
+    .order_by(
+        (FeatureExampleRow.kind != "top").asc(), FeatureExampleRow.kind, FeatureExampleRow.rank
+    )
 )
 
 

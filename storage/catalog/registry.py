@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from saefeat.errors import SpecError
+from saefeat.sae.base import check_active_count
 from saefeat.storage.catalog.models import SAE
 
 
@@ -40,8 +41,8 @@ def register_sae(
     """
     _positive(d_in, "d_in")
     _positive(d_sae, "d_sae")
-    if k is not None and not 1 <= _positive(k, "k") <= d_sae:
-        raise SpecError(f"must be between 1 and d_sae={d_sae}, got {k}", field="k")
+    if k is not None:
+        check_active_count(_positive(k, "k"), d_sae)
     if not name.strip():
         raise SpecError("must not be blank", field="name")
     sae = session.get(SAE, sae_id) if sae_id else None

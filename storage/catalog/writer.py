@@ -27,7 +27,7 @@ from saefeat.storage.catalog.models import (
     SAE,
     Base,
     Feature,
-    FeatureExample,
+    FeatureExampleRow,
     Neighbour,
     VocabToken,
 )
@@ -256,7 +256,7 @@ def write_feature_index(session: Session, sae_id: str, index: FeatureIndex) -> I
     try:
         existing = _feature_ids(session, sae_id)
         old_ids = select(Feature.id).where(Feature.sae_id == sae_id).scalar_subquery()
-        for model in (FeatureExample, VocabToken, Neighbour):
+        for model in (FeatureExampleRow, VocabToken, Neighbour):
             session.execute(
                 delete(model).where(model.feature_id.in_(old_ids)),
                 execution_options={"synchronize_session": False},
@@ -269,7 +269,7 @@ def write_feature_index(session: Session, sae_id: str, index: FeatureIndex) -> I
             session.execute(update(Feature), updates)
         _bulk_insert(session, Feature, inserts)
         ids = _feature_ids(session, sae_id) if inserts else existing
-        _bulk_insert(session, FeatureExample, _attach_ids(examples, ids))
+        _bulk_insert(session, FeatureExampleRow, _attach_ids(examples, ids))
         _bulk_insert(session, VocabToken, _attach_ids(vocab, ids))
         _bulk_insert(session, Neighbour, _neighbour_rows(neighbours, ids))
         session.commit()

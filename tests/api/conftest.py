@@ -2,43 +2,31 @@
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
+from synthetic_catalog import synthetic_feature_index
 
 from saefeat.api.app import create_app
 from saefeat.config import Settings
 from saefeat.features.records import FeatureIndex
-from saefeat.storage.catalog.db import upgrade
-from saefeat.storage.catalog.demo import synthetic_feature_index
 from saefeat.storage.catalog.keys import create_api_key, revoke_api_key, verify_api_key
 from saefeat.storage.catalog.registry import register_sae
 from saefeat.storage.catalog.writer import write_feature_index
 
 
-@pytest.fixture(scope="session")
-def migrated_template(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("api-template") / "catalog.db"
-    upgrade(f"sqlite:///{path}")
-    return path
-
-
 @pytest.fixture
-def make_settings(tmp_path, migrated_template) -> Callable[..., Settings]:
+def make_settings(tmp_path, migrated_sqlite_url) -> Callable[..., Settings]:
     """make_settings(**overrides): settings for a fresh, migrated SQLite catalog."""
-    path = tmp_path / "catalog.db"
-    shutil.copyfile(migrated_template, path)
 
     def make(**overrides) -> Settings:
         values = {
             "home": tmp_path,
-            "database_url": f"sqlite:///{path}",
+            "database_url": migrated_sqlite_url,
             "require_read_key": False,
             "bootstrap_api_key": None,
         }
@@ -81,7 +69,7 @@ def seed_catalog(session: Session) -> Seeded:
             architecture="topk",
             d_in=576,
             d_sae=d_sae,
-            k=8,
+            k=min(8, d_sae - 1),  # the TopK rule: fewer active latents than latents
             cfg={"k": 8},
             metrics={"fvu": 0.21, "l0": 8.0},
         )

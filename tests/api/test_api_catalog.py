@@ -3,19 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from problems import problem_of
 
 from saefeat.api.schemas import FeatureDetail
-
-PROBLEM = "application/problem+json"
-
-
-def _problem(response, status: int) -> dict:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith(PROBLEM)
-    body = response.json()
-    assert body["status"] == status
-    assert {"type", "title", "detail"} <= body.keys()
-    return body
 
 
 def _walk(client, url: str, params: dict) -> list[dict]:
@@ -64,7 +54,7 @@ def test_list_and_get_saes(client, catalog):
     assert detail["created_at"].endswith(("Z", "+00:00"))
 
 
-def test_unknown_sae_is_404_problem(client, catalog):
+def test_unknown_sae_is_404problem_of(client, catalog):
     for url in (
         "/v1/saes/nope",
         "/v1/saes/nope/features",
@@ -72,12 +62,12 @@ def test_unknown_sae_is_404_problem(client, catalog):
         "/v1/saes/nope/features/0/labels",
         "/v1/features/search?token=cat&sae_id=nope",
     ):
-        body = _problem(client.get(url), 404)
+        body = problem_of(client.get(url), 404)
         assert "nope" in body["detail"] and "GET /v1/saes" in body["detail"], url
 
 
 def test_unknown_feature_index_is_404_with_the_valid_range(client, catalog):
-    body = _problem(client.get("/v1/saes/sae-b/features/8"), 404)
+    body = problem_of(client.get("/v1/saes/sae-b/features/8"), 404)
     assert "0..7" in body["detail"]
 
 
@@ -118,7 +108,7 @@ def test_feature_list_defaults_and_density_window(client, catalog):
     ],
 )
 def test_bad_list_parameters_are_422_naming_the_field(client, catalog, query, field):
-    body = _problem(client.get(f"/v1/saes/sae-a/features?{query}"), 422)
+    body = problem_of(client.get(f"/v1/saes/sae-a/features?{query}"), 422)
     assert [e["field"] for e in body["errors"]] == [field]
     assert field in body["detail"]
 
@@ -130,13 +120,13 @@ def test_bad_list_parameters_are_422_naming_the_field(client, catalog, query, fi
 def test_a_cursor_this_server_did_not_make_is_400_naming_it(client, catalog, cursor):
     for url in ("/v1/saes/sae-a/features", "/v1/features/search?token=cat"):
         sep = "&" if "?" in url else "?"
-        body = _problem(client.get(f"{url}{sep}cursor={cursor}"), 400)
+        body = problem_of(client.get(f"{url}{sep}cursor={cursor}"), 400)
         assert [e["field"] for e in body["errors"]] == ["cursor"]
 
 
 def test_a_cursor_from_another_sort_is_refused(client, catalog):
     cursor = client.get("/v1/saes/sae-a/features?sort=density&limit=2").json()["next_cursor"]
-    body = _problem(client.get(f"/v1/saes/sae-a/features?cursor={cursor}"), 400)
+    body = problem_of(client.get(f"/v1/saes/sae-a/features?cursor={cursor}"), 400)
     assert "density:desc" in body["detail"]
 
 
@@ -192,14 +182,16 @@ def test_search_by_token(client, catalog):
 
 
 def test_search_validation(client, catalog):
-    assert _problem(client.get("/v1/features/search"), 422)["errors"][0]["field"] == "token"
-    assert _problem(client.get("/v1/features/search?token="), 422)["errors"][0]["field"] == "token"
-    body = _problem(client.get("/v1/features/search?token=cat&side=left"), 422)
+    assert problem_of(client.get("/v1/features/search"), 422)["errors"][0]["field"] == "token"
+    assert (
+        problem_of(client.get("/v1/features/search?token="), 422)["errors"][0]["field"] == "token"
+    )
+    body = problem_of(client.get("/v1/features/search?token=cat&side=left"), 422)
     assert body["errors"][0]["field"] == "side"
-    body = _problem(client.get("/v1/features/search?token=cat&cursor=%%%"), 400)
+    body = problem_of(client.get("/v1/features/search?token=cat&cursor=%%%"), 400)
     assert body["errors"][0]["field"] == "cursor"
 
 
 def test_unknown_route_is_a_problem_too(client):
-    body = _problem(client.get("/v2/nothing"), 404)
+    body = problem_of(client.get("/v2/nothing"), 404)
     assert "/docs" in body["detail"]

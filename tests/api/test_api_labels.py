@@ -6,27 +6,17 @@ import json
 
 import pytest
 from fastapi.testclient import TestClient
+from problems import bearer, problem_of
 from sqlalchemy import select
 
 from saefeat.api.app import create_app
 from saefeat.storage.catalog.models import API_SCOPES, ApiKey
 
 URL = "/v1/saes/sae-a/features/3/labels"
-PROBLEM = "application/problem+json"
-
-
-def bearer(key: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}"}
-
-
-def _problem(response, status: int) -> dict:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith(PROBLEM)
-    return response.json()
 
 
 def test_without_a_key_is_401_with_a_bearer_challenge(client, catalog):
-    body = _problem(client.post(URL, json={"text": "dogs"}), 401)
+    body = problem_of(client.post(URL, json={"text": "dogs"}), 401)
     assert "Authorization: Bearer" in body["detail"]
     assert client.post(URL, json={"text": "dogs"}).headers["www-authenticate"].startswith("Bearer")
     # A non-Bearer scheme is no key at all.
@@ -40,13 +30,13 @@ def test_without_a_key_is_401_with_a_bearer_challenge(client, catalog):
 def test_an_unknown_or_revoked_key_is_401(client, catalog, keys, which):
     key = "sfk_" + "x" * 32 if which == "unknown" else keys["revoked"]
     response = client.post(URL, json={"text": "dogs"}, headers=bearer(key))
-    body = _problem(response, 401)
+    body = problem_of(response, 401)
     assert "unknown or revoked" in body["detail"]
     assert 'error="invalid_token"' in response.headers["www-authenticate"]
 
 
 def test_a_key_without_the_label_scope_is_403(client, catalog, keys):
-    body = _problem(client.post(URL, json={"text": "dogs"}, headers=bearer(keys["read"])), 403)
+    body = problem_of(client.post(URL, json={"text": "dogs"}, headers=bearer(keys["read"])), 403)
     assert '"label"' in body["detail"] and "reader" in body["detail"]
 
 
@@ -74,11 +64,13 @@ def test_admin_keys_can_label(client, catalog, keys):
 def test_provenance_cannot_be_forged(client, catalog, keys):
     """The author is the key's name, and auto labels and scores need "explain"."""
     label = bearer(keys["label"])
-    problem = _problem(client.post(URL, json={"text": "x", "author": "admin"}, headers=label), 422)
+    problem = problem_of(
+        client.post(URL, json={"text": "x", "author": "admin"}, headers=label), 422
+    )
     assert [e["field"] for e in problem["errors"]] == ["author"]
     for body in ({"text": "x", "source": "auto"}, {"text": "x", "score": 1e308},
                  {"text": "x", "source": "auto", "score": 1e308}):  # fmt: skip
-        problem = _problem(client.post(URL, json=body, headers=label), 403)
+        problem = problem_of(client.post(URL, json=body, headers=label), 403)
         assert '"explain"' in problem["detail"]
     assert client.get(URL).json()["items"] == []  # nothing was stored
     made = client.post(
@@ -95,7 +87,7 @@ def test_provenance_cannot_be_forged(client, catalog, keys):
 def test_label_text_the_database_cannot_hold_is_422(client, catalog, keys, text):
     headers = bearer(keys["label"]) | {"Content-Type": "application/json"}
     raw = json.dumps({"text": text}).encode()  # JSON escapes both
-    problem = _problem(client.post(URL, content=raw, headers=headers), 422)
+    problem = problem_of(client.post(URL, content=raw, headers=headers), 422)
     assert problem["errors"][0]["field"] == "text"
     assert client.get(URL).json()["items"] == []
 
@@ -113,23 +105,23 @@ def test_label_text_the_database_cannot_hold_is_422(client, catalog, keys, text)
     ],
 )
 def test_bad_label_bodies_are_422_naming_the_field(client, catalog, keys, body, field):
-    problem = _problem(client.post(URL, json=body, headers=bearer(keys["label"])), 422)
+    problem = problem_of(client.post(URL, json=body, headers=bearer(keys["label"])), 422)
     assert [e["field"] for e in problem["errors"]] == [field]
     assert problem["errors"][0]["location"] == "body"
 
 
 def test_malformed_json_is_422(client, catalog, keys):
     headers = bearer(keys["label"]) | {"Content-Type": "application/json"}
-    problem = _problem(client.post(URL, content=b"{not json", headers=headers), 422)
+    problem = problem_of(client.post(URL, content=b"{not json", headers=headers), 422)
     assert problem["errors"][0]["field"] == "body"
 
 
 def test_labelling_an_unknown_feature_is_404(client, catalog, keys):
     headers = bearer(keys["label"])
-    _problem(
+    problem_of(
         client.post("/v1/saes/sae-b/features/8/labels", json={"text": "x"}, headers=headers), 404
     )
-    _problem(
+    problem_of(
         client.post("/v1/saes/nope/features/0/labels", json={"text": "x"}, headers=headers), 404
     )
 
@@ -182,8 +174,8 @@ def test_bootstrap_key_is_created_with_every_scope(make_settings, catalog, db):
 def test_require_read_key_guards_reads(make_settings, catalog, keys):
     with TestClient(create_app(make_settings(require_read_key=True))) as client:
         assert client.get("/v1/health").status_code == 200  # probes need no key
-        _problem(client.get("/v1/saes"), 401)
-        _problem(client.get("/v1/saes/sae-a/features", headers=bearer(keys["label"])), 403)
+        problem_of(client.get("/v1/saes"), 401)
+        problem_of(client.get("/v1/saes/sae-a/features", headers=bearer(keys["label"])), 403)
         assert client.get("/v1/saes", headers=bearer(keys["read"])).status_code == 200
         assert client.get(URL, headers=bearer(keys["admin"])).status_code == 200
         # Writing needs "label", not "read" as well.

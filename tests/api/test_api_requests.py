@@ -12,24 +12,14 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from fastapi.testclient import TestClient
+from problems import bearer, problem_of
 
 from saefeat.api.app import create_app
 from saefeat.features import live
 from saefeat.storage.catalog.registry import register_sae
 
-PROBLEM = "application/problem+json"
 LABEL_URL = "/v1/saes/sae-a/features/3/labels"
 LIVE_URL = "/v1/saes/live/activations"
-
-
-def bearer(key: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}"}
-
-
-def _problem(response, status: int) -> dict:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith(PROBLEM)
-    return response.json()
 
 
 def _post_endless_body(app, path: str, headers: list[tuple[bytes, bytes]]) -> tuple[int, int]:
@@ -86,7 +76,7 @@ def test_each_route_has_its_own_body_limit(make_settings, catalog, keys):
             ("/v1/harvests", 3000),
         ]:
             body = b'{"text": "' + b"a" * limit + b'"}'
-            problem = _problem(client.post(url, content=body, headers=bearer(keys["admin"])), 413)
+            problem = problem_of(client.post(url, content=body, headers=bearer(keys["admin"])), 413)
             assert f"at most {limit} bytes" in problem["detail"], url
             assert problem["errors"][0]["field"] == "body"
 
@@ -141,7 +131,7 @@ def test_a_saturated_live_pool_answers_503_and_health_still_answers(
         refused = [a.result() for a in answers if a.done()]
         assert len(refused) == n - 2
         for response in refused:
-            assert "all 2 live search slots" in _problem(response, 503)["detail"]
+            assert "all 2 live search slots" in problem_of(response, 503)["detail"]
             assert response.headers["retry-after"] == "1"
         health = threads.submit(client.get, "/v1/health")  # while the two are stuck
         assert health.result(timeout=120).status_code == 200
@@ -156,20 +146,20 @@ def test_live_search_is_rate_limited_per_client(make_settings, catalog, keys):
     with TestClient(create_app(settings)) as client:
         assert [client.post(url, json={"text": "hi"}).status_code for _ in range(2)] == [422] * 2
         response = client.post(url, json={"text": "hi"})
-        _problem(response, 429)
+        problem_of(response, 429)
         assert int(response.headers["retry-after"]) > 1000  # 100 minutes per token
         # A key is a client of its own; an unknown key is refused, not counted.
         assert client.post(url, json={"text": "hi"}, headers=bearer(keys["read"])).status_code == (
             422
         )
-        _problem(client.post(url, json={"text": "hi"}, headers=bearer("sfk_unknown")), 401)
+        problem_of(client.post(url, json={"text": "hi"}, headers=bearer("sfk_unknown")), 401)
 
 
 def test_live_search_can_require_a_read_key(make_settings, catalog, keys):
     url = "/v1/saes/sae-a/activations"
     with TestClient(create_app(make_settings(live_requires_key=True))) as client:
-        _problem(client.post(url, json={"text": "hi"}), 401)
-        _problem(client.post(url, json={"text": "hi"}, headers=bearer(keys["label"])), 403)
+        problem_of(client.post(url, json={"text": "hi"}), 401)
+        problem_of(client.post(url, json={"text": "hi"}, headers=bearer(keys["label"])), 403)
         assert client.post(url, json={"text": "hi"}, headers=bearer(keys["read"])).status_code == (
             422
         )
@@ -189,7 +179,7 @@ FEATURE_ROUTES = [
 def test_out_of_range_indices_and_ids_are_422(client, catalog, keys, method, route, index):
     body = {"text": "x"} if route.endswith("labels") else {"vote": "up"}
     kwargs = {"json": body, "headers": bearer(keys["label"])} if method == "post" else {}
-    problem = _problem(client.request(method, route.format(i=index), **kwargs), 422)
+    problem = problem_of(client.request(method, route.format(i=index), **kwargs), 422)
     assert problem["errors"][0]["location"] == "path"
 
 
@@ -209,7 +199,7 @@ def test_forged_cursors_are_400(client, catalog, url, key):
     forged = base64.urlsafe_b64encode(raw).decode().rstrip("=")
     sep = "&" if "?" in url else "?"
     for cursor in (forged, forged + ".AAAAAAAAAAAAAAAAAAAAAA"):
-        problem = _problem(client.get(f"{url}{sep}cursor={cursor}"), 400)
+        problem = problem_of(client.get(f"{url}{sep}cursor={cursor}"), 400)
         assert problem["errors"][0]["field"] == "cursor"
 
 
@@ -226,11 +216,11 @@ def test_text_that_tokenizes_to_nothing_is_422(client, live_sae, monkeypatch):
         return live.features_on_text(lm, None, hook, text, top_n)  # type: ignore[arg-type]
 
     monkeypatch.setattr(live, "features_for_sae", tokenize_only)
-    problem = _problem(client.post(LIVE_URL, json={"text": "\u0006"}), 422)
+    problem = problem_of(client.post(LIVE_URL, json={"text": "\u0006"}), 422)
     assert "has no tokens" in problem["detail"] and problem["errors"][0]["field"] == "text"
 
 
 def test_live_text_with_a_lone_surrogate_is_422(client, live_sae):
     raw = json.dumps({"text": "a \ud800"}).encode()
     response = client.post(LIVE_URL, content=raw, headers={"Content-Type": "application/json"})
-    assert _problem(response, 422)["errors"][0]["field"] == "text"
+    assert problem_of(response, 422)["errors"][0]["field"] == "text"

@@ -8,6 +8,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,13 +32,33 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@contextmanager
+def serve_in_thread(app) -> Iterator[str]:
+    """Serve `app` with uvicorn on a free loopback port; yields its base URL."""
+    import uvicorn
+
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
 @pytest.fixture
 def served(tmp_path) -> Iterator[Served]:
-    import uvicorn
+    from synthetic_catalog import synthetic_feature_index
 
     from saefeat.api.app import create_app
     from saefeat.config import Settings
-    from saefeat.storage.catalog.demo import synthetic_feature_index
     from saefeat.storage.catalog.keys import create_api_key
     from saefeat.storage.catalog.registry import register_sae
     from saefeat.storage.catalog.writer import write_feature_index
@@ -54,20 +75,8 @@ def served(tmp_path) -> Iterator[Served]:
         key = create_api_key(session, "browser-test", ["label"])
         session.commit()
     feature = next(i for i in range(40) if index.density[i] > 0)
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.05)
-    try:
-        yield Served(f"http://127.0.0.1:{port}", key, "sae-a", feature)
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+    with serve_in_thread(app) as url:
+        yield Served(url, key, "sae-a", feature)
 
 
 @pytest.fixture

@@ -3,8 +3,6 @@ default and the steered continuation side by side (the tiny Llama and a real che
 
 from __future__ import annotations
 
-import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -13,7 +11,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as ec
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
-from tests.browser.conftest import _free_port
+from tests.browser.conftest import serve_in_thread
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"  # kept by CI, gitignored
 HOOK = "blocks.2.hook_resid_post"
@@ -21,13 +19,12 @@ HOOK = "blocks.2.hook_resid_post"
 
 @pytest.fixture
 def steerable_page(tmp_path, tiny_llama):
-    import uvicorn
+    from synthetic_catalog import synthetic_feature_index
 
     from saefeat.api.app import create_app
     from saefeat.config import Settings
     from saefeat.sae import SAEConfig
     from saefeat.sae.topk import TopKSAE
-    from saefeat.storage.catalog.demo import synthetic_feature_index
     from saefeat.storage.catalog.registry import register_sae
     from saefeat.storage.catalog.writer import write_feature_index
 
@@ -41,20 +38,8 @@ def steerable_page(tmp_path, tiny_llama):
                      checkpoint_path=str(checkpoint))  # fmt: skip
         session.commit()
         write_feature_index(session, "tiny", synthetic_feature_index(96, n_examples=3, seed=2))
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}/saes/tiny/features/5"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+    with serve_in_thread(app) as url:
+        yield f"{url}/saes/tiny/features/5"
 
 
 def test_steer_from_the_feature_page(steerable_page, browser):

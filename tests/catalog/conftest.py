@@ -11,7 +11,6 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import psycopg
 import pytest
@@ -149,21 +148,6 @@ def sqlite_url(tmp_path) -> str:
     return f"sqlite:///{tmp_path / 'catalog.db'}"
 
 
-@pytest.fixture(scope="session")
-def sqlite_template(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("template") / "catalog.db"
-    upgrade(f"sqlite:///{path}")
-    return path
-
-
-@pytest.fixture
-def migrated_sqlite_url(tmp_path, sqlite_template: Path) -> str:
-    # Copying a migrated file is much faster than running Alembic for every test.
-    path = tmp_path / "catalog.db"
-    shutil.copyfile(sqlite_template, path)
-    return f"sqlite:///{path}"
-
-
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def db_url(request) -> str:
     """A migrated catalog; each test using it runs on SQLite and on real PostgreSQL."""
@@ -204,7 +188,7 @@ def _make_sae(session: Session, d_sae: int = 64, sae_id: str = "sae-a") -> SAE:
         architecture="topk",
         d_in=576,
         d_sae=d_sae,
-        k=min(8, d_sae),
+        k=min(8, d_sae - 1),  # the TopK rule: fewer active latents than latents
         metrics={"fvu": 0.2, "l0": 8.0},
     )
     session.commit()

@@ -7,10 +7,10 @@ import json
 
 import pytest
 from fastapi.testclient import TestClient
+from synthetic_catalog import synthetic_feature_index
 
 from saefeat.api.app import create_app
 from saefeat.config import Settings
-from saefeat.storage.catalog.demo import synthetic_feature_index
 from saefeat.storage.catalog.keys import create_api_key
 from saefeat.storage.catalog.writer import write_feature_index
 

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import pytest
+from synthetic_catalog import synthetic_feature_index
 from typer.testing import CliRunner
 
 from saefeat.cli import app
 from saefeat.config import get_settings
 from saefeat.pipeline import catalog_session
-from saefeat.storage.catalog.demo import synthetic_feature_index
 from saefeat.storage.catalog.labels import add_label
 from saefeat.storage.catalog.queries import get_feature
 from saefeat.storage.catalog.writer import write_feature_index

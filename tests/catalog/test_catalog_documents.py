@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import orjson
 import pytest
+from synthetic_catalog import synthetic_feature_index
 
-from saefeat.storage.catalog.demo import synthetic_feature_index
 from saefeat.storage.catalog.documents import feature_document
 from saefeat.storage.catalog.labels import (
     add_label,

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session
+from synthetic_catalog import synthetic_feature_index
 
 from saefeat.errors import SpecError
 from saefeat.storage.catalog import neuronpedia, neuronpedia_import, queries
 from saefeat.storage.catalog.db import make_engine, make_sessionmaker
-from saefeat.storage.catalog.demo import synthetic_feature_index
 from saefeat.storage.catalog.labels import add_label
 from saefeat.storage.catalog.models import SAE, Feature, Label
 from saefeat.storage.catalog.writer import write_feature_index

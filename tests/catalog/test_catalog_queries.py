@@ -7,11 +7,11 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pytest
+from synthetic_catalog import synthetic_feature_index
 
 from saefeat.errors import NotFoundError, SpecError
 from saefeat.features.records import VocabProjection
 from saefeat.storage.catalog.cursor import InvalidCursorError
-from saefeat.storage.catalog.demo import synthetic_feature_index
 from saefeat.storage.catalog.labels import pick_current_label
 from saefeat.storage.catalog.models import Label
 from saefeat.storage.catalog.queries import (

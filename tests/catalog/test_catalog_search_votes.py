@@ -9,10 +9,10 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 from sqlalchemy import select
+from synthetic_catalog import synthetic_feature_index
 
 from saefeat.errors import NotFoundError, SpecError
 from saefeat.storage.catalog.db import make_engine, make_sessionmaker
-from saefeat.storage.catalog.demo import synthetic_feature_index
 from saefeat.storage.catalog.label_search import search_labels
 from saefeat.storage.catalog.labels import add_label, current_label, vote_label
 from saefeat.storage.catalog.models import Feature, LabelVote

@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
+from synthetic_catalog import synthetic_feature_index
 
 from saefeat.errors import NotFoundError, SpecError
 from saefeat.features.records import FeatureExample as ExampleRecord
 from saefeat.features.records import VocabProjection
-from saefeat.storage.catalog.demo import synthetic_feature_index
 from saefeat.storage.catalog.labels import add_label, label_history
-from saefeat.storage.catalog.models import Feature, FeatureExample, VocabToken
+from saefeat.storage.catalog.models import Feature, FeatureExampleRow, VocabToken
 from saefeat.storage.catalog.queries import feature_examples, feature_projection, get_feature
 from saefeat.storage.catalog.registry import register_sae
 from saefeat.storage.catalog.writer import write_feature_index
@@ -48,7 +48,7 @@ def test_write_stores_the_whole_index(session, make_sae):
     summary = write_feature_index(session, sae.id, index)
 
     assert summary.n_features == D_SAE == _count(session, Feature)
-    assert summary.n_examples == len(index.examples) == _count(session, FeatureExample)
+    assert summary.n_examples == len(index.examples) == _count(session, FeatureExampleRow)
     assert summary.n_vocab_tokens == _count(session, VocabToken) == D_SAE * 16
     for i in (0, 7, D_SAE - 1):
         feature = get_feature(session, sae.id, i)
@@ -81,7 +81,7 @@ def test_rewrite_replaces_the_index_and_keeps_labels(session, make_sae):
     write_feature_index(session, sae.id, second)
 
     assert _count(session, Feature) == D_SAE
-    assert _count(session, FeatureExample) == len(second.examples)
+    assert _count(session, FeatureExampleRow) == len(second.examples)
     assert _count(session, VocabToken) == D_SAE * 6
     assert dict(session.execute(select(Feature.index, Feature.id)).all()) == before_ids
     feature = get_feature(session, sae.id, 5)

@@ -9,6 +9,7 @@ from saefeat.pipeline import catalog_session, run_harvest, run_index, run_train
 from saefeat.specs import HarvestSpec, IndexSpec, TrainSpec
 from saefeat.storage.activations import STATUS_COMPLETE
 from saefeat.storage.catalog import queries
+from saefeat.storage.catalog.models import ActivationSetRow
 
 
 @pytest.fixture
@@ -30,6 +31,11 @@ def test_tiny_pipeline(settings, ray_session, harvest_spec, tiny_llama):
     assert aset.acts_array("blocks.2.hook_resid_post").shape == (48 * 32, 64)
     assert aset.tokens().shape == (48, 32)
     assert set(aset.stats) == set(harvest_spec.hooks)
+
+    with catalog_session(settings) as s:  # the set is mirrored, with the model's layers
+        row = s.get(ActivationSetRow, aset.id)
+        assert row.n_tokens == aset.n_tokens and len(row.shards) == aset.n_shards
+        assert row.model.n_layers == aset.n_layers > 0
 
     # The same spec again reuses the finished set.
     assert run_harvest(harvest_spec, settings=settings).reused

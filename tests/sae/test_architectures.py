@@ -2,11 +2,12 @@ import pytest
 import torch
 
 from saefeat.sae import SAEConfig, architectures, load_sae
-from saefeat.sae.base import _REGISTRY
+from saefeat.sae.base import config_class, register, sae_class
 from saefeat.sae.batchtopk import BatchTopKSAE
-from saefeat.sae.jumprelu import JumpReLUSAE
-from saefeat.sae.matryoshka import MatryoshkaBatchTopKSAE, group_ends
-from saefeat.sae.relu import ReLUSAE
+from saefeat.sae.jumprelu import JumpReLUConfig, JumpReLUSAE
+from saefeat.sae.matryoshka import MatryoshkaBatchTopKSAE, MatryoshkaConfig, group_ends
+from saefeat.sae.relu import ReLUConfig, ReLUSAE
+from saefeat.sae.topk import TopKConfig, TopKSAE
 from saefeat.specs import TrainSpec
 
 K_ARCHS = ("topk", "batchtopk", "matryoshka_batchtopk")
@@ -15,7 +16,7 @@ K_ARCHS = ("topk", "batchtopk", "matryoshka_batchtopk")
 def make(arch: str, d_in=12, d_sae=48, **extra):
     torch.manual_seed(0)
     k = 4 if arch in K_ARCHS else None
-    return _REGISTRY[arch](SAEConfig(d_in=d_in, d_sae=d_sae, architecture=arch, k=k,
+    return sae_class(arch)(SAEConfig(d_in=d_in, d_sae=d_sae, architecture=arch, k=k,
                                      extra=extra))  # fmt: skip
 
 
@@ -23,9 +24,40 @@ def variance(x):
     return (x - x.mean(0)).pow(2).sum()
 
 
-def test_registry_matches_the_spec_literal():
-    allowed = TrainSpec.model_fields["architecture"].annotation.__args__
-    assert sorted(allowed) == architectures()
+def test_every_registered_architecture_is_a_train_spec_choice():
+    for arch in architectures():
+        spec = TrainSpec(activation_set="as-x", architecture=arch)
+        assert spec.architecture.name == arch and isinstance(spec.architecture, config_class(arch))
+        again = TrainSpec.model_validate_json(spec.model_dump_json())
+        assert again.architecture == spec.architecture  # the config survives JSON
+
+
+def test_registry_refuses_a_duplicate_name():
+    with pytest.raises(ValueError, match="registered twice"):
+        register(TopKConfig)(type("Again", (TopKSAE,), {}))
+    assert sae_class("topk") is TopKSAE
+
+
+def test_flat_and_legacy_settings_fold_into_the_config():
+    old = TrainSpec(activation_set="as-x", architecture="jumprelu", k=8, jumprelu_bandwidth=0.5,
+                    jumprelu_sparsity="l0_penalty", l1_coefficient=3.0)  # fmt: skip
+    assert old.architecture == JumpReLUConfig(target_l0=None, bandwidth=0.5)
+    assert (
+        TrainSpec(activation_set="as-x", architecture="jumprelu", k=8).architecture.target_l0 == 8
+    )
+    relu = TrainSpec(activation_set="as-x", architecture="relu", k=4, l1_coefficient=0.5)
+    assert relu.architecture == ReLUConfig(l1_coefficient=0.5)
+    with pytest.raises(ValueError, match="summing to 1"):
+        TrainSpec(activation_set="as-x", architecture="matryoshka_batchtopk",
+                  matryoshka_groups=[0.5, 0.6])  # fmt: skip
+
+
+def test_checkpoint_settings_round_trip_and_old_files_take_defaults():
+    cfg = MatryoshkaConfig(k=3, matryoshka_groups=(0.5, 0.5))
+    k, extra = cfg.to_checkpoint()
+    assert k == 3 and extra == {"threshold_ema": 0.01, "matryoshka_groups": [0.5, 0.5]}
+    assert MatryoshkaConfig.from_checkpoint(k, extra | {"token_rule": {}}) == cfg
+    assert JumpReLUConfig.from_checkpoint(None, {"target_l0": None}).target_l0 is None
 
 
 @pytest.mark.parametrize("arch", ["topk", "batchtopk", "jumprelu", "relu", "matryoshka_batchtopk"])
@@ -102,3 +134,11 @@ def test_matryoshka_loss_sums_prefix_losses():
     step = sae.training_loss(x, variance(x))
     assert float(step.loss.detach()) > float(step.parts["fvu"].detach())  # prefixes: worse
     assert isinstance(make("jumprelu"), JumpReLUSAE)
+
+
+def test_a_small_imported_jumprelu_loads_without_a_training_target(tmp_path):
+    """Checkpoints from elsewhere carry no target L0; the default (32) binds training only."""
+    sae = sae_class("jumprelu")(SAEConfig(d_in=12, d_sae=16, architecture="jumprelu", k=None))
+    assert load_sae(sae.save(tmp_path / "j")).settings.target_l0 == 32
+    with pytest.raises(ValueError, match="target_l0 must be < d_sae"):
+        TrainSpec(activation_set="as-x", architecture="jumprelu", d_sae=16)

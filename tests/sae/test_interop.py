@@ -10,14 +10,14 @@ from safetensors.torch import load_file, save_file
 
 from saefeat.errors import SpecError
 from saefeat.sae import SAEConfig
-from saefeat.sae.base import _REGISTRY
+from saefeat.sae.base import sae_class
 from saefeat.sae.interop import export_saelens, export_sparsify, import_saelens, import_sparsify
 
 
 def random_sae(arch: str, d_in: int = 12, d_sae: int = 48, k: int | None = 5):
     torch.manual_seed(0)
     k = k if arch in ("topk", "batchtopk", "matryoshka_batchtopk") else None
-    sae = _REGISTRY[arch](SAEConfig(d_in=d_in, d_sae=d_sae, architecture=arch, k=k,
+    sae = sae_class(arch)(SAEConfig(d_in=d_in, d_sae=d_sae, architecture=arch, k=k,
                                     model="m", hook="blocks.3.hook_resid_post"))  # fmt: skip
     with torch.no_grad():
         sae.b_dec.normal_()

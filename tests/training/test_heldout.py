@@ -11,8 +11,9 @@ from typer.testing import CliRunner
 from saefeat.api.app import create_app
 from saefeat.cli import app as cli
 from saefeat.errors import SpecError
-from saefeat.pipeline import record_activation_set, run_train
+from saefeat.pipeline import catalog_session, run_train
 from saefeat.specs import TrainSpec
+from saefeat.storage.catalog.set_registry import record_activation_set
 from saefeat.storage.exclusion import excluded_rows, rule_for_set
 from saefeat.storage.reader import ShuffledBatchReader
 from saefeat.training.heldout import heldout_contexts
@@ -82,7 +83,9 @@ def test_bad_train_options_are_one_line(settings, args, field):
 
 
 def test_core_eval_is_stored_and_served(settings, synthetic_set):
-    record_activation_set(settings, synthetic_set)
+    with catalog_session(settings) as s:
+        record_activation_set(s, synthetic_set)
+        s.commit()
     result = run_train(_spec(synthetic_set, batch_size=64, epochs=0.5), settings=settings)
     with TestClient(create_app(settings)) as client:
         got = client.get(f"/v1/saes/{result.sae_id}/evals/core")

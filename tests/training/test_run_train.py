@@ -1,10 +1,13 @@
-from saefeat.pipeline import catalog_session, record_activation_set, run_train
+from saefeat.pipeline import catalog_session, run_train
 from saefeat.specs import TrainSpec
 from saefeat.storage.catalog import queries
+from saefeat.storage.catalog.set_registry import record_activation_set
 
 
 def test_run_train_registers_a_sweep_with_its_metrics(settings, synthetic_set):
-    record_activation_set(settings, synthetic_set)  # what run_harvest does
+    with catalog_session(settings) as s:  # what run_harvest does
+        record_activation_set(s, synthetic_set)
+        s.commit()
     specs = [TrainSpec(activation_set=synthetic_set.id, d_sae=32, k=4, batch_size=64,
                        epochs=0.5, eval_ce_contexts=0),
              TrainSpec(activation_set=synthetic_set.id, d_sae=48, architecture="jumprelu",

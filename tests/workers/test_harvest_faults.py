@@ -3,21 +3,19 @@
 from __future__ import annotations
 
 import pytest
+from crashing_harvester import crashes, crashing_worker
 from harvest_refs import assert_same_data, reference_set
 
 from saefeat.storage.activations import STATUS_COMPLETE, STATUS_COMPLETE_WITH_GAPS
-from saefeat.workers.harvest import CRASH_ENV, HarvestCancelled, harvest
-
-
-def crashes(aset, shard: int) -> int:
-    marker = aset.path / ".test-crashes" / f"shard-{shard}"
-    return marker.stat().st_size if marker.exists() else 0
+from saefeat.workers import harvest as harvest_module
+from saefeat.workers.harvest import HarvestCancelled, harvest
 
 
 def test_killed_worker_is_retried_and_data_matches_one_process(
     spec, settings, ray_session, tmp_path, monkeypatch
 ):
-    monkeypatch.setenv(CRASH_ENV, "2:1,3:1")  # die mid-write on the first try of shards 2, 3
+    # die mid-write on the first try of shards 2 and 3
+    monkeypatch.setattr(harvest_module, "HarvestWorker", crashing_worker({2: 1, 3: 1}))
     result = harvest(spec, settings=settings)
     aset = result.activation_set
     assert not result.skipped, result.skipped
@@ -33,7 +31,7 @@ def test_killed_worker_is_retried_and_data_matches_one_process(
 def test_shard_that_always_kills_its_worker_is_skipped(
     spec, settings, ray_session, tmp_path, monkeypatch
 ):
-    monkeypatch.setenv(CRASH_ENV, "1:-1")
+    monkeypatch.setattr(harvest_module, "HarvestWorker", crashing_worker({1: -1}))
     spec = spec.model_copy(update={"max_shard_attempts": 2})
     result = harvest(spec, settings=settings)
     aset = result.activation_set
@@ -44,7 +42,7 @@ def test_shard_that_always_kills_its_worker_is_skipped(
     assert aset.committed_shards() == others
     assert_same_data(aset, reference_set(spec, tmp_path / "ref"), shards=others)
     # Once the cause is gone, a resubmit redoes only the gap.
-    monkeypatch.delenv(CRASH_ENV)
+    monkeypatch.undo()
     again = harvest(spec, settings=settings)
     assert again.shards_run == 1 and again.activation_set.status == STATUS_COMPLETE
 

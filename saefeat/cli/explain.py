@@ -1,0 +1,65 @@
+"""`saefeat explain`: automatic explanations and their scores for an indexed SAE."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from saefeat.cli.common import console, progress_bar, user_errors
+from saefeat.errors import SpecError
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(user_errors(explain))
+
+
+def explain(
+    sae: Annotated[str, typer.Option(help="SAE id")],
+    features: Annotated[
+        str | None, typer.Option(help="indices to explain, e.g. 0,5,10-20; default: all")
+    ] = None,
+    explainer: Annotated[str, typer.Option(help="offline or llm")] = "offline",
+    scorers: Annotated[
+        str, typer.Option(help="comma-separated: embedding,activation,detection,fuzzing")
+    ] = "embedding,activation",
+    batch: Annotated[int, typer.Option(help="features per Ray task")] = 64,
+):
+    """Explain and score an indexed SAE's features (the LLM endpoint: SAEFEAT_LLM_*)."""
+    from saefeat.interp.spec import ExplainSpec
+
+    spec = ExplainSpec(
+        sae=sae,
+        features=index_ranges(features) if features else None,
+        explainer=explainer,  # type: ignore[arg-type]
+        scorers=[s.strip() for s in scorers.split(",") if s.strip()],
+        batch_features=batch,
+    )
+    do_explain(spec)
+
+
+def do_explain(spec):
+    from saefeat.workers.explain import run_explain, validate_explain
+
+    validate_explain(spec)  # bad input is one line, before any progress bar
+    with progress_bar("explain", "features") as bar:
+        task = bar.add_task("explain", total=None, info="")
+        result = run_explain(spec, progress=lambda d, t: bar.update(task, completed=d, total=t))
+    console.print(result.summary(), highlight=False)
+    for index, error in list(result.failed.items())[:5]:
+        console.print(f"  feature {index}: {error}", highlight=False, soft_wrap=True)
+    return result
+
+
+def index_ranges(text: str) -> list[int]:
+    """'0,5,10-12' -> [0, 5, 10, 11, 12]; SpecError naming `features` otherwise."""
+    out: list[int] = []
+    for part in text.split(","):
+        lo, _, hi = part.strip().partition("-")
+        try:
+            out += list(range(int(lo), int(hi) + 1)) if hi else [int(lo)]
+        except ValueError:
+            raise SpecError(
+                f"{part.strip()!r} is not an index or a range a-b", field="features"
+            ) from None
+    return out

@@ -1,0 +1,52 @@
+"""`saefeat steer`: a continuation with features added or clamped."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from saefeat.cli.common import user_errors
+from saefeat.config import get_settings
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(user_errors(steer))
+
+
+def steer(
+    sae: Annotated[str, typer.Option(help="SAE id")],
+    prompt: Annotated[str, typer.Option(help="text to continue")],
+    feature: Annotated[list[str], typer.Option(help="INDEX:STRENGTH, e.g. 123:8.0; repeatable")],
+    method: Annotated[str, typer.Option(help="add or clamp")] = "add",
+    temperature: Annotated[float, typer.Option(help="0 = greedy")] = 0.0,
+    seed: int = 0,
+    max_new_tokens: int = 32,
+):
+    """Continue PROMPT with features added or clamped, beside the default continuation."""
+    from saefeat.analysis.steer import FeatureStrength, SteerRequest, check_request, steer_for_sae
+    from saefeat.errors import SpecError
+    from saefeat.pipeline import catalog_session
+    from saefeat.storage.catalog import queries
+
+    pairs = []
+    for n, text in enumerate(feature):
+        index, sep, strength = text.partition(":")
+        try:
+            pairs.append(FeatureStrength(int(index), float(strength)))
+        except ValueError:
+            raise SpecError(f"{text!r} is not INDEX:STRENGTH", field=f"feature.{n}") from None
+    request = SteerRequest(prompt, tuple(pairs), method, temperature, seed, max_new_tokens)  # type: ignore[arg-type]
+    limit = get_settings().steer_max_new_tokens
+    with catalog_session(get_settings()) as s:
+        row = queries.get_sae(s, sae)
+        check_request(request, d_sae=row.d_sae, max_new_tokens=limit)
+        if not row.checkpoint_path:
+            raise SpecError("has no checkpoint here, so it cannot steer", field="sae")
+        model_name, checkpoint, hook = row.model_name, row.checkpoint_path, row.hook_name
+    result = steer_for_sae(model_name, checkpoint, hook, request, max_new_tokens=limit)
+    for p in result.promoted:
+        print(f"feature {p.index} promotes: {' '.join(repr(t) for t in p.tokens)}")
+    for name, run in (("default", result.default), ("steered", result.steered)):
+        means = "  ".join(f"{m:.3f}" for m in run.mean_promoted_logprob())
+        print(f"--- {name} (mean log-prob of promoted tokens: {means})\n{prompt}{run.text}")

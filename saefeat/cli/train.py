@@ -1,0 +1,114 @@
+"""`saefeat train`: its options come from TrainSpec and the architectures' configs."""
+
+from __future__ import annotations
+
+import inspect
+import typing
+from typing import Annotated
+
+import typer
+from pydantic.fields import FieldInfo
+
+from saefeat.cli.common import console, progress_bar, user_errors
+from saefeat.sae import architectures, config_class
+from saefeat.specs import TrainSpec
+
+
+def do_train(spec):
+    from saefeat.pipeline import run_train
+
+    with progress_bar("train", "steps") as bar:
+        task = bar.add_task("train", total=None, info="")
+
+        def progress(step, total, loss):
+            bar.update(task, completed=step, total=total, info=f"loss {loss:.4f}")
+
+        result = run_train(spec, progress=progress)
+    console.print(f"SAE [bold]{result.sae_id}[/bold] in {result.seconds:.1f}s -> "
+                  f"{result.checkpoint}")  # fmt: skip
+    console.print(held_out_summary(result.metrics), highlight=False)
+    return result
+
+
+def held_out_summary(mt: dict) -> str:
+    """The held-out figures of a trained SAE, as `saefeat train` and the demo print them."""
+    held, ex, tr = mt["heldout"], mt["excluded_tokens"], mt["excluded_tokens_train"]
+    where = (f"{held['contexts']} held-out contexts" if held["held_out_of_training_set"]
+             else f"eval set {held['eval_set']} ({held['contexts']} contexts)")  # fmt: skip
+    ce = (f"CE loss recovered {mt['ce_loss_recovered']:.3f}, KL {mt['kl_div_with_sae']:.4f}"
+          if "ce_loss_recovered" in mt else "CE/KL not measured")  # fmt: skip
+    positions = ", ".join(f"{p}: {n}" for p, n in ex["massive_positions"].items()) or "none"
+    return (
+        f"held-out ({where}, {mt['n_tokens']:,} typical tokens): FVU {mt['fvu']:.4f} "
+        f"(all tokens but position 0: {mt['fvu_all_tokens']:.4f}), L0 {mt['l0']:.1f}, "
+        f"dead {mt['dead_frac']:.2%}, dense {mt['dense_frac']:.2%}, {ce}\n"
+        f"excluded ({ex['rule']}): held-out {ex['excluded']:,} of {ex['tokens']:,} tokens "
+        f"({ex['massive']} massive; positions {positions}); training "
+        f"{tr['excluded']:,} of {tr['tokens']:,} ({tr['massive']} massive)"
+    )
+
+
+# TrainSpec fields offered as options; every architecture's settings are offered too.
+SPEC_OPTIONS = ("hook", "d_sae", "expansion_factor", "batch_size", "lr", "epochs", "seed",
+                "eval_set", "heldout_frac", "massive_norm_threshold")  # fmt: skip
+
+
+KEYWORD = inspect.Parameter.KEYWORD_ONLY
+
+
+def _option_type(annotation) -> type:
+    """The CLI type of a field: its own, without None; a tuple of floats is repeated."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if typing.get_origin(annotation) is tuple:
+        return list[args[0]]
+    return args[0] if args else annotation
+
+
+def _help(field: FieldInfo, default, owners: list[str] | None = None) -> str:
+    where = f"{', '.join(owners)}; " if owners else ""
+    shown = "" if default is None else f"default {default}"
+    return f"{field.description or ''} ({where}{shown})".replace(" ()", "").replace("; )", ")")
+
+
+def _option(name: str, field: FieldInfo, help: str) -> inspect.Parameter:
+    flag = "--set" if name == "activation_set" else f"--{name.replace('_', '-')}"
+    kind = _option_type(field.annotation)
+    option = typer.Option(flag, help=help)
+    return inspect.Parameter(name, KEYWORD, default=None, annotation=Annotated[kind | None, option])
+
+
+def train_options() -> list[inspect.Parameter]:
+    """--set and --architecture, the spec's fields, then each architecture setting once;
+    every default is None here, so the spec's (or the config's) default applies."""
+    fields = TrainSpec.model_fields
+    names = architectures()
+    set_option = typer.Option("--set", help="activation set id")
+    params = [
+        inspect.Parameter("activation_set", KEYWORD, annotation=Annotated[str, set_option]),
+        inspect.Parameter("architecture", KEYWORD,
+                          default=fields["architecture"].default_factory().name,
+                          annotation=Annotated[str, typer.Option(help=", ".join(names))]),
+    ]  # fmt: skip
+    params += [_option(n, fields[n], _help(fields[n], fields[n].default)) for n in SPEC_OPTIONS]
+    owners: dict[str, list[str]] = {}
+    for arch in names:
+        for n in config_class(arch).model_fields:
+            if n != "name":
+                owners.setdefault(n, []).append(arch)
+    for n, archs in sorted(owners.items()):
+        field = config_class(archs[0]).model_fields[n]
+        params.append(_option(n, field, _help(field, field.default, archs)))
+    return params
+
+
+def train(**options) -> None:
+    """Train an SAE (TopK by default) on an activation set; print its held-out metrics."""
+    spec = TrainSpec(**{k: v for k, v in options.items() if v is not None})
+    print(do_train(spec).sae_id)
+
+
+def register(app: typer.Typer) -> None:
+    command = user_errors(train)
+    command.__signature__ = inspect.Signature(train_options())
+    command.__annotations__ = {}
+    app.command()(command)

@@ -1,0 +1,48 @@
+"""Activation sets in the catalog: the rows that mirror a harvested Zarr set.
+
+The Zarr group and its shard commit files stay the truth readers use; these rows let the
+catalog list sets and join SAEs to the model and hooks they were trained on.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from saefeat.storage.activations import ActivationSet
+from saefeat.storage.catalog.models import ActivationSetRow, ActivationShard, LanguageModelRow
+
+
+def _model_row(session: Session, aset: ActivationSet) -> LanguageModelRow:
+    row = session.scalar(select(LanguageModelRow).where(LanguageModelRow.name == aset.model_name))
+    if row is None:
+        # 0: a set harvested before its model's layer count was stored.
+        row = LanguageModelRow(name=aset.model_name, revision=aset.spec.get("revision"),
+                               d_model=aset.d_model, n_layers=aset.n_layers or 0)  # fmt: skip
+        session.add(row)
+        session.flush()
+    return row
+
+
+def record_activation_set(session: Session, aset: ActivationSet) -> None:
+    """Mirror a set and its committed shards into the catalog. The caller commits."""
+    row = session.get(ActivationSetRow, aset.id) or ActivationSetRow(id=aset.id)
+    row.model_id = _model_row(session, aset).id
+    row.hook_names = aset.hooks
+    row.ctx_len = aset.ctx_len
+    row.n_contexts = aset.n_contexts
+    row.n_tokens = aset.n_tokens
+    row.dtype = aset.storage_dtype
+    row.path = str(aset.path)
+    row.status = aset.status
+    row.stats = {h: {k: v for k, v in st.items() if k not in ("mean", "var")}
+                 for h, st in (aset.stats or {}).items()}  # fmt: skip
+    session.merge(row)
+    session.flush()
+    have = set(session.scalars(select(ActivationShard.shard_index)
+                               .where(ActivationShard.set_id == aset.id)))  # fmt: skip
+    for shard in aset.committed_shards():
+        if shard not in have:
+            c = aset.commit_record(shard)
+            session.add(ActivationShard(set_id=aset.id, shard_index=shard, rows=c.rows,
+                                           checksum=str(c.checksums)))  # fmt: skip
