@@ -62,7 +62,7 @@ def test_offline_explainer_without_llm_has_no_gloss():
     explainer = make_explainer("offline", None)
     ev = _evidence([Window(["a", " b"], [0.0, 1.0], 1)])
     assert explainer.explain(ev) == 'tokens: " b"'
-    assert explainer.model is None and explainer.prompt_version == "offline-v1"
+    assert explainer.model is None and explainer.prompt_version == "offline-v2"
 
 
 def test_split_keeps_explain_contexts_out_of_the_held_out_windows():
