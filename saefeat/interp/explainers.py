@@ -56,8 +56,7 @@ def activation_mass(evidence: FeatureEvidence) -> list[tuple[str, float]]:
 
 
 def context_words(
-    evidence: FeatureEvidence, named: list[str], *, reach: int = 3, min_windows: int = 2,
-    k: int = 3,
+    evidence: FeatureEvidence, named: list[str], *, reach: int = 3, min_windows: int = 2, k: int = 3
 ) -> list[str]:
     """Words (4+ word characters) within `reach` tokens of a firing token in at least
     `min_windows` explain windows, in the most windows first, leaving out words already in
@@ -78,7 +77,7 @@ _WORD = re.compile(r"\w{4}")  # shorter words are mostly function words
 
 
 def evidence_label(evidence: FeatureEvidence, *, max_tokens: int = 5, cover: float = 0.6) -> str:
-    """`tokens: " f", " x"; near: "def"`: the fewest tokens (at most max_tokens) that carry
+    """`tokens: " f", " x"; near: "lambda"`: the fewest tokens (at most max_tokens) that carry
     `cover` of the activation mass, and the context words around them (`context_words`);
     the top of the vocabulary projection if no token fired."""
     picked, covered = [], 0.0
