@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections import defaultdict
 from typing import Protocol
@@ -54,9 +55,31 @@ def activation_mass(evidence: FeatureEvidence) -> list[tuple[str, float]]:
     return sorted(items.items(), key=lambda kv: -kv[1])
 
 
+def context_words(
+    evidence: FeatureEvidence, named: list[str], *, reach: int = 3, min_windows: int = 2, k: int = 3
+) -> list[str]:
+    """Words (4+ word characters) within `reach` tokens of a firing token in at least
+    `min_windows` explain windows, in the most windows first, leaving out words already in
+    `named`: what surrounds the activations, which says more than a common token alone."""
+    seen = {word for token in named for word in token.split()}
+    near: dict[str, set[int]] = defaultdict(set)
+    for n, w in enumerate(evidence.explain):
+        fired = [i for i, v in enumerate(w.values) if v > 0]
+        for i, token in enumerate(w.tokens):
+            word = token.strip()
+            if word not in seen and _WORD.search(word) and any(abs(i - f) <= reach for f in fired):
+                near[word].add(n)
+    ranked = sorted(near.items(), key=lambda kv: -len(kv[1]))  # stable: first seen first
+    return [word for word, ctxs in ranked if len(ctxs) >= min_windows][:k]
+
+
+_WORD = re.compile(r"\w{4}")  # shorter words are mostly function words
+
+
 def evidence_label(evidence: FeatureEvidence, *, max_tokens: int = 5, cover: float = 0.6) -> str:
-    """`tokens: " f", " x"`: the fewest tokens (at most max_tokens) that carry `cover` of
-    the activation mass; the top of the vocabulary projection if no token fired."""
+    """`tokens: " f", " x"; near: "lambda"`: the fewest tokens (at most max_tokens) that carry
+    `cover` of the activation mass, and the context words around them (`context_words`);
+    the top of the vocabulary projection if no token fired."""
     picked, covered = [], 0.0
     for token, share in activation_mass(evidence):
         picked.append(token)
@@ -64,12 +87,31 @@ def evidence_label(evidence: FeatureEvidence, *, max_tokens: int = 5, cover: flo
         if covered >= cover or len(picked) >= max_tokens:
             break
     if picked:
-        return "tokens: " + ", ".join(quote(t) for t in picked)
+        label = "tokens: " + ", ".join(quote(t) for t in picked)
+        near = context_words(evidence, picked)
+        return label + ("; near: " + ", ".join(quote(w) for w in near) if near else "")
     # The projection only when the examples name nothing: in the label it adds words
     # that are not in the text the feature fires on, which the scorers then look for.
     if evidence.promoted:
         return "promotes: " + ", ".join(quote(t) for t in evidence.promoted[:3])
     return "no activating tokens in its examples"
+
+
+_QUOTED = r'"(?:[^"\\]|\\.)*"'
+_SEGMENT = rf"(?:tokens|near|promotes): {_QUOTED}(?:, {_QUOTED})*"
+_LABEL = re.compile(rf"^{_SEGMENT}(?:; {_SEGMENT})*")
+
+
+def query_text(explanation: str) -> str:
+    """What a sentence encoder should read for an explanation: an offline label's quoted
+    tokens as plain words (its keys and quote marks are not text the feature fires on),
+    then any gloss; any other explanation as it is."""
+    m = _LABEL.match(explanation)
+    if m is None:
+        return explanation
+    words = [json.loads(q).strip() for q in re.findall(_QUOTED, m.group())]
+    rest = explanation[m.end() :].strip().removeprefix("(").removesuffix(")")
+    return " ".join(w for w in [*words, rest] if w)
 
 
 class OfflineExplainer:
@@ -81,7 +123,7 @@ class OfflineExplainer:
     def __init__(self, gloss: LLMClient | None = None):
         self.gloss = gloss
         self.model = gloss.model if gloss else None
-        self.prompt_version = f"offline-v1+{prompts.GLOSS_VERSION}" if gloss else "offline-v1"
+        self.prompt_version = f"offline-v2+{prompts.GLOSS_VERSION}" if gloss else "offline-v2"
 
     def explain(self, evidence: FeatureEvidence) -> str:
         label = evidence_label(evidence)

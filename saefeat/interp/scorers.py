@@ -16,6 +16,7 @@ import numpy as np
 from saefeat.errors import SaefeatError, SpecError
 from saefeat.interp.encoder import SentenceEncoder
 from saefeat.interp.evidence import FeatureEvidence, Window
+from saefeat.interp.explainers import query_text
 from saefeat.interp.llm import LLMClient
 from saefeat.interp.metrics import auroc
 from saefeat.interp.pool import ScoringPool
@@ -101,7 +102,7 @@ class EmbeddingScorer:
     def score(self, explanation: str, evidence: FeatureEvidence, pool: ScoringPool) -> ScoreIn:
         pos = positives(evidence, pool, self.n_pos)
         neg = negatives(evidence, pool, self.n_neg, self.seed)
-        e = self.embed([explanation])[0]
+        e = self.embed([query_text(explanation)])[0]
         pos_sim = self.embed([w.text for w in pos]) @ e
         neg_sim = pool.embeddings[neg] @ e
         details = {
@@ -123,7 +124,7 @@ class ActivationScorer:
 
     name = "activation"
 
-    def __init__(self, embed: EmbeddingCache, n_retrieved: int = 10):
+    def __init__(self, embed: EmbeddingCache, n_retrieved: int = 20):
         self.embed, self.n = embed, n_retrieved
         self.model = embed.encoder.name
 
@@ -133,7 +134,7 @@ class ActivationScorer:
         sd = a.std()
         if usable.size < 2 * self.n or sd == 0:
             raise NotScorable("the feature never fires on the scoring pool")
-        sims = pool.embeddings[usable] @ self.embed([explanation])[0]
+        sims = pool.embeddings[usable] @ self.embed([query_text(explanation)])[0]
         top = np.argsort(-sims, kind="stable")[: self.n]
         value = float((a[top].mean() - a.mean()) / sd)
         details = {

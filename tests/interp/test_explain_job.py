@@ -112,7 +112,7 @@ def test_the_feature_api_and_page_show_explanations_with_scores(indexed):
         body = client.get(f"/v1/saes/{sae_id}/features/{index}").json()
         FeatureDetail.model_validate(body)
         (ex,) = body["explanations"]
-        assert ex["explainer"] == "offline" and ex["prompt_version"] == "offline-v1"
+        assert ex["explainer"] == "offline" and ex["prompt_version"] == "offline-v2"
         assert body["label"]["text"] == ex["text"] and body["label"]["source"] == "auto"
         page = client.get(f"/saes/{sae_id}/features/{index}").text
         assert 'id="explanations"' in page and 'data-type="embedding"' in page

@@ -10,9 +10,11 @@ from saefeat.errors import SpecError
 from saefeat.interp.evidence import FeatureEvidence, Window, split_examples
 from saefeat.interp.explainers import (
     activation_mass,
+    context_words,
     evidence_label,
     make_explainer,
     parse_explanation,
+    query_text,
 )
 from saefeat.interp.judge import read_answer
 from saefeat.interp.llm import ChatAnswer, LLMError, TokenChoice
@@ -58,11 +60,34 @@ def test_offline_label_names_the_tokens_with_most_activation_mass():
     assert evidence_label(_evidence(pairs)) == 'tokens: "New York"'
 
 
+def test_offline_label_adds_the_words_near_the_activations_in_several_windows():
+    windows = [
+        Window(["lambda", " x", ":", " y", " the"], [0.0, 0.0, 0.0, 1.0, 0.0], 1),
+        Window(["return", " lambda", ":", ":", " y", " table"], [0, 0, 0, 0, 1.0, 0], 2),
+        Window(["lambda", " z", ",", " y", "."], [0.0, 0.0, 0.0, 2.0, 0.0], 3),
+    ]
+    ev = _evidence(windows)
+    # "lambda" is near " y" in all 3 windows; "return" is too far (4 tokens), "table" is
+    # near in only one window, "the" is too short to say anything, " y" is named already.
+    assert context_words(ev, [" y"]) == ["lambda"]
+    assert context_words(ev, [" y"], min_windows=1) == ["lambda", "table"]
+    assert context_words(ev, ["lambda"]) == []
+    assert evidence_label(ev) == 'tokens: " y"; near: "lambda"'
+
+
+def test_query_text_reads_an_offline_label_as_its_words():
+    label = 'tokens: " f", "New York", "\\"\\n"; near: "lambda" (names of functions)'
+    assert query_text(label) == 'f New York " lambda names of functions'
+    assert query_text('promotes: " example"') == "example"
+    free = 'mentions of "New York" in travel text'  # an LLM's explanation: left as it is
+    assert query_text(free) == free
+
+
 def test_offline_explainer_without_llm_has_no_gloss():
     explainer = make_explainer("offline", None)
     ev = _evidence([Window(["a", " b"], [0.0, 1.0], 1)])
     assert explainer.explain(ev) == 'tokens: " b"'
-    assert explainer.model is None and explainer.prompt_version == "offline-v1"
+    assert explainer.model is None and explainer.prompt_version == "offline-v2"
 
 
 def test_split_keeps_explain_contexts_out_of_the_held_out_windows():
