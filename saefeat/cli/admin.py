@@ -30,16 +30,15 @@ def db_upgrade(revision: str = "head"):
 
 def keys_create(
     name: str = "default",
-    scope: Annotated[list[str], typer.Option(help="read, label, jobs, explain, admin")] = [
-        "read",
-        "label",
-    ],  # noqa: B006
+    scope: Annotated[
+        list[str] | None, typer.Option(help="read, label, jobs, explain, admin")
+    ] = None,
 ):
     """Create an API key; the key is printed once and stored only as a hash."""
     from saefeat.pipeline import catalog_session
     from saefeat.storage.catalog import create_api_key
 
     with catalog_session(get_settings()) as s:
-        key = create_api_key(s, name, scope)
+        key = create_api_key(s, name, scope or ["read", "label"])
         s.commit()
     print(key)

@@ -112,7 +112,8 @@ def test_bad_specs_are_refused_without_a_row(api, tiny_llama):
     refused("/v1/pipelines", wrong_hook, "train.hook")
     refused("/v1/pipelines", pipeline_body(tiny_llama, stages=["harvest", "explode"]),
             "stages.1")  # fmt: skip
-    refused("/v1/pipelines", pipeline_body(tiny_llama, train={"k": 0}), "train.k")
+    refused("/v1/pipelines", pipeline_body(tiny_llama, train={"k": 0}),
+            "train.architecture.k")  # fmt: skip
     judge = pipeline_body(tiny_llama, stages=["harvest", "train", "index", "explain"],
                           explain={"scorers": ["detection"]})  # fmt: skip
     refused("/v1/pipelines", judge, "explain.scorers")
