@@ -12,7 +12,7 @@ from datetime import datetime
 from pathlib import Path as FilePath
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, FastAPI, Header, Path, Query, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request, Response
 from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel, Field
@@ -23,7 +23,7 @@ from saefeat.analysis.contrast import ContrastSpec, check_inputs
 from saefeat.api.auth import require_scope
 from saefeat.api.deps import get_session
 from saefeat.api.errors import problem_responses
-from saefeat.api.job_routes import get_runner
+from saefeat.api.job_routes import IdempotencyKey, get_runner
 from saefeat.api.schemas import Problem
 from saefeat.errors import NotFoundError
 from saefeat.storage.catalog import contrasts as store
@@ -156,14 +156,7 @@ def submit_contrast(
     response: Response,
     key: Annotated[ApiKey, Depends(require_scope("jobs"))],
     runner: Annotated[JobRunner, Depends(get_runner)],
-    idempotency_key: Annotated[
-        str | None,
-        Header(
-            alias="Idempotency-Key",
-            max_length=200,
-            description="Makes a retry safe: the same key and body answer the same job",
-        ),
-    ] = None,
+    idempotency_key: IdempotencyKey = None,
 ) -> ContrastAccepted:
     check_inputs(spec, request.app.state.settings)  # bad input stores nothing
     job, created = runner.submit(spec, idempotency_key)

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, Path, Request, Response
+from fastapi import APIRouter, Depends, Path, Request, Response
 from sqlalchemy.orm import Session
 
 from saefeat.api.auth import require_scope
 from saefeat.api.deps import get_session
 from saefeat.api.errors import problem_responses
-from saefeat.api.job_routes import JobAccepted, get_runner
+from saefeat.api.job_routes import IdempotencyKey, JobAccepted, get_runner, submit_job
 from saefeat.interp.spec import ExplainOptions, ExplainSpec
 from saefeat.storage.catalog.models import ApiKey
 from saefeat.workers.explain import check_explain
@@ -44,20 +44,8 @@ def submit_explanations(
     key: Annotated[ApiKey, Depends(require_scope("explain"))],
     session: Annotated[Session, Depends(get_session)],
     runner: Annotated[JobRunner, Depends(get_runner)],
-    idempotency_key: Annotated[
-        str | None,
-        Header(
-            alias="Idempotency-Key",
-            max_length=200,
-            description="Makes a retry safe: the same key and body answer the same job",
-        ),
-    ] = None,
+    idempotency_key: IdempotencyKey = None,
 ) -> JobAccepted:
     spec = ExplainSpec(sae=sae_id, **body.model_dump())
     check_explain(spec, session, request.app.state.settings)
-    job, created = runner.submit(spec, idempotency_key)
-    if created:
-        runner.start(job.id)
-    location = str(request.url_for("get_job", job_id=job.id).path)
-    response.headers["Location"] = location
-    return JobAccepted(job_id=job.id, status=job.status, location=location)
+    return submit_job(spec, request, response, runner, idempotency_key)

@@ -173,6 +173,16 @@ NOT_FOUND = {404: {"model": Problem, "description": "No job with this id"}}
 CONFLICT = {409: {"model": Problem, "description": "The job has already finished"}}
 
 
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        max_length=200,
+        description="Makes a retry safe: the same key and body answer the same job",
+    ),
+]
+
+
 @router.post(
     "/harvests",
     status_code=202,
@@ -192,37 +202,21 @@ def submit_harvest(
     response: Response,
     key: Annotated[ApiKey, Depends(require_scope("jobs"))],
     runner: Annotated[JobRunner, Depends(get_runner)],
-    idempotency_key: Annotated[
-        str | None,
-        Header(
-            alias="Idempotency-Key",
-            max_length=200,
-            description="Makes a retry safe: the same key and body answer the same job",
-        ),
-    ] = None,
+    idempotency_key: IdempotencyKey = None,
 ) -> JobAccepted:
     admit_harvest(spec, request.app.state.settings)  # before any row is written
-    return _submit(spec, request, response, runner, idempotency_key)
+    return submit_job(spec, request, response, runner, idempotency_key)
 
 
-def _submit(spec, request: Request, response: Response, runner: JobRunner,
-            idempotency_key: str | None) -> JobAccepted:  # fmt: skip
+def submit_job(spec, request: Request, response: Response, runner: JobRunner,
+               idempotency_key: str | None) -> JobAccepted:  # fmt: skip
+    """Submit (or replay, or join) and start the job; 202's body and Location header."""
     job, created = runner.submit(spec, idempotency_key)
     if created:
         runner.start(job.id)
     location = str(request.url_for("get_job", job_id=job.id).path)
     response.headers["Location"] = location
     return JobAccepted(job_id=job.id, status=job.status, location=location)
-
-
-IdempotencyKey = Annotated[
-    str | None,
-    Header(
-        alias="Idempotency-Key",
-        max_length=200,
-        description="Makes a retry safe: the same key and body answer the same job",
-    ),
-]
 
 
 @router.post(
@@ -248,7 +242,7 @@ def submit_training(
     idempotency_key: IdempotencyKey = None,
 ) -> JobAccepted:
     admit_train(spec, request.app.state.settings)
-    return _submit(spec, request, response, runner, idempotency_key)
+    return submit_job(spec, request, response, runner, idempotency_key)
 
 
 @router.post(
@@ -267,7 +261,7 @@ def submit_indexing(
     idempotency_key: IdempotencyKey = None,
 ) -> JobAccepted:
     admit_index(spec, request.app.state.settings)
-    return _submit(spec, request, response, runner, idempotency_key)
+    return submit_job(spec, request, response, runner, idempotency_key)
 
 
 @router.post(
@@ -293,7 +287,7 @@ def submit_pipeline(
     idempotency_key: IdempotencyKey = None,
 ) -> JobAccepted:
     admit_pipeline(spec, request.app.state.settings)
-    return _submit(spec, request, response, runner, idempotency_key)
+    return submit_job(spec, request, response, runner, idempotency_key)
 
 
 @router.get(

@@ -4,18 +4,17 @@ Screenshots go to artifacts/ for review."""
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import Served, _free_port
+from conftest import Served, serve_in_thread
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as ec
 from selenium.webdriver.support.ui import WebDriverWait
+from synthetic_catalog import synthetic_feature_index
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"  # kept by CI, gitignored
 HOOK = "blocks.1.hook_resid_post"
@@ -24,13 +23,10 @@ D_SAE = 40
 
 @pytest.fixture
 def service(tmp_path, tiny_llama) -> Iterator[Served]:
-    import uvicorn
-
     from saefeat.api.app import create_app
     from saefeat.config import Settings
     from saefeat.sae import SAEConfig
     from saefeat.sae.base import sae_class
-    from saefeat.storage.catalog.demo import synthetic_feature_index
     from saefeat.storage.catalog.models import Job, utcnow
     from saefeat.storage.catalog.registry import register_sae
     from saefeat.storage.catalog.writer import write_feature_index
@@ -82,20 +78,8 @@ def service(tmp_path, tiny_llama) -> Iterator[Served]:
                   progress_total=3, rate=0.02, owner="elsewhere",
                   lease_expires_at=utcnow() + timedelta(days=1)))  # fmt: skip
         s.commit()
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.05)
-    try:
-        yield Served(f"http://127.0.0.1:{port}", "", "sae-tiny", 0)
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+    with serve_in_thread(app) as url:
+        yield Served(url, "", "sae-tiny", 0)
 
 
 def test_sae_page(service, browser):
