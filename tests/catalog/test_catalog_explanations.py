@@ -5,9 +5,9 @@ and on PostgreSQL."""
 from __future__ import annotations
 
 import pytest
+from synthetic_catalog import synthetic_feature_index
 
 from saefeat.errors import SpecError
-from saefeat.storage.catalog.demo import synthetic_feature_index
 from saefeat.storage.catalog.explanations import (
     ScoreIn,
     explained_indices,
