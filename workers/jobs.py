@@ -49,7 +49,9 @@ from saefeat.workers.job_kinds import (
 )
 from saefeat.workers.job_progress import ProgressMeter
 
-__all__ = ["CANCEL_REQUESTED", "LEASE_LOST", "LEASE_S", "SHUTDOWN", "JobFinished", "JobRunner"]
+# The row markers are the store's; callers (pipeline_job, tests) import them from here too.
+__all__ = ["CANCEL_REQUESTED", "FINISHED", "LEASE_LOST", "LEASE_S", "SHUTDOWN"]
+__all__ += ["JobFinished", "JobRunner"]
 
 log = logging.getLogger(__name__)
 LEASE_S = 60.0  # a running job's claim holds this long unless its runner renews it
