@@ -32,3 +32,7 @@ class CorruptDataError(SaefeatError):
     """Stored data failed its checksum or is unreadable."""
 
     status_code = 500
+
+
+class IdempotencyConflict(SaefeatError):
+    """The Idempotency-Key was used before with another body."""

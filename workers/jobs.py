@@ -8,6 +8,9 @@ progress (done/total, rate) and ends it `succeeded`, `failed` (error text set) o
 `cancelled`. `cancel` sets a flag the kind polls; what it committed stays valid, and
 resubmitting the spec resumes.
 
+The rows' queries are storage/catalog/job_store.py's; this module keeps the threads,
+the heartbeat and the lease timing.
+
 Several processes may run jobs (`saefeat serve --workers N`, the CLI): a runner claims a
 job with one conditional UPDATE (queued, or running under a lease that has run out) that
 writes its owner id and a lease expiry, and a heartbeat renews the leases of the jobs it
@@ -27,16 +30,15 @@ import socket
 import threading
 import uuid
 from collections.abc import Callable
-from datetime import datetime, timedelta
 from typing import Any
 
 from pydantic import BaseModel
-from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from saefeat.config import Settings
-from saefeat.errors import NotFoundError, SaefeatError
-from saefeat.storage.catalog.cursor import Cursor, decode_cursor, encode_cursor
+from saefeat.errors import SaefeatError
+from saefeat.storage.catalog import job_store
+from saefeat.storage.catalog.job_store import CANCEL_REQUESTED, FINISHED, LEASE_LOST
 from saefeat.storage.catalog.models import Job, utcnow
 from saefeat.workers.job_kinds import (
     JobBusy,
@@ -47,18 +49,14 @@ from saefeat.workers.job_kinds import (
 )
 from saefeat.workers.job_progress import ProgressMeter
 
+# The row markers are the store's; callers (pipeline_job, tests) import them from here too.
+__all__ = ["CANCEL_REQUESTED", "FINISHED", "LEASE_LOST", "LEASE_S", "SHUTDOWN"]
+__all__ += ["JobFinished", "JobRunner"]
+
 log = logging.getLogger(__name__)
-ACTIVE = ("queued", "running")
-FINISHED = ("succeeded", "failed", "cancelled")
 LEASE_S = 60.0  # a running job's claim holds this long unless its runner renews it
 HEARTBEAT_S = LEASE_S / 4  # how often a runner renews its leases
-CANCEL_REQUESTED = "cancel requested"  # on a running job's row: its runner should stop
 SHUTDOWN = "interrupted by a shutdown"
-LEASE_LOST = "its runner stopped renewing the lease (the process died or hung)"
-
-
-class IdempotencyConflict(SaefeatError):
-    """The Idempotency-Key was used before with another body."""
 
 
 class JobFinished(SaefeatError):
@@ -80,46 +78,28 @@ class JobRunner:
 
     def get(self, job_id: str) -> Job:
         with self.make_session() as s:
-            job = s.get(Job, job_id)
-            if job is None:
-                raise NotFoundError(f"no job {job_id!r}; list jobs with GET /v1/jobs")
+            job = job_store.get_job(s, job_id)
             s.expunge(job)
             return job
 
     def list(self, limit: int = 50, cursor: str | None = None) -> tuple[list[Job], str | None]:
         """A page of jobs, newest first, and the cursor of the next page (None: no more)."""
-        query = select(Job).order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)
-        if cursor is not None:
-            when, job_id = decode_cursor(cursor, "jobs:newest", (str, str)).key
-            after = datetime.fromisoformat(when)
-            query = query.where(
-                or_(Job.created_at < after, and_(Job.created_at == after, Job.id < job_id))
-            )
         with self.make_session() as s:
-            jobs = list(s.scalars(query))
+            jobs, next_cursor = job_store.list_jobs(s, limit, cursor)
             s.expunge_all()
-        if len(jobs) <= limit:
-            return jobs, None
-        last = jobs[limit - 1]
-        key = (last.created_at.isoformat(), last.id)
-        return jobs[:limit], encode_cursor(Cursor("jobs:newest", key))
+            return jobs, next_cursor
 
     def latest(self, kind: str, spec_hash: str) -> Job | None:
         """The newest job of this kind and spec hash (a pipeline's stage), or None."""
         with self.make_session() as s:
-            job = s.scalar(select(Job).where(Job.kind == kind, Job.spec_hash == spec_hash)
-                           .order_by(Job.created_at.desc()).limit(1))  # fmt: skip
+            job = job_store.latest_job(s, kind, spec_hash)
             if job is not None:
                 s.expunge(job)
             return job
 
     def _update(self, job_id: str, **values) -> None:
         with self.make_session() as s:
-            job = s.get(Job, job_id)
-            if job is not None:
-                for k, v in values.items():
-                    setattr(job, k, v)
-                s.commit()
+            job_store.update_job(s, job_id, **values)
 
     # ---- submit / cancel ----------------------------------------------------------
 
@@ -130,37 +110,9 @@ class JobRunner:
         kind = kind_for_spec(spec)
         body, spec_hash = spec.model_dump(mode="json"), kind.spec_hash(spec)
         with self._lock, self.make_session() as s:
-            if idempotency_key is not None:
-                job = s.scalar(select(Job).where(Job.idempotency_key == idempotency_key))
-                if job is not None:
-                    if job.kind != kind.name or job.spec != body:
-                        raise IdempotencyConflict(
-                            f"Idempotency-Key {idempotency_key!r} was used for job {job.id} "
-                            "with a different body; use a new key for a new request",
-                            field="Idempotency-Key",
-                        )
-                    s.expunge(job)
-                    return job, False
-            active = s.scalar(
-                select(Job)
-                .where(Job.kind == kind.name, Job.spec_hash == spec_hash, Job.status.in_(ACTIVE))
-                .order_by(Job.created_at)
-            )
-            if active is not None:  # two runs of one work would be two writers of it
-                s.expunge(active)
-                return active, False
-            job = Job(
-                kind=kind.name,
-                spec=body,
-                spec_hash=spec_hash,
-                status="queued",
-                idempotency_key=idempotency_key,
-            )
-            s.add(job)
-            s.commit()
-            s.refresh(job)
+            job, new = job_store.submit_job(s, kind.name, body, spec_hash, idempotency_key)
             s.expunge(job)
-            return job, True
+            return job, new
 
     def cancel(self, job_id: str) -> Job:
         job = self.get(job_id)
@@ -176,12 +128,7 @@ class JobRunner:
         # Nobody runs it (one UPDATE, so a runner claiming it meanwhile wins), or another
         # process does: its heartbeat reads the request and stops the harvest.
         with self.make_session() as s:
-            stopped = s.execute(
-                update(Job)
-                .where(Job.id == job_id, self._claimable(utcnow()))
-                .values(status="cancelled", error="cancelled before it ran", lease_expires_at=None)
-            ).rowcount
-            s.commit()
+            stopped = job_store.cancel_unclaimed(s, job_id, utcnow())
         if not stopped:
             self._update(job_id, error=CANCEL_REQUESTED)
         return self.get(job_id)
@@ -204,24 +151,11 @@ class JobRunner:
             t.join(timeout)
         return self.get(job_id)
 
-    @staticmethod
-    def _claimable(now: datetime):
-        """Queued, or running under a lease that ran out (its runner died); a running job
-        without a lease predates revision 0004 and is as orphaned."""
-        expired = or_(Job.lease_expires_at.is_(None), Job.lease_expires_at < now)
-        return or_(Job.status == "queued", and_(Job.status == "running", expired))
-
     def resume_pending(self) -> list[str]:
         """Start every job nobody runs: queued, or left running by a dead runner.
         Each thread claims its job first, so a job another live runner holds is left be."""
         with self.make_session() as s:
-            ids = list(
-                s.scalars(
-                    select(Job.id)
-                    .where(Job.kind.in_(job_kind_names()), self._claimable(utcnow()))
-                    .order_by(Job.created_at)
-                )
-            )
+            ids = job_store.claimable_ids(s, job_kind_names(), utcnow())
         for job_id in ids:
             self.start(job_id)
         return ids
@@ -245,80 +179,21 @@ class JobRunner:
         """Make the job ours and running, in one UPDATE that only matches while it is
         claimable: two runners racing for one job cannot both win. False also when the
         job was resumed too often: it is failed instead."""
-        now = utcnow()
         with self.make_session() as s:
-            claimed = s.execute(
-                update(Job)
-                .where(Job.id == job_id, self._claimable(now))
-                .values(
-                    status="running",
-                    owner=self.owner,
-                    lease_expires_at=now + timedelta(seconds=LEASE_S),
-                    error=None,
-                    rate=None,
-                    updated_at=now,
-                )
-            ).rowcount
-            s.commit()
+            claimed = job_store.claim_job(s, job_id, self.owner, LEASE_S, utcnow())
         if not claimed:
             return False
         self._start_heartbeat()
-        return self._begin_attempt(job_id)
-
-    def _begin_attempt(self, job_id: str) -> bool:
-        """Append this attempt to the row's history (ours now, so no race), closing an
-        attempt whose runner died; fail the job instead past max_job_resumes."""
-        now = utcnow().isoformat()
-        limit = self.settings.max_job_resumes
-        with self.make_session() as s:
-            job = s.get(Job, job_id)
-            attempts = [dict(a) for a in job.attempts or []]
-            if attempts and attempts[-1].get("ended") is None:
-                attempts[-1].update(ended=now, why=LEASE_LOST)
-            if len(attempts) > limit:
-                history = "; ".join(f"{i}. {a['owner']} from {a['started']}: {a['why']}"
-                                    for i, a in enumerate(attempts, 1))  # fmt: skip
-                job.status, job.lease_expires_at = "failed", None
-                job.error = (
-                    f"picked up again more than {limit} time(s) (SAEFEAT_MAX_JOB_RESUMES) "
-                    f"without finishing, so it was failed; attempts: {history}"
-                )[:4000]
-            else:
-                attempts.append({"owner": self.owner, "started": now, "ended": None, "why": None})
-            job.attempts = attempts
-            s.commit()
-            return job.status == "running"
-
-    def _end_attempt(self, job_id: str, why: str | None, **values: Any) -> None:
-        """Write `values` and close our open attempt with `why` (None: forget it, it
-        never ran); nothing if the job is no longer ours (handed back on shutdown, or
-        taken over after our lease ran out)."""
-        with self.make_session() as s:
-            job = s.get(Job, job_id)
-            if job is None or job.owner != self.owner or job.status != "running":
-                return
-            attempts = [dict(a) for a in job.attempts or []]
-            if attempts and attempts[-1]["owner"] == self.owner and not attempts[-1]["ended"]:
-                if why is None:
-                    attempts.pop()
-                else:
-                    attempts[-1].update(ended=utcnow().isoformat(), why=why)
-                job.attempts = attempts
-            for k, v in values.items():
-                setattr(job, k, v)
-            s.commit()
+        with self.make_session() as s:  # the history of its attempts; fails it past the limit
+            return job_store.begin_attempt(
+                s, job_id, self.owner, self.settings.max_job_resumes, utcnow()
+            )
 
     def renew_leases(self) -> int:
         """Extend the lease of every job this runner is running, and pass on the cancel
         requests other processes wrote on them; returns how many leases it renewed."""
-        now = utcnow()
-        ours = and_(Job.owner == self.owner, Job.status == "running")
         with self.make_session() as s:
-            renewed = s.execute(
-                update(Job).where(ours).values(lease_expires_at=now + timedelta(seconds=LEASE_S))
-            ).rowcount
-            asked = list(s.scalars(select(Job.id).where(ours, Job.error == CANCEL_REQUESTED)))
-            s.commit()
+            renewed, asked = job_store.renew_leases(s, self.owner, LEASE_S, utcnow())
         for job_id in asked:
             if job_id in self._cancel:
                 self._cancel[job_id].set()
@@ -351,9 +226,7 @@ class JobRunner:
         for t in list(self._threads.values()):
             t.join(timeout)
         with self.make_session() as s:
-            ours = s.scalars(
-                select(Job.id).where(Job.owner == self.owner, Job.status == "running")
-            ).all()
+            ours = job_store.running_ids(s, self.owner)
         for job_id in ours:
             self._release(job_id, SHUTDOWN)
 
@@ -408,6 +281,12 @@ class JobRunner:
         meter.flush()
         self._finish(job_id, outcome.status, outcome.note)
         return outcome.result
+
+    def _end_attempt(self, job_id: str, why: str | None, **values: Any) -> None:
+        """Write `values` and close our open attempt with `why`; nothing if the job is no
+        longer ours (handed back on shutdown, or taken over after our lease ran out)."""
+        with self.make_session() as s:
+            job_store.end_attempt(s, job_id, self.owner, why, utcnow(), values)
 
     def _finish(self, job_id: str, status: str, error: str | None) -> None:
         self._end_attempt(job_id, status if not error else f"{status}: {error}"[:300],

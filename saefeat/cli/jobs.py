@@ -35,7 +35,7 @@ def jobs(
 
     table = Table("id", "kind", "status", "progress", "tok/s", "created", "error")
     with catalog_session(get_settings()) as s:
-        for j in list_jobs(s, limit):
+        for j in list_jobs(s, limit)[0]:
             pct = f"{j.progress_done / j.progress_total:.0%}" if j.progress_total else "-"
             table.add_row(
                 j.id,
