@@ -110,8 +110,10 @@ def test_pipeline_survives_its_training_node(tiny_llama, tmp_path):
             "harvest": {"model": str(tiny_llama), "hooks": [HOOK], "ctx_len": 16,
                         "token_budget": 16 * 32, "contexts_per_shard": 8, "batch_size": 8,
                         "model_dtype": "float32", "storage_dtype": "float32"},
-            # Long enough to be killed in the middle; a checkpoint every 20 steps.
-            "train": {"hook": HOOK, "d_sae": 64, "k": 4, "batch_size": 64, "epochs": 500,
+            # Long enough to be killed in the middle (16,000 steps: a quiet machine runs
+            # 4,000 in the time it takes to notice the first checkpoint and kill the node);
+            # a checkpoint every 20 steps.
+            "train": {"hook": HOOK, "d_sae": 64, "k": 4, "batch_size": 64, "epochs": 2000,
                       "checkpoint_every_tokens": 64 * 20, "eval_ce_contexts": 0,
                       "geometric_median_init": False},
             "index": {"n_examples": 2, "n_quantile_bins": 0, "n_neighbours": 0},
@@ -132,11 +134,12 @@ def test_pipeline_survives_its_training_node(tiny_llama, tmp_path):
         job_id = out.stdout.strip()
 
         def training():
-            """the training stage running, past its first checkpoint"""
+            """the training stage running, past its first checkpoint, far from its end"""
             stages = client.get(f"/v1/jobs/{job_id}").json()["stages"]
             train = stages[1]
             states = list((home / "train-state").glob("*/state.pt"))
-            return train["status"] == "running" and states and train
+            early = train["progress_done"] < (train["progress_total"] or 0) // 2
+            return train["status"] == "running" and states and early and train
 
         train = _until(training, limit=300)
         # The trainer node dies (raylet and workers at once), then comes back.
