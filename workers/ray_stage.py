@@ -28,8 +28,8 @@ class ProgressBox:
     def __init__(self) -> None:
         self.done, self.total, self.first = 0, None, []
 
-    def set(self, done: int, total: int) -> None:
-        if not self.first or self.done > done:  # a new attempt starts lower
+    def set(self, done: int, total: int, attempt_start: bool = False) -> None:
+        if attempt_start:  # each attempt's first report: where it started (resumed)
             self.first.append(done)
         self.done, self.total = done, total
 
@@ -82,9 +82,12 @@ def run_on_ray(
 
 
 def report_to(box) -> Callable[..., None]:
-    """Inside the task: a progress callback that tells the box (fire and forget)."""
+    """Inside the task: a progress callback that tells the box (fire and forget). Each
+    attempt makes its own, so its first report is marked as where that attempt started."""
+    started = []
 
     def report(done: int, total: int, *_: Any) -> None:
-        box.set.remote(done, total)
+        box.set.remote(done, total, not started)
+        started.append(True)
 
     return report
