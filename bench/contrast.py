@@ -48,6 +48,8 @@ def main() -> None:
     args = ap.parse_args()
     os.environ.setdefault("SAEFEAT_HOME", tempfile.mkdtemp(prefix="saefeat-bench-contrast-"))
     os.environ.setdefault("SAEFEAT_MODEL_CACHE", str(Path.home() / ".cache" / "saefeat" / "models"))
+    # The pair is written under bench/contrast-data/, so that is the corpus root harvests read.
+    os.environ.setdefault("SAEFEAT_CORPUS_ROOTS", str(DATA))
 
     from saefeat.analysis.contrast import ContrastSpec, run_contrast
     from saefeat.analysis.contrast_demo import write_demo_corpora

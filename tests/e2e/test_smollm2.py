@@ -3,9 +3,12 @@
 import pytest
 from checks import check_api, check_examples_recompute
 
-from saefeat.lm import auto_dtype, load_model
-from saefeat.pipeline import run_harvest, run_index, run_train
+from saefeat.analysis.steer import FeatureStrength, SteerRequest, steer
+from saefeat.lm import auto_dtype, cached_model, load_model
+from saefeat.pipeline import catalog_session, run_harvest, run_index, run_train
+from saefeat.sae import load_sae
 from saefeat.specs import HarvestSpec, IndexSpec, TrainSpec
+from saefeat.storage.catalog import queries
 
 
 @pytest.mark.slow
@@ -28,6 +31,31 @@ def test_smollm2_pipeline(settings, ray_session):
     run_index(IndexSpec(sae=train.sae_id, n_examples=10), settings=settings)
     check_examples_recompute(settings, aset, train.sae_id, "smollm2-135m", auto_dtype("cpu"))
     check_api(settings, train.sae_id)
+    check_clamping_raises_promoted_tokens(settings, train.sae_id)
+
+
+def check_clamping_raises_promoted_tokens(settings, sae_id, n_features=8):
+    """The steering effect on a trained SAE, as a user would steer: live features from the
+    index, each clamped at 10x its indexed max activation. Its top promoted tokens get
+    more likely than in the default run for most features and by over a nat on average
+    (measured on a 50k-token SAE at this hook: 22 of 24 clamps raised them)."""
+    with catalog_session(settings) as s:
+        live = queries.list_features(s, sae_id, sort="density", min_density=0.002,
+                                     max_density=0.2, limit=200).items  # fmt: skip
+    assert len(live) >= n_features
+    picked = live[:: len(live) // n_features][:n_features]  # spread over the densities
+    lm, sae = cached_model("smollm2-135m", "cpu"), load_sae(settings.saes_dir / sae_id)
+    raised = []
+    for f in picked:
+        clamp = FeatureStrength(f.index, 10 * f.max_activation)
+        result = steer(lm, sae, sae.cfg.hook,
+                       SteerRequest("The function returns", (clamp,), "clamp", 0.7, 1, 12))  # fmt: skip
+        (steered,), (default,) = (result.steered.mean_promoted_logprob(),
+                                  result.default.mean_promoted_logprob())  # fmt: skip
+        raised.append(steered - default)
+    print("promoted-token log-prob raised by clamping:", [round(r, 2) for r in raised])
+    assert sum(r > 0 for r in raised) >= n_features - 2
+    assert sum(raised) / n_features > 1.0
 
 
 def test_smollm2_loads_with_its_tokenizer():
