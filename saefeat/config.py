@@ -58,6 +58,10 @@ class Settings(BaseSettings):
     live_queue: int = Field(default=4, ge=0)
     live_rate_per_minute: float = Field(default=30.0, gt=0)
     live_burst: int = Field(default=10, ge=1)
+    # Label and vote writes: a token bucket per API key (429 past it). A person labelling
+    # by hand never meets it; a leaked `label` key cannot flood the catalog.
+    label_rate_per_minute: float = Field(default=120.0, gt=0)
+    label_burst: int = Field(default=30, ge=1)
     # Live text search needs a key with the `read` scope when true.
     live_requires_key: bool = False
     # Signs pagination cursors; default: made once in $SAEFEAT_HOME/secret (mode 0600).

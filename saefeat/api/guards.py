@@ -1,5 +1,6 @@
 """What bounds every request, installed on the app from its settings: body sizes, NUL-free
-parameters, the live search pool and rate limit, and the secret that signs cursors."""
+parameters, the live search pool, the live and label-write rate limits, and the secret
+that signs cursors."""
 
 from __future__ import annotations
 
@@ -24,4 +25,5 @@ def install_request_guards(app: FastAPI, settings: Settings, prefix: str) -> Non
     app.add_middleware(BodyLimit, limits=limits)  # added last: runs first
     app.state.live_pool = LivePool(settings.live_workers, settings.live_queue)
     app.state.live_rate_limiter = RateLimiter(settings.live_rate_per_minute, settings.live_burst)
+    app.state.label_rate_limiter = RateLimiter(settings.label_rate_per_minute, settings.label_burst)
     use_secret(load_secret(settings.home, settings.cursor_secret))

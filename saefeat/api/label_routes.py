@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path
+from fastapi import APIRouter, Depends, Path, Request
 from sqlalchemy.orm import Session
 
 from saefeat.api import convert
@@ -15,6 +15,7 @@ from saefeat.api.auth import require_scope
 from saefeat.api.deps import get_session
 from saefeat.api.errors import ProblemError, problem_responses
 from saefeat.api.params import FeatureIndexParam, SaeId
+from saefeat.api.rate_limit import check_rate
 from saefeat.api.schemas import MAX_ROW_ID, LabelCreate, LabelOut, VoteCreate
 from saefeat.storage.catalog import labels, queries
 from saefeat.storage.catalog.keys import has_scope
@@ -23,11 +24,19 @@ from saefeat.storage.catalog.models import ApiKey, Label
 router = APIRouter(tags=["labels"])
 
 
+def label_writer(
+    request: Request, key: Annotated[ApiKey, Depends(require_scope("label"))]
+) -> ApiKey:
+    """The writing key, once its label-write bucket has a token (else 429)."""
+    check_rate(request.app.state.label_rate_limiter, f"key:{key.id}", "label writes")
+    return key
+
+
 @router.post(
     "/saes/{sae_id}/features/{index}/labels",
     status_code=201,
     response_model=LabelOut,
-    responses=problem_responses(401, 403, 404, 422),
+    responses=problem_responses(401, 403, 404, 422, 429),
     summary="Add a label to a feature (history is kept; nothing is overwritten)",
     description=(
         'The author is the API key\'s name. `source: "auto"` and `score` need a key with '
@@ -38,7 +47,7 @@ def create_label(
     sae_id: SaeId,
     index: FeatureIndexParam,
     body: LabelCreate,
-    key: Annotated[ApiKey, Depends(require_scope("label"))],
+    key: Annotated[ApiKey, Depends(label_writer)],
     session: Annotated[Session, Depends(get_session)],
 ) -> LabelOut:
     if (body.source == "auto" or body.score is not None) and not has_scope(key, "explain"):
@@ -59,7 +68,7 @@ def create_label(
 @router.post(
     "/labels/{label_id}/votes",
     response_model=LabelOut,
-    responses=problem_responses(401, 403, 404, 422),
+    responses=problem_responses(401, 403, 404, 422, 429),
     summary="Vote a label up or down (one vote per key; voting again replaces it)",
     description=(
         "A human label more people voted down than up stops being the feature's current "
@@ -71,7 +80,7 @@ def vote_label(
         int, Path(ge=0, le=MAX_ROW_ID, description="Label id, as in a label history")
     ],
     body: VoteCreate,
-    key: Annotated[ApiKey, Depends(require_scope("label"))],
+    key: Annotated[ApiKey, Depends(label_writer)],
     session: Annotated[Session, Depends(get_session)],
 ) -> LabelOut:
     totals = labels.vote_label(

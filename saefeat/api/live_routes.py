@@ -14,10 +14,10 @@ from typing import Annotated, TypeVar
 from fastapi import APIRouter, Depends, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials
 
+from saefeat.api import rate_limit
 from saefeat.api.auth import bearer, checked_key
 from saefeat.api.errors import ProblemError, problem_responses
 from saefeat.api.params import ReadSession, SaeId
-from saefeat.api.rate_limit import retry_after
 from saefeat.api.schemas import ActiveFeature, TextActivations, TextQuery, TokenActivations
 from saefeat.errors import SpecError
 from saefeat.features import live
@@ -44,15 +44,8 @@ def live_caller(
 
 
 def check_rate(request: Request, caller: str) -> None:
-    """429 with Retry-After once the caller's token bucket is empty."""
-    wait = request.app.state.live_rate_limiter.take(caller)
-    if wait is not None:
-        raise ProblemError(
-            429,
-            "too many live requests from this client; wait and try again",
-            slug="rate-limited",
-            headers={"Retry-After": retry_after(wait)},
-        )
+    """429 with Retry-After once the caller's live token bucket is empty."""
+    rate_limit.check_rate(request.app.state.live_rate_limiter, caller, "live requests")
 
 
 async def run_on_live_pool(request: Request, fn: Callable[..., T], *args: object) -> T:

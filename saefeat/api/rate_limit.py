@@ -8,6 +8,8 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 
+from saefeat.api.errors import ProblemError
+
 # Buckets remembered at most; the least recently seen client is forgotten first (it
 # starts again with a full bucket), so a flood of addresses cannot grow memory.
 MAX_CLIENTS = 10_000
@@ -45,3 +47,15 @@ class RateLimiter:
 def retry_after(seconds: float) -> str:
     """A Retry-After value: whole seconds, at least 1."""
     return str(max(1, math.ceil(seconds)))
+
+
+def check_rate(limiter: RateLimiter, caller: str, what: str) -> None:
+    """429 with Retry-After once `caller`'s bucket is empty; `what` names the requests."""
+    wait = limiter.take(caller)
+    if wait is not None:
+        raise ProblemError(
+            429,
+            f"too many {what} from this client; wait and try again",
+            slug="rate-limited",
+            headers={"Retry-After": retry_after(wait)},
+        )

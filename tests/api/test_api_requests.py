@@ -155,6 +155,24 @@ def test_live_search_is_rate_limited_per_client(make_settings, catalog, keys):
         problem_of(client.post(url, json={"text": "hi"}, headers=bearer("sfk_unknown")), 401)
 
 
+def test_label_writes_are_rate_limited_per_key(make_settings, catalog, keys):
+    settings = make_settings(label_rate_per_minute=0.01, label_burst=2)
+    with TestClient(create_app(settings)) as client:
+        label = bearer(keys["label"])
+        made = [client.post(LABEL_URL, json={"text": f"t{i}"}, headers=label) for i in range(2)]
+        assert [r.status_code for r in made] == [201, 201]
+        response = client.post(LABEL_URL, json={"text": "one too many"}, headers=label)
+        problem_of(response, 429)
+        assert int(response.headers["retry-after"]) > 1000  # 100 minutes per token
+        # Votes spend the same key's bucket; another key has its own.
+        vote = f"/v1/labels/{made[0].json()['id']}/votes"
+        problem_of(client.post(vote, json={"vote": "up"}, headers=label), 429)
+        other = client.post(vote, json={"vote": "up"}, headers=bearer(keys["explain"]))
+        assert other.status_code == 200, other.text
+        history = client.get("/v1/saes/sae-a/features/3/labels").json()
+        assert "one too many" not in [item["text"] for item in history["items"]]
+
+
 def test_live_search_can_require_a_read_key(make_settings, catalog, keys):
     url = "/v1/saes/sae-a/activations"
     with TestClient(create_app(make_settings(live_requires_key=True))) as client:
