@@ -18,11 +18,13 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
 from markupsafe import Markup
+from starlette.concurrency import run_in_threadpool
 
 from saefeat.api import charts, convert
 from saefeat.api.params import ReadSession
 from saefeat.errors import SaefeatError
 from saefeat.storage.catalog import documents, explanations, label_search, labels, queries
+from saefeat.storage.catalog.queries import Page
 
 TEMPLATES = Jinja2Templates(directory=Path(__file__).parent / "templates")
 router = APIRouter(include_in_schema=False)
@@ -45,25 +47,30 @@ async def search_page(
     """Label search (q), token search (token), or an SAE's feature list."""
     saes = queries.list_saes(session, limit=500).items
     values = {"saes": saes, "q": q, "token": token, "sae_id": sae_id, "labelled": labelled}
-    try:
+    if not (q or token or sae_id):
+        return _render(request, "search.html", rows=None, next_cursor=None, **values)
+
+    def search() -> tuple[list, Page]:
         if q:
             page = label_search.search_labels(
                 session, q, sae_id=sae_id or None, limit=50, cursor=cursor
             )
-            rows = [(m.feature, m.label.text) for m in page.items]
-        elif token:
+            return [(m.feature, m.label.text) for m in page.items], page
+        if token:
             page = queries.search_by_token(
                 session, token, sae_id=sae_id or None, limit=50, cursor=cursor
             )
             current = labels.current_labels(session, [m.feature.id for m in page.items])
-            rows = [(m.feature, _text(current.get(m.feature.id))) for m in page.items]
-        elif sae_id:
-            flag = {"yes": True, "no": False}.get(labelled)
-            page = queries.list_features(session, sae_id, labelled=flag, limit=50, cursor=cursor)
-            current = labels.current_labels(session, [f.id for f in page.items])
-            rows = [(f, _text(current.get(f.id))) for f in page.items]
-        else:
-            return _render(request, "search.html", rows=None, next_cursor=None, **values)
+            return [(m.feature, _text(current.get(m.feature.id))) for m in page.items], page
+        flag = {"yes": True, "no": False}.get(labelled)
+        page = queries.list_features(session, sae_id, labelled=flag, limit=50, cursor=cursor)
+        current = labels.current_labels(session, [f.id for f in page.items])
+        return [(f, _text(current.get(f.id))) for f in page.items], page
+
+    try:
+        # A label search reads up to label_search.MAX_SCAN matches: off the event loop,
+        # as the JSON search route runs it.
+        rows, page = await run_in_threadpool(search)
     except SaefeatError as exc:
         return _render(
             request, "search.html", exc.status_code, rows=None, next_cursor=None,
