@@ -50,14 +50,18 @@ def held_out_summary(mt: dict) -> str:
 
 # TrainSpec fields offered as options; every architecture's settings are offered too.
 SPEC_OPTIONS = ("hook", "d_sae", "expansion_factor", "batch_size", "lr", "epochs", "seed",
-                "eval_set", "heldout_frac", "massive_norm_threshold")  # fmt: skip
+                "eval_set", "heldout_frac", "massive_norm_threshold",
+                "optimizer_state")  # fmt: skip
 
 
 KEYWORD = inspect.Parameter.KEYWORD_ONLY
 
 
 def _option_type(annotation) -> type:
-    """The CLI type of a field: its own, without None; a tuple of floats is repeated."""
+    """The CLI type of a field: its own, without None; a tuple of floats is repeated; a
+    Literal stays one (typer offers its values as choices)."""
+    if typing.get_origin(annotation) is typing.Literal:
+        return annotation
     args = [a for a in typing.get_args(annotation) if a is not type(None)]
     if typing.get_origin(annotation) is tuple:
         return list[args[0]]
