@@ -145,7 +145,7 @@ def probes() -> dict[str, Callable[[], None]]:
         loss = auxk_loss(t["x"], residual, t["W_enc"], t["b_enc"], t["W_dec"], dead, 16)
         loss.backward()
 
-    def optimizer(row_limit: int | None):
+    def optimizer(row_limit: int | None, **options):
         def run():
             limit = adam.MAX_REGISTER_ROW
             if row_limit is not None:
@@ -153,7 +153,7 @@ def probes() -> dict[str, Callable[[], None]]:
             try:
                 t = _problem(8, 96, 300)
                 params = [t["W_enc"], t["b_enc"], t["W_dec"], t["b_dec"]]
-                opt = SAEAdam(params, lr=1e-3, decoder=t["W_dec"])
+                opt = SAEAdam(params, lr=1e-3, decoder=t["W_dec"], **options)
                 for p in params:
                     p.grad = torch.randn_like(p)
                 opt.step()
@@ -171,6 +171,11 @@ def probes() -> dict[str, Callable[[], None]]:
         "auxk": auxk,
         "SAEAdam": optimizer(None),
         "SAEAdam chunked rows": optimizer(16),
+        "SAEAdam bf16 state": optimizer(None, state_dtype=torch.bfloat16),
+        "SAEAdam bf16 state, chunked rows": optimizer(16, state_dtype=torch.bfloat16),
+        "SAEAdam capturable, bf16 state": optimizer(
+            None, state_dtype=torch.bfloat16, capturable=True
+        ),
     }
 
 
