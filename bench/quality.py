@@ -133,19 +133,23 @@ def compare_states(spec: TrainSpec, aset, hook: str, split, rule, t0: float, t_h
     for name, v in m.items():
         print(f"{name:13s} fvu {v['fvu']:.4f} (all {v['fvu_all_tokens']:.4f})  l0 {v['l0']:.1f}  "
               f"dead {v['dead_frac']:.4f}  CE recovered {v['ce_loss_recovered']:.4f}")  # fmt: skip
-    fp32, bf16 = m["saefeat-fp32"]["fvu"], m["saefeat-bf16"]["fvu"]
-    print(json.dumps({"fvu_heldout_fp32_state": fp32, "fvu_heldout_bf16_state": bf16,
-                      "fvu_ratio_bf16_to_fp32": bf16 / fp32,
-                      "ce_recovered_fp32_state": m["saefeat-fp32"]["ce_loss_recovered"],
-                      "ce_recovered_bf16_state": m["saefeat-bf16"]["ce_loss_recovered"]}))  # fmt: skip
+    fp32, bf16 = m["saefeat-fp32"], m["saefeat-bf16"]
+    print(json.dumps({"fvu_heldout_fp32_state": fp32["fvu"], "fvu_heldout_bf16_state": bf16["fvu"],
+                      "fvu_ratio_bf16_to_fp32": bf16["fvu"] / fp32["fvu"],
+                      "ce_recovered_fp32_state": fp32["ce_loss_recovered"],
+                      "ce_recovered_bf16_state": bf16["ce_loss_recovered"]}))  # fmt: skip
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="a CPU-sized run (< 10 minutes)")
     ap.add_argument("--tokens", type=int, help="harvest this many tokens (default 200k)")
-    ap.add_argument("--optimizer-state", choices=["fp32", "bf16", "compare"], default="fp32",
-                    help="saefeat's Adam moments; compare: fp32 against bf16, no sparsify")
+    ap.add_argument(
+        "--optimizer-state",
+        choices=["fp32", "bf16", "compare"],
+        default="fp32",
+        help="saefeat's Adam moments; compare: fp32 against bf16, no sparsify",
+    )
     args = ap.parse_args()
     tokens, epochs, ce_contexts = (40_000, 2.0, 8) if args.quick else (200_000, 2.0, 64)
     tokens = args.tokens or tokens

@@ -145,9 +145,7 @@ def _decoder_adam_kernel(
     HYPER: tl.constexpr,
     STOCHASTIC: tl.constexpr,
 ):
-    step_size, inv_sqrt_bc2, seed = _scalars(
-        hyper_ptr, step_size, inv_sqrt_bc2, step, salt, HYPER
-    )
+    step_size, inv_sqrt_bc2, seed = _scalars(hyper_ptr, step_size, inv_sqrt_bc2, step, salt, HYPER)
     rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
     row_ok = rows < R
     rows = rows.to(tl.int64)

@@ -125,32 +125,41 @@ def stochastic_state(m: torch.Tensor, v: torch.Tensor | None = None) -> bool:
     return m.dtype == torch.bfloat16
 
 
-_MASK32 = 0xFFFFFFFF
-
-
+# The bit twiddling runs on int32 tensors, whose arithmetic wraps like the kernels' uint32;
+# right shifts are masked to be logical.
 def _hash(x: torch.Tensor) -> torch.Tensor:
-    """uint32 -> uint32 mixing on int64 tensors (adam._hash is its Triton twin)."""
-    x = ((x ^ (x >> 16)) * 0x45D9F3B) & _MASK32
-    x = ((x ^ (x >> 16)) * 0x45D9F3B) & _MASK32
-    return x ^ (x >> 16)
+    """uint32 -> uint32 mixing on int32 bit patterns (adam._hash is its Triton twin)."""
+    x = (x ^ ((x >> 16) & 0xFFFF)) * 0x45D9F3B
+    x = (x ^ ((x >> 16) & 0xFFFF)) * 0x45D9F3B
+    return x ^ ((x >> 16) & 0xFFFF)
+
+
+def _as_int32(v: torch.Tensor) -> torch.Tensor:
+    """int64 values in [0, 2^32) -> the int32 with the same bits."""
+    v = v & 0xFFFFFFFF
+    return torch.where(v >= 2**31, v - 2**32, v).to(torch.int32)
 
 
 def random_bits(shape: torch.Size, device: torch.device, step, salt: int) -> torch.Tensor:
-    """32 random bits per element (int64), a hash of (row-major index, step, salt)."""
+    """32 random bits per element (int32), a hash of (row-major index, step, salt)."""
     count = step.long() if isinstance(step, torch.Tensor) else int(step)
-    seed = _hash(torch.as_tensor((salt + count * 65599) & _MASK32, device=device))
+    seed = _hash(_as_int32(torch.as_tensor(salt + count * 65599, device=device)))
     n = torch.Size(shape).numel()
-    elem = torch.arange(n, device=device, dtype=torch.int64).view(shape)
-    return _hash((elem + seed) & _MASK32)
+    return _hash(torch.arange(n, device=device, dtype=torch.int32).view(shape) + seed)
 
 
 def stochastic_bf16(x: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
     """fp32 x to bf16, rounded away from zero with probability of the dropped bits'
     fraction (r: 16 random bits per element); unbiased where round-to-nearest is not."""
-    bits = (x.float().view(torch.int32).long() & _MASK32) + r
-    bits = ((bits >> 16) << 16) & _MASK32
-    bits = torch.where(bits >= 2**31, bits - 2**32, bits)  # back to int32's range
-    return bits.to(torch.int32).view(torch.float32).bfloat16()
+    bits = (x.float().view(torch.int32) + r) & -65536  # keep the top 16 bits
+    return bits.view(torch.float32).bfloat16()
+
+
+def store_moments(m: torch.Tensor, v: torch.Tensor, m32, v32, step, salt: int) -> None:
+    """fp32 moments into bf16 state, stochastically rounded (16 random bits each)."""
+    r = random_bits(m.shape, m.device, step, salt)
+    m.copy_(stochastic_bf16(m32, r & 0xFFFF))
+    v.copy_(stochastic_bf16(v32, (r >> 16) & 0xFFFF))
 
 
 @torch.no_grad()
@@ -178,9 +187,7 @@ def adam_(
     if stochastic_state(m, v):
         m32 = m.float().mul_(beta1).add_(g, alpha=1 - beta1)
         v32 = v.float().mul_(beta2).addcmul_(g, g, value=1 - beta2)
-        r = random_bits(p.shape, p.device, step, salt)
-        m.copy_(stochastic_bf16(m32, r & 0xFFFF))
-        v.copy_(stochastic_bf16(v32, r >> 16))
+        store_moments(m, v, m32, v32, step, salt)
     else:
         m32 = m.mul_(beta1).add_(g, alpha=1 - beta1)
         v32 = v.mul_(beta2).addcmul_(g, g, value=1 - beta2)

@@ -18,7 +18,6 @@ from saefeat.sae import SparseAutoencoder
 from saefeat.specs import TrainSpec
 from saefeat.training.schedule import default_lr, lr_factor
 
-
 STATE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}  # TrainSpec.optimizer_state
 
 

@@ -233,3 +233,21 @@ def test_state_dtype_must_be_fp32_or_bf16() -> None:
     p = torch.zeros(3, requires_grad=True)
     with pytest.raises(ValueError, match="state_dtype"):
         SAEAdam([p], state_dtype=torch.float16)
+
+
+@pytest.mark.skipif(DEVICE.type != "cpu", reason="the fused CPU path")
+def test_bf16_state_on_the_fused_cpu_path(monkeypatch) -> None:
+    """SAEFEAT_KERNELS=auto on the CPU (torch's fused Adam through fp32 copies) keeps bf16
+    moments and lands where the reference does."""
+    shapes = [(37, 29), (29, 37), (29,), (37,)]
+    steps = _grads(1, 3, shapes)
+    monkeypatch.setenv("SAEFEAT_KERNELS", "auto")
+    fused = _train(params_f := _problem_params(shapes), steps, state_dtype=torch.bfloat16)
+    monkeypatch.setenv("SAEFEAT_KERNELS", "torch")
+    ref = _train(params_r := _problem_params(shapes), steps, state_dtype=torch.bfloat16)
+    for pf, pr in zip(params_f, params_r, strict=True):
+        torch.testing.assert_close(pf.detach(), pr.detach(), rtol=1e-5, atol=1e-6)
+        for key in ("exp_avg", "exp_avg_sq"):
+            assert fused.state[pf][key].dtype == torch.bfloat16
+            torch.testing.assert_close(fused.state[pf][key], ref.state[pr][key], rtol=2**-7,
+                                       atol=1e-30)  # fmt: skip
