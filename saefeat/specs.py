@@ -146,7 +146,7 @@ class TrainSpec(_Spec):
     grad_clip: float | None = Field(1.0, gt=0)
     # Adam's two moments: fp32, or bf16 (half the state memory; stochastically rounded).
     optimizer_state: Literal["fp32", "bf16"] = Field(
-        "fp32", description="dtype of Adam's moments: fp32 or bf16 (half the memory)"
+        "fp32", description="dtype of Adam's moments (bf16: half the memory)"
     )
     epochs: float = Field(1.0, gt=0, description="passes over the training contexts")
     seed: int = Field(0, description="seeds the initialisation and the batch order")
