@@ -156,6 +156,16 @@ def test_width_that_cannot_fit_is_refused_with_numbers(settings, synthetic_set):
     assert e.value.field == "d_sae"
 
 
+def test_memory_estimate_counts_bf16_adam_state_at_half():
+    from saefeat.training.memory import estimate_bytes
+
+    fp32 = estimate_bytes(2304, 65536, 4096, "topk")
+    bf16 = estimate_bytes(2304, 65536, 4096, "topk", optimizer_state="bf16")
+    assert fp32["adam"] == 2 * fp32["params"] and bf16["adam"] == fp32["params"]
+    assert fp32["total"] - bf16["total"] == fp32["params"]
+    assert bf16["total"] == bf16["params"] + bf16["grads"] + bf16["adam"] + bf16["activations"]
+
+
 @pytest.mark.parametrize("k", [0, 64, 100])
 def test_k_out_of_range_is_refused(synthetic_set, k):
     with pytest.raises(ValueError, match="k must|greater than 0"):
