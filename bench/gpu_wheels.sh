@@ -35,7 +35,9 @@ REQUIREMENTS=(
     "numpy==2.4.6"
 )
 mkdir -p .whl
-python3 -m pip download --quiet --only-binary=:all: --python-version 3.12 \
+PY=${PYTHON:-python3}
+[ -z "${PYTHON:-}" ] && [ -x .venv/bin/python ] && PY=.venv/bin/python  # this checkout's pip
+"$PY" -m pip download --quiet --only-binary=:all: --python-version 3.12 \
     --platform manylinux2014_x86_64 --platform manylinux_2_28_x86_64 --no-deps -d .whl \
     "${REQUIREMENTS[@]}"
 ls -l .whl
