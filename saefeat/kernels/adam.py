@@ -11,7 +11,7 @@ The gradient tensor itself is left as it was.
 Both kernels compute in fp32 and store m and v in their own dtype: fp32, or bf16 (half
 the state's bytes) rounded stochastically, because with round-to-nearest v * 0.999 rounds
 back to v in bf16 and the second moment would never decay. The random bits are a hash of
-(element index, step, salt), the same bits as reference.stochastic_bf16 for contiguous
+(element index, step, salt), the same bits as reference.random_bits for contiguous
 tensors. With `hyper` (a device tensor [step_size, bias_correction2, step]) the kernels
 read the step-dependent scalars from memory, so a captured CUDA graph replays them right.
 """
