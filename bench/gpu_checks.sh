@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
-# Every GPU check in one call, for a lent GPU machine (torch + triton, no Ray/zarr/DB):
-#   1. the kernel tests compiled for the GPU (SAEFEAT_TEST_DEVICE=cuda);
-#   2. bench/sae_step.py: the training step against sparsify, dense torch and the floor;
-#   3. the indexing ratio (encode + top-k bookkeeping vs encode alone) on the GPU.
-# sparsify and its small pure-Python needs travel as wheels in .whl/ (see bench/RESULTS.md).
-# Logs go to $OUT (or ./gpu-out); the short table is printed last.
+# Every GPU check in one call, for a lent GPU machine (torch + triton, no Ray/zarr/DB),
+# the step's numbers first (if the machine's time runs out, they are what matters most):
+#   1. bench/sae_step.py: the training step (saefeat eager, with bf16 Adam state, in a
+#      CUDA graph) against sparsify, dense torch and the floor;
+#   2. the same script's --profile: the top kernels of the eager and the graph step at
+#      768 x 24576 x 32 @ 4096 (launches vs cast/transpose vs sort);
+#   3. the kernel tests compiled for the GPU (SAEFEAT_TEST_DEVICE=cuda);
+#   4. the indexing ratio (encode + top-k bookkeeping vs encode alone) on the GPU.
+# sparsify and its small pure-Python needs travel as wheels in .whl/ (bench/gpu_wheels.sh
+# fills it; carry ".whl"). Each part's time limit is an env var (seconds; the defaults add
+# up to 8 minutes). Logs go to $OUT (or ./gpu-out); the short table is printed last.
 set -u
 OUT=${OUT:-gpu-out}
 mkdir -p "$OUT"
@@ -17,14 +22,17 @@ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv |
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" \
     | tee -a "$OUT/gpu.txt"
 
-SAEFEAT_TEST_DEVICE=cuda timeout "${TESTS_S:-180}" python3 -m pytest -q -p no:cacheprovider \
-    -n 16 tests/kernels 2>&1 | tee "$OUT/kernel_tests.log" | tail -25
+timeout "${SAE_STEP_S:-210}" python3 bench/sae_step.py 2>&1 | tee "$OUT/sae_step.log"
 
-timeout "${SAE_STEP_S:-300}" python3 bench/sae_step.py 2>&1 | tee "$OUT/sae_step.log"
+timeout "${PROFILE_S:-60}" python3 bench/sae_step.py --profile --sizes 0 \
+    --variants saefeat,saefeat+graph 2>&1 | tee "$OUT/profile.log"
+
+SAEFEAT_TEST_DEVICE=cuda timeout "${TESTS_S:-120}" python3 -m pytest -q -p no:cacheprovider \
+    -n 16 tests/kernels 2>&1 | tee "$OUT/kernel_tests.log" | tail -25
 
 for size in "576 4608" "768 24576"; do
     set -- $size
-    timeout "${INDEX_S:-120}" python3 -c "
+    timeout "${INDEX_S:-45}" python3 -c "
 import json, sys
 sys.path.insert(0, 'bench')
 from catalog import index_ratio
@@ -32,6 +40,7 @@ print(json.dumps(index_ratio(64, d_in=$1, d_sae=$2, device='cuda')))" 2>&1 | tee
 done
 
 echo "== summary =="
-grep -E "^# SAE|x[0-9]+@" "$OUT/sae_step.log" | grep -v "^{" | tail -30
+grep -E "^# SAE|x[0-9]+@" "$OUT/sae_step.log" | grep -v "^{" | tail -40
+grep -E "^## " "$OUT/profile.log"
 tail -1 "$OUT/kernel_tests.log"
 cat "$OUT/index.log" | grep '^{'

@@ -11,9 +11,12 @@ export/import round trip (its own save_to_disk), then both are evaluated by the 
 on the held-out 5% of contexts that neither trained on: FVU on typical tokens (the
 headline) and on all tokens but position 0, L0, dead fraction, and CE/KL spliced in.
 
-    .venv/bin/python bench/quality.py [--quick] [--tokens N]
+    .venv/bin/python bench/quality.py [--quick] [--tokens N] [--optimizer-state S]
 
-The last line is one JSON object with the headline numbers.
+`--optimizer-state bf16` trains saefeat with Adam's moments in bf16; `compare` trains
+saefeat twice on identical batches (fp32 and bf16 moments), skips sparsify, and reports
+both held-out FVUs and their ratio (CE/KL on 8 contexts). The last line is one JSON
+object with the headline numbers.
 """
 
 from __future__ import annotations
@@ -113,10 +116,40 @@ def evaluate_both(saes: dict, aset, hook: str, split, rule, ce_contexts: int) ->
     return out
 
 
+def compare_states(spec: TrainSpec, aset, hook: str, split, rule, t0: float, t_harvest: float):
+    """saefeat with fp32 and with bf16 Adam moments, same batches, same evaluation."""
+    saes, seconds = {}, {}
+    for state in ("fp32", "bf16"):
+        t = time.perf_counter()
+        one = spec.model_copy(update={"optimizer_state": state, "name": f"bench-quality-{state}"})
+        saes[f"saefeat-{state}"] = train_sae(one).sae
+        seconds[state] = time.perf_counter() - t
+    m = evaluate_both(saes, aset, hook, split, rule, 8)
+    print(f"machine: {platform.machine()} {os.cpu_count()} cpus, torch {torch.__version__}; "
+          f"set {aset.id} ({aset.n_tokens} tokens at {hook}); d_sae={spec.d_sae} "
+          f"k={spec.architecture.k} batch={spec.batch_size} epochs={spec.epochs}; harvest "
+          f"{t_harvest:.0f}s, train fp32 {seconds['fp32']:.0f}s, bf16 {seconds['bf16']:.0f}s, "
+          f"total {time.perf_counter() - t0:.0f}s")  # fmt: skip
+    for name, v in m.items():
+        print(f"{name:13s} fvu {v['fvu']:.4f} (all {v['fvu_all_tokens']:.4f})  l0 {v['l0']:.1f}  "
+              f"dead {v['dead_frac']:.4f}  CE recovered {v['ce_loss_recovered']:.4f}")  # fmt: skip
+    fp32, bf16 = m["saefeat-fp32"], m["saefeat-bf16"]
+    print(json.dumps({"fvu_heldout_fp32_state": fp32["fvu"], "fvu_heldout_bf16_state": bf16["fvu"],
+                      "fvu_ratio_bf16_to_fp32": bf16["fvu"] / fp32["fvu"],
+                      "ce_recovered_fp32_state": fp32["ce_loss_recovered"],
+                      "ce_recovered_bf16_state": bf16["ce_loss_recovered"]}))  # fmt: skip
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="a CPU-sized run (< 10 minutes)")
     ap.add_argument("--tokens", type=int, help="harvest this many tokens (default 200k)")
+    ap.add_argument(
+        "--optimizer-state",
+        choices=["fp32", "bf16", "compare"],
+        default="fp32",
+        help="saefeat's Adam moments; compare: fp32 against bf16, no sparsify",
+    )
     args = ap.parse_args()
     tokens, epochs, ce_contexts = (40_000, 2.0, 8) if args.quick else (200_000, 2.0, 64)
     tokens = args.tokens or tokens
@@ -127,10 +160,15 @@ def main() -> None:
     d_sae = 8 * d_in
     t_harvest = time.perf_counter() - t0
 
+    state = "fp32" if args.optimizer_state == "compare" else args.optimizer_state
     spec = TrainSpec(activation_set=aset.id, hook=hook, d_sae=d_sae, k=k, batch_size=batch,
-                     epochs=epochs, eval_ce_contexts=0, name="bench-quality")  # fmt: skip
+                     epochs=epochs, eval_ce_contexts=0, name=f"bench-quality-{state}",
+                     optimizer_state=state)  # fmt: skip
     split = make_split(get_settings(), spec, aset, [hook])
     rule = rule_for_set(aset, hook, spec.massive_norm_threshold)
+    if args.optimizer_state == "compare":
+        compare_states(spec, aset, hook, split, rule, t0, t_harvest)
+        return
     t1 = time.perf_counter()
     ours = train_sae(spec).sae
     t_ours = time.perf_counter() - t1

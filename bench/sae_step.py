@@ -5,6 +5,10 @@ A step is forward (encode x - b_dec, top-k, decode), FVU loss, backward and the 
 step including the decoder's unit-norm constraint:
 - saefeat:  topk_encode + sparse_decode under bf16 autocast, SAEAdam (gradient projection,
             Adam and row renormalisation fused).
+- saefeat+graph: the same step (SAEAdam capturable) captured once in a CUDA graph with a
+            static input buffer after one eager step on a side stream (which autotunes and
+            creates the Adam state), then replayed per step. CUDA only.
+- saefeat+bf16state: saefeat with Adam's two moments stored in bf16.
 - sparsify: EleutherAI's SparseCoder with its own bf16 autocast forward, then what its
             trainer does: remove_gradient_parallel_to_decoder_directions, torch.optim.Adam
             (its fallback when bitsandbytes is absent), zero_grad, set_decoder_norm_to_unit_norm.
@@ -14,13 +18,17 @@ step including the decoder's unit-norm constraint:
             parameters: what any TopK step must at least do.
 
 Every variant starts from the same weights (unit-norm decoder rows, W_enc = W_dec.T, zero
-biases), so the first-step FVU column must agree to bf16 precision. Times are CUDA-event
-medians after warm-up (autotuning happens in warm-up); peak memory is
+biases), so the first-step FVU column must agree to bf16 precision; every variant takes
+the same number of steps on the same batch, so the last-step FVU column of saefeat and
+saefeat+graph must agree too (the graph's first step is eager; the last is a replay).
+Times are CUDA-event medians after warm-up (autotuning happens in warm-up); peak memory is
 torch.cuda.max_memory_allocated with the stats reset before each variant. The last line
 printed is one JSON object keyed by size.
 
     python bench/sae_step.py            # on a GPU
     python bench/sae_step.py --smoke    # tiny sizes on the CPU (reference path): crash check
+    python bench/sae_step.py --profile --sizes 0 --variants saefeat,saefeat+graph
+                                        # torch.profiler: the top kernels of a few steps
 """
 
 from __future__ import annotations
@@ -99,9 +107,16 @@ def _autocast(device: torch.device):
     return nullcontext()
 
 
-def make_saefeat(w: Weights, k: int, device: torch.device) -> Step:
+class Skipped(Exception):
+    """A variant that does not apply here (printed with its reason, not as an error)."""
+
+
+def make_saefeat(
+    w: Weights, k: int, device: torch.device, state_dtype: torch.dtype = torch.float32
+) -> Step:
     W_enc, b_enc, W_dec, b_dec = w.params()
-    opt = SAEAdam([W_enc, b_enc, W_dec, b_dec], lr=learning_rate(W_enc.shape[1]), decoder=W_dec)
+    opt = SAEAdam([W_enc, b_enc, W_dec, b_dec], lr=learning_rate(W_enc.shape[1]), decoder=W_dec,
+                  state_dtype=state_dtype)  # fmt: skip
 
     def step(x: torch.Tensor) -> torch.Tensor:
         with _autocast(device):
@@ -112,6 +127,55 @@ def make_saefeat(w: Weights, k: int, device: torch.device) -> Step:
         opt.step()
         opt.zero_grad(set_to_none=True)
         return loss.detach()
+
+    return step
+
+
+def make_saefeat_bf16state(w: Weights, k: int, device: torch.device) -> Step:
+    return make_saefeat(w, k, device, torch.bfloat16)
+
+
+def make_saefeat_graph(w: Weights, k: int, device: torch.device) -> Step:
+    """The saefeat step in one CUDA graph: static input buffer, gradients and Adam state
+    in place, step counts and scalars on the device (SAEAdam capturable, a tensor lr)."""
+    if device.type != "cuda":
+        raise Skipped("CUDA graphs need a CUDA device")
+    W_enc, b_enc, W_dec, b_dec = w.params()
+    lr = torch.tensor(learning_rate(W_enc.shape[1]), device=device)
+    opt = SAEAdam([W_enc, b_enc, W_dec, b_dec], lr=lr, decoder=W_dec, capturable=True)
+
+    def body(x: torch.Tensor) -> torch.Tensor:
+        # No autocast weight cache: a capture must not keep casts from before it.
+        with torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False):
+            vals, idx = topk_encode(x - b_dec, W_enc, b_enc, k)
+            recon = sparse_decode(idx, vals, W_dec, b_dec)
+        loss = fvu(x, recon)
+        loss.backward()
+        opt.step()
+        return loss.detach()
+
+    graph: torch.cuda.CUDAGraph | None = None
+    static_x = static_loss = None
+
+    def step(x: torch.Tensor) -> torch.Tensor:
+        nonlocal graph, static_x, static_loss
+        if graph is not None:
+            static_x.copy_(x)
+            graph.replay()
+            return static_loss
+        # Step 1 eagerly on a side stream (torch's recipe): Triton compiles and autotunes,
+        # the Adam state is created; none of that may happen inside the capture.
+        static_x = x.clone()
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            first = body(static_x)
+            opt.zero_grad(set_to_none=True)  # backward in the capture allocates them
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            static_loss = body(static_x)
+        return first
 
     return step
 
@@ -206,11 +270,15 @@ def make_floor(w: Weights, k: int, device: torch.device) -> Step:
     return step
 
 
+# Run in this order at each size; the graph last, so a capture that breaks the CUDA
+# context cannot take the others' numbers at that size with it.
 VARIANTS: dict[str, Callable[[Weights, int, torch.device], Step]] = {
     "saefeat": make_saefeat,
+    "saefeat+bf16state": make_saefeat_bf16state,
     "sparsify": make_sparsify,
     "torch": make_dense_torch,
     "floor": make_floor,
+    "saefeat+graph": make_saefeat_graph,
 }
 
 
@@ -219,6 +287,7 @@ class Measured:
     ms: float | None = None
     peak_gib: float | None = None
     first_fvu: float | None = None
+    last_fvu: float | None = None
     error: str | None = None
 
 
@@ -254,13 +323,16 @@ def measure(
                 t0 = time.perf_counter()
                 step(x)
                 times.append((time.perf_counter() - t0) * 1e3)
+        last = float(step(x))
         _sync(device)
         if device.type == "cuda":
             ms = [s.elapsed_time(e) for s, e in times]
             peak = torch.cuda.max_memory_allocated(device) / 2**30
         else:
             ms, peak = times, None
-        return Measured(statistics.median(ms), peak, first)
+        return Measured(statistics.median(ms), peak, first, last)
+    except Skipped as why:
+        return Measured(error=f"skipped: {why}")
     except ImportError as err:
         return Measured(error=f"not importable: {err}")
     except Exception as err:  # an OOM or a failing variant must not stop the others
@@ -312,7 +384,7 @@ def _fmt(v: float | None, spec: str) -> str:
 def _summary(res: dict[str, Measured]) -> dict[str, float | None]:
     none = Measured()
     s, sp, fl = (res.get(n, none).ms for n in ("saefeat", "sparsify", "floor"))
-    return {
+    out = {
         "saefeat_ms": s,
         "sparsify_ms": sp,
         "torch_ms": res.get("torch", none).ms,
@@ -322,6 +394,79 @@ def _summary(res: dict[str, Measured]) -> dict[str, float | None]:
         "peak_gib_saefeat": res.get("saefeat", none).peak_gib,
         "peak_gib_sparsify": res.get("sparsify", none).peak_gib,
     }
+    for name in ("saefeat+graph", "saefeat+bf16state"):  # the same keys, suffixed
+        m, tag = res.get(name, none), name.split("+")[1]
+        out |= {
+            f"{tag}_ms": m.ms,
+            f"speedup_vs_sparsify_{tag}": sp / m.ms if m.ms and sp else None,
+            f"ratio_to_floor_{tag}": m.ms / fl if m.ms and fl else None,
+            f"peak_gib_{tag}": m.peak_gib,
+        }
+    return out
+
+
+def _device_ms(evt) -> float:
+    """An event's self time on the device in ms (the attribute's name moved in torch 2.4)."""
+    us = getattr(evt, "self_device_time_total", None)
+    if us is None:
+        us = getattr(evt, "self_cuda_time_total", 0.0)
+    return us / 1e3
+
+
+def profile_variant(
+    make: Callable, w: Weights, k: int, x: torch.Tensor, steps: int, top: int
+) -> dict:
+    """torch.profiler over `steps` steps after 3 warm-up steps: wall time per step, device
+    busy time per step, kernel launches per step and the top kernels by self device time
+    (on the CPU: the top ops by self CPU time)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    device = x.device
+    cuda = device.type == "cuda"
+    step = make(w, k, device)
+    for _ in range(3):
+        step(x)
+    _sync(device)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            step(x)
+        _sync(device)
+        wall_ms = (time.perf_counter() - t0) * 1e3 / steps
+    events = prof.key_averages()
+    if cuda:
+        timed_events = [e for e in events if _device_ms(e) > 0]
+        # Kernels are the device-side events; CPU ops carry their kernels' time too.
+        kernels = [e for e in timed_events if getattr(e.device_type, "name", "") == "CUDA"]
+        kernels = sorted(kernels or timed_events, key=_device_ms, reverse=True)
+        timed = [(e.key, _device_ms(e) / steps, e.count / steps) for e in kernels]
+    else:
+        ops = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)
+        timed = [(e.key, e.self_cpu_time_total / 1e3 / steps, e.count / steps) for e in ops]
+    busy = sum(ms for _, ms, _ in timed)
+    # Host-side launch calls (runtime or driver API; a graph replay is one launch).
+    host_launches = sum(e.count for e in events if "Launch" in e.key) / steps
+    return {
+        "wall_ms": wall_ms,
+        "busy_ms": busy,
+        "kernels": sum(n for _, _, n in timed) if cuda else None,
+        "launches": host_launches if cuda else None,
+        "top": [[name[:200], ms, n] for name, ms, n in timed[:top]],
+    }
+
+
+def print_profile(label: str, name: str, p: dict) -> None:
+    where = "device" if p["kernels"] is not None else "CPU"
+    counts = ""
+    if p["kernels"] is not None:
+        counts = f", {p['kernels']:.0f} kernels and {p['launches']:.0f} host launch calls"
+    print(f"\n## {label} {name}: {p['wall_ms']:.3f} ms/step wall, {p['busy_ms']:.3f} ms/step "
+          f"{where} busy{counts} per step (wall - busy: launch and host gaps)")  # fmt: skip
+    print(f"{'self ' + where + ' ms/step':>22}{'%':>7}{'calls/step':>12}  name")
+    for kname, ms, n in p["top"]:
+        share = 100 * ms / p["busy_ms"] if p["busy_ms"] else 0.0
+        print(f"{ms:>22.4f}{share:>7.1f}{n:>12.1f}  {kname[:90]}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -334,6 +479,18 @@ def main(argv: list[str] | None = None) -> int:
         default=",".join(VARIANTS),
         help=f"comma-separated subset of {','.join(VARIANTS)}",
     )
+    ap.add_argument(
+        "--sizes",
+        default=None,
+        help="comma-separated indices into the size list (default: all; with --profile: 0)",
+    )
+    ap.add_argument(
+        "--profile",
+        action="store_true",
+        help="instead of timing: torch.profiler's top kernels per variant (default saefeat)",
+    )
+    ap.add_argument("--profile-steps", type=int, default=5)
+    ap.add_argument("--profile-top", type=int, default=15)
     args = ap.parse_args(argv)
 
     if args.smoke:
@@ -347,20 +504,30 @@ def main(argv: list[str] | None = None) -> int:
         sizes = SIZES
     warmup = args.warmup if args.warmup is not None else (1 if args.smoke else 3)
     repeats = args.repeats if args.repeats is not None else (2 if args.smoke else 10)
+    given = "--variants" in " ".join(sys.argv[1:] if argv is None else argv)
     names = [v for v in args.variants.split(",") if v]
+    if args.profile and not given:
+        names = ["saefeat"]
     unknown = set(names) - set(VARIANTS)
     if unknown:
         ap.error(f"--variants: unknown {sorted(unknown)}; allowed {list(VARIANTS)}")
+    try:
+        picked = [int(i) for i in (args.sizes or ("0" if args.profile else "")).split(",") if i]
+        sizes = [sizes[i] for i in picked] if picked else sizes
+    except (ValueError, IndexError):
+        ap.error(f"--sizes: comma-separated indices below {len(sizes)}, got {args.sizes!r}")
 
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     backend = "triton" if use_triton(torch.empty(0, device=device)) else "torch reference"
+    if args.profile:
+        return run_profiles(names, sizes, device, where, backend, args)
     print(
         f"# SAE TopK training step on {where}, torch {torch.__version__}, saefeat kernels: "
         f"{backend}, median of {repeats} after {warmup} warm-up"
     )
     header = (
-        f"{'size (d_in x d_sae x k @ B)':<30}{'variant':<10}{'ms/step':>10}"
-        f"{'tokens/s':>13}{'peak GiB':>10}{'fvu@1':>9}"
+        f"{'size (d_in x d_sae x k @ B)':<30}{'variant':<19}{'ms/step':>10}"
+        f"{'tokens/s':>13}{'peak GiB':>10}{'fvu@1':>9}{'fvu@last':>10}"
     )
     print(header)
     summary: dict[str, dict] = {}
@@ -373,12 +540,13 @@ def main(argv: list[str] | None = None) -> int:
         res = {name: measure(VARIANTS[name], w, k, x, warmup, repeats) for name in names}
         for name, m in res.items():
             if m.error:
-                print(f"{label:<30}{name:<10}  {m.error}")
+                print(f"{label:<30}{name:<19}  {m.error}")
                 continue
             tps = batch / (m.ms / 1e3)
             print(
-                f"{label:<30}{name:<10}{m.ms:>10.3f}{tps:>13.3e}"
+                f"{label:<30}{name:<19}{m.ms:>10.3f}{tps:>13.3e}"
                 f"{_fmt(m.peak_gib, '.2f'):>10}{_fmt(m.first_fvu, '.4f'):>9}"
+                f"{_fmt(m.last_fvu, '.4f'):>10}"
             )
         del w, x
 
@@ -388,12 +556,40 @@ def main(argv: list[str] | None = None) -> int:
                 t_torch, t_ours = measure_selection(d_sae, k, batch, device, warmup, repeats)
                 summary[label].update(select_torch_ms=t_torch, select_saefeat_ms=t_ours)
                 print(
-                    f"{label:<30}{'select':<10}  torch.topk {t_torch:.3f} ms, "
+                    f"{label:<30}{'select':<19}  torch.topk {t_torch:.3f} ms, "
                     f"saefeat {t_ours:.3f} ms ({t_torch / t_ours:.1f}x)"
                 )
             except Exception as err:
-                print(f"{label:<30}{'select':<10}  {type(err).__name__}: {err}")
+                print(f"{label:<30}{'select':<19}  {type(err).__name__}: {err}")
     print(json.dumps(summary))
+    return 0
+
+
+def run_profiles(names, sizes, device, where, backend, args) -> int:
+    print(f"# SAE TopK step profile on {where}, torch {torch.__version__}, saefeat kernels: "
+          f"{backend}, {args.profile_steps} profiled steps after 3 warm-up")  # fmt: skip
+    out: dict[str, dict] = {}
+    for d_in, d_sae, k, batch in sizes:
+        label = f"{d_in}x{d_sae}x{k}@{batch}"
+        w = Weights.init(d_in, d_sae, device)
+        x = torch.randn(
+            batch, d_in, device=device, generator=torch.Generator(device=device).manual_seed(1)
+        )
+        for name in names:
+            try:
+                p = profile_variant(VARIANTS[name], w, k, x, args.profile_steps, args.profile_top)
+            except Skipped as why:
+                print(f"\n## {label} {name}: skipped: {why}")
+                continue
+            except Exception as err:
+                print(f"\n## {label} {name}: {type(err).__name__}: {str(err).splitlines()[0]}")
+                continue
+            finally:
+                gc.collect()
+            print_profile(label, name, p)
+            kept = ("wall_ms", "busy_ms", "kernels", "launches")
+            out.setdefault(label, {})[name] = {key: p[key] for key in kept}
+    print(json.dumps(out))
     return 0
 
 

@@ -144,6 +144,10 @@ class TrainSpec(_Spec):
     lr_warmup_frac: float = Field(0.05, ge=0, lt=1)
     lr_decay_frac: float = Field(0.2, ge=0, le=1)
     grad_clip: float | None = Field(1.0, gt=0)
+    # Adam's two moments: fp32, or bf16 (half the state memory; stochastically rounded).
+    optimizer_state: Literal["fp32", "bf16"] = Field(
+        "fp32", description="dtype of Adam's moments (bf16: half the memory)"
+    )
     epochs: float = Field(1.0, gt=0, description="passes over the training contexts")
     seed: int = Field(0, description="seeds the initialisation and the batch order")
     device: str | None = None

@@ -50,14 +50,18 @@ def held_out_summary(mt: dict) -> str:
 
 # TrainSpec fields offered as options; every architecture's settings are offered too.
 SPEC_OPTIONS = ("hook", "d_sae", "expansion_factor", "batch_size", "lr", "epochs", "seed",
-                "eval_set", "heldout_frac", "massive_norm_threshold")  # fmt: skip
+                "eval_set", "heldout_frac", "massive_norm_threshold",
+                "optimizer_state")  # fmt: skip
 
 
 KEYWORD = inspect.Parameter.KEYWORD_ONLY
 
 
 def _option_type(annotation) -> type:
-    """The CLI type of a field: its own, without None; a tuple of floats is repeated."""
+    """The CLI type of a field: its own, without None; a tuple of floats is repeated; a
+    Literal is a str (the spec checks it, so a bad value is one line naming the field)."""
+    if typing.get_origin(annotation) is typing.Literal:
+        return str
     args = [a for a in typing.get_args(annotation) if a is not type(None)]
     if typing.get_origin(annotation) is tuple:
         return list[args[0]]
@@ -66,6 +70,8 @@ def _option_type(annotation) -> type:
 
 def _help(field: FieldInfo, default, owners: list[str] | None = None) -> str:
     where = f"{', '.join(owners)}; " if owners else ""
+    if typing.get_origin(field.annotation) is typing.Literal:
+        where += f"one of {', '.join(typing.get_args(field.annotation))}; "
     shown = "" if default is None else f"default {default}"
     return f"{field.description or ''} ({where}{shown})".replace(" ()", "").replace("; )", ")")
 

@@ -112,6 +112,56 @@ def segment_matmul(
     return out
 
 
+STATE_DTYPES = (torch.float32, torch.bfloat16)
+
+
+def stochastic_state(m: torch.Tensor, v: torch.Tensor | None = None) -> bool:
+    """True for bf16 moments (stored stochastically rounded), False for fp32 ones."""
+    for t in (m, v):
+        if t is not None and t.dtype not in STATE_DTYPES:
+            raise TypeError(f"Adam state must be float32 or bfloat16, got {t.dtype}")
+    if v is not None and v.dtype != m.dtype:
+        raise TypeError(f"Adam moments disagree in dtype: {m.dtype} and {v.dtype}")
+    return m.dtype == torch.bfloat16
+
+
+# The bit twiddling runs on int32 tensors, whose arithmetic wraps like the kernels' uint32;
+# right shifts are masked to be logical.
+def _hash(x: torch.Tensor) -> torch.Tensor:
+    """uint32 -> uint32 mixing on int32 bit patterns (adam._hash is its Triton twin)."""
+    x = (x ^ ((x >> 16) & 0xFFFF)) * 0x45D9F3B
+    x = (x ^ ((x >> 16) & 0xFFFF)) * 0x45D9F3B
+    return x ^ ((x >> 16) & 0xFFFF)
+
+
+def _as_int32(v: torch.Tensor) -> torch.Tensor:
+    """int64 values in [0, 2^32) -> the int32 with the same bits."""
+    v = v & 0xFFFFFFFF
+    return torch.where(v >= 2**31, v - 2**32, v).to(torch.int32)
+
+
+def random_bits(shape: torch.Size, device: torch.device, step, salt: int) -> torch.Tensor:
+    """32 random bits per element (int32), a hash of (row-major index, step, salt)."""
+    count = step.long() if isinstance(step, torch.Tensor) else int(step)
+    seed = _hash(_as_int32(torch.as_tensor(salt + count * 65599, device=device)))
+    n = torch.Size(shape).numel()
+    return _hash(torch.arange(n, device=device, dtype=torch.int32).view(shape) + seed)
+
+
+def stochastic_bf16(x: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+    """fp32 x to bf16, rounded away from zero with probability of the dropped bits'
+    fraction (r: 16 random bits per element); unbiased where round-to-nearest is not."""
+    bits = (x.float().view(torch.int32) + r) & -65536  # keep the top 16 bits
+    return bits.view(torch.float32).bfloat16()
+
+
+def store_moments(m: torch.Tensor, v: torch.Tensor, m32, v32, step, salt: int) -> None:
+    """fp32 moments into bf16 state, stochastically rounded (16 random bits each)."""
+    r = random_bits(m.shape, m.device, step, salt)
+    m.copy_(stochastic_bf16(m32, r & 0xFFFF))
+    v.copy_(stochastic_bf16(v32, (r >> 16) & 0xFFFF))
+
+
 @torch.no_grad()
 def adam_(
     p: torch.Tensor,
@@ -123,12 +173,26 @@ def adam_(
     beta1: float,
     beta2: float,
     eps: float,
+    *,
+    step: float = 1.0,
+    salt: int = 0,
+    hyper: torch.Tensor | None = None,
 ) -> None:
+    """Adam on p; m and v fp32 (updated in place) or bf16 (computed in fp32, stored
+    stochastically rounded). hyper, a tensor [step_size, bias_correction2, step], replaces
+    the three scalars (so nothing is read on the host)."""
+    if hyper is not None:
+        step_size, bias_correction2, step = hyper[0], hyper[1], hyper[2]
     g = g.float()
-    m.mul_(beta1).add_(g, alpha=1 - beta1)
-    v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
-    denom = (v.float().sqrt() / bias_correction2**0.5).add_(eps)
-    p.copy_(p.float() - step_size * m.float() / denom)
+    if stochastic_state(m, v):
+        m32 = m.float().mul_(beta1).add_(g, alpha=1 - beta1)
+        v32 = v.float().mul_(beta2).addcmul_(g, g, value=1 - beta2)
+        store_moments(m, v, m32, v32, step, salt)
+    else:
+        m32 = m.mul_(beta1).add_(g, alpha=1 - beta1)
+        v32 = v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+    denom = (v32.sqrt() / bias_correction2**0.5).add_(eps)
+    p.copy_(p.float() - step_size * m32 / denom)
 
 
 def remove_parallel(g: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -152,8 +216,13 @@ def decoder_adam_(
     beta1: float,
     beta2: float,
     eps: float,
+    *,
+    step: float = 1.0,
+    salt: int = 0,
+    hyper: torch.Tensor | None = None,
 ) -> None:
     """Adam on rows of p with the row-parallel gradient removed, then rows at unit norm."""
     g = remove_parallel(g.float(), p.float())
-    adam_(p, g, m, v, step_size, bias_correction2, beta1, beta2, eps)
+    adam_(p, g, m, v, step_size, bias_correction2, beta1, beta2, eps, step=step, salt=salt,
+          hyper=hyper)  # fmt: skip
     renormalise_rows_(p)

@@ -14,16 +14,19 @@ DENSE_ARCHITECTURES = {"relu", "jumprelu", "batchtopk", "matryoshka_batchtopk"}
 HEADROOM = 0.9  # leave a tenth of what is free for everything else
 
 
-def estimate_bytes(d_in: int, d_sae: int, batch_size: int, architecture: str) -> dict[str, int]:
-    """fp32 params + gradients + Adam's two moments + per-batch activations."""
+def estimate_bytes(
+    d_in: int, d_sae: int, batch_size: int, architecture: str, optimizer_state: str = "fp32"
+) -> dict[str, int]:
+    """fp32 params + gradients + Adam's two moments (fp32 or bf16) + per-batch activations."""
     n_params = 2 * d_in * d_sae + 2 * d_sae + d_in  # W_enc, W_dec, b_enc, threshold, b_dec
     params = 4 * n_params
+    adam = 2 * n_params * (2 if optimizer_state == "bf16" else 4)
     # Pre-activations [B, d_sae] (and their gradient for dense architectures), plus a
     # handful of [B, d_in] copies: input, reconstruction, residual, gradients.
     per_latent = 3 if architecture in DENSE_ARCHITECTURES else 1
     acts = 4 * batch_size * (per_latent * d_sae + 6 * d_in)
-    return {"params": params, "grads": params, "adam": 2 * params, "activations": acts,
-            "total": 4 * params + acts}  # fmt: skip
+    return {"params": params, "grads": params, "adam": adam, "activations": acts,
+            "total": 2 * params + adam + acts}  # fmt: skip
 
 
 def available_bytes(device: torch.device) -> int:

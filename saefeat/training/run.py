@@ -18,6 +18,8 @@ from saefeat.sae import SparseAutoencoder
 from saefeat.specs import TrainSpec
 from saefeat.training.schedule import default_lr, lr_factor
 
+STATE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}  # TrainSpec.optimizer_state
+
 
 class TrainingDiverged(SaefeatError):
     """The loss went NaN/Inf; the last good checkpoint is kept."""
@@ -44,7 +46,8 @@ class Run:
     def __post_init__(self) -> None:
         self.base_lr = self.spec.lr or default_lr(self.sae.cfg.d_sae)
         decoder = self.sae.W_dec if self.sae.unit_norm_decoder else None
-        self.opt = SAEAdam(self.sae.parameters(), lr=self.base_lr, decoder=decoder)
+        self.opt = SAEAdam(self.sae.parameters(), lr=self.base_lr, decoder=decoder,
+                           state_dtype=STATE_DTYPES[self.spec.optimizer_state])  # fmt: skip
         self.since_fired = torch.zeros(self.sae.cfg.d_sae, dtype=torch.long, device=self.device)
         self.amp_dtype = auto_dtype(self.device)
         self.k_aux = max(1, self.sae.cfg.d_in // 2)
@@ -100,13 +103,13 @@ class Run:
             "identity": self.identity(),
             "sae_id": self.sae_id,
             "sae": {k: v.detach().clone() for k, v in self.sae.state_dict().items()},
-            "opt": self.opt.state_dict(),
+            "opt": self.opt.state_dict(),  # moments in the run's optimizer_state dtype
             "since_fired": self.since_fired.clone(),
             "losses": list(self.losses),
         }
 
     def load(self, state: dict) -> None:
         self.sae.load_state_dict(state["sae"])
-        self.opt.load_state_dict(state["opt"])
+        self.opt.load_state_dict(state["opt"])  # moments cast to this run's state dtype
         self.since_fired.copy_(state["since_fired"])
         self.losses = list(state["losses"])

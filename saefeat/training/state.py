@@ -1,10 +1,12 @@
 """Training state on disk, for exact resume.
 
 One folder per run: `state.pt` holds the SAE's weights (in training units, before the
-input scale is folded in), the optimizer state, the step (which fixes the learning-rate
-schedule and, with the batches per epoch, the reader's (epoch, batch) position), the
-tokens since each latent last fired, the loss history and the RNG states. It is written
-to a temporary file and renamed, so a crash while saving keeps the previous state.
+input scale is folded in), the optimizer state (Adam's moments in the run's
+optimizer_state dtype; SAEAdam casts loaded ones to its own), the step (which fixes the
+learning-rate schedule and, with the batches per epoch, the reader's (epoch, batch)
+position), the tokens since each latent last fired, the loss history and the RNG states.
+It is written to a temporary file and renamed, so a crash while saving keeps the previous
+state.
 """
 
 from __future__ import annotations

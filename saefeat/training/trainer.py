@@ -66,6 +66,8 @@ class TrainResult:
 
 def sae_id_for(spec: TrainSpec, set_id: str) -> str:
     data = spec.model_dump(mode="json", exclude=set(TRAIN_EXECUTION_FIELDS))
+    if data["optimizer_state"] == "fp32":  # runs from before the option keep their ids
+        del data["optimizer_state"]
     blob = json.dumps({"set": set_id, **data}, sort_keys=True)
     return "sae-" + hashlib.sha256(blob.encode()).hexdigest()[:12]
 
@@ -190,7 +192,8 @@ def train_sweep(
         raise SpecError("the sweep holds the same SAE twice", field="specs")
     cfgs = [sae_config(s, aset, h) for s, h in zip(specs, hooks, strict=True)]
     check_fits([(f"{c.architecture} d_sae={c.d_sae}",
-                 estimate_bytes(c.d_in, c.d_sae, s.batch_size, c.architecture))
+                 estimate_bytes(c.d_in, c.d_sae, s.batch_size, c.architecture,
+                                s.optimizer_state))
                 for c, s in zip(cfgs, specs, strict=True)], device)  # fmt: skip
 
     split = make_split(settings, first, aset, hooks)

@@ -22,6 +22,7 @@ import sys
 import traceback
 from collections import Counter
 from collections.abc import Callable
+from contextlib import contextmanager
 from pathlib import Path
 
 if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
@@ -104,6 +105,29 @@ def _problem(B: int, d_in: int, d_sae: int) -> dict[str, torch.Tensor]:
     return {k: v.requires_grad_() for k, v in t.items()}
 
 
+HOST_READS = ("item", "tolist", "numpy", "cpu", "__bool__", "__float__", "__int__", "__index__")
+
+
+@contextmanager
+def no_host_reads():
+    """Tensor methods that read values on the host (a sync on a GPU) raise inside."""
+    saved = {name: getattr(torch.Tensor, name) for name in HOST_READS}
+
+    def refuse(name):
+        def method(self, *args, **kwargs):
+            raise RuntimeError(f"host read in a step meant for a CUDA graph: Tensor.{name}")
+
+        return method
+
+    try:
+        for name in HOST_READS:
+            setattr(torch.Tensor, name, refuse(name))
+        yield
+    finally:
+        for name, method in saved.items():
+            setattr(torch.Tensor, name, method)
+
+
 def probes() -> dict[str, Callable[[], None]]:
     from saefeat.kernels import (
         SAEAdam,
@@ -145,7 +169,7 @@ def probes() -> dict[str, Callable[[], None]]:
         loss = auxk_loss(t["x"], residual, t["W_enc"], t["b_enc"], t["W_dec"], dead, 16)
         loss.backward()
 
-    def optimizer(row_limit: int | None):
+    def optimizer(row_limit: int | None, **options):
         def run():
             limit = adam.MAX_REGISTER_ROW
             if row_limit is not None:
@@ -153,7 +177,7 @@ def probes() -> dict[str, Callable[[], None]]:
             try:
                 t = _problem(8, 96, 300)
                 params = [t["W_enc"], t["b_enc"], t["W_dec"], t["b_dec"]]
-                opt = SAEAdam(params, lr=1e-3, decoder=t["W_dec"])
+                opt = SAEAdam(params, lr=1e-3, decoder=t["W_dec"], **options)
                 for p in params:
                     p.grad = torch.randn_like(p)
                 opt.step()
@@ -161,6 +185,26 @@ def probes() -> dict[str, Callable[[], None]]:
                 adam.MAX_REGISTER_ROW = limit
 
         return run
+
+    def graph_step():
+        """The TopK step as bench/sae_step.py's saefeat+graph captures it (SAEAdam
+        capturable, a tensor lr), its second call with every host read of a tensor
+        refused: a CUDA graph cannot hold one (the first call creates the Adam state)."""
+        t = _problem(64, 96, 1000)
+        params = [t["W_enc"], t["b_enc"], t["W_dec"], t["b_dec"]]
+        opt = SAEAdam(params, lr=torch.tensor(1e-3), decoder=t["W_dec"], capturable=True)
+
+        def step():
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                vals, idx = topk_encode(t["x"] - t["b_dec"], t["W_enc"], t["b_enc"], 8)
+                out = sparse_decode(idx, vals, t["W_dec"], t["b_dec"])
+            out.float().pow(2).sum().backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+        step()
+        with no_host_reads():
+            step()
 
     return {
         "topk fp32": encode_decode(topk_encode, torch.float32),
@@ -171,6 +215,12 @@ def probes() -> dict[str, Callable[[], None]]:
         "auxk": auxk,
         "SAEAdam": optimizer(None),
         "SAEAdam chunked rows": optimizer(16),
+        "SAEAdam bf16 state": optimizer(None, state_dtype=torch.bfloat16),
+        "SAEAdam bf16 state, chunked rows": optimizer(16, state_dtype=torch.bfloat16),
+        "SAEAdam capturable, bf16 state": optimizer(
+            None, state_dtype=torch.bfloat16, capturable=True
+        ),
+        "TopK step for a CUDA graph, no host reads": graph_step,
     }
 
 

@@ -75,6 +75,7 @@ def test_eval_set_must_match(settings, synthetic_set):
     (["--massive-norm-threshold", "1"], "massive_norm_threshold"),
     (["--heldout-frac", "0.5"], "heldout_frac"),
     (["--heldout-frac", "0"], "heldout_frac"),
+    (["--optimizer-state", "fp16"], "optimizer_state"),
 ])  # fmt: skip
 def test_bad_train_options_are_one_line(settings, args, field):
     out = CliRunner().invoke(cli, ["train", "--set", "as-x", *args])

@@ -28,16 +28,20 @@ def test_every_architecture_trains_and_reloads(settings, synthetic_set, arch):
         assert r.metrics["l0"] < 4 * 3  # inference uses the threshold, L0 stays near k
 
 
-def test_resume_is_exact(settings, synthetic_set, tmp_path):
+@pytest.mark.parametrize("optimizer_state", ["fp32", "bf16"])
+def test_resume_is_exact(settings, synthetic_set, tmp_path, optimizer_state):
     """A sweep (TopK on one hook, BatchTopK with its threshold EMA on the other) stopped
-    mid-epoch and resumed ends with the same weights as an uninterrupted one."""
+    mid-epoch and resumed ends with the same weights as an uninterrupted one; with bf16
+    Adam moments too (their stochastic rounding is a hash of element and step)."""
     from synthetic_sets import make_set
 
     from saefeat.config import Settings
 
-    specs = [spec(synthetic_set, checkpoint_every_tokens=64, epochs=2.0),
+    specs = [spec(synthetic_set, checkpoint_every_tokens=64, epochs=2.0,
+                  optimizer_state=optimizer_state),
              spec(synthetic_set, checkpoint_every_tokens=64, epochs=2.0,
-                  architecture="batchtopk", hook="blocks.2.hook_resid_post")]  # fmt: skip
+                  architecture="batchtopk", hook="blocks.2.hook_resid_post",
+                  optimizer_state=optimizer_state)]  # fmt: skip
     whole = train_sweep(specs, settings=settings)
 
     other = Settings(home=tmp_path / "other")
@@ -50,8 +54,11 @@ def test_resume_is_exact(settings, synthetic_set, tmp_path):
 
     with pytest.raises(KeyboardInterrupt):
         train_sweep(specs, settings=other, progress=stop_at_7)
+    want = {"fp32": torch.float32, "bf16": torch.bfloat16}[optimizer_state]
     for r in whole:
-        assert (state_dir(other, r.sae_id) / "state.pt").is_file()  # saved at step 6
+        saved = torch.load(state_dir(other, r.sae_id) / "state.pt", weights_only=False)  # step 6
+        moments = [t for s in saved["opt"]["state"].values() for k, t in s.items() if k != "step"]
+        assert moments and all(t.dtype == want for t in moments)
     resumed = train_sweep(specs, settings=other)
     for a, b in zip(whole, resumed, strict=True):
         for name, value in a.sae.state_dict().items():
@@ -147,6 +154,16 @@ def test_width_that_cannot_fit_is_refused_with_numbers(settings, synthetic_set):
     with pytest.raises(SpecError, match=r"needs about .* GiB .* GiB free") as e:
         train_sae(spec(synthetic_set, d_sae=4_000_000_000, k=4), settings=settings)
     assert e.value.field == "d_sae"
+
+
+def test_memory_estimate_counts_bf16_adam_state_at_half():
+    from saefeat.training.memory import estimate_bytes
+
+    fp32 = estimate_bytes(2304, 65536, 4096, "topk")
+    bf16 = estimate_bytes(2304, 65536, 4096, "topk", optimizer_state="bf16")
+    assert fp32["adam"] == 2 * fp32["params"] and bf16["adam"] == fp32["params"]
+    assert fp32["total"] - bf16["total"] == fp32["params"]
+    assert bf16["total"] == bf16["params"] + bf16["grads"] + bf16["adam"] + bf16["activations"]
 
 
 @pytest.mark.parametrize("k", [0, 64, 100])
