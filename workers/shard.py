@@ -17,7 +17,6 @@ from saefeat.lm import auto_dtype, cached_model, run_to_hooks
 from saefeat.specs import HarvestSpec
 from saefeat.storage.activations import ActivationSet
 
-
 IN_FLIGHT = 2  # shards per harvester at once: one in the forward, one being written
 
 
