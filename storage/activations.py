@@ -225,7 +225,9 @@ class ActivationSet:
     def acts_array(self, hook: str) -> zarr.Array:
         if hook not in self.hooks:
             raise SpecError(f"hook {hook!r} is not in this set; it has {self.hooks}", field="hook")
-        return self.group["acts"][hook]
+        # write_empty_chunks is a runtime setting, not stored with the array: without it a
+        # reopened set skips (deletes) all-zero chunks, and scans every chunk to find them.
+        return self.group["acts"][hook].with_config({"write_empty_chunks": True})
 
     def tokens(self, c0: int = 0, c1: int | None = None) -> np.ndarray:
         return self.group["tokens"][c0 : self.n_contexts if c1 is None else c1]

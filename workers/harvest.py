@@ -39,12 +39,11 @@ from saefeat.workers.runtime import (
     gpus_available,
     largest_node_cpus,
 )
-from saefeat.workers.shard import ShardHarvester, model_dtype
+from saefeat.workers.shard import IN_FLIGHT, ShardHarvester, model_dtype
 
 log = logging.getLogger(__name__)
 Progress = Callable[[int, int], None]  # (tokens done, tokens total)
 ShouldStop = Callable[[], bool]
-IN_FLIGHT_PER_ACTOR = 2  # one shard in the forward, one being written
 __all__ = ["HarvestResult", "HarvestWorker", "ShardHarvester", "harvest", "model_dtype"]
 
 
@@ -71,7 +70,7 @@ def remote_harvester(cls: type[ShardHarvester]):
     """The Ray actor class of a harvester: restarted when its process dies, a task never
     retried by Ray (the driver counts the attempts), one shard in the forward while
     another is written."""
-    return ray.remote(max_restarts=-1, max_task_retries=0, max_concurrency=2)(cls)
+    return ray.remote(max_restarts=-1, max_task_retries=0, max_concurrency=IN_FLIGHT)(cls)
 
 
 # The actor class harvests start; tests put a harvester that dies here (the fault seam).
@@ -375,7 +374,7 @@ class _ShardRun:
 
         def submit() -> None:
             for i, w in enumerate(workers):
-                while i not in down and queue and len(per_actor[i]) < IN_FLIGHT_PER_ACTOR:
+                while i not in down and queue and len(per_actor[i]) < IN_FLIGHT:
                     if any(s in suspects for s in per_actor[i]):
                         break  # a suspect runs alone
                     shard = queue[0]

@@ -7,6 +7,7 @@ single-process reference for tests.
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -15,6 +16,8 @@ from saefeat.errors import SaefeatError
 from saefeat.lm import auto_dtype, cached_model, run_to_hooks
 from saefeat.specs import HarvestSpec
 from saefeat.storage.activations import ActivationSet
+
+IN_FLIGHT = 2  # shards per harvester at once: one in the forward, one being written
 
 
 class NonFiniteActivations(SaefeatError):
@@ -46,7 +49,10 @@ class _PinnedPool:
 
 
 class ShardHarvester:
-    """Runs the model over one shard's contexts and writes the shard."""
+    """Runs the model over one shard's contexts and writes the shard.
+
+    Up to IN_FLIGHT shards run at once in separate threads (the Ray actor's concurrency):
+    one enqueues its forwards while the other waits for its copies and writes."""
 
     def __init__(
         self,
@@ -62,59 +68,69 @@ class ShardHarvester:
         self.lm = cached_model(self.spec.model, device, model_dtype(self.spec, device))
         self.points = self.lm.check_hooks(self.spec.hooks)
         self.aset = ActivationSet(Path(set_path))
-        # Forwards run one at a time; a finished shard's write overlaps the next forward.
+        # One shard at a time puts its forwards on the device; a finished shard's copies
+        # and write overlap the next shard's forwards.
         self._forward_lock = threading.Lock()
-        self._cuda = torch.cuda.is_available() and str(device).startswith("cuda")
+        self._cuda = self.lm.device.type == "cuda"
         if self._cuda:
-            self._copy_stream = torch.cuda.Stream()
+            self._copy_stream = torch.cuda.Stream(self.lm.device)
             self._pinned = _PinnedPool()
 
     def ready(self) -> bool:
         """Answers once the model is loaded: lets the driver time start-up apart."""
         return True
 
-    def _forward(self, tokens: torch.Tensor):
-        """(rows [n_contexts * ctx_len, d] per hook on the host, the pinned buffers used
-        or None)."""
+    @torch.inference_mode()
+    def _forward(self, tokens: torch.Tensor) -> _Forwarded:
+        """Put one shard's forwards on the device; on CUDA nothing here waits for them."""
         B, d = self.spec.batch_size, self.lm.d_model
+        n_ctx = tokens.shape[0]
         if not self._cuda:
             out: dict[str, list[torch.Tensor]] = {h: [] for h in self.spec.hooks}
-            for b in range(0, tokens.shape[0], B):
-                for h, a in run_to_hooks(self.lm, tokens[b : b + B], self.points).items():
+            bad = torch.zeros(n_ctx, dtype=torch.bool)
+            for b in range(0, n_ctx, B):
+                acts = run_to_hooks(self.lm, tokens[b : b + B], self.points)
+                bad[b : b + B] = _nonfinite(acts)
+                for h, a in acts.items():
                     out[h].append(a.reshape(-1, d))
-            return {h: v[0] if len(v) == 1 else torch.cat(v) for h, v in out.items()}, None
-        # CUDA: copy each batch to pinned memory on a side stream while the next batch's
-        # forward runs on the compute stream.
+            rows = {h: v[0] if len(v) == 1 else torch.cat(v) for h, v in out.items()}
+            return _Forwarded(rows, bad)
+        # CUDA: the tokens go over once, without a host sync; each batch's rows are copied
+        # to pinned memory on a side stream while the next batch's forward runs on the
+        # compute stream; the NaN/Inf check runs on the device.
         n_rows = tokens.numel()
         host = self._pinned.take(self.spec.hooks, n_rows, d, self.lm.model.dtype)
-        compute = torch.cuda.current_stream()
-        for b in range(0, tokens.shape[0], B):
+        tokens = tokens.pin_memory().to(self.lm.device, non_blocking=True)
+        compute = torch.cuda.current_stream(self.lm.device)
+        copy = self._copy_stream
+        bad = torch.zeros(n_ctx, dtype=torch.bool, device=self.lm.device)
+        for b in range(0, n_ctx, B):
             acts = run_to_hooks(self.lm, tokens[b : b + B], self.points)
+            bad[b : b + B] = _nonfinite(acts)
             done = compute.record_event()
             r0 = b * tokens.shape[1]
-            with torch.cuda.stream(self._copy_stream):
-                self._copy_stream.wait_event(done)
+            with torch.cuda.stream(copy):
+                copy.wait_event(done)
                 for h, a in acts.items():
-                    a.record_stream(self._copy_stream)  # keep it alive until copied
+                    a.record_stream(copy)  # keep it alive until copied
                     rows = a.reshape(-1, d)
                     host[h][r0 : r0 + rows.shape[0]].copy_(rows, non_blocking=True)
-        self._copy_stream.synchronize()
-        return {h: x[:n_rows] for h, x in host.items()}, host
-
-    def _nonfinite_contexts(self, rows: dict[str, torch.Tensor], c0: int) -> list[int]:
-        n_ctx = next(iter(rows.values())).shape[0] // self.aset.ctx_len
-        bad = torch.zeros(n_ctx, dtype=torch.bool)
-        for x in rows.values():
-            bad |= ~torch.isfinite(x.reshape(n_ctx, -1)).all(dim=1)
-        return [c0 + int(i) for i in bad.nonzero().flatten()]
+        bad_host = torch.empty(n_ctx, dtype=torch.bool, pin_memory=True)
+        with torch.cuda.stream(copy):
+            copy.wait_stream(compute)
+            bad.record_stream(copy)
+            bad_host.copy_(bad, non_blocking=True)
+            copied = copy.record_event()
+        return _Forwarded({h: x[:n_rows] for h, x in host.items()}, bad_host, host, copied)
 
     def harvest_shard(self, shard: int) -> dict:
         c0, c1 = self.aset.shard_contexts(shard)
         tokens = torch.from_numpy(self.aset.tokens(c0, c1)).long()
         with self._forward_lock:
-            rows, host = self._forward(tokens)
+            fwd = self._forward(tokens)
         try:
-            dropped = self._nonfinite_contexts(rows, c0)
+            fwd.wait()  # outside the lock: the next shard's forwards are already queued
+            dropped = [c0 + int(i) for i in fwd.bad.nonzero().flatten()]
             if dropped and self.spec.on_nonfinite == "fail":
                 raise NonFiniteActivations(
                     f"NaN or Inf activations in {len(dropped)} context(s) of shard {shard} "
@@ -123,10 +139,36 @@ class ShardHarvester:
                     field="on_nonfinite",
                 )
             L = self.aset.ctx_len
-            for c in dropped:  # zeros keep the shard whole; the commit record lists them
-                for x in rows.values():
-                    x[(c - c0) * L : (c - c0 + 1) * L] = 0
-            return self.aset.write_shard(shard, rows, dropped).__dict__
+            with torch.inference_mode():  # the rows may be inference tensors
+                for c in dropped:  # zeros keep the shard whole; the commit record lists them
+                    for x in fwd.rows.values():
+                        x[(c - c0) * L : (c - c0 + 1) * L] = 0
+            return self.aset.write_shard(shard, fwd.rows, dropped).__dict__
         finally:
-            if host is not None:
-                self._pinned.give(host)
+            if fwd.host is not None:
+                fwd.wait()  # a pinned buffer goes back only once no copy writes into it
+                self._pinned.give(fwd.host)
+
+
+def _nonfinite(acts: dict[str, torch.Tensor]) -> torch.Tensor:
+    """[batch] bool: contexts with a NaN or Inf at any hook."""
+    bad = None
+    for a in acts.values():
+        b = ~torch.isfinite(a).flatten(1).all(dim=1)
+        bad = b if bad is None else bad | b
+    return bad
+
+
+@dataclass
+class _Forwarded:
+    """One shard's forwards: rows [n_contexts * ctx_len, d] per hook and the NaN/Inf
+    mask [n_contexts] on the host, valid once wait() returns; the pinned buffers used."""
+
+    rows: dict[str, torch.Tensor]
+    bad: torch.Tensor
+    host: dict[str, torch.Tensor] | None = None
+    copied: torch.cuda.Event | None = None
+
+    def wait(self) -> None:
+        if self.copied is not None:
+            self.copied.synchronize()

@@ -115,3 +115,13 @@ def test_reader_is_deterministic_and_resumable(tmp_path):
     resumed = [b[:, 0] for b in ShuffledBatchReader(aset, HOOK, 5, seed=1).iter_epoch(1, 7)]
     assert all(torch.equal(x, y) for x, y in zip(a[7:], resumed, strict=True))
     assert len(resumed) == len(a) - 7
+
+
+def test_all_zero_shard_of_a_reopened_set_is_written(tmp_path):
+    """An all-zero shard is data: a reopened set (as every harvest worker opens it) writes
+    its file like any other, so the committed shard is on disk."""
+    aset = ActivationSet(make_set(tmp_path).path)
+    r0, r1 = aset.shard_rows(1)
+    aset.write_shard(1, {HOOK: torch.zeros(r1 - r0, aset.d_model)})
+    assert (aset.path / "acts" / HOOK / "c" / "1" / "0").is_file()
+    assert not aset.read_shard(1, HOOK, verify=True).any()

@@ -41,8 +41,9 @@ def test_nonfinite_fail_commits_nothing(spec, tmp_path, nan_forward):
     assert aset.committed_shards() == []
 
 
-def test_nonfinite_drop_is_recorded_and_skipped_by_readers(spec, tmp_path, nan_forward):
-    spec = spec.model_copy(update={"on_nonfinite": "drop"})
+@pytest.mark.parametrize("batch_size", [2, 4])  # 4: the whole shard in one forward
+def test_nonfinite_drop_is_recorded_and_skipped_by_readers(spec, tmp_path, nan_forward, batch_size):
+    spec = spec.model_copy(update={"on_nonfinite": "drop", "batch_size": batch_size})
     aset, _ = prepare_set(spec, tmp_path, own_roots(spec))
     worker = ShardHarvester(spec.model_dump_json(), str(aset.path), "cpu", threads=1)
     for s in range(aset.n_shards):
