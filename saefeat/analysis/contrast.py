@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from saefeat.analysis.contrast_classifier import ClassifierResult, classify
 from saefeat.analysis.contrast_docs import counted_token_rows
@@ -48,8 +48,8 @@ class ContrastSpec(BaseModel):
     top: int = Field(20, ge=1, le=1000, description="Features listed per side")
     classifier_features: int = Field(32, ge=1, le=4096)
     test_fraction: float = Field(0.3, gt=0, lt=1)
-    seed: int = 0
-    batch_contexts: int = Field(32, ge=1)
+    seed: int = Field(0, ge=0, le=2**32 - 1)  # the held-out split's random_state (sklearn's range)
+    batch_contexts: int = Field(32, ge=1, le=4096)
 
     @field_validator("sae", "a", "b")
     @classmethod
@@ -58,11 +58,12 @@ class ContrastSpec(BaseModel):
 
     device: str | None = None
 
-    @model_validator(mode="after")
-    def _two_sets(self) -> ContrastSpec:
-        if self.a == self.b:
-            raise ValueError("a and b are the same set; a contrast needs two sets")
-        return self
+    @field_validator("b")
+    @classmethod
+    def _two_sets(cls, v: str, info) -> str:
+        if v == info.data.get("a"):
+            raise ValueError("is the same set as a; a contrast needs two sets")
+        return v
 
     def contrast_id(self) -> str:
         data = self.model_dump(include=set(CONTRAST_DATA_FIELDS), mode="json")

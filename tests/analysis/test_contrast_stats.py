@@ -107,3 +107,19 @@ def test_classifier_separates_planted_features_and_reports_auroc():
     assert clf.auroc is not None and clf.auroc > 0.9
     assert clf.n_test == 72 and len(clf.features) == 16
     assert classify(a.take(np.arange(2)), b, n_features=4).auroc is None
+
+
+@pytest.mark.parametrize("test_fraction", [0.001, 0.999])
+def test_classifier_holds_out_a_document_of_each_side_at_any_fraction(test_fraction):
+    rng = np.random.default_rng(6)  # sklearn refused a held-out part of one document
+    a = simulate_side(rng, 40, 64, _rates(f0_8=0.05))
+    b = simulate_side(rng, 40, 64, _rates(f8_16=0.05))
+    clf = classify(a, b, n_features=8, test_fraction=test_fraction, seed=0)
+    assert clf.auroc is not None and 2 <= clf.n_test <= 78
+
+
+def test_classifier_without_a_held_out_document_of_the_small_side_reports_none():
+    rng = np.random.default_rng(7)  # 4 vs 400: a 1% split holds out no A document
+    a = simulate_side(rng, 4, 64, _rates(f0_8=0.05))
+    b = simulate_side(rng, 400, 64, _rates())
+    assert classify(a, b, n_features=8, test_fraction=0.01, seed=0).auroc is None
