@@ -239,3 +239,33 @@ def test_cli_export_and_import_dispatch_on_the_layout(tmp_path, monkeypatch, mak
         assert bad.exit_code == 2 and "neuronpedia" in bad.output
     finally:
         get_settings.cache_clear()
+
+
+@pytest.mark.parametrize(
+    ("damage", "field"),
+    [
+        ({"saelensConfig": "{not json"}, "saelensConfig"),
+        ({"saelensConfig": [1, 2]}, "saelensConfig"),
+        ({"saelensConfig": {"d_sae": "forty"}}, "d_sae"),
+        ({"saelensConfig": {"d_sae": 40, "d_in": 1.5}}, "d_in"),
+        ({"neighbours": ["x"]}, "topkCosSimIndices"),
+        ({"neighbours": [40]}, "topkCosSimIndices"),  # past d_sae
+    ],
+)
+def test_a_malformed_config_or_neighbour_is_a_spec_error(session, indexed, fresh, tmp_path,
+                                                         damage, field):  # fmt: skip
+    folder = neuronpedia.export_neuronpedia(session, "sae-a", tmp_path / "out")
+    source = json.loads((folder / "source.jsonl").read_text())
+    if "saelensConfig" in damage:  # these were tracebacks (ValueError, AttributeError)
+        source["saelensConfig"] = damage["saelensConfig"]
+        (folder / "source.jsonl").write_text(json.dumps(source) + "\n")
+    else:
+        path = sorted((folder / "features").glob("batch-*.jsonl.gz"))[0]
+        rows = [json.loads(line) for line in gzip.decompress(path.read_bytes()).splitlines()]
+        rows[0]["topkCosSimIndices"] = damage["neighbours"]
+        rows[0]["topkCosSimValues"] = [0.5]
+        path.write_bytes(gzip.compress("".join(json.dumps(r) + "\n" for r in rows).encode()))
+    with pytest.raises(SpecError) as err:
+        neuronpedia_import.import_neuronpedia(fresh, folder, "copy")
+    assert err.value.field == field
+    assert fresh.get(SAE, "copy") is None
