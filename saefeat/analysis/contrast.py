@@ -30,8 +30,9 @@ from saefeat.sae.base import SAEConfig
 from saefeat.storage.activations import STATUS_COMPLETE, ActivationSet, open_set
 
 # Fields that determine the result (the contrast id); the rest are execution knobs.
+# alpha is one: it decides the stored significant counts and top lists.
 CONTRAST_DATA_FIELDS = (
-    "sae", "a", "b", "window", "classifier_features", "test_fraction", "seed",
+    "sae", "a", "b", "window", "alpha", "classifier_features", "test_fraction", "seed",
 )  # fmt: skip
 
 

@@ -21,3 +21,12 @@ def test_bad_spec_names_the_field(overrides, field):
     with pytest.raises(ValidationError) as err:
         ContrastSpec(**({"sae": "sae-x", "a": "as-a", "b": "as-b"} | overrides))
     assert [e["loc"] for e in err.value.errors()] == [(field,)]
+
+
+def test_the_id_follows_what_decides_the_stored_result():
+    spec = {"sae": "sae-x", "a": "as-a", "b": "as-b"}
+    base = ContrastSpec(**spec).contrast_id()
+    # alpha decides the significant counts and top lists: another alpha used to rerun
+    # under the same id and replace the first caller's results.
+    assert ContrastSpec(**spec, alpha=0.01).contrast_id() != base
+    assert ContrastSpec(**spec, top=5, batch_contexts=8).contrast_id() == base
