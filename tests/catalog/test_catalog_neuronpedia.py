@@ -237,6 +237,14 @@ def test_cli_export_and_import_dispatch_on_the_layout(tmp_path, monkeypatch, mak
             assert queries.count_features(s, "back") == 12
         bad = CliRunner().invoke(app, ["export", "--sae", "sae-a", "--to", "np", "--out", "x"])
         assert bad.exit_code == 2 and "neuronpedia" in bad.output
+        (tmp_path / "a-file").write_text("")  # was a NotADirectoryError traceback
+        for to in ("neuronpedia", "saelens"):
+            bad = CliRunner().invoke(app, ["export", "--sae", "sae-a", "--to", to,
+                                           "--out", str(tmp_path / "a-file")])  # fmt: skip
+            assert bad.exit_code == 2 and "out:" in bad.output, bad.output
+        with catalog_session(get_settings()) as s, pytest.raises(SpecError) as err:
+            neuronpedia.export_neuronpedia(s, "sae-a", tmp_path / "a-file" / "below")
+        assert err.value.field == "out"  # a file on the way: the exporter's own check
     finally:
         get_settings.cache_clear()
 
