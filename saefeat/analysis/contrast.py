@@ -98,8 +98,25 @@ def check_inputs(spec: ContrastSpec, settings: Settings) -> ContrastInputs:
         raise SpecError(
             f"no trained SAE {spec.sae!r} under {settings.saes_dir}", field="sae"
         ) from None
+    _check_catalogued(settings, spec.sae)
     sets = [_check_set(settings, cfg, getattr(spec, f), f) for f in ("a", "b")]
     return ContrastInputs(sae_path, cfg, *sets)
+
+
+def _check_catalogued(settings: Settings, sae_id: str) -> None:
+    """The results' rows point at the SAE's catalog row: an SAE with weights but no row
+    (an imported SAELens or sparsify file) failed only when they were written."""
+    from saefeat.storage.catalog.db import catalog_session
+    from saefeat.storage.catalog.models import SAE
+
+    with catalog_session(settings) as s:
+        known = s.get(SAE, sae_id) is not None
+    if not known:
+        raise SpecError(
+            f"SAE {sae_id!r} has weights under {settings.saes_dir} but is not in the "
+            "catalog, where a contrast's results are stored",
+            field="sae",
+        )
 
 
 def _check_set(settings: Settings, cfg: SAEConfig, set_id: str, field: str) -> ActivationSet:
