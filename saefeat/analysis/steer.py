@@ -130,7 +130,8 @@ def check_request(request: SteerRequest, *, d_sae: int, max_new_tokens: int) -> 
 
 
 def context_length(lm: LanguageModel) -> int:
-    """Tokens the model attends over (prompt + continuation), capped for a CPU request."""
+    """Tokens the model attends over (prompt + continuation); `encode_prompt` also caps
+    the prompt at MAX_PROMPT_TOKENS so a CPU request stays short."""
     n = getattr(lm.model.config, "max_position_embeddings", None) or MAX_PROMPT_TOKENS
     return int(n)
 
