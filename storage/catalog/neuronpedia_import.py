@@ -280,9 +280,7 @@ def _examples(folder: Path, d_sae: int, side: dict[int, dict], max_act: np.ndarr
                             field="tokens")  # fmt: skip
         e = extra.get(row.get("id"))
         if e is not None:
-            ex = FeatureExample(i, e["rank"], e["activation"], e["context_index"], e["position"],
-                                e["token_ids"], [str(t) for t in tokens], values, e["focus"],
-                                e["kind"])  # fmt: skip
+            ex = _side_example(row, e, i, tokens, values)
         else:
             ex = _example(row, i, tokens, values)
         by_feature[(i, ex.kind)].append(ex)
@@ -294,6 +292,21 @@ def _examples(folder: Path, d_sae: int, side: dict[int, dict], max_act: np.ndarr
                 ex.rank = rank
         out.extend(group)
     return out
+
+
+def _side_example(row: dict, e: dict, i: int, tokens: list, values: list[float]):
+    """An Activation row completed by its record in our `saefeat/` side file."""
+    try:
+        ids = [int(t) for t in e["token_ids"]]
+        ex = FeatureExample(i, int(e["rank"]), float(e["activation"]), int(e["context_index"]),
+                            int(e["position"]), ids, [str(t) for t in tokens], values,
+                            int(e["focus"]), str(e["kind"]))  # fmt: skip
+    except (KeyError, TypeError, ValueError):
+        ex = None
+    if ex is None or len(ids) != len(tokens) or ex.kind not in ("top", "quantile"):
+        raise SpecError(f"{row['_where']}: its saefeat/ side record {row.get('id')!r} is "
+                        "malformed", field="saefeat")  # fmt: skip
+    return ex
 
 
 def _example(row: dict, i: int, tokens: list, values: list[float]) -> FeatureExample:
@@ -322,12 +335,18 @@ def _labels(folder: Path, d_sae: int) -> list[tuple[int, dict]]:
         if source not in LABEL_SOURCES:
             raise SpecError(f"{row['_where']}: label source {source!r}", field="source")
         score = extra.get("score")
-        if score is not None and not math.isfinite(score):
-            raise SpecError(f"{row['_where']}: score is not finite", field="score")
+        if score is not None and (isinstance(score, bool) or not isinstance(score, int | float)
+                                  or not math.isfinite(score)):  # fmt: skip
+            raise SpecError(f"{row['_where']}: score is {score!r}, not a finite number",
+                            field="score")  # fmt: skip
         when = extra.get("created_at")
+        try:
+            created = datetime.fromisoformat(when) if when else None
+        except (TypeError, ValueError):
+            raise SpecError(f"{row['_where']}: created_at is {when!r}, not an ISO time",
+                            field="created_at") from None  # fmt: skip
         fields = {"text": text, "source": source,
                   "author": extra.get("author", row.get("explanationModelName")),
-                  "score": score,
-                  "created_at": datetime.fromisoformat(when) if when else None}  # fmt: skip
+                  "score": score, "created_at": created}  # fmt: skip
         out.append((i, fields))
     return out

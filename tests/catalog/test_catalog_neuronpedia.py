@@ -277,3 +277,30 @@ def test_a_malformed_config_or_neighbour_is_a_spec_error(session, indexed, fresh
         neuronpedia_import.import_neuronpedia(fresh, folder, "copy")
     assert err.value.field == field
     assert fresh.get(SAE, "copy") is None
+
+
+@pytest.mark.parametrize(
+    ("damage", "field"),
+    [
+        ({"example": {"rank": None}}, "saefeat"),  # were KeyError/TypeError tracebacks
+        ({"example": {"token_ids": [1]}}, "saefeat"),  # not one id per token
+        ({"example": {"kind": "best"}}, "saefeat"),
+        ({"label": {"score": "high"}}, "score"),
+        ({"label": {"created_at": "yesterday"}}, "created_at"),
+    ],
+)
+def test_a_malformed_side_record_is_a_spec_error(session, indexed, fresh, tmp_path, damage,
+                                                 field):  # fmt: skip
+    folder = neuronpedia.export_neuronpedia(session, "sae-a", tmp_path / "out")
+    path = sorted((folder / "saefeat").glob("batch-*.jsonl.gz"))[0]
+    rows = [json.loads(line) for line in gzip.decompress(path.read_bytes()).splitlines()]
+    row = next(r for r in rows if r["labels"])  # feature 3: examples and labels
+    if "example" in damage:
+        row["examples"][0].update(damage["example"])
+    else:
+        row["labels"][0].update(damage["label"])
+    path.write_bytes(gzip.compress("".join(json.dumps(r) + "\n" for r in rows).encode()))
+    with pytest.raises(SpecError) as err:
+        neuronpedia_import.import_neuronpedia(fresh, folder, "copy")
+    assert err.value.field == field
+    assert fresh.get(SAE, "copy") is None
