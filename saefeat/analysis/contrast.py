@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from saefeat.analysis.contrast_classifier import ClassifierResult, classify
 from saefeat.analysis.contrast_docs import counted_token_rows
@@ -30,8 +30,9 @@ from saefeat.sae.base import SAEConfig
 from saefeat.storage.activations import STATUS_COMPLETE, ActivationSet, open_set
 
 # Fields that determine the result (the contrast id); the rest are execution knobs.
+# alpha is one: it decides the stored significant counts and top lists.
 CONTRAST_DATA_FIELDS = (
-    "sae", "a", "b", "window", "classifier_features", "test_fraction", "seed",
+    "sae", "a", "b", "window", "alpha", "classifier_features", "test_fraction", "seed",
 )  # fmt: skip
 
 
@@ -48,8 +49,8 @@ class ContrastSpec(BaseModel):
     top: int = Field(20, ge=1, le=1000, description="Features listed per side")
     classifier_features: int = Field(32, ge=1, le=4096)
     test_fraction: float = Field(0.3, gt=0, lt=1)
-    seed: int = 0
-    batch_contexts: int = Field(32, ge=1)
+    seed: int = Field(0, ge=0, le=2**32 - 1)  # the held-out split's random_state (sklearn's range)
+    batch_contexts: int = Field(32, ge=1, le=4096)
 
     @field_validator("sae", "a", "b")
     @classmethod
@@ -58,11 +59,12 @@ class ContrastSpec(BaseModel):
 
     device: str | None = None
 
-    @model_validator(mode="after")
-    def _two_sets(self) -> ContrastSpec:
-        if self.a == self.b:
-            raise ValueError("a and b are the same set; a contrast needs two sets")
-        return self
+    @field_validator("b")
+    @classmethod
+    def _two_sets(cls, v: str, info) -> str:
+        if v == info.data.get("a"):
+            raise ValueError("is the same set as a; a contrast needs two sets")
+        return v
 
     def contrast_id(self) -> str:
         data = self.model_dump(include=set(CONTRAST_DATA_FIELDS), mode="json")
@@ -96,8 +98,25 @@ def check_inputs(spec: ContrastSpec, settings: Settings) -> ContrastInputs:
         raise SpecError(
             f"no trained SAE {spec.sae!r} under {settings.saes_dir}", field="sae"
         ) from None
+    _check_catalogued(settings, spec.sae)
     sets = [_check_set(settings, cfg, getattr(spec, f), f) for f in ("a", "b")]
     return ContrastInputs(sae_path, cfg, *sets)
+
+
+def _check_catalogued(settings: Settings, sae_id: str) -> None:
+    """The results' rows point at the SAE's catalog row: an SAE with weights but no row
+    (an imported SAELens or sparsify file) failed only when they were written."""
+    from saefeat.storage.catalog.db import catalog_session
+    from saefeat.storage.catalog.models import SAE
+
+    with catalog_session(settings) as s:
+        known = s.get(SAE, sae_id) is not None
+    if not known:
+        raise SpecError(
+            f"SAE {sae_id!r} has weights under {settings.saes_dir} but is not in the "
+            "catalog, where a contrast's results are stored",
+            field="sae",
+        )
 
 
 def _check_set(settings: Settings, cfg: SAEConfig, set_id: str, field: str) -> ActivationSet:

@@ -8,6 +8,7 @@ on the training documents only, so the held-out AUROC is not inflated by selecti
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -43,9 +44,14 @@ def classify(
         return ClassifierResult(None, [], a.n_docs + b.n_docs, 0)
     labels = np.r_[np.ones(a.n_docs), np.zeros(b.n_docs)]
     which = np.r_[np.arange(a.n_docs), np.arange(b.n_docs)]
+    # sklearn's own count (ceil), kept to 2..n-2: a stratified split needs a document of
+    # each side in both parts, else it refuses.
+    n_test = min(max(math.ceil(test_fraction * labels.size), 2), labels.size - 2)
     train, test = train_test_split(
-        np.arange(labels.size), test_size=test_fraction, stratify=labels, random_state=seed
+        np.arange(labels.size), test_size=n_test, stratify=labels, random_state=seed
     )
+    if len(set(labels[test])) < 2 or len(set(labels[train])) < 2:  # one side very small
+        return ClassifierResult(None, [], len(train), len(test))
     train_a, train_b = which[train[labels[train] == 1]], which[train[labels[train] == 0]]
     chosen = contrast_statistics(a.take(train_a), b.take(train_b)).most_contrastive(n_features)
     x = np.vstack([document_rates(a, chosen), document_rates(b, chosen)])

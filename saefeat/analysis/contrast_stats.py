@@ -176,16 +176,20 @@ def fisher_exact_two_sided(x1: np.ndarray, n1: int, x2: np.ndarray, n2: int) -> 
     """scipy.stats.fisher_exact's two-sided p for many 2x2 tables [[x1, n1-x1], [x2, n2-x2]]
     at once: the sum of the hypergeometric probabilities no larger than the observed one.
 
-    Only for tables with few firing (or few silent) documents: the table is flipped so
-    the smaller margin is the one enumerated, and the grid is [features, that margin].
+    Only for tables with few firing (or few silent) documents, or a small side: the
+    count enumerated is the smaller side's firing (or silent) documents, so the grid is
+    [features, at most min(n1, n2, that margin) + 1] (a few documents against a large
+    corpus make every feature a Fisher case with margins up to half the corpus).
     """
-    x1 = np.asarray(x1, np.int64)
-    k = x1 + np.asarray(x2, np.int64)
+    x1, x2 = np.asarray(x1, np.int64), np.asarray(x2, np.int64)
+    if n2 < n1:  # the two-sided p is the same with the rows swapped
+        x1, n1, x2, n2 = x2, n2, x1, n1
+    k = x1 + x2
     n = n1 + n2
     flip = k > n - k  # silent documents are the rare outcome: count those instead
     k = np.where(flip, n - k, k)
     obs = np.where(flip, n1 - x1, x1)
-    grid = np.arange(int(k.max()) + 1)[None, :]
+    grid = np.arange(min(int(k.max()), n1) + 1)[None, :]  # the support ends at min(k, n1)
     logpmf = stats.hypergeom.logpmf(grid, n, k[:, None], n1)  # -inf off the support
     observed = stats.hypergeom.logpmf(obs, n, k, n1)[:, None]
     # scipy's relative tolerance for "as extreme": probabilities within 1e-7 of it count.

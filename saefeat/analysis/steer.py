@@ -37,6 +37,7 @@ METHODS: tuple[str, ...] = ("add", "clamp")
 MAX_FEATURES = 16
 MAX_STRENGTH = 1e6  # far beyond any useful value; keeps the arithmetic finite
 MAX_TEMPERATURE = 10.0
+MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes no more
 MAX_PROMPT_TOKENS = 512  # a CPU forward per request stays short
 N_PROMOTED = 5
 
@@ -119,6 +120,8 @@ def check_request(request: SteerRequest, *, d_sae: int, max_new_tokens: int) -> 
     if not math.isfinite(request.temperature) or not 0 <= request.temperature <= MAX_TEMPERATURE:
         raise SpecError(f"is {request.temperature}; use 0 (greedy) to {MAX_TEMPERATURE:g}",
                         field="temperature")  # fmt: skip
+    if not 0 <= request.seed <= MAX_SEED:
+        raise SpecError(f"is {request.seed}; use 0..{MAX_SEED}", field="seed")
     if not 1 <= request.max_new_tokens <= max_new_tokens:
         raise SpecError(f"is {request.max_new_tokens}; use 1..{max_new_tokens}",
                         field="max_new_tokens")  # fmt: skip
@@ -127,7 +130,8 @@ def check_request(request: SteerRequest, *, d_sae: int, max_new_tokens: int) -> 
 
 
 def context_length(lm: LanguageModel) -> int:
-    """Tokens the model attends over (prompt + continuation), capped for a CPU request."""
+    """Tokens the model attends over (prompt + continuation); `encode_prompt` also caps
+    the prompt at MAX_PROMPT_TOKENS so a CPU request stays short."""
     n = getattr(lm.model.config, "max_position_embeddings", None) or MAX_PROMPT_TOKENS
     return int(n)
 
@@ -272,7 +276,10 @@ def generate(
         if request.temperature == 0:
             token = int(logits.argmax())
         else:
-            probs = torch.softmax(logits / request.temperature, dim=-1).cpu()
+            # Shifted so the best token's logit is 0, in float64: a tiny temperature sends
+            # the others to -inf (probability 0) instead of inf - inf = nan.
+            shifted = (logits.double() - logits.max()) / request.temperature
+            probs = torch.softmax(shifted, dim=-1).cpu()
             token = int(torch.multinomial(probs, 1, generator=generator))
         out_ids.append(token)
         if token == eos:

@@ -19,6 +19,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from saefeat.admission import check_device, cluster_resources
 from saefeat.analysis.contrast import ContrastSpec, check_inputs
 from saefeat.api.auth import require_scope
 from saefeat.api.deps import get_session
@@ -158,7 +159,10 @@ def submit_contrast(
     runner: Annotated[JobRunner, Depends(get_runner)],
     idempotency_key: IdempotencyKey = None,
 ) -> ContrastAccepted:
-    check_inputs(spec, request.app.state.settings)  # bad input stores nothing
+    settings = request.app.state.settings
+    if spec.device is not None:  # one the cluster lacks would wait for it forever
+        check_device(spec.device, None, cluster_resources(settings))
+    check_inputs(spec, settings)  # bad input stores nothing
     job, created = runner.submit(spec, idempotency_key)
     if created:
         runner.start(job.id)

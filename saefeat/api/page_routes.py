@@ -103,6 +103,7 @@ async def feature_page(
         neighbours=[(n, _text(state.current(n["feature_id"]))) for n in neighbours],
         history=[convert.label_out(lb, state.votes.get(lb.id)) for lb in state.history(feature.id)],
         explanations=explanations.feature_explanations(session, feature.id),
+        steer_max_tokens=request.app.state.settings.steer_max_new_tokens,
     )
 
 

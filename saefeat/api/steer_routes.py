@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Request
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from saefeat.analysis import steer
 from saefeat.api.errors import problem_responses
@@ -19,6 +19,8 @@ router = APIRouter(tags=["analysis"])
 
 
 class SteerFeature(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # a misspelt field is an error, not a default
+
     index: int = Field(description="Feature index in 0..d_sae-1")
     strength: float = Field(
         allow_inf_nan=False,
@@ -27,6 +29,8 @@ class SteerFeature(BaseModel):
 
 
 class SteerBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     prompt: str = Field(max_length=4000, description="Text to continue")
     features: list[SteerFeature] = Field(
         description=f"1..{steer.MAX_FEATURES} features and their strengths"

@@ -189,7 +189,10 @@ def export_neuronpedia(session: Session, sae_id: str, out: Path) -> Path:
     folder = Path(out) / names.model_id / names.source_id
     if folder.exists():
         raise SpecError(f"{folder} exists; choose an empty --out", field="out")
-    folder.mkdir(parents=True)
+    try:
+        folder.mkdir(parents=True)
+    except OSError as e:  # a file on the path, no permission
+        raise SpecError(f"cannot create {folder}: {e.strerror}", field="out") from None
     for name, record in _meta_records(session, sae, names).items():
         _write_jsonl(folder / name, [record], gz=False)
     for sub in ("features", "activations", "explanations", "saefeat"):

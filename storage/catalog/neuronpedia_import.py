@@ -115,9 +115,7 @@ def import_neuronpedia(session: Session, path: Path, sae_id: str) -> ImportSumma
         raise SpecError(f"{folder}/source.jsonl must hold one record", field="path")
     source_row = source[0]
     source_id = _field(source_row, "id", str)
-    cfg = source_row.get("saelensConfig") or {}
-    if isinstance(cfg, str):
-        cfg = json.loads(cfg)
+    cfg = _saelens_config(source_row)
     model_rows = _read_jsonl(folder / "model.jsonl") if (folder / "model.jsonl").is_file() else []
     neurons = _batches(folder, "features")
     if not neurons:
@@ -126,11 +124,11 @@ def import_neuronpedia(session: Session, path: Path, sae_id: str) -> ImportSumma
         if row.get("layer") != source_id:
             raise SpecError(f"{row['_where']}: layer is {row.get('layer')!r}, not the source "
                             f"{source_id!r}", field="layer")  # fmt: skip
-    d_sae = int(cfg.get("d_sae") or max(_feature_index(r) for r in neurons) + 1)
+    d_sae = _count(cfg, "d_sae") or max(_feature_index(r) for r in neurons) + 1
     index = _feature_index_from(folder, neurons, d_sae)
     labels = _labels(folder, d_sae)
     hook = cfg.get("hook_name") or _hook_from_source(source_id)
-    d_in = cfg.get("d_in") or (model_rows[0].get("dimension") if model_rows else None)
+    d_in = _count(cfg, "d_in") or (_count(model_rows[0], "dimension") if model_rows else None)
     if not d_in:
         raise SpecError("neither saelensConfig.d_in nor model.dimension gives d_in", field="d_in")
     model_name = cfg.get("model_name") or source_row.get("modelId")
@@ -138,7 +136,7 @@ def import_neuronpedia(session: Session, path: Path, sae_id: str) -> ImportSumma
     register_sae(
         session, sae_id=sae_id, name=saefeat_meta.get("name") or f"{model_name} {source_id}",
         model_name=model_name, hook_name=hook, architecture=cfg.get("architecture") or "unknown",
-        d_in=int(d_in), d_sae=d_sae, k=cfg.get("k"), cfg=saefeat_meta.get("cfg") or {},
+        d_in=d_in, d_sae=d_sae, k=_count(cfg, "k"), cfg=saefeat_meta.get("cfg") or {},
         metrics=saefeat_meta.get("metrics") or {},
     )  # fmt: skip
     summary = write_feature_index(session, sae_id, index)  # commits the SAE with its index
@@ -156,6 +154,29 @@ def import_neuronpedia(session: Session, path: Path, sae_id: str) -> ImportSumma
         session.commit()
         raise
     return ImportSummary(sae_id, summary.n_features, summary.n_examples, len(labels))
+
+
+def _saelens_config(source_row: dict) -> dict:
+    """source.saelensConfig: an object, or (as some exports hold it) a JSON string of one."""
+    cfg = source_row.get("saelensConfig") or {}
+    if isinstance(cfg, str):
+        try:
+            cfg = json.loads(cfg)
+        except ValueError:
+            cfg = None
+    if not isinstance(cfg, dict):
+        raise SpecError("source.jsonl: saelensConfig is not a JSON object", field="saelensConfig")
+    return cfg
+
+
+def _count(record: dict, name: str) -> int | None:
+    """A positive integer field, or None where it is absent."""
+    value = record.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise SpecError(f"{name} is {value!r}, not a positive integer", field=name)
+    return value
 
 
 def _hook_from_source(source_id: str) -> str:
@@ -211,6 +232,11 @@ def _feature_index_from(folder: Path, neurons: list[dict], d_sae: int) -> Featur
             i, extra.get("pos_ids") or [-1] * len(pos), list(pos), pos_v,
             extra.get("neg_ids") or [-1] * len(neg), list(neg), neg_v))  # fmt: skip
         cos_i = row.get("topkCosSimIndices") or []
+        if not isinstance(cos_i, list) or not all(
+            isinstance(j, int) and not isinstance(j, bool) and 0 <= j < d_sae for j in cos_i
+        ):
+            raise SpecError(f"{row['_where']}: topkCosSimIndices must be feature indices "
+                            f"0..{d_sae - 1}", field="topkCosSimIndices")  # fmt: skip
         near[i] = (list(cos_i), _floats(row, "topkCosSimValues"))
     examples = _examples(folder, d_sae, side, max_act)
     width = max((len(a) for a, _ in near.values()), default=0)
@@ -254,9 +280,7 @@ def _examples(folder: Path, d_sae: int, side: dict[int, dict], max_act: np.ndarr
                             field="tokens")  # fmt: skip
         e = extra.get(row.get("id"))
         if e is not None:
-            ex = FeatureExample(i, e["rank"], e["activation"], e["context_index"], e["position"],
-                                e["token_ids"], [str(t) for t in tokens], values, e["focus"],
-                                e["kind"])  # fmt: skip
+            ex = _side_example(row, e, i, tokens, values)
         else:
             ex = _example(row, i, tokens, values)
         by_feature[(i, ex.kind)].append(ex)
@@ -268,6 +292,21 @@ def _examples(folder: Path, d_sae: int, side: dict[int, dict], max_act: np.ndarr
                 ex.rank = rank
         out.extend(group)
     return out
+
+
+def _side_example(row: dict, e: dict, i: int, tokens: list, values: list[float]):
+    """An Activation row completed by its record in our `saefeat/` side file."""
+    try:
+        ids = [int(t) for t in e["token_ids"]]
+        ex = FeatureExample(i, int(e["rank"]), float(e["activation"]), int(e["context_index"]),
+                            int(e["position"]), ids, [str(t) for t in tokens], values,
+                            int(e["focus"]), str(e["kind"]))  # fmt: skip
+    except (KeyError, TypeError, ValueError):
+        ex = None
+    if ex is None or len(ids) != len(tokens) or ex.kind not in ("top", "quantile"):
+        raise SpecError(f"{row['_where']}: its saefeat/ side record {row.get('id')!r} is "
+                        "malformed", field="saefeat")  # fmt: skip
+    return ex
 
 
 def _example(row: dict, i: int, tokens: list, values: list[float]) -> FeatureExample:
@@ -296,12 +335,18 @@ def _labels(folder: Path, d_sae: int) -> list[tuple[int, dict]]:
         if source not in LABEL_SOURCES:
             raise SpecError(f"{row['_where']}: label source {source!r}", field="source")
         score = extra.get("score")
-        if score is not None and not math.isfinite(score):
-            raise SpecError(f"{row['_where']}: score is not finite", field="score")
+        if score is not None and (isinstance(score, bool) or not isinstance(score, int | float)
+                                  or not math.isfinite(score)):  # fmt: skip
+            raise SpecError(f"{row['_where']}: score is {score!r}, not a finite number",
+                            field="score")  # fmt: skip
         when = extra.get("created_at")
+        try:
+            created = datetime.fromisoformat(when) if when else None
+        except (TypeError, ValueError):
+            raise SpecError(f"{row['_where']}: created_at is {when!r}, not an ISO time",
+                            field="created_at") from None  # fmt: skip
         fields = {"text": text, "source": source,
                   "author": extra.get("author", row.get("explanationModelName")),
-                  "score": score,
-                  "created_at": datetime.fromisoformat(when) if when else None}  # fmt: skip
+                  "score": score, "created_at": created}  # fmt: skip
         out.append((i, fields))
     return out

@@ -99,6 +99,30 @@ def test_fisher_matches_scipy_and_is_used_for_rare_features():
     assert used.tolist() == [True, False]
 
 
+@pytest.mark.parametrize(("n1", "n2"), [(6, 5000), (5000, 6)])
+def test_fisher_against_a_large_corpus_enumerates_only_the_small_side(n1, n2, monkeypatch):
+    rng = np.random.default_rng(8)  # a few documents vs many: every margin is large
+    small, large = min(n1, n2), max(n1, n2)
+    xs, xl = rng.integers(0, small + 1, 50), rng.integers(0, large // 2, 50)
+    x1, x2 = (xs, xl) if n1 < n2 else (xl, xs)
+    widths = []
+    logpmf = stats.hypergeom.logpmf
+
+    def recorded(k, *args):
+        if np.ndim(k) == 2:  # the grid of counts, [1, columns]
+            widths.append(np.shape(k)[1])
+        return logpmf(k, *args)
+
+    monkeypatch.setattr(stats.hypergeom, "logpmf", recorded)
+    ours = fisher_exact_two_sided(x1, n1, x2, n2)
+    assert max(widths) <= small + 1  # was the margin: ~ large / 2 columns per feature
+    monkeypatch.setattr(stats.hypergeom, "logpmf", logpmf)
+    want = [
+        stats.fisher_exact([[a, n1 - a], [b, n2 - b]]).pvalue for a, b in zip(x1, x2, strict=True)
+    ]
+    assert ours == pytest.approx(want, rel=1e-6, abs=1e-12)
+
+
 def test_classifier_separates_planted_features_and_reports_auroc():
     rng = np.random.default_rng(5)
     a = simulate_side(rng, 120, 64, _rates(f0_8=0.05))
@@ -107,3 +131,19 @@ def test_classifier_separates_planted_features_and_reports_auroc():
     assert clf.auroc is not None and clf.auroc > 0.9
     assert clf.n_test == 72 and len(clf.features) == 16
     assert classify(a.take(np.arange(2)), b, n_features=4).auroc is None
+
+
+@pytest.mark.parametrize("test_fraction", [0.001, 0.999])
+def test_classifier_holds_out_a_document_of_each_side_at_any_fraction(test_fraction):
+    rng = np.random.default_rng(6)  # sklearn refused a held-out part of one document
+    a = simulate_side(rng, 40, 64, _rates(f0_8=0.05))
+    b = simulate_side(rng, 40, 64, _rates(f8_16=0.05))
+    clf = classify(a, b, n_features=8, test_fraction=test_fraction, seed=0)
+    assert clf.auroc is not None and 2 <= clf.n_test <= 78
+
+
+def test_classifier_without_a_held_out_document_of_the_small_side_reports_none():
+    rng = np.random.default_rng(7)  # 4 vs 400: a 1% split holds out no A document
+    a = simulate_side(rng, 4, 64, _rates(f0_8=0.05))
+    b = simulate_side(rng, 400, 64, _rates())
+    assert classify(a, b, n_features=8, test_fraction=0.01, seed=0).auroc is None

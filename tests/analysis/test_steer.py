@@ -101,12 +101,23 @@ def test_clamp_sets_the_feature_and_keeps_the_error_term(tiny):
         (request((1, 1.0), temperature=-1.0), "temperature"),
         (request((1, 1.0), method="scale"), "method"),
         (request((1, 1.0), prompt="  "), "prompt"),
+        (request((1, 1.0), seed=-1), "seed"),
+        (request((1, 1.0), seed=2**70), "seed"),  # past torch's manual_seed
     ],
 )
 def test_bad_requests_name_the_field(req, field):
     with pytest.raises(SpecError) as err:
         check_request(req, d_sae=96, max_new_tokens=64)
     assert err.value.field == field
+
+
+@pytest.mark.parametrize("temperature", [1e-50, 1e-320])
+def test_a_tiny_temperature_samples_like_greedy(tiny, temperature):
+    lm, sae, hook = tiny  # logits / 1e-50 overflow float32: inf - inf was nan
+    greedy = steer(lm, sae, hook, request((5, 40.0), temperature=0.0, n=4))
+    tiny_t = steer(lm, sae, hook, request((5, 40.0), temperature=temperature, n=4))
+    assert tiny_t.default.token_ids == greedy.default.token_ids
+    assert tiny_t.steered.token_ids == greedy.steered.token_ids
 
 
 def test_prompt_over_the_context_is_refused(tiny):

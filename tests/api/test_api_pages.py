@@ -48,6 +48,13 @@ def test_embedded_data_cannot_close_its_script_element(client, db, catalog):
     assert data["projection"]["top"][0]["token"] == "</script><b>x</b>&"
 
 
+def test_steering_form_offers_the_servers_token_limit(app, client, catalog):
+    app.state.settings = app.state.settings.model_copy(update={"steer_max_new_tokens": 16})
+    html = client.get("/saes/sae-a/features/0").text
+    # A fixed max of 64 and default of 24 made the form's first request a 422 here.
+    assert 'name="max_new_tokens" type="number" min="1" max="16" value="16"' in html
+
+
 def test_missing_feature_page_is_404(client, catalog):
     assert client.get("/saes/sae-a/features/999").status_code == 404
     assert client.get("/saes/nope/features/1").status_code == 404

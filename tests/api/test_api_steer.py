@@ -56,6 +56,9 @@ def test_steer_returns_both_continuations(client, steerable):
         ({"prompt": "word " * 600}, "prompt"),
         ({"method": "scale"}, "method"),
         ({"temperature": -0.5}, "temperature"),
+        ({"seed": 10**30}, "seed"),  # was a 500: torch's manual_seed overflowed
+        ({"max_tokens": 8}, "max_tokens"),  # a misspelt field is not silently dropped
+        ({"features": [{"index": 5, "strenght": 1.0}]}, "features.0.strength"),
     ],
 )
 def test_bad_input_is_422_naming_the_field(client, steerable, overrides, field):

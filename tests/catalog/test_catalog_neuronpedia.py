@@ -237,5 +237,70 @@ def test_cli_export_and_import_dispatch_on_the_layout(tmp_path, monkeypatch, mak
             assert queries.count_features(s, "back") == 12
         bad = CliRunner().invoke(app, ["export", "--sae", "sae-a", "--to", "np", "--out", "x"])
         assert bad.exit_code == 2 and "neuronpedia" in bad.output
+        (tmp_path / "a-file").write_text("")  # was a NotADirectoryError traceback
+        for to in ("neuronpedia", "saelens"):
+            bad = CliRunner().invoke(app, ["export", "--sae", "sae-a", "--to", to,
+                                           "--out", str(tmp_path / "a-file")])  # fmt: skip
+            assert bad.exit_code == 2 and "out:" in bad.output, bad.output
+        with catalog_session(get_settings()) as s, pytest.raises(SpecError) as err:
+            neuronpedia.export_neuronpedia(s, "sae-a", tmp_path / "a-file" / "below")
+        assert err.value.field == "out"  # a file on the way: the exporter's own check
     finally:
         get_settings.cache_clear()
+
+
+@pytest.mark.parametrize(
+    ("damage", "field"),
+    [
+        ({"saelensConfig": "{not json"}, "saelensConfig"),
+        ({"saelensConfig": [1, 2]}, "saelensConfig"),
+        ({"saelensConfig": {"d_sae": "forty"}}, "d_sae"),
+        ({"saelensConfig": {"d_sae": 40, "d_in": 1.5}}, "d_in"),
+        ({"neighbours": ["x"]}, "topkCosSimIndices"),
+        ({"neighbours": [40]}, "topkCosSimIndices"),  # past d_sae
+    ],
+)
+def test_a_malformed_config_or_neighbour_is_a_spec_error(session, indexed, fresh, tmp_path,
+                                                         damage, field):  # fmt: skip
+    folder = neuronpedia.export_neuronpedia(session, "sae-a", tmp_path / "out")
+    source = json.loads((folder / "source.jsonl").read_text())
+    if "saelensConfig" in damage:  # these were tracebacks (ValueError, AttributeError)
+        source["saelensConfig"] = damage["saelensConfig"]
+        (folder / "source.jsonl").write_text(json.dumps(source) + "\n")
+    else:
+        path = sorted((folder / "features").glob("batch-*.jsonl.gz"))[0]
+        rows = [json.loads(line) for line in gzip.decompress(path.read_bytes()).splitlines()]
+        rows[0]["topkCosSimIndices"] = damage["neighbours"]
+        rows[0]["topkCosSimValues"] = [0.5]
+        path.write_bytes(gzip.compress("".join(json.dumps(r) + "\n" for r in rows).encode()))
+    with pytest.raises(SpecError) as err:
+        neuronpedia_import.import_neuronpedia(fresh, folder, "copy")
+    assert err.value.field == field
+    assert fresh.get(SAE, "copy") is None
+
+
+@pytest.mark.parametrize(
+    ("damage", "field"),
+    [
+        ({"example": {"rank": None}}, "saefeat"),  # were KeyError/TypeError tracebacks
+        ({"example": {"token_ids": [1]}}, "saefeat"),  # not one id per token
+        ({"example": {"kind": "best"}}, "saefeat"),
+        ({"label": {"score": "high"}}, "score"),
+        ({"label": {"created_at": "yesterday"}}, "created_at"),
+    ],
+)
+def test_a_malformed_side_record_is_a_spec_error(session, indexed, fresh, tmp_path, damage,
+                                                 field):  # fmt: skip
+    folder = neuronpedia.export_neuronpedia(session, "sae-a", tmp_path / "out")
+    path = sorted((folder / "saefeat").glob("batch-*.jsonl.gz"))[0]
+    rows = [json.loads(line) for line in gzip.decompress(path.read_bytes()).splitlines()]
+    row = next(r for r in rows if r["labels"])  # feature 3: examples and labels
+    if "example" in damage:
+        row["examples"][0].update(damage["example"])
+    else:
+        row["labels"][0].update(damage["label"])
+    path.write_bytes(gzip.compress("".join(json.dumps(r) + "\n" for r in rows).encode()))
+    with pytest.raises(SpecError) as err:
+        neuronpedia_import.import_neuronpedia(fresh, folder, "copy")
+    assert err.value.field == field
+    assert fresh.get(SAE, "copy") is None

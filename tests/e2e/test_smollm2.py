@@ -48,8 +48,8 @@ def check_clamping_raises_promoted_tokens(settings, sae_id, n_features=8):
     raised = []
     for f in picked:
         clamp = FeatureStrength(f.index, 10 * f.max_activation)
-        result = steer(lm, sae, sae.cfg.hook,
-                       SteerRequest("The function returns", (clamp,), "clamp", 0.7, 1, 12))  # fmt: skip
+        ask = SteerRequest("The function returns", (clamp,), "clamp", 0.7, 1, 12)
+        result = steer(lm, sae, sae.cfg.hook, ask)
         (steered,), (default,) = (result.steered.mean_promoted_logprob(),
                                   result.default.mean_promoted_logprob())  # fmt: skip
         raised.append(steered - default)
