@@ -50,7 +50,7 @@ class HarvestSpec(_Spec):
     ctx_len: int = Field(128, ge=2, le=1 << 16)
     bos: Literal["context", "document", "none"] = "context"
     token_budget: int = Field(100_000, gt=0)
-    contexts_per_shard: int = Field(64, ge=1)
+    contexts_per_shard: int = Field(64, ge=1, le=1 << 16)  # one shard is held in memory
     # zarr has no bfloat16: it is stored as its raw uint16 bits (see storage/activations.py).
     storage_dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
     # Binary or non-UTF-8 documents: "fail" stops with the file named; "skip" counts them.
@@ -149,7 +149,9 @@ class TrainSpec(_Spec):
         "fp32", description="dtype of Adam's moments (bf16: half the memory)"
     )
     epochs: float = Field(1.0, gt=0, description="passes over the training contexts")
-    seed: int = Field(0, description="seeds the initialisation and the batch order")
+    # Bounded by what torch.manual_seed takes: a larger one would fail inside the job.
+    seed: int = Field(0, ge=0, le=2**63 - 1,
+                      description="seeds the initialisation and the batch order")  # fmt: skip
     device: str | None = None
     name: str | None = None
     checkpoint_every_tokens: int | None = Field(None, gt=0)
@@ -212,7 +214,7 @@ class IndexSpec(_Spec):
     n_quantile_bins: int = Field(10, ge=0, le=100)
     per_quantile_bin: int = Field(5, ge=0, le=100)
     n_neighbours: int = Field(10, ge=0, le=100)  # nearest features by decoder cosine
-    batch_contexts: int = Field(32, ge=1)
+    batch_contexts: int = Field(32, ge=1, le=4096)
     device: str | None = None
 
     @field_validator("sae")

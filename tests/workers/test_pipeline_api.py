@@ -104,6 +104,13 @@ def test_bad_specs_are_refused_without_a_row(api, tiny_llama):
     refused("/v1/trainings", {"activation_set": "as-1", "resume_from": "/etc"},
             "specs.0.resume_from")  # fmt: skip
     refused("/v1/indexings", {"sae": "sae-missing"}, "sae")
+    # Numbers the job could never use (torch's seed range, one shard in memory) are
+    # refused up front, not failed inside the job.
+    refused("/v1/trainings", {"activation_set": "as-1", "seed": 10**26}, "specs.0.seed")
+    refused("/v1/indexings", {"sae": "sae-x", "batch_contexts": 10**20}, "batch_contexts")
+    huge_shards = pipeline_body(tiny_llama)
+    huge_shards["harvest"] = huge_shards["harvest"] | {"contexts_per_shard": 10**9}
+    refused("/v1/pipelines", huge_shards, "harvest.contexts_per_shard")
     refused("/v1/pipelines", pipeline_body(tiny_llama, device="cuda"), "device")
     refused("/v1/pipelines", pipeline_body(tiny_llama, resources={"trainer": 1}),
             "resources.trainer")  # fmt: skip
