@@ -28,6 +28,7 @@ from saefeat.api.job_routes import IdempotencyKey, get_runner
 from saefeat.api.schemas import Problem
 from saefeat.errors import NotFoundError
 from saefeat.storage.catalog import contrasts as store
+from saefeat.storage.catalog import labels
 from saefeat.storage.catalog.models import ApiKey, Job
 from saefeat.workers.contrast_job import CONTRAST
 from saefeat.workers.jobs import JobRunner
@@ -64,6 +65,7 @@ class ContrastFeatureOut(BaseModel):
     p: float
     q: float = Field(description="Benjamini-Hochberg q-value")
     fisher: bool = Field(description="p from Fisher's exact test (rare feature)")
+    label: str | None = Field(None, description="The feature's current label, if it has one")
     url: str = Field(description="The feature's page")
 
 
@@ -97,12 +99,15 @@ def _latest_job(session: Session, contrast_id: str) -> Job | None:
     )
 
 
-def _features(run: store.ContrastRun, rows: list[store.ContrastFeatureRow]):
+def _features(session: Session, run: store.ContrastRun, side: str, n: int):
+    rows = store.top_features(session, run, side, n)
+    texts = labels.current_label_texts(session, run.sae_id, [r.feature_index for r in rows])
     return [
         ContrastFeatureOut(
             feature_index=r.feature_index,
             side=r.side,
             fisher=r.fisher,
+            label=texts.get(r.feature_index),
             url=f"/saes/{run.sae_id}/features/{r.feature_index}",
             **r.stats,
         )
@@ -139,8 +144,8 @@ def contrast_out(session: Session, contrast_id: str, top: int | None) -> Contras
         classifier_features=run.classifier_features,
         seconds=run.seconds,
         created_at=run.created_at,
-        top_a=_features(run, store.top_features(session, run, "a", n)),
-        top_b=_features(run, store.top_features(session, run, "b", n)),
+        top_a=_features(session, run, "a", n),
+        top_b=_features(session, run, "b", n),
     )
 
 

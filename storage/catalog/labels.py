@@ -17,6 +17,7 @@ from saefeat.errors import NotFoundError, SpecError
 from saefeat.storage.catalog.models import (
     LABEL_SOURCES,
     VOTE_VALUES,
+    Feature,
     Label,
     LabelVote,
     Neighbour,
@@ -263,3 +264,13 @@ def label_state_around(session: Session, feature_id: int) -> LabelState:
 def current_labels(session: Session, feature_ids: Iterable[int]) -> dict[int, LabelRow]:
     """The current label of each feature that has one."""
     return label_state(session, feature_ids).currents()
+
+
+def current_label_texts(session: Session, sae_id: str, indices: Iterable[int]) -> dict[int, str]:
+    """Feature index -> current label text, for the features of one SAE that have one."""
+    ids = dict(session.execute(
+        select(Feature.index, Feature.id)
+        .where(Feature.sae_id == sae_id, Feature.index.in_(list(indices)))
+    ).all())  # fmt: skip
+    current = current_labels(session, ids.values())
+    return {index: current[fid].text for index, fid in ids.items() if fid in current}

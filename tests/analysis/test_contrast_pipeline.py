@@ -17,8 +17,9 @@ from saefeat.analysis.contrast_demo import write_demo_corpora
 from saefeat.analysis.contrast_docs import document_layout
 from saefeat.api.app import create_app
 from saefeat.errors import SpecError
-from saefeat.pipeline import catalog_session, run_harvest, run_train
-from saefeat.specs import HarvestSpec, TrainSpec
+from saefeat.pipeline import catalog_session, run_harvest, run_index, run_train
+from saefeat.specs import HarvestSpec, IndexSpec, TrainSpec
+from saefeat.storage.catalog import labels, queries
 from saefeat.storage.catalog.contrasts import ContrastFeature, ContrastRun
 from saefeat.storage.catalog.keys import create_api_key
 from saefeat.storage.catalog.models import Job
@@ -93,6 +94,15 @@ def test_contrast_job_over_http_then_page_and_cli(pair, settings):
 
         out = client.get(accepted["location"]).json()
         assert out["status"] == "succeeded", out
+        assert all(f["label"] is None for f in out["top_a"] + out["top_b"])  # not indexed
+        run_index(IndexSpec(sae=sae_id, n_examples=2, n_quantile_bins=0), settings=settings)
+        with catalog_session(settings) as s:
+            feature = queries.get_feature(s, sae_id, out["top_a"][0]["feature_index"])
+            labels.add_label(s, feature, text="doc prose", source="human", author="t")
+            s.commit()
+        out = client.get(accepted["location"]).json()
+        assert out["top_a"][0]["label"] == "doc prose"
+        assert all(f["label"] is None for f in out["top_a"][1:] + out["top_b"])
         assert out["n_docs_a"] > 10 and out["n_docs_b"] > 10
         # Random-model text and documentation differ at every feature the SAE learnt.
         assert out["top_a"] and out["top_b"]
@@ -110,6 +120,7 @@ def test_contrast_job_over_http_then_page_and_cli(pair, settings):
         assert page.status_code == 200
         assert "Fires more in A" in page.text and "Fires more in B" in page.text
         assert f'href="{first["url"]}"' in page.text
+        assert "doc prose" in page.text
         assert client.get("/contrasts/ct-nope").status_code == 404
         missing = client.get("/v1/contrasts/ct-nope")
         assert missing.status_code == 404
