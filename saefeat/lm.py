@@ -12,6 +12,7 @@ import importlib.util
 import os
 import re
 import shutil
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
@@ -23,6 +24,13 @@ from torch import nn
 from saefeat.errors import SpecError
 
 EMBEDDED_MODEL = "smollm2-135m"
+
+# transformers resolves its classes and model families lazily, on first use; two threads
+# doing that at once can see a half-imported module ("cannot import name 'AutoConfig'
+# from 'transformers'": two jobs submitted together to one API process did). Every import
+# and from_pretrained through transformers in this process holds this lock (reentrant:
+# load_model reads the config through model_config_and_tokenizer).
+TRANSFORMERS_LOCK = threading.RLock()
 HOOK_TYPES = ("resid_pre", "resid_post", "mlp_out", "attn_out")
 _HOOK_RE = re.compile(r"^blocks\.(\d+)\.hook_(resid_pre|resid_post|mlp_out|attn_out)$")
 
@@ -87,7 +95,6 @@ def embedded_model_dir() -> Path:
     loads in under a second, which matters when every Ray worker loads the model.
     """
     from safetensors.torch import save_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from saefeat.config import get_settings
 
@@ -95,8 +102,11 @@ def embedded_model_dir() -> Path:
     if (target / "model.safetensors").is_file():
         return target
     gguf = embedded_model_file()
-    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    with TRANSFORMERS_LOCK:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config  # weights are de-quantised fp32 now
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
@@ -206,6 +216,13 @@ def load_model(
     dtype: torch.dtype = torch.float32,
 ) -> LanguageModel:
     """Load a model by transformers id, local folder, .gguf file, or the embedded default."""
+    with TRANSFORMERS_LOCK:
+        return _load_model(name, revision, device, dtype)
+
+
+def _load_model(
+    name: str, revision: str | None, device: str | torch.device, dtype: torch.dtype
+) -> LanguageModel:
     from transformers import AutoModel, AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
@@ -237,14 +254,15 @@ def cached_model(
 
 def model_config_and_tokenizer(name: str, revision: str | None = None):
     """Config and tokenizer without the weights: enough to validate hooks and pack a corpus."""
-    from transformers import AutoConfig, AutoTokenizer
+    with TRANSFORMERS_LOCK:
+        from transformers import AutoConfig, AutoTokenizer
 
-    source, kwargs = _resolve_source(name)
-    try:
-        config = AutoConfig.from_pretrained(source, revision=revision, **kwargs)
-        tokenizer = AutoTokenizer.from_pretrained(source, revision=revision, **kwargs)
-    except (OSError, ValueError) as e:
-        raise _unknown_model(name) from e
+        source, kwargs = _resolve_source(name)
+        try:
+            config = AutoConfig.from_pretrained(source, revision=revision, **kwargs)
+            tokenizer = AutoTokenizer.from_pretrained(source, revision=revision, **kwargs)
+        except (OSError, ValueError) as e:
+            raise _unknown_model(name) from e
     return config, tokenizer
 
 

@@ -88,3 +88,38 @@ def test_bert_encoder_hooks():
     assert a["blocks.1.hook_mlp_out"].shape == (1, 7, 32)
     W_U, scale = lm.unembedding()
     assert W_U.shape == (100, 32) and scale is None
+
+
+# Fresh interpreters (transformers not yet imported), each with 8 threads reading a model's
+# config and tokenizer at the same moment, as two jobs submitted together do in the API
+# process. Without saefeat.lm's TRANSFORMERS_LOCK, 2 of 6 such processes here failed with
+# "cannot import name 'AutoConfig' from 'transformers'".
+_FIRST_LOADS = """
+import sys, threading
+from saefeat.lm import model_config_and_tokenizer
+barrier, errors = threading.Barrier(8), []
+def load():
+    barrier.wait()
+    try:
+        model_config_and_tokenizer(sys.argv[1])
+    except Exception as e:
+        errors.append(repr(e))
+threads = [threading.Thread(target=load) for _ in range(8)]
+[t.start() for t in threads]
+[t.join() for t in threads]
+sys.exit(errors[0] if errors else 0)
+"""
+
+
+def test_first_transformers_loads_from_many_threads_at_once(tiny_llama):
+    import subprocess
+    import sys
+
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _FIRST_LOADS, str(tiny_llama)], stderr=subprocess.PIPE, text=True
+        )  # fmt: skip
+        for _ in range(6)
+    ]
+    failures = [p.communicate(timeout=300)[1] for p in procs if p.wait(timeout=300) != 0]
+    assert not failures, failures[0][-2000:]

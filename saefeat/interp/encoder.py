@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from saefeat.errors import SpecError
+from saefeat.lm import TRANSFORMERS_LOCK
 
 ENCODER_NAME = "all-MiniLM-L6-v2"
 MAX_TOKENS = 128
@@ -37,11 +38,12 @@ class SentenceEncoder:
     name = ENCODER_NAME
 
     def __init__(self, device: str = "cpu"):
-        from transformers import AutoModel, AutoTokenizer
-
         path = str(_model_dir())
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
-        self.model = AutoModel.from_pretrained(path).to(device).eval()
+        with TRANSFORMERS_LOCK:  # see saefeat.lm
+            from transformers import AutoModel, AutoTokenizer
+
+            self.tokenizer = AutoTokenizer.from_pretrained(path)
+            self.model = AutoModel.from_pretrained(path).to(device).eval()
         self.device = device
 
     @torch.inference_mode()
