@@ -114,6 +114,13 @@ class JobRunner:
             s.expunge(job)
             return job, new
 
+    def submit_and_start(self, spec: BaseModel, idempotency_key: str | None = None) -> Job:
+        """`submit`, then start the job if it is new (a replayed or joined one runs already)."""
+        job, created = self.submit(spec, idempotency_key)
+        if created:
+            self.start(job.id)
+        return job
+
     def cancel(self, job_id: str) -> Job:
         job = self.get(job_id)
         if job.status in FINISHED:

@@ -168,9 +168,7 @@ def submit_contrast(
     if spec.device is not None:  # one the cluster lacks would wait for it forever
         check_device(spec.device, None, cluster_resources(settings))
     check_inputs(spec, settings)  # bad input stores nothing
-    job, created = runner.submit(spec, idempotency_key)
-    if created:
-        runner.start(job.id)
+    job = runner.submit_and_start(spec, idempotency_key)
     location = str(request.url_for("get_contrast", contrast_id=job.spec_hash).path)
     response.headers["Location"] = location
     return ContrastAccepted(

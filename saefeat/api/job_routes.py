@@ -211,9 +211,7 @@ def submit_harvest(
 def submit_job(spec, request: Request, response: Response, runner: JobRunner,
                idempotency_key: str | None) -> JobAccepted:  # fmt: skip
     """Submit (or replay, or join) and start the job; 202's body and Location header."""
-    job, created = runner.submit(spec, idempotency_key)
-    if created:
-        runner.start(job.id)
+    job = runner.submit_and_start(spec, idempotency_key)
     location = str(request.url_for("get_job", job_id=job.id).path)
     response.headers["Location"] = location
     return JobAccepted(job_id=job.id, status=job.status, location=location)
