@@ -89,13 +89,14 @@ class JobRunner:
             s.expunge_all()
             return jobs, next_cursor
 
-    def latest(self, kind: str, spec_hash: str) -> Job | None:
-        """The newest job of this kind and spec hash (a pipeline's stage), or None."""
+    def latest_many(self, keys: list[tuple[str, str]]) -> dict[tuple[str, str], Job]:
+        """The newest job of each (kind, spec hash) pair that has one (a pipeline's
+        stages), in one query."""
         with self.make_session() as s:
-            job = job_store.latest_job(s, kind, spec_hash)
-            if job is not None:
+            jobs = job_store.latest_jobs(s, keys)
+            for job in jobs.values():
                 s.expunge(job)
-            return job
+            return jobs
 
     def _update(self, job_id: str, **values) -> None:
         with self.make_session() as s:

@@ -89,14 +89,13 @@ def run_train_job(
     progress: Progress | None,
     should_stop: Callable[[], bool],
 ) -> JobOutcome:
-    import ray
-
     from saefeat.workers.ray_stage import run_on_ray
+    from saefeat.workers.runtime import gpus_available
 
     ids = spec.sae_ids()
     if already_trained(settings, ids):
         return JobOutcome("succeeded", f"already trained: {', '.join(ids)}", ids)
-    device, opts = ray_options(spec, int(ray.cluster_resources().get("GPU", 0)))
+    device, opts = ray_options(spec, gpus_available())
     specs = [s.model_copy(update={"device": device}) for s in spec.specs]
     out, starts = run_on_ray(_train_task, (specs, settings), opts,
                              progress=progress, should_stop=should_stop)  # fmt: skip

@@ -16,7 +16,6 @@ from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request, Response
 from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel, Field
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from saefeat.admission import check_device, cluster_resources
@@ -28,8 +27,8 @@ from saefeat.api.job_routes import IdempotencyKey, get_runner
 from saefeat.api.schemas import Problem
 from saefeat.errors import NotFoundError
 from saefeat.storage.catalog import contrasts as store
-from saefeat.storage.catalog import labels
-from saefeat.storage.catalog.models import ApiKey, Job
+from saefeat.storage.catalog import job_store, labels
+from saefeat.storage.catalog.models import ApiKey
 from saefeat.workers.contrast_job import CONTRAST
 from saefeat.workers.jobs import JobRunner
 
@@ -90,15 +89,6 @@ class ContrastOut(BaseModel):
     top_b: list[ContrastFeatureOut] = Field(default_factory=list)
 
 
-def _latest_job(session: Session, contrast_id: str) -> Job | None:
-    return session.scalar(
-        select(Job)
-        .where(Job.kind == CONTRAST.name, Job.spec_hash == contrast_id)
-        .order_by(Job.created_at.desc())
-        .limit(1)
-    )
-
-
 def _features(session: Session, run: store.ContrastRun, side: str, n: int):
     rows = store.top_features(session, run, side, n)
     texts = labels.current_label_texts(session, run.sae_id, [r.feature_index for r in rows])
@@ -117,7 +107,7 @@ def _features(session: Session, run: store.ContrastRun, side: str, n: int):
 
 def contrast_out(session: Session, contrast_id: str, top: int | None) -> ContrastOut:
     run = store.get_contrast(session, contrast_id)
-    job = _latest_job(session, contrast_id)
+    job = job_store.latest_job(session, CONTRAST.name, contrast_id)
     if run is None and job is None:
         raise NotFoundError(f"no contrast {contrast_id!r}; submit one with POST /v1/contrasts")
     if run is None or (job is not None and job.status in ("queued", "running")):

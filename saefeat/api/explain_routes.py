@@ -7,13 +7,14 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 from sqlalchemy.orm import Session
 
 from saefeat.api.auth import require_scope
 from saefeat.api.deps import get_session
 from saefeat.api.errors import problem_responses
 from saefeat.api.job_routes import IdempotencyKey, JobAccepted, get_runner, submit_job
+from saefeat.api.params import SaeId
 from saefeat.interp.spec import ExplainOptions, ExplainSpec
 from saefeat.storage.catalog.models import ApiKey
 from saefeat.workers.explain import check_explain
@@ -37,7 +38,7 @@ router = APIRouter(tags=["jobs"])
     ),
 )
 def submit_explanations(
-    sae_id: Annotated[str, Path(description="SAE id, as listed by GET /v1/saes")],
+    sae_id: SaeId,
     body: ExplainOptions,
     request: Request,
     response: Response,

@@ -111,25 +111,47 @@ class JobList(BaseModel):
     next_cursor: str | None = Field(default=None, description="Pass as `cursor` for more")
 
 
-def _stages(job: Job, runner: JobRunner) -> list[StageOut] | None:
+StageKey = tuple[str, str, str]  # (stage name, job kind, spec hash)
+
+
+def _stage_keys(job: Job) -> list[StageKey] | None:
+    """The stages of a pipeline job's plan; None for other kinds, and for a row from an
+    older saefeat (shown without its chain)."""
     from saefeat.workers.job_kinds import job_kind
 
+    if job.kind != "pipeline":
+        return None
     try:
         steps = plan(PipelineSpec.model_validate(job.spec))
-    except Exception:  # a row from an older saefeat: show it without its chain
+    except Exception:
         return None
-    out = []
-    for stage, child in steps:
-        latest = runner.latest(stage.kind, job_kind(stage.kind).spec_hash(child))
-        out.append(StageOut(stage=stage.name, kind=stage.kind, job_id=latest and latest.id,
-                            status=latest.status if latest else "pending",
-                            progress_done=latest.progress_done if latest else 0,
-                            progress_total=latest.progress_total if latest else None))  # fmt: skip
-    return out
+    return [(stage.name, stage.kind, job_kind(stage.kind).spec_hash(child))
+            for stage, child in steps]  # fmt: skip
+
+
+def _jobs_out(jobs: list[Job], request: Request, key: ApiKey | None,
+              runner: JobRunner) -> list[JobOut]:  # fmt: skip
+    """Each job as the API shows it; every pipeline's stage jobs are read in one query."""
+    plans = {job.id: _stage_keys(job) for job in jobs}
+    latest = runner.latest_many([(k, h) for keys in plans.values() for _, k, h in keys or ()])
+
+    def stages(keys: list[StageKey] | None) -> list[StageOut] | None:
+        if keys is None:
+            return None
+        out = []
+        for name, kind, spec_hash in keys:
+            job = latest.get((kind, spec_hash))
+            out.append(StageOut(stage=name, kind=kind, job_id=job and job.id,
+                                status=job.status if job else "pending",
+                                progress_done=job.progress_done if job else 0,
+                                progress_total=job.progress_total if job else None))  # fmt: skip
+        return out
+
+    return [_job_out(job, request, key, stages(plans[job.id])) for job in jobs]
 
 
 def _job_out(
-    job: Job, request: Request, key: ApiKey | None, runner: JobRunner | None = None
+    job: Job, request: Request, key: ApiKey | None, stages: list[StageOut] | None
 ) -> JobOut:
     eta = None
     if job.rate and job.progress_total is not None:
@@ -144,7 +166,7 @@ def _job_out(
         eta_seconds=eta,
         created_at=job.created_at,
         updated_at=job.updated_at,
-        stages=_stages(job, runner) if job.kind == "pipeline" and runner else None,
+        stages=stages,
         detailed=False,
     )
     if key is None or not has_scope(key, "jobs"):
@@ -304,8 +326,7 @@ def list_jobs(
     ] = None,
 ) -> JobList:
     jobs, next_cursor = runner.list(limit, cursor)
-    return JobList(items=[_job_out(j, request, key, runner) for j in jobs],
-                   next_cursor=next_cursor)  # fmt: skip
+    return JobList(items=_jobs_out(jobs, request, key, runner), next_cursor=next_cursor)
 
 
 @router.get(
@@ -320,7 +341,7 @@ def get_job(
     runner: Annotated[JobRunner, Depends(get_runner)],
     key: Annotated[ApiKey | None, Depends(optional_key)],
 ) -> JobOut:
-    return _job_out(runner.get(job_id), request, key, runner)
+    return _jobs_out([runner.get(job_id)], request, key, runner)[0]
 
 
 @router.post(
@@ -335,4 +356,4 @@ def cancel_job(
     key: Annotated[ApiKey, Depends(require_scope("jobs"))],
     runner: Annotated[JobRunner, Depends(get_runner)],
 ) -> JobOut:
-    return _job_out(runner.cancel(job_id), request, key, runner)
+    return _jobs_out([runner.cancel(job_id)], request, key, runner)[0]

@@ -58,6 +58,20 @@ def latest_job(session: Session, kind: str, spec_hash: str) -> Job | None:
                           .order_by(Job.created_at.desc()).limit(1))  # fmt: skip
 
 
+def latest_jobs(session: Session, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], Job]:
+    """`latest_job` for many (kind, spec hash) pairs in one query: the pairs with a job."""
+    wanted = set(keys)
+    if not wanted:
+        return {}
+    rows = session.scalars(select(Job).where(Job.spec_hash.in_({h for _, h in wanted}))
+                           .order_by(Job.created_at.desc()))  # fmt: skip
+    out: dict[tuple[str, str], Job] = {}
+    for job in rows:
+        if (job.kind, job.spec_hash) in wanted:
+            out.setdefault((job.kind, job.spec_hash), job)
+    return out
+
+
 def update_job(session: Session, job_id: str, **values: Any) -> None:
     """Set `values` on the job's row (nothing if it is gone) and commit."""
     job = session.get(Job, job_id)
