@@ -18,8 +18,8 @@ def run_contrast_job(
     progress: Progress | None,
     should_stop: Callable[[], bool],
 ) -> JobOutcome:
-    from saefeat.pipeline import catalog_session
     from saefeat.storage.catalog.contrasts import write_contrast
+    from saefeat.storage.catalog.db import catalog_session
 
     try:
         result = run_contrast(spec, settings=settings, progress=progress, should_stop=should_stop)

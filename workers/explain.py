@@ -21,7 +21,7 @@ import ray
 from saefeat.config import Settings, get_settings
 from saefeat.errors import SaefeatError
 from saefeat.interp.evidence import FeatureEvidence
-from saefeat.interp.explainers import make_explainer
+from saefeat.interp.explainers import make_explainer, query_text
 from saefeat.interp.llm import LLMClient
 from saefeat.interp.pool import ScoringPool
 from saefeat.interp.scorers import NotScorable, check_scorers
@@ -102,7 +102,7 @@ def explain_batch(
                 out[ev.index] = FeatureOutcome(ev.index, error=f"explainer: {_why(e)}")
         if embed is not None:  # encode the batch's texts together: much faster than singly
             held = [w.text for ev in evidence for w in ev.held_out[:10]]
-            embed.prime(list(texts.values()) + held)
+            embed.prime([query_text(t) for t in texts.values()] + held)  # what scorers read
         for ev in evidence:
             if ev.index in out:
                 continue
@@ -162,7 +162,7 @@ def check_explain_setup(spec: ExplainSpec, settings: Settings) -> None:
 
 def validate_explain(spec: ExplainSpec, settings: Settings | None = None) -> None:
     """check_explain on its own catalog session (the CLI, before its progress bar)."""
-    from saefeat.pipeline import catalog_session
+    from saefeat.storage.catalog.db import catalog_session
 
     settings = settings or get_settings()
     with catalog_session(settings) as s:

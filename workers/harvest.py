@@ -33,12 +33,7 @@ from saefeat.specs import HarvestSpec
 from saefeat.storage.activations import STATUS_COMPLETE, ActivationSet
 from saefeat.storage.stats import set_statistics
 from saefeat.workers.job_kinds import JobBusy, JobStopped
-from saefeat.workers.runtime import (
-    cpus_available,
-    ensure_ray,
-    gpus_available,
-    largest_node_cpus,
-)
+from saefeat.workers.runtime import ensure_ray, gpus_available, task_cpus
 from saefeat.workers.shard import IN_FLIGHT, ShardHarvester, model_dtype
 
 log = logging.getLogger(__name__)
@@ -279,7 +274,7 @@ class _ShardRun:
         device = self.spec.device or ("cuda" if n_gpus else "cpu")
         default_workers = max(1, n_gpus) if device.startswith("cuda") else 1
         n_workers = min(self.spec.workers or default_workers, n_shards)
-        threads = max(1, min(cpus_available() // n_workers, largest_node_cpus()))
+        threads = task_cpus(n_workers)
         options = {"num_gpus": 1} if device.startswith("cuda") else {"num_cpus": threads}
         if not self.settings.ray_address:  # our own Ray: what it has is all it will have
             _check_fits(options, n_workers)

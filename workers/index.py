@@ -28,12 +28,7 @@ from saefeat.lm import cached_model
 from saefeat.sae import SparseAutoencoder, load_sae
 from saefeat.specs import IndexSpec
 from saefeat.storage.activations import ActivationSet
-from saefeat.workers.runtime import (
-    cpus_available,
-    ensure_ray,
-    gpus_available,
-    largest_node_cpus,
-)
+from saefeat.workers.runtime import cpus_available, ensure_ray, gpus_available, task_cpus
 
 Progress = Callable[[int, int], None]
 
@@ -110,7 +105,7 @@ def index_sae(
     n_gpus = gpus_available()
     device = spec.device or ("cuda" if n_gpus else "cpu")
     # On CPUs: tasks as big as a node allows (one on a single machine), spread over nodes.
-    per_task = min(cpus_available(), largest_node_cpus())
+    per_task = task_cpus()
     n_cpu_tasks = max(1, cpus_available() // per_task)
     n_tasks = min(len(shards), max(1, n_gpus) if device.startswith("cuda") else n_cpu_tasks)
     opts = {"num_gpus": 1} if device.startswith("cuda") else {"num_cpus": per_task}

@@ -26,7 +26,7 @@ def already_indexed(settings: Settings, sae_id: str) -> bool:
     """The catalog holds the SAE's features (an index was written for it)."""
     from sqlalchemy import func, select
 
-    from saefeat.pipeline import catalog_session
+    from saefeat.storage.catalog.db import catalog_session
     from saefeat.storage.catalog.models import Feature
 
     with catalog_session(settings) as s:

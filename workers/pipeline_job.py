@@ -172,7 +172,7 @@ def run_pipeline_job(
     progress: Progress | None,
     should_stop: Callable[[], bool],
 ) -> JobOutcome:
-    from saefeat.pipeline import catalog_sessions
+    from saefeat.storage.catalog.db import catalog_sessions
     from saefeat.workers.jobs import JobRunner
 
     steps = plan(spec)

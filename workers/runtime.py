@@ -119,5 +119,11 @@ def largest_node_cpus() -> int:
     return max(sizes, default=1) or 1
 
 
+def task_cpus(n_tasks: int = 1) -> int:
+    """CPUs for each of `n_tasks` tasks sharing what is free, no more than one node has:
+    a task asking for more than any node could never be scheduled."""
+    return max(1, min(cpus_available() // n_tasks, largest_node_cpus()))
+
+
 def gpus_available() -> int:
     return int(ray.cluster_resources().get("GPU", 0))

@@ -64,7 +64,7 @@ def ray_options(spec: TrainJobSpec, cluster_gpus: int) -> tuple[str, dict[str, A
 
 def already_trained(settings: Settings, sae_ids: list[str]) -> bool:
     """Every SAE of the sweep is saved with its metrics and in the catalog."""
-    from saefeat.pipeline import catalog_session
+    from saefeat.storage.catalog.db import catalog_session
     from saefeat.storage.catalog.models import SAE
 
     if not all((settings.saes_dir / i / "metrics.json").is_file() for i in sae_ids):

@@ -24,7 +24,7 @@ from saefeat.sae.base import read_config
 from saefeat.storage.activations import ActivationSet
 from saefeat.storage.exclusion import excluded_rows
 from saefeat.workers.index import encoded_batches
-from saefeat.workers.runtime import cpus_available, ensure_ray, gpus_available
+from saefeat.workers.runtime import ensure_ray, gpus_available, task_cpus
 
 
 class ContrastCancelled(Exception):
@@ -97,7 +97,7 @@ def count_sides(
     ensure_ray(settings)
     n_gpus = gpus_available()
     device = device or ("cuda" if n_gpus else "cpu")
-    opts = {"num_gpus": 1} if device.startswith("cuda") else {"num_cpus": cpus_available()}
+    opts = {"num_gpus": 1} if device.startswith("cuda") else {"num_cpus": task_cpus()}
     # One task per GPU, else one task for everything: each task loads the SAE once and
     # takes a share of every set's shards.
     n_tasks = max(1, n_gpus) if device.startswith("cuda") else 1

@@ -38,7 +38,7 @@ class ExplainPlan:
     skipped_dead: int
 
     def load_evidence(self, settings: Settings, indices: list[int]) -> list[FeatureEvidence]:
-        from saefeat.pipeline import catalog_session
+        from saefeat.storage.catalog.db import catalog_session
 
         out = []
         with catalog_session(settings) as s:
@@ -109,7 +109,7 @@ def check_sae(session: Session, spec: ExplainSpec) -> SAE:
 
 def prepare(spec: ExplainSpec, settings: Settings, explainer: Explainer) -> ExplainPlan:
     """Check the SAE is indexed and pick the features to do (SpecError / NotFoundError)."""
-    from saefeat.pipeline import catalog_session
+    from saefeat.storage.catalog.db import catalog_session
 
     with catalog_session(settings) as s:
         sae = check_sae(s, spec)
@@ -147,7 +147,7 @@ def write_outcomes(
 ) -> int:
     """Store each successful feature (label + explanation + scores) in one transaction per
     batch; failed features store nothing. Returns how many were written."""
-    from saefeat.pipeline import catalog_session
+    from saefeat.storage.catalog.db import catalog_session
 
     written = 0
     with catalog_session(settings) as s:

@@ -3,8 +3,7 @@ the subject model (up to the SAE's hook) and the SAE, and embedded once.
 
 Scorers take their negatives ("random windows") and the activation scorer its retrieval
 corpus from here, leaving out, per feature, the contexts its explanation was made from.
-Which contexts make the pool is `scoring_contexts`: the set's held-out slice when it
-exposes one (contexts training never read), else a seeded sample of all contexts.
+Which contexts make the pool is `scoring_contexts`: a seeded sample of all contexts.
 """
 
 from __future__ import annotations
@@ -22,15 +21,10 @@ WINDOW_TOKENS = 32  # a pool window: long enough to read, short enough to be abo
 
 
 def scoring_contexts(aset, n_contexts: int, seed: int = 0) -> np.ndarray:
-    """Context indices the pool is cut from. Prefers the set's held-out contexts (an
-    attribute or method `held_out_contexts`, if the set has one); else samples all."""
-    held = getattr(aset, "held_out_contexts", None)
-    candidates = np.asarray(held() if callable(held) else held) if held is not None else None
-    if candidates is None or candidates.size == 0:
-        candidates = np.arange(aset.n_contexts)
+    """Context indices the pool is cut from: a seeded sample of all the set's contexts."""
     rng = np.random.default_rng(seed)
-    take = min(n_contexts, candidates.size)
-    return np.sort(rng.choice(candidates, size=take, replace=False))
+    take = min(n_contexts, aset.n_contexts)
+    return np.sort(rng.choice(aset.n_contexts, size=take, replace=False))
 
 
 @dataclass
@@ -75,9 +69,8 @@ def build_pool(
     for b in range(0, len(contexts), batch_contexts):
         ids = torch.from_numpy(tokens[contexts[b : b + batch_contexts]].astype(np.int64))
         x = run_to_hooks(lm, ids, [point])[hook]  # [batch, ctx, d_in]
-        vals, idx = sae.encode(x.reshape(-1, x.shape[-1]).to(sae.W_enc.dtype))
-        dense = torch.zeros(vals.shape[0], sae.cfg.d_sae).scatter_(1, idx, vals.float())
-        dense = dense.clamp(min=0).reshape(ids.shape[0], ctx_len, -1)
+        flat = x.reshape(-1, x.shape[-1]).to(sae.W_enc.dtype)
+        dense = sae.dense_activations(flat).float().clamp(min=0).reshape(ids.shape[0], ctx_len, -1)
         for j, ctx in enumerate(contexts[b : b + batch_contexts]):
             for s in starts:
                 row = len(texts)
