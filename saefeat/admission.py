@@ -129,12 +129,16 @@ def admit_train(job, settings: Settings, field: str = "") -> None:
     check_placement(job.device, job.resources, cluster_resources(settings), field)
 
 
-def _admit_train_spec(spec: TrainSpec, settings: Settings, field: str) -> None:
-    from saefeat.storage.activations import STATUS_COMPLETE, open_set
-
+def _no_resume(spec: TrainSpec, field: str) -> None:
     if spec.resume_from is not None:
         raise SpecError("not accepted over HTTP: a training resumes from its own checkpoint "
                         "when resubmitted", field=f"{field}resume_from")  # fmt: skip
+
+
+def _admit_train_spec(spec: TrainSpec, settings: Settings, field: str) -> None:
+    from saefeat.storage.activations import STATUS_COMPLETE, open_set
+
+    _no_resume(spec, field)
     try:
         aset = open_set(settings.activations_dir, spec.activation_set)
     except Exception:  # missing or unreadable: the same answer
@@ -187,8 +191,7 @@ def admit_pipeline(spec, settings: Settings) -> None:
                 raise SpecError(e.message, field=f"harvest.{e.field}") from None
         elif stage.name == "train":
             for one in child.specs:
-                if one.resume_from is not None:
-                    raise SpecError("not accepted over HTTP", field="train.resume_from")
+                _no_resume(one, "train.")
                 if "harvest" not in made:
                     _admit_train_spec(one, settings, "train.")
             check_placement(child.device, child.resources, cluster_resources(settings))

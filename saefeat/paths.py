@@ -34,8 +34,12 @@ def check_id(value: str, field: str) -> str:
 
 
 def is_inside(path: Path, folder: Path) -> bool:
-    """Whether resolved `path` is `folder` or lies under it (both resolved here)."""
-    path, folder = path.resolve(), folder.resolve()
+    """Whether `path` is `folder` or lies under it (both resolved here)."""
+    return _under(path.resolve(), folder.resolve())
+
+
+def _under(path: Path, folder: Path) -> bool:
+    """`is_inside` for paths already resolved."""
     return path == folder or folder in path.parents
 
 
@@ -80,7 +84,7 @@ class CorpusRoots:
             path = raw.resolve()
         except (OSError, RuntimeError):  # a symlink loop
             raise self._refuse(source, field) from None
-        if not any(path == r or r in path.parents for r in self.roots):
+        if not any(_under(path, r) for r in self.roots):
             raise self._refuse(source, field)
         readable = (path.is_file() and os.access(path, os.R_OK)) or (
             path.is_dir() and os.access(path, os.R_OK | os.X_OK)
@@ -94,7 +98,7 @@ class CorpusRoots:
         (a symlink in a root that points out is refused). Returns `found`, whose name
         the document ids keep."""
         path = found.resolve()
-        if not any(path == r or r in path.parents for r in self.roots):
+        if not any(_under(path, r) for r in self.roots):
             raise SpecError(
                 f"{found} in corpus path {source!r} resolves outside the corpus roots "
                 f"({self.describe()})",

@@ -60,9 +60,6 @@ class Remote:
     def job(self, job_id: str) -> dict:
         return self._call("GET", f"/v1/jobs/{job_id}")
 
-    def cancel(self, job_id: str) -> dict:
-        return self._call("POST", f"/v1/jobs/{job_id}/cancel")
-
 
 def _describe(job: dict) -> str:
     what = f"{job['kind']} {job['id'][:8]} {job['status']}"

@@ -16,7 +16,6 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from saefeat.storage.catalog.models import Base, utcnow
 
-SIDES = ("a", "b")
 STAT_COLUMNS = (
     "token_rate_a", "token_rate_b", "doc_rate_a", "doc_rate_b", "window_rate_a",
     "window_rate_b", "mean_act_a", "mean_act_b", "mean_act_diff", "log_ratio", "z", "p", "q",

@@ -54,7 +54,7 @@ def _match_condition(session: Session, q: str) -> tuple[ColumnElement, ColumnEle
 
 
 FIRST_BATCH, MAX_BATCH = 64, 4096
-MAX_SCAN = 20_000  # matches one request reads at most (the API passes its setting)
+MAX_SCAN = 20_000  # matches one request reads at most (docs/SECURITY.md, fixed limits)
 # PostgreSQL: how many of the newest label ids are scanned in id order before the GIN index
 # takes over (see _matches_newest_first).
 RECENT_LABELS = 4096
