@@ -104,7 +104,8 @@ def shuffled_scores(settings, spec, true_text: dict[int, str]) -> dict[str, list
     plan = prepare(spec, settings, OfflineExplainer())  # nothing skipped: a fresh name
     plan.todo = sorted(true_text)
     pool = plan.build_pool(settings)
-    evidence = {ev.index: ev for ev in plan.load_evidence(settings, plan.todo)}
+    with catalog_session(settings) as s:
+        evidence = {ev.index: ev for ev in plan.load_evidence(s, plan.todo)}
     embed = EmbeddingCache(sentence_encoder())
     scorers = make_scorers(["embedding", "activation"], embed=embed, client=None)
     order = plan.todo

@@ -178,6 +178,7 @@ def run_explain(
 ) -> ExplainResult:
     """Explain and score the spec's features; see the module docstring."""
     from saefeat.interp.catalog_io import prepare, write_outcomes
+    from saefeat.storage.catalog.db import catalog_sessions
 
     settings = settings or get_settings()
     llm = _llm_settings(settings)
@@ -213,35 +214,42 @@ def run_explain(
     values: dict[str, list[float]] = {}
 
     def submit(batch: list[int]) -> None:
-        evidence = plan.load_evidence(settings, batch)
+        with sessions() as s:
+            evidence = plan.load_evidence(s, batch)
         pending[_explain_task.remote(job, evidence, pool_ref)] = batch
 
+    def collect(ref: Any) -> None:
+        nonlocal done
+        batch = pending.pop(ref)
+        outcomes = ray.get(ref)
+        with sessions() as s:
+            result.explained += write_outcomes(s, plan, explainer, outcomes)
+        for o in outcomes:
+            if o.error:
+                result.failed[o.index] = o.error
+            for score in o.scores:
+                values.setdefault(score.type, []).append(score.value)
+        done += len(batch)
+        if progress:
+            progress(done, total)
+
     queue = list(batches)
-    try:
-        while queue or pending:
-            while queue and len(pending) < width and not (should_stop and should_stop()):
-                submit(queue.pop(0))
-            if should_stop and should_stop():
-                result.cancelled = True
-                break
-            if not pending:
-                break
-            ready, _ = ray.wait(list(pending), num_returns=1)
-            batch = pending.pop(ready[0])
-            outcomes = ray.get(ready[0])
-            written = write_outcomes(settings, plan, explainer, outcomes)
-            for o in outcomes:
-                if o.error:
-                    result.failed[o.index] = o.error
-                for s in o.scores:
-                    values.setdefault(s.type, []).append(s.value)
-            result.explained += written
-            done += len(batch)
-            if progress:
-                progress(done, total)
-    finally:
-        for ref in pending:
-            ray.cancel(ref)
+    # One engine for the whole job: each opening of the catalog migrates it and makes one.
+    with catalog_sessions(settings) as sessions:
+        try:
+            while queue or pending:
+                while queue and len(pending) < width and not (should_stop and should_stop()):
+                    submit(queue.pop(0))
+                if should_stop and should_stop():
+                    result.cancelled = True
+                    break
+                if not pending:
+                    break
+                ready, _ = ray.wait(list(pending), num_returns=1)
+                collect(ready[0])
+        finally:
+            for ref in pending:
+                ray.cancel(ref)
     result.mean_scores = {k: float(np.mean(v)) for k, v in values.items()}
     result.seconds = time.perf_counter() - t0
     return result

@@ -37,22 +37,15 @@ class ExplainPlan:
     skipped_existing: int
     skipped_dead: int
 
-    def load_evidence(self, settings: Settings, indices: list[int]) -> list[FeatureEvidence]:
-        from saefeat.storage.catalog.db import catalog_session
-
+    def load_evidence(self, s: Session, indices: list[int]) -> list[FeatureEvidence]:
         out = []
-        with catalog_session(settings) as s:
-            for index in indices:
-                fid, density, max_act = self.feature_ids[index]
-                explain, held = split_examples(
-                    queries.feature_examples(s, fid), self.spec.n_explain
-                )
-                promoted = [p.token_str for p in queries.feature_projection(s, fid)["top"]]
-                out.append(
-                    FeatureEvidence(
-                        index, fid, density, max_act, explain, held, promoted[:N_PROMOTED]
-                    )
-                )
+        for index in indices:
+            fid, density, max_act = self.feature_ids[index]
+            explain, held = split_examples(queries.feature_examples(s, fid), self.spec.n_explain)
+            promoted = [p.token_str for p in queries.feature_projection(s, fid)["top"]]
+            out.append(
+                FeatureEvidence(index, fid, density, max_act, explain, held, promoted[:N_PROMOTED])
+            )
         return out
 
     def build_pool(self, settings: Settings) -> ScoringPool:
@@ -143,27 +136,24 @@ def prepare(spec: ExplainSpec, settings: Settings, explainer: Explainer) -> Expl
 
 
 def write_outcomes(
-    settings: Settings, plan: ExplainPlan, explainer: Explainer, outcomes: list[FeatureOutcome]
+    s: Session, plan: ExplainPlan, explainer: Explainer, outcomes: list[FeatureOutcome]
 ) -> int:
     """Store each successful feature (label + explanation + scores) in one transaction per
     batch; failed features store nothing. Returns how many were written."""
-    from saefeat.storage.catalog.db import catalog_session
-
     written = 0
-    with catalog_session(settings) as s:
-        for o in outcomes:
-            if o.error or o.text is None:
-                continue
-            write_explanation(
-                s,
-                plan.feature_ids[o.index][0],
-                text=o.text,
-                explainer=explainer.name,
-                explainer_model=explainer.model,
-                prompt_version=explainer.prompt_version,
-                evidence={"explained_from": o.explained_from, "unscored": o.unscored},
-                scores=o.scores,
-            )
-            written += 1
-        s.commit()
+    for o in outcomes:
+        if o.error or o.text is None:
+            continue
+        write_explanation(
+            s,
+            plan.feature_ids[o.index][0],
+            text=o.text,
+            explainer=explainer.name,
+            explainer_model=explainer.model,
+            prompt_version=explainer.prompt_version,
+            evidence={"explained_from": o.explained_from, "unscored": o.unscored},
+            scores=o.scores,
+        )
+        written += 1
+    s.commit()
     return written
