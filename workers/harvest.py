@@ -80,21 +80,9 @@ def _resources() -> str:
 
 def _check_fits(options: dict, n_workers: int) -> None:
     """Fail at once when the workers can never be scheduled on this machine."""
-    total = ray.cluster_resources()
-    if "num_gpus" in options:
-        need, have, what, field = (
-            n_workers * options["num_gpus"],
-            total.get("GPU", 0),
-            "GPU",
-            "device",
-        )
-    else:
-        need, have, what, field = (
-            n_workers * options["num_cpus"],
-            total.get("CPU", 0),
-            "CPU",
-            "workers",
-        )
+    key, what, field = ("num_gpus", "GPU", "device") if "num_gpus" in options else (
+        "num_cpus", "CPU", "workers")  # fmt: skip
+    need, have = n_workers * options[key], ray.cluster_resources().get(what, 0)
     if need > have:
         raise SpecError(
             f"the harvest needs {need:g} {what}(s) for {n_workers} worker(s) but this "

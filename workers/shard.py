@@ -77,7 +77,8 @@ class ShardHarvester:
             self._pinned = _PinnedPool()
 
     def ready(self) -> bool:
-        """Answers once the model is loaded: lets the driver time start-up apart."""
+        """Answers once the model is loaded: the driver's liveness probe when it stops
+        its workers."""
         return True
 
     @torch.inference_mode()
