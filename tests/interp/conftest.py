@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 import time
@@ -11,11 +10,7 @@ import time
 import httpx
 import pytest
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.ports import free_port
 
 
 @pytest.fixture(scope="session")
@@ -24,7 +19,7 @@ def llama_server(tmp_path_factory) -> str:
     pytest.importorskip("llama_cpp.server", reason="install the `llm` extra")
     from saefeat.lm import embedded_model_file
 
-    port = _free_port()
+    port = free_port()
     log = tmp_path_factory.mktemp("llama") / "server.log"
     # logits_all: the judge scorers read the answer token's top logprobs.
     command = [sys.executable, "-m", "llama_cpp.server", "--model", str(embedded_model_file()),

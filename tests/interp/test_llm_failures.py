@@ -14,6 +14,7 @@ from saefeat.interp.judge import DetectionScorer
 from saefeat.interp.llm import LLMClient, LLMError
 from saefeat.interp.pool import ScoringPool
 from saefeat.workers.explain import _Job, explain_batch
+from tests.ports import free_port
 
 
 class _Nonsense(BaseHTTPRequestHandler):
@@ -47,16 +48,8 @@ def nonsense_url():
     server.server_close()
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_unreachable_endpoint_names_the_url():
-    url = f"http://127.0.0.1:{_free_port()}/v1"
+    url = f"http://127.0.0.1:{free_port()}/v1"
     client = LLMClient(url, "m", timeout_s=5)
     with pytest.raises(LLMError, match=r"cannot reach the LLM endpoint http://127\.0\.0\.1:\d+/v1"):
         client.chat([{"role": "user", "content": "hi"}])
@@ -93,7 +86,7 @@ def _pool(d_sae: int = 4, n: int = 12) -> ScoringPool:
 
 @pytest.mark.parametrize("where", ["garbage", "unreachable"])
 def test_a_failing_endpoint_fails_each_feature_and_the_batch_goes_on(nonsense_url, where):
-    base = nonsense_url + "/v1" if where == "garbage" else f"http://127.0.0.1:{_free_port()}/v1"
+    base = nonsense_url + "/v1" if where == "garbage" else f"http://127.0.0.1:{free_port()}/v1"
     llm = {"base_url": base, "model": "m", "api_key": None, "timeout_s": 5.0}
     expected = "not a chat completion" if where == "garbage" else "cannot reach"
     # The offline explainer asks the configured LLM for its bracketed gloss.

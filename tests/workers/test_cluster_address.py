@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -14,18 +13,14 @@ from pathlib import Path
 
 import pytest
 
+from tests.ports import free_ports
+
 RAY = Path(sys.executable).with_name("ray")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.skipif(not RAY.exists(), reason="the ray CLI is not installed beside python")
 def test_harvest_on_a_cluster_address(spec, tmp_path):
-    port = _free_port()
+    port, *own = free_ports(6)
     # A temp dir of its own (short: it holds unix sockets) keeps this head's
     # ray_current_cluster file away from every other Ray on the machine.
     ray_tmp = tempfile.mkdtemp(prefix="rayc", dir="/tmp")
@@ -34,10 +29,9 @@ def test_harvest_on_a_cluster_address(spec, tmp_path):
     # Every port of our own, so this head never meets the suite's session-wide Ray.
     head = ["--head", f"--port={port}", "--num-cpus=2", "--include-dashboard=false",
             "--node-ip-address=127.0.0.1", "--object-store-memory=80000000",
-            f"--dashboard-agent-listen-port={_free_port()}",
-            f"--dashboard-agent-grpc-port={_free_port()}",
-            f"--metrics-export-port={_free_port()}",
-            f"--runtime-env-agent-port={_free_port()}", "--block"]  # fmt: skip
+            f"--dashboard-agent-listen-port={own[0]}", f"--dashboard-agent-grpc-port={own[1]}",
+            f"--metrics-export-port={own[2]}", f"--runtime-env-agent-port={own[3]}",
+            f"--ray-client-server-port={own[4]}", "--block"]  # fmt: skip
     # `--block` keeps the head in the foreground and takes down what it started when
     # killed; its own session keeps `ray stop` (which kills every Ray) out of it.
     proc = subprocess.Popen([str(RAY), "start", *head], env=env, start_new_session=True,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import sqlite3
@@ -21,26 +22,43 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.ports import free_port, free_ports
+
 RAY = Path(sys.executable).with_name("ray")
 SAEFEAT = Path(sys.executable).with_name("saefeat")
 HOOK = "blocks.1.hook_resid_post"
 KEY = "sk-multinode-test"
 
 
-def _free_port() -> int:
-    import socket
+def _own_ports(ports: list[int]) -> list[str]:
+    """Ports of its own for each node (four distinct free ones), so two nodes share
+    this machine."""
+    listen, grpc, metrics, runtime_env = ports
+    return [f"--dashboard-agent-listen-port={listen}", f"--dashboard-agent-grpc-port={grpc}",
+            f"--metrics-export-port={metrics}",
+            f"--runtime-env-agent-port={runtime_env}"]  # fmt: skip
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+
+def _tail(log: Path, n: int = 4000) -> str:
+    return log.read_bytes()[-n:].decode(errors="replace") if log.exists() else "(no log)"
 
 
-def _own_ports() -> list[str]:
-    """Ports of its own for each node, so two nodes share this machine."""
-    return [f"--dashboard-agent-listen-port={_free_port()}",
-            f"--dashboard-agent-grpc-port={_free_port()}",
-            f"--metrics-export-port={_free_port()}",
-            f"--runtime-env-agent-port={_free_port()}"]  # fmt: skip
+def _start_node(make_args, env: dict, log: Path, ready, *, tries: int = 3):
+    """Start a Ray node and wait until `ready()`. A port picked free can be taken by
+    another process before the node binds it, and the node then exits at once, so one
+    that exits before it is ready is started again; `make_args()` picks fresh ports."""
+    for _ in range(tries):
+        proc = _spawn(make_args(), env, log)
+        end = time.monotonic() + 300
+        while proc.poll() is None:
+            if ready():
+                return proc
+            if time.monotonic() > end:
+                _kill(proc)
+                raise AssertionError(f"the node was not ready in 300 s:\n{_tail(log)}")
+            time.sleep(0.3)
+        _kill(proc)  # whatever it started before it exited
+    raise AssertionError(f"the node exited {tries} times before it was ready:\n{_tail(log)}")
 
 
 def _spawn(args: list[str], env: dict, log: Path) -> subprocess.Popen:
@@ -60,13 +78,18 @@ def _kill(proc: subprocess.Popen, sig=signal.SIGTERM) -> None:
             pass
 
 
-def _until(what, *, every: float = 0.3, limit: float = 600.0):
-    """Poll `what` until it returns something truthy (a limit only against a hang)."""
+def _until(what, *, alive: dict, every: float = 0.3, limit: float = 600.0):
+    """Poll `what` until it returns something truthy (a limit only against a hang).
+    `alive` maps each process that must stay up to its log: one that exits fails the
+    wait at once, with its log, rather than after the limit."""
     end = time.monotonic() + limit
     while time.monotonic() < end:
         got = what()
         if got:
             return got
+        for proc, log in alive.items():
+            if proc.poll() is not None:
+                raise AssertionError(f"{log.name}: exited {proc.returncode}\n{_tail(log)}")
         time.sleep(every)
     raise AssertionError(f"gave up waiting for {what.__doc__ or what}")
 
@@ -75,27 +98,48 @@ def _until(what, *, every: float = 0.3, limit: float = 600.0):
 def test_pipeline_survives_its_training_node(tiny_llama, tmp_path):
     home = tmp_path / "home"
     ray_tmp = tempfile.mkdtemp(prefix="raym", dir="/tmp")
-    port, api_port = _free_port(), _free_port()
     env = dict(os.environ, RAY_AUTH_MODE="disabled", RAY_TMPDIR=ray_tmp,
                SAEFEAT_HOME=str(home), SAEFEAT_ALLOWED_MODELS=str(tiny_llama),
-               SAEFEAT_BOOTSTRAP_API_KEY=KEY, SAEFEAT_RAY_ADDRESS=f"127.0.0.1:{port}",
+               SAEFEAT_BOOTSTRAP_API_KEY=KEY,
                # The head notices a dead node within about a second.
                RAY_health_check_period_ms="300", RAY_health_check_failure_threshold="3",
                RAY_health_check_initial_delay_ms="0")  # fmt: skip
     common = ["--num-cpus=1", "--node-ip-address=127.0.0.1", "--object-store-memory=80000000",
               "--block"]  # fmt: skip
-    head = _spawn([str(RAY), "start", "--head", f"--port={port}", "--include-dashboard=false",
-                   *common, *_own_ports()], env, tmp_path / "head.log")  # fmt: skip
-    trainer_args = [str(RAY), "start", f"--address=127.0.0.1:{port}",
-                    '--resources={"trainer": 1}', *common]  # fmt: skip
-    nodes = [head]
-    server = None
+    address = {}
+
+    def head_args():
+        gcs, client, *own = free_ports(6)
+        address["gcs"] = f"127.0.0.1:{gcs}"
+        return [str(RAY), "start", "--head", f"--port={gcs}", "--include-dashboard=false",
+                f"--ray-client-server-port={client}", *common, *_own_ports(own)]  # fmt: skip
+
+    def trainer_args():
+        return [str(RAY), "start", f"--address={address['gcs']}",
+                '--resources={"trainer": 1}', *common, *_own_ports(free_ports(4))]  # fmt: skip
+
+    def status() -> str | None:
+        out = subprocess.run([str(RAY), "status", f"--address={address['gcs']}"], env=env,
+                             capture_output=True, text=True)  # fmt: skip
+        return out.stdout if out.returncode == 0 else None
+
+    def trainer_up():
+        """the cluster's resources include the trainer node's (`0.0/1.0 trainer`; a
+        task waiting for it shows under pending demands, not here)"""
+        return re.search(r"/\d+(\.\d+)? trainer$", status() or "", re.M) is not None
+
+    alive: dict[subprocess.Popen, Path] = {}  # what must stay up, and its log
     try:
-        _until(lambda: subprocess.run([str(RAY), "status", f"--address=127.0.0.1:{port}"],
-                                      env=env, capture_output=True).returncode == 0)  # fmt: skip
-        nodes.append(_spawn([*trainer_args, *_own_ports()], env, tmp_path / "trainer.log"))
-        server = _spawn([str(SAEFEAT), "serve", "--port", str(api_port)], env,
-                        tmp_path / "server.log")  # fmt: skip
+        head_log = tmp_path / "head.log"
+        alive[_start_node(head_args, env, head_log, lambda: status() is not None)] = head_log
+        env["SAEFEAT_RAY_ADDRESS"] = address["gcs"]
+        trainer_log = tmp_path / "trainer.log"
+        trainer = _start_node(trainer_args, env, trainer_log, trainer_up)
+        alive[trainer] = trainer_log
+        server_log = tmp_path / "server.log"
+        api_port = free_port()  # picked now: every node's ports are bound by now
+        server = _spawn([str(SAEFEAT), "serve", "--port", str(api_port)], env, server_log)
+        alive[server] = server_log
         client = httpx.Client(base_url=f"http://127.0.0.1:{api_port}",
                               headers={"Authorization": f"Bearer {KEY}"}, timeout=30)  # fmt: skip
 
@@ -105,7 +149,7 @@ def test_pipeline_survives_its_training_node(tiny_llama, tmp_path):
             except httpx.TransportError:
                 return False
 
-        _until(up)
+        _until(up, alive=alive)
         body = {
             "harvest": {"model": str(tiny_llama), "hooks": [HOOK], "ctx_len": 16,
                         "token_budget": 16 * 32, "contexts_per_shard": 8, "batch_size": 8,
@@ -141,18 +185,20 @@ def test_pipeline_survives_its_training_node(tiny_llama, tmp_path):
             early = train["progress_done"] < (train["progress_total"] or 0) // 2
             return train["status"] == "running" and states and early and train
 
-        train = _until(training, limit=300)
+        train = _until(training, alive=alive, limit=300)
         # The trainer node dies (raylet and workers at once), then comes back.
-        _kill(nodes.pop(), signal.SIGKILL)
-        time.sleep(2)  # let the head see it gone before the node returns
-        nodes.append(_spawn([*trainer_args, *_own_ports()], env, tmp_path / "trainer2.log"))
+        del alive[trainer]
+        _kill(trainer, signal.SIGKILL)
+        _until(lambda: not trainer_up(), alive=alive)  # the head saw it go
+        trainer_log = tmp_path / "trainer2.log"
+        alive[_start_node(trainer_args, env, trainer_log, trainer_up)] = trainer_log
 
         def finished():
             """the pipeline finished"""
             job = client.get(f"/v1/jobs/{job_id}").json()
             return job["status"] not in ("queued", "running") and job
 
-        job = _until(finished, every=1.0)
+        job = _until(finished, alive=alive, every=1.0)
         assert job["status"] == "succeeded", (job, client.get(f"/v1/jobs/{train['job_id']}").text)
         stage = client.get(f"/v1/jobs/{train['job_id']}").json()
         assert stage["status"] == "succeeded"
@@ -170,8 +216,6 @@ def test_pipeline_survives_its_training_node(tiny_llama, tmp_path):
                                 check=True).stdout  # fmt: skip
         assert job_id in listed and "train:succeeded" in listed
     finally:
-        if server is not None:
-            _kill(server)
-        for node in reversed(nodes):
-            _kill(node)
+        for proc in reversed(alive):  # the last started first, the head last
+            _kill(proc)
         shutil.rmtree(ray_tmp, ignore_errors=True)

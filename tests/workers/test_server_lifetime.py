@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,16 +20,11 @@ import httpx
 from sqlalchemy import create_engine, text
 
 from saefeat.workers.jobs import SHUTDOWN
+from tests.ports import free_port
 
 SAEFEAT = Path(sys.executable).with_name("saefeat")
 KEY = "sk-lifetime-test-key-0123456789abcdef"
 OUTLIVE_S = 125  # the API used to exit ~60 s after Ray went; twice that and some
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _session_pids(sid: int) -> set[str]:
@@ -101,7 +95,7 @@ def test_server_outlives_its_jobs_on_loopback_with_ray_auth(tiny_llama, tmp_path
     corpus.write_text(
         "".join(f"def f{i}(x):\n    return x * {i} + {i % 7}\n\n" for i in range(5000))
     )
-    port = _free_port()
+    port = free_port()
     env = dict(os.environ, SAEFEAT_HOME=str(home), SAEFEAT_BOOTSTRAP_API_KEY=KEY,
                SAEFEAT_ALLOWED_MODELS=str(tiny_llama))  # fmt: skip
     for name in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_ADDRESS",
