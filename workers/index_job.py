@@ -1,4 +1,4 @@
-"""The `index` job kind: an IndexSpec run by saefeat.pipeline.run_index inside a Ray task
+"""The `index` job kind: an IndexSpec run by `index_and_record` inside a Ray task
 (which spreads the SAE's shards over the cluster's workers and writes the catalog), so
 the job thread loads neither the SAE nor the model. Writing the index replaces the SAE's
 feature rows in place (their ids and labels stay), so a re-run after a crash adds none.
@@ -9,10 +9,14 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from saefeat.config import Settings
 from saefeat.specs import IndexSpec
 from saefeat.workers.job_kinds import JobKind, JobOutcome, Progress, register_job_kind
+
+if TYPE_CHECKING:
+    from saefeat.workers.index import IndexResult
 
 INDEX_EXECUTION_FIELDS = {"device", "batch_contexts"}  # change how, not what, it indexes
 
@@ -33,11 +37,34 @@ def already_indexed(settings: Settings, sae_id: str) -> bool:
         return bool(s.scalar(select(func.count()).where(Feature.sae_id == sae_id)))
 
 
+def index_and_record(
+    spec: IndexSpec, *, settings: Settings, progress: Progress | None = None
+) -> IndexResult:
+    """Index a trained SAE over its activation set and write its features to the catalog."""
+    from saefeat.errors import NotFoundError
+    from saefeat.sae import read_config
+    from saefeat.storage import catalog
+    from saefeat.storage.catalog.db import catalog_session
+    from saefeat.training.trainer import open_complete_set
+    from saefeat.workers.index import index_sae
+
+    sae_path = settings.saes_dir / spec.sae
+    try:
+        cfg = read_config(sae_path)
+    except NotFoundError:
+        raise NotFoundError(f"no trained SAE {spec.sae!r} under {settings.saes_dir}") from None
+    aset = open_complete_set(settings, cfg.activation_set)
+    result = index_sae(spec, sae_path=sae_path, aset=aset, settings=settings, progress=progress)
+    with catalog_session(settings) as s:
+        catalog.write_feature_index(s, spec.sae, result.index)
+        s.commit()
+    return result
+
+
 def _index_task(spec: IndexSpec, settings: Settings, box) -> dict:
-    from saefeat.pipeline import run_index
     from saefeat.workers.ray_stage import report_to
 
-    result = run_index(spec, settings=settings, progress=report_to(box))
+    result = index_and_record(spec, settings=settings, progress=report_to(box))
     return {"d_sae": result.index.d_sae, "n_tokens": result.index.n_tokens}
 
 

@@ -1,5 +1,5 @@
-"""The `train` job kind: one SAE or a sweep (several SAEs reading each batch once), run by
-saefeat.pipeline.run_train inside a Ray task placed by the resources the job declares.
+"""The `train` job kind: one SAE or a sweep (several SAEs reading each batch once), trained and
+registered by `train_and_record` inside a Ray task placed by the resources the job declares.
 
 Placement: `device` "cuda" asks Ray for a GPU (num_gpus=1), "cpu" for none, "auto" for a
 GPU when the cluster has one; `resources` adds custom Ray resources (e.g. {"trainer": 1}
@@ -13,13 +13,16 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from saefeat.config import Settings
 from saefeat.specs import TrainSpec
 from saefeat.workers.job_kinds import JobKind, JobOutcome, Progress, register_job_kind
+
+if TYPE_CHECKING:
+    from saefeat.training.trainer import TrainResult
 
 Device = Literal["auto", "cpu", "cuda"]
 
@@ -73,12 +76,49 @@ def already_trained(settings: Settings, sae_ids: list[str]) -> bool:
         return all(s.get(SAE, i) is not None for i in sae_ids)
 
 
+def train_and_record(
+    specs: list[TrainSpec],
+    *,
+    settings: Settings,
+    progress: Callable[[int, int, float], None] | None = None,
+) -> list[TrainResult]:
+    """Train a sweep and register each SAE with its held-out metrics (FVU on typical and
+    on all tokens, MSE, L0, dead/dense, density histogram, CE/KL, excluded-token counts)
+    and its SAEBench core record in the catalog."""
+    from saefeat.storage import catalog
+    from saefeat.storage.catalog.db import catalog_session
+    from saefeat.training.trainer import train_sweep
+
+    results = train_sweep(specs, settings=settings, progress=progress)
+    with catalog_session(settings) as s:
+        for one, result in zip(specs, results, strict=True):
+            cfg = result.sae.cfg
+            k = f"-k{cfg.k}" if cfg.k is not None else ""
+            row = catalog.register_sae(
+                s,
+                sae_id=result.sae_id,
+                name=one.name or f"{cfg.hook} {cfg.architecture}-{cfg.d_sae}{k}",
+                model_name=cfg.model or "",
+                hook_name=cfg.hook or "",
+                architecture=cfg.architecture,
+                d_in=cfg.d_in,
+                d_sae=cfg.d_sae,
+                k=cfg.k,
+                cfg={"train_spec": one.model_dump(mode="json"), "extra": cfg.extra},
+                metrics=dict(result.metrics),
+                checkpoint_path=str(result.checkpoint),
+                activation_set_id=one.activation_set,
+            )
+            row.core_eval = result.core_eval or None
+        s.commit()
+    return results
+
+
 def _train_task(specs: list[TrainSpec], settings: Settings, box) -> list[dict]:
     """On a Ray worker: train, register in the catalog, return ids and metrics."""
-    from saefeat.pipeline import run_train
     from saefeat.workers.ray_stage import report_to
 
-    results = run_train(list(specs), settings=settings, progress=report_to(box))
+    results = train_and_record(list(specs), settings=settings, progress=report_to(box))
     return [{"sae_id": r.sae_id, "metrics": r.metrics} for r in results]
 
 
