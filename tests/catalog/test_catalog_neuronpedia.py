@@ -140,6 +140,20 @@ def test_a_batch_reads_in_a_constant_number_of_queries(session, make_sae, tmp_pa
     assert counts["large"] == counts["small"], counts
 
 
+def test_batched_reads_equal_the_per_feature_ones(session, indexed):
+    ids = list(session.scalars(select(Feature.id).order_by(Feature.index)))
+    ids = ids[::-1] + [10**9]  # any order; an id with no rows gets empty lists
+    examples = queries.feature_examples_many(session, ids)
+    projections = queries.feature_projection_many(session, ids)
+    neighbours = queries.feature_neighbours_many(session, ids)
+    assert any(examples.values()) and not all(examples.values())  # dead features too
+    assert any(neighbours.values()) and any(p["top"] for p in projections.values())
+    for fid in ids:
+        assert examples[fid] == queries.feature_examples(session, fid)
+        assert projections[fid] == queries.feature_projection(session, fid)
+        assert neighbours[fid] == queries.feature_neighbours(session, fid)
+
+
 def _snapshot(s: Session, sae_id: str):
     features = s.execute(
         select(Feature.id, Feature.index, Feature.density, Feature.max_activation,
