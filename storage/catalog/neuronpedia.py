@@ -217,17 +217,20 @@ def _export_batch(session: Session, ids: list[int], names: SourceNames) -> dict[
     common = {"modelId": names.model_id, "layer": names.source_id}
     # Activation and Explanation ids are primary keys across a whole Neuronpedia.
     prefix = f"sf-{names.model_id}-{names.source_id}"
+    # The whole batch's rows in one query per table, not four per feature. Row reads, not
+    # the page's JSON document: SQLite's JSON prints 15 digits.
+    features = {f.id: f for f in session.scalars(select(Feature).where(Feature.id.in_(ids)))}
+    examples_by_feature = queries.feature_examples_many(session, ids)
+    projections = queries.feature_projection_many(session, ids)
+    neighbours = queries.feature_neighbours_many(session, ids)
     labels_by_feature: dict[int, list[Label]] = defaultdict(list)
     for label in session.scalars(select(Label).where(Label.feature_id.in_(ids)).order_by(Label.id)):
         labels_by_feature[label.feature_id].append(label)
     for fid in ids:
-        f = session.get(Feature, fid)
-        assert f is not None
-        # Row reads, not the page's JSON document: SQLite's JSON prints 15 digits.
-        examples = queries.feature_examples(session, fid)
-        projection = queries.feature_projection(session, fid)
-        top, bottom = projection["top"], projection["bottom"]
-        near = queries.feature_neighbours(session, fid)
+        f = features[fid]
+        examples = examples_by_feature[fid]
+        top, bottom = projections[fid]["top"], projections[fid]["bottom"]
+        near = neighbours[fid]
         heights, centres = _histogram_bars(f.histogram)
         index = str(f.index)
         out["features"].append({

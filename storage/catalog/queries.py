@@ -11,10 +11,11 @@ ORM objects cost several times the indexed lookups themselves (bench/catalog.py)
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, fields
 from typing import Any, Generic, Literal, TypeVar
 
-from sqlalchemy import Executable, Result, and_, bindparam, exists, func, or_, select
+from sqlalchemy import Executable, Result, Select, and_, bindparam, exists, func, or_, select
 from sqlalchemy.orm import Session
 
 from saefeat.errors import NotFoundError, SpecError
@@ -238,19 +239,52 @@ class ExampleRow:
     values: list[float]
 
 
-_EXAMPLES = (
-    select(*row_columns(FeatureExampleRow, ExampleRow))
-    .where(FeatureExampleRow.feature_id == bindparam("feature_id"))
-    # Top examples first, then quantile samples, each by rank.
-    .order_by(
-        (FeatureExampleRow.kind != "top").asc(), FeatureExampleRow.kind, FeatureExampleRow.rank
+def _one_and_many(query: Select[Any], feature_id: Any, *order: Any) -> tuple[Select, Select]:
+    """`query` for one feature (bound `feature_id`) and for several (bound `ids`, each row's
+    feature id appended last), both in `order` within a feature: one definition for the
+    page's read and the export's batched read, so the two cannot drift apart."""
+    one = query.where(feature_id == bindparam("feature_id")).order_by(*order)
+    many = (
+        query.add_columns(feature_id)
+        .where(feature_id.in_(bindparam("ids", expanding=True)))
+        .order_by(feature_id, *order)
     )
+    return one, many
+
+
+def _by_feature(
+    session: Session, statement: Select, ids: Iterable[int], make: Callable[[Any], T]
+) -> dict[int, list[T]]:
+    """Rows of a `many` statement grouped by feature id, in the statement's order; every id
+    in `ids` has a list, empty when it has no rows."""
+    out: dict[int, list[T]] = {fid: [] for fid in ids}
+    for row in run(session, statement, ids=list(out)):
+        out[row[-1]].append(make(row[:-1]))
+    return out
+
+
+def _example(row: Any) -> ExampleRow:
+    return ExampleRow(*row)
+
+
+_EXAMPLES, _EXAMPLES_MANY = _one_and_many(
+    select(*row_columns(FeatureExampleRow, ExampleRow)),
+    FeatureExampleRow.feature_id,
+    # Top examples first, then quantile samples, each by rank.
+    (FeatureExampleRow.kind != "top").asc(),
+    FeatureExampleRow.kind,
+    FeatureExampleRow.rank,
 )
 
 
 def feature_examples(session: Session, feature_id: int) -> list[ExampleRow]:
     """Top examples by rank, then quantile samples by rank."""
-    return [ExampleRow(*row) for row in run(session, _EXAMPLES, feature_id=feature_id)]
+    return [_example(row) for row in run(session, _EXAMPLES, feature_id=feature_id)]
+
+
+def feature_examples_many(session: Session, ids: Iterable[int]) -> dict[int, list[ExampleRow]]:
+    """`feature_examples` of each feature in `ids`, in one query."""
+    return _by_feature(session, _EXAMPLES_MANY, ids, _example)
 
 
 @dataclass(slots=True)
@@ -264,19 +298,33 @@ class ProjectionRow:
     value: float
 
 
-_PROJECTION = (
-    select(*row_columns(VocabToken, ProjectionRow))
-    .where(VocabToken.feature_id == bindparam("feature_id"))
-    .order_by(VocabToken.side, VocabToken.rank)
+_PROJECTION, _PROJECTION_MANY = _one_and_many(
+    select(*row_columns(VocabToken, ProjectionRow)),
+    VocabToken.feature_id,
+    VocabToken.side,
+    VocabToken.rank,
 )
+
+
+def _sides(rows: Iterable[ProjectionRow]) -> dict[str, list[ProjectionRow]]:
+    sides: dict[str, list[ProjectionRow]] = {side: [] for side in VOCAB_SIDES}
+    for row in rows:
+        sides[row.side].append(row)
+    return sides
 
 
 def feature_projection(session: Session, feature_id: int) -> dict[str, list[ProjectionRow]]:
     """{"top": [...], "bottom": [...]}, each by rank."""
-    sides: dict[str, list[ProjectionRow]] = {side: [] for side in VOCAB_SIDES}
-    for row in run(session, _PROJECTION, feature_id=feature_id):
-        sides[row[0]].append(ProjectionRow(*row))
-    return sides
+    rows = run(session, _PROJECTION, feature_id=feature_id)
+    return _sides(ProjectionRow(*row) for row in rows)
+
+
+def feature_projection_many(
+    session: Session, ids: Iterable[int]
+) -> dict[int, dict[str, list[ProjectionRow]]]:
+    """`feature_projection` of each feature in `ids`, in one query."""
+    rows = _by_feature(session, _PROJECTION_MANY, ids, lambda row: ProjectionRow(*row))
+    return {fid: _sides(entries) for fid, entries in rows.items()}
 
 
 @dataclass
@@ -286,18 +334,29 @@ class NeighbourMatch:
     cosine: float
 
 
-_NEIGHBOURS = (
-    select(*FEATURE_ROW_COLUMNS, Neighbour.rank, Neighbour.cosine)
-    .join(Neighbour, Neighbour.neighbour_feature_id == Feature.id)
-    .where(Neighbour.feature_id == bindparam("feature_id"))
-    .order_by(Neighbour.rank)
+def _neighbour(row: Any) -> NeighbourMatch:
+    return NeighbourMatch(FeatureRow(*row[:-2]), *row[-2:])
+
+
+_NEIGHBOURS, _NEIGHBOURS_MANY = _one_and_many(
+    select(*FEATURE_ROW_COLUMNS, Neighbour.rank, Neighbour.cosine).join(
+        Neighbour, Neighbour.neighbour_feature_id == Feature.id
+    ),
+    Neighbour.feature_id,
+    Neighbour.rank,
 )
 
 
 def feature_neighbours(session: Session, feature_id: int) -> list[NeighbourMatch]:
     """The feature's nearest features by decoder cosine, nearest first."""
-    rows = run(session, _NEIGHBOURS, feature_id=feature_id)
-    return [NeighbourMatch(FeatureRow(*row[:-2]), *row[-2:]) for row in rows]
+    return [_neighbour(row) for row in run(session, _NEIGHBOURS, feature_id=feature_id)]
+
+
+def feature_neighbours_many(
+    session: Session, ids: Iterable[int]
+) -> dict[int, list[NeighbourMatch]]:
+    """`feature_neighbours` of each feature in `ids`, in one query."""
+    return _by_feature(session, _NEIGHBOURS_MANY, ids, _neighbour)
 
 
 def token_variants(token: str, *, exact: bool = False) -> list[str]:

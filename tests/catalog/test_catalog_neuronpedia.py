@@ -9,7 +9,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import event, select
 from sqlalchemy.orm import Session
 from synthetic_catalog import synthetic_feature_index
 
@@ -114,6 +114,44 @@ def test_layout_and_fields_are_neuronpedias(session, indexed, tmp_path):
     with pytest.raises(SpecError) as err:  # never writes over an export
         neuronpedia.export_neuronpedia(session, "sae-a", tmp_path / "out")
     assert err.value.field == "out"
+
+
+def test_a_batch_reads_in_a_constant_number_of_queries(session, make_sae, tmp_path):
+    """A batch's features, examples, projections and neighbours are read for all its ids
+    at once: three times the features (still one batch) run the same statements."""
+    statements: list[str] = []
+
+    def count(conn, cursor, statement, *args) -> None:
+        statements.append(statement)
+
+    counts = {}
+    for sae_id, d_sae in (("small", 8), ("large", 24)):
+        make_sae(session, d_sae=d_sae, sae_id=sae_id)
+        index = synthetic_feature_index(d_sae, n_examples=3, n_quantile=2, dead_fraction=0, seed=2)
+        write_feature_index(session, sae_id, index)
+        add_label(session, queries.get_feature(session, sae_id, 1), text="a label", author="ada")
+        session.commit()
+        event.listen(session.get_bind(), "before_cursor_execute", count)
+        try:
+            neuronpedia.export_neuronpedia(session, sae_id, tmp_path / sae_id)
+        finally:
+            event.remove(session.get_bind(), "before_cursor_execute", count)
+        counts[sae_id], statements[:] = len(statements), []
+    assert counts["large"] == counts["small"], counts
+
+
+def test_batched_reads_equal_the_per_feature_ones(session, indexed):
+    ids = list(session.scalars(select(Feature.id).order_by(Feature.index)))
+    ids = ids[::-1] + [10**9]  # any order; an id with no rows gets empty lists
+    examples = queries.feature_examples_many(session, ids)
+    projections = queries.feature_projection_many(session, ids)
+    neighbours = queries.feature_neighbours_many(session, ids)
+    assert any(examples.values()) and not all(examples.values())  # dead features too
+    assert any(neighbours.values()) and any(p["top"] for p in projections.values())
+    for fid in ids:
+        assert examples[fid] == queries.feature_examples(session, fid)
+        assert projections[fid] == queries.feature_projection(session, fid)
+        assert neighbours[fid] == queries.feature_neighbours(session, fid)
 
 
 def _snapshot(s: Session, sae_id: str):
