@@ -19,7 +19,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from saefeat.analysis.contrast_classifier import ClassifierResult, classify
-from saefeat.analysis.contrast_docs import counted_token_rows
+from saefeat.analysis.contrast_docs import counted_token_rows, document_starts
 from saefeat.analysis.contrast_pass import count_sides
 from saefeat.analysis.contrast_stats import FeatureStats, contrast_statistics
 from saefeat.config import Settings, get_settings
@@ -34,6 +34,9 @@ from saefeat.storage.activations import STATUS_COMPLETE, ActivationSet, open_set
 CONTRAST_DATA_FIELDS = (
     "sae", "a", "b", "window", "alpha", "classifier_features", "test_fraction", "seed",
 )  # fmt: skip
+
+
+MIN_DOCUMENTS = 2  # a side's documents, the unit every statistic counts
 
 
 class ContrastSpec(BaseModel):
@@ -145,6 +148,15 @@ def _check_set(settings: Settings, cfg: SAEConfig, set_id: str, field: str) -> A
     shards = aset.committed_shards()
     if not shards or not any(len(counted_token_rows(aset, s)) for s in shards):
         raise SpecError(f"set {set_id} holds no tokens to count", field=field)
+    # The statistics and the classifier compare documents; one document a side leaves
+    # nothing to compare (a job that "succeeds" with empty lists).
+    if len(document_starts(aset)) < MIN_DOCUMENTS:
+        raise SpecError(
+            f"set {set_id} holds one document; a contrast compares documents and needs at "
+            f"least {MIN_DOCUMENTS} in each set (a plain-text file is one document: harvest "
+            "a folder of files, or a JSONL or Parquet file with a document a row)",
+            field=field,
+        )
     return aset
 
 

@@ -34,15 +34,25 @@ class DocumentLayout:
     n_units: int
 
 
+def _first_body_token(aset: ActivationSet) -> int:
+    return 1 if aset.spec.get("bos", "context") == "context" else 0  # the BOS of a context
+
+
+def document_starts(aset: ActivationSet) -> np.ndarray:
+    """Stream positions where the set's recorded documents (units) begin, ascending."""
+    body = aset.ctx_len - _first_body_token(aset)
+    doc_offset = np.asarray(aset.group["doc_offset"][:], np.int64)
+    return np.unique(np.arange(aset.n_contexts) * body - doc_offset)
+
+
 def document_layout(aset: ActivationSet, window: int, massive: np.ndarray) -> DocumentLayout:
     """`massive`: absolute rows the SAE's token rule leaves out beyond position 0."""
     ctx_len, n_ctx = aset.ctx_len, aset.n_contexts
-    first = 1 if aset.spec.get("bos", "context") == "context" else 0  # the BOS of a context
+    first = _first_body_token(aset)
     body = ctx_len - first
-    doc_offset = np.asarray(aset.group["doc_offset"][:], np.int64)
     # Stream position of every token; a context's BOS takes its first body token's.
     pos = np.arange(n_ctx)[:, None] * body + np.maximum(np.arange(ctx_len) - first, 0)[None, :]
-    starts = np.unique(np.arange(n_ctx) * body - doc_offset)  # where recorded documents begin
+    starts = document_starts(aset)
     unit = (np.searchsorted(starts, pos.ravel(), side="right") - 1).clip(min=0).astype(np.int32)
 
     counted = np.zeros(n_ctx * ctx_len, bool)

@@ -4,6 +4,7 @@ read the results and the page, the CLI, and refuse bad input storing nothing."""
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import numpy as np
@@ -147,10 +148,15 @@ def test_bad_input_names_the_field_and_stores_nothing(pair, settings, tiny_llama
     empty = run_harvest(_harvest(tiny_llama, corpus, budget=32 * 8), settings=settings)
     for shard in empty.activation_set.committed_shards():
         empty.activation_set.drop_shard(shard)
+    # A plain-text file is one document: nothing to compare documents with.
+    text = tmp_path / "corpora" / "one.txt"
+    text.write_text(" ".join(json.loads(line)["text"] for line in open(corpus)))
+    one_doc = run_harvest(_harvest(tiny_llama, str(text), budget=32 * 8), settings=settings)
     before = _counts(settings)
     cases = {
         "b": [(wrong_model.id, "model"), (wrong_hook.id, "hook"),
-              (empty.activation_set.id, "no tokens"), ("as-unknown", "no activation set")],
+              (empty.activation_set.id, "no tokens"), ("as-unknown", "no activation set"),
+              (one_doc.activation_set.id, "one document")],
     }  # fmt: skip
     for set_id, words in cases["b"]:
         with pytest.raises(SpecError, match=words) as err:
