@@ -24,7 +24,7 @@ from saefeat.interp.evidence import FeatureEvidence
 from saefeat.interp.explainers import make_explainer, query_text
 from saefeat.interp.llm import LLMClient
 from saefeat.interp.pool import ScoringPool
-from saefeat.interp.scorers import NotScorable, check_scorers
+from saefeat.interp.scorers import NotScorable, check_judges
 from saefeat.interp.spec import ExplainSpec
 from saefeat.storage.catalog.explanations import ScoreIn
 from saefeat.workers.runtime import ensure_ray
@@ -156,7 +156,7 @@ def check_explain_setup(spec: ExplainSpec, settings: Settings) -> None:
     """The explainer and scorers against the configured endpoint (no catalog needed: a
     pipeline checks this before its SAE exists)."""
     llm = _llm_settings(settings)
-    check_scorers(spec.scorers, has_llm=llm is not None)
+    check_judges(spec.scorers, has_llm=llm is not None)
     make_explainer(spec.explainer, _client(llm))
 
 
@@ -182,7 +182,7 @@ def run_explain(
 
     settings = settings or get_settings()
     llm = _llm_settings(settings)
-    scorers = check_scorers(spec.scorers, has_llm=llm is not None)
+    check_judges(spec.scorers, has_llm=llm is not None)
     explainer = make_explainer(spec.explainer, _client(llm))  # checks it is usable
     t0 = time.perf_counter()
     plan = prepare(spec, settings, explainer)
@@ -204,7 +204,7 @@ def run_explain(
     result.pool_seconds = time.perf_counter() - t_pool
     ensure_ray(settings)
     pool_ref = ray.put(pool)
-    job = _Job(spec.explainer, scorers, llm, spec.seed)
+    job = _Job(spec.explainer, spec.scorers, llm, spec.seed)
     batches = [plan.todo[i : i + spec.batch_features] for i in range(0, total, spec.batch_features)]
     # At most two batches per CPU in flight: later ones start as earlier ones finish, so
     # a cancel drops little work and the evidence is read from the catalog as needed.

@@ -20,7 +20,7 @@ from saefeat.interp.explainers import query_text
 from saefeat.interp.llm import LLMClient
 from saefeat.interp.metrics import auroc
 from saefeat.interp.pool import ScoringPool
-from saefeat.storage.catalog.explanations import SCORE_TYPES, ScoreIn
+from saefeat.storage.catalog.explanations import ScoreIn
 
 NO_JUDGE = ("embedding", "activation")
 DETAIL_WINDOWS = 10  # windows kept in a score's details (what the page shows it rests on)
@@ -148,13 +148,9 @@ class ActivationScorer:
         return ScoreIn("activation", value, len(top), details, self.model)
 
 
-def check_scorers(names: list[str], *, has_llm: bool) -> list[str]:
-    """Validate scorer names (SpecError naming `scorers`), in a fixed order, once each."""
-    unknown = [n for n in names if n not in SCORE_TYPES]
-    if unknown:
-        raise SpecError(
-            f"{unknown[0]!r} is not a scorer; use any of {list(SCORE_TYPES)}", field="scorers"
-        )
+def check_judges(names: list[str], *, has_llm: bool) -> None:
+    """The scorers that need a judge LLM have one (SpecError naming `scorers`). The names
+    themselves are ExplainSpec's to check."""
     judged = [n for n in names if n not in NO_JUDGE]
     if judged and not has_llm:
         raise SpecError(
@@ -162,7 +158,6 @@ def check_scorers(names: list[str], *, has_llm: bool) -> list[str]:
             f"or use only {list(NO_JUDGE)}",
             field="scorers",
         )
-    return [t for t in SCORE_TYPES if t in names]
 
 
 def make_scorers(
@@ -170,8 +165,9 @@ def make_scorers(
 ) -> list[Scorer]:
     from saefeat.interp.judge import DetectionScorer, FuzzingScorer
 
+    check_judges(names, has_llm=client is not None)
     out: list[Scorer] = []
-    for name in check_scorers(names, has_llm=client is not None):
+    for name in names:
         if name in NO_JUDGE:
             assert embed is not None
             out.append(EmbeddingScorer(embed, seed=seed) if name == "embedding"

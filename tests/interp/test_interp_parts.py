@@ -19,7 +19,7 @@ from saefeat.interp.explainers import (
 from saefeat.interp.judge import read_answer
 from saefeat.interp.llm import ChatAnswer, LLMError, TokenChoice
 from saefeat.interp.metrics import auroc, balanced_accuracy
-from saefeat.interp.scorers import check_scorers
+from saefeat.interp.scorers import check_judges
 from saefeat.interp.spec import ExplainSpec
 from saefeat.storage.catalog.queries import ExampleRow
 
@@ -135,7 +135,7 @@ def test_unknown_scorer_and_judges_without_llm_are_refused():
     with pytest.raises(ValidationError, match="'vibes' is not a scorer"):
         ExplainSpec(sae="s", scorers=["embedding", "vibes"])
     with pytest.raises(SpecError, match="scorers: 'detection' needs a judge LLM"):
-        check_scorers(["detection"], has_llm=False)
+        check_judges(["detection"], has_llm=False)
     with pytest.raises(SpecError, match="explainer: 'llm' needs an endpoint"):
         make_explainer("llm", None)
     assert ExplainSpec(sae="s", scorers=["activation", "embedding"]).scorers == [
