@@ -469,6 +469,16 @@ def print_profile(label: str, name: str, p: dict) -> None:
         print(f"{ms:>22.4f}{share:>7.1f}{n:>12.1f}  {kname[:90]}")
 
 
+def _case(
+    d_in: int, d_sae: int, k: int, batch: int, device: torch.device
+) -> tuple[str, Weights, torch.Tensor]:
+    """One size's label, fresh weights and input batch (the same for every variant)."""
+    x = torch.randn(
+        batch, d_in, device=device, generator=torch.Generator(device=device).manual_seed(1)
+    )
+    return f"{d_in}x{d_sae}x{k}@{batch}", Weights.init(d_in, d_sae, device), x
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--smoke", action="store_true", help="tiny sizes on the CPU")
@@ -532,11 +542,7 @@ def main(argv: list[str] | None = None) -> int:
     print(header)
     summary: dict[str, dict] = {}
     for d_in, d_sae, k, batch in sizes:
-        label = f"{d_in}x{d_sae}x{k}@{batch}"
-        w = Weights.init(d_in, d_sae, device)
-        x = torch.randn(
-            batch, d_in, device=device, generator=torch.Generator(device=device).manual_seed(1)
-        )
+        label, w, x = _case(d_in, d_sae, k, batch, device)
         res = {name: measure(VARIANTS[name], w, k, x, warmup, repeats) for name in names}
         for name, m in res.items():
             if m.error:
@@ -570,11 +576,7 @@ def run_profiles(names, sizes, device, where, backend, args) -> int:
           f"{backend}, {args.profile_steps} profiled steps after 3 warm-up")  # fmt: skip
     out: dict[str, dict] = {}
     for d_in, d_sae, k, batch in sizes:
-        label = f"{d_in}x{d_sae}x{k}@{batch}"
-        w = Weights.init(d_in, d_sae, device)
-        x = torch.randn(
-            batch, d_in, device=device, generator=torch.Generator(device=device).manual_seed(1)
-        )
+        label, w, x = _case(d_in, d_sae, k, batch, device)
         for name in names:
             try:
                 p = profile_variant(VARIANTS[name], w, k, x, args.profile_steps, args.profile_top)
