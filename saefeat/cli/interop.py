@@ -28,8 +28,6 @@ def export_sae(
     from saefeat.sae import load_sae
     from saefeat.sae.interop import export_saelens, export_sparsify
 
-    if Path(out).exists() and not Path(out).is_dir():
-        raise SpecError(f"{out} is a file; name a folder", field="out")
     if to == "neuronpedia":  # the catalog's features, examples and labels, not weights
         from saefeat.pipeline import catalog_session
         from saefeat.storage.catalog.neuronpedia import export_neuronpedia

@@ -41,9 +41,12 @@ def _weights(sae: SparseAutoencoder) -> dict[str, torch.Tensor]:
 
 def _new_folder(path: Path) -> Path:
     path = Path(path)
-    if path.exists() and any(path.iterdir()):
-        raise SpecError(f"{path} exists and is not empty; refusing to overwrite", field="out")
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        if path.exists() and any(path.iterdir()):
+            raise SpecError(f"{path} exists and is not empty; refusing to overwrite", field="out")
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # a file on the path, no permission
+        raise SpecError(f"cannot create {path}: {e.strerror}", field="out") from None
     return path
 
 

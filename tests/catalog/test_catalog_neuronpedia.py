@@ -257,6 +257,8 @@ def test_cli_export_and_import_dispatch_on_the_layout(tmp_path, monkeypatch, mak
     from saefeat.cli import app
     from saefeat.config import get_settings
     from saefeat.pipeline import catalog_session
+    from saefeat.sae import SAEConfig
+    from saefeat.sae.topk import TopKSAE
 
     monkeypatch.setenv("SAEFEAT_HOME", str(tmp_path / "home"))
     get_settings.cache_clear()
@@ -276,10 +278,13 @@ def test_cli_export_and_import_dispatch_on_the_layout(tmp_path, monkeypatch, mak
         bad = CliRunner().invoke(app, ["export", "--sae", "sae-a", "--to", "np", "--out", "x"])
         assert bad.exit_code == 2 and "neuronpedia" in bad.output
         (tmp_path / "a-file").write_text("")  # was a NotADirectoryError traceback
-        for to in ("neuronpedia", "saelens"):
-            bad = CliRunner().invoke(app, ["export", "--sae", "sae-a", "--to", to,
-                                           "--out", str(tmp_path / "a-file")])  # fmt: skip
-            assert bad.exit_code == 2 and "out:" in bad.output, bad.output
+        cfg = SAEConfig(d_in=8, d_sae=12, k=3, model="m", hook="blocks.0.hook_resid_post")
+        TopKSAE(cfg).save(get_settings().saes_dir / "sae-a")  # weights for the weight formats
+        for to in ("neuronpedia", "saelens", "sparsify"):
+            for out in (tmp_path / "a-file", tmp_path / "a-file" / "below"):
+                bad = CliRunner().invoke(app, ["export", "--sae", "sae-a", "--to", to,
+                                               "--out", str(out)])  # fmt: skip
+                assert bad.exit_code == 2 and "out:" in bad.output, bad.output
         with catalog_session(get_settings()) as s, pytest.raises(SpecError) as err:
             neuronpedia.export_neuronpedia(s, "sae-a", tmp_path / "a-file" / "below")
         assert err.value.field == "out"  # a file on the way: the exporter's own check
