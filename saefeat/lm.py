@@ -217,12 +217,12 @@ def load_model(
 ) -> LanguageModel:
     """Load a model by transformers id, local folder, .gguf file, or the embedded default."""
     with TRANSFORMERS_LOCK:
-        return _load_model(name, revision, device, dtype)
+        lm = _load_model(name, revision, dtype)
+    lm.model.to(device).eval().requires_grad_(False)  # outside the lock: the long part
+    return lm
 
 
-def _load_model(
-    name: str, revision: str | None, device: str | torch.device, dtype: torch.dtype
-) -> LanguageModel:
+def _load_model(name: str, revision: str | None, dtype: torch.dtype) -> LanguageModel:
     from transformers import AutoModel, AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
@@ -238,7 +238,6 @@ def _load_model(
     )
     loader = AutoModel if is_encoder else AutoModelForCausalLM
     model = loader.from_pretrained(source, revision=revision, dtype=dtype, **kwargs)
-    model.to(device).eval().requires_grad_(False)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     return LanguageModel(name, model, tokenizer, _find_blocks(model), is_encoder)

@@ -43,7 +43,8 @@ class SentenceEncoder:
             from transformers import AutoModel, AutoTokenizer
 
             self.tokenizer = AutoTokenizer.from_pretrained(path)
-            self.model = AutoModel.from_pretrained(path).to(device).eval()
+            model = AutoModel.from_pretrained(path)
+        self.model = model.to(device).eval()
         self.device = device
 
     @torch.inference_mode()
