@@ -39,8 +39,8 @@ from saefeat.interp.explainers import OfflineExplainer  # noqa: E402
 from saefeat.interp.metrics import auroc  # noqa: E402
 from saefeat.interp.scorers import NotScorable, make_scorers  # noqa: E402
 from saefeat.interp.spec import ExplainSpec  # noqa: E402
-from saefeat.pipeline import catalog_session  # noqa: E402
 from saefeat.storage.catalog import explanations, queries  # noqa: E402
+from saefeat.storage.catalog.db import catalog_session  # noqa: E402
 
 DEMO_FEATURES = 4608
 

@@ -11,7 +11,6 @@ from collections.abc import Callable
 
 from saefeat.config import Settings, get_settings
 from saefeat.specs import HarvestSpec, IndexSpec, TrainSpec
-from saefeat.storage.catalog.db import catalog_session, catalog_sessions
 from saefeat.training.trainer import TrainResult
 from saefeat.workers.harvest import HarvestResult
 from saefeat.workers.harvest_job import harvest_and_record
@@ -19,7 +18,7 @@ from saefeat.workers.index import IndexResult
 from saefeat.workers.index_job import index_and_record
 from saefeat.workers.train_job import train_and_record
 
-__all__ = ["catalog_session", "catalog_sessions", "run_harvest", "run_index", "run_train"]
+__all__ = ["run_harvest", "run_index", "run_train"]
 
 
 def run_harvest(

@@ -35,8 +35,8 @@ def keys_create(
     ] = None,
 ):
     """Create an API key; the key is printed once and stored only as a hash."""
-    from saefeat.pipeline import catalog_session
     from saefeat.storage.catalog import create_api_key
+    from saefeat.storage.catalog.db import catalog_session
 
     with catalog_session(get_settings()) as s:
         key = create_api_key(s, name, scope or ["read", "label"])

@@ -26,8 +26,8 @@ def contrast(
     from rich.table import Table
 
     from saefeat.analysis.contrast import ContrastSpec, run_contrast
-    from saefeat.pipeline import catalog_session
     from saefeat.storage.catalog.contrasts import write_contrast
+    from saefeat.storage.catalog.db import catalog_session
 
     spec = ContrastSpec(sae=sae, a=a, b=b, top=top, window=window)
     with progress_bar("contrast", "tasks") as bar:

@@ -39,8 +39,8 @@ def features_list(
     cursor: str | None = None,
 ):
     """An SAE's features (tab-separated: sae, index, density, max, label)."""
-    from saefeat.pipeline import catalog_session
     from saefeat.storage.catalog import labels, queries
+    from saefeat.storage.catalog.db import catalog_session
 
     with catalog_session(get_settings()) as s:
         page = queries.list_features(
@@ -63,8 +63,8 @@ def features_search(
 ):
     """Features by label (full-text) or by a vocabulary token."""
     from saefeat.errors import SpecError
-    from saefeat.pipeline import catalog_session
     from saefeat.storage.catalog import label_search, labels, queries
+    from saefeat.storage.catalog.db import catalog_session
 
     if (label is None) == (token is None):
         raise SpecError("give exactly one of --label and --token", field="search")
@@ -89,8 +89,8 @@ def features_neighbours(
     index: Annotated[int, typer.Option(help="feature index")],
 ):
     """The features with the most similar decoder rows (tab-separated, with the cosine)."""
-    from saefeat.pipeline import catalog_session
     from saefeat.storage.catalog import labels, queries
+    from saefeat.storage.catalog.db import catalog_session
 
     with catalog_session(get_settings()) as s:
         feature = queries.get_feature(s, sae, index)
@@ -109,8 +109,8 @@ def features_fire(
     """Which features fire on TEXT: each token with its strongest features."""
     from saefeat.errors import SpecError
     from saefeat.features.live import features_for_sae
-    from saefeat.pipeline import catalog_session
     from saefeat.storage.catalog import queries
+    from saefeat.storage.catalog.db import catalog_session
 
     with catalog_session(get_settings()) as s:
         row = queries.get_sae(s, sae)

@@ -74,7 +74,7 @@ def _absolute(path: str) -> str:
 
 def harvest_as_job(spec, settings: Settings | None = None):
     """`saefeat harvest`: the run is a job row too, so `saefeat jobs` and the API see it."""
-    from saefeat.pipeline import catalog_sessions
+    from saefeat.storage.catalog.db import catalog_sessions
     from saefeat.workers.jobs import JobRunner
 
     settings = settings or get_settings()

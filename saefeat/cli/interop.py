@@ -29,7 +29,7 @@ def export_sae(
     from saefeat.sae.interop import export_saelens, export_sparsify
 
     if to == "neuronpedia":  # the catalog's features, examples and labels, not weights
-        from saefeat.pipeline import catalog_session
+        from saefeat.storage.catalog.db import catalog_session
         from saefeat.storage.catalog.neuronpedia import export_neuronpedia
 
         with catalog_session(get_settings()) as s:
@@ -65,7 +65,7 @@ def import_sae(
     )
 
     if is_neuronpedia_folder(folder):  # a catalog export: features, examples, labels
-        from saefeat.pipeline import catalog_session
+        from saefeat.storage.catalog.db import catalog_session
 
         with catalog_session(get_settings()) as s:
             done = import_neuronpedia(s, folder, sae_id)

@@ -30,7 +30,7 @@ def jobs(
     if watch:
         raise SaefeatError("--watch follows a server's jobs: pass --server URL", field="watch")
 
-    from saefeat.pipeline import catalog_session
+    from saefeat.storage.catalog.db import catalog_session
     from saefeat.storage.catalog.job_store import list_jobs
 
     table = Table("id", "kind", "status", "progress", "tok/s", "created", "error")

@@ -26,8 +26,8 @@ def steer(
     """Continue PROMPT with features added or clamped, beside the default continuation."""
     from saefeat.analysis.steer import FeatureStrength, SteerRequest, check_request, steer_for_sae
     from saefeat.errors import SpecError
-    from saefeat.pipeline import catalog_session
     from saefeat.storage.catalog import queries
+    from saefeat.storage.catalog.db import catalog_session
 
     pairs = []
     for n, text in enumerate(feature):

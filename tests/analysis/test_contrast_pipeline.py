@@ -18,10 +18,11 @@ from saefeat.analysis.contrast_demo import write_demo_corpora
 from saefeat.analysis.contrast_docs import document_layout
 from saefeat.api.app import create_app
 from saefeat.errors import SpecError
-from saefeat.pipeline import catalog_session, run_harvest, run_index, run_train
+from saefeat.pipeline import run_harvest, run_index, run_train
 from saefeat.specs import HarvestSpec, IndexSpec, TrainSpec
 from saefeat.storage.catalog import labels, queries
 from saefeat.storage.catalog.contrasts import ContrastFeature, ContrastRun
+from saefeat.storage.catalog.db import catalog_session
 from saefeat.storage.catalog.keys import create_api_key
 from saefeat.storage.catalog.models import Job
 

@@ -8,9 +8,9 @@ from typer.testing import CliRunner
 
 from saefeat.cli import app
 from saefeat.config import get_settings
-from saefeat.pipeline import catalog_session
 from saefeat.sae import SAEConfig
 from saefeat.sae.topk import TopKSAE
+from saefeat.storage.catalog.db import catalog_session
 from saefeat.storage.catalog.registry import register_sae
 
 HOOK = "blocks.2.hook_resid_post"

@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 
 from saefeat.cli import app
 from saefeat.config import get_settings
-from saefeat.pipeline import catalog_session
+from saefeat.storage.catalog.db import catalog_session
 from saefeat.storage.catalog.labels import add_label
 from saefeat.storage.catalog.queries import get_feature
 from saefeat.storage.catalog.writer import write_feature_index

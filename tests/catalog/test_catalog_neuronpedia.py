@@ -256,9 +256,9 @@ def test_cli_export_and_import_dispatch_on_the_layout(tmp_path, monkeypatch, mak
 
     from saefeat.cli import app
     from saefeat.config import get_settings
-    from saefeat.pipeline import catalog_session
     from saefeat.sae import SAEConfig
     from saefeat.sae.topk import TopKSAE
+    from saefeat.storage.catalog.db import catalog_session
 
     monkeypatch.setenv("SAEFEAT_HOME", str(tmp_path / "home"))
     get_settings.cache_clear()

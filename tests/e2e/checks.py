@@ -7,9 +7,9 @@ from fastapi.testclient import TestClient
 
 from saefeat.api.app import create_app
 from saefeat.lm import load_model, parse_hook, run_to_hooks
-from saefeat.pipeline import catalog_session
 from saefeat.sae import load_sae
 from saefeat.storage.catalog import create_api_key
+from saefeat.storage.catalog.db import catalog_session
 
 
 def check_examples_recompute(settings, aset, sae_id, model_name, dtype, n_features=5, atol=0.05):

@@ -5,10 +5,11 @@ from checks import check_api, check_examples_recompute
 
 from saefeat.analysis.steer import FeatureStrength, SteerRequest, steer
 from saefeat.lm import auto_dtype, cached_model, load_model
-from saefeat.pipeline import catalog_session, run_harvest, run_index, run_train
+from saefeat.pipeline import run_harvest, run_index, run_train
 from saefeat.sae import load_sae
 from saefeat.specs import HarvestSpec, IndexSpec, TrainSpec
 from saefeat.storage.catalog import queries
+from saefeat.storage.catalog.db import catalog_session
 
 
 @pytest.mark.slow

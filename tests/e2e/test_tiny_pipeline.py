@@ -5,10 +5,11 @@ import pytest
 import torch
 from checks import check_api, check_examples_recompute
 
-from saefeat.pipeline import catalog_session, run_harvest, run_index, run_train
+from saefeat.pipeline import run_harvest, run_index, run_train
 from saefeat.specs import HarvestSpec, IndexSpec, TrainSpec
 from saefeat.storage.activations import STATUS_COMPLETE
 from saefeat.storage.catalog import queries
+from saefeat.storage.catalog.db import catalog_session
 from saefeat.storage.catalog.models import ActivationSetRow
 
 

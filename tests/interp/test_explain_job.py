@@ -13,9 +13,10 @@ from saefeat.api.schemas import FeatureDetail
 from saefeat.cli import app as cli_app
 from saefeat.config import Settings, get_settings
 from saefeat.interp.spec import ExplainSpec
-from saefeat.pipeline import catalog_session, run_harvest, run_index, run_train
+from saefeat.pipeline import run_harvest, run_index, run_train
 from saefeat.specs import HarvestSpec, IndexSpec, TrainSpec
 from saefeat.storage.catalog import queries
+from saefeat.storage.catalog.db import catalog_session
 from saefeat.storage.catalog.explanations import feature_explanations
 from saefeat.storage.catalog.keys import create_api_key
 from saefeat.storage.catalog.labels import current_label

@@ -11,8 +11,9 @@ from typer.testing import CliRunner
 from saefeat.api.app import create_app
 from saefeat.cli import app as cli
 from saefeat.errors import SpecError
-from saefeat.pipeline import catalog_session, run_train
+from saefeat.pipeline import run_train
 from saefeat.specs import TrainSpec
+from saefeat.storage.catalog.db import catalog_session
 from saefeat.storage.catalog.set_registry import record_activation_set
 from saefeat.storage.exclusion import excluded_rows, rule_for_set
 from saefeat.storage.reader import ShuffledBatchReader

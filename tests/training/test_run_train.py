@@ -1,6 +1,7 @@
-from saefeat.pipeline import catalog_session, run_train
+from saefeat.pipeline import run_train
 from saefeat.specs import TrainSpec
 from saefeat.storage.catalog import queries
+from saefeat.storage.catalog.db import catalog_session
 from saefeat.storage.catalog.set_registry import record_activation_set
 
 
