@@ -21,7 +21,7 @@ import ray
 from saefeat.config import Settings, get_settings
 from saefeat.errors import SaefeatError
 from saefeat.interp.evidence import FeatureEvidence
-from saefeat.interp.explainers import make_explainer, query_text
+from saefeat.interp.explainers import Explainer, make_explainer, query_text
 from saefeat.interp.llm import LLMClient
 from saefeat.interp.pool import ScoringPool
 from saefeat.interp.scorers import NotScorable, check_judges
@@ -152,12 +152,14 @@ def check_explain(spec: ExplainSpec, session, settings: Settings) -> None:
     check_sae(session, spec)
 
 
-def check_explain_setup(spec: ExplainSpec, settings: Settings) -> None:
+def check_explain_setup(
+    spec: ExplainSpec, settings: Settings
+) -> tuple[dict[str, Any] | None, Explainer]:
     """The explainer and scorers against the configured endpoint (no catalog needed: a
-    pipeline checks this before its SAE exists)."""
+    pipeline checks this before its SAE exists); returns (the LLM settings, the explainer)."""
     llm = _llm_settings(settings)
     check_judges(spec.scorers, has_llm=llm is not None)
-    make_explainer(spec.explainer, _client(llm))
+    return llm, make_explainer(spec.explainer, _client(llm))
 
 
 def validate_explain(spec: ExplainSpec, settings: Settings | None = None) -> None:
@@ -181,9 +183,7 @@ def run_explain(
     from saefeat.storage.catalog.db import catalog_sessions
 
     settings = settings or get_settings()
-    llm = _llm_settings(settings)
-    check_judges(spec.scorers, has_llm=llm is not None)
-    explainer = make_explainer(spec.explainer, _client(llm))  # checks it is usable
+    llm, explainer = check_explain_setup(spec, settings)
     t0 = time.perf_counter()
     plan = prepare(spec, settings, explainer)
     result = ExplainResult(

@@ -38,11 +38,14 @@ class ExplainPlan:
     skipped_dead: int
 
     def load_evidence(self, s: Session, indices: list[int]) -> list[FeatureEvidence]:
+        fids = [self.feature_ids[index][0] for index in indices]
+        examples = queries.feature_examples_many(s, fids)  # one query each for the batch
+        projections = queries.feature_projection_many(s, fids)
         out = []
         for index in indices:
             fid, density, max_act = self.feature_ids[index]
-            explain, held = split_examples(queries.feature_examples(s, fid), self.spec.n_explain)
-            promoted = [p.token_str for p in queries.feature_projection(s, fid)["top"]]
+            explain, held = split_examples(examples[fid], self.spec.n_explain)
+            promoted = [p.token_str for p in projections[fid]["top"]]
             out.append(
                 FeatureEvidence(index, fid, density, max_act, explain, held, promoted[:N_PROMOTED])
             )
