@@ -173,8 +173,18 @@ def admit_index(spec: IndexSpec, settings: Settings, field: str = "") -> None:
     if not (settings.saes_dir / spec.sae / "metrics.json").is_file():
         raise SpecError(f"no trained SAE {spec.sae!r}; train it first (POST /v1/trainings)",
                         field=f"{field}sae")  # fmt: skip
-    if spec.device is not None:
-        check_device(spec.device, None, cluster_resources(settings))
+    _device_if_named(spec.device, settings)
+
+
+def admit_contrast(spec, settings: Settings) -> None:
+    """A ContrastSpec's device; the sets and SAE are analysis.contrast.check_inputs's."""
+    _device_if_named(spec.device, settings)
+
+
+def _device_if_named(device: str | None, settings: Settings) -> None:
+    """A device the cluster lacks would leave the job waiting for it forever."""
+    if device is not None:
+        check_device(device, None, cluster_resources(settings))
 
 
 def admit_pipeline(spec, settings: Settings) -> None:
@@ -191,8 +201,9 @@ def admit_pipeline(spec, settings: Settings) -> None:
                 raise SpecError(e.message, field=f"harvest.{e.field}") from None
         elif stage.name == "train":
             for one in child.specs:
-                _no_resume(one, "train.")
-                if "harvest" not in made:
+                if "harvest" in made:  # its set does not exist yet
+                    _no_resume(one, "train.")
+                else:
                     _admit_train_spec(one, settings, "train.")
             check_placement(child.device, child.resources, cluster_resources(settings))
         elif stage.name == "index" and "train" not in made:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+from sqlalchemy.orm import Session
 
 from saefeat.analysis.contrast_classifier import ClassifierResult, classify
 from saefeat.analysis.contrast_docs import counted_token_rows, document_starts
@@ -92,7 +93,7 @@ class ContrastResult:
     pass_seconds: float  # of which: the SAE over both sets
 
 
-def check_inputs(spec: ContrastSpec, settings: Settings) -> ContrastInputs:
+def check_inputs(spec: ContrastSpec, settings: Settings, session: Session) -> ContrastInputs:
     """Everything a contrast needs, or a SpecError naming the field at fault."""
     sae_path = settings.saes_dir / spec.sae
     try:
@@ -101,25 +102,24 @@ def check_inputs(spec: ContrastSpec, settings: Settings) -> ContrastInputs:
         raise SpecError(
             f"no trained SAE {spec.sae!r} under {settings.saes_dir}", field="sae"
         ) from None
-    _check_catalogued(settings, spec.sae)
+    _check_catalogued(session, settings, spec.sae)
     sets = [_check_set(settings, cfg, getattr(spec, f), f) for f in ("a", "b")]
     return ContrastInputs(sae_path, cfg, *sets)
 
 
-def _check_catalogued(settings: Settings, sae_id: str) -> None:
+def _check_catalogued(session: Session, settings: Settings, sae_id: str) -> None:
     """The results' rows point at the SAE's catalog row: an SAE with weights but no row
     (an imported SAELens or sparsify file) failed only when they were written."""
-    from saefeat.storage.catalog.db import catalog_session
-    from saefeat.storage.catalog.models import SAE
+    from saefeat.storage.catalog.queries import require_sae
 
-    with catalog_session(settings) as s:
-        known = s.get(SAE, sae_id) is not None
-    if not known:
+    try:
+        require_sae(session, sae_id)
+    except NotFoundError:
         raise SpecError(
             f"SAE {sae_id!r} has weights under {settings.saes_dir} but is not in the "
             "catalog, where a contrast's results are stored",
             field="sae",
-        )
+        ) from None
 
 
 def _check_set(settings: Settings, cfg: SAEConfig, set_id: str, field: str) -> ActivationSet:
@@ -169,7 +169,10 @@ def run_contrast(
 ) -> ContrastResult:
     settings = settings or get_settings()
     t0 = time.perf_counter()
-    inputs = check_inputs(spec, settings)
+    from saefeat.storage.catalog.db import catalog_session
+
+    with catalog_session(settings) as s:
+        inputs = check_inputs(spec, settings, s)
     side_a, side_b = count_sides(
         inputs.sae_path,
         [inputs.a, inputs.b],

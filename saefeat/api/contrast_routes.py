@@ -18,7 +18,7 @@ from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel, Field
 from sqlalchemy.orm import Session
 
-from saefeat.admission import check_device, cluster_resources
+from saefeat.admission import admit_contrast
 from saefeat.analysis.contrast import ContrastSpec, check_inputs
 from saefeat.api.auth import require_scope
 from saefeat.api.deps import get_session
@@ -152,12 +152,12 @@ def submit_contrast(
     response: Response,
     key: Annotated[ApiKey, Depends(require_scope("jobs"))],
     runner: Annotated[JobRunner, Depends(get_runner)],
+    session: Annotated[Session, Depends(get_session)],
     idempotency_key: IdempotencyKey = None,
 ) -> ContrastAccepted:
     settings = request.app.state.settings
-    if spec.device is not None:  # one the cluster lacks would wait for it forever
-        check_device(spec.device, None, cluster_resources(settings))
-    check_inputs(spec, settings)  # bad input stores nothing
+    admit_contrast(spec, settings)
+    check_inputs(spec, settings, session)  # bad input stores nothing
     job = runner.submit_and_start(spec, idempotency_key)
     location = str(request.url_for("get_contrast", contrast_id=job.spec_hash).path)
     response.headers["Location"] = location
