@@ -173,7 +173,6 @@ class ActivationSet:
                 shards=(shard_rows, d_model),
                 compressors=None,  # float data barely compresses (1.09x) and costs write speed
                 fill_value=0,
-                config={"write_empty_chunks": True},  # an all-zero shard is still data
             )
         g.attrs.update(
             {
