@@ -136,3 +136,24 @@ def test_a_claimed_job_that_cannot_run_ends_failed(sessions, settings):
     job = _row(sessions, "bad")
     assert (job.status, job.lease_expires_at) == ("failed", None)
     runner.shutdown()
+
+
+def test_latest_jobs_takes_the_newest_per_kind_and_hash(session):
+    """The jobs page reads every pipeline's stages with one `latest_jobs` query: each
+    (kind, hash) gets its newest job, the same as `latest_job` one pair at a time."""
+    from saefeat.storage.catalog.job_store import latest_job, latest_jobs
+
+    t0 = utcnow()
+    rows = [("old", "train", "h1", 0), ("new", "train", "h1", 5), ("idx", "index", "h1", 9),
+            ("other", "train", "h2", 1), ("unasked", "train", "h3", 2)]  # fmt: skip
+    for job_id, kind, spec_hash, dt in rows:
+        session.add(Job(id=job_id, kind=kind, spec={}, spec_hash=spec_hash,
+                        created_at=t0 + timedelta(seconds=dt)))  # fmt: skip
+    session.commit()
+    keys = [("train", "h1"), ("index", "h1"), ("train", "h2"), ("index", "h2")]
+    got = {key: job.id for key, job in latest_jobs(session, keys).items()}
+    assert got == {("train", "h1"): "new", ("index", "h1"): "idx", ("train", "h2"): "other"}
+    for key in keys:  # the batched read agrees with the single one
+        one = latest_job(session, *key)
+        assert got.get(key) == (one.id if one else None)
+    assert latest_jobs(session, []) == {}
