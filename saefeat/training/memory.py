@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from saefeat.errors import SpecError
+from saefeat.training.run import STATE_DTYPES
 
 # Architectures whose training forward holds dense [batch, d_sae] activations.
 DENSE_ARCHITECTURES = {"relu", "jumprelu", "batchtopk", "matryoshka_batchtopk"}
@@ -20,7 +21,7 @@ def estimate_bytes(
     """fp32 params + gradients + Adam's two moments (fp32 or bf16) + per-batch activations."""
     n_params = 2 * d_in * d_sae + 2 * d_sae + d_in  # W_enc, W_dec, b_enc, threshold, b_dec
     params = 4 * n_params
-    adam = 2 * n_params * (2 if optimizer_state == "bf16" else 4)
+    adam = 2 * n_params * STATE_DTYPES[optimizer_state].itemsize
     # Pre-activations [B, d_sae] (and their gradient for dense architectures), plus a
     # handful of [B, d_in] copies: input, reconstruction, residual, gradients.
     per_latent = 3 if architecture in DENSE_ARCHITECTURES else 1
