@@ -101,10 +101,26 @@ def fvu(x: torch.Tensor, recon: torch.Tensor) -> torch.Tensor:
     return e.pow(2).sum() / (x - x.mean(0)).pow(2).sum()
 
 
-def _autocast(device: torch.device):
+def _autocast(device: torch.device, cache_enabled: bool = True):
     if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+        return torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=cache_enabled)
     return nullcontext()
+
+
+def _saefeat_loss(
+    x: torch.Tensor,
+    params: list[torch.Tensor],
+    k: int,
+    device: torch.device,
+    cache_enabled: bool = True,
+) -> torch.Tensor:
+    """FVU of saefeat's TopK encode + sparse decode of `x` with a variant's own `params`
+    (W_enc, b_enc, W_dec, b_dec), under bf16 autocast on CUDA."""
+    W_enc, b_enc, W_dec, b_dec = params
+    with _autocast(device, cache_enabled):
+        vals, idx = topk_encode(x - b_dec, W_enc, b_enc, k)
+        recon = sparse_decode(idx, vals, W_dec, b_dec)
+    return fvu(x, recon)
 
 
 class Skipped(Exception):
@@ -114,15 +130,13 @@ class Skipped(Exception):
 def make_saefeat(
     w: Weights, k: int, device: torch.device, state_dtype: torch.dtype = torch.float32
 ) -> Step:
-    W_enc, b_enc, W_dec, b_dec = w.params()
-    opt = SAEAdam([W_enc, b_enc, W_dec, b_dec], lr=learning_rate(W_enc.shape[1]), decoder=W_dec,
+    params = w.params()
+    W_enc, W_dec = params[0], params[2]
+    opt = SAEAdam(params, lr=learning_rate(W_enc.shape[1]), decoder=W_dec,
                   state_dtype=state_dtype)  # fmt: skip
 
     def step(x: torch.Tensor) -> torch.Tensor:
-        with _autocast(device):
-            vals, idx = topk_encode(x - b_dec, W_enc, b_enc, k)
-            recon = sparse_decode(idx, vals, W_dec, b_dec)
-        loss = fvu(x, recon)
+        loss = _saefeat_loss(x, params, k, device)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -140,16 +154,14 @@ def make_saefeat_graph(w: Weights, k: int, device: torch.device) -> Step:
     in place, step counts and scalars on the device (SAEAdam capturable, a tensor lr)."""
     if device.type != "cuda":
         raise Skipped("CUDA graphs need a CUDA device")
-    W_enc, b_enc, W_dec, b_dec = w.params()
+    params = w.params()
+    W_enc, W_dec = params[0], params[2]
     lr = torch.tensor(learning_rate(W_enc.shape[1]), device=device)
-    opt = SAEAdam([W_enc, b_enc, W_dec, b_dec], lr=lr, decoder=W_dec, capturable=True)
+    opt = SAEAdam(params, lr=lr, decoder=W_dec, capturable=True)
 
     def body(x: torch.Tensor) -> torch.Tensor:
         # No autocast weight cache: a capture must not keep casts from before it.
-        with torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False):
-            vals, idx = topk_encode(x - b_dec, W_enc, b_enc, k)
-            recon = sparse_decode(idx, vals, W_dec, b_dec)
-        loss = fvu(x, recon)
+        loss = _saefeat_loss(x, params, k, device, cache_enabled=False)
         loss.backward()
         opt.step()
         return loss.detach()
@@ -486,8 +498,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=None)
     ap.add_argument(
         "--variants",
-        default=",".join(VARIANTS),
-        help=f"comma-separated subset of {','.join(VARIANTS)}",
+        default=None,
+        help=f"comma-separated subset of {','.join(VARIANTS)} (default: all; with --profile: "
+        "saefeat)",
     )
     ap.add_argument(
         "--sizes",
@@ -514,10 +527,8 @@ def main(argv: list[str] | None = None) -> int:
         sizes = SIZES
     warmup = args.warmup if args.warmup is not None else (1 if args.smoke else 3)
     repeats = args.repeats if args.repeats is not None else (2 if args.smoke else 10)
-    given = "--variants" in " ".join(sys.argv[1:] if argv is None else argv)
-    names = [v for v in args.variants.split(",") if v]
-    if args.profile and not given:
-        names = ["saefeat"]
+    default = "saefeat" if args.profile else ",".join(VARIANTS)
+    names = [v for v in (args.variants or default).split(",") if v]
     unknown = set(names) - set(VARIANTS)
     if unknown:
         ap.error(f"--variants: unknown {sorted(unknown)}; allowed {list(VARIANTS)}")
