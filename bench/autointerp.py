@@ -10,6 +10,9 @@ feature's) on the same pool and windows. With --judge and llama-cpp-python insta
 also scores detection with SmolLM2-135M itself as the judge (llama.cpp's server).
 
     .venv/bin/python bench/autointerp.py [--features 200] [--judge 20]
+    .venv/bin/python bench/autointerp.py --smoke   # a crash check: a demo SAE on 2,048
+        # tokens, 8 features, a pool of 64 contexts, no judge (set SAEFEAT_HOME to a
+        # temporary folder, or it builds that SAE into the bench's cache)
 
 The last line is one JSON object.
 """
@@ -38,7 +41,7 @@ from saefeat.config import Settings, get_settings  # noqa: E402
 from saefeat.interp.explainers import OfflineExplainer  # noqa: E402
 from saefeat.interp.metrics import auroc  # noqa: E402
 from saefeat.interp.scorers import NotScorable, make_scorers  # noqa: E402
-from saefeat.interp.spec import ExplainSpec  # noqa: E402
+from saefeat.specs import ExplainSpec  # noqa: E402
 from saefeat.storage.catalog import explanations, queries  # noqa: E402
 from saefeat.storage.catalog.db import catalog_session  # noqa: E402
 
@@ -49,8 +52,8 @@ def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-def demo_sae(settings: Settings) -> str:
-    """The newest indexed SAE in the bench catalog, or a fresh demo run."""
+def demo_sae(settings: Settings, tokens: int = 100_000) -> str:
+    """The newest indexed SAE in the bench catalog, or a fresh demo run on `tokens`."""
     with catalog_session(settings) as s:
         for sae in reversed(queries.list_saes(s, limit=500).items):
             if queries.count_features(s, sae.id):
@@ -60,7 +63,7 @@ def demo_sae(settings: Settings) -> str:
 
     log("building the demo SAE (harvest, train, index)")
     return run_demo(
-        tokens=100_000,
+        tokens=tokens,
         harvest=lambda spec: run_harvest(spec, settings=settings),
         train=lambda spec: run_train(spec, settings=settings),
         index=lambda spec: run_index(spec, settings=settings),
@@ -175,15 +178,19 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--features", type=int, default=200)
     parser.add_argument("--judge", type=int, default=20, help="features for detection; 0: skip")
+    parser.add_argument("--smoke", action="store_true", help="a crash check (see above)")
     args = parser.parse_args()
+    demo_tokens, pool = 100_000, {}
+    if args.smoke:
+        args.features, args.judge, demo_tokens, pool = 8, 0, 2048, {"pool_contexts": 64}
 
     from saefeat.workers.explain import run_explain
 
     base = get_settings()
-    sae_id = demo_sae(base)
+    sae_id = demo_sae(base, demo_tokens)
     sample = sample_features(base, sae_id, args.features)
     settings = fresh_catalog(base)
-    spec = ExplainSpec(sae=sae_id, features=sample, scorers=["embedding", "activation"])
+    spec = ExplainSpec(sae=sae_id, features=sample, scorers=["embedding", "activation"], **pool)
     log(f"explaining {len(sample)} features of {sae_id}")
     t0 = time.perf_counter()
     result = run_explain(spec, settings=settings)
@@ -216,7 +223,7 @@ def main() -> None:
         pairs = [(mine[i], v) for i, v in shuffled[kind] if i in mine]
         own, other = [p[0] for p in pairs], [p[1] for p in pairs]
         out[f"auroc_true_vs_shuffled_{kind}"] = round(auroc(own, other), 4) if pairs else None
-        out[f"mean_score_{kind}"] = round(float(np.mean(list(mine.values()))), 4)
+        out[f"mean_score_{kind}"] = round(float(np.mean(list(mine.values()))), 4) if mine else None
         out[f"mean_score_shuffled_{kind}"] = round(float(np.mean(other)), 4) if other else None
     if args.judge:
         try:

@@ -3,6 +3,7 @@ indexing throughput against the SAE forward alone.
 
     python bench/catalog.py            # 1,000,000 features x 20 examples
     python bench/catalog.py --quick    # 100,000 features
+    python bench/catalog.py --smoke    # 2,000 features, 1 s a scenario, SQLite: a crash check
 
 For each database: build a synthetic catalog (20 top examples of 17 tokens, 20 + 20
 projection tokens, 10 neighbours and a histogram per feature, labels on 10% of the
@@ -15,6 +16,10 @@ generator that leaves the cores to the server; without it, aiohttp clients in th
 process, whose own CPU use lowers the numbers on a 2-core machine. Then the indexing
 ratio: tokens/s of SAE encode + FeatureAccumulator.add (top-k, quantiles, histograms)
 over tokens/s of the SAE encode alone, on the same batches in the same run.
+The server runs with the label-write rate limit raised out of reach
+(SAEFEAT_LABEL_RATE_PER_MINUTE, SAEFEAT_LABEL_BURST): the write scenario measures the
+write path, and one bench key sending hundreds of writes a second would otherwise get
+429s, counted as errors.
 
 The last line printed is one JSON object:
 {"sqlite": {"feature_page_p95_ms": ..., ...}, "postgresql": {...}, "config": {...}}.
@@ -296,6 +301,11 @@ def build_catalog(url: str, n_features: int, seed: int = 0) -> str:
 # ---- serving and load ------------------------------------------------------------------
 
 
+# The label-write token bucket (saefeat/config.py: label_rate_per_minute, label_burst) out
+# of reach: the bench's one key writes far faster than the 120 a minute a person may.
+UNLIMITED_LABELS = {"SAEFEAT_LABEL_RATE_PER_MINUTE": "1e9", "SAEFEAT_LABEL_BURST": "1000000000"}
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -304,7 +314,7 @@ def _free_port() -> int:
 
 def serve(url: str, home: Path, workers: int) -> tuple[subprocess.Popen, str]:
     port = _free_port()
-    env = dict(os.environ, SAEFEAT_DATABASE_URL=url, SAEFEAT_HOME=str(home))
+    env = dict(os.environ, SAEFEAT_DATABASE_URL=url, SAEFEAT_HOME=str(home), **UNLIMITED_LABELS)
     command = [sys.executable, "-m", "uvicorn", "--factory", "saefeat.api.app:create_app",
                "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers),
                "--log-level", "warning", "--no-access-log"]  # fmt: skip
@@ -599,12 +609,16 @@ def _drop_database(url: str, database: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="100,000 features")
+    parser.add_argument(
+        "--smoke", action="store_true",
+        help="a crash check: 2,000 features, 1 s per scenario, 2 index batches, SQLite only",
+    )  # fmt: skip
     parser.add_argument("--features", type=int, help="override the feature count")
     parser.add_argument("--seconds", type=float, help="load time per scenario and client count")
     parser.add_argument(
         "--workers", type=int, default=os.cpu_count(), help="uvicorn worker processes"
     )
-    parser.add_argument("--databases", default="sqlite,postgresql")
+    parser.add_argument("--databases", help="default sqlite,postgresql (smoke: sqlite)")
     parser.add_argument(
         "--postgres",
         default="postgresql+psycopg://saefeat_test:saefeat_test@127.0.0.1:5432/postgres",
@@ -616,9 +630,11 @@ def main() -> None:
         "--index-only", action="store_true", help="only the indexing ratio (no database)"
     )
     args = parser.parse_args()
-    n_features = args.features or (100_000 if args.quick else 1_000_000)
-    seconds = args.seconds or (5.0 if args.quick else 10.0)
-    index_batches = args.index_batches or (24 if args.quick else 64)
+    size = "smoke" if args.smoke else "quick" if args.quick else "full"
+    n_features = args.features or {"smoke": 2_000, "quick": 100_000, "full": 1_000_000}[size]
+    seconds = args.seconds or {"smoke": 1.0, "quick": 5.0, "full": 10.0}[size]
+    index_batches = args.index_batches or {"smoke": 2, "quick": 24, "full": 64}[size]
+    databases = args.databases or ("sqlite" if args.smoke else "sqlite,postgresql")
 
     out: dict[str, Any] = {}
     log(f"indexing ratio over {index_batches} batches of 4096 tokens")
@@ -629,7 +645,7 @@ def main() -> None:
         return
     work = Path(tempfile.mkdtemp(prefix="saefeat-bench-catalog-"))
     try:
-        for name in filter(None, args.databases.split(",")):
+        for name in filter(None, databases.split(",")):
             if name == "sqlite":
                 url = f"sqlite:///{work / 'catalog.db'}"
                 out[name] = bench_database(name, url, n_features, seconds, args.workers, work)

@@ -16,6 +16,8 @@ held-out AUROC of the classifier on the top 32 features (target >= 0.9).
 
     python bench/contrast.py --prompts 787 --new-tokens 64 --tokens 50000   # the issue's size
     python bench/contrast.py --prompts 120 --new-tokens 16 --tokens 4096    # a loaded CPU
+    python bench/contrast.py --smoke    # 32 prompts x 32 new tokens, 1,024-token sets, in a
+                                        # temporary folder: a crash check
 
 The last line printed is one JSON object.
 """
@@ -45,25 +47,33 @@ def main() -> None:
     ap.add_argument("--ctx-len", type=int, default=64)
     ap.add_argument("--epochs", type=float, default=4.0, help="SAE training epochs")
     ap.add_argument("--lr", type=float, default=3e-4, help="SAE learning rate")
+    ap.add_argument("--smoke", action="store_true",
+                    help="a crash check: a small pair, generated in the home")  # fmt: skip
     args = ap.parse_args()
     os.environ.setdefault("SAEFEAT_HOME", tempfile.mkdtemp(prefix="saefeat-bench-contrast-"))
     os.environ.setdefault("SAEFEAT_MODEL_CACHE", str(Path.home() / ".cache" / "saefeat" / "models"))
-    # The pair is written under bench/contrast-data/, so that is the corpus root harvests read.
-    os.environ.setdefault("SAEFEAT_CORPUS_ROOTS", str(DATA))
+    data = DATA
+    if args.smoke:  # generated afresh (seconds), and never into the checkout
+        args.prompts, args.new_tokens, args.tokens, args.epochs = 32, 32, 1024, 1.0
+        data = Path(os.environ["SAEFEAT_HOME"]) / "contrast-data"
+    # The pair is written under `data` (bench/contrast-data/), so that is the corpus root
+    # harvests read.
+    os.environ.setdefault("SAEFEAT_CORPUS_ROOTS", str(data))
 
-    from saefeat.analysis.contrast import ContrastSpec, run_contrast
     from saefeat.analysis.contrast_demo import write_demo_corpora
     from saefeat.config import get_settings
     from saefeat.demo import demo_specs
     from saefeat.lm import EMBEDDED_MODEL
     from saefeat.pipeline import run_harvest, run_train
     from saefeat.sae import load_sae
+    from saefeat.specs import ContrastSpec
+    from saefeat.workers.contrast import run_contrast
     from saefeat.workers.index import encoded_batches
     from saefeat.workers.runtime import ensure_ray
 
     settings = get_settings()
     t = time.perf_counter()
-    folder = DATA / f"p{args.prompts}-g{args.new_tokens}"
+    folder = data / f"p{args.prompts}-g{args.new_tokens}"
     human, generated = write_demo_corpora(
         folder, model=EMBEDDED_MODEL, max_prompts=args.prompts,
         max_new_tokens=args.new_tokens, batch_size=64, seed=0,
@@ -83,6 +93,8 @@ def main() -> None:
     # Batch 128: the token budget must not leave a 1-row last batch (the trainer's FVU
     # divides by that batch's own variance: inf), so the default budgets avoid that.
     update = {"epochs": args.epochs, "batch_size": 128, "lr": args.lr}
+    if args.smoke:
+        update["expansion_factor"] = 1
     train = type(train_spec(a.id))(**{**train_spec(a.id).model_dump(), **update})
     sae_id = run_train(train, settings=settings).sae_id
     ensure_ray(settings)

@@ -11,6 +11,7 @@
 Also bytes per token on disk and the shuffled reader's tokens/s.
 
     python bench/harvest.py --quick      # SmolLM2-135M on this CPU, under 3 minutes
+    python bench/harvest.py --smoke      # 1,024 tokens in 2 shards: a crash check
 
 The last line printed is one JSON object.
 """
@@ -18,8 +19,10 @@ The last line printed is one JSON object.
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -48,6 +51,7 @@ def _tok_s(fn, batches: list[torch.Tensor]) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="small run on the embedded model")
+    ap.add_argument("--smoke", action="store_true", help="a crash check: 8 contexts, 2 shards")
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--hook", action="append", help="default: blocks.15.hook_resid_post")
     ap.add_argument("--ctx-len", type=int, default=128)
@@ -58,9 +62,12 @@ def main() -> None:
     args = ap.parse_args()
     if args.quick:
         args.contexts, args.batch, args.shard_contexts = 128, 4, 32
+    if args.smoke:
+        args.contexts, args.batch, args.shard_contexts = 8, 4, 4
     hooks = args.hook or ["blocks.15.hook_resid_post"]
 
     home = Path(tempfile.mkdtemp(prefix="saefeat-bench-"))
+    atexit.register(shutil.rmtree, home, True)
     os.environ["SAEFEAT_HOME"] = str(home)
     os.environ.setdefault("SAEFEAT_MODEL_CACHE", str(Path.home() / ".cache/saefeat/models"))
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -90,7 +97,7 @@ def main() -> None:
     aset, _ = prepare_set(spec, settings.activations_dir, roots)  # tokenize + pack, once
     tokenize_s = time.perf_counter() - t
     dtype = model_dtype(spec, "cpu")
-    lm = cached_model(spec.model, "cpu", dtype)
+    lm = cached_model(spec.model, spec.revision, "cpu", dtype)
     points = [parse_hook(h) for h in hooks]
     layer = max(p.layer for p in points) + (1 if any(p.kind != "resid_pre" for p in points) else 0)
     tokens = torch.from_numpy(aset.tokens()).long()
@@ -107,7 +114,7 @@ def main() -> None:
     # Start Ray first and let its daemons finish starting, so (a), (b) and (c) all run
     # beside the same idle Ray and (c) is not charged for Ray's own start-up.
     ensure_ray(settings)
-    time.sleep(5)
+    time.sleep(0 if args.smoke else 5)
     a1 = _tok_s(truncated, batches)
     b = _tok_s(naive, batches)
     result = harvest(spec, settings=settings)

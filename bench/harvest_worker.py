@@ -23,6 +23,7 @@ The model is GPT-2-small-sized (12 layers, d 768, vocab 50257) with seeded rando
 weights, built here from a transformers GPT2Config (no model hub), or --model PATH.
 
     python bench/harvest_worker.py --device cpu --ctx-len 64 --batch 2 --batches 8  # CPU
+    python bench/harvest_worker.py --smoke      # a 4-layer d-64 GPT-2 on the CPU: crash check
     python bench/harvest_worker.py --device cuda                                   # card
 
 On CUDA it also counts the host syncs CUDA's sync debug mode sees in one forward and in
@@ -66,16 +67,19 @@ from saefeat.workers.shard import IN_FLIGHT, ShardHarvester, model_dtype  # noqa
 TARGETS = {"harvest_c_over_a": 0.85, "harvest_c_over_b": 2.0}
 
 
-def build_gpt2_small(path: Path, seed: int, n_positions: int) -> Path:
-    """A GPT-2-small-sized model with seeded random weights and a one-token tokenizer
-    (loading asks for one; the tokens here are drawn at random)."""
+def build_gpt2_small(
+    path: Path, seed: int, n_positions: int, n_layer: int = 12, n_embd: int = 768
+) -> Path:
+    """A GPT-2-small-sized model (or smaller: the smoke run's) with seeded random weights
+    and a one-token tokenizer (loading asks for one; the tokens here are drawn at random)."""
     from tokenizers import Tokenizer, models
     from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
     torch.manual_seed(seed)
-    cfg = GPT2Config(n_layer=12, n_embd=768, n_head=12, vocab_size=50257, n_positions=n_positions)
+    cfg = GPT2Config(n_layer=n_layer, n_embd=n_embd, n_head=12 if n_embd % 12 == 0 else 4,
+                     vocab_size=50257, n_positions=n_positions)  # fmt: skip
     GPT2LMHeadModel(cfg).save_pretrained(path)
     eos = "<|endoftext|>"
     tok = Tokenizer(models.WordLevel({eos: 0}, unk_token=eos))
@@ -126,7 +130,15 @@ def main() -> int:
     ap.add_argument("--in-flight", type=int, default=IN_FLIGHT, help="shards at once")
     ap.add_argument("--root", help="where the temporary set goes (default: the temp dir)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--smoke", action="store_true",
+                    help="a crash check on the CPU: 4-layer d-64 GPT-2, hook blocks.2, "
+                         "ctx 32, 4 batches of 2 in 2 shards")  # fmt: skip
     args = ap.parse_args()
+    small = {}
+    if args.smoke:
+        args.device, args.hook, args.ctx_len = "cpu", "blocks.2.hook_resid_post", 32
+        args.batch, args.batches, args.shard_batches = 2, 4, 2
+        small = {"n_layer": 4, "n_embd": 64}
     if args.batches % args.shard_batches:
         ap.error("--batches must be a multiple of --shard-batches")
     device, hook = args.device, args.hook
@@ -136,7 +148,9 @@ def main() -> int:
 
     work = Path(tempfile.mkdtemp(prefix="saefeat-harvest-worker-", dir=args.root))
     try:
-        model = args.model or str(build_gpt2_small(work / "gpt2-small", args.seed, 1024))
+        model = args.model or str(
+            build_gpt2_small(work / "gpt2-small", args.seed, max(1024, args.ctx_len), **small)
+        )
         spec = HarvestSpec(
             model=model,
             hooks=[hook],
@@ -146,7 +160,8 @@ def main() -> int:
             storage_dtype="bfloat16",
         )
         dtype = model_dtype(spec, device)
-        lm = cached_model(spec.model, device, dtype)  # the harvester gets this same copy
+        # the harvester gets this same copy
+        lm = cached_model(spec.model, spec.revision, device, dtype)
         points = lm.check_hooks([hook])
         if point.layer + 1 >= lm.n_layers:  # the last hidden state has the final norm in it
             ap.error("--hook: the naive baseline needs a layer below the last")
@@ -274,7 +289,7 @@ def main() -> int:
             "torch": torch.__version__,
             "transformers": transformers.__version__,
             "zarr": zarr.__version__,
-            "model": args.model or "gpt2-small-random",
+            "model": args.model or ("gpt2-tiny-random" if small else "gpt2-small-random"),
             "hook": hook,
             "model_dtype": str(dtype).removeprefix("torch."),
             "ctx_len": args.ctx_len,

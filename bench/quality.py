@@ -11,7 +11,10 @@ export/import round trip (its own save_to_disk), then both are evaluated by the 
 on the held-out 5% of contexts that neither trained on: FVU on typical tokens (the
 headline) and on all tokens but position 0, L0, dead fraction, and CE/KL spliced in.
 
-    .venv/bin/python bench/quality.py [--quick] [--tokens N] [--optimizer-state S]
+    .venv/bin/python bench/quality.py [--quick | --smoke] [--tokens N] [--optimizer-state S]
+
+`--smoke` is a crash check: 4,096 tokens, one epoch, an SAE as wide as the model, CE/KL
+on 2 contexts (its numbers mean nothing).
 
 `--optimizer-state bf16` trains saefeat with Adam's moments in bf16; `compare` trains
 saefeat twice on identical batches (fp32 and bf16 moments), skips sparsify, and reports
@@ -143,6 +146,7 @@ def compare_states(spec: TrainSpec, aset, hook: str, split, rule, t0: float, t_h
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="a CPU-sized run (< 10 minutes)")
+    ap.add_argument("--smoke", action="store_true", help="a crash check (seconds)")
     ap.add_argument("--tokens", type=int, help="harvest this many tokens (default 200k)")
     ap.add_argument(
         "--optimizer-state",
@@ -152,12 +156,15 @@ def main() -> None:
     )
     args = ap.parse_args()
     tokens, epochs, ce_contexts = (40_000, 2.0, 8) if args.quick else (200_000, 2.0, 64)
+    expansion = 8
+    if args.smoke:
+        tokens, epochs, ce_contexts, expansion = 4096, 1.0, 2, 1
     tokens = args.tokens or tokens
     k, batch = 32, 256
     t0 = time.perf_counter()
     aset, hook = harvest(tokens)
     d_in = aset.d_model
-    d_sae = 8 * d_in
+    d_sae = expansion * d_in
     t_harvest = time.perf_counter() - t0
 
     state = "fp32" if args.optimizer_state == "compare" else args.optimizer_state

@@ -1,7 +1,8 @@
 """The pipeline as a service against the same work in-process.
 
-(a) in-process: harvest -> train -> index by the CLI's functions (saefeat.cli's
-    harvest_as_job, do_train, do_index) on a fresh SAEFEAT_HOME, Ray already started;
+(a) in-process: harvest -> train -> index by saefeat.pipeline's run_harvest, run_train
+    and run_index (what the CLI's commands run) on a fresh SAEFEAT_HOME, Ray already
+    started;
 (b) over HTTP: the same three specs as one POST /v1/pipelines to `saefeat serve` (its own
     fresh home, its own local Ray, started before the clock), timed from the POST to the
     pipeline's end, while a client reads feature pages of the SAE (a) made (its catalog
@@ -9,6 +10,7 @@
     its SAE is another one than (a)'s and no stage of it is reused from that catalog.
 
     python bench/service.py            # SmolLM2-135M, built-in corpus, 20k tokens
+    python bench/service.py --smoke    # 1,024 tokens, a 1 x d_model SAE: a crash check
 
 Targets: pipeline_overhead_ratio = (b) / (a) <= 1.15; api_p95_ms_during_pipeline < 100.
 The last line printed is one JSON object.
@@ -37,28 +39,33 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def specs(tokens: int):
+def specs(tokens: int, expansion: int | None = None):
+    """The demo's specs at `tokens`; `expansion` overrides its SAE width (the smoke run)."""
     from saefeat.demo import demo_specs
     from saefeat.specs import IndexSpec
 
     harvest, train = demo_specs(tokens)
-    return harvest, train(harvest.set_id()), IndexSpec(sae="placeholder")
+    train_spec = train(harvest.set_id())
+    if expansion is not None:
+        train_spec = type(train_spec)(**(train_spec.model_dump() | {"expansion_factor": expansion}))
+    return harvest, train_spec, IndexSpec(sae="placeholder")
 
 
-def in_process(home: Path, tokens: int) -> tuple[float, str]:
+def in_process(home: Path, tokens: int, expansion: int | None) -> tuple[float, str]:
     os.environ["SAEFEAT_HOME"] = str(home)
-    from saefeat.cli import do_index, do_train, harvest_as_job
     from saefeat.config import get_settings
 
     get_settings.cache_clear()
+    from saefeat.pipeline import run_harvest, run_index, run_train
     from saefeat.workers.runtime import ensure_ray
 
-    ensure_ray(get_settings())
-    harvest, train, index = specs(tokens)
+    settings = get_settings()
+    ensure_ray(settings)
+    harvest, train, index = specs(tokens, expansion)
     t0 = time.perf_counter()
-    harvest_as_job(harvest)
-    sae_id = do_train(train).sae_id
-    do_index(index.model_copy(update={"sae": sae_id}))
+    run_harvest(harvest, settings=settings)
+    sae_id = run_train(train, settings=settings).sae_id
+    run_index(index.model_copy(update={"sae": sae_id}), settings=settings)
     seconds = time.perf_counter() - t0
     import ray
 
@@ -66,10 +73,12 @@ def in_process(home: Path, tokens: int) -> tuple[float, str]:
     return seconds, sae_id
 
 
-def over_http(home: Path, tokens: int, sae_id: str, d_sae: int) -> tuple[float, list[float]]:
+def over_http(
+    home: Path, tokens: int, expansion: int | None, sae_id: str, d_sae: int
+) -> tuple[float, list[float]]:
     import httpx
 
-    harvest, train, index = specs(tokens)
+    harvest, train, index = specs(tokens, expansion)
     body = {
         "harvest": harvest.model_dump(mode="json"),
         # Seed 1: the same work as (a), another SAE id than the copied catalog's.
@@ -87,8 +96,16 @@ def over_http(home: Path, tokens: int, sae_id: str, d_sae: int) -> tuple[float, 
     client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60,
                           headers={"Authorization": f"Bearer {KEY}"})  # fmt: skip
     latencies: list[float] = []
+
+    def alive() -> None:
+        if server.poll() is not None:
+            log.close()
+            tail = (home / "server.log").read_text(errors="replace")[-2000:]
+            raise SystemExit(f"saefeat serve exited with {server.returncode}:\n{tail}")
+
     try:
         while True:
+            alive()
             try:
                 if client.get("/v1/health").status_code == 200:
                     break
@@ -113,10 +130,15 @@ def over_http(home: Path, tokens: int, sae_id: str, d_sae: int) -> tuple[float, 
         pages = threading.Thread(target=read_pages, daemon=True)
         t0 = time.perf_counter()
         r = client.post("/v1/pipelines", json=body)
-        r.raise_for_status()
+        if r.is_error:
+            alive()
+            log.flush()
+            tail = (home / "server.log").read_text(errors="replace")[-3000:]
+            raise SystemExit(f"POST /v1/pipelines: {r.status_code} {r.text[:1000]}\n{tail}")
         job_id = r.json()["job_id"]
         pages.start()
         while True:
+            alive()
             job = client.get(f"/v1/jobs/{job_id}").json()
             if job["status"] not in ("queued", "running"):
                 break
@@ -137,28 +159,32 @@ def over_http(home: Path, tokens: int, sae_id: str, d_sae: int) -> tuple[float, 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--tokens", type=int, default=20_000)
+    ap.add_argument("--tokens", type=int, default=None, help="default 20,000 (smoke: 1,024)")
+    ap.add_argument("--smoke", action="store_true",
+                    help="a crash check: 1,024 tokens and an SAE as wide as the model")  # fmt: skip
     args = ap.parse_args()
+    args.tokens = args.tokens or (1024 if args.smoke else 20_000)
+    expansion = 1 if args.smoke else None
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     # Both homes load the embedded model from one converted copy.
     os.environ.setdefault("SAEFEAT_MODEL_CACHE", str(Path.home() / ".cache/saefeat/models"))
     root = Path(tempfile.mkdtemp(prefix="bench-service-"))
     try:
-        local_s, sae_id = in_process(root / "local", args.tokens)
+        local_s, sae_id = in_process(root / "local", args.tokens, expansion)
         import sqlite3
 
         d_sae = sqlite3.connect(root / "local" / "catalog.db").execute(
             "select d_sae from saes where id = ?", (sae_id,)).fetchone()[0]  # fmt: skip
         (root / "served").mkdir()
         shutil.copy(root / "local" / "catalog.db", root / "served" / "catalog.db")
-        http_s, lat = over_http(root / "served", args.tokens, sae_id, d_sae)
+        http_s, lat = over_http(root / "served", args.tokens, expansion, sae_id, d_sae)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     lat.sort()
     p95 = lat[min(len(lat) - 1, int(0.95 * len(lat)))] if lat else None
-    print(f"in-process {local_s:.1f}s, over HTTP {http_s:.1f}s; "
-          f"{len(lat)} feature pages, p50 {lat[len(lat) // 2]:.1f} ms, p95 {p95:.1f} ms",
-          file=sys.stderr)  # fmt: skip
+    pages = f"p50 {lat[len(lat) // 2]:.1f} ms, p95 {p95:.1f} ms" if lat else "none answered"
+    print(f"in-process {local_s:.1f}s, over HTTP {http_s:.1f}s; {len(lat)} feature pages, "
+          f"{pages}", file=sys.stderr)  # fmt: skip
     print(json.dumps({
         "tokens": args.tokens,
         "in_process_s": round(local_s, 2),

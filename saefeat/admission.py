@@ -2,8 +2,9 @@
 a model from the local cache or the allow-list, sizes within the settings' limits, and a
 device and worker count the cluster has.
 
-The API checks a spec here before it writes a job row; each refusal is a SpecError that
-names the field (422). The CLI does not: its user owns the machine (docs/SECURITY.md).
+The API checks a spec before it writes a job row, with the check its job kind names
+(workers/job_kinds.py); each refusal is a SpecError that names the field (422). The CLI
+does not: its user owns the machine (docs/SECURITY.md).
 The harvest itself checks the corpus paths again when it opens them (saefeat/corpus.py).
 """
 
@@ -13,14 +14,26 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from saefeat.config import Settings
+from saefeat.devices import on_gpu, pick_device
 from saefeat.errors import SpecError
 from saefeat.lm import EMBEDDED_MODEL
 from saefeat.paths import BUILTIN_PYTHON_DOCS, CorpusRoots
-from saefeat.specs import HarvestSpec, IndexSpec, TrainSpec
+from saefeat.specs import ContrastSpec, HarvestSpec, IndexSpec, TrainJobSpec, TrainSpec
 
 DEVICE = re.compile(r"cpu|cuda(?::(\d{1,3}))?")
+
+
+@dataclass(frozen=True)
+class Admission:
+    """What a check may look at. `pending`: what earlier stages of the same pipeline will
+    make (activation_set, sae), so a check skips the inputs that do not exist yet."""
+
+    settings: Settings
+    session: Any = None  # a catalog Session, for kinds whose inputs are catalog rows
+    pending: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -49,7 +62,8 @@ def cluster_resources(settings: Settings) -> Resources | None:
     return Resources(os.cpu_count() or 1, torch.cuda.device_count())
 
 
-def admit_harvest(spec: HarvestSpec, settings: Settings) -> None:
+def admit_harvest(spec: HarvestSpec, ctx: Admission) -> None:
+    settings = ctx.settings
     roots = CorpusRoots.of(settings.corpus_root_paths)
     for i, src in enumerate(spec.corpus):
         if src.path != BUILTIN_PYTHON_DOCS:
@@ -101,8 +115,8 @@ def check_device(device: str | None, workers: int | None, res: Resources | None)
         )
     if res is None:
         return
-    on_gpu = device.startswith("cuda") if device is not None else res.gpus > 0
-    if on_gpu:
+    gpu = on_gpu(pick_device(device, res.gpus))
+    if gpu:
         if res.gpus == 0:
             raise SpecError(f"{device!r} needs a GPU and the cluster has none", field="device")
         if match and match.group(1) is not None and int(match.group(1)) >= res.gpus:
@@ -111,7 +125,7 @@ def check_device(device: str | None, workers: int | None, res: Resources | None)
                 f"cuda:0..cuda:{res.gpus - 1}",
                 field="device",
             )
-    have, unit = (res.gpus, "GPU") if on_gpu else (res.cpus, "CPU")
+    have, unit = (res.gpus, "GPU") if gpu else (res.cpus, "CPU")
     if workers is not None and workers > have:
         raise SpecError(
             f"{workers} workers cannot all be placed: one needs a {unit} and the cluster "
@@ -120,13 +134,15 @@ def check_device(device: str | None, workers: int | None, res: Resources | None)
         )
 
 
-def admit_train(job, settings: Settings, field: str = "") -> None:
-    """A TrainJobSpec (workers/train_job.py): every spec's set harvested and complete with
-    its hook, no `resume_from` (training resumes from its own state; a path would reach
+def admit_train(job: TrainJobSpec, ctx: Admission) -> None:
+    """Every spec's set harvested and complete with its hook (unless an earlier stage
+    makes it), no `resume_from` (training resumes from its own state; a path would reach
     anywhere on the server), and a placement the cluster can satisfy."""
     for i, spec in enumerate(job.specs):
-        _admit_train_spec(spec, settings, f"{field}specs.{i}.")
-    check_placement(job.device, job.resources, cluster_resources(settings), field)
+        _no_resume(spec, f"specs.{i}.")
+        if "activation_set" not in ctx.pending:
+            _admit_set(spec, ctx.settings, f"specs.{i}.")
+    check_placement(job.device, job.resources, cluster_resources(ctx.settings))
 
 
 def _no_resume(spec: TrainSpec, field: str) -> None:
@@ -135,10 +151,9 @@ def _no_resume(spec: TrainSpec, field: str) -> None:
                         "when resubmitted", field=f"{field}resume_from")  # fmt: skip
 
 
-def _admit_train_spec(spec: TrainSpec, settings: Settings, field: str) -> None:
+def _admit_set(spec: TrainSpec, settings: Settings, field: str) -> None:
     from saefeat.storage.activations import STATUS_COMPLETE, open_set
 
-    _no_resume(spec, field)
     try:
         aset = open_set(settings.activations_dir, spec.activation_set)
     except Exception:  # missing or unreadable: the same answer
@@ -169,50 +184,20 @@ def check_placement(
                             f"{have or 0}", field=f"{field}resources.{name}")  # fmt: skip
 
 
-def admit_index(spec: IndexSpec, settings: Settings, field: str = "") -> None:
-    if not (settings.saes_dir / spec.sae / "metrics.json").is_file():
+def admit_index(spec: IndexSpec, ctx: Admission) -> None:
+    trained = (ctx.settings.saes_dir / spec.sae / "metrics.json").is_file()
+    if "sae" not in ctx.pending and not trained:
         raise SpecError(f"no trained SAE {spec.sae!r}; train it first (POST /v1/trainings)",
-                        field=f"{field}sae")  # fmt: skip
-    _device_if_named(spec.device, settings)
+                        field="sae")  # fmt: skip
+    admit_device(spec.device, ctx)
 
 
-def admit_contrast(spec, settings: Settings) -> None:
+def admit_contrast(spec: ContrastSpec, ctx: Admission) -> None:
     """A ContrastSpec's device; the sets and SAE are analysis.contrast.check_inputs's."""
-    _device_if_named(spec.device, settings)
+    admit_device(spec.device, ctx)
 
 
-def _device_if_named(device: str | None, settings: Settings) -> None:
+def admit_device(device: str | None, ctx: Admission) -> None:
     """A device the cluster lacks would leave the job waiting for it forever."""
     if device is not None:
-        check_device(device, None, cluster_resources(settings))
-
-
-def admit_pipeline(spec, settings: Settings) -> None:
-    """A PipelineSpec (workers/pipeline_job.py): a plan whose stages agree, and each stage
-    admitted as its own job would be, except for inputs an earlier stage makes."""
-    from saefeat.workers.pipeline_job import plan
-
-    made: set[str] = set()
-    for stage, child in plan(spec):  # SpecError names the stage and its field
-        if stage.name == "harvest":
-            try:
-                admit_harvest(child, settings)
-            except SpecError as e:
-                raise SpecError(e.message, field=f"harvest.{e.field}") from None
-        elif stage.name == "train":
-            for one in child.specs:
-                if "harvest" in made:  # its set does not exist yet
-                    _no_resume(one, "train.")
-                else:
-                    _admit_train_spec(one, settings, "train.")
-            check_placement(child.device, child.resources, cluster_resources(settings))
-        elif stage.name == "index" and "train" not in made:
-            admit_index(child, settings, "index.")
-        elif stage.name == "explain":
-            from saefeat.workers.explain import check_explain_setup
-
-            try:
-                check_explain_setup(child, settings)
-            except SpecError as e:
-                raise SpecError(e.message, field=f"explain.{e.field}") from None
-        made.add(stage.name)
+        check_device(device, None, cluster_resources(ctx.settings))

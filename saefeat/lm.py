@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import re
 import shutil
 import threading
 from contextlib import contextmanager
@@ -22,6 +21,7 @@ import torch
 from torch import nn
 
 from saefeat.errors import SpecError
+from saefeat.shapes import HOOK_TYPES, HookPoint, parse_hook  # noqa: F401  (the hook grammar)
 
 EMBEDDED_MODEL = "smollm2-135m"
 
@@ -31,33 +31,10 @@ EMBEDDED_MODEL = "smollm2-135m"
 # and from_pretrained through transformers in this process holds this lock (reentrant:
 # load_model reads the config through model_config_and_tokenizer).
 TRANSFORMERS_LOCK = threading.RLock()
-HOOK_TYPES = ("resid_pre", "resid_post", "mlp_out", "attn_out")
-_HOOK_RE = re.compile(r"^blocks\.(\d+)\.hook_(resid_pre|resid_post|mlp_out|attn_out)$")
 
 # Attribute names of a block's attention and MLP submodules across families.
 _ATTN_NAMES = ("self_attn", "attn", "attention", "self_attention")
 _MLP_NAMES = ("mlp", "feed_forward", "ffn")
-
-
-@dataclass(frozen=True)
-class HookPoint:
-    layer: int
-    kind: str  # one of HOOK_TYPES
-
-    @property
-    def name(self) -> str:
-        return f"blocks.{self.layer}.hook_{self.kind}"
-
-
-def parse_hook(name: str) -> HookPoint:
-    m = _HOOK_RE.match(name)
-    if not m:
-        raise SpecError(
-            f"{name!r} is not a hook name; use blocks.<layer>.hook_<type> with type one of "
-            + ", ".join(HOOK_TYPES),
-            field="hooks",
-        )
-    return HookPoint(int(m.group(1)), m.group(2))
 
 
 def embedded_model_file() -> Path:
@@ -131,6 +108,7 @@ class LanguageModel:
     tokenizer: object
     blocks: nn.ModuleList
     is_encoder: bool
+    revision: str | None = None  # as asked for: a branch, tag or commit; None the default
 
     @property
     def n_layers(self) -> int:
@@ -240,15 +218,23 @@ def _load_model(name: str, revision: str | None, dtype: torch.dtype) -> Language
     model = loader.from_pretrained(source, revision=revision, dtype=dtype, **kwargs)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
-    return LanguageModel(name, model, tokenizer, _find_blocks(model), is_encoder)
+    return LanguageModel(name, model, tokenizer, _find_blocks(model), is_encoder, revision)
 
 
 @lru_cache(maxsize=2)
 def cached_model(
-    name: str, device: str = "cpu", dtype: torch.dtype = torch.float32
+    name: str,
+    revision: str | None,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
 ) -> LanguageModel:
-    """One loaded copy per process (Ray workers, the API's live search)."""
-    return load_model(name, device=device, dtype=dtype)
+    """One loaded copy per process (Ray workers, the API's live search), keyed by
+    (name, revision, device, dtype). `revision` has no default: a caller passes the one
+    recorded with the activation set (`ActivationSet.revision`) or the spec, since a name
+    alone resolves to the default branch's weights, whatever the set was harvested at."""
+    if not isinstance(device, str | torch.device):  # the old (name, device, dtype) order
+        raise TypeError("cached_model takes (name, revision, device, dtype)")
+    return load_model(name, revision=revision, device=device, dtype=dtype)
 
 
 def model_config_and_tokenizer(name: str, revision: str | None = None):

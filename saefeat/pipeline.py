@@ -8,6 +8,7 @@ API's job runner runs on Ray.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Unpack
 
 from saefeat.config import Settings, get_settings
 from saefeat.specs import HarvestSpec, IndexSpec, TrainSpec
@@ -16,20 +17,17 @@ from saefeat.workers.harvest import HarvestResult
 from saefeat.workers.harvest_job import harvest_and_record
 from saefeat.workers.index import IndexResult
 from saefeat.workers.index_job import index_and_record
+from saefeat.workers.job_progress import Progress, RunCallbacks
 from saefeat.workers.train_job import train_and_record
 
 __all__ = ["run_harvest", "run_index", "run_train"]
 
 
 def run_harvest(
-    spec: HarvestSpec,
-    *,
-    settings: Settings | None = None,
-    progress: Callable[[int, int], None] | None = None,
-    should_stop: Callable[[], bool] | None = None,
+    spec: HarvestSpec, *, settings: Settings | None = None, **run: Unpack[RunCallbacks]
 ) -> HarvestResult:
-    return harvest_and_record(spec, settings=settings or get_settings(), progress=progress,
-                              should_stop=should_stop)  # fmt: skip
+    """Harvest (`run`: progress, should_stop) and record the set in the catalog."""
+    return harvest_and_record(spec, settings=settings or get_settings(), **run)
 
 
 def run_train(
@@ -49,6 +47,6 @@ def run_index(
     spec: IndexSpec,
     *,
     settings: Settings | None = None,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Progress | None = None,
 ) -> IndexResult:
     return index_and_record(spec, settings=settings or get_settings(), progress=progress)

@@ -10,17 +10,32 @@ from __future__ import annotations
 import time
 import uuid
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from saefeat.errors import SaefeatError
+from saefeat.storage.catalog.job_status import ACTIVE
 
-SUBMIT_PATHS = {"harvest": "/v1/harvests", "train": "/v1/trainings",
-                "index": "/v1/indexings", "pipeline": "/v1/pipelines"}  # fmt: skip
-ACTIVE = ("queued", "running")
-UNITS = {"harvest": "tokens", "train": "steps", "index": "tasks", "pipeline": "stages"}
+
+def submit_path(kind: str, spec: dict) -> tuple[str, dict]:
+    """(the path a kind's spec is POSTed to, the body): the kind's route in the registry,
+    with the fields its path holds (an explain's SAE) moved from the body into it."""
+    from saefeat.workers.job_kinds import job_kinds
+
+    known = job_kinds()
+    if kind not in known:
+        raise SaefeatError(f"{kind!r} is not a job kind; use one of {sorted(known)}",
+                           field="kind")  # fmt: skip
+    route, body = known[kind].route, dict(spec)
+    path = {}
+    for name, field in route.path_fields.items():
+        if not isinstance(body.get(field), str):
+            raise SaefeatError(f"a {kind} spec needs `{field}`", field=field)
+        path[name] = quote(body.pop(field), safe="")
+    return "/v1" + route.path.format(**path), body
 
 
 class RemoteError(SaefeatError):
@@ -47,12 +62,9 @@ class Remote:
 
     def submit(self, kind: str, spec: dict, idempotency_key: str | None = None) -> dict:
         """POST the spec; a retry with the same key answers the same job."""
-        if kind not in SUBMIT_PATHS:
-            raise SaefeatError(f"{kind!r} is not a job kind; use one of {sorted(SUBMIT_PATHS)}",
-                               field="kind")  # fmt: skip
+        path, body = submit_path(kind, spec)
         key = idempotency_key or uuid.uuid4().hex
-        return self._call("POST", SUBMIT_PATHS[kind], json=spec,
-                          headers={"Idempotency-Key": key})  # fmt: skip
+        return self._call("POST", path, json=body, headers={"Idempotency-Key": key})
 
     def jobs(self, limit: int = 20) -> list[dict]:
         return self._call("GET", "/v1/jobs", params={"limit": limit})["items"]
@@ -83,7 +95,7 @@ def watch(remote: Remote, job_ids: list[str] | None, console: Console, every: fl
             for job in jobs:
                 if job["id"] not in tasks:
                     tasks[job["id"]] = bars.add_task(_describe(job), total=None,
-                                                     unit=UNITS.get(job["kind"], ""))  # fmt: skip
+                                                     unit=job.get("unit", ""))  # fmt: skip
                 bars.update(tasks[job["id"]], description=_describe(job),
                             completed=job["progress_done"],
                             total=job["progress_total"])  # fmt: skip

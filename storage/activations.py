@@ -125,6 +125,12 @@ class ActivationSet:
         self.model_name: str = a["model"]
         self.n_layers: int | None = a.get("n_layers")  # None: harvested before it was stored
 
+    @property
+    def revision(self) -> str | None:
+        """The model revision (branch, tag or commit) the set was harvested at; None for
+        the default. Whatever loads the model for this set's activations loads this one."""
+        return self.spec.get("revision")
+
     # ---- creation -------------------------------------------------------------
 
     @classmethod

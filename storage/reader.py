@@ -14,18 +14,11 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from saefeat.storage.activations import ActivationSet
-
-
-@dataclass(frozen=True)
-class ReaderPosition:
-    epoch: int = 0
-    batch: int = 0  # batches already served in this epoch
 
 
 class ShuffledBatchReader:

@@ -3,9 +3,13 @@ without a model, a GPU or a harvest. Seeded, so the same call gives the same dat
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from saefeat.features.records import FeatureExample, FeatureIndex, VocabProjection
+from saefeat.storage.catalog.models import SAE
+from saefeat.storage.catalog.registry import register_sae
 
 # Byte-level BPE ("Ġ" = leading space), SentencePiece ("▁") and decoded (" ") spellings
 # all appear, as they do across real tokenizers.
@@ -15,6 +19,21 @@ WORDS = [
     "model", "token", "layer", "feature", "sparse", "dense", "matrix", "vector", "sum", "mean",
 ]  # fmt: skip
 SPELLINGS = ("{}", " {}", "Ġ{}", "▁{}")
+
+
+def register_test_sae(session: Any, sae_id: str = "sae-a", d_sae: int = 64, **fields) -> SAE:
+    """An SAE row as if trained on SmolLM2's layer-6 residual stream (TopK, fewer active
+    latents than latents); `fields` override any of register_sae's. The caller commits."""
+    values = {
+        "name": f"test {sae_id}",
+        "model_name": "SmolLM2-135M-Instruct",
+        "hook_name": "blocks.6.hook_resid_post",
+        "architecture": "topk",
+        "d_in": 576,
+        "k": min(8, d_sae - 1),
+        "metrics": {"fvu": 0.2, "l0": 8.0},
+    }
+    return register_sae(session, sae_id=sae_id, d_sae=d_sae, **(values | fields))
 
 
 def synthetic_vocab() -> list[str]:
@@ -93,15 +112,8 @@ def synthetic_feature_index(
     near = (np.arange(d_sae)[:, None] + shift) % d_sae
     cosines = np.round(np.sort(rng.uniform(0.1, 0.9, size=(d_sae, n_near)), axis=1)[:, ::-1], 4)
     return FeatureIndex(
-        d_sae=d_sae,
-        n_tokens=100_000,
-        density=density,
-        max_activation=max_act,
-        mean_activation=mean_act,
-        examples=examples,
-        projections=projections,
-        histogram_edges=edges,
-        histograms=histograms,
-        neighbour_indices=near,
+        d_sae=d_sae, n_tokens=100_000, density=density, max_activation=max_act,
+        mean_activation=mean_act, examples=examples, projections=projections,
+        histogram_edges=edges, histograms=histograms, neighbour_indices=near,
         neighbour_cosines=cosines,
-    )
+    )  # fmt: skip

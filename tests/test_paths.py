@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from saefeat.admission import Resources, admit_harvest, check_device, check_model
+from saefeat.admission import Admission, Resources, admit_harvest, check_device, check_model
 from saefeat.config import Settings
 from saefeat.corpus import BUILTIN_PYTHON_DOCS, CorpusRoots, iter_documents
 from saefeat.errors import SpecError
@@ -186,12 +186,13 @@ def field_of(fn, *args) -> str:
 )
 def test_admission_names_the_field(server, update, field):
     spec = HarvestSpec(hooks=HOOK, **update)
-    assert field_of(admit_harvest, spec, server) == field
+    assert field_of(admit_harvest, spec, Admission(server)) == field
 
 
 def test_admission_accepts_a_spec_within_limits(server):
-    admit_harvest(HarvestSpec(hooks=HOOK, corpus=["c.txt", BUILTIN_PYTHON_DOCS]), server)
-    admit_harvest(HarvestSpec(hooks=HOOK, ctx_len=4096, batch_size=1024, device="cpu"), server)
+    ctx = Admission(server)
+    admit_harvest(HarvestSpec(hooks=HOOK, corpus=["c.txt", BUILTIN_PYTHON_DOCS]), ctx)
+    admit_harvest(HarvestSpec(hooks=HOOK, ctx_len=4096, batch_size=1024, device="cpu"), ctx)
 
 
 def test_devices_and_workers_fit_the_cluster():

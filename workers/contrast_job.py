@@ -1,41 +1,55 @@
-"""The `contrast` job kind: a ContrastSpec run by saefeat/analysis/contrast.py, its
+"""The `contrast` job kind: a ContrastSpec run by workers/contrast.py, its
 results stored in the catalog in one transaction once the statistics are done."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from typing import Unpack
 
-from saefeat.analysis.contrast import ContrastSpec, run_contrast
-from saefeat.analysis.contrast_pass import ContrastCancelled
+from saefeat.admission import Admission, admit_contrast
+from saefeat.analysis.contrast import ContrastResult, check_inputs
 from saefeat.config import Settings
-from saefeat.workers.job_kinds import JobKind, JobOutcome, JobStopped, Progress, register_job_kind
+from saefeat.specs import ContrastSpec
+from saefeat.storage.catalog.job_status import JobStatus
+from saefeat.workers.contrast import run_contrast
+from saefeat.workers.job_kinds import JobKind, JobOutcome, Route, register_job_kind
+from saefeat.workers.job_progress import Progress, RunCallbacks, ShouldStop
 
 
-def run_contrast_job(
-    spec: ContrastSpec,
-    *,
-    settings: Settings,
-    progress: Progress | None,
-    should_stop: Callable[[], bool],
-) -> JobOutcome:
+def contrast_and_record(
+    spec: ContrastSpec, *, settings: Settings, **run: Unpack[RunCallbacks]
+) -> ContrastResult:
+    """Run the contrast (a cancel raises ContrastCancelled, a JobStopped), then store its
+    results in one transaction (a rerun rewrites them whole)."""
     from saefeat.storage.catalog.contrasts import write_contrast
     from saefeat.storage.catalog.db import catalog_session
 
-    try:
-        result = run_contrast(spec, settings=settings, progress=progress, should_stop=should_stop)
-    except ContrastCancelled as e:
-        raise JobStopped(str(e)) from e
+    result = run_contrast(spec, settings=settings, **run)
     with catalog_session(settings) as s:
         write_contrast(s, result)
         s.commit()
-    return JobOutcome("succeeded", None, result)
+    return result
 
 
-CONTRAST = register_job_kind(
-    JobKind(
-        name="contrast",
-        spec_type=ContrastSpec,
-        spec_hash=ContrastSpec.contrast_id,
-        run=run_contrast_job,
+def run_contrast_job(
+    spec: ContrastSpec, *, settings: Settings, progress: Progress | None, should_stop: ShouldStop
+) -> JobOutcome:
+    result = contrast_and_record(
+        spec, settings=settings, progress=progress, should_stop=should_stop
     )
+    return JobOutcome(JobStatus.SUCCEEDED, None, result)
+
+
+def admit(spec: ContrastSpec, ctx: Admission) -> None:
+    """The device, then both sets and the SAE (bad input stores nothing)."""
+    admit_contrast(spec, ctx)
+    check_inputs(spec, ctx.settings, ctx.session)
+
+
+ROUTE = Route(
+    "/contrasts",
+    "Rank an SAE's features by how differently they fire on two activation sets",
+    result=("contrast_id", "get_contrast"),
+)
+CONTRAST = register_job_kind(
+    JobKind("contrast", ContrastSpec, run_contrast_job, ROUTE, "tasks", admit=admit)
 )

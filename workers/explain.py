@@ -11,7 +11,6 @@ the same explainer and prompt version, so a cancelled or failed job resumes.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,26 +19,15 @@ import ray
 
 from saefeat.config import Settings, get_settings
 from saefeat.errors import SaefeatError
+from saefeat.interp.catalog_io import FeatureOutcome
 from saefeat.interp.evidence import FeatureEvidence
 from saefeat.interp.explainers import Explainer, make_explainer, query_text
 from saefeat.interp.llm import LLMClient
 from saefeat.interp.pool import ScoringPool
 from saefeat.interp.scorers import NotScorable, check_judges
-from saefeat.interp.spec import ExplainSpec
-from saefeat.storage.catalog.explanations import ScoreIn
+from saefeat.specs import ExplainSpec
+from saefeat.workers.job_progress import Progress, ShouldStop
 from saefeat.workers.runtime import ensure_ray
-
-Progress = Callable[[int, int], None]
-
-
-@dataclass
-class FeatureOutcome:
-    index: int
-    text: str | None = None
-    scores: list[ScoreIn] = field(default_factory=list)
-    unscored: dict[str, str] = field(default_factory=dict)  # score type -> why
-    error: str | None = None
-    explained_from: list[dict] = field(default_factory=list)  # the windows it saw
 
 
 @dataclass
@@ -176,7 +164,7 @@ def run_explain(
     *,
     settings: Settings | None = None,
     progress: Progress | None = None,
-    should_stop: Callable[[], bool] | None = None,
+    should_stop: ShouldStop | None = None,
 ) -> ExplainResult:
     """Explain and score the spec's features; see the module docstring."""
     from saefeat.interp.catalog_io import prepare, write_outcomes

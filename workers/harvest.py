@@ -18,28 +18,28 @@ import fcntl
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import ray
 
-from saefeat.config import Settings, get_settings
+from saefeat.config import Settings
 from saefeat.corpus import CorpusReport, CorpusRoots, mix_sources, pack_contexts
+from saefeat.devices import on_gpu, pick_device
 from saefeat.errors import SaefeatError, SpecError
 from saefeat.lm import model_config_and_tokenizer, parse_hook
 from saefeat.specs import HarvestSpec
 from saefeat.storage.activations import STATUS_COMPLETE, ActivationSet
 from saefeat.storage.stats import set_statistics
 from saefeat.workers.job_kinds import JobBusy, JobStopped
+from saefeat.workers.job_progress import Progress, ShouldStop
 from saefeat.workers.runtime import ensure_ray, gpus_available, task_cpus
-from saefeat.workers.shard import IN_FLIGHT, ShardHarvester, model_dtype
+from saefeat.workers.shard import IN_FLIGHT, ShardHarvester
 
 log = logging.getLogger(__name__)
-Progress = Callable[[int, int], None]  # (tokens done, tokens total)
-ShouldStop = Callable[[], bool]
-__all__ = ["HarvestResult", "HarvestWorker", "ShardHarvester", "harvest", "model_dtype"]
+__all__ = ["HarvestResult", "HarvestWorker", "ShardHarvester", "harvest"]
 
 
 class HarvestCancelled(JobStopped):
@@ -188,16 +188,16 @@ def set_lock(root: Path, set_id: str) -> Iterator[None]:
 def harvest(
     spec: HarvestSpec,
     *,
-    settings: Settings | None = None,
+    settings: Settings,
     progress: Progress | None = None,
     should_stop: ShouldStop | None = None,
 ) -> HarvestResult:
-    """Run (or resume, or reuse) the harvest this spec describes.
+    """Run (or resume, or reuse) the harvest this spec describes (run_harvest in
+    saefeat/pipeline.py also records the set in the catalog).
 
     `should_stop` is polled between shards; when it says so, in-flight work is abandoned
     (its shards stay uncommitted) and HarvestCancelled is raised.
     """
-    settings = settings or get_settings()
     t0 = time.perf_counter()
     root = settings.activations_dir
     with set_lock(root, spec.set_id()):
@@ -259,11 +259,11 @@ class _ShardRun:
     def _start_workers(self, n_shards: int) -> list:
         ensure_ray(self.settings)
         n_gpus = gpus_available()
-        device = self.spec.device or ("cuda" if n_gpus else "cpu")
-        default_workers = max(1, n_gpus) if device.startswith("cuda") else 1
+        device = pick_device(self.spec.device, n_gpus)
+        default_workers = max(1, n_gpus) if on_gpu(device) else 1
         n_workers = min(self.spec.workers or default_workers, n_shards)
         threads = task_cpus(n_workers)
-        options = {"num_gpus": 1} if device.startswith("cuda") else {"num_cpus": threads}
+        options = {"num_gpus": 1} if on_gpu(device) else {"num_cpus": threads}
         if not self.settings.ray_address:  # our own Ray: what it has is all it will have
             _check_fits(options, n_workers)
         args = (self.spec.model_dump_json(), str(self.aset.path), device, threads)

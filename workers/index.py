@@ -10,7 +10,7 @@ from the weights, and turns the tables into FeatureIndex records.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +19,7 @@ import ray
 import torch
 
 from saefeat.config import Settings, get_settings
+from saefeat.devices import on_gpu, pick_device
 from saefeat.features.accumulate import HIST_EDGES, FeatureAccumulator
 from saefeat.features.neighbours import decoder_neighbours
 from saefeat.features.records import FeatureExample, FeatureIndex
@@ -28,9 +29,8 @@ from saefeat.lm import cached_model
 from saefeat.sae import SparseAutoencoder, load_sae
 from saefeat.specs import IndexSpec
 from saefeat.storage.activations import ActivationSet
+from saefeat.workers.job_progress import Progress
 from saefeat.workers.runtime import cpus_available, ensure_ray, gpus_available, task_cpus
-
-Progress = Callable[[int, int], None]
 
 
 def accumulate_shards(
@@ -103,12 +103,12 @@ def index_sae(
     shards = aset.committed_shards()
     ensure_ray(settings)
     n_gpus = gpus_available()
-    device = spec.device or ("cuda" if n_gpus else "cpu")
+    device = pick_device(spec.device, n_gpus)
     # On CPUs: tasks as big as a node allows (one on a single machine), spread over nodes.
     per_task = task_cpus()
     n_cpu_tasks = max(1, cpus_available() // per_task)
-    n_tasks = min(len(shards), max(1, n_gpus) if device.startswith("cuda") else n_cpu_tasks)
-    opts = {"num_gpus": 1} if device.startswith("cuda") else {"num_cpus": per_task}
+    n_tasks = min(len(shards), max(1, n_gpus) if on_gpu(device) else n_cpu_tasks)
+    opts = {"num_gpus": 1} if on_gpu(device) else {"num_cpus": per_task}
     parts = [shards[i::n_tasks] for i in range(n_tasks)]
     refs = [
         _accumulate_task.options(**opts).remote(
@@ -134,7 +134,7 @@ def build_index(
     acc: FeatureAccumulator, sae: SparseAutoencoder, aset: ActivationSet, spec: IndexSpec
 ) -> FeatureIndex:
     acc = acc.to("cpu")
-    lm = cached_model(aset.model_name, "cpu")
+    lm = cached_model(aset.model_name, aset.revision, "cpu")
     W_U, norm_scale = lm.unembedding()
     strings = token_strings(lm.tokenizer, W_U.shape[0])
     fires = acc.fires.numpy()

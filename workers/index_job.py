@@ -6,24 +6,18 @@ feature rows in place (their ids and labels stay), so a re-run after a crash add
 
 from __future__ import annotations
 
-import hashlib
-import json
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from saefeat.admission import admit_index
 from saefeat.config import Settings
 from saefeat.specs import IndexSpec
-from saefeat.workers.job_kinds import JobKind, JobOutcome, Progress, register_job_kind
+from saefeat.specs.pipeline import build_index, makes_nothing
+from saefeat.storage.catalog.job_status import JobStatus
+from saefeat.workers.job_kinds import JobKind, JobOutcome, Route, Stage, register_job_kind
+from saefeat.workers.job_progress import Progress, ShouldStop
 
 if TYPE_CHECKING:
     from saefeat.workers.index import IndexResult
-
-INDEX_EXECUTION_FIELDS = {"device", "batch_contexts"}  # change how, not what, it indexes
-
-
-def index_hash(spec: IndexSpec) -> str:
-    data = spec.model_dump(mode="json", exclude=INDEX_EXECUTION_FIELDS)
-    return "index-" + hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def already_indexed(settings: Settings, sae_id: str) -> bool:
@@ -69,19 +63,23 @@ def _index_task(spec: IndexSpec, settings: Settings, box) -> dict:
 
 
 def run_index_job(
-    spec: IndexSpec,
-    *,
-    settings: Settings,
-    progress: Progress | None,
-    should_stop: Callable[[], bool],
+    spec: IndexSpec, *, settings: Settings, progress: Progress | None, should_stop: ShouldStop
 ) -> JobOutcome:
     from saefeat.workers.ray_stage import run_on_ray
 
-    out, _ = run_on_ray(_index_task, (spec, settings), {"num_cpus": 1},
+    out, _ = run_on_ray(_index_task, (spec, settings), ray_options(spec, 0),
                         progress=progress, should_stop=should_stop)  # fmt: skip
-    return JobOutcome("succeeded", None, out)
+    return JobOutcome(JobStatus.SUCCEEDED, None, out)
 
 
+def ray_options(spec: IndexSpec, cluster_gpus: int) -> dict[str, Any]:
+    """The coordinating task: one CPU (it spreads the shards over tasks of its own)."""
+    return {"num_cpus": 1}
+
+
+ROUTE = Route("/indexings", "Submit an indexing job for a trained SAE (features, examples, vocab)")
+STAGE = Stage(build_index, makes_nothing, lambda settings, i: already_indexed(settings, i.sae))
 INDEX = register_job_kind(
-    JobKind(name="index", spec_type=IndexSpec, spec_hash=index_hash, run=run_index_job)
-)
+    JobKind("index", IndexSpec, run_index_job, ROUTE, "tasks", admit=admit_index,
+            ray_options=ray_options, stage=STAGE)
+)  # fmt: skip

@@ -1,15 +1,26 @@
-"""A job's progress as throttled row updates with a rate (units per second)."""
+"""The callbacks a job's run gets, and its progress as throttled row updates with a rate
+(units per second)."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import TypedDict
 
 PROGRESS_EVERY_S = 0.5  # at most this often a progress write to the catalog
+Progress = Callable[[int, int], None]  # (done, total) in the kind's unit
+ShouldStop = Callable[[], bool]  # the job was cancelled or its runner is shutting down
+
+
+class RunCallbacks(TypedDict, total=False):
+    """The callbacks a function passes on unchanged to the work it wraps (`**run`)."""
+
+    progress: Progress | None
+    should_stop: ShouldStop | None
 
 
 class ProgressMeter:
-    def __init__(self, write: Callable[..., None], also: Callable[[int, int], None] | None):
+    def __init__(self, write: Callable[..., None], also: Progress | None):
         self.write, self.also = write, also
         self.t0: float | None = None
         self.done0 = 0

@@ -38,7 +38,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from saefeat.config import Settings
 from saefeat.errors import SaefeatError
 from saefeat.storage.catalog import job_store
-from saefeat.storage.catalog.job_store import CANCEL_REQUESTED, FINISHED, LEASE_LOST
+from saefeat.storage.catalog.job_status import FINISHED, JobStatus
+from saefeat.storage.catalog.job_store import CANCEL_REQUESTED, LEASE_LOST
 from saefeat.storage.catalog.models import Job, utcnow
 from saefeat.workers.job_kinds import (
     JobBusy,
@@ -224,7 +225,7 @@ class JobRunner:
 
     def _release(self, job_id: str, error: str, *, ran: bool = True) -> None:
         """Back to `queued` for any runner (this one shut down, or the work was busy)."""
-        self._end_attempt(job_id, error if ran else None, status="queued", owner=None,
+        self._end_attempt(job_id, error if ran else None, status=JobStatus.QUEUED, owner=None,
                           lease_expires_at=None, error=error)  # fmt: skip
 
     def shutdown(self, timeout: float = 10.0) -> None:
@@ -268,6 +269,11 @@ class JobRunner:
             row = self.get(job_id)
             kind = job_kind(row.kind)
             spec = kind.spec_type.model_validate(row.spec)
+            # Every kind runs on Ray; a server starts it here, for its first job. (Imported
+            # here: importing Ray costs a second that listing jobs need not pay.)
+            from saefeat.workers.runtime import ensure_ray
+
+            ensure_ray(self.settings)
             outcome = kind.run(
                 spec, settings=self.settings, progress=meter, should_stop=should_stop
             )
@@ -275,16 +281,16 @@ class JobRunner:
             if self._shutdown.is_set() and not cancel.is_set():
                 self._release(job_id, SHUTDOWN)
             else:
-                self._finish(job_id, "cancelled", "cancelled; resubmit to resume")
+                self._finish(job_id, JobStatus.CANCELLED, "cancelled; resubmit to resume")
             return None
         except JobBusy as e:
             self._release(job_id, str(e), ran=False)  # tried again once the work is free
             return None
         except KeyboardInterrupt:  # Ctrl-C in the CLI: what was committed stays
-            self._finish(job_id, "cancelled", "interrupted; resubmit to resume")
+            self._finish(job_id, JobStatus.CANCELLED, "interrupted; resubmit to resume")
             raise
         except Exception as e:
-            self._finish(job_id, "failed", f"{type(e).__name__}: {e}"[:4000])
+            self._finish(job_id, JobStatus.FAILED, f"{type(e).__name__}: {e}"[:4000])
             raise
         meter.flush()
         self._finish(job_id, outcome.status, outcome.note)

@@ -15,7 +15,8 @@ from typing import Any
 
 import ray
 
-from saefeat.workers.job_kinds import JobStopped, Progress
+from saefeat.workers.job_kinds import JobStopped
+from saefeat.workers.job_progress import Progress, ShouldStop
 
 POLL_S = 0.5  # how often the job thread looks at the task, its progress and the stop flag
 SYSTEM_RETRIES = 5  # times Ray re-runs the task after its worker or node died
@@ -49,7 +50,7 @@ def run_on_ray(
     options: dict[str, Any],
     *,
     progress: Progress | None,
-    should_stop: Callable[[], bool],
+    should_stop: ShouldStop,
 ) -> tuple[Any, list[int]]:
     """Run `fn(*args, box)` as a Ray task with `options` (resources), waiting in this
     thread; returns what it returned and the step each attempt started at. A stop

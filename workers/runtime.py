@@ -1,11 +1,17 @@
 """Connecting to Ray: a cluster at SAEFEAT_RAY_ADDRESS, or a local instance.
 
-Ray is started or joined once per process, from the main thread, and lives as long as
-the process: `saefeat serve` does it at start-up, the CLI's commands on first use. A job
-thread never starts it. The reason: the processes a local ray.init() spawns (GCS,
-raylet) get a parent-death signal, and on Linux that fires when the *thread* that
-spawned them exits, so a Ray started in a job thread died with the job, and the API
-process followed a minute later when it lost the GCS.
+Ray is started or joined once per process, on first use, and lives as long as the
+process: the CLI's commands start it when they need it, and the API server when its
+first job runs (the job runner asks for it before running any kind), not at start-up: an
+idle local Ray is a dozen processes (GCS, raylet, agents, idle workers) that took 5-7% of
+a core and about 8% of the catalog's read throughput on a 2-core machine, in every API
+worker process (bench/RESULTS.md, catalog).
+
+A thread that is not the main thread never calls ray.init() itself: it hands the start
+to a thread of its own (`ray-owner`) that then waits for ever. The reason: the processes
+a local ray.init() spawns (GCS, raylet) get a parent-death signal, and on Linux that fires
+when the *thread* that spawned them exits, so a Ray started in a job thread died with
+the job, and the API process followed a minute later when it lost the GCS.
 
 A local instance listens on 127.0.0.1 only and uses Ray's token auth, with a token in
 the data folder (0600), unless RAY_AUTH_MODE is set (the test suite sets `disabled`).
@@ -21,13 +27,9 @@ import threading
 import ray
 
 from saefeat.config import Settings, get_settings
-from saefeat.errors import SaefeatError
 
 TOKEN_FILE = "ray_auth_token"  # in the data folder; a local Ray's auth token
-
-
-class RayNotStarted(SaefeatError):
-    """ensure_ray() from a thread other than the main one, before Ray was started."""
+_start_lock = threading.Lock()  # one start at a time, whichever thread asks
 
 
 def _local_auth(settings: Settings) -> None:
@@ -60,16 +62,21 @@ def _loopback_only() -> None:
 
 
 def ensure_ray(settings: Settings | None = None) -> None:
-    """Start or join Ray once per process; only the main thread may do so."""
+    """Start or join Ray once per process: here from the main thread, from any other
+    thread in the process's ray-owner thread (see the module's docstring)."""
     if ray.is_initialized():
         return
-    if threading.current_thread() is not threading.main_thread():
-        raise RayNotStarted(
-            "Ray is not running in this process, and a job thread must not start it (it "
-            "would die with the thread); start it from the main thread first "
-            "(saefeat.workers.runtime.ensure_ray)"
-        )
     settings = settings or get_settings()
+    with _start_lock:
+        if ray.is_initialized():
+            return
+        if threading.current_thread() is threading.main_thread():
+            _init_keeping_sigterm(settings)
+        else:
+            _init_in_owner_thread(settings)
+
+
+def _init_keeping_sigterm(settings: Settings) -> None:
     # ray.init() sets a SIGTERM handler that kills Ray and exits at once; the server's
     # own (uvicorn's: a graceful stop that hands running jobs back) must stay.
     sigterm = signal.getsignal(signal.SIGTERM)
@@ -78,6 +85,28 @@ def ensure_ray(settings: Settings | None = None) -> None:
     finally:
         if sigterm is not None:  # None: set outside Python; nothing to put back
             signal.signal(signal.SIGTERM, sigterm)
+
+
+def _init_in_owner_thread(settings: Settings) -> None:
+    """Start Ray in a daemon thread that never ends, so the processes it spawns outlive
+    the calling thread (a job's); off the main thread ray.init() sets no signal handler."""
+    failed: list[BaseException] = []
+    started = threading.Event()
+
+    def own() -> None:
+        try:
+            _init(settings)
+        except BaseException as e:  # noqa: BLE001 - handed to the caller
+            failed.append(e)
+        finally:
+            started.set()
+        if not failed:
+            threading.Event().wait()  # for the process's life: Ray's processes die with it
+
+    threading.Thread(target=own, name="ray-owner", daemon=True).start()
+    started.wait()
+    if failed:
+        raise failed[0]  # as ray.init() raised it in the main thread
 
 
 def _init(settings: Settings) -> None:
@@ -98,15 +127,6 @@ def _init(settings: Settings) -> None:
         object_store_memory=256 * 1024**2,
         runtime_env=runtime_env,
     )
-
-
-def ensure_ray_in_main_thread(settings: Settings) -> bool:
-    """At a server's start-up: start or join Ray if this is the main thread (a real
-    server; TestClient runs the app in a thread of its own and leaves Ray to the test)."""
-    if threading.current_thread() is not threading.main_thread():
-        return False
-    ensure_ray(settings)
-    return True
 
 
 def cpus_available() -> int:

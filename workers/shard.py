@@ -65,7 +65,9 @@ class ShardHarvester:
             torch.set_num_threads(threads)
         self.spec = HarvestSpec.model_validate_json(spec_json)
         self.device = device
-        self.lm = cached_model(self.spec.model, device, model_dtype(self.spec, device))
+        self.lm = cached_model(
+            self.spec.model, self.spec.revision, device, model_dtype(self.spec, device)
+        )
         self.points = self.lm.check_hooks(self.spec.hooks)
         self.aset = ActivationSet(Path(set_path))
         # One shard at a time puts its forwards on the device; a finished shard's copies

@@ -11,58 +11,30 @@ folder), as `saefeat train` does after a crash.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
-
+from saefeat.admission import admit_train
 from saefeat.config import Settings
-from saefeat.specs import TrainSpec
-from saefeat.workers.job_kinds import JobKind, JobOutcome, Progress, register_job_kind
+from saefeat.devices import on_gpu, pick_device
+from saefeat.specs import TrainJobSpec, TrainSpec
+from saefeat.specs.pipeline import build_train, train_makes
+from saefeat.storage.catalog.job_status import JobStatus
+from saefeat.workers.job_kinds import JobKind, JobOutcome, Route, Stage, register_job_kind
+from saefeat.workers.job_progress import Progress, ShouldStop
 
 if TYPE_CHECKING:
     from saefeat.training.trainer import TrainResult
 
-Device = Literal["auto", "cpu", "cuda"]
 
-
-class TrainJobSpec(BaseModel):
-    """A sweep of TrainSpecs on one activation set, and where to run it. A bare TrainSpec
-    is taken as a sweep of one."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    specs: list[TrainSpec] = Field(min_length=1, max_length=64)
-    device: Device = Field("auto", description="cuda: a GPU or 422; cpu; auto: GPU if any")
-    resources: dict[str, float] = Field(
-        default_factory=dict, description="Custom Ray resources the training task needs"
-    )
-
-    @model_validator(mode="before")
-    @classmethod
-    def _one_spec(cls, data: Any) -> Any:
-        if isinstance(data, dict) and "specs" not in data and "activation_set" in data:
-            return {"specs": [data]}
-        return data
-
-    def sae_ids(self) -> list[str]:
-        from saefeat.training.trainer import sae_id_for
-
-        return [sae_id_for(s, s.activation_set) for s in self.specs]
-
-    def work_hash(self) -> str:
-        return "train-" + hashlib.sha256(",".join(sorted(self.sae_ids())).encode()).hexdigest()[:16]
-
-
-def ray_options(spec: TrainJobSpec, cluster_gpus: int) -> tuple[str, dict[str, Any]]:
-    """(the torch device, the Ray task options) for this spec on a cluster with that
-    many GPUs; admission has refused a cuda spec on a cluster without one."""
-    on_gpu = spec.device == "cuda" or (spec.device == "auto" and cluster_gpus > 0)
-    opts: dict[str, Any] = {"num_gpus": 1 if on_gpu else 0, "num_cpus": 1}
+def ray_options(spec: TrainJobSpec, cluster_gpus: int) -> dict[str, Any]:
+    """The Ray task options for this spec on a cluster with that many GPUs; admission
+    has refused a cuda spec on a cluster without one."""
+    gpu = on_gpu(pick_device(spec.device, cluster_gpus))
+    opts: dict[str, Any] = {"num_gpus": 1 if gpu else 0, "num_cpus": 1}
     if spec.resources:
         opts["resources"] = dict(spec.resources)
-    return ("cuda" if on_gpu else "cpu"), opts
+    return opts
 
 
 def already_trained(settings: Settings, sae_ids: list[str]) -> bool:
@@ -123,29 +95,35 @@ def _train_task(specs: list[TrainSpec], settings: Settings, box) -> list[dict]:
 
 
 def run_train_job(
-    spec: TrainJobSpec,
-    *,
-    settings: Settings,
-    progress: Progress | None,
-    should_stop: Callable[[], bool],
+    spec: TrainJobSpec, *, settings: Settings, progress: Progress | None, should_stop: ShouldStop
 ) -> JobOutcome:
     from saefeat.workers.ray_stage import run_on_ray
     from saefeat.workers.runtime import gpus_available
 
     ids = spec.sae_ids()
     if already_trained(settings, ids):
-        return JobOutcome("succeeded", f"already trained: {', '.join(ids)}", ids)
-    device, opts = ray_options(spec, gpus_available())
+        return JobOutcome(JobStatus.SUCCEEDED, f"already trained: {', '.join(ids)}", ids)
+    opts = ray_options(spec, gpus_available())
+    device = "cuda" if opts["num_gpus"] else "cpu"
     specs = [s.model_copy(update={"device": device}) for s in spec.specs]
     out, starts = run_on_ray(_train_task, (specs, settings), opts,
                              progress=progress, should_stop=should_stop)  # fmt: skip
     resumed = [s - 1 for s in starts if s > 1]  # the trainer reports step+1
     note = f"resumed from checkpoint at step(s) {resumed}" if resumed else None
-    return JobOutcome("succeeded", note, [o["sae_id"] for o in out])
+    return JobOutcome(JobStatus.SUCCEEDED, note, [o["sae_id"] for o in out])
 
 
-TRAIN = register_job_kind(
-    JobKind(
-        name="train", spec_type=TrainJobSpec, spec_hash=TrainJobSpec.work_hash, run=run_train_job
-    )  # fmt: skip
+ROUTE = Route(
+    "/trainings",
+    "Submit a training job: one TrainSpec, or a sweep {specs: [...]} on one set",
+    "Needs the `jobs` scope. The training runs as a Ray task: `device` cuda asks for "
+    "a GPU (422 when the cluster has none), cpu for none, auto for a GPU if there is "
+    "one; `resources` asks for custom Ray resources. Each spec's activation set must "
+    "be harvested and complete; `resume_from` is refused (a resubmitted or crashed "
+    "training resumes from its own last checkpoint). A sweep reads each batch once.",
 )
+STAGE = Stage(build_train, train_makes, lambda settings, t: already_trained(settings, t.sae_ids()))
+TRAIN = register_job_kind(
+    JobKind("train", TrainJobSpec, run_train_job, ROUTE, "steps", admit=admit_train,
+            ray_options=ray_options, stage=STAGE)
+)  # fmt: skip

@@ -1,78 +1,30 @@
 """Contrastive features: which of an SAE's features tell corpus A from corpus B.
 
-`run_contrast(spec)` checks the inputs (both sets at the SAE's model and hook, non-empty),
-runs the SAE over both sets (contrast_pass.py), computes per-feature statistics with a
+`check_inputs` checks what a contrast reads (both sets at the SAE's model and hook,
+non-empty); `compare_sides` turns the two sides' counts into per-feature statistics with a
 length control and FDR (contrast_stats.py) and the held-out AUROC of a classifier on the
-top features (contrast_classifier.py). Storing the result is the caller's
-(storage/catalog/contrasts.py), so the CLI, the job and tests share this one function.
+top features (contrast_classifier.py). Running the SAE over the sets is a worker's
+(workers/contrast.py: `run_contrast`, which the CLI, the job and tests share).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy.orm import Session
 
 from saefeat.analysis.contrast_classifier import ClassifierResult, classify
 from saefeat.analysis.contrast_docs import counted_token_rows, document_starts
-from saefeat.analysis.contrast_pass import count_sides
-from saefeat.analysis.contrast_stats import FeatureStats, contrast_statistics
-from saefeat.config import Settings, get_settings
+from saefeat.analysis.contrast_stats import FeatureStats, SideCounts, contrast_statistics
+from saefeat.config import Settings
 from saefeat.errors import NotFoundError, SpecError
-from saefeat.paths import check_id
 from saefeat.sae import read_config
 from saefeat.sae.base import SAEConfig
+from saefeat.specs import ContrastSpec
 from saefeat.storage.activations import STATUS_COMPLETE, ActivationSet, open_set
 
-# Fields that determine the result (the contrast id); the rest are execution knobs.
-# alpha is one: it decides the stored significant counts and top lists.
-CONTRAST_DATA_FIELDS = (
-    "sae", "a", "b", "window", "alpha", "classifier_features", "test_fraction", "seed",
-)  # fmt: skip
-
-
 MIN_DOCUMENTS = 2  # a side's documents, the unit every statistic counts
-
-
-class ContrastSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    sae: str = Field(description="SAE id")
-    a: str = Field(description="Activation set id of corpus A")
-    b: str = Field(description="Activation set id of corpus B")
-    # Length control: document firing is measured on each document's first `window`
-    # counted tokens (32, the example window length delphi uses).
-    window: int = Field(32, ge=1, le=4096)
-    alpha: float = Field(0.05, gt=0, lt=1, description="FDR level (q-value) of 'significant'")
-    top: int = Field(20, ge=1, le=1000, description="Features listed per side")
-    classifier_features: int = Field(32, ge=1, le=4096)
-    test_fraction: float = Field(0.3, gt=0, lt=1)
-    seed: int = Field(0, ge=0, le=2**32 - 1)  # the held-out split's random_state (sklearn's range)
-    batch_contexts: int = Field(32, ge=1, le=4096)
-
-    @field_validator("sae", "a", "b")
-    @classmethod
-    def _safe_ids(cls, v: str, info) -> str:
-        return check_id(v, info.field_name)  # each becomes a folder name
-
-    device: str | None = None
-
-    @field_validator("b")
-    @classmethod
-    def _two_sets(cls, v: str, info) -> str:
-        if v == info.data.get("a"):
-            raise ValueError("is the same set as a; a contrast needs two sets")
-        return v
-
-    def contrast_id(self) -> str:
-        data = self.model_dump(include=set(CONTRAST_DATA_FIELDS), mode="json")
-        return "ct-" + hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
 @dataclass
@@ -122,6 +74,14 @@ def _check_catalogued(session: Session, settings: Settings, sae_id: str) -> None
         ) from None
 
 
+def _trained_revision(settings: Settings, cfg: SAEConfig) -> str | None:
+    """The model revision the SAE was trained at (its training set's; None: default)."""
+    try:
+        return open_set(settings.activations_dir, cfg.activation_set).revision
+    except Exception:  # an imported SAE, or its set deleted: the default revision
+        return None
+
+
 def _check_set(settings: Settings, cfg: SAEConfig, set_id: str, field: str) -> ActivationSet:
     try:
         aset = open_set(settings.activations_dir, set_id)
@@ -137,6 +97,10 @@ def _check_set(settings: Settings, cfg: SAEConfig, set_id: str, field: str) -> A
             f"trained on {cfg.model!r}",
             field=field,
         )
+    revision = _trained_revision(settings, cfg)
+    if cfg.model and revision != aset.revision:
+        raise SpecError(f"set {set_id} holds activations at revision {aset.revision!r}, "
+                        f"the SAE's were at {revision!r}", field=field)  # fmt: skip
     if cfg.hook not in aset.hooks:
         raise SpecError(
             f"set {set_id} has hooks {aset.hooks}, not the SAE's hook {cfg.hook!r}", field=field
@@ -160,36 +124,10 @@ def _check_set(settings: Settings, cfg: SAEConfig, set_id: str, field: str) -> A
     return aset
 
 
-def run_contrast(
-    spec: ContrastSpec,
-    *,
-    settings: Settings | None = None,
-    progress: Callable[[int, int], None] | None = None,
-    should_stop: Callable[[], bool] | None = None,
-) -> ContrastResult:
-    settings = settings or get_settings()
-    t0 = time.perf_counter()
-    from saefeat.storage.catalog.db import catalog_session
-
-    with catalog_session(settings) as s:
-        inputs = check_inputs(spec, settings, s)
-    side_a, side_b = count_sides(
-        inputs.sae_path,
-        [inputs.a, inputs.b],
-        window=spec.window,
-        batch_contexts=spec.batch_contexts,
-        device=spec.device,
-        settings=settings,
-        progress=progress,
-        should_stop=should_stop,
-    )
-    t_pass = time.perf_counter() - t0
+def compare_sides(
+    spec: ContrastSpec, side_a: SideCounts, side_b: SideCounts
+) -> tuple[FeatureStats, ClassifierResult]:
+    """Per-feature statistics of the two sides, and the held-out classifier on them."""
     stats = contrast_statistics(side_a, side_b)
-    clf = classify(
-        side_a,
-        side_b,
-        n_features=spec.classifier_features,
-        test_fraction=spec.test_fraction,
-        seed=spec.seed,
-    )
-    return ContrastResult(spec.contrast_id(), spec, stats, clf, time.perf_counter() - t0, t_pass)
+    n, held_out = spec.classifier_features, spec.test_fraction
+    return stats, classify(side_a, side_b, n_features=n, test_fraction=held_out, seed=spec.seed)

@@ -21,6 +21,8 @@ import torch
 from saefeat.corpus import builtin_python_docs
 from saefeat.lm import auto_dtype, load_model, model_config_and_tokenizer
 
+PROMPT_TOKENS = 16  # a prompt: the paragraph's first tokens
+
 
 @dataclass
 class Prompt:
@@ -29,7 +31,9 @@ class Prompt:
     rest: list[int]  # the paragraph's remaining tokens (the human continuation)
 
 
-def paragraph_prompts(tokenizer, *, prompt_tokens: int = 16, min_chars: int = 200) -> list[Prompt]:
+def paragraph_prompts(
+    tokenizer, *, prompt_tokens: int = PROMPT_TOKENS, min_chars: int = 200
+) -> list[Prompt]:
     out = []
     for doc in builtin_python_docs():
         for i, para in enumerate(p.strip() for p in doc.text.split("\n\n")):
@@ -62,6 +66,7 @@ def generate_corpus(
     prompts: list[Prompt],
     *,
     model: str,
+    revision: str | None = None,
     max_new_tokens: int = 64,
     seed: int = 0,
     batch_size: int = 32,
@@ -70,8 +75,9 @@ def generate_corpus(
     progress=None,
 ) -> Path:
     """The model's sampled continuation of every prompt, as JSONL. Batch b is sampled
-    with seed (seed, b), so a rerun writes the same file."""
-    lm = load_model(model, device=device, dtype=auto_dtype(device))
+    with seed (seed, b), so a rerun writes the same file. `revision` is the one the
+    corpora will be harvested at: the generated side is that model's own text."""
+    lm = load_model(model, revision=revision, device=device, dtype=auto_dtype(device))
     tok = lm.tokenizer
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     rows = []
@@ -104,14 +110,20 @@ def generate_corpus(
 
 
 def write_demo_corpora(
-    folder: Path, *, model: str, prompt_tokens: int = 16, max_prompts: int | None = None, **gen
+    folder: Path,
+    *,
+    model: str,
+    revision: str | None = None,
+    prompt_tokens: int = PROMPT_TOKENS,
+    max_prompts: int | None = None,
+    **gen,
 ) -> tuple[Path, Path]:
     """(human.jsonl, generated.jsonl) under `folder`; an existing generated file is kept
     (generation on a CPU takes minutes)."""
-    _, tokenizer = model_config_and_tokenizer(model)
+    _, tokenizer = model_config_and_tokenizer(model, revision)
     prompts = paragraph_prompts(tokenizer, prompt_tokens=prompt_tokens)[:max_prompts]
     human = write_human_corpus(folder / "human.jsonl", prompts, tokenizer)
     generated = folder / "generated.jsonl"
     if not generated.is_file():
-        generate_corpus(generated, prompts, model=model, **gen)
+        generate_corpus(generated, prompts, model=model, revision=revision, **gen)
     return human, generated

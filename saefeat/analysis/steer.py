@@ -309,7 +309,12 @@ def steer(
 
 
 def steer_for_sae(
-    model_name: str, checkpoint: str, hook: str, request: SteerRequest, max_new_tokens: int
+    model_name: str,
+    revision: str | None,
+    checkpoint: str,
+    hook: str,
+    request: SteerRequest,
+    max_new_tokens: int,
 ) -> SteerResult:
     """Load (once) the model and SAE named by a catalog row and run `steer`: the one call
     the API route and the CLI make (and the one to hand to a worker pool)."""
@@ -317,6 +322,6 @@ def steer_for_sae(
 
     # One forward at a time on the shared cached model: the steering hook stays out of
     # any other request's forward.
-    lm, sae, forward_lock = live.loaded(model_name, checkpoint)
+    lm, sae, forward_lock = live.loaded(model_name, revision, checkpoint)
     with forward_lock:
         return steer(lm, sae, hook, request, max_new_tokens=max_new_tokens)

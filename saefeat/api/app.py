@@ -16,7 +16,6 @@ from saefeat import __version__
 from saefeat.api import (
     catalog_routes,
     contrast_routes,
-    explain_routes,
     health_routes,
     job_routes,
     label_routes,
@@ -67,12 +66,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        # Before the job runner (the jobs router's lifespan, entered after this one)
-        # starts: Ray for the process's whole life, from the main thread; a Ray a job
-        # thread started would die with the thread (workers/runtime.py).
-        from saefeat.workers.runtime import ensure_ray_in_main_thread
-
-        ensure_ray_in_main_thread(settings)
+        # Ray is not started here: the job runner starts it when the first job runs
+        # (workers/runtime.py), so a server that only serves the catalog runs none.
         yield
         engine.dispose()
 
@@ -110,6 +105,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         job_routes.router, prefix=API_PREFIX, dependencies=read_guard, responses=read_responses
     )
     contrast_routes.install(app, API_PREFIX, read_guard, read_responses)
-    app.include_router(explain_routes.router, prefix=API_PREFIX)
     _bootstrap_key(app, settings)
     return app

@@ -1,15 +1,25 @@
-"""Read routes over the catalog: SAEs, features, search, label history."""
+"""Read routes over the catalog: SAEs, features, token search, label history, neighbours.
+
+Each is declared with params.read_route; its docstring is its OpenAPI description."""
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Response
 from starlette.concurrency import run_in_threadpool
 
 from saefeat.api import convert
-from saefeat.api.errors import problem_responses
-from saefeat.api.params import CursorParam, FeatureIndexParam, Limit, OnlySae, ReadSession, SaeId
+from saefeat.api.params import (
+    CursorParam,
+    FeatureIndexParam,
+    Limit,
+    OnlySae,
+    ReadSession,
+    SaeId,
+    read_route,
+)
 from saefeat.api.schemas import (
     FeatureDetail,
     FeaturePage,
@@ -23,14 +33,10 @@ from saefeat.errors import NotFoundError
 from saefeat.storage.catalog import documents, explanations, labels, queries
 
 router = APIRouter(tags=["catalog"])
+route = partial(read_route, router)  # a catalog read: GET, 404 and 422 by default
 
 
-@router.get(
-    "/saes",
-    response_model=SaePage,
-    responses=problem_responses(422),
-    summary="List the SAEs in the catalog",
-)
+@route("/saes", "List the SAEs in the catalog", (422,))
 async def list_saes(
     session: ReadSession, limit: Limit = 100, cursor: CursorParam = None
 ) -> SaePage:
@@ -38,23 +44,13 @@ async def list_saes(
     return SaePage(items=[convert.sae_summary(s) for s in page.items], next_cursor=page.next_cursor)
 
 
-@router.get(
-    "/saes/{sae_id}",
-    response_model=SaeDetail,
-    responses=problem_responses(404, 422),
-    summary="One SAE, with its config and how many features are indexed",
-)
+@route("/saes/{sae_id}", "One SAE, with its config and how many features are indexed")
 async def get_sae(sae_id: SaeId, session: ReadSession) -> SaeDetail:
     sae = queries.get_sae(session, sae_id)
     return convert.sae_detail(sae, queries.count_features(session, sae_id))
 
 
-@router.get(
-    "/saes/{sae_id}/evals/core",
-    response_model=dict[str, Any],
-    responses=problem_responses(404, 422),
-    summary="The SAE's SAEBench `core` evaluation record (held-out tokens)",
-)
+@route("/saes/{sae_id}/evals/core", "The SAE's SAEBench `core` evaluation record (held-out tokens)")
 async def get_core_eval(sae_id: SaeId, session: ReadSession) -> dict[str, Any]:
     record = queries.get_sae(session, sae_id).core_eval
     if record is None:
@@ -66,12 +62,7 @@ async def get_core_eval(sae_id: SaeId, session: ReadSession) -> dict[str, Any]:
     return record
 
 
-@router.get(
-    "/saes/{sae_id}/features",
-    response_model=FeaturePage,
-    responses=problem_responses(404, 422),
-    summary="List an SAE's features, filtered by density and sorted",
-)
+@route("/saes/{sae_id}/features", "List an SAE's features, filtered by density and sorted")
 async def list_features(
     sae_id: SaeId,
     session: ReadSession,
@@ -90,16 +81,9 @@ async def list_features(
 ) -> FeaturePage:
     def read() -> FeaturePage:
         page = queries.list_features(
-            session,
-            sae_id,
-            sort=sort,
-            order=order,
-            min_density=min_density,
-            max_density=max_density,
-            labelled=labelled,
-            limit=limit,
-            cursor=cursor,
-        )
+            session, sae_id, sort=sort, order=order, min_density=min_density,
+            max_density=max_density, labelled=labelled, limit=limit, cursor=cursor,
+        )  # fmt: skip
         current = labels.current_labels(session, [f.id for f in page.items])
         items = [convert.feature_summary(f, current.get(f.id)) for f in page.items]
         return FeaturePage(items=items, next_cursor=page.next_cursor)
@@ -109,11 +93,10 @@ async def list_features(
     return await run_in_threadpool(read)
 
 
-@router.get(
+@route(
     "/saes/{sae_id}/features/{index}",
+    "One feature: statistics, examples, vocabulary projection, current label",
     response_model=FeatureDetail,
-    responses=problem_responses(404, 422),
-    summary="One feature: statistics, examples, vocabulary projection, current label",
 )
 async def get_feature(sae_id: SaeId, index: FeatureIndexParam, session: ReadSession) -> Response:
     feature = queries.get_feature(session, sae_id, index)
@@ -125,12 +108,7 @@ async def get_feature(sae_id: SaeId, index: FeatureIndexParam, session: ReadSess
     return Response(body, media_type="application/json")
 
 
-@router.get(
-    "/saes/{sae_id}/features/{index}/labels",
-    response_model=LabelHistory,
-    responses=problem_responses(404, 422),
-    summary="A feature's label history, newest first",
-)
+@route("/saes/{sae_id}/features/{index}/labels", "A feature's label history, newest first")
 async def list_labels(
     sae_id: SaeId,
     index: FeatureIndexParam,
@@ -148,11 +126,9 @@ async def list_labels(
     )
 
 
-@router.get(
+@route(
     "/saes/{sae_id}/features/{index}/neighbours",
-    response_model=NeighbourList,
-    responses=problem_responses(404, 422),
-    summary="The features whose decoder rows are most similar (cosine), nearest first",
+    "The features whose decoder rows are most similar (cosine), nearest first",
 )
 async def list_neighbours(
     sae_id: SaeId, index: FeatureIndexParam, session: ReadSession
@@ -163,20 +139,7 @@ async def list_neighbours(
     return NeighbourList(items=[convert.neighbour(n, current.get(n.feature.id)) for n in near])
 
 
-@router.get(
-    "/features/search",
-    response_model=TokenMatchPage,
-    responses=problem_responses(404, 422),
-    summary="Features whose vocabulary projection contains a token",
-    description=(
-        "Matches the token string exactly, and also its other leading-space spellings: one "
-        'leading " ", "Ġ" (byte-level BPE) or "▁" (SentencePiece) is stripped from the query, '
-        'then the bare word and the word after each of the three markers all match. So "cat", '
-        '" cat", "Ġcat" and "▁cat" find the same features. `exact=true` turns this off. '
-        "Results are strongest first (largest value for `side=top`, most negative for "
-        "`side=bottom`); a feature holding several spellings appears once, with its strongest."
-    ),
-)
+@route("/features/search", "Features whose vocabulary projection contains a token")
 async def search_features(
     session: ReadSession,
     token: Annotated[str, Query(min_length=1, max_length=200, description="Token string")],
@@ -186,6 +149,13 @@ async def search_features(
     limit: Limit = 50,
     cursor: CursorParam = None,
 ) -> TokenMatchPage:
+    """Matches the token string exactly, and also its other leading-space spellings: one
+    leading " ", "Ġ" (byte-level BPE) or "▁" (SentencePiece) is stripped from the query,
+    then the bare word and the word after each of the three markers all match. So "cat",
+    " cat", "Ġcat" and "▁cat" find the same features. `exact=true` turns this off. Results
+    are strongest first (largest value for `side=top`, most negative for `side=bottom`); a
+    feature holding several spellings appears once, with its strongest."""
+
     def read() -> TokenMatchPage:
         page = queries.search_by_token(
             session, token, sae_id=sae_id, side=side, exact=exact, limit=limit, cursor=cursor
@@ -194,5 +164,7 @@ async def search_features(
         items = [convert.token_match(m, current.get(m.feature.id)) for m in page.items]
         return TokenMatchPage(items=items, next_cursor=page.next_cursor)
 
-    # A common token's entries are read in growing batches until a page is full.
-    return await run_in_threadpool(read)
+    # Inline, as every catalog read (api/deps.py): a common token's entries are read in
+    # growing batches until a page is full, a few milliseconds. On the thread pool its
+    # 16-client p95 was 3x worse (GIL hand-offs; bench/RESULTS.md, catalog).
+    return read()

@@ -1,7 +1,7 @@
-"""Contrasts over HTTP and as a page: submit (202, Idempotency-Key), results, top features.
+"""Contrasts over HTTP and as a page: results and top features.
 
-`POST /v1/contrasts` checks the inputs before any row is written (a bad set or SAE is a
-422 naming the field), then runs the contrast as a `contrast` job; `GET
+`POST /v1/contrasts` (the `contrast` job kind's route, workers/contrast_job.py) checks
+the inputs before any row is written (a bad set or SAE is a 422 naming the field); `GET
 /v1/contrasts/{id}` answers the job's status until the results are stored, then the
 results with the top features of each side. `/contrasts/{id}` is the page.
 """
@@ -12,39 +12,27 @@ from datetime import datetime
 from pathlib import Path as FilePath
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request, Response
+from fastapi import APIRouter, FastAPI, Path, Query, Request
 from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel, Field
 from sqlalchemy.orm import Session
 
-from saefeat.admission import admit_contrast
-from saefeat.analysis.contrast import ContrastSpec, check_inputs
-from saefeat.api.auth import require_scope
-from saefeat.api.deps import get_session
+from saefeat.api.convert import columns
 from saefeat.api.errors import problem_responses
-from saefeat.api.job_routes import IdempotencyKey, get_runner
+from saefeat.api.params import SessionDep
 from saefeat.api.schemas import Problem
 from saefeat.errors import NotFoundError
 from saefeat.storage.catalog import contrasts as store
 from saefeat.storage.catalog import job_store, labels
-from saefeat.storage.catalog.models import ApiKey
+from saefeat.storage.catalog.job_status import ACTIVE, JobStatus
 from saefeat.workers.contrast_job import CONTRAST
-from saefeat.workers.jobs import JobRunner
 
 TEMPLATES = Jinja2Templates(directory=FilePath(__file__).parent / "templates")
 router = APIRouter(tags=["contrasts"])
 page_router = APIRouter(include_in_schema=False)
-SessionDep = Annotated[Session, Depends(get_session)]
 ContrastId = Annotated[str, Path(max_length=64, description="Contrast id (from the POST)")]
 NOT_FOUND = {404: {"model": Problem, "description": "No contrast with this id"}}
-
-
-class ContrastAccepted(BaseModel):
-    contrast_id: str
-    job_id: str
-    status: str = Field(description="queued, running, succeeded, failed or cancelled")
-    location: str = Field(description="Where the results appear: GET this path")
 
 
 class ContrastFeatureOut(BaseModel):
@@ -70,7 +58,7 @@ class ContrastFeatureOut(BaseModel):
 
 class ContrastOut(BaseModel):
     id: str
-    status: str
+    status: JobStatus
     error: str | None = None
     spec: dict
     progress_done: int = 0
@@ -87,6 +75,12 @@ class ContrastOut(BaseModel):
     created_at: datetime | None = None
     top_a: list[ContrastFeatureOut] = Field(default_factory=list)
     top_b: list[ContrastFeatureOut] = Field(default_factory=list)
+
+
+# A stored contrast's columns that ContrastOut shows as they are.
+RESULT_COLUMNS = ("id", "spec", "n_tokens_a", "n_tokens_b", "n_docs_a", "n_docs_b",
+                  "n_significant_a", "n_significant_b", "auroc", "classifier_features",
+                  "seconds", "created_at")  # fmt: skip
 
 
 def _features(session: Session, run: store.ContrastRun, side: str, n: int):
@@ -110,65 +104,20 @@ def contrast_out(session: Session, contrast_id: str, top: int | None) -> Contras
     job = job_store.latest_job(session, CONTRAST.name, contrast_id)
     if run is None and job is None:
         raise NotFoundError(f"no contrast {contrast_id!r}; submit one with POST /v1/contrasts")
-    if run is None or (job is not None and job.status in ("queued", "running")):
-        return ContrastOut(
-            id=contrast_id,
-            status=job.status,
-            error=job.error,
-            spec=job.spec,
-            progress_done=job.progress_done,
-            progress_total=job.progress_total,
-        )
+    if run is None or (job is not None and job.status in ACTIVE):
+        progress = columns(job, "status", "error", "spec", "progress_done", "progress_total")
+        return ContrastOut(id=contrast_id, **progress)
     n = top or int(run.spec.get("top", 20))
     return ContrastOut(
-        id=run.id,
-        status="succeeded",
-        spec=run.spec,
-        n_tokens_a=run.n_tokens_a,
-        n_tokens_b=run.n_tokens_b,
-        n_docs_a=run.n_docs_a,
-        n_docs_b=run.n_docs_b,
-        n_significant_a=run.n_significant_a,
-        n_significant_b=run.n_significant_b,
-        auroc=run.auroc,
-        classifier_features=run.classifier_features,
-        seconds=run.seconds,
-        created_at=run.created_at,
+        **columns(run, *RESULT_COLUMNS),
+        status=JobStatus.SUCCEEDED,
         top_a=_features(session, run, "a", n),
         top_b=_features(session, run, "b", n),
     )
 
 
-@router.post(
-    "/contrasts",
-    status_code=202,
-    response_model=ContrastAccepted,
-    responses=problem_responses(401, 403, 422),
-    summary="Rank an SAE's features by how differently they fire on two activation sets",
-)
-def submit_contrast(
-    spec: ContrastSpec,
-    request: Request,
-    response: Response,
-    key: Annotated[ApiKey, Depends(require_scope("jobs"))],
-    runner: Annotated[JobRunner, Depends(get_runner)],
-    session: Annotated[Session, Depends(get_session)],
-    idempotency_key: IdempotencyKey = None,
-) -> ContrastAccepted:
-    settings = request.app.state.settings
-    admit_contrast(spec, settings)
-    check_inputs(spec, settings, session)  # bad input stores nothing
-    job = runner.submit_and_start(spec, idempotency_key)
-    location = str(request.url_for("get_contrast", contrast_id=job.spec_hash).path)
-    response.headers["Location"] = location
-    return ContrastAccepted(
-        contrast_id=job.spec_hash, job_id=job.id, status=job.status, location=location
-    )
-
-
 @router.get(
     "/contrasts/{contrast_id}",
-    response_model=ContrastOut,
     responses={**problem_responses(422), **NOT_FOUND},
     summary="A contrast: its status, then its statistics and the top features of each side",
 )

@@ -17,30 +17,29 @@ from saefeat.api.schemas import (
 )
 from saefeat.storage.catalog import labels
 from saefeat.storage.catalog.documents import FeatureDocument
-from saefeat.storage.catalog.explanations import ExplanationRow
+from saefeat.storage.catalog.explanations import ExplanationView
 from saefeat.storage.catalog.label_search import LabelMatch
-from saefeat.storage.catalog.labels import LabelRow, Votes
+from saefeat.storage.catalog.labels import LabelView, Votes
 from saefeat.storage.catalog.models import SAE, Label
 from saefeat.storage.catalog.queries import (
     FeatureRecord,
-    FeatureRow,
+    FeatureView,
     NeighbourMatch,
     TokenMatch,
 )
 
 
+def columns(row: Any, *names: str) -> dict[str, Any]:
+    """The named attributes of a row (ORM or view), as the same-named fields of a body."""
+    return {name: getattr(row, name) for name in names}
+
+
 def sae_summary(sae: SAE) -> SaeSummary:
     return SaeSummary(
-        id=sae.id,
-        name=sae.name,
+        **columns(sae, "id", "name", "architecture", "d_in", "d_sae", "k", "created_at"),
         model=sae.model_name,
         hook=sae.hook_name,
-        architecture=sae.architecture,
-        d_in=sae.d_in,
-        d_sae=sae.d_sae,
-        k=sae.k,
         metrics=sae.metrics or {},
-        created_at=sae.created_at,
     )
 
 
@@ -53,29 +52,23 @@ def sae_detail(sae: SAE, n_features_indexed: int) -> SaeDetail:
     )
 
 
-def label_out(label: Label | LabelRow | None, votes: Votes | None = None) -> LabelOut | None:
+def label_out(label: Label | LabelView | None, votes: Votes | None = None) -> LabelOut | None:
     if label is None:
         return None
     votes = votes or Votes()
     return LabelOut(
         votes_up=votes.up,
         votes_down=votes.down,
-        id=label.id,
-        text=label.text,
-        source=label.source,  # type: ignore[arg-type]
-        author=label.author,
-        score=label.score,
-        created_at=label.created_at,
+        **columns(label, "id", "text", "source", "author", "score", "created_at"),
     )
 
 
-def _stats(feature: FeatureRow | FeatureRecord) -> dict[str, Any]:
+def _stats(feature: FeatureView | FeatureRecord) -> dict[str, Any]:
     """The fields of FeatureStats, which every feature listing starts with."""
-    return {"sae_id": feature.sae_id, "index": feature.index, "density": feature.density,
-            "max_activation": feature.max_activation}  # fmt: skip
+    return columns(feature, "sae_id", "index", "density", "max_activation")
 
 
-def feature_summary(feature: FeatureRow, label: LabelRow | None) -> FeatureSummary:
+def feature_summary(feature: FeatureView, label: LabelView | None) -> FeatureSummary:
     return FeatureSummary(**_stats(feature), mean_activation=feature.mean_activation,
                           label=label.text if label else None)  # fmt: skip
 
@@ -98,7 +91,7 @@ def _detail_fields(feature: FeatureRecord, document: FeatureDocument) -> dict[st
     }
 
 
-def explanation_out(row: ExplanationRow) -> dict[str, Any]:
+def explanation_out(row: ExplanationView) -> dict[str, Any]:
     return {
         "label_id": row.label_id,
         "text": row.text,
@@ -119,7 +112,7 @@ def feature_detail_json(
     feature: FeatureRecord,
     document: FeatureDocument,
     label: LabelOut | None,
-    explained: list[ExplanationRow] = (),  # type: ignore[assignment]
+    explained: list[ExplanationView] = (),  # type: ignore[assignment]
 ) -> bytes:
     """The body of a FeatureDetail (tests/api validate it against the model)."""
     return orjson.dumps(
@@ -141,7 +134,7 @@ def script_json(feature: FeatureRecord, document: FeatureDocument) -> str:
     return data.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
-def token_match(match: TokenMatch, label: LabelRow | None) -> TokenMatchOut:
+def token_match(match: TokenMatch, label: LabelView | None) -> TokenMatchOut:
     return TokenMatchOut(
         **_stats(match.feature),
         token=match.token_str,
@@ -159,7 +152,7 @@ def label_match(match: LabelMatch, votes: Votes | None) -> LabelMatchOut:
     )
 
 
-def neighbour(match: NeighbourMatch, label: LabelRow | None) -> NeighbourOut:
+def neighbour(match: NeighbourMatch, label: LabelView | None) -> NeighbourOut:
     return NeighbourOut(
         sae_id=match.feature.sae_id,
         index=match.feature.index,

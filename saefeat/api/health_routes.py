@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
 from alembic.runtime.migration import MigrationContext
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm import Session
 
 from saefeat import __version__
-from saefeat.api.deps import get_session
 from saefeat.api.errors import ProblemError, problem_responses
+from saefeat.api.params import SessionDep
 from saefeat.api.schemas import Health
 
 router = APIRouter(tags=["service"])
@@ -19,11 +16,10 @@ router = APIRouter(tags=["service"])
 
 @router.get(
     "/health",
-    response_model=Health,
     responses=problem_responses(503),
     summary="Is the service up and its catalog reachable?",
 )
-def health(session: Annotated[Session, Depends(get_session)]) -> Health:
+def health(session: SessionDep) -> Health:
     try:
         context = MigrationContext.configure(session.connection())
         revision = context.get_current_revision()

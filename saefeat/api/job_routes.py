@@ -1,10 +1,11 @@
-"""Jobs over HTTP: submit harvests, trainings, indexings and pipelines (202 + job id,
-Idempotency-Key), list, get (a pipeline with its chain of stages), cancel.
+"""Jobs over HTTP: a submit route for every job kind (202 + job id, Idempotency-Key),
+generated from the registry (workers/job_kinds.py); list, get (a pipeline with its chain
+of stages), cancel.
 
-Submitting and cancelling need the `jobs` scope, and a submitted spec must pass
-saefeat/admission.py before a row is written. Anyone who may read sees a job's id, kind,
-status and progress; its spec, set, errors and corpus report (file names, server paths)
-only a key with the `jobs` scope sees.
+Submitting needs the kind's scope (`jobs`, or `explain`), and a submitted spec must pass
+its kind's admission check before a row is written; cancelling needs `jobs`. Anyone who
+may read sees a job's id, kind, status and progress; its spec, set, errors and corpus
+report (file names, server paths) only a key with the `jobs` scope sees.
 
 The router brings its own lifespan: on start it makes the app's JobRunner, resumes the
 jobs nobody runs (queued, or left running by a process that died) and keeps looking for
@@ -13,25 +14,30 @@ such jobs every LEASE_S; on stop it hands its running jobs back to `queued`.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, FastAPI, Header, Path, Query, Request, Response
-from pydantic import BaseModel, Field
+from fastapi import APIRouter, Body, Depends, FastAPI, Header, Path, Query, Request, Response
+from pydantic import BaseModel, Field, create_model
+from sqlalchemy.orm import Session
 
-from saefeat.admission import admit_harvest, admit_index, admit_pipeline, admit_train
+from saefeat.admission import Admission
 from saefeat.api.auth import AUTH_RESPONSES, optional_key, require_scope
+from saefeat.api.convert import columns
 from saefeat.api.errors import problem_responses
+from saefeat.api.params import SessionDep
 from saefeat.api.schemas import Problem
-from saefeat.specs import HarvestSpec, IndexSpec
+from saefeat.specs import PipelineSpec
 from saefeat.storage.activations import open_set
+from saefeat.storage.catalog.job_status import JobStatus
 from saefeat.storage.catalog.keys import has_scope
 from saefeat.storage.catalog.models import ApiKey, Job
+from saefeat.workers.job_kinds import JobKind, job_kinds
 from saefeat.workers.jobs import JobRunner
-from saefeat.workers.pipeline_job import PipelineSpec, plan
-from saefeat.workers.train_job import TrainJobSpec
+from saefeat.workers.pipeline_job import plan
 
 
 @asynccontextmanager
@@ -58,18 +64,23 @@ def get_runner(request: Request) -> JobRunner:
 
 class JobAccepted(BaseModel):
     job_id: str
-    status: str = Field(description="queued, running, succeeded, failed or cancelled")
+    status: JobStatus
     location: str = Field(description="Where to follow the job: GET this path")
 
 
 JOBS_ONLY = " (null unless the caller's key has the `jobs` scope)"
+# What anyone who may read sees of a job row; its spec, set and errors only `jobs` keys.
+PUBLIC_COLUMNS = ("id", "kind", "status", "progress_done", "progress_total", "rate",
+                  "created_at", "updated_at")  # fmt: skip
 
 
 class StageOut(BaseModel):
     stage: str
     kind: str
     job_id: str | None = Field(description="The latest job of this stage's spec; null: none")
-    status: str = Field(description="That job's status; `pending` when there is none")
+    status: JobStatus | Literal["pending"] = Field(
+        description="That job's status; `pending` when there is none"
+    )
     progress_done: int = 0
     progress_total: int | None = None
 
@@ -77,10 +88,9 @@ class StageOut(BaseModel):
 class JobOut(BaseModel):
     id: str
     kind: str
-    status: str = Field(description="queued, running, succeeded, failed or cancelled")
-    progress_done: int = Field(
-        description="Units done: tokens (harvest), steps (train), tasks (index), stages"
-    )
+    status: JobStatus
+    progress_done: int = Field(description="Units done, in the kind's `unit`")
+    unit: str = Field(description="What progress counts: tokens (harvest), steps (train), ...")
     progress_total: int | None = Field(description="Units in all")
     rate: float | None = Field(description="Units per second in the current run")
     eta_seconds: float | None = Field(description="Seconds left at the current rate")
@@ -117,16 +127,13 @@ StageKey = tuple[str, str, str]  # (stage name, job kind, spec hash)
 def _stage_keys(job: Job) -> list[StageKey] | None:
     """The stages of a pipeline job's plan; None for other kinds, and for a row from an
     older saefeat (shown without its chain)."""
-    from saefeat.workers.job_kinds import job_kind
-
     if job.kind != "pipeline":
         return None
     try:
         steps = plan(PipelineSpec.model_validate(job.spec))
     except Exception:
         return None
-    return [(stage.name, stage.kind, job_kind(stage.kind).spec_hash(child))
-            for stage, child in steps]  # fmt: skip
+    return [(kind.name, kind.name, kind.spec_hash(child)) for kind, child in steps]
 
 
 def _jobs_out(jobs: list[Job], request: Request, key: ApiKey | None,
@@ -157,15 +164,9 @@ def _job_out(
     if job.rate and job.progress_total is not None:
         eta = max(0.0, (job.progress_total - job.progress_done) / job.rate)
     summary = JobOut(
-        id=job.id,
-        kind=job.kind,
-        status=job.status,
-        progress_done=job.progress_done,
-        progress_total=job.progress_total,
-        rate=job.rate,
+        **columns(job, *PUBLIC_COLUMNS),
+        unit=_unit(job.kind),
         eta_seconds=eta,
-        created_at=job.created_at,
-        updated_at=job.updated_at,
         stages=stages,
         detailed=False,
     )
@@ -205,114 +206,8 @@ IdempotencyKey = Annotated[
 ]
 
 
-@router.post(
-    "/harvests",
-    status_code=202,
-    response_model=JobAccepted,
-    responses=problem_responses(401, 403, 422),
-    summary="Submit a harvest job (answers at once; follow the job at `location`)",
-    description=(
-        "Needs the `jobs` scope. Corpus paths must lie under the server's corpus roots "
-        "(relative paths are taken from the first), the model must be in its model cache "
-        "or allow-list, and ctx_len, token_budget, batch_size, device and workers within "
-        "its limits and its cluster: otherwise 422 naming the field, and no job is made."
-    ),
-)
-def submit_harvest(
-    spec: HarvestSpec,
-    request: Request,
-    response: Response,
-    key: Annotated[ApiKey, Depends(require_scope("jobs"))],
-    runner: Annotated[JobRunner, Depends(get_runner)],
-    idempotency_key: IdempotencyKey = None,
-) -> JobAccepted:
-    admit_harvest(spec, request.app.state.settings)  # before any row is written
-    return submit_job(spec, request, response, runner, idempotency_key)
-
-
-def submit_job(spec, request: Request, response: Response, runner: JobRunner,
-               idempotency_key: str | None) -> JobAccepted:  # fmt: skip
-    """Submit (or replay, or join) and start the job; 202's body and Location header."""
-    job = runner.submit_and_start(spec, idempotency_key)
-    location = str(request.url_for("get_job", job_id=job.id).path)
-    response.headers["Location"] = location
-    return JobAccepted(job_id=job.id, status=job.status, location=location)
-
-
-@router.post(
-    "/trainings",
-    status_code=202,
-    response_model=JobAccepted,
-    responses=problem_responses(401, 403, 422),
-    summary="Submit a training job: one TrainSpec, or a sweep {specs: [...]} on one set",
-    description=(
-        "Needs the `jobs` scope. The training runs as a Ray task: `device` cuda asks for a "
-        "GPU (422 when the cluster has none), cpu for none, auto for a GPU if there is one; "
-        "`resources` asks for custom Ray resources. Each spec's activation set must be "
-        "harvested and complete; `resume_from` is refused (a resubmitted or crashed "
-        "training resumes from its own last checkpoint). A sweep reads each batch once."
-    ),
-)
-def submit_training(
-    spec: TrainJobSpec,
-    request: Request,
-    response: Response,
-    key: Annotated[ApiKey, Depends(require_scope("jobs"))],
-    runner: Annotated[JobRunner, Depends(get_runner)],
-    idempotency_key: IdempotencyKey = None,
-) -> JobAccepted:
-    admit_train(spec, request.app.state.settings)
-    return submit_job(spec, request, response, runner, idempotency_key)
-
-
-@router.post(
-    "/indexings",
-    status_code=202,
-    response_model=JobAccepted,
-    responses=problem_responses(401, 403, 422),
-    summary="Submit an indexing job for a trained SAE (features, examples, vocab)",
-)
-def submit_indexing(
-    spec: IndexSpec,
-    request: Request,
-    response: Response,
-    key: Annotated[ApiKey, Depends(require_scope("jobs"))],
-    runner: Annotated[JobRunner, Depends(get_runner)],
-    idempotency_key: IdempotencyKey = None,
-) -> JobAccepted:
-    admit_index(spec, request.app.state.settings)
-    return submit_job(spec, request, response, runner, idempotency_key)
-
-
-@router.post(
-    "/pipelines",
-    status_code=202,
-    response_model=JobAccepted,
-    responses=problem_responses(401, 403, 422),
-    summary="Submit a pipeline: harvest -> train -> index, each stage a job of its own",
-    description=(
-        "Needs the `jobs` scope. `stages` (default harvest, train, index) run in order; "
-        "`train` holds TrainSpec fields (the set is the harvest's), `index` IndexSpec "
-        "fields (the SAE is the training's). A stage whose result exists is skipped. "
-        "Stages that disagree (a hook the harvest does not take) or an unknown stage: 422 "
-        "naming the field, and no job is made. GET /v1/jobs/{id} shows the chain."
-    ),
-)
-def submit_pipeline(
-    spec: PipelineSpec,
-    request: Request,
-    response: Response,
-    key: Annotated[ApiKey, Depends(require_scope("jobs"))],
-    runner: Annotated[JobRunner, Depends(get_runner)],
-    idempotency_key: IdempotencyKey = None,
-) -> JobAccepted:
-    admit_pipeline(spec, request.app.state.settings)
-    return submit_job(spec, request, response, runner, idempotency_key)
-
-
 @router.get(
     "/jobs",
-    response_model=JobList,
     responses=problem_responses(401, 422),
     summary="Jobs, newest first (specs and errors only for the `jobs` scope)",
 )
@@ -331,7 +226,6 @@ def list_jobs(
 
 @router.get(
     "/jobs/{job_id}",
-    response_model=JobOut,
     responses={**problem_responses(401, 422), **NOT_FOUND},
     summary="One job: status, progress (tokens, tokens/s, ETA); spec and error for `jobs`",
 )
@@ -346,7 +240,6 @@ def get_job(
 
 @router.post(
     "/jobs/{job_id}/cancel",
-    response_model=JobOut,
     responses={**AUTH_RESPONSES, **problem_responses(422), **NOT_FOUND, **CONFLICT},
     summary="Cancel a job; committed shards stay, and resubmitting the spec resumes",
 )
@@ -357,3 +250,90 @@ def cancel_job(
     runner: Annotated[JobRunner, Depends(get_runner)],
 ) -> JobOut:
     return _jobs_out([runner.cancel(job_id)], request, key, runner)[0]
+
+
+def _unit(kind: str) -> str:
+    known = job_kinds().get(kind)
+    return known.unit if known is not None else ""
+
+
+def _accepted_model(kind: JobKind) -> type[BaseModel]:
+    """JobAccepted; for a kind whose result is read at a route of its own, its id too."""
+    if kind.route.result is None:
+        return JobAccepted
+    key, _ = kind.route.result
+    where = Field(description="Where the results appear: GET this path")
+    fields: dict[str, Any] = {key: (str, ...), "job_id": (str, ...),
+                              "status": (JobStatus, ...), "location": (str, where)}  # fmt: skip
+    return create_model(f"{kind.name.title()}Accepted", **fields)
+
+
+def _param(name: str, annotation: Any, default: Any = inspect.Parameter.empty):
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default,
+                             annotation=annotation)  # fmt: skip
+
+
+def _submit_endpoint(kind: JobKind, accepted: type[BaseModel]):
+    """The route function of a kind: its body (and path fields) make the spec, the kind's
+    admission check runs before any row is written, then the job is submitted. Its
+    signature is built here so FastAPI sees the kind's own body type, path and scope."""
+    route = kind.route
+
+    def endpoint(*, body: BaseModel, request: Request, response: Response, key: ApiKey,
+                 runner: JobRunner, session: Session, idempotency_key: str | None = None,
+                 **path: str) -> BaseModel:  # fmt: skip
+        fields = {route.path_fields[name]: value for name, value in path.items()}
+        spec = kind.spec_type(**body.model_dump(), **fields) if fields else body
+        kind.admit(spec, Admission(request.app.state.settings, session))
+        job = runner.submit_and_start(spec, idempotency_key)
+        if route.result is None:
+            location = str(request.url_for("get_job", job_id=job.id).path)
+            out = JobAccepted(job_id=job.id, status=job.status, location=location)
+        else:
+            result_key, route_name = route.result
+            location = str(request.url_for(route_name, **{result_key: job.spec_hash}).path)
+            out = accepted(**{result_key: job.spec_hash}, job_id=job.id, status=job.status,
+                           location=location)  # fmt: skip
+        response.headers["Location"] = location
+        return out
+
+    path_params = [
+        _param(name, Annotated[str, Path(max_length=128, description=f"The spec's `{field}`")])
+        for name, field in route.path_fields.items()
+    ]
+    endpoint.__signature__ = inspect.Signature(
+        [
+            *path_params,
+            _param("body", Annotated[route.body_type or kind.spec_type, Body()]),
+            _param("request", Request),
+            _param("response", Response),
+            _param("key", Annotated[ApiKey, Depends(require_scope(route.scope))]),
+            _param("runner", Annotated[JobRunner, Depends(get_runner)]),
+            _param("session", SessionDep),
+            _param("idempotency_key", IdempotencyKey, None),
+        ],
+        return_annotation=accepted,
+    )
+    endpoint.__name__ = f"submit_{kind.name}"
+    return endpoint
+
+
+def add_submit_routes(router: APIRouter) -> None:
+    """POST {route.path} for every job kind in the registry."""
+    for kind in job_kinds().values():
+        accepted = _accepted_model(kind)
+        router.add_api_route(
+            kind.route.path,
+            _submit_endpoint(kind, accepted),
+            methods=["POST"],
+            status_code=202,
+            response_model=accepted,
+            responses=problem_responses(401, 403, 404, 422),
+            summary=kind.route.summary,
+            description=kind.route.description or None,
+            tags=["jobs"],
+            name=f"submit_{kind.name}",
+        )
+
+
+add_submit_routes(router)

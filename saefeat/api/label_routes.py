@@ -8,13 +8,11 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Request
-from sqlalchemy.orm import Session
 
 from saefeat.api import convert
 from saefeat.api.auth import require_scope
-from saefeat.api.deps import get_session
 from saefeat.api.errors import ProblemError, problem_responses
-from saefeat.api.params import FeatureIndexParam, SaeId
+from saefeat.api.params import FeatureIndexParam, SaeId, SessionDep
 from saefeat.api.rate_limit import check_rate
 from saefeat.api.schemas import MAX_ROW_ID, LabelCreate, LabelOut, VoteCreate
 from saefeat.storage.catalog import labels, queries
@@ -22,6 +20,7 @@ from saefeat.storage.catalog.keys import has_scope
 from saefeat.storage.catalog.models import ApiKey, Label
 
 router = APIRouter(tags=["labels"])
+LabelId = Annotated[int, Path(ge=0, le=MAX_ROW_ID, description="Label id, as in a label history")]
 
 
 def label_writer(
@@ -32,23 +31,25 @@ def label_writer(
     return key
 
 
-@router.post(
+Writer = Annotated[ApiKey, Depends(label_writer)]
+
+
+def write_route(path: str, summary: str, description: str, **options):
+    """A label write: POST, answers the label (LabelOut), behind the key and its rate limit."""
+    problems = problem_responses(401, 403, 404, 422, 429)
+    return router.post(path, responses=problems, summary=summary, description=description,
+                       **options)  # fmt: skip
+
+
+@write_route(
     "/saes/{sae_id}/features/{index}/labels",
+    "Add a label to a feature (history is kept; nothing is overwritten)",
+    'The author is the API key\'s name. `source: "auto"` and `score` need a key with the '
+    '"explain" scope (403 otherwise).',
     status_code=201,
-    response_model=LabelOut,
-    responses=problem_responses(401, 403, 404, 422, 429),
-    summary="Add a label to a feature (history is kept; nothing is overwritten)",
-    description=(
-        'The author is the API key\'s name. `source: "auto"` and `score` need a key with '
-        'the "explain" scope (403 otherwise).'
-    ),
 )
 def create_label(
-    sae_id: SaeId,
-    index: FeatureIndexParam,
-    body: LabelCreate,
-    key: Annotated[ApiKey, Depends(label_writer)],
-    session: Annotated[Session, Depends(get_session)],
+    sae_id: SaeId, index: FeatureIndexParam, body: LabelCreate, key: Writer, session: SessionDep
 ) -> LabelOut:
     if (body.source == "auto" or body.score is not None) and not has_scope(key, "explain"):
         raise ProblemError(
@@ -65,24 +66,13 @@ def create_label(
     return convert.label_out(label)  # type: ignore[return-value]
 
 
-@router.post(
+@write_route(
     "/labels/{label_id}/votes",
-    response_model=LabelOut,
-    responses=problem_responses(401, 403, 404, 422, 429),
-    summary="Vote a label up or down (one vote per key; voting again replaces it)",
-    description=(
-        "A human label more people voted down than up stops being the feature's current "
-        "label; the next newest accepted human label, else the best-scored auto label, is."
-    ),
+    "Vote a label up or down (one vote per key; voting again replaces it)",
+    "A human label more people voted down than up stops being the feature's current label; "
+    "the next newest accepted human label, else the best-scored auto label, is.",
 )
-def vote_label(
-    label_id: Annotated[
-        int, Path(ge=0, le=MAX_ROW_ID, description="Label id, as in a label history")
-    ],
-    body: VoteCreate,
-    key: Annotated[ApiKey, Depends(label_writer)],
-    session: Annotated[Session, Depends(get_session)],
-) -> LabelOut:
+def vote_label(label_id: LabelId, body: VoteCreate, key: Writer, session: SessionDep) -> LabelOut:
     totals = labels.vote_label(
         session, label_id, voter=f"{key.name} (key {key.id})", value=1 if body.vote == "up" else -1
     )

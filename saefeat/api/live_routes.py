@@ -13,6 +13,7 @@ from typing import Annotated, TypeVar
 
 from fastapi import APIRouter, Depends, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials
+from sqlalchemy.orm import Session
 
 from saefeat.api import rate_limit
 from saefeat.api.auth import bearer, checked_key
@@ -22,6 +23,8 @@ from saefeat.api.schemas import ActiveFeature, TextActivations, TextQuery, Token
 from saefeat.errors import SpecError
 from saefeat.features import live
 from saefeat.storage.catalog import queries
+from saefeat.storage.catalog.models import SAE
+from saefeat.storage.catalog.set_registry import sae_model
 
 router = APIRouter(tags=["catalog"])
 T = TypeVar("T")
@@ -43,6 +46,12 @@ def live_caller(
     return f"key:{key.id}"
 
 
+LiveCaller = Annotated[str, Depends(live_caller)]
+# What a route that runs the model can answer besides 200: the key, the SAE, the body's
+# size and fields, the caller's rate limit, a full pool.
+LIVE_PROBLEMS = problem_responses(401, 403, 404, 413, 422, 429, 503)
+
+
 def check_rate(request: Request, caller: str) -> None:
     """429 with Retry-After once the caller's live token bucket is empty."""
     rate_limit.check_rate(request.app.state.live_rate_limiter, caller, "live requests")
@@ -60,10 +69,20 @@ async def run_on_live_pool(request: Request, fn: Callable[..., T], *args: object
     return await asyncio.wrap_future(future)
 
 
+def runnable_sae(session: Session, sae: SAE, doing: str) -> tuple[str, str | None, str, str]:
+    """(model, revision, checkpoint, hook) of an SAE the model runs with; the session is
+    closed then: the forward takes a while, and no connection is held through it."""
+    if not sae.checkpoint_path:
+        raise SpecError(f"has no checkpoint on this server, so it cannot {doing}", field="sae_id")
+    model_name, revision = sae_model(session, sae)
+    checkpoint, hook = sae.checkpoint_path, sae.hook_name
+    session.close()
+    return model_name, revision, checkpoint, hook
+
+
 @router.post(
     "/saes/{sae_id}/activations",
-    response_model=TextActivations,
-    responses=problem_responses(401, 403, 404, 413, 422, 429, 503),
+    responses=LIVE_PROBLEMS,
     summary="Run a text through the model and the SAE: each token's strongest features",
     description=(
         f"At most {live.MAX_TEXT_CHARS} characters and {live.MAX_TEXT_TOKENS} tokens (413 "
@@ -77,21 +96,15 @@ async def text_activations(
     sae_id: SaeId,
     body: TextQuery,
     request: Request,
-    caller: Annotated[str, Depends(live_caller)],
+    caller: LiveCaller,
     session: ReadSession,
 ) -> TextActivations:
     check_rate(request, caller)
     sae = queries.get_sae(session, sae_id)
     live.check_text(body.text)  # 413 before anything is loaded
-    if not sae.checkpoint_path:
-        raise SpecError(
-            "has no checkpoint on this server, so it cannot be run on text", field="sae_id"
-        )
-    model_name, checkpoint, hook = sae.model_name, sae.checkpoint_path, sae.hook_name
-    session.close()  # the forward can take a while: do not hold a connection through it
-    tokens = await run_on_live_pool(
-        request, live.features_for_sae, model_name, checkpoint, hook, body.text, body.top_n
-    )
+    model_name, revision, checkpoint, hook = runnable_sae(session, sae, "be run on text")
+    args = (model_name, revision, checkpoint, hook, body.text, body.top_n)
+    tokens = await run_on_live_pool(request, live.features_for_sae, *args)
     return TextActivations(
         sae_id=sae_id,
         hook=hook,

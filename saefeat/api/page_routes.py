@@ -119,45 +119,25 @@ async def sae_page(
 ) -> HTMLResponse:
     """An SAE: spec and lineage, held-out metrics, density histogram, its features each
     with a sparkline of its activation histogram (strongest first)."""
-    from sqlalchemy import select
-
-    from saefeat.storage.catalog.models import ActivationSetRow, Feature
-
     try:
         sae = queries.get_sae(session, sae_id)
     except SaefeatError as exc:
         return _render(request, "missing.html", exc.status_code, error=str(exc))
-    aset = session.get(ActivationSetRow, sae.activation_set_id) if sae.activation_set_id else None
-    rows = session.execute(
-        select(Feature.id, Feature.index, Feature.density, Feature.max_activation,
-               Feature.histogram)
-        .where(Feature.sae_id == sae_id)
-        .order_by(Feature.max_activation.desc(), Feature.index)
-        .offset(page * SAE_PAGE_FEATURES).limit(SAE_PAGE_FEATURES + 1)
-    ).all()  # fmt: skip
-    current = labels.current_labels(session, [r.id for r in rows])
-    features = [(r, _text(current.get(r.id)), charts.sparkline(r.histogram))
-                for r in rows[:SAE_PAGE_FEATURES]]  # fmt: skip
+    lineage = queries.sae_lineage(session, sae, request.app.state.settings.activations_dir)
+    rows = queries.strongest_features(
+        session, sae_id, offset=page * SAE_PAGE_FEATURES, limit=SAE_PAGE_FEATURES + 1
+    )
+    current = labels.current_labels(session, [f.id for f, _ in rows])
+    features = [(f, _text(current.get(f.id)), charts.sparkline(histogram))
+                for f, histogram in rows[:SAE_PAGE_FEATURES]]  # fmt: skip
     metrics = dict(sae.metrics or {})
     density = charts.density_chart(metrics.pop("density_histogram", None))
     shown = {k: v for k, v in metrics.items() if isinstance(v, int | float | str)}
     return _render(
-        request, "sae.html", sae=sae, aset=aset, corpus=_corpus(request, aset),
+        request, "sae.html", sae=sae, aset=lineage.activation_set, corpus=lineage.corpus,
         train_spec=(sae.cfg or {}).get("train_spec"), metrics=shown, density=density,
         features=features, page=page, more=len(rows) > SAE_PAGE_FEATURES,
     )  # fmt: skip
-
-
-def _corpus(request: Request, aset) -> list | None:
-    """The corpus sources the set was harvested from (its own spec), if it is here."""
-    if aset is None:
-        return None
-    from saefeat.storage.activations import open_set
-
-    try:
-        return open_set(request.app.state.settings.activations_dir, aset.id).spec.get("corpus")
-    except Exception:  # harvested elsewhere, or gone: the page still answers
-        return None
 
 
 @router.get("/jobs", response_class=HTMLResponse)

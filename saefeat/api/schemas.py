@@ -7,6 +7,7 @@ from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from saefeat.features.records import FeatureExample
 from saefeat.storage.catalog.labels import MAX_LABEL_CHARS, text_problem
 
 # Ids and feature indices are 32-bit columns: a larger number in a path is a 422, not a
@@ -97,18 +98,6 @@ class Histogram(BaseModel):
     counts: list[int]
 
 
-class Example(BaseModel):
-    kind: Literal["top", "quantile"]
-    rank: int = Field(description="0 = strongest within its kind")
-    activation: float = Field(description="Activation at the focus token")
-    context_index: int
-    position: int = Field(description="Focus token's position in its context")
-    focus: int = Field(description="Index of the focus token within `tokens`")
-    tokens: list[str]
-    token_ids: list[int]
-    values: list[float] = Field(description="The feature's activation on each token")
-
-
 class ProjectionToken(BaseModel):
     rank: int
     token_id: int
@@ -157,7 +146,9 @@ class ExplanationOut(BaseModel):
 
 class FeatureDetail(FeatureActivity):
     histogram: Histogram | None
-    examples: list[Example]
+    examples: list[FeatureExample] = Field(
+        description="Top examples by rank, then quantile samples by rank"
+    )
     projection: Projection
     label: LabelOut | None = Field(
         description="Newest human label, else the best-scored auto label, else null"

@@ -5,11 +5,9 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
-from starlette.concurrency import run_in_threadpool
 
 from saefeat.api import convert
-from saefeat.api.errors import problem_responses
-from saefeat.api.params import CursorParam, Limit, OnlySae, ReadSession
+from saefeat.api.params import CursorParam, Limit, OnlySae, ReadSession, read_route
 from saefeat.api.schemas import LabelMatchPage
 from saefeat.storage.catalog import label_search, labels
 from saefeat.storage.catalog.search_syntax import MAX_QUERY_CHARS
@@ -17,19 +15,7 @@ from saefeat.storage.catalog.search_syntax import MAX_QUERY_CHARS
 router = APIRouter(tags=["catalog"])
 
 
-@router.get(
-    "/labels/search",
-    response_model=LabelMatchPage,
-    responses=problem_responses(404, 422),
-    summary="Features whose labels match a full-text query",
-    description=(
-        "Web-search syntax: words (all must match, stemmed: `bracket` finds `brackets`), "
-        '`"exact phrase"`, `OR` between alternatives, `-word` to exclude, `word*` for a '
-        "prefix. A malformed query (an unclosed quote, a dangling OR, only exclusions) is a "
-        "422 naming the problem. Each feature appears once, with its newest matching label; "
-        "newest first."
-    ),
-)
+@read_route(router, "/labels/search", "Features whose labels match a full-text query")
 async def search_labels(
     session: ReadSession,
     q: Annotated[str, Query(max_length=MAX_QUERY_CHARS, description="The query")],
@@ -48,6 +34,11 @@ async def search_labels(
         float | None, Query(description="Only labels with a score at least this")
     ] = None,
 ) -> LabelMatchPage:
+    """Web-search syntax: words (all must match, stemmed: `bracket` finds `brackets`), `"exact
+    phrase"`, `OR` between alternatives, `-word` to exclude, `word*` for a prefix. A
+    malformed query (an unclosed quote, a dangling OR, only exclusions) is a 422 naming the
+    problem. Each feature appears once, with its newest matching label; newest first."""
+
     def search() -> LabelMatchPage:
         page = label_search.search_labels(
             session, q, sae_id=sae_id, limit=limit, cursor=cursor,
@@ -57,6 +48,7 @@ async def search_labels(
         items = [convert.label_match(m, votes.get(m.label.id)) for m in page.items]
         return LabelMatchPage(items=items, next_cursor=page.next_cursor)
 
-    # A search reads up to label_search.MAX_SCAN matches: tens of milliseconds at worst,
-    # too long to hold the event loop, so it runs on the thread pool.
-    return await run_in_threadpool(search)
+    # Inline, as every catalog read (api/deps.py): a search reads at most
+    # label_search.MAX_SCAN matches (about a millisecond typically, tens at worst). On the
+    # thread pool its 16-client p95 was 3-4x worse (GIL hand-offs; bench/RESULTS.md).
+    return search()

@@ -3,16 +3,20 @@ beside the default continuation. Its request and response bodies live here, with
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Literal
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from saefeat.analysis import steer
-from saefeat.api.errors import problem_responses
-from saefeat.api.live_routes import check_rate, live_caller, run_on_live_pool
+from saefeat.api.live_routes import (
+    LIVE_PROBLEMS,
+    LiveCaller,
+    check_rate,
+    run_on_live_pool,
+    runnable_sae,
+)
 from saefeat.api.params import ReadSession, SaeId
-from saefeat.errors import SpecError
 from saefeat.storage.catalog import queries
 
 router = APIRouter(tags=["analysis"])
@@ -97,8 +101,7 @@ def steer_request(body: SteerBody) -> steer.SteerRequest:
 
 @router.post(
     "/saes/{sae_id}/steer",
-    response_model=SteerOut,
-    responses=problem_responses(401, 403, 404, 413, 422, 429, 503),
+    responses=LIVE_PROBLEMS,
     summary="Generate with features added or clamped, beside the default continuation",
     description=(
         "Both runs use the same seed and sampling; at the SAE's hook every position but "
@@ -112,7 +115,7 @@ async def steer_route(
     sae_id: SaeId,
     body: SteerBody,
     request: Request,
-    caller: Annotated[str, Depends(live_caller)],
+    caller: LiveCaller,
     session: ReadSession,
 ) -> SteerOut:
     check_rate(request, caller)
@@ -120,12 +123,9 @@ async def steer_route(
     limit = request.app.state.settings.steer_max_new_tokens
     spec = steer_request(body)
     steer.check_request(spec, d_sae=sae.d_sae, max_new_tokens=limit)  # 422 before a load
-    if not sae.checkpoint_path:
-        raise SpecError("has no checkpoint on this server, so it cannot steer", field="sae_id")
-    model_name, checkpoint, hook = sae.model_name, sae.checkpoint_path, sae.hook_name
-    session.close()  # generation takes a while: do not hold a connection through it
+    model_name, revision, checkpoint, hook = runnable_sae(session, sae, "steer")
     result = await run_on_live_pool(
-        request, steer.steer_for_sae, model_name, checkpoint, hook, spec, limit
+        request, steer.steer_for_sae, model_name, revision, checkpoint, hook, spec, limit
     )
     return SteerOut(
         sae_id=sae_id,

@@ -42,12 +42,15 @@ def user_errors(fn):
     return wrapper
 
 
-def progress_bar(description: str, unit: str) -> Progress:
+def progress_bar(kind: str) -> Progress:
+    """A bar for a job of this kind, counting in the kind's unit (workers/job_kinds.py)."""
+    from saefeat.workers.job_kinds import job_kind
+
     return Progress(
-        TextColumn(f"[bold]{description}"),
+        TextColumn(f"[bold]{kind}"),
         BarColumn(),
         MofNCompleteColumn(),
-        TextColumn(unit),
+        TextColumn(job_kind(kind).unit),
         TextColumn("{task.fields[info]}"),
         TimeRemainingColumn(),
         console=console,

@@ -25,17 +25,14 @@ def contrast(
     """Rank the SAE's features by how differently they fire on corpus A and corpus B."""
     from rich.table import Table
 
-    from saefeat.analysis.contrast import ContrastSpec, run_contrast
-    from saefeat.storage.catalog.contrasts import write_contrast
-    from saefeat.storage.catalog.db import catalog_session
+    from saefeat.specs import ContrastSpec
+    from saefeat.workers.contrast_job import contrast_and_record
 
     spec = ContrastSpec(sae=sae, a=a, b=b, top=top, window=window)
-    with progress_bar("contrast", "tasks") as bar:
+    with progress_bar("contrast") as bar:
         task = bar.add_task("contrast", total=None, info="")
-        result = run_contrast(spec, progress=lambda d, t: bar.update(task, completed=d, total=t))
-    with catalog_session(get_settings()) as s:
-        write_contrast(s, result)
-        s.commit()
+        progress = lambda d, t: bar.update(task, completed=d, total=t)  # noqa: E731
+        result = contrast_and_record(spec, settings=get_settings(), progress=progress)
     st, clf = result.stats, result.classifier
     out = Console()
     for side in ("a", "b"):

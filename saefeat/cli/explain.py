@@ -26,7 +26,7 @@ def explain(
     batch: Annotated[int, typer.Option(help="features per Ray task")] = 64,
 ):
     """Explain and score an indexed SAE's features (the LLM endpoint: SAEFEAT_LLM_*)."""
-    from saefeat.interp.spec import ExplainSpec
+    from saefeat.specs import ExplainSpec
 
     spec = ExplainSpec(
         sae=sae,
@@ -42,7 +42,7 @@ def do_explain(spec):
     from saefeat.workers.explain import run_explain, validate_explain
 
     validate_explain(spec)  # bad input is one line, before any progress bar
-    with progress_bar("explain", "features") as bar:
+    with progress_bar("explain") as bar:
         task = bar.add_task("explain", total=None, info="")
         result = run_explain(spec, progress=lambda d, t: bar.update(task, completed=d, total=t))
     console.print(result.summary(), highlight=False)

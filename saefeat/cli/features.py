@@ -111,12 +111,14 @@ def features_fire(
     from saefeat.features.live import features_for_sae
     from saefeat.storage.catalog import queries
     from saefeat.storage.catalog.db import catalog_session
+    from saefeat.storage.catalog.set_registry import sae_model
 
     with catalog_session(get_settings()) as s:
         row = queries.get_sae(s, sae)
         if not row.checkpoint_path:
             raise SpecError("has no checkpoint here, so it cannot be run on text", field="sae")
-        model_name, checkpoint, hook = row.model_name, row.checkpoint_path, row.hook_name
-    for t in features_for_sae(model_name, checkpoint, hook, text, top):
+        model_name, revision = sae_model(s, row)
+        checkpoint, hook = row.checkpoint_path, row.hook_name
+    for t in features_for_sae(model_name, revision, checkpoint, hook, text, top):
         feats = "  ".join(f"{f}:{v:.3g}" for f, v in t.features)
         print(f"{t.position}\t{t.token!r}\t{feats}")

@@ -1,69 +1,68 @@
-"""`saefeat harvest`: activations of a model over a corpus, run as a job."""
+"""`saefeat harvest`: activations of a model over a corpus, run as a job. Its options are
+HarvestSpec's fields (saefeat/cli/spec_options.py), but for the corpus: `--corpus
+PATH[@WEIGHT]` (repeated) with one `--field`."""
 
 from __future__ import annotations
 
+import inspect
 import os
 from typing import Annotated
 
 import typer
 
 from saefeat.cli.common import console, progress_bar, user_errors
+from saefeat.cli.spec_options import KEYWORD, command, field_option, given, spec_options
 from saefeat.config import Settings, get_settings
 from saefeat.errors import SaefeatError
 from saefeat.paths import BUILTIN_PYTHON_DOCS
+from saefeat.specs import CorpusSource, HarvestSpec
+
+# Flags that differ from the field's name (the shorter ones came first; both work).
+FLAGS = {"hooks": ("--hook",), "token_budget": ("--tokens", "--token-budget"),
+         "contexts_per_shard": ("--shard-contexts", "--contexts-per-shard")}  # fmt: skip
 
 
 def register(app: typer.Typer) -> None:
-    app.command()(user_errors(harvest))
+    app.command()(command(user_errors(harvest), harvest_options()))
 
 
-def harvest(
-    hook: Annotated[list[str], typer.Option(help="e.g. blocks.15.hook_resid_post")],
-    model: Annotated[str, typer.Option(help="HF id, local folder, .gguf file")] = "smollm2-135m",
-    corpus: Annotated[
-        list[str], typer.Option(help="file/folder or builtin:python-docs, optionally PATH@WEIGHT")
-    ] = ["builtin:python-docs"],  # noqa: B006
-    field: Annotated[str, typer.Option(help="JSONL/Parquet/dataset text field")] = "text",
-    ctx_len: int = 128,
-    tokens: Annotated[int, typer.Option(help="token budget")] = 100_000,
-    shard_contexts: int = 64,
-    storage_dtype: str = "bfloat16",
-    batch_size: int = 8,
-    on_bad_document: Annotated[str, typer.Option(help="fail or skip")] = "fail",
-    on_nonfinite: Annotated[str, typer.Option(help="fail or drop")] = "fail",
-):
+def harvest_options() -> list[inspect.Parameter]:
+    names = [n for n in HarvestSpec.model_fields if n != "corpus"]
+    corpus_help = (f"{CorpusSource.model_fields['path'].description}, optionally PATH@WEIGHT "
+                   "(repeat to mix sources)")  # fmt: skip
+    corpus = typer.Option(help=corpus_help)
+    return [
+        *spec_options(HarvestSpec, names, FLAGS),
+        inspect.Parameter(
+            "corpus", KEYWORD, default=None, annotation=Annotated[list[str] | None, corpus]
+        ),  # fmt: skip
+        field_option("field", CorpusSource.model_fields["field"]),
+    ]
+
+
+def harvest(**options) -> None:
     """Run the model over a corpus and store activations at the hooks.
 
     Files and folders named here are read wherever they are: the CLI's user owns the
     machine. (Specs sent over HTTP are held to the corpus roots; docs/SECURITY.md.)"""
-    from saefeat.specs import HarvestSpec
-
-    sources = [_corpus_source(c, field) for c in corpus]
-    spec = HarvestSpec(
-        model=model,
-        hooks=hook,
-        corpus=sources,
-        ctx_len=ctx_len,
-        token_budget=tokens,
-        contexts_per_shard=shard_contexts,
-        storage_dtype=storage_dtype,
-        batch_size=batch_size,
-        on_bad_document=on_bad_document,
-        on_nonfinite=on_nonfinite,
-    )
+    options = given(options)
+    field = options.pop("field", None)
+    sources = [_corpus_source(c, field) for c in options.pop("corpus", [BUILTIN_PYTHON_DOCS])]
+    spec = HarvestSpec(**options, corpus=sources)
     settings = get_settings()
     named = [s["path"] for s in sources if s["path"] != BUILTIN_PYTHON_DOCS]
     trusted = settings.model_copy(update={"corpus_roots": [*settings.corpus_root_paths, *named]})
     print(harvest_as_job(spec, trusted).activation_set.id)
 
 
-def _corpus_source(text: str, field: str) -> dict:
+def _corpus_source(text: str, field: str | None) -> dict:
     """`PATH` or `PATH@WEIGHT` (a source's share when several are mixed); a path is made
     absolute here, from the working folder the user typed it in."""
+    source = {} if field is None else {"field": field}
     path, sep, weight = text.rpartition("@")
     if sep and weight.replace(".", "", 1).isdigit():
-        return {"path": _absolute(path), "field": field, "weight": float(weight)}
-    return {"path": _absolute(text), "field": field}
+        return {**source, "path": _absolute(path), "weight": float(weight)}
+    return {**source, "path": _absolute(text)}
 
 
 def _absolute(path: str) -> str:
@@ -86,7 +85,7 @@ def harvest_as_job(spec, settings: Settings | None = None):
                 f"job {job.id} ({job.status}) is already harvesting set {job.spec_hash}; "
                 "follow it with `saefeat jobs`"
             )
-        with progress_bar("harvest", "tokens") as bar:
+        with progress_bar("harvest") as bar:
             task = bar.add_task("harvest", total=None, info=f"job {job.id}")
             progress = lambda d, t: bar.update(task, completed=d, total=t)  # noqa: E731
             result = runner.run(job.id, progress=progress)

@@ -1,22 +1,24 @@
-"""`saefeat index`: each feature's statistics, examples and vocabulary projection."""
+"""`saefeat index`: each feature's statistics, examples and vocabulary projection; its
+options are IndexSpec's fields (saefeat/cli/spec_options.py)."""
 
 from __future__ import annotations
-
-from typing import Annotated
 
 import typer
 
 from saefeat.cli.common import console, progress_bar, user_errors
+from saefeat.cli.spec_options import command, given, spec_options
+from saefeat.specs import IndexSpec
 
 
 def register(app: typer.Typer) -> None:
-    app.command()(user_errors(index))
+    options = spec_options(IndexSpec, IndexSpec.model_fields, FLAGS)
+    app.command()(command(user_errors(index), options))
 
 
 def do_index(spec):
     from saefeat.pipeline import run_index
 
-    with progress_bar("index", "tasks") as bar:
+    with progress_bar("index") as bar:
         task = bar.add_task("index", total=None, info="")
         result = run_index(spec, progress=lambda d, t: bar.update(task, completed=d, total=t))
     console.print(
@@ -27,13 +29,10 @@ def do_index(spec):
     return result
 
 
-def index(
-    sae: Annotated[str, typer.Option(help="SAE id")],
-    examples: int = 20,
-    window: int = 8,
-    vocab: int = 20,
-):
-    """Compute each feature's statistics, top examples and vocabulary projection."""
-    from saefeat.specs import IndexSpec
+# Flags that differ from the field's name (the shorter ones came first; both work).
+FLAGS = {"n_examples": ("--examples", "--n-examples"), "n_vocab": ("--vocab", "--n-vocab")}
 
-    do_index(IndexSpec(sae=sae, n_examples=examples, window=window, n_vocab=vocab))
+
+def index(**options) -> None:
+    """Compute each feature's statistics, top examples and vocabulary projection."""
+    do_index(IndexSpec(**given(options)))

@@ -12,23 +12,20 @@ from rich.console import Console
 
 from saefeat.cli.common import console, user_errors
 from saefeat.errors import SaefeatError, SpecError
+from saefeat.storage.catalog.job_status import JobStatus
 
 SERVER: dict[str, str | None] = {"url": None, "key": None}  # set by --server / --key
-KINDS = {
-    "pipeline": "Submit a pipeline (harvest -> train -> index [-> explain]) spec.",
-    "train": "Submit a training: a TrainSpec, or a sweep "
-    '{"specs": [...], "device": ..., "resources": ...}.',
-    "index": "Submit an indexing (an IndexSpec).",
-    "harvest": "Submit a harvest (a HarvestSpec).",
-}
 SpecArg = Annotated[str, typer.Argument(help="JSON file, - for stdin, or JSON")]
 
 
 def register(app: typer.Typer) -> None:
     app.callback()(server_options)
+    from saefeat.workers.job_kinds import job_kinds
+
     submit_app = typer.Typer(no_args_is_help=True, help="Submit a job to a remote server.")
-    for kind, help_text in KINDS.items():
-        submit_app.command(kind, help=help_text)(user_errors(_submit_command(kind)))
+    for name, kind in job_kinds().items():  # one command per job kind, its spec as JSON
+        help_text = f"{kind.route.summary}. SPEC: a {kind.spec_type.__name__} as JSON."
+        submit_app.command(name, help=help_text)(user_errors(_submit_command(name)))
     app.add_typer(submit_app, name="submit")
 
 
@@ -83,7 +80,7 @@ def submit(kind: str, text: str, watch: bool) -> None:
 
 
 def _report(jobs: list[dict]) -> None:
-    failed = [j for j in jobs if j["status"] != "succeeded"]
+    failed = [j for j in jobs if j["status"] != JobStatus.SUCCEEDED]
     for j in failed:
         console.print(f"[red]{j['kind']} {j['id']} {j['status']}[/red]: {j.get('error') or ''}",
                       highlight=False, soft_wrap=True)  # fmt: skip

@@ -60,7 +60,7 @@ def demo(
     """harvest -> train -> index -> explain -> serve on SmolLM2-135M and the built-in corpus."""
     from saefeat.cli.explain import do_explain
     from saefeat.demo import print_features, readable_features, run_demo
-    from saefeat.interp.spec import ExplainSpec
+    from saefeat.specs import ExplainSpec
 
     sae_id = run_demo(tokens=tokens, harvest=harvest_as_job, train=do_train, index=do_index)
     # The offline explainer and the no-judge scorers label the features it shows.

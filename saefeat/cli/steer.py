@@ -28,6 +28,7 @@ def steer(
     from saefeat.errors import SpecError
     from saefeat.storage.catalog import queries
     from saefeat.storage.catalog.db import catalog_session
+    from saefeat.storage.catalog.set_registry import sae_model
 
     pairs = []
     for n, text in enumerate(feature):
@@ -43,8 +44,9 @@ def steer(
         check_request(request, d_sae=row.d_sae, max_new_tokens=limit)
         if not row.checkpoint_path:
             raise SpecError("has no checkpoint here, so it cannot steer", field="sae")
-        model_name, checkpoint, hook = row.model_name, row.checkpoint_path, row.hook_name
-    result = steer_for_sae(model_name, checkpoint, hook, request, max_new_tokens=limit)
+        model_name, revision = sae_model(s, row)
+        checkpoint, hook = row.checkpoint_path, row.hook_name
+    result = steer_for_sae(model_name, revision, checkpoint, hook, request, max_new_tokens=limit)
     for p in result.promoted:
         print(f"feature {p.index} promotes: {' '.join(repr(t) for t in p.tokens)}")
     for name, run in (("default", result.default), ("steered", result.steered)):

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import inspect
-import typing
 from typing import Annotated
 
 import typer
-from pydantic.fields import FieldInfo
 
 from saefeat.cli.common import console, progress_bar, user_errors
+from saefeat.cli.spec_options import KEYWORD, command, field_help, field_option, given, spec_options
 from saefeat.sae import architectures, config_class
 from saefeat.specs import TrainSpec
 
@@ -17,7 +16,7 @@ from saefeat.specs import TrainSpec
 def do_train(spec):
     from saefeat.pipeline import run_train
 
-    with progress_bar("train", "steps") as bar:
+    with progress_bar("train") as bar:
         task = bar.add_task("train", total=None, info="")
 
         def progress(step, total, loss):
@@ -54,48 +53,18 @@ SPEC_OPTIONS = ("hook", "d_sae", "expansion_factor", "batch_size", "lr", "epochs
                 "optimizer_state")  # fmt: skip
 
 
-KEYWORD = inspect.Parameter.KEYWORD_ONLY
-
-
-def _option_type(annotation) -> type:
-    """The CLI type of a field: its own, without None; a tuple of floats is repeated; a
-    Literal is a str (the spec checks it, so a bad value is one line naming the field)."""
-    if typing.get_origin(annotation) is typing.Literal:
-        return str
-    args = [a for a in typing.get_args(annotation) if a is not type(None)]
-    if typing.get_origin(annotation) is tuple:
-        return list[args[0]]
-    return args[0] if args else annotation
-
-
-def _help(field: FieldInfo, default, owners: list[str] | None = None) -> str:
-    where = f"{', '.join(owners)}; " if owners else ""
-    if typing.get_origin(field.annotation) is typing.Literal:
-        where += f"one of {', '.join(typing.get_args(field.annotation))}; "
-    shown = "" if default is None else f"default {default}"
-    return f"{field.description or ''} ({where}{shown})".replace(" ()", "").replace("; )", ")")
-
-
-def _option(name: str, field: FieldInfo, help: str) -> inspect.Parameter:
-    flag = "--set" if name == "activation_set" else f"--{name.replace('_', '-')}"
-    kind = _option_type(field.annotation)
-    option = typer.Option(flag, help=help)
-    return inspect.Parameter(name, KEYWORD, default=None, annotation=Annotated[kind | None, option])
-
-
 def train_options() -> list[inspect.Parameter]:
     """--set and --architecture, the spec's fields, then each architecture setting once;
     every default is None here, so the spec's (or the config's) default applies."""
     fields = TrainSpec.model_fields
     names = architectures()
-    set_option = typer.Option("--set", help="activation set id")
     params = [
-        inspect.Parameter("activation_set", KEYWORD, annotation=Annotated[str, set_option]),
+        field_option("activation_set", fields["activation_set"], "--set", required=True),
         inspect.Parameter("architecture", KEYWORD,
                           default=fields["architecture"].default_factory().name,
                           annotation=Annotated[str, typer.Option(help=", ".join(names))]),
     ]  # fmt: skip
-    params += [_option(n, fields[n], _help(fields[n], fields[n].default)) for n in SPEC_OPTIONS]
+    params += spec_options(TrainSpec, SPEC_OPTIONS)
     owners: dict[str, list[str]] = {}
     for arch in names:
         for n in config_class(arch).model_fields:
@@ -103,18 +72,15 @@ def train_options() -> list[inspect.Parameter]:
                 owners.setdefault(n, []).append(arch)
     for n, archs in sorted(owners.items()):
         field = config_class(archs[0]).model_fields[n]
-        params.append(_option(n, field, _help(field, field.default, archs)))
+        params.append(field_option(n, field, help=field_help(field, archs)))
     return params
 
 
 def train(**options) -> None:
     """Train an SAE (TopK by default) on an activation set; print its held-out metrics."""
-    spec = TrainSpec(**{k: v for k, v in options.items() if v is not None})
+    spec = TrainSpec(**given(options))
     print(do_train(spec).sae_id)
 
 
 def register(app: typer.Typer) -> None:
-    command = user_errors(train)
-    command.__signature__ = inspect.Signature(train_options())
-    command.__annotations__ = {}
-    app.command()(command)
+    app.command()(command(user_errors(train), train_options()))

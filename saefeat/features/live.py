@@ -29,7 +29,7 @@ MAX_TEXT_TOKENS = 512
 # Two concurrent first requests must not load a model twice; and one model runs one
 # forward at a time, since run_to_hooks captures activations with hooks on its modules.
 _load_lock = threading.Lock()
-_forward_locks: dict[str, threading.Lock] = {}
+_forward_locks: dict[tuple[str, str | None], threading.Lock] = {}
 
 
 class TextTooLongError(SaefeatError):
@@ -134,21 +134,23 @@ def features_on_text(
 
 
 def features_for_sae(
-    model_name: str, checkpoint: str, hook: str, text: str, top_n: int = 5
+    model_name: str, revision: str | None, checkpoint: str, hook: str, text: str, top_n: int = 5
 ) -> list[TokenFeatures]:
-    """Load (once) the model and SAE named by a catalog row and run `features_on_text`."""
+    """Load (once) the model at `revision` (the SAE's activation set's; see
+    `set_registry.sae_model`) and the SAE named by a catalog row, and run
+    `features_on_text`."""
     check_text(text)  # before paying for a model load
-    lm, sae, forward_lock = loaded(model_name, checkpoint)
+    lm, sae, forward_lock = loaded(model_name, revision, checkpoint)
     with forward_lock:
         return features_on_text(lm, sae, hook, text, top_n)
 
 
 def loaded(
-    model_name: str, checkpoint: str
+    model_name: str, revision: str | None, checkpoint: str
 ) -> tuple[LanguageModel, SparseAutoencoder, threading.Lock]:
-    """The cached model and SAE, and the lock every forward on that model must hold (live
-    encoding and steering both hook the model's modules)."""
+    """The cached model (at `revision`) and SAE, and the lock every forward on that model
+    must hold (live encoding and steering both hook the model's modules)."""
     with _load_lock:
-        lm = cached_model(model_name, "cpu")
+        lm = cached_model(model_name, revision, "cpu")
         sae = cached_sae(checkpoint, "cpu")
-        return lm, sae, _forward_locks.setdefault(model_name, threading.Lock())
+        return lm, sae, _forward_locks.setdefault((model_name, revision), threading.Lock())

@@ -2,32 +2,48 @@
 
 Plain dataclasses over numpy arrays so the index worker (torch, Ray) and the catalog
 writer (SQLAlchemy) share one shape without importing each other.
+
+`FeatureExample` is the one shape of an example everywhere: the index worker makes it,
+the catalog writer stores its fields as the `feature_examples` columns of the same names,
+`storage/catalog/queries.py` reads it back, `storage/catalog/documents.py` builds the
+page's JSON from its field list, the API declares it as its schema (the descriptions
+below are the OpenAPI's), `static/feature.js` reads those keys, and the Neuronpedia
+export and import carry it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Annotated, Literal
 
 import numpy as np
+from pydantic import Field
+
+ExampleKind = Literal["top", "quantile"]
 
 
-@dataclass
+@dataclass(slots=True)
 class FeatureExample:
     """One example of one feature: a token window around the focus token.
 
     kind "top": the N strongest activations (rank 0 = strongest). kind "quantile": samples
     spread over the activation range (rank orders them by activation, strongest first)."""
 
-    feature_index: int
-    rank: int  # 0 = strongest
-    activation: float  # value at the focus token
-    context_index: int  # row in the activation set's `tokens` array
-    position: int  # focus token's position inside its context
-    token_ids: list[int]
-    token_strs: list[str]
-    values: list[float]  # the feature's activation on each token of the window
-    focus: int  # index of the focus token inside the window
-    kind: str = "top"  # "top" or "quantile" (issue 3)
+    feature_index: Annotated[int, Field(description="The feature's index in its SAE")]
+    rank: Annotated[int, Field(description="0 = strongest within its kind")]
+    activation: Annotated[float, Field(description="Activation at the focus token")]
+    context_index: Annotated[
+        int, Field(description="Row of the context in the activation set (-1: not known)")
+    ]
+    position: Annotated[int, Field(description="Focus token's position in its context")]
+    token_ids: Annotated[list[int], Field(description="The window's token ids (-1: not known)")]
+    token_strs: Annotated[list[str], Field(description="The window's tokens as text")]
+    values: Annotated[list[float], Field(description="The feature's activation on each token")]
+    focus: Annotated[int, Field(description="Index of the focus token within the window")]
+    kind: Annotated[
+        ExampleKind,
+        Field(description="top: among the strongest; quantile: spread over the activation range"),
+    ] = "top"
 
 
 @dataclass

@@ -3,7 +3,7 @@ catalog, the scoring pool from the SAE's activation set, and the finished featur
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from sqlalchemy import select
@@ -13,16 +13,28 @@ from saefeat.config import Settings
 from saefeat.errors import SpecError
 from saefeat.interp.evidence import FeatureEvidence, split_examples
 from saefeat.interp.pool import ScoringPool, build_pool, scoring_contexts
-from saefeat.interp.spec import ExplainSpec
+from saefeat.specs import ExplainSpec
 from saefeat.storage.catalog import queries
-from saefeat.storage.catalog.explanations import explained_indices, write_explanation
+from saefeat.storage.catalog.explanations import ScoreIn, explained_indices, write_explanation
 from saefeat.storage.catalog.models import SAE, Feature
 
 if TYPE_CHECKING:
     from saefeat.interp.explainers import Explainer
-    from saefeat.workers.explain import FeatureOutcome
 
 N_PROMOTED = 10
+
+
+@dataclass
+class FeatureOutcome:
+    """What explaining one feature gave (an explain task's answer, written whole or not
+    at all): its label text and scores, or the error that stopped it."""
+
+    index: int
+    text: str | None = None
+    scores: list[ScoreIn] = field(default_factory=list)
+    unscored: dict[str, str] = field(default_factory=dict)  # score type -> why
+    error: str | None = None
+    explained_from: list[dict] = field(default_factory=list)  # the windows it saw
 
 
 @dataclass
@@ -75,7 +87,7 @@ class ExplainPlan:
         contexts = scoring_contexts(aset, self.spec.pool_contexts, self.spec.seed)
         # The harvest's dtype choice: bf16 where the CPU runs it fast (~10x fp32 here).
         return build_pool(
-            cached_model(aset.model_name, "cpu", auto_dtype("cpu")),
+            cached_model(aset.model_name, aset.revision, "cpu", auto_dtype("cpu")),
             load_sae(self.checkpoint),
             self.hook,
             aset.tokens(),

@@ -72,7 +72,7 @@ class FeatureEvidence:
 
 
 def split_examples(examples: list[Any], n_explain: int = N_EXPLAIN) -> tuple[list, list]:
-    """(explain, held-out) Windows from catalog ExampleRows: the strongest `n_explain` top
+    """(explain, held-out) Windows from catalog FeatureExamples: the strongest `n_explain` top
     examples explain; every other example whose context none of them shares is held out."""
     tops = [e for e in examples if e.kind == "top"]
     explain = [_window(e) for e in tops[:n_explain]]

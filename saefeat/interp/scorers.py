@@ -20,9 +20,8 @@ from saefeat.interp.explainers import query_text
 from saefeat.interp.llm import LLMClient
 from saefeat.interp.metrics import auroc
 from saefeat.interp.pool import ScoringPool
-from saefeat.storage.catalog.explanations import ScoreIn
+from saefeat.storage.catalog.explanations import NO_JUDGE, ScoreIn
 
-NO_JUDGE = ("embedding", "activation")
 DETAIL_WINDOWS = 10  # windows kept in a score's details (what the page shows it rests on)
 
 

@@ -8,7 +8,10 @@ decay, no amsgrad). p.grad is read, never modified. Triton on CUDA, torch elsewh
 dispatch.py).
 
 `state_dtype=torch.bfloat16` keeps Adam's two moments in bf16 (computed in fp32, stored
-stochastically rounded; see adam.py): 4 bytes of state per parameter instead of 8.
+stochastically rounded; see adam.py): 4 bytes of state per parameter instead of 8, at
+the held-out FVU of fp32 state (bench/RESULTS.md). It is for the GPU: the CPU path (the
+torch reference) builds fp32 temporaries per parameter, so there its peak memory is
+above fp32 state's and a step is slower; on the CPU it only checks the arithmetic.
 `capturable=True` keeps each step count on the parameter's device and hands the kernels
 their step-dependent scalars as a device tensor, so a step can be captured in a CUDA
 graph and replayed (no host reads; `lr` may then be a 0-dim device tensor to change

@@ -20,18 +20,13 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from saefeat.errors import NotFoundError, SpecError
+from saefeat.shapes import check_active_count
 
 FORMAT_VERSION = 1
 
 
 # The TopK family's active latents per token; its bound by d_sae is check_active_count.
 ActiveCount = Annotated[int, Field(gt=0, description="active latents per token")]
-
-
-def check_active_count(k: int | None, d_sae: int) -> None:
-    """The one rule for k: fewer active latents than there are latents."""
-    if k is not None and not 0 < k < d_sae:
-        raise SpecError(f"k must be < d_sae ({d_sae}) and > 0, got {k}", field="k")
 
 
 class ArchConfig(BaseModel):
@@ -170,6 +165,23 @@ def fvu_loss(x: torch.Tensor, x_hat: torch.Tensor, variance: torch.Tensor) -> to
     return (x_hat.float() - x).pow(2).sum() / variance
 
 
+def dense_train_step(
+    sae: SparseAutoencoder,
+    x: torch.Tensor,
+    acts: torch.Tensor,
+    variance: torch.Tensor,
+    penalty: torch.Tensor,
+    parts: dict[str, torch.Tensor],
+) -> TrainStep:
+    """The training step of an SAE whose latents come out dense (ReLU, JumpReLU): decode
+    every latent (most fire early in training), FVU + the architecture's sparsity
+    `penalty`, and the dense (vals, idx) layout for the trainer; `parts` are logged."""
+    x_hat = acts @ sae.W_dec.to(acts.dtype) + sae.b_dec
+    fvu = fvu_loss(x, x_hat, variance)
+    vals, idx = dense_layout(acts.detach())
+    return TrainStep(SAEOutput(x_hat, vals, idx), fvu + penalty, {"fvu": fvu, **parts})
+
+
 class SparseAutoencoder(nn.Module):
     """Subclasses implement encode(x) -> (vals, idx); the trainer calls training_loss and
     after_step, so every architecture trains through the same loop."""
@@ -235,10 +247,6 @@ class SparseAutoencoder(nn.Module):
         self.W_enc.mul_(scale)
         self.W_dec.div_(scale)
         self.b_dec.div_(scale)
-
-    @torch.no_grad()
-    def set_decoder_norm_to_unit(self) -> None:
-        self.W_dec.div_(self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12))
 
     # ---- checkpoints ----------------------------------------------------------------
 

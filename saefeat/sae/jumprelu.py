@@ -22,9 +22,8 @@ from saefeat.sae.base import (
     SAEOutput,
     SparseAutoencoder,
     TrainStep,
-    dense_layout,
     dense_to_sparse,
-    fvu_loss,
+    dense_train_step,
     register,
 )
 
@@ -60,16 +59,12 @@ class JumpReLUSAE(SparseAutoencoder):
 
     def training_loss(self, x: torch.Tensor, variance: torch.Tensor) -> TrainStep:
         acts, l0 = self._acts(x, True)
-        x_hat = acts @ self.W_dec.to(acts.dtype) + self.b_dec  # dense: most latents fire early
-        fvu = fvu_loss(x, x_hat, variance)
         mean_l0 = l0.float().mean()
         coef = self.settings.sparsity_coefficient
         target = self.settings.target_l0
         sparsity = coef * (mean_l0 / target - 1).pow(2) if target else coef * mean_l0
-        vals, idx = dense_layout(acts.detach())
-        out = SAEOutput(x_hat, vals, idx)
-        return TrainStep(out, fvu + sparsity, {"fvu": fvu, "l0": mean_l0.detach(),
-                                               "sparsity": sparsity})  # fmt: skip
+        parts = {"l0": mean_l0.detach(), "sparsity": sparsity}
+        return dense_train_step(self, x, acts, variance, sparsity, parts)
 
     @torch.no_grad()
     def after_step(self, out: SAEOutput) -> None:

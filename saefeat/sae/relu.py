@@ -14,12 +14,10 @@ from pydantic import Field
 
 from saefeat.sae.base import (
     ArchConfig,
-    SAEOutput,
     SparseAutoencoder,
     TrainStep,
-    dense_layout,
     dense_to_sparse,
-    fvu_loss,
+    dense_train_step,
     register,
 )
 
@@ -41,9 +39,6 @@ class ReLUSAE(SparseAutoencoder):
 
     def training_loss(self, x: torch.Tensor, variance: torch.Tensor) -> TrainStep:
         acts = self.dense(x)
-        x_hat = acts @ self.W_dec.to(acts.dtype) + self.b_dec
-        fvu = fvu_loss(x, x_hat, variance)
         l1 = (acts.float() * self.W_dec.norm(dim=1)).sum() / x.shape[0]
-        coef = self.settings.l1_coefficient
-        vals, idx = dense_layout(acts.detach())
-        return TrainStep(SAEOutput(x_hat, vals, idx), fvu + coef * l1, {"fvu": fvu, "l1": l1})
+        penalty = self.settings.l1_coefficient * l1
+        return dense_train_step(self, x, acts, variance, penalty, {"l1": l1})

@@ -35,6 +35,7 @@ def heldout_contexts(n_contexts: int, frac: float) -> np.ndarray:
 def check_eval_set(train: ActivationSet, other: ActivationSet, hook: str) -> None:
     """The evaluation set must hold the same kind of activations as the training set."""
     for what, a, b in (("model", train.model_name, other.model_name),
+                       ("model revision", train.revision, other.revision),
                        ("width (d_model)", train.d_model, other.d_model)):  # fmt: skip
         if a != b:
             raise SpecError(f"{other.id} has {what} {b!r}, the training set {a!r}",

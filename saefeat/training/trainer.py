@@ -16,7 +16,6 @@ SAEBench `core` record beside them (core_eval.py).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import time
@@ -29,10 +28,11 @@ import numpy as np
 import torch
 
 from saefeat.config import Settings, get_settings
+from saefeat.devices import pick_device
 from saefeat.errors import NotFoundError, SaefeatError, SpecError
 from saefeat.sae import SAEConfig, SparseAutoencoder
 from saefeat.sae.base import sae_class
-from saefeat.specs import TRAIN_EXECUTION_FIELDS, TrainSpec
+from saefeat.specs import TrainSpec
 from saefeat.storage.activations import STATUS_COMPLETE, ActivationSet, open_set
 from saefeat.storage.exclusion import TokenRule, excluded_rows, exclusion_report, rule_for_set
 from saefeat.storage.reader import ShuffledBatchReader
@@ -62,14 +62,6 @@ class TrainResult:
     core_eval: dict = field(default_factory=dict)  # SAEBench's core record
     losses: list[float] = field(default_factory=list)
     seconds: float = 0.0
-
-
-def sae_id_for(spec: TrainSpec, set_id: str) -> str:
-    data = spec.model_dump(mode="json", exclude=set(TRAIN_EXECUTION_FIELDS))
-    if data["optimizer_state"] == "fp32":  # runs from before the option keep their ids
-        del data["optimizer_state"]
-    blob = json.dumps({"set": set_id, **data}, sort_keys=True)
-    return "sae-" + hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
 def state_dir(settings: Settings, sae_id: str) -> Path:
@@ -183,11 +175,11 @@ def train_sweep(
     _check_sweep(specs)
     first = specs[0]
     aset = open_complete_set(settings, first.activation_set)
-    device = torch.device(first.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = torch.device(pick_device(first.device, torch.cuda.device_count()))
     hooks = [s.hook or aset.hooks[0] for s in specs]
     for h in hooks:
         aset.acts_array(h)  # raises when the hook is not in the set
-    ids = [sae_id_for(s, aset.id) for s in specs]
+    ids = [s.sae_id() for s in specs]
     if len(set(ids)) != len(ids):
         raise SpecError("the sweep holds the same SAE twice", field="specs")
     cfgs = [sae_config(s, aset, h) for s, h in zip(specs, hooks, strict=True)]
@@ -317,7 +309,7 @@ def _spliced_metrics(runs: list[Run], aset: ActivationSet, split: Split,
         return [{} for _ in runs]
     contexts = split.eval_context_ids()[: max(r.spec.eval_ce_contexts for r in wanted)]
     try:
-        lm = load_model(aset.model_name, revision=aset.spec.get("revision"), device=device)
+        lm = load_model(aset.model_name, revision=aset.revision, device=device)
     except (SaefeatError, OSError) as e:
         return [{"ce_eval_error": str(e)} if r.spec.eval_ce_contexts else {} for r in runs]
     tokens = torch.from_numpy(np.asarray(split.eval_set.tokens())[contexts])

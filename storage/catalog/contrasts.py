@@ -71,11 +71,16 @@ class ContrastFeature(Base):
 
 
 @dataclass
-class ContrastFeatureRow:
+class ContrastFeatureView:
     feature_index: int
     side: str
     stats: dict[str, float]
     fisher: bool
+
+
+# The statistics' counts per side, stored as they are.
+SIDE_COUNTS = ("n_tokens_a", "n_tokens_b", "n_docs_a", "n_docs_b", "n_window_docs_a",
+               "n_window_docs_b")  # fmt: skip
 
 
 def write_contrast(session: Session, result) -> ContrastRun:
@@ -89,12 +94,7 @@ def write_contrast(session: Session, result) -> ContrastRun:
         set_a=spec.a,
         set_b=spec.b,
         spec=spec.model_dump(mode="json"),
-        n_tokens_a=st.n_tokens_a,
-        n_tokens_b=st.n_tokens_b,
-        n_docs_a=st.n_docs_a,
-        n_docs_b=st.n_docs_b,
-        n_window_docs_a=st.n_window_docs_a,
-        n_window_docs_b=st.n_window_docs_b,
+        **{count: getattr(st, count) for count in SIDE_COUNTS},
         n_significant_a=len(st.ranked("a", spec.alpha, st.d_sae)),
         n_significant_b=len(st.ranked("b", spec.alpha, st.d_sae)),
         auroc=result.classifier.auroc,
@@ -127,7 +127,7 @@ def get_contrast(session: Session, contrast_id: str) -> ContrastRun | None:
 
 def top_features(
     session: Session, run: ContrastRun, side: str, limit: int
-) -> list[ContrastFeatureRow]:
+) -> list[ContrastFeatureView]:
     """Significant features (q < the run's alpha) that fire more in `side`, strongest
     log-ratio toward that side first."""
     alpha = float(run.spec.get("alpha", 0.05))
@@ -143,7 +143,7 @@ def top_features(
         .limit(limit)
     )
     return [
-        ContrastFeatureRow(
+        ContrastFeatureView(
             r.feature_index, r.side, {c: getattr(r, c) for c in STAT_COLUMNS}, r.fisher
         )
         for r in session.scalars(query)

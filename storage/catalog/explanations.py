@@ -26,6 +26,7 @@ from saefeat.storage.catalog.queries import run
 # three are in [0, 1] with 0.5 for chance; activation (standard deviations) is not.
 HEADLINE_ORDER = ("detection", "embedding", "fuzzing")
 SCORE_TYPES = ("detection", "fuzzing", "embedding", "activation")
+NO_JUDGE = ("embedding", "activation")  # the score types that need no judge LLM
 
 
 @dataclass
@@ -117,7 +118,7 @@ def explained_indices(
 
 
 @dataclass(slots=True)
-class ScoreRow:
+class ScoreView:
     type: str
     value: float
     n: int
@@ -127,7 +128,7 @@ class ScoreRow:
 
 
 @dataclass
-class ExplanationRow:
+class ExplanationView:
     label_id: int
     text: str
     explainer: str
@@ -135,7 +136,7 @@ class ExplanationRow:
     prompt_version: str
     evidence: dict[str, Any]
     created_at: datetime
-    scores: list[ScoreRow]
+    scores: list[ScoreView]
 
 
 _EXPLANATIONS_OF = (
@@ -167,19 +168,19 @@ _SCORES_OF = (
 )
 
 
-def label_scores(session: Session, label_ids: Iterable[int]) -> dict[int, list[ScoreRow]]:
+def label_scores(session: Session, label_ids: Iterable[int]) -> dict[int, list[ScoreView]]:
     """The scores of each of these labels (labels without any are absent)."""
     ids = list(label_ids)
-    out: dict[int, list[ScoreRow]] = {}
+    out: dict[int, list[ScoreView]] = {}
     if not ids:
         return out
     for label_id, *columns in run(session, _SCORES_OF, ids=ids):
-        out.setdefault(label_id, []).append(ScoreRow(*columns))
+        out.setdefault(label_id, []).append(ScoreView(*columns))
     return out
 
 
-def feature_explanations(session: Session, feature_id: int) -> list[ExplanationRow]:
+def feature_explanations(session: Session, feature_id: int) -> list[ExplanationView]:
     """The feature's automatic explanations, newest first, each with its scores."""
     rows = run(session, _EXPLANATIONS_OF, feature_id=feature_id).all()
     scores = label_scores(session, [r[0] for r in rows])
-    return [ExplanationRow(*r, scores.get(r[0], [])) for r in rows]
+    return [ExplanationView(*r, scores.get(r[0], [])) for r in rows]

@@ -17,10 +17,9 @@ from sqlalchemy.orm import Session
 
 from saefeat.errors import IdempotencyConflict, NotFoundError
 from saefeat.storage.catalog.cursor import Cursor, decode_cursor, encode_cursor
+from saefeat.storage.catalog.job_status import ACTIVE, JobStatus
 from saefeat.storage.catalog.models import Job
 
-ACTIVE = ("queued", "running")
-FINISHED = ("succeeded", "failed", "cancelled")
 CANCEL_REQUESTED = "cancel requested"  # on a running job's row: its runner should stop
 LEASE_LOST = "its runner stopped renewing the lease (the process died or hung)"
 
@@ -103,7 +102,11 @@ def submit_job(
     if active is not None:  # two runs of one work would be two writers of it
         return active, False
     job = Job(
-        kind=kind, spec=spec, spec_hash=spec_hash, status="queued", idempotency_key=idempotency_key
+        kind=kind,
+        spec=spec,
+        spec_hash=spec_hash,
+        status=JobStatus.QUEUED,
+        idempotency_key=idempotency_key,
     )
     session.add(job)
     session.commit()
@@ -115,7 +118,7 @@ def _claimable(now: datetime):
     """Queued, or running under a lease that ran out (its runner died); a running job
     without a lease predates revision 0004 and is as orphaned."""
     expired = or_(Job.lease_expires_at.is_(None), Job.lease_expires_at < now)
-    return or_(Job.status == "queued", and_(Job.status == "running", expired))
+    return or_(Job.status == JobStatus.QUEUED, and_(Job.status == JobStatus.RUNNING, expired))
 
 
 def cancel_unclaimed(session: Session, job_id: str, now: datetime) -> bool:
@@ -123,7 +126,7 @@ def cancel_unclaimed(session: Session, job_id: str, now: datetime) -> bool:
     stopped = session.execute(
         update(Job)
         .where(Job.id == job_id, _claimable(now))
-        .values(status="cancelled", error="cancelled before it ran", lease_expires_at=None)
+        .values(status=JobStatus.CANCELLED, error="cancelled before it ran", lease_expires_at=None)
     ).rowcount
     session.commit()
     return bool(stopped)
@@ -142,7 +145,7 @@ def claim_job(session: Session, job_id: str, owner: str, lease_s: float, now: da
         update(Job)
         .where(Job.id == job_id, _claimable(now))
         .values(
-            status="running",
+            status=JobStatus.RUNNING,
             owner=owner,
             lease_expires_at=now + timedelta(seconds=lease_s),
             error=None,
@@ -166,7 +169,7 @@ def begin_attempt(
     if len(attempts) > max_resumes:
         history = "; ".join(f"{i}. {a['owner']} from {a['started']}: {a['why']}"
                             for i, a in enumerate(attempts, 1))  # fmt: skip
-        job.status, job.lease_expires_at = "failed", None
+        job.status, job.lease_expires_at = JobStatus.FAILED, None
         job.error = (
             f"picked up again more than {max_resumes} time(s) (SAEFEAT_MAX_JOB_RESUMES) "
             f"without finishing, so it was failed; attempts: {history}"
@@ -175,7 +178,7 @@ def begin_attempt(
         attempts.append({"owner": owner, "started": started, "ended": None, "why": None})
     job.attempts = attempts
     session.commit()
-    return job.status == "running"
+    return job.status == JobStatus.RUNNING
 
 
 def end_attempt(
@@ -184,7 +187,7 @@ def end_attempt(
     """Write `values` and close `owner`'s open attempt with `why` (None: drop it, it never
     ran); nothing if the job is no longer `owner`'s and running."""
     job = session.get(Job, job_id)
-    if job is None or job.owner != owner or job.status != "running":
+    if job is None or job.owner != owner or job.status != JobStatus.RUNNING:
         return
     attempts = [dict(a) for a in job.attempts or []]
     if attempts and attempts[-1]["owner"] == owner and not attempts[-1]["ended"]:
@@ -202,7 +205,7 @@ def renew_leases(
     session: Session, owner: str, lease_s: float, now: datetime
 ) -> tuple[int, list[str]]:
     """Extend `owner`'s running leases in one UPDATE; (how many, ids with a cancel request)."""
-    ours = and_(Job.owner == owner, Job.status == "running")
+    ours = and_(Job.owner == owner, Job.status == JobStatus.RUNNING)
     renewed = session.execute(
         update(Job).where(ours).values(lease_expires_at=now + timedelta(seconds=lease_s))
     ).rowcount
@@ -213,4 +216,6 @@ def renew_leases(
 
 def running_ids(session: Session, owner: str) -> list[str]:
     """Ids of the jobs `owner` is running."""
-    return list(session.scalars(select(Job.id).where(Job.owner == owner, Job.status == "running")))
+    return list(
+        session.scalars(select(Job.id).where(Job.owner == owner, Job.status == JobStatus.RUNNING))
+    )

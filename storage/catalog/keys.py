@@ -88,7 +88,3 @@ def revoke_api_key(session: Session, key_id: int) -> ApiKey:
         key.revoked_at = utcnow()
         session.flush()
     return key
-
-
-def list_api_keys(session: Session) -> list[ApiKey]:
-    return list(session.scalars(select(ApiKey).order_by(ApiKey.id)))

@@ -18,12 +18,12 @@ from sqlalchemy.orm import Session
 
 from saefeat.errors import SpecError
 from saefeat.storage.catalog.cursor import Cursor, decode_cursor, encode_cursor
-from saefeat.storage.catalog.labels import LABEL_ROW_COLUMNS, LabelRow
+from saefeat.storage.catalog.labels import LABEL_ROW_COLUMNS, LabelView
 from saefeat.storage.catalog.models import Feature, Label
 from saefeat.storage.catalog.queries import (
-    FEATURE_ROW_COLUMNS,
+    FEATURE_VIEW_COLUMNS,
     MAX_PAGE,
-    FeatureRow,
+    FeatureView,
     Page,
     require_sae,
     run,
@@ -36,8 +36,8 @@ _FTS = table("labels_fts", column("rowid", Integer))
 
 @dataclass
 class LabelMatch:
-    feature: FeatureRow
-    label: LabelRow  # the newest label of the feature that matched
+    feature: FeatureView
+    label: LabelView  # the newest label of the feature that matched
 
 
 def _match_condition(session: Session, q: str) -> tuple[ColumnElement, ColumnElement, Select]:
@@ -184,15 +184,16 @@ def search_labels(
             field="q",
         )
     query = (
-        select(*FEATURE_ROW_COLUMNS, *LABEL_ROW_COLUMNS)
+        select(*FEATURE_VIEW_COLUMNS, *LABEL_ROW_COLUMNS)
         .select_from(Label)
         .join(Feature, Feature.id == Label.feature_id)
         .where(Label.id.in_(picked))
         .order_by(Label.id.desc())
     )
-    split = len(FEATURE_ROW_COLUMNS)
+    split = len(FEATURE_VIEW_COLUMNS)
     rows = [
-        LabelMatch(FeatureRow(*row[:split]), LabelRow(*row[split:])) for row in run(session, query)
+        LabelMatch(FeatureView(*row[:split]), LabelView(*row[split:]))
+        for row in run(session, query)
     ]
     more = truncated or len(rows) > limit
     rows = rows[:limit]

@@ -75,7 +75,7 @@ def add_label(
 
 
 @dataclass(slots=True)
-class LabelRow:
+class LabelView:
     """A label as read back (plain columns; the ORM `Label` is for writing)."""
 
     id: int
@@ -87,11 +87,11 @@ class LabelRow:
     created_at: datetime
 
 
-LABEL_ROW_COLUMNS = row_columns(Label, LabelRow)
+LABEL_ROW_COLUMNS = row_columns(Label, LabelView)
 
 
-def label_rows(rows: Iterable) -> list[LabelRow]:
-    return [LabelRow(*row) for row in rows]
+def label_rows(rows: Iterable) -> list[LabelView]:
+    return [LabelView(*row) for row in rows]
 
 
 @dataclass(frozen=True)
@@ -146,19 +146,19 @@ def label_votes(session: Session, label_ids: Iterable[int]) -> dict[int, Votes]:
     return {lid: Votes(int(u or 0), int(d or 0)) for lid, u, d in rows}
 
 
-def is_accepted(label: Label | LabelRow, votes: Votes | None) -> bool:
+def is_accepted(label: Label | LabelView, votes: Votes | None) -> bool:
     """A human label stands unless more people voted it down than up."""
     return votes is None or votes.net >= 0
 
 
-def _newest_first(labels: Iterable[LabelRow]) -> list[LabelRow]:
+def _newest_first(labels: Iterable[LabelView]) -> list[LabelView]:
     # Equal timestamps happen (coarse clocks); the id keeps insertion order.
     return sorted(labels, key=lambda lb: (lb.created_at, lb.id), reverse=True)
 
 
 def pick_current_label(
-    labels: Iterable[LabelRow], votes: dict[int, Votes] | None = None
-) -> LabelRow | None:
+    labels: Iterable[LabelView], votes: dict[int, Votes] | None = None
+) -> LabelView | None:
     """The newest accepted human label (see `is_accepted`); else the best-scored auto label
     (unscored counts as worst, ties go to the newest); else None. A person's word beats
     any model's, unless people voted it down."""
@@ -174,18 +174,18 @@ def pick_current_label(
     return max(autos, key=lambda lb: -math.inf if lb.score is None else lb.score)
 
 
-def current_label(session: Session, feature_id: int) -> LabelRow | None:
+def current_label(session: Session, feature_id: int) -> LabelView | None:
     return current_labels(session, [feature_id]).get(feature_id)
 
 
-def label_history(session: Session, feature_id: int) -> list[LabelRow]:
+def label_history(session: Session, feature_id: int) -> list[LabelView]:
     """Every label of the feature, newest first."""
     return label_state(session, [feature_id]).history(feature_id)
 
 
 def label_history_page(
     session: Session, feature_id: int, *, limit: int = 50, cursor: str | None = None
-) -> tuple[list[LabelRow], str | None]:
+) -> tuple[list[LabelView], str | None]:
     """One page of the feature's labels, newest (highest id) first, and the next cursor."""
     from saefeat.storage.catalog.cursor import Cursor, decode_cursor, encode_cursor
 
@@ -222,28 +222,28 @@ _LABELS_AROUND = _labels_with_votes().join(_AROUND, _AROUND.c.feature_id == Labe
 class LabelState:
     """Every label of some features (newest first) and the votes on them."""
 
-    by_feature: dict[int, list[LabelRow]]
+    by_feature: dict[int, list[LabelView]]
     votes: dict[int, Votes]
 
     @classmethod
     def from_rows(cls, rows: Iterable) -> LabelState:
         labels, votes = [], {}
         for *columns, up, down in rows:
-            label = LabelRow(*columns)
+            label = LabelView(*columns)
             labels.append(label)
             votes[label.id] = Votes(int(up or 0), int(down or 0))
-        by_feature: dict[int, list[LabelRow]] = {}
+        by_feature: dict[int, list[LabelView]] = {}
         for label in _newest_first(labels):
             by_feature.setdefault(label.feature_id, []).append(label)
         return cls(by_feature, votes)
 
-    def history(self, feature_id: int) -> list[LabelRow]:
+    def history(self, feature_id: int) -> list[LabelView]:
         return self.by_feature.get(feature_id, [])
 
-    def current(self, feature_id: int) -> LabelRow | None:
+    def current(self, feature_id: int) -> LabelView | None:
         return pick_current_label(self.history(feature_id), self.votes)
 
-    def currents(self) -> dict[int, LabelRow]:
+    def currents(self) -> dict[int, LabelView]:
         picked = {fid: self.current(fid) for fid in self.by_feature}
         return {fid: label for fid, label in picked.items() if label is not None}
 
@@ -261,7 +261,7 @@ def label_state_around(session: Session, feature_id: int) -> LabelState:
     return LabelState.from_rows(run(session, _LABELS_AROUND, feature_id=feature_id))
 
 
-def current_labels(session: Session, feature_ids: Iterable[int]) -> dict[int, LabelRow]:
+def current_labels(session: Session, feature_ids: Iterable[int]) -> dict[int, LabelView]:
     """The current label of each feature that has one."""
     return label_state(session, feature_ids).currents()
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 
 from sqlalchemy import (
     JSON,
@@ -23,9 +23,12 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+from saefeat.storage.catalog.job_status import JobStatus
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -35,12 +38,17 @@ NAMING_CONVENTION = {
     "pk": "pk_%(table_name)s",
 }
 
-JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 EXAMPLE_KINDS = ("top", "quantile")
 VOCAB_SIDES = ("top", "bottom")
+EFFECT_METHODS = ("measured", "debiased")
+EFFECT_SIDES = ("up", "down")
 LABEL_SOURCES = ("human", "auto")
 API_SCOPES = ("read", "label", "jobs", "explain", "admin")
 VOTE_VALUES = (-1, 1)
+
+
+# A column of a row that belongs to a feature, deleted with it (re-indexing replaces them).
+FeatureKey = Annotated[int, mapped_column(ForeignKey("features.id", ondelete="CASCADE"))]
 
 
 def utcnow() -> datetime:
@@ -81,16 +89,32 @@ class Base(DeclarativeBase):
 
 
 class LanguageModelRow(Base):
+    """One model at one revision, keyed by (name, revision): two revisions of a name have
+    different weights, so their activation sets are sets of different models."""
+
     __tablename__ = "language_models"
 
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(300))
+    # The harvest spec's revision (branch, tag or commit); NULL: the default, unnamed.
     revision: Mapped[str | None] = mapped_column(String(100))
     d_model: Mapped[int]
     n_layers: Mapped[int]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
-    __table_args__ = (UniqueConstraint("name", "revision"),)
+    __table_args__ = (
+        UniqueConstraint("name", "revision"),
+        # A UNIQUE constraint takes NULLs as distinct, so it alone would allow many rows
+        # of (name, NULL); this partial index keeps the default revision one row too
+        # (revision 0011).
+        Index(
+            "uq_language_models_name_default_revision",
+            "name",
+            unique=True,
+            sqlite_where=text("revision IS NULL"),
+            postgresql_where=text("revision IS NULL"),
+        ),
+    )
 
 
 class Job(Base):
@@ -102,7 +126,7 @@ class Job(Base):
     kind: Mapped[str] = mapped_column(String(50))
     spec: Mapped[dict[str, Any]] = mapped_column(default=dict)
     spec_hash: Mapped[str] = mapped_column(String(64), index=True)
-    status: Mapped[str] = mapped_column(String(20), default="queued")
+    status: Mapped[str] = mapped_column(String(20), default=JobStatus.QUEUED)
     progress_done: Mapped[int] = mapped_column(default=0)
     progress_total: Mapped[int | None]
     rate: Mapped[float | None]  # units of progress per second
@@ -119,7 +143,7 @@ class Job(Base):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
     __table_args__ = (
-        CheckConstraint(_check_in("status", JOB_STATUSES), name="status"),
+        CheckConstraint(_check_in("status", tuple(JobStatus)), name="status"),
         Index(None, "status", "created_at"),
     )
 
@@ -137,7 +161,7 @@ class ActivationSetRow(Base):
     n_tokens: Mapped[int] = mapped_column(default=0)
     dtype: Mapped[str] = mapped_column(String(20))
     path: Mapped[str] = mapped_column(Text)
-    status: Mapped[str] = mapped_column(String(20), default="writing")
+    status: Mapped[str] = mapped_column(String(20))  # the Zarr set's status when recorded
     stats: Mapped[dict[str, Any] | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
@@ -206,6 +230,10 @@ class Feature(Base):
     max_activation: Mapped[float]
     mean_activation: Mapped[float]
     histogram: Mapped[dict[str, Any] | None]  # {"edges": [...], "counts": [...]}
+    # Why it is an artifact (fixed positions, after special tokens); NULL: it is not.
+    artifact: Mapped[str | None] = mapped_column(String(80))
+    umap_x: Mapped[float | None]  # its place on the SAE's map of decoder directions
+    umap_y: Mapped[float | None]
 
     sae: Mapped[SAE] = relationship(back_populates="features")
 
@@ -220,7 +248,7 @@ class FeatureExampleRow(Base):
     __tablename__ = "feature_examples"
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    feature_id: Mapped[int] = mapped_column(ForeignKey("features.id", ondelete="CASCADE"))
+    feature_id: Mapped[FeatureKey]
     kind: Mapped[str] = mapped_column(String(20))
     rank: Mapped[int]
     activation: Mapped[float]
@@ -242,9 +270,7 @@ class VocabToken(Base):
 
     __tablename__ = "vocab_tokens"
 
-    feature_id: Mapped[int] = mapped_column(
-        ForeignKey("features.id", ondelete="CASCADE"), primary_key=True
-    )
+    feature_id: Mapped[FeatureKey] = mapped_column(primary_key=True)
     side: Mapped[str] = mapped_column(String(10), primary_key=True)
     rank: Mapped[int] = mapped_column(primary_key=True)
     token_id: Mapped[int]
@@ -259,14 +285,48 @@ class VocabToken(Base):
     )
 
 
+class TokenEffect(Base):
+    """One token of a feature's effect on the next token (revision 0013): `measured`, the
+    drop in its log-probability when the feature is removed where it fires, or
+    `debiased`, the direct projection against each token's baseline over all features."""
+
+    __tablename__ = "token_effects"
+
+    feature_id: Mapped[FeatureKey] = mapped_column(primary_key=True)
+    method: Mapped[str] = mapped_column(String(10), primary_key=True)
+    side: Mapped[str] = mapped_column(String(4), primary_key=True)
+    rank: Mapped[int] = mapped_column(primary_key=True)
+    token_id: Mapped[int]
+    token_str: Mapped[str] = mapped_column(String(200))
+    value: Mapped[float]
+
+    __table_args__ = (
+        CheckConstraint(_check_in("method", EFFECT_METHODS), name="method"),
+        CheckConstraint(_check_in("side", EFFECT_SIDES), name="side"),
+        Index(None, "token_str", "method", "side", "value", "feature_id"),
+    )
+
+
+class FiredToken(Base):
+    """A token a feature fires on, by its share of the activation mass in the feature's
+    top examples (revision 0013)."""
+
+    __tablename__ = "fired_tokens"
+
+    feature_id: Mapped[FeatureKey] = mapped_column(primary_key=True)
+    rank: Mapped[int] = mapped_column(primary_key=True)
+    token_str: Mapped[str] = mapped_column(String(200))
+    share: Mapped[float]
+
+    __table_args__ = (Index(None, "token_str", "share", "feature_id"),)
+
+
 class Neighbour(Base):
     __tablename__ = "neighbours"
 
-    feature_id: Mapped[int] = mapped_column(
-        ForeignKey("features.id", ondelete="CASCADE"), primary_key=True
-    )
+    feature_id: Mapped[FeatureKey] = mapped_column(primary_key=True)
     rank: Mapped[int] = mapped_column(primary_key=True)
-    neighbour_feature_id: Mapped[int] = mapped_column(ForeignKey("features.id", ondelete="CASCADE"))
+    neighbour_feature_id: Mapped[FeatureKey]
     cosine: Mapped[float]
 
 
@@ -276,9 +336,7 @@ class Label(Base):
     __tablename__ = "labels"
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    feature_id: Mapped[int] = mapped_column(
-        ForeignKey("features.id", ondelete="CASCADE"), index=True
-    )
+    feature_id: Mapped[FeatureKey] = mapped_column(index=True)
     text: Mapped[str] = mapped_column(Text)
     source: Mapped[str] = mapped_column(String(10))
     author: Mapped[str | None] = mapped_column(String(200))
@@ -333,7 +391,7 @@ class Explanation(Base):
     label_id: Mapped[int] = mapped_column(
         ForeignKey("labels.id", ondelete="CASCADE"), primary_key=True
     )
-    feature_id: Mapped[int] = mapped_column(ForeignKey("features.id", ondelete="CASCADE"))
+    feature_id: Mapped[FeatureKey]
     explainer: Mapped[str] = mapped_column(String(50))
     explainer_model: Mapped[str | None] = mapped_column(String(200))
     prompt_version: Mapped[str] = mapped_column(String(50))

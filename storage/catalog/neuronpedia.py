@@ -28,7 +28,7 @@ import json
 import math
 import re
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -37,7 +37,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from saefeat.errors import SpecError
-from saefeat.lm import parse_hook
+from saefeat.features.records import FeatureExample
+from saefeat.shapes import parse_hook
 from saefeat.storage.catalog import queries
 from saefeat.storage.catalog.models import (
     SAE,
@@ -71,6 +72,12 @@ EXPLANATION_FIELDS = (
     "explanationModelName", "umap_x", "umap_y", "umap_cluster", "umap_log_feature_sparsity",
 )  # fmt: skip
 N_QUANTILE_SLICES = 10  # saefeat.features.quantiles: equal slices of (0, max]
+# An example's fields that an Activation row has no column for: its side record carries
+# them (the feature's index, the tokens and the values are the Activation's own).
+ACTIVATION_HOLDS = ("feature_index", "token_strs", "values")
+EXAMPLE_SIDE_FIELDS = tuple(
+    f.name for f in fields(FeatureExample) if f.name not in ACTIVATION_HOLDS
+)
 
 
 def slug(text: str) -> str:
@@ -265,10 +272,7 @@ def _export_batch(session: Session, ids: list[int], names: SourceNames) -> dict[
                 "dfaMaxValue": None, "dfaTargetIndex": None, "binContains": bins[2],
                 "binMin": bins[0], "binMax": bins[1],
             })  # fmt: skip
-            side.append({"id": act_id, "kind": ex.kind, "rank": ex.rank,
-                         "activation": ex.activation, "focus": ex.focus,
-                         "context_index": ex.context_index, "position": ex.position,
-                         "token_ids": ex.token_ids})  # fmt: skip
+            side.append({"id": act_id, **{k: getattr(ex, k) for k in EXAMPLE_SIDE_FIELDS}})
         labels = []
         for lb in labels_by_feature[fid]:
             lid = f"{prefix}-{index}-label-{lb.id}"

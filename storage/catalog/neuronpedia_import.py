@@ -27,6 +27,7 @@ from saefeat.errors import SpecError
 from saefeat.features.records import FeatureExample, FeatureIndex, VocabProjection
 from saefeat.storage.catalog.labels import MAX_LABEL_CHARS
 from saefeat.storage.catalog.models import LABEL_SOURCES, SAE, Feature, Label
+from saefeat.storage.catalog.neuronpedia import EXAMPLE_SIDE_FIELDS
 from saefeat.storage.catalog.registry import register_sae
 from saefeat.storage.catalog.writer import write_feature_index
 
@@ -295,15 +296,17 @@ def _examples(folder: Path, d_sae: int, side: dict[int, dict], max_act: np.ndarr
 
 
 def _side_example(row: dict, e: dict, i: int, tokens: list, values: list[float]):
-    """An Activation row completed by its record in our `saefeat/` side file."""
+    """An Activation row completed by its record in our `saefeat/` side file (the record's
+    fields but those the Activation holds: neuronpedia.EXAMPLE_SIDE_FIELDS)."""
     try:
-        ids = [int(t) for t in e["token_ids"]]
-        ex = FeatureExample(i, int(e["rank"]), float(e["activation"]), int(e["context_index"]),
-                            int(e["position"]), ids, [str(t) for t in tokens], values,
-                            int(e["focus"]), str(e["kind"]))  # fmt: skip
+        ex = FeatureExample(feature_index=i, token_strs=[str(t) for t in tokens], values=values,
+                            **{k: e[k] for k in EXAMPLE_SIDE_FIELDS})  # fmt: skip
+        ex.rank, ex.activation, ex.focus = int(ex.rank), float(ex.activation), int(ex.focus)
+        ex.context_index, ex.position = int(ex.context_index), int(ex.position)
+        ex.token_ids = [int(t) for t in ex.token_ids]
     except (KeyError, TypeError, ValueError):
         ex = None
-    if ex is None or len(ids) != len(tokens) or ex.kind not in ("top", "quantile"):
+    if ex is None or len(ex.token_ids) != len(tokens) or ex.kind not in ("top", "quantile"):
         raise SpecError(f"{row['_where']}: its saefeat/ side record {row.get('id')!r} is "
                         "malformed", field="saefeat")  # fmt: skip
     return ex
@@ -316,8 +319,18 @@ def _example(row: dict, i: int, tokens: list, values: list[float]) -> FeatureExa
     focus = _field(row, "maxValueTokenIndex", int, optional=True) or 0
     focus = min(max(focus, 0), len(values) - 1)
     kind = "top" if row.get("binMin") in (None, -1) else "quantile"
-    return FeatureExample(i, -1, values[focus], -1, focus, [-1] * len(tokens),
-                          [str(t) for t in tokens], values, focus, kind)  # fmt: skip
+    return FeatureExample(
+        feature_index=i,
+        rank=-1,
+        activation=values[focus],
+        context_index=-1,
+        position=focus,
+        token_ids=[-1] * len(tokens),
+        token_strs=[str(t) for t in tokens],
+        values=values,
+        focus=focus,
+        kind=kind,
+    )
 
 
 def _labels(folder: Path, d_sae: int) -> list[tuple[int, dict]]:

@@ -3,26 +3,31 @@
 Lists are keyset-paginated: a page is `limit` rows after the cursor's sort key, so pages
 stay consistent and cheap however deep one goes (no OFFSET scans).
 
-Reads select plain columns into small dataclasses instead of loading ORM objects, and
-the per-feature reads are statements built once with bound parameters, run on the
-session's connection: they run on every page view, and building statements and loading
-ORM objects cost several times the indexed lookups themselves (bench/catalog.py).
+Reads select plain columns into small dataclasses (`...View`; `...Row` names an ORM
+class only) instead of loading ORM objects, and the per-feature reads are statements
+built once with bound parameters, run on the session's connection: they run on every
+page view, and building statements and loading ORM objects cost several times the
+indexed lookups themselves (bench/catalog.py). Examples come back as the one
+`FeatureExample` record the index writer took in.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any, Generic, Literal, TypeVar
 
 from sqlalchemy import Executable, Result, Select, and_, bindparam, exists, func, or_, select
 from sqlalchemy.orm import Session
 
 from saefeat.errors import NotFoundError, SpecError
+from saefeat.features.records import FeatureExample
 from saefeat.storage.catalog.cursor import Cursor, decode_cursor, encode_cursor
 from saefeat.storage.catalog.models import (
     SAE,
     VOCAB_SIDES,
+    ActivationSetRow,
     Feature,
     FeatureExampleRow,
     Label,
@@ -48,7 +53,7 @@ class Page(Generic[T]):
 
 
 @dataclass(slots=True)
-class FeatureRow:
+class FeatureView:
     """A feature's summary columns (what lists and links show)."""
 
     id: int
@@ -59,17 +64,17 @@ class FeatureRow:
     mean_activation: float
 
 
-def row_columns(model: type, row_type: type) -> tuple[Any, ...]:
-    """The model's columns named by the row dataclass's fields, in field order: a select of
-    them unpacks straight into `row_type(*row)`."""
-    return tuple(getattr(model, f.name) for f in fields(row_type))
+def row_columns(model: type, view_type: type) -> tuple[Any, ...]:
+    """The ORM model's columns named by the view dataclass's fields, in field order: a
+    select of them unpacks straight into `view_type(*row)`."""
+    return tuple(getattr(model, f.name) for f in fields(view_type))
 
 
-FEATURE_ROW_COLUMNS = row_columns(Feature, FeatureRow)
+FEATURE_VIEW_COLUMNS = row_columns(Feature, FeatureView)
 
 
-def feature_rows(rows: Any) -> list[FeatureRow]:
-    return [FeatureRow(*row) for row in rows]
+def feature_views(rows: Any) -> list[FeatureView]:
+    return [FeatureView(*row) for row in rows]
 
 
 def run(session: Session, statement: Executable, **params: Any) -> Result[Any]:
@@ -79,7 +84,7 @@ def run(session: Session, statement: Executable, **params: Any) -> Result[Any]:
 
 
 @dataclass(slots=True)
-class FeatureRecord(FeatureRow):
+class FeatureRecord(FeatureView):
     """One feature with its histogram and the SAE it belongs to (the feature page)."""
 
     histogram: dict[str, Any] | None
@@ -91,7 +96,7 @@ class FeatureRecord(FeatureRow):
 class TokenMatch:
     """A feature whose vocabulary projection holds the searched token."""
 
-    feature: FeatureRow
+    feature: FeatureView
     token_str: str  # the spelling that matched
     token_id: int
     rank: int  # position in the feature's top or bottom list (0 = strongest)
@@ -158,7 +163,7 @@ def list_features(
     labelled: bool | None = None,
     limit: int = 50,
     cursor: str | None = None,
-) -> Page[FeatureRow]:
+) -> Page[FeatureView]:
     """Features of one SAE, sorted by `sort` then by index (ascending, as a tie-break).
 
     `labelled`: True keeps features with at least one label, False those with none."""
@@ -175,7 +180,7 @@ def list_features(
         )
     column = getattr(Feature, sort)
     ordering = f"{sort}:{order}"
-    query = select(*FEATURE_ROW_COLUMNS).where(Feature.sae_id == sae_id)
+    query = select(*FEATURE_VIEW_COLUMNS).where(Feature.sae_id == sae_id)
     if min_density is not None:
         query = query.where(Feature.density >= min_density)
     if max_density is not None:
@@ -189,7 +194,7 @@ def list_features(
         query = query.where(or_(beyond, and_(column == value, Feature.index > index)))
     primary = column.desc() if order == "desc" else column.asc()
     query = query.order_by(primary, Feature.index.asc()).limit(limit + 1)
-    rows = feature_rows(run(session, query))
+    rows = feature_views(run(session, query))
     more = len(rows) > limit
     rows = rows[:limit]
     token = None
@@ -199,8 +204,49 @@ def list_features(
     return Page(rows, token)
 
 
+def strongest_features(
+    session: Session, sae_id: str, *, offset: int, limit: int
+) -> list[tuple[FeatureView, dict[str, Any] | None]]:
+    """The SAE page's list: features by max activation (strongest first, ties by index),
+    each with its activation histogram. Numbered pages, so OFFSET paging."""
+    query = (
+        select(*FEATURE_VIEW_COLUMNS, Feature.histogram)
+        .where(Feature.sae_id == sae_id)
+        .order_by(Feature.max_activation.desc(), Feature.index)
+        .offset(offset)
+        .limit(limit)
+    )
+    return [(FeatureView(*row[:-1]), row[-1]) for row in run(session, query)]
+
+
+@dataclass(frozen=True)
+class SetLineage:
+    """The activation set an SAE was trained on: its catalog row (None when the SAE names
+    no set, or the set is not in this catalog) and the corpus sources its own spec lists
+    (None when the Zarr set is not under this machine's activations folder)."""
+
+    activation_set: ActivationSetRow | None
+    corpus: list[dict[str, Any]] | None
+
+
+def sae_lineage(session: Session, sae: SAE, activations_dir: Path) -> SetLineage:
+    aset = session.get(ActivationSetRow, sae.activation_set_id) if sae.activation_set_id else None
+    return SetLineage(aset, _recorded_corpus(activations_dir, aset.id) if aset else None)
+
+
+def _recorded_corpus(activations_dir: Path, set_id: str) -> list[dict[str, Any]] | None:
+    # The corpus is kept in the set's own spec, not in the catalog. Imported here: opening
+    # a Zarr set loads zarr and torch, which importing the catalog must not.
+    from saefeat.storage.activations import open_set
+
+    try:
+        return open_set(activations_dir, set_id).spec.get("corpus")
+    except Exception:  # harvested elsewhere, or gone: the page still answers
+        return None
+
+
 _FEATURE_BY_INDEX = (
-    select(SAE.d_sae, SAE.name, SAE.hook_name, *FEATURE_ROW_COLUMNS, Feature.histogram)
+    select(SAE.d_sae, SAE.name, SAE.hook_name, *FEATURE_VIEW_COLUMNS, Feature.histogram)
     .outerjoin(Feature, and_(Feature.sae_id == SAE.id, Feature.index == bindparam("index")))
     .where(SAE.id == bindparam("sae_id"))
 )
@@ -226,23 +272,11 @@ def get_feature(session: Session, sae_id: str, index: int) -> FeatureRecord:
     return FeatureRecord(*columns, histogram, sae_name, hook_name)
 
 
-@dataclass(slots=True)
-class ExampleRow:
-    kind: str  # "top" or "quantile"
-    rank: int
-    activation: float
-    context_index: int
-    position: int
-    focus: int
-    token_ids: list[int]
-    token_strs: list[str]
-    values: list[float]
-
-
 def _one_and_many(query: Select[Any], feature_id: Any, *order: Any) -> tuple[Select, Select]:
     """`query` for one feature (bound `feature_id`) and for several (bound `ids`, each row's
     feature id appended last), both in `order` within a feature: one definition for the
-    page's read and the export's batched read, so the two cannot drift apart."""
+    page's read and the export's batched read, so the two cannot drift apart. The page
+    keeps its `=` statement: cheaper per call than a one-element expanding `IN`."""
     one = query.where(feature_id == bindparam("feature_id")).order_by(*order)
     many = (
         query.add_columns(feature_id)
@@ -263,12 +297,17 @@ def _by_feature(
     return out
 
 
-def _example(row: Any) -> ExampleRow:
-    return ExampleRow(*row)
+def _example(row: Any) -> FeatureExample:
+    return FeatureExample(*row)
 
 
+# The record's fields are the table's columns, but for feature_index: its feature's index.
+EXAMPLE_COLUMNS = tuple(
+    Feature.index if f.name == "feature_index" else getattr(FeatureExampleRow, f.name)
+    for f in fields(FeatureExample)
+)
 _EXAMPLES, _EXAMPLES_MANY = _one_and_many(
-    select(*row_columns(FeatureExampleRow, ExampleRow)),
+    select(*EXAMPLE_COLUMNS).join(Feature, Feature.id == FeatureExampleRow.feature_id),
     FeatureExampleRow.feature_id,
     # Top examples first, then quantile samples, each by rank.
     (FeatureExampleRow.kind != "top").asc(),
@@ -277,18 +316,18 @@ _EXAMPLES, _EXAMPLES_MANY = _one_and_many(
 )
 
 
-def feature_examples(session: Session, feature_id: int) -> list[ExampleRow]:
+def feature_examples(session: Session, feature_id: int) -> list[FeatureExample]:
     """Top examples by rank, then quantile samples by rank."""
     return [_example(row) for row in run(session, _EXAMPLES, feature_id=feature_id)]
 
 
-def feature_examples_many(session: Session, ids: Iterable[int]) -> dict[int, list[ExampleRow]]:
+def feature_examples_many(session: Session, ids: Iterable[int]) -> dict[int, list[FeatureExample]]:
     """`feature_examples` of each feature in `ids`, in one query."""
     return _by_feature(session, _EXAMPLES_MANY, ids, _example)
 
 
 @dataclass(slots=True)
-class ProjectionRow:
+class ProjectionView:
     """One entry of a feature's vocabulary projection."""
 
     side: str  # "top" or "bottom"
@@ -299,47 +338,47 @@ class ProjectionRow:
 
 
 _PROJECTION, _PROJECTION_MANY = _one_and_many(
-    select(*row_columns(VocabToken, ProjectionRow)),
+    select(*row_columns(VocabToken, ProjectionView)),
     VocabToken.feature_id,
     VocabToken.side,
     VocabToken.rank,
 )
 
 
-def _sides(rows: Iterable[ProjectionRow]) -> dict[str, list[ProjectionRow]]:
-    sides: dict[str, list[ProjectionRow]] = {side: [] for side in VOCAB_SIDES}
+def _sides(rows: Iterable[ProjectionView]) -> dict[str, list[ProjectionView]]:
+    sides: dict[str, list[ProjectionView]] = {side: [] for side in VOCAB_SIDES}
     for row in rows:
         sides[row.side].append(row)
     return sides
 
 
-def feature_projection(session: Session, feature_id: int) -> dict[str, list[ProjectionRow]]:
+def feature_projection(session: Session, feature_id: int) -> dict[str, list[ProjectionView]]:
     """{"top": [...], "bottom": [...]}, each by rank."""
     rows = run(session, _PROJECTION, feature_id=feature_id)
-    return _sides(ProjectionRow(*row) for row in rows)
+    return _sides(ProjectionView(*row) for row in rows)
 
 
 def feature_projection_many(
     session: Session, ids: Iterable[int]
-) -> dict[int, dict[str, list[ProjectionRow]]]:
+) -> dict[int, dict[str, list[ProjectionView]]]:
     """`feature_projection` of each feature in `ids`, in one query."""
-    rows = _by_feature(session, _PROJECTION_MANY, ids, lambda row: ProjectionRow(*row))
+    rows = _by_feature(session, _PROJECTION_MANY, ids, lambda row: ProjectionView(*row))
     return {fid: _sides(entries) for fid, entries in rows.items()}
 
 
 @dataclass
 class NeighbourMatch:
-    feature: FeatureRow
+    feature: FeatureView
     rank: int
     cosine: float
 
 
 def _neighbour(row: Any) -> NeighbourMatch:
-    return NeighbourMatch(FeatureRow(*row[:-2]), *row[-2:])
+    return NeighbourMatch(FeatureView(*row[:-2]), *row[-2:])
 
 
 _NEIGHBOURS, _NEIGHBOURS_MANY = _one_and_many(
-    select(*FEATURE_ROW_COLUMNS, Neighbour.rank, Neighbour.cosine).join(
+    select(*FEATURE_VIEW_COLUMNS, Neighbour.rank, Neighbour.cosine).join(
         Neighbour, Neighbour.neighbour_feature_id == Feature.id
     ),
     Neighbour.feature_id,
@@ -450,7 +489,7 @@ def search_by_token(
             break
         batch *= 4
     ids = [r.feature_id for r in picked[:limit]]
-    features = {f.id: f for f in feature_rows(run(session, _FEATURES_BY_ID, ids=ids))}
+    features = {f.id: f for f in feature_views(run(session, _FEATURES_BY_ID, ids=ids))}
     items = [
         TokenMatch(features[r.feature_id], r.token_str, r.token_id, r.rank, r.value)
         for r in picked[:limit]
@@ -462,7 +501,7 @@ def search_by_token(
     return Page(items, token_out)
 
 
-_FEATURES_BY_ID = select(*FEATURE_ROW_COLUMNS).where(
+_FEATURES_BY_ID = select(*FEATURE_VIEW_COLUMNS).where(
     Feature.id.in_(bindparam("ids", expanding=True))
 )
 

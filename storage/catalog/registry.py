@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from saefeat.errors import SpecError
-from saefeat.sae.base import check_active_count
+from saefeat.shapes import check_active_count
 from saefeat.storage.catalog.models import SAE
 
 

@@ -18,9 +18,9 @@ from sqlalchemy.orm import Session
 from saefeat.errors import SpecError
 from saefeat.storage.catalog.cursor import Cursor, decode_cursor, encode_cursor
 from saefeat.storage.catalog.explanations import SCORE_TYPES
-from saefeat.storage.catalog.labels import LABEL_ROW_COLUMNS, LabelRow
+from saefeat.storage.catalog.labels import LABEL_ROW_COLUMNS, LabelView
 from saefeat.storage.catalog.models import ExplanationScore, Feature, Label
-from saefeat.storage.catalog.queries import FEATURE_ROW_COLUMNS, FeatureRow, Page, run
+from saefeat.storage.catalog.queries import FEATURE_VIEW_COLUMNS, FeatureView, Page, run
 
 LabelSort = Literal["newest", "score"]
 
@@ -85,12 +85,12 @@ def search_labels_scored(
     ids = [lid for lid, _, _ in picked[:limit]]
     rows = run(
         session,
-        select(*FEATURE_ROW_COLUMNS, *LABEL_ROW_COLUMNS)
+        select(*FEATURE_VIEW_COLUMNS, *LABEL_ROW_COLUMNS)
         .join(Label, Label.feature_id == Feature.id)
         .where(Label.id.in_(ids)),
     ).all()
-    split = len(FEATURE_ROW_COLUMNS)
-    by_id = {r[split]: LabelMatch(FeatureRow(*r[:split]), LabelRow(*r[split:])) for r in rows}
+    split = len(FEATURE_VIEW_COLUMNS)
+    by_id = {r[split]: LabelMatch(FeatureView(*r[:split]), LabelView(*r[split:])) for r in rows}
     items = [by_id[i] for i in ids]
     token = None
     if len(picked) > limit or (len(rows_read) == max_scan and picked):

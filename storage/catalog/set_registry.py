@@ -6,22 +6,47 @@ catalog list sets and join SAEs to the model and hooks they were trained on.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from saefeat.storage.activations import ActivationSet
-from saefeat.storage.catalog.models import ActivationSetRow, ActivationShard, LanguageModelRow
+from saefeat.storage.catalog.models import (
+    SAE,
+    ActivationSetRow,
+    ActivationShard,
+    LanguageModelRow,
+)
+
+if TYPE_CHECKING:  # the API reads sae_model without loading Zarr and torch
+    from saefeat.storage.activations import ActivationSet
 
 
 def _model_row(session: Session, aset: ActivationSet) -> LanguageModelRow:
-    row = session.scalar(select(LanguageModelRow).where(LanguageModelRow.name == aset.model_name))
+    """The row of the set's (model name, revision), created on first sight. Two revisions
+    of one name are two models: their weights, and so their activations, differ."""
+    # `== None` renders IS NULL: the default revision is a key value like any other.
+    row = session.scalar(
+        select(LanguageModelRow).where(
+            LanguageModelRow.name == aset.model_name, LanguageModelRow.revision == aset.revision
+        )
+    )
     if row is None:
         # 0: a set harvested before its model's layer count was stored.
-        row = LanguageModelRow(name=aset.model_name, revision=aset.spec.get("revision"),
+        row = LanguageModelRow(name=aset.model_name, revision=aset.revision,
                                d_model=aset.d_model, n_layers=aset.n_layers or 0)  # fmt: skip
         session.add(row)
         session.flush()
     return row
+
+
+def sae_model(session: Session, sae: SAE) -> tuple[str, str | None]:
+    """(model name, revision) an SAE's activations came from: the revision of its
+    activation set's model row; None (the default weights) when it has no set on record."""
+    set_row = None
+    if sae.activation_set_id is not None:
+        set_row = session.get(ActivationSetRow, sae.activation_set_id)
+    return sae.model_name, set_row.model.revision if set_row is not None else None
 
 
 def record_activation_set(session: Session, aset: ActivationSet) -> None:

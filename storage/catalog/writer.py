@@ -20,8 +20,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from saefeat.errors import NotFoundError, SpecError
-from saefeat.features.records import FeatureExample as ExampleRecord
-from saefeat.features.records import FeatureIndex, VocabProjection
+from saefeat.features.records import FeatureExample, FeatureIndex, VocabProjection
 from saefeat.storage.catalog.models import (
     EXAMPLE_KINDS,
     SAE,
@@ -101,7 +100,9 @@ def _check_feature(i: int, d_sae: int, field: str) -> None:
         raise SpecError(f"is {i}, outside 0..{d_sae - 1}", field=field)
 
 
-def _example_rows(examples: Sequence[ExampleRecord], d_sae: int) -> list[dict[str, Any]]:
+def _example_rows(examples: Sequence[FeatureExample], d_sae: int) -> list[dict[str, Any]]:
+    """feature_examples rows: the record's fields under the same names, checked and as
+    plain Python values (feature_index becomes feature_id once the ids are known)."""
     rows = []
     for n, ex in enumerate(examples):
         where = f"examples[{n}]"

@@ -13,18 +13,18 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 from typer.testing import CliRunner
 
-from saefeat.analysis.contrast import ContrastSpec, run_contrast
 from saefeat.analysis.contrast_demo import write_demo_corpora
 from saefeat.analysis.contrast_docs import document_layout
 from saefeat.api.app import create_app
 from saefeat.errors import SpecError
 from saefeat.pipeline import run_harvest, run_index, run_train
-from saefeat.specs import HarvestSpec, IndexSpec, TrainSpec
+from saefeat.specs import ContrastSpec, HarvestSpec, IndexSpec, TrainSpec
 from saefeat.storage.catalog import labels, queries
 from saefeat.storage.catalog.contrasts import ContrastFeature, ContrastRun
 from saefeat.storage.catalog.db import catalog_session
 from saefeat.storage.catalog.keys import create_api_key
 from saefeat.storage.catalog.models import Job
+from saefeat.workers.contrast import run_contrast
 
 HOOK = "blocks.2.hook_resid_post"
 

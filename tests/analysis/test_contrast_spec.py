@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from saefeat.analysis.contrast import ContrastSpec
+from saefeat.specs import ContrastSpec
 
 
 @pytest.mark.parametrize(

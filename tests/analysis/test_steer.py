@@ -29,7 +29,7 @@ def random_sae(d_in: int, d_sae: int, hook: str, seed: int = 0) -> TopKSAE:
 @pytest.fixture(scope="module")
 def tiny(tiny_llama):
     hook = "blocks.2.hook_resid_post"
-    return cached_model(str(tiny_llama), "cpu"), random_sae(64, 96, hook), hook
+    return cached_model(str(tiny_llama), None, "cpu"), random_sae(64, 96, hook), hook
 
 
 def request(*features, method="add", temperature=0.9, seed=3, n=12, prompt="def add(a, b):"):
@@ -131,7 +131,7 @@ def test_prompt_over_the_context_is_refused(tiny):
 def test_clamping_high_raises_the_promoted_tokens_on_smollm2():
     """SmolLM2-135M, a late residual hook: clamping a feature high makes its top promoted
     tokens (decoder row through the unembedding) more likely at every step on average."""
-    lm = cached_model("smollm2-135m", "cpu")
+    lm = cached_model("smollm2-135m", None, "cpu")
     hook = "blocks.20.hook_resid_post"
     sae = random_sae(lm.d_model, 256, hook)
     prompt = "The capital of France is"

@@ -9,13 +9,12 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
-from synthetic_catalog import synthetic_feature_index
+from synthetic_catalog import register_test_sae, synthetic_feature_index
 
 from saefeat.api.app import create_app
 from saefeat.config import Settings
 from saefeat.features.records import FeatureIndex
 from saefeat.storage.catalog.keys import create_api_key, revoke_api_key, verify_api_key
-from saefeat.storage.catalog.registry import register_sae
 from saefeat.storage.catalog.writer import write_feature_index
 
 
@@ -60,19 +59,9 @@ class Seeded:
 def seed_catalog(session: Session) -> Seeded:
     indexes = {}
     for sae_id, d_sae, seed in (("sae-a", 57, 1), ("sae-b", 8, 2)):
-        register_sae(
-            session,
-            sae_id=sae_id,
-            name=f"SmolLM2 L6 {sae_id}",
-            model_name="SmolLM2-135M-Instruct",
-            hook_name="blocks.6.hook_resid_post",
-            architecture="topk",
-            d_in=576,
-            d_sae=d_sae,
-            k=min(8, d_sae - 1),  # the TopK rule: fewer active latents than latents
-            cfg={"k": 8},
-            metrics={"fvu": 0.21, "l0": 8.0},
-        )
+        metrics = {"fvu": 0.21, "l0": 8.0}
+        name = f"SmolLM2 L6 {sae_id}"
+        register_test_sae(session, sae_id, d_sae, name=name, cfg={"k": 8}, metrics=metrics)
         session.commit()
         index = synthetic_feature_index(d_sae, n_examples=4, n_quantile=2, seed=seed)
         write_feature_index(session, sae_id, index)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 import pytest
 from problems import problem_of
 
@@ -145,9 +147,7 @@ def test_feature_detail(client, catalog):
         ("top", 0), ("top", 1), ("top", 2), ("top", 3), ("quantile", 0), ("quantile", 1)
     ]  # fmt: skip
     given = next(e for e in index.examples if e.feature_index == f and e.kind == "top")
-    assert examples[0]["tokens"] == given.token_strs
-    assert examples[0]["values"] == given.values
-    assert examples[0]["focus"] == given.focus
+    assert examples[0] == asdict(given)  # the record the index writer took, as it was
     projection = index.projections[f]
     assert [t["token"] for t in body["projection"]["top"]] == projection.top_strs
     assert [t["value"] for t in body["projection"]["bottom"]] == projection.bottom_values

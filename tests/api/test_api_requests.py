@@ -13,10 +13,10 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from fastapi.testclient import TestClient
 from problems import bearer, problem_of
+from synthetic_catalog import register_test_sae
 
 from saefeat.api.app import create_app
 from saefeat.features import live
-from saefeat.storage.catalog.registry import register_sae
 
 LABEL_URL = "/v1/saes/sae-a/features/3/labels"
 LIVE_URL = "/v1/saes/live/activations"
@@ -92,18 +92,8 @@ def test_the_longest_valid_label_fits_the_default_limit(client, catalog, keys):
 @pytest.fixture
 def live_sae(db):
     """An SAE with a checkpoint path: live requests get as far as the model."""
-    register_sae(
-        db,
-        sae_id="live",
-        name="live",
-        model_name="some-model",
-        hook_name="blocks.1.hook_resid_post",
-        architecture="topk",
-        d_in=64,
-        d_sae=96,
-        k=4,
-        checkpoint_path="/nowhere/sae",
-    )
+    where = {"model_name": "some-model", "hook_name": "blocks.1.hook_resid_post", "d_in": 64}
+    register_test_sae(db, "live", 96, name="live", k=4, checkpoint_path="/nowhere/sae", **where)
     db.commit()
 
 
@@ -230,7 +220,7 @@ def test_text_that_tokenizes_to_nothing_is_422(client, live_sae, monkeypatch):
     tokenizer = AutoTokenizer.from_pretrained(embedded_model_dir())
     lm = LanguageModel("smollm2-135m", None, tokenizer, None, False)  # type: ignore[arg-type]
 
-    def tokenize_only(model_name, checkpoint, hook, text, top_n):
+    def tokenize_only(model_name, revision, checkpoint, hook, text, top_n):
         return live.features_on_text(lm, None, hook, text, top_n)  # type: ignore[arg-type]
 
     monkeypatch.setattr(live, "features_for_sae", tokenize_only)

@@ -125,7 +125,7 @@ def test_live_search_runs_model_and_sae(client, db, tiny_llama, tmp_path):
     db.commit()
     text = "def f(x):\n    return x"
     body = client.post("/v1/saes/live/activations", json={"text": text, "top_n": 3}).json()
-    lm = cached_model(str(tiny_llama), "cpu")
+    lm = cached_model(str(tiny_llama), None, "cpu")
     ids = lm.tokenizer(text, return_tensors="pt").input_ids
     assert [t["token_id"] for t in body["tokens"]] == ids[0].tolist()
     acts = run_to_hooks(lm, ids, [parse_hook(hook)])[hook][0]

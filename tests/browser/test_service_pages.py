@@ -66,7 +66,8 @@ def service(tmp_path, tiny_llama) -> Iterator[Served]:
             },
             "train": {"d_sae": D_SAE, "k": 4},
         }
-        from saefeat.workers.pipeline_job import PipelineSpec, plan
+        from saefeat.specs import PipelineSpec
+        from saefeat.workers.pipeline_job import pipeline_hash, plan
 
         spec = PipelineSpec.model_validate(pipeline)
         (_, harvest), _, _ = plan(spec)
@@ -74,7 +75,7 @@ def service(tmp_path, tiny_llama) -> Iterator[Served]:
                   spec_hash=harvest.set_id(), status="succeeded", progress_done=512,
                   progress_total=512))  # fmt: skip
         s.add(Job(kind="pipeline", spec=spec.model_dump(mode="json"),
-                  spec_hash=spec.work_hash(), status="running", progress_done=1,
+                  spec_hash=pipeline_hash(spec), status="running", progress_done=1,
                   progress_total=3, rate=0.02, owner="elsewhere",
                   lease_expires_at=utcnow() + timedelta(days=1)))  # fmt: skip
         s.commit()

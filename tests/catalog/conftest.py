@@ -15,11 +15,11 @@ from dataclasses import dataclass
 import psycopg
 import pytest
 from sqlalchemy.orm import Session
+from synthetic_catalog import register_test_sae
 
 from saefeat.storage.catalog.cursor import use_secret
 from saefeat.storage.catalog.db import make_engine, make_sessionmaker, upgrade
 from saefeat.storage.catalog.models import SAE
-from saefeat.storage.catalog.registry import register_sae
 
 PG_ROLE = "saefeat_test"
 PG_PASSWORD = "saefeat_test"
@@ -179,18 +179,7 @@ def make_sae() -> Callable[..., SAE]:
 
 
 def _make_sae(session: Session, d_sae: int = 64, sae_id: str = "sae-a") -> SAE:
-    sae = register_sae(
-        session,
-        sae_id=sae_id,
-        name=f"test {sae_id}",
-        model_name="SmolLM2-135M-Instruct",
-        hook_name="blocks.6.hook_resid_post",
-        architecture="topk",
-        d_in=576,
-        d_sae=d_sae,
-        k=min(8, d_sae - 1),  # the TopK rule: fewer active latents than latents
-        metrics={"fvu": 0.2, "l0": 8.0},
-    )
+    sae = register_test_sae(session, sae_id, d_sae)
     session.commit()
     return sae
 

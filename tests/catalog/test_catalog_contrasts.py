@@ -8,9 +8,10 @@ import numpy as np
 import scipy.sparse as sp
 from sqlalchemy import inspect, select
 
-from saefeat.analysis.contrast import ContrastResult, ContrastSpec
+from saefeat.analysis.contrast import ContrastResult
 from saefeat.analysis.contrast_classifier import ClassifierResult
 from saefeat.analysis.contrast_stats import SideCounts, contrast_statistics
+from saefeat.specs import ContrastSpec
 from saefeat.storage.catalog.contrasts import (
     ContrastFeature,
     ContrastRun,

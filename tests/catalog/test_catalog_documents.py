@@ -3,10 +3,13 @@ they are per-dialect SQL, so each must agree with the plain row reads."""
 
 from __future__ import annotations
 
+from dataclasses import asdict, fields
+
 import orjson
 import pytest
 from synthetic_catalog import synthetic_feature_index
 
+from saefeat.features.records import FeatureExample
 from saefeat.storage.catalog.documents import feature_document
 from saefeat.storage.catalog.labels import (
     add_label,
@@ -40,14 +43,16 @@ def test_document_agrees_with_the_rows(session, indexed):
         document = feature_document(session, feature.id)
         examples = orjson.loads(document.examples)
         rows = feature_examples(session, feature.id)
-        assert [(e["kind"], e["rank"], e["focus"], e["position"]) for e in examples] == [
-            (r.kind, r.rank, r.focus, r.position) for r in rows
-        ]
-        assert [e["tokens"] for e in examples] == [r.token_strs for r in rows]
-        assert [e["token_ids"] for e in examples] == [r.token_ids for r in rows]
+        # One shape: each JSON object is the record the row read gives, field for field
+        # (floats to SQLite JSON's 15 digits).
+        assert len(examples) == len(rows)
         for e, r in zip(examples, rows, strict=True):
-            assert e["values"] == pytest.approx(r.values)
-            assert e["activation"] == pytest.approx(r.activation)
+            assert list(e) == [f.name for f in fields(FeatureExample)]
+            assert e["feature_index"] == i
+            e_exact, r_exact = dict(e), asdict(r)
+            for name in ("activation", "values"):
+                assert e_exact.pop(name) == pytest.approx(r_exact.pop(name))
+            assert e_exact == r_exact
         sides = feature_projection(session, feature.id)
         for side, text in (
             ("top", document.projection_top),

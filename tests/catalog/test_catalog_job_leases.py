@@ -28,26 +28,19 @@ def _add(sessions, job_id: str, status: str, lease_s: float | None = None, owner
         s.commit()
 
 
-def _row(sessions, job_id: str) -> Job:
-    with sessions() as s:
-        job = s.get(Job, job_id)
-        s.expunge(job)
-        return job
-
-
 def test_one_claim_wins_and_an_expired_lease_is_free_again(sessions, settings):
     a, b = JobRunner(settings, sessions), JobRunner(settings, sessions)
     _add(sessions, "j1", "queued")
     assert a.claim("j1")
     assert not b.claim("j1")  # a holds it
-    job = _row(sessions, "j1")
+    job = a.get("j1")
     assert (job.status, job.owner) == ("running", a.owner)
     assert job.lease_expires_at > utcnow() + timedelta(seconds=LEASE_S - 5)
     with sessions() as s:  # a died: nobody renewed its lease
         s.get(Job, "j1").lease_expires_at = utcnow() - timedelta(seconds=1)
         s.commit()
     assert b.claim("j1")
-    assert _row(sessions, "j1").owner == b.owner
+    assert b.get("j1").owner == b.owner
     a.shutdown()
     b.shutdown()
 
@@ -94,7 +87,7 @@ def test_heartbeat_renews_own_leases_and_carries_cancels(sessions, settings):
         s.commit()
     assert b.renew_leases() == 0  # not b's job
     assert a.renew_leases() == 1
-    assert _row(sessions, "j1").lease_expires_at > utcnow() + timedelta(seconds=LEASE_S - 5)
+    assert a.get("j1").lease_expires_at > utcnow() + timedelta(seconds=LEASE_S - 5)
 
     # b is another process: it cannot reach a's thread, so it writes the request down.
     job = b.cancel("j1")
@@ -133,7 +126,7 @@ def test_a_claimed_job_that_cannot_run_ends_failed(sessions, settings):
     _add(sessions, "bad", "queued")  # spec {} is not a HarvestSpec
     with pytest.raises(Exception, match="validation error"):
         runner.run("bad")
-    job = _row(sessions, "bad")
+    job = runner.get("bad")
     assert (job.status, job.lease_expires_at) == ("failed", None)
     runner.shutdown()
 

@@ -30,6 +30,7 @@ from saefeat.storage.catalog.models import (
 )
 from saefeat.storage.catalog.writer import write_feature_index
 
+READABLE = ("token_effects", "fired_tokens")  # revision 0013
 TABLES = {
     "language_models",
     "jobs",
@@ -39,6 +40,7 @@ TABLES = {
     "features",
     "feature_examples",
     "vocab_tokens",
+    *READABLE,
     "neighbours",
     "labels",
     "api_keys",
@@ -48,7 +50,7 @@ TABLES = {
     "explanations",
     "explanation_scores",
 }
-HEAD = "0010"  # the newest revision
+HEAD = "0013"  # the newest revision
 
 
 @contextmanager
@@ -111,6 +113,7 @@ def _check_round_trip(url: str) -> None:
         "explanation_scores",
         "contrasts",
         "contrast_features",
+        *READABLE,
     }
     upgrade(url)
     downgrade(url, "0003")
@@ -129,6 +132,7 @@ def _check_round_trip(url: str) -> None:
         "contrast_features",
         "explanations",
         "explanation_scores",
+        *READABLE,
     }
     upgrade(url)
     assert _has_fts(url)

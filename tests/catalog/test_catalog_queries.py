@@ -15,10 +15,13 @@ from saefeat.storage.catalog.cursor import InvalidCursorError
 from saefeat.storage.catalog.labels import pick_current_label
 from saefeat.storage.catalog.models import Label
 from saefeat.storage.catalog.queries import (
+    SetLineage,
     get_feature,
     list_features,
     list_saes,
+    sae_lineage,
     search_by_token,
+    strongest_features,
     token_variants,
 )
 from saefeat.storage.catalog.writer import write_feature_index
@@ -199,3 +202,42 @@ def test_current_label_rule():
     same_time = [_label(7, "human"), _label(8, "human")]
     assert pick_current_label(same_time).id == 8  # equal clocks: the later row
     assert pick_current_label([_label(9, "auto", None)]).id == 9
+
+
+def test_strongest_features_pages_by_max_activation_with_histograms(indexed):
+    session, sae, index = indexed
+    order = sorted(range(D_SAE), key=lambda i: (-index.max_activation[i], i))
+    got = strongest_features(session, sae.id, offset=0, limit=10) + strongest_features(
+        session, sae.id, offset=10, limit=D_SAE
+    )
+    assert [f.index for f, _ in got] == order
+    for f, histogram in got:
+        assert histogram["counts"] == index.histograms[f.index].tolist()
+
+
+def test_sae_lineage_reads_the_set_row_and_the_corpus_its_spec_recorded(
+    session, make_sae, tmp_path
+):
+    from saefeat.storage.activations import ActivationSet
+    from saefeat.storage.catalog.registry import register_sae
+    from saefeat.storage.catalog.set_registry import record_activation_set
+
+    sae = make_sae(session, d_sae=8)
+    assert sae_lineage(session, sae, tmp_path) == SetLineage(None, None)
+    corpus = [{"path": "docs/", "weight": 2}]
+    aset = ActivationSet.create(
+        tmp_path / "set-1.zarr", set_id="set-1", spec={"model": "m", "corpus": corpus},
+        model="m", hooks=["blocks.0.hook_resid_post"], d_model=4,
+        tokens=np.zeros((2, 3), dtype=np.int32), doc_index=np.zeros(2, dtype=np.int32),
+        doc_offset=np.zeros(2, dtype=np.int32), doc_ids=["d"], contexts_per_shard=2,
+        storage_dtype="float32", n_layers=1,
+    )  # fmt: skip
+    record_activation_set(session, aset)
+    sae = register_sae(session, sae_id=sae.id, name=sae.name, model_name="m",
+                       hook_name=sae.hook_name, architecture="topk", d_in=4, d_sae=8,
+                       activation_set_id="set-1")  # fmt: skip
+    session.commit()
+    lineage = sae_lineage(session, sae, tmp_path)
+    assert lineage.activation_set.id == "set-1" and lineage.corpus == corpus
+    # The set harvested on another machine: the row, but no corpus to read.
+    assert sae_lineage(session, sae, tmp_path / "elsewhere").corpus is None

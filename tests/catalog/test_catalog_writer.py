@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
-from synthetic_catalog import synthetic_feature_index
+from synthetic_catalog import register_test_sae, synthetic_feature_index
 
 from saefeat.errors import NotFoundError, SpecError
 from saefeat.features.records import FeatureExample as ExampleRecord
@@ -161,17 +161,8 @@ def test_nul_and_long_token_strings_are_stored(session, make_sae):
 def test_register_sae_updates_in_place_but_refuses_a_new_width(sqlite_session, make_sae):
     session = sqlite_session
     sae = make_sae(session, d_sae=8)
-    again = register_sae(
-        session,
-        sae_id=sae.id,
-        name="renamed",
-        model_name="m",
-        hook_name="blocks.0.hook_resid_post",
-        architecture="topk",
-        d_in=576,
-        d_sae=8,
-        k=4,
-        metrics={"fvu": 0.1},
+    again = register_test_sae(
+        session, sae.id, 8, name="renamed", model_name="m", k=4, metrics={"fvu": 0.1}
     )
     assert again is sae and sae.name == "renamed" and sae.metrics == {"fvu": 0.1}
     with pytest.raises(SpecError, match="d_sae=8"):

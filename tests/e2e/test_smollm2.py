@@ -45,7 +45,7 @@ def check_clamping_raises_promoted_tokens(settings, sae_id, n_features=8):
                                      max_density=0.2, limit=200).items  # fmt: skip
     assert len(live) >= n_features
     picked = live[:: len(live) // n_features][:n_features]  # spread over the densities
-    lm, sae = cached_model("smollm2-135m", "cpu"), load_sae(settings.saes_dir / sae_id)
+    lm, sae = cached_model("smollm2-135m", None, "cpu"), load_sae(settings.saes_dir / sae_id)
     raised = []
     for f in picked:
         clamp = FeatureStrength(f.index, 10 * f.max_activation)

@@ -12,9 +12,8 @@ from saefeat.api.app import create_app
 from saefeat.api.schemas import FeatureDetail
 from saefeat.cli import app as cli_app
 from saefeat.config import Settings, get_settings
-from saefeat.interp.spec import ExplainSpec
 from saefeat.pipeline import run_harvest, run_index, run_train
-from saefeat.specs import HarvestSpec, IndexSpec, TrainSpec
+from saefeat.specs import ExplainSpec, HarvestSpec, IndexSpec, TrainSpec
 from saefeat.storage.catalog import queries
 from saefeat.storage.catalog.db import catalog_session
 from saefeat.storage.catalog.explanations import feature_explanations

@@ -7,6 +7,7 @@ import pytest
 from pydantic import ValidationError
 
 from saefeat.errors import SpecError
+from saefeat.features.records import FeatureExample
 from saefeat.interp.evidence import FeatureEvidence, Window, split_examples
 from saefeat.interp.explainers import (
     activation_mass,
@@ -20,8 +21,7 @@ from saefeat.interp.judge import read_answer
 from saefeat.interp.llm import ChatAnswer, LLMError, TokenChoice
 from saefeat.interp.metrics import auroc, balanced_accuracy
 from saefeat.interp.scorers import check_judges
-from saefeat.interp.spec import ExplainSpec
-from saefeat.storage.catalog.queries import ExampleRow
+from saefeat.specs import ExplainSpec
 
 
 def test_auroc_and_balanced_accuracy():
@@ -92,7 +92,18 @@ def test_offline_explainer_without_llm_has_no_gloss():
 
 def test_split_keeps_explain_contexts_out_of_the_held_out_windows():
     def row(kind, rank, ctx, act):
-        return ExampleRow(kind, rank, act, ctx, 1, 0, [1], ["t"], [act])
+        return FeatureExample(
+            feature_index=0,
+            rank=rank,
+            activation=act,
+            context_index=ctx,
+            position=1,
+            token_ids=[1],
+            token_strs=["t"],
+            values=[act],
+            focus=0,
+            kind=kind,
+        )
 
     examples = [row("top", i, ctx, 5.0 - i) for i, ctx in enumerate([7, 8, 9])] + [
         row("quantile", 0, 8, 1.0),  # context 8 explained: left out

@@ -77,8 +77,8 @@ def test_nan_stops_and_keeps_last_checkpoint(settings, synthetic_set, monkeypatc
     s = spec(synthetic_set, checkpoint_every_tokens=64)
     with pytest.raises(TrainingDiverged, match="at step 5.*step 4"):
         train_sae(s, settings=settings)
-    assert (state_dir(settings, trainer.sae_id_for(s, synthetic_set.id)) / "state.pt").is_file()
-    assert not (settings.saes_dir / trainer.sae_id_for(s, synthetic_set.id)).exists()
+    assert (state_dir(settings, s.sae_id()) / "state.pt").is_file()
+    assert not (settings.saes_dir / s.sae_id()).exists()
 
 
 def test_resume_from_another_hook_is_refused(settings, synthetic_set):
@@ -90,20 +90,20 @@ def test_resume_from_another_hook_is_refused(settings, synthetic_set):
 
     with pytest.raises(KeyboardInterrupt):
         train_sae(s, settings=settings, progress=stop)
-    folder = state_dir(settings, trainer.sae_id_for(s, synthetic_set.id))
+    folder = state_dir(settings, s.sae_id())
     before = (folder / "state.pt").read_bytes()
     other = spec(synthetic_set, hook="blocks.2.hook_resid_post", resume_from=str(folder))
     with pytest.raises(SpecError, match="another run.*hook"):
         train_sae(other, settings=settings)
     assert (folder / "state.pt").read_bytes() == before
-    assert not (settings.saes_dir / trainer.sae_id_for(other, synthetic_set.id)).exists()
+    assert not (settings.saes_dir / other.sae_id()).exists()
 
 
 def test_state_from_newer_format_is_refused(settings, synthetic_set):
     from saefeat.training import state as st
 
     s = spec(synthetic_set)
-    folder = state_dir(settings, trainer.sae_id_for(s, synthetic_set.id))
+    folder = state_dir(settings, s.sae_id())
     st.save_state(folder, {"identity": {}})
     st_file = folder / "state.pt"
     raw = torch.load(st_file, weights_only=False) | {"format": 99}

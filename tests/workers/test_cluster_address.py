@@ -40,8 +40,9 @@ def test_harvest_on_a_cluster_address(spec, tmp_path):
         env["SAEFEAT_RAY_ADDRESS"] = f"127.0.0.1:{port}"
         driver = (
             "import sys; from saefeat.specs import HarvestSpec; "
+            "from saefeat.config import get_settings; "
             "from saefeat.workers.harvest import harvest; import ray; "
-            "r = harvest(HarvestSpec.model_validate_json(sys.argv[1])); "
+            "r = harvest(HarvestSpec.model_validate_json(sys.argv[1]), settings=get_settings()); "
             "print(r.activation_set.status, r.activation_set.n_tokens, "
             "ray.get_runtime_context().gcs_address)"
         )

@@ -10,11 +10,13 @@ import pytest
 from pydantic import BaseModel
 
 from saefeat.storage.catalog.db import make_engine, make_sessionmaker, upgrade
+from saefeat.storage.catalog.job_status import JobStatus
 from saefeat.storage.catalog.models import Job, utcnow
 from saefeat.workers.job_kinds import (
     JobKind,
     JobOutcome,
     JobStopped,
+    Route,
     job_kind_names,
     register_job_kind,
 )
@@ -41,10 +43,13 @@ def run_wait(spec: WaitSpec, *, settings, progress, should_stop) -> JobOutcome:
         if should_stop():
             raise JobStopped("stopped")
         threading.Event().wait(0.05)
-    return JobOutcome("succeeded", None, "done")
+    return JobOutcome(JobStatus.SUCCEEDED, None, "done")
 
 
-WAIT = register_job_kind(JobKind("test-wait", WaitSpec, lambda s: s.name, run_wait))
+WAIT = register_job_kind(
+    JobKind("test-wait", WaitSpec, run_wait, Route("/test-waits", "Wait"), "counts",
+            spec_hash=lambda s: s.name)
+)  # fmt: skip
 
 
 @pytest.fixture
@@ -54,13 +59,6 @@ def sessions(tmp_path):
     engine = make_engine(url)
     yield make_sessionmaker(engine)
     engine.dispose()
-
-
-def _row(sessions, job_id: str) -> Job:
-    with sessions() as s:
-        job = s.get(Job, job_id)
-        s.expunge(job)
-        return job
 
 
 def _started(name: str) -> threading.Event:
@@ -92,7 +90,7 @@ def test_shutdown_hands_running_jobs_back(sessions, settings):
     assert _started("polite").wait(30) and _started("stuck").wait(30)
     runner.shutdown(timeout=1.0)  # the stubborn one does not stop in time
     for job in (polite, stuck):
-        row = _row(sessions, job.id)
+        row = runner.get(job.id)
         assert (row.status, row.owner, row.lease_expires_at) == ("queued", None, None)
         assert row.attempts[-1]["why"] == SHUTDOWN and row.attempts[-1]["ended"]
     RELEASE.set()
@@ -111,16 +109,47 @@ def test_a_job_resumed_too_often_fails_with_its_history(sessions, settings):
                   attempts=attempts))  # fmt: skip
         s.commit()
     assert runner.claim("j1")  # the second resume: allowed
-    row = _row(sessions, "j1")
+    row = runner.get("j1")
     assert row.status == "running" and [a["why"] for a in row.attempts] == [
         SHUTDOWN, LEASE_LOST, None]  # fmt: skip
     with sessions() as s:  # and this runner dies too
         s.get(Job, "j1").lease_expires_at = old
         s.commit()
     assert not JobRunner(settings, sessions).claim("j1")  # the third: too many
-    row = _row(sessions, "j1")
+    row = runner.get("j1")
     assert row.status == "failed" and row.lease_expires_at is None
     assert "more than 2 time(s)" in row.error
     assert "1. host:1:a" in row.error and SHUTDOWN in row.error and LEASE_LOST in row.error
     assert row.error.count(LEASE_LOST) == 2
     runner.shutdown()
+
+
+def test_every_kind_has_a_route_a_cli_choice_a_remote_path_and_a_stage_field(settings):
+    """The registry is the one list of kinds: the API's submit routes, `saefeat submit`'s
+    commands, the remote client's paths and the pipeline's stages all come from it."""
+    from typer.testing import CliRunner
+
+    from saefeat.api.app import create_app
+    from saefeat.cli import app as cli
+    from saefeat.remote import submit_path
+    from saefeat.specs import PipelineSpec
+    from saefeat.workers.job_kinds import BUILTIN_KIND_MODULES, job_kinds
+
+    builtin = [k for k in job_kinds().values() if k.run.__module__ in BUILTIN_KIND_MODULES]
+    assert {k.name for k in builtin} >= {"harvest", "train", "index", "pipeline", "contrast",
+                                         "explain"}  # fmt: skip
+    paths = create_app(settings).openapi()["paths"]
+    commands = CliRunner().invoke(cli, ["submit", "--help"], terminal_width=200).output
+    for kind in builtin:
+        route = paths.get("/v1" + kind.route.path, {}).get("post")
+        assert route is not None, f"no POST route for {kind.name}"
+        body = route["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+        assert body.endswith("/" + (kind.route.body_type or kind.spec_type).__name__)
+        assert f" {kind.name} " in commands, f"no `saefeat submit {kind.name}`"
+        in_path = {field: "x" for field in kind.route.path_fields.values()}
+        remote, rest = submit_path(kind.name, {**in_path, "other": 1})
+        assert remote == "/v1" + kind.route.path.format(**dict.fromkeys(kind.route.path_fields,
+                                                                        "x"))  # fmt: skip
+        assert rest == {"other": 1}
+        if kind.stage is not None:  # a stage's spec comes from the pipeline's own field
+            assert kind.name in PipelineSpec.model_fields, kind.name

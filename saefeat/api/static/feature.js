@@ -29,7 +29,7 @@
       const top = Math.max(data.max_activation, ...example.values, 1e-12);
       const line = el("div", {className: "example"});
       line.dataset.activation = example.activation;
-      example.tokens.forEach((token, i) => {
+      example.token_strs.forEach((token, i) => {
         const value = example.values[i];
         const alpha = Math.min(Math.max(value / top, 0), 1);
         const span = el("span", {

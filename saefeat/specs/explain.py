@@ -1,25 +1,24 @@
-"""The explain job's spec: which SAE, which features, which explainer and scorers."""
+"""ExplainSpec: which SAE, which features, which explainer and scorers."""
 
 from __future__ import annotations
 
-import hashlib
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
-from saefeat.interp.scorers import NO_JUDGE
-from saefeat.storage.catalog.explanations import SCORE_TYPES
+from saefeat.specs.base import Spec
+from saefeat.storage.catalog.explanations import NO_JUDGE, SCORE_TYPES
 
 
-class ExplainOptions(BaseModel):
+class ExplainOptions(Spec):
     """Everything about an explain job but the SAE (the body of its HTTP route)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     features: list[int] | None = Field(
         None, description="Latent indices to explain; omit for every feature"
     )
-    explainer: Literal["offline", "llm"] = "offline"
+    explainer: Literal["offline", "llm"] = Field(
+        "offline", description="offline (no LLM), or llm (the configured endpoint)"
+    )
     scorers: list[str] = Field(
         default_factory=lambda: list(NO_JUDGE),
         description=f"Any of {list(SCORE_TYPES)}; detection and fuzzing need a judge LLM",
@@ -29,7 +28,7 @@ class ExplainOptions(BaseModel):
         256, ge=4, le=100_000, description="Contexts cut into the scoring pool's windows"
     )
     batch_features: int = Field(64, ge=1, le=4096, description="Features per Ray task")
-    seed: int = 0
+    seed: int = Field(0, description="seeds the scoring pool's sampling")
 
     @field_validator("scorers")
     @classmethod
@@ -50,7 +49,8 @@ class ExplainOptions(BaseModel):
 
 
 class ExplainSpec(ExplainOptions):
-    sae: str = Field(min_length=1, description="SAE id in the catalog")
+    ID_PREFIX = "ex"
+    ID_FIELDS = ("sae", "features", "explainer", "scorers", "n_explain", "pool_contexts", "seed")
+    RUN_FIELDS = ("batch_features",)
 
-    def spec_hash(self) -> str:
-        return "ex-" + hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:16]
+    sae: str = Field(min_length=1, description="SAE id in the catalog")

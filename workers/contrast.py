@@ -1,34 +1,43 @@
-"""Run an SAE over an activation set and count, per document, where each feature fires.
+"""A contrast's work: run an SAE over two activation sets, count per document where each
+feature fires, then compare the two sides (saefeat/analysis/contrast.py).
 
 Ray tasks (one per GPU, else one) take a share of every set's committed shards and
 encode them with the indexing path (`workers.index.encoded_batches`); each returns
 sparse [documents, d_sae] tables per set that the driver adds up into `SideCounts`.
+`run_contrast(spec)` computes a contrast; `contrast_and_record` (workers/contrast_job.py,
+what the job and `saefeat contrast` run) also stores it (storage/catalog/contrasts.py).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import time
 from pathlib import Path
+from typing import Unpack
 
 import numpy as np
 import ray
 import scipy.sparse as sp
 import torch
 
+from saefeat.analysis.contrast import ContrastResult, check_inputs, compare_sides
 from saefeat.analysis.contrast_docs import DocumentLayout, document_layout
 from saefeat.analysis.contrast_stats import SideCounts
-from saefeat.config import Settings
+from saefeat.config import Settings, get_settings
+from saefeat.devices import on_gpu, pick_device
 from saefeat.features.token_rule import config_token_rule
 from saefeat.sae import load_sae
 from saefeat.sae.base import read_config
+from saefeat.specs import ContrastSpec
 from saefeat.storage.activations import ActivationSet
 from saefeat.storage.exclusion import excluded_rows
 from saefeat.workers.index import encoded_batches
+from saefeat.workers.job_kinds import JobStopped
+from saefeat.workers.job_progress import Progress, RunCallbacks, ShouldStop
 from saefeat.workers.runtime import ensure_ray, gpus_available, task_cpus
 
 
-class ContrastCancelled(Exception):
-    """should_stop() asked the contrast to stop."""
+class ContrastCancelled(JobStopped):
+    """should_stop() asked the contrast to stop (the job runner records it as stopped)."""
 
 
 Tables = tuple[sp.csr_matrix, sp.csr_matrix, sp.csr_matrix]
@@ -90,17 +99,17 @@ def count_sides(
     batch_contexts: int,
     device: str | None,
     settings: Settings,
-    progress: Callable[[int, int], None] | None = None,
-    should_stop: Callable[[], bool] | None = None,
+    progress: Progress | None = None,
+    should_stop: ShouldStop | None = None,
 ) -> list[SideCounts]:
     """One SideCounts per set."""
     ensure_ray(settings)
     n_gpus = gpus_available()
-    device = device or ("cuda" if n_gpus else "cpu")
-    opts = {"num_gpus": 1} if device.startswith("cuda") else {"num_cpus": task_cpus()}
+    device = pick_device(device, n_gpus)
+    opts = {"num_gpus": 1} if on_gpu(device) else {"num_cpus": task_cpus()}
     # One task per GPU, else one task for everything: each task loads the SAE once and
     # takes a share of every set's shards.
-    n_tasks = max(1, n_gpus) if device.startswith("cuda") else 1
+    n_tasks = max(1, n_gpus) if on_gpu(device) else 1
     cfg = read_config(Path(sae_path))
     layouts = [
         document_layout(aset, window, excluded_rows(aset, cfg.hook, config_token_rule(cfg, aset)))
@@ -143,3 +152,28 @@ def count_sides(
         win = (win > 0).astype(np.float64)  # fired in the window at all (Ray's are read-only)
         sides.append(SideCounts(tokens.astype(np.int64), fire, act, win, window))
     return sides
+
+
+def run_contrast(
+    spec: ContrastSpec, *, settings: Settings | None = None, **run: Unpack[RunCallbacks]
+) -> ContrastResult:
+    """Check the inputs, run the SAE over both sets (`run`: progress, should_stop), and
+    compare them."""
+    settings = settings or get_settings()
+    t0 = time.perf_counter()
+    from saefeat.storage.catalog.db import catalog_session
+
+    with catalog_session(settings) as s:
+        inputs = check_inputs(spec, settings, s)
+    side_a, side_b = count_sides(
+        inputs.sae_path,
+        [inputs.a, inputs.b],
+        window=spec.window,
+        batch_contexts=spec.batch_contexts,
+        device=spec.device,
+        settings=settings,
+        **run,
+    )
+    t_pass = time.perf_counter() - t0
+    stats, clf = compare_sides(spec, side_a, side_b)
+    return ContrastResult(spec.contrast_id(), spec, stats, clf, time.perf_counter() - t0, t_pass)

@@ -1,0 +1,36 @@
+"""IndexSpec: each feature's statistics, examples, vocabulary projection and neighbours."""
+
+from __future__ import annotations
+
+from pydantic import Field, field_validator
+
+from saefeat.paths import check_id
+from saefeat.specs.base import Spec
+
+
+class IndexSpec(Spec):
+    ID_PREFIX = "index"
+    ID_FIELDS = ("sae", "n_examples", "window", "n_vocab", "n_quantile_bins",
+                 "per_quantile_bin", "n_neighbours")  # fmt: skip
+    RUN_FIELDS = ("batch_contexts", "device")
+
+    sae: str = Field(description="SAE id in the catalog")
+    n_examples: int = Field(20, ge=1, le=1000, description="top examples per feature")
+    window: int = Field(8, ge=0, le=128, description="tokens either side of an example's focus")
+    n_vocab: int = Field(
+        20, ge=1, le=200, description="top and bottom tokens of the vocabulary projection"
+    )
+    # per_quantile_bin examples from each of n_quantile_bins equal-width slices of
+    # (0, max activation].
+    n_quantile_bins: int = Field(
+        10, ge=0, le=100, description="activation ranges sampled for examples (0: none)"
+    )
+    per_quantile_bin: int = Field(5, ge=0, le=100, description="examples per range")
+    n_neighbours: int = Field(10, ge=0, le=100, description="nearest features by decoder cosine")
+    batch_contexts: int = Field(32, ge=1, le=4096, description="contexts per SAE pass")
+    device: str | None = Field(None, description="cpu, cuda or cuda:N (default: cuda if any)")
+
+    @field_validator("sae")
+    @classmethod
+    def _sae_is_an_id(cls, v: str) -> str:
+        return check_id(v, "sae")  # it becomes a folder name

@@ -1,0 +1,253 @@
+"""Every benchmark runs: each bench/*.py's --smoke mode (tiny sizes, the real code path)
+in a subprocess with a home of its own, and its last line is one JSON object with the
+keys its issue names. A bench that stops importing or running fails here, not months
+later in someone's measurement (issue 28, item 8).
+
+The smoke runs are started together, at most SMOKE_PARALLEL at a time (most of a run is
+process and Ray start-up, not compute), when the first test of this file asks for them;
+each test then checks its own. Timings in smoke output mean nothing.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+BENCH = REPO / "bench"
+# bench/*.py that are not benchmarks (imported by one): none today.
+HELPERS: set[str] = set()
+SMOKE_PARALLEL = int(os.environ.get("SAEFEAT_SMOKE_PARALLEL", "2"))
+TIMEOUT_S = 420  # one bench's smoke run, on a loaded 2-core machine
+
+
+def _k(names: str) -> tuple[str, ...]:
+    return tuple(names.split())
+
+
+@dataclass(frozen=True)
+class Smoke:
+    keys: tuple[str, ...]  # keys of the last line's JSON object
+    args: tuple[str, ...] = ("--smoke",)
+    needs: tuple[str, ...] = ()  # importable modules it needs (skipped without them)
+    marks: tuple = ()
+    env: dict[str, str] = field(default_factory=dict)
+
+
+SMOKES: dict[str, Smoke] = {
+    "autointerp.py": Smoke(
+        keys=_k(
+            "sae features explained failed seconds pool_seconds features_per_min_cpu "
+            "minutes_for_all_demo_features auroc_true_vs_shuffled_embedding "
+            "mean_score_embedding mean_score_shuffled_embedding "
+            "auroc_true_vs_shuffled_activation mean_score_activation "
+            "mean_score_shuffled_activation"
+        ),
+        marks=(pytest.mark.slow,),
+    ),
+    "catalog.py": Smoke(keys=_k("sqlite config")),
+    "contrast.py": Smoke(
+        keys=_k(
+            "auroc_top32_features contrast_s sae_forward_s contrast_ratio_vs_sae_forward "
+            "contrast_pass_s contrast_cold_s tokens_a tokens_b docs_a docs_b "
+            "classifier_test_docs"
+        ),
+        marks=(pytest.mark.slow,),
+    ),
+    "harvest.py": Smoke(
+        keys=_k(
+            "tok_s_truncated_forward tok_s_naive tok_s_saefeat ratio_vs_truncated_forward "
+            "ratio_vs_naive saefeat_startup_s bytes_per_token reader_tok_s"
+        ),
+        marks=(pytest.mark.slow,),
+    ),
+    # The per-worker path a GPU machine runs; --smoke runs it on the CPU.
+    "harvest_worker.py": Smoke(
+        keys=_k(
+            "harvest_c_over_a harvest_c_over_b harvest_tok_s_a_truncated "
+            "harvest_tok_s_b_naive harvest_tok_s_c_shard_harvester "
+            "harvest_tok_s_w_write_only harvest_c_over_min_a_w c_rows_equal_a "
+            "b_hidden_state_equals_a all_shards_committed checksums_ok"
+        ),
+        env={"OMP_NUM_THREADS": "1"},
+    ),
+    "quality.py": Smoke(
+        keys=_k(
+            "fvu_heldout_saefeat fvu_heldout_sparsify fvu_all_tokens_saefeat "
+            "dead_frac_heldout_saefeat dead_frac_heldout_sparsify ce_recovered_saefeat "
+            "ce_recovered_sparsify excluded_tokens"
+        ),
+        needs=("sparsify",),
+        marks=(pytest.mark.slow,),
+    ),
+    # GPU timings on a GPU; --smoke is the CPU reference path (CUDA graphs skipped).
+    "sae_step.py": Smoke(keys=_k("48x192x4@64 40x160x8@96"), needs=("sparsify",)),
+    "service.py": Smoke(
+        keys=_k(
+            "tokens in_process_s http_pipeline_s pipeline_overhead_ratio "
+            "api_p95_ms_during_pipeline feature_page_requests"
+        ),
+        marks=(pytest.mark.slow,),
+    ),
+}
+# Each catalog database's summary (the 16-client p95s), and each sae_step size's.
+CATALOG_KEYS = _k(
+    "build_s feature_page_p95_ms list_p95_ms label_search_p95_ms token_search_p95_ms "
+    "label_write_p95_ms errors index_ratio_vs_sae_forward"
+)
+SAE_STEP_KEYS = _k(
+    "saefeat_ms sparsify_ms torch_ms floor_ms speedup_vs_sparsify ratio_to_floor "
+    "bf16state_ms graph_ms"
+)
+
+
+@dataclass
+class Run:
+    returncode: int
+    stdout: str
+    stderr: str
+    seconds: float
+
+    def last_json(self) -> dict:
+        lines = [line for line in self.stdout.splitlines() if line.strip()]
+        assert lines, f"no output\n{self.tail()}"
+        try:
+            out = json.loads(lines[-1], parse_constant=_not_json)
+        except ValueError as e:
+            pytest.fail(f"last line is not JSON ({e}): {lines[-1][:300]!r}\n{self.tail()}")
+        assert isinstance(out, dict), f"last line is JSON but not an object: {lines[-1][:300]}"
+        return out
+
+    def tail(self) -> str:
+        return f"--- stdout (end)\n{self.stdout[-3000:]}\n--- stderr (end)\n{self.stderr[-5000:]}"
+
+
+def _not_json(constant: str):
+    """NaN and Infinity are Python's, not JSON's: a bench printing them has a bug."""
+    raise ValueError(f"{constant} is not JSON")
+
+
+def _missing(smoke: Smoke) -> list[str]:
+    return [m for m in smoke.needs if importlib.util.find_spec(m) is None]
+
+
+def _run(name: str, args: tuple[str, ...], home: Path, extra_env: dict[str, str]) -> Run:
+    home.mkdir(parents=True, exist_ok=True)
+    env = dict(
+        os.environ,
+        SAEFEAT_HOME=str(home),
+        RAY_AUTH_MODE="disabled",
+        TOKENIZERS_PARALLELISM="false",
+        HF_HUB_OFFLINE="1",
+        **extra_env,
+    )
+    env.pop("SAEFEAT_RAY_ADDRESS", None)  # each bench starts its own local Ray
+    env.pop("SAEFEAT_DATABASE_URL", None)
+    t0 = time.perf_counter()
+    try:
+        done = subprocess.run(
+            [sys.executable, str(BENCH / name), *args], cwd=REPO, env=env,
+            capture_output=True, text=True, timeout=TIMEOUT_S,
+        )  # fmt: skip
+    except subprocess.TimeoutExpired as e:
+        out = e.stdout.decode(errors="replace") if isinstance(e.stdout, bytes) else e.stdout
+        err = e.stderr.decode(errors="replace") if isinstance(e.stderr, bytes) else e.stderr
+        return Run(-9, out or "", (err or "") + f"\ntimed out after {TIMEOUT_S}s", TIMEOUT_S)
+    return Run(done.returncode, done.stdout, done.stderr, time.perf_counter() - t0)
+
+
+class SmokeRuns:
+    """Starts every runnable smoke at once (SMOKE_PARALLEL at a time); `get` waits."""
+
+    def __init__(self, root: Path):
+        self.pool = ThreadPoolExecutor(SMOKE_PARALLEL, thread_name_prefix="bench-smoke")
+        self.runs: dict[str, Future[Run]] = {}
+        self.lock = threading.Lock()
+        self.root = root
+
+    def start(self, key: str, name: str, smoke: Smoke) -> None:
+        with self.lock:
+            if key not in self.runs:
+                home = self.root / key.replace(".py", "").replace(" ", "_")
+                self.runs[key] = self.pool.submit(_run, name, smoke.args, home, smoke.env)
+
+    def get(self, key: str) -> Run:
+        return self.runs[key].result()
+
+
+def _cases() -> list:
+    cases = [pytest.param(name, name, smoke, id=name.removesuffix(".py"), marks=smoke.marks)
+             for name, smoke in SMOKES.items()]  # fmt: skip
+    postgres = Smoke(keys=_k("postgresql config"),
+                     args=("--smoke", "--databases", "postgresql"))  # fmt: skip
+    cases.append(pytest.param("catalog.py postgresql", "catalog.py", postgres,
+                              id="catalog-postgresql", marks=(pytest.mark.postgres,)))  # fmt: skip
+    return cases
+
+
+CASES = _cases()
+
+
+@pytest.fixture(scope="module")
+def smoke_runs(tmp_path_factory, request) -> Iterator[SmokeRuns]:
+    runs = SmokeRuns(tmp_path_factory.mktemp("bench-smoke"))
+    # Start the smokes of every case this session selected, in file order, so they run
+    # side by side while the tests wait for their own.
+    selected = {item.callspec.id for item in request.session.items
+                if item.module is request.module and hasattr(item, "callspec")}  # fmt: skip
+    for case in CASES:
+        key, name, smoke = case.values
+        if case.id in selected and not _missing(smoke):
+            runs.start(key, name, smoke)
+    yield runs
+    runs.pool.shutdown(wait=True)
+
+
+def test_every_bench_has_a_smoke():
+    """A new bench/*.py must come with its smoke case here."""
+    benches = {p.name for p in BENCH.glob("*.py")} - HELPERS
+    assert benches == set(SMOKES), (
+        f"benches without a smoke case: {sorted(benches - set(SMOKES))}; "
+        f"cases without a bench: {sorted(set(SMOKES) - benches)}"
+    )
+
+
+@pytest.mark.parametrize(("key", "name", "smoke"), CASES)
+def test_bench_smoke(smoke_runs: SmokeRuns, key: str, name: str, smoke: Smoke):
+    if missing := _missing(smoke):
+        pytest.skip(f"{name} --smoke needs {', '.join(missing)} (pip install -e '.[dev]')")
+    smoke_runs.start(key, name, smoke)  # when this test was selected alone
+    run = smoke_runs.get(key)
+    command = " ".join((name, *smoke.args))
+    assert run.returncode == 0, f"{command} exited {run.returncode}\n{run.tail()}"
+    out = run.last_json()
+    if name == "catalog.py" and "skipped" in out.get("postgresql", {}):
+        pytest.skip(f"catalog on PostgreSQL: {out['postgresql']['skipped']}")
+    missing_keys = [k for k in smoke.keys if k not in out]
+    assert not missing_keys, f"{name}: keys {missing_keys} missing from {sorted(out)}"
+    if name == "catalog.py":
+        for db in smoke.keys[:-1]:
+            summary = out[db]
+            assert not [k for k in CATALOG_KEYS if k not in summary], sorted(summary)
+            # Every request answered: a route that breaks, or a limit the bench trips
+            # (the label-write rate limit did), shows here.
+            assert summary["errors"] == 0, summary
+    if name == "sae_step.py":
+        for size in smoke.keys:
+            assert not [k for k in SAE_STEP_KEYS if k not in out[size]], sorted(out[size])
+            assert out[size]["saefeat_ms"] and out[size]["sparsify_ms"], out[size]
+    if name == "harvest_worker.py":
+        checks = ("c_rows_equal_a", "b_hidden_state_equals_a", "all_shards_committed",
+                  "checksums_ok")  # fmt: skip
+        assert all(out[c] is True for c in checks), {c: out[c] for c in checks}
