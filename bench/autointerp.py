@@ -10,8 +10,8 @@ feature's) on the same pool and windows. With --judge and llama-cpp-python insta
 also scores detection with SmolLM2-135M itself as the judge (llama.cpp's server).
 
     .venv/bin/python bench/autointerp.py [--features 200] [--judge 20]
-    .venv/bin/python bench/autointerp.py --smoke   # a crash check: a demo SAE on 2,048
-        # tokens, 8 features, a pool of 64 contexts, no judge (set SAEFEAT_HOME to a
+    .venv/bin/python bench/autointerp.py --smoke   # a crash check: a 1 x d_model SAE on
+        # 2,048 tokens, 8 features, a pool of 64 contexts, no judge (set SAEFEAT_HOME to a
         # temporary folder, or it builds that SAE into the bench's cache)
 
 The last line is one JSON object.
@@ -52,8 +52,9 @@ def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-def demo_sae(settings: Settings, tokens: int = 100_000) -> str:
-    """The newest indexed SAE in the bench catalog, or a fresh demo run on `tokens`."""
+def demo_sae(settings: Settings, tokens: int = 100_000, smoke: bool = False) -> str:
+    """The newest indexed SAE in the bench catalog, or a fresh demo run on `tokens` (the
+    smoke run's: as wide as the model, no CE evaluation)."""
     with catalog_session(settings) as s:
         for sae in reversed(queries.list_saes(s, limit=500).items):
             if queries.count_features(s, sae.id):
@@ -61,11 +62,16 @@ def demo_sae(settings: Settings, tokens: int = 100_000) -> str:
     from saefeat.demo import run_demo
     from saefeat.pipeline import run_harvest, run_index, run_train
 
+    def train(spec):
+        if smoke:
+            spec = type(spec)(**spec.model_dump() | {"expansion_factor": 1, "eval_ce_contexts": 0})
+        return run_train(spec, settings=settings)
+
     log("building the demo SAE (harvest, train, index)")
     return run_demo(
         tokens=tokens,
         harvest=lambda spec: run_harvest(spec, settings=settings),
-        train=lambda spec: run_train(spec, settings=settings),
+        train=train,
         index=lambda spec: run_index(spec, settings=settings),
     )
 
@@ -187,10 +193,11 @@ def main() -> None:
     from saefeat.workers.explain import run_explain
 
     base = get_settings()
-    sae_id = demo_sae(base, demo_tokens)
+    sae_id = demo_sae(base, demo_tokens, smoke=args.smoke)
     sample = sample_features(base, sae_id, args.features)
     settings = fresh_catalog(base)
-    spec = ExplainSpec(sae=sae_id, features=sample, scorers=["embedding", "activation"], **pool)
+    spec = ExplainSpec(sae=sae_id, features=sample, explainer="offline",
+                       scorers=["embedding", "activation"], **pool)
     log(f"explaining {len(sample)} features of {sae_id}")
     t0 = time.perf_counter()
     result = run_explain(spec, settings=settings)

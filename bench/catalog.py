@@ -611,7 +611,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="100,000 features")
     parser.add_argument(
         "--smoke", action="store_true",
-        help="a crash check: 2,000 features, 1 s per scenario, 2 index batches, SQLite only",
+        help="a crash check: 2,000 features, 1 s per scenario, SQLite only; the index ratio "
+        "on 2 batches at d_sae 1152",
     )  # fmt: skip
     parser.add_argument("--features", type=int, help="override the feature count")
     parser.add_argument("--seconds", type=float, help="load time per scenario and client count")
@@ -638,7 +639,7 @@ def main() -> None:
 
     out: dict[str, Any] = {}
     log(f"indexing ratio over {index_batches} batches of 4096 tokens")
-    ratio = index_ratio(index_batches, device=args.device)
+    ratio = index_ratio(index_batches, d_sae=1152 if args.smoke else 4608, device=args.device)
     log(f"  {ratio}")
     if args.index_only:
         print(json.dumps({"index": ratio}))

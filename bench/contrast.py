@@ -94,7 +94,7 @@ def main() -> None:
     # divides by that batch's own variance: inf), so the default budgets avoid that.
     update = {"epochs": args.epochs, "batch_size": 128, "lr": args.lr}
     if args.smoke:
-        update["expansion_factor"] = 1
+        update |= {"expansion_factor": 1, "eval_ce_contexts": 0}
     train = type(train_spec(a.id))(**{**train_spec(a.id).model_dump(), **update})
     sae_id = run_train(train, settings=settings).sae_id
     ensure_ray(settings)

@@ -46,8 +46,9 @@ def specs(tokens: int, expansion: int | None = None):
 
     harvest, train = demo_specs(tokens)
     train_spec = train(harvest.set_id())
-    if expansion is not None:
-        train_spec = type(train_spec)(**(train_spec.model_dump() | {"expansion_factor": expansion}))
+    if expansion is not None:  # the smoke run: no CE evaluation either
+        smoke = {"expansion_factor": expansion, "eval_ce_contexts": 0}
+        train_spec = type(train_spec)(**(train_spec.model_dump() | smoke))
     return harvest, train_spec, IndexSpec(sae="placeholder")
 
 
@@ -91,7 +92,7 @@ def over_http(
     log = (home / "server.log").open("wb")
     server = subprocess.Popen(
         [str(Path(sys.executable).with_name("saefeat")), "serve", "--port", str(port)],
-        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        env=env, stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
     client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60,
                           headers={"Authorization": f"Bearer {KEY}"})  # fmt: skip

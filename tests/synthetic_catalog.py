@@ -117,3 +117,31 @@ def synthetic_feature_index(
         histogram_edges=edges, histograms=histograms, neighbour_indices=near,
         neighbour_cosines=cosines,
     )  # fmt: skip
+
+
+def synthetic_effects(index: FeatureIndex, n: int = 6, seed: int = 0) -> FeatureIndex:
+    """`index` with token effects (features/effects.py): a de-biased ranking for every
+    feature, a measured one for each feature that fired (density > 0)."""
+    from saefeat.features.records import TokenEffects
+
+    rng = np.random.default_rng(seed)
+    vocab = synthetic_vocab()
+    effects = []
+    for f in range(index.d_sae):
+        for method in ("measured", "debiased"):
+            if method == "measured" and index.density[f] == 0:
+                continue
+            picks = rng.choice(len(vocab), size=2 * n, replace=False)
+            up = np.round(np.sort(rng.uniform(0.1, 4.0, size=n))[::-1], 4)
+            down = np.round(np.sort(rng.uniform(-4.0, -0.1, size=n)), 4)
+            effects.append(
+                TokenEffects(
+                    feature_index=f, method=method,  # type: ignore[arg-type]
+                    up_ids=picks[:n].tolist(), up_strs=[vocab[i] for i in picks[:n]],
+                    up_values=up.tolist(),
+                    down_ids=picks[n:].tolist(), down_strs=[vocab[i] for i in picks[n:]],
+                    down_values=down.tolist(),
+                )  # fmt: skip
+            )
+    index.effects = effects
+    return index

@@ -103,8 +103,13 @@ def test_sae_ids_stay():
 
 def test_index_and_contrast_ids_stay():
     index = IndexSpec(sae="sae-1", n_examples=5, batch_contexts=8, device="cpu")
-    data = index.model_dump(mode="json", exclude={"device", "batch_contexts"})
+    # Fields that joined later (ID_FIELDS_IF_SET, at their defaults): ids made before stay.
+    later = {"device", "batch_contexts", *IndexSpec.ID_FIELDS_IF_SET}
+    data = index.model_dump(mode="json", exclude=later)
     assert index.content_id() == _legacy_hash("index", data)
+    assert IndexSpec(sae="sae-1", n_examples=5, n_effect_contexts=0).content_id() != (
+        index.content_id()
+    )
     contrast = ContrastSpec(sae="sae-1", a="as-a", b="as-b", top=5, alpha=0.1)
     fields = {"sae", "a", "b", "window", "alpha", "classifier_features", "test_fraction", "seed"}
     assert contrast.contrast_id() == _legacy_hash("ct", contrast.model_dump(include=fields))

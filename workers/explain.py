@@ -1,18 +1,22 @@
 """The explain job: explain and score features of an indexed SAE, in Ray tasks of
-`batch_features` features each, writing each feature's label and scores to the catalog
+`batch_features` features each, writing each feature's labels and scores to the catalog
 as its batch returns.
 
-A feature is written whole or not at all: when its explainer or a scorer fails (an
+Each of the spec's explainers (offline, patchscope, llm) explains each feature, and the
+same scorers score every explainer's text; each text is an auto label with its scores,
+and the feature's label shown is the best scored (storage/catalog/explanations.py).
+
+An explanation is written whole or not at all: when its explainer or a scorer fails (an
 unreachable endpoint, an unreadable answer) its error is recorded on the result and
-nothing of it is stored; the job goes on. A rerun skips the features already explained by
-the same explainer and prompt version, so a cancelled or failed job resumes.
+nothing of it is stored; the job goes on. A rerun skips what is already explained by the
+same explainer and prompt version, so a cancelled or failed job resumes.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import ray
@@ -21,7 +25,7 @@ from saefeat.config import Settings, get_settings
 from saefeat.errors import SaefeatError
 from saefeat.interp.catalog_io import FeatureOutcome
 from saefeat.interp.evidence import FeatureEvidence
-from saefeat.interp.explainers import Explainer, make_explainer, query_text
+from saefeat.interp.explainers import Explainer, explain_all, make_explainer, query_text
 from saefeat.interp.llm import LLMClient
 from saefeat.interp.pool import ScoringPool
 from saefeat.interp.scorers import NotScorable, check_judges
@@ -29,20 +33,26 @@ from saefeat.specs import ExplainSpec
 from saefeat.workers.job_progress import Progress, ShouldStop
 from saefeat.workers.runtime import ensure_ray
 
+if TYPE_CHECKING:
+    from saefeat.interp.patchscope import Subject
+
 
 @dataclass
 class ExplainResult:
     sae: str
-    explainer: str
-    prompt_version: str
+    explainer: str  # the explainers, joined by commas
+    prompt_version: str  # theirs, joined by commas
     explained: int = 0
     skipped_existing: int = 0  # explained before by the same explainer + prompt
     skipped_dead: int = 0  # no examples: never fired on the activation set
     failed: dict[int, str] = field(default_factory=dict)  # feature index -> error
+    explanations: int = 0  # texts written (one per feature and explainer)
     cancelled: bool = False
     seconds: float = 0.0
     pool_seconds: float = 0.0  # of `seconds`: building the scoring pool (once per job)
     mean_scores: dict[str, float] = field(default_factory=dict)
+    # explainer -> score type -> mean over the features it explained
+    mean_scores_by_explainer: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def summary(self) -> str:
         means = ", ".join(f"{k} {v:.3f}" for k, v in self.mean_scores.items())
@@ -51,17 +61,24 @@ class ExplainResult:
             f"({self.prompt_version}) in {self.seconds:.1f}s; {self.skipped_existing} already "
             f"explained, {self.skipped_dead} never fire, {len(self.failed)} failed"
         )
-        return line + (f"; mean scores: {means}" if means else "")
+        line += f"; mean scores: {means}" if means else ""
+        if len(self.mean_scores_by_explainer) > 1:
+            line += "; by explainer: " + ", ".join(
+                f"{name} " + "/".join(f"{v:.3f}" for v in by.values())
+                for name, by in self.mean_scores_by_explainer.items()
+            )
+        return line
 
 
 @dataclass
 class _Job:
     """What a Ray task needs besides its features (small; the pool travels by ref)."""
 
-    explainer: str
+    explainer: str  # one name or several joined by commas (ExplainSpec.explainer)
     scorers: list[str]
     llm: dict[str, Any] | None
     seed: int
+    subject: Subject | None = None  # what the patchscope explainer runs
 
 
 def _client(llm: dict[str, Any] | None) -> LLMClient | None:
@@ -69,46 +86,67 @@ def _client(llm: dict[str, Any] | None) -> LLMClient | None:
 
 
 def explain_batch(
-    job: _Job, evidence: list[FeatureEvidence], pool: ScoringPool
+    job: _Job,
+    evidence: list[FeatureEvidence],
+    pool: ScoringPool,
+    missing: dict[int, list[str]] | None = None,
 ) -> list[FeatureOutcome]:
-    """Explain and score some features (one Ray task). Never raises for one feature."""
+    """Explain and score some features (one Ray task): one outcome per feature and
+    explainer (those `missing` names for it; default all of the job's), features in
+    order. Never raises for one feature."""
     from saefeat.interp.encoder import sentence_encoder
-    from saefeat.interp.scorers import NO_JUDGE, EmbeddingCache, make_scorers
+    from saefeat.interp.scorers import EmbeddingCache, make_scorers
+    from saefeat.storage.catalog.explanations import ENCODER_SCORERS
 
     client = _client(job.llm)
     try:
-        explainer = make_explainer(job.explainer, client)
-        needs_encoder = any(n in NO_JUDGE for n in job.scorers)
+        names = job.explainer.split(",")
+        explainers = {n: make_explainer(n, client, job.subject) for n in names}
+        needs_encoder = any(n in ENCODER_SCORERS for n in job.scorers)
         embed = EmbeddingCache(sentence_encoder()) if needs_encoder else None
         scorers = make_scorers(job.scorers, embed=embed, client=client, seed=job.seed)
-        texts: dict[int, str] = {}
-        out: dict[int, FeatureOutcome] = {}
-        for ev in evidence:
-            try:
-                texts[ev.index] = explainer.explain(ev)
-            except Exception as e:  # noqa: BLE001 - recorded against the feature
-                out[ev.index] = FeatureOutcome(ev.index, error=f"explainer: {_why(e)}")
+        todo = {ev.index: (missing or {}).get(ev.index, names) for ev in evidence}
+        texts: dict[tuple[int, str], str | Exception] = {}
+        for name, explainer in explainers.items():
+            mine = [ev for ev in evidence if name in todo[ev.index]]
+            for ev, text in zip(mine, explain_all(explainer, mine), strict=True):
+                texts[(ev.index, name)] = text
         if embed is not None:  # encode the batch's texts together: much faster than singly
             held = [w.text for ev in evidence for w in ev.held_out[:10]]
-            embed.prime([query_text(t) for t in texts.values()] + held)  # what scorers read
+            queries = [query_text(t) for t in texts.values() if isinstance(t, str)]
+            embed.prime(queries + held)  # what the scorers read
+        out = []
         for ev in evidence:
-            if ev.index in out:
-                continue
-            outcome = FeatureOutcome(ev.index, text=texts[ev.index])
-            outcome.explained_from = [w.brief() for w in ev.explain]
-            for scorer in scorers:
-                try:
-                    outcome.scores.append(scorer.score(outcome.text, ev, pool))
-                except NotScorable as e:
-                    outcome.unscored[scorer.name] = e.message
-                except Exception as e:  # noqa: BLE001 - recorded against the feature
-                    outcome.error = f"{scorer.name}: {_why(e)}"
-                    break
-            out[ev.index] = outcome
-        return [out[ev.index] for ev in evidence]
+            for name in todo[ev.index]:
+                explainer = explainers[name]
+                outcome = FeatureOutcome(ev.index, explainer=name, explainer_model=explainer.model,
+                                         prompt_version=explainer.prompt_version)  # fmt: skip
+                text = texts[(ev.index, name)]
+                if isinstance(text, Exception):
+                    outcome.error = f"explainer: {_why(text)}"
+                    out.append(outcome)
+                    continue
+                outcome.text = text
+                outcome.explained_from = [w.brief() for w in ev.explain]
+                if name == "offline":
+                    outcome.promoted_source = ev.promoted_source
+                _score(outcome, scorers, ev, pool)
+                out.append(outcome)
+        return out
     finally:
         if client is not None:
             client.close()
+
+
+def _score(outcome: FeatureOutcome, scorers: list, ev: FeatureEvidence, pool: ScoringPool) -> None:
+    for scorer in scorers:
+        try:
+            outcome.scores.append(scorer.score(outcome.text, ev, pool))
+        except NotScorable as e:
+            outcome.unscored[scorer.name] = e.message
+        except Exception as e:  # noqa: BLE001 - recorded against the feature
+            outcome.error = f"{scorer.name}: {_why(e)}"
+            return
 
 
 def _why(e: Exception) -> str:
@@ -142,12 +180,14 @@ def check_explain(spec: ExplainSpec, session, settings: Settings) -> None:
 
 def check_explain_setup(
     spec: ExplainSpec, settings: Settings
-) -> tuple[dict[str, Any] | None, Explainer]:
-    """The explainer and scorers against the configured endpoint (no catalog needed: a
-    pipeline checks this before its SAE exists); returns (the LLM settings, the explainer)."""
+) -> tuple[dict[str, Any] | None, list[Explainer]]:
+    """The explainers and scorers against the configured endpoint (no catalog needed: a
+    pipeline checks this before its SAE exists); returns (the LLM settings, the
+    explainers, in the order the job runs them)."""
     llm = _llm_settings(settings)
     check_judges(spec.scorers, has_llm=llm is not None)
-    return llm, make_explainer(spec.explainer, _client(llm))
+    client = _client(llm)
+    return llm, [make_explainer(name, client) for name in spec.explainers]
 
 
 def validate_explain(spec: ExplainSpec, settings: Settings | None = None) -> None:
@@ -171,13 +211,13 @@ def run_explain(
     from saefeat.storage.catalog.db import catalog_sessions
 
     settings = settings or get_settings()
-    llm, explainer = check_explain_setup(spec, settings)
+    llm, explainers = check_explain_setup(spec, settings)
     t0 = time.perf_counter()
-    plan = prepare(spec, settings, explainer)
+    plan = prepare(spec, settings, explainers)
     result = ExplainResult(
         spec.sae,
-        explainer.name,
-        explainer.prompt_version,
+        ",".join(e.name for e in explainers),
+        ",".join(e.prompt_version for e in explainers),
         skipped_existing=plan.skipped_existing,
         skipped_dead=plan.skipped_dead,
     )
@@ -192,7 +232,7 @@ def run_explain(
     result.pool_seconds = time.perf_counter() - t_pool
     ensure_ray(settings)
     pool_ref = ray.put(pool)
-    job = _Job(spec.explainer, spec.scorers, llm, spec.seed)
+    job = _Job(spec.explainer, spec.scorers, llm, spec.seed, plan.subject())
     batches = [plan.todo[i : i + spec.batch_features] for i in range(0, total, spec.batch_features)]
     # At most two batches per CPU in flight: later ones start as earlier ones finish, so
     # a cancel drops little work and the evidence is read from the catalog as needed.
@@ -200,23 +240,30 @@ def run_explain(
     pending: dict[Any, list[int]] = {}
     done = 0
     values: dict[str, list[float]] = {}
+    by_explainer: dict[str, dict[str, list[float]]] = {}
 
     def submit(batch: list[int]) -> None:
         with sessions() as s:
             evidence = plan.load_evidence(s, batch)
-        pending[_explain_task.remote(job, evidence, pool_ref)] = batch
+        missing = {i: plan.missing[i] for i in batch}
+        pending[_explain_task.remote(job, evidence, pool_ref, missing)] = batch
 
     def collect(ref: Any) -> None:
         nonlocal done
         batch = pending.pop(ref)
         outcomes = ray.get(ref)
         with sessions() as s:
-            result.explained += write_outcomes(s, plan, explainer, outcomes)
+            result.explanations += write_outcomes(s, plan, outcomes)
+        result.explained += len({o.index for o in outcomes if not o.error and o.text})
         for o in outcomes:
             if o.error:
-                result.failed[o.index] = o.error
+                prefix = f"{o.explainer} " if len(explainers) > 1 else ""
+                result.failed.setdefault(o.index, prefix + o.error)
             for score in o.scores:
                 values.setdefault(score.type, []).append(score.value)
+                by_explainer.setdefault(o.explainer, {}).setdefault(score.type, []).append(
+                    score.value
+                )
         done += len(batch)
         if progress:
             progress(done, total)
@@ -239,5 +286,8 @@ def run_explain(
             for ref in pending:
                 ray.cancel(ref)
     result.mean_scores = {k: float(np.mean(v)) for k, v in values.items()}
+    result.mean_scores_by_explainer = {
+        name: {k: float(np.mean(v)) for k, v in by.items()} for name, by in by_explainer.items()
+    }
     result.seconds = time.perf_counter() - t0
     return result

@@ -21,9 +21,17 @@ import torch
 from saefeat.config import Settings, get_settings
 from saefeat.devices import on_gpu, pick_device
 from saefeat.features.accumulate import HIST_EDGES, FeatureAccumulator
+from saefeat.features.artifacts import flag_artifacts, special_token_ids
+from saefeat.features.distinct import distinct_examples, window_keys
+from saefeat.features.effects import debiased_projections, effect_pairs, measured_effects
+from saefeat.features.fired import fired_tokens
+from saefeat.features.live import forward_lock
+from saefeat.features.logit_histogram import LogitHistograms
 from saefeat.features.neighbours import decoder_neighbours
-from saefeat.features.records import FeatureExample, FeatureIndex
+from saefeat.features.records import FeatureExample, FeatureIndex, TokenEffects
 from saefeat.features.token_rule import sae_token_rule
+from saefeat.features.umap_map import N_NEIGHBOURS as UMAP_NEIGHBOURS
+from saefeat.features.umap_map import umap_layout
 from saefeat.features.vocab import token_strings, vocab_projections
 from saefeat.lm import cached_model
 from saefeat.sae import SparseAutoencoder, load_sae
@@ -44,11 +52,20 @@ def accumulate_shards(
     rule = sae_token_rule(sae, aset)
     with torch.inference_mode():
         for s in shards:
+            keys, r0 = _shard_window_keys(aset, s, spec.window)
             for row, x, vals, idx in encoded_batches(sae, aset, s, spec.batch_contexts, device):
                 pos = torch.arange(x.shape[0], device=x.device) % aset.ctx_len
                 acc.add(vals, idx, first_context=row // aset.ctx_len, ctx_len=aset.ctx_len,
-                        excluded=rule.excluded_rows(x, pos))  # fmt: skip
+                        excluded=rule.excluded_rows(x, pos),
+                        window_keys=keys[row - r0 : row - r0 + x.shape[0]])  # fmt: skip
     return acc
+
+
+def _shard_window_keys(aset: ActivationSet, shard: int, w: int) -> tuple[torch.Tensor, int]:
+    """The window key of every token of a shard (features/distinct.py) and its first row."""
+    c0, c1 = aset.shard_contexts(shard)
+    tokens = torch.from_numpy(np.asarray(aset.tokens(c0, c1), dtype=np.int64))
+    return window_keys(tokens, w), c0 * aset.ctx_len
 
 
 def encoded_batches(
@@ -143,7 +160,12 @@ def build_index(
     examples = _examples(acc, aset, tokens, strings) + _quantile_examples(
         acc, aset, tokens, strings
     )
-    near, cosines = decoder_neighbours(sae.W_dec.detach(), spec.n_neighbours)
+    # One window once; quantile samples leave out the top examples' windows.
+    examples = distinct_examples(examples, spec.window)
+    logits = LogitHistograms(sae.cfg.d_sae)  # filled by the projection's pass
+    projections = vocab_projections(sae.W_dec.detach(), W_U, norm_scale, strings, spec.n_vocab,
+                                    on_logits=logits.add)  # fmt: skip
+    near, cosines, xy = _neighbours_and_map(sae.W_dec.detach(), spec)
     return FeatureIndex(
         d_sae=sae.cfg.d_sae,
         n_tokens=acc.n_tokens,
@@ -151,12 +173,80 @@ def build_index(
         max_activation=acc.act_max.numpy(),
         mean_activation=np.where(fires > 0, acc.act_sum.numpy() / np.maximum(fires, 1), 0.0),
         examples=examples,
-        projections=vocab_projections(sae.W_dec.detach(), W_U, norm_scale, strings, spec.n_vocab),
+        projections=projections,
         histogram_edges=HIST_EDGES,
         histograms=acc.hist.numpy(),
         neighbour_indices=near.numpy() if spec.n_neighbours else None,
         neighbour_cosines=cosines.numpy() if spec.n_neighbours else None,
+        effects=_effects(acc, sae, aset, spec, tokens, (W_U, norm_scale), strings),
+        artifacts=_artifacts(sae.cfg.d_sae, examples, tokens, lm.tokenizer, strings),
+        fired_tokens=fired_tokens(examples),
+        logit_histograms=logits.counts,
+        logit_ranges=logits.ranges,
+        n_quantile_bins=spec.n_quantile_bins if acc.quantiles is not None else 0,
+        umap=xy,
     )
+
+
+def _neighbours_and_map(W_dec: torch.Tensor, spec: IndexSpec):
+    """(neighbour indices, cosines) [d_sae, n_neighbours] and the map [d_sae, 2] (None
+    with spec.umap off): one exact cosine ranking serves both (features/umap_map.py)."""
+    k = max(spec.n_neighbours, UMAP_NEIGHBOURS - 1 if spec.umap else 0)
+    near, cosines = decoder_neighbours(W_dec, k)
+    xy = umap_layout(W_dec, near.numpy(), cosines.numpy()) if spec.umap else None
+    return near[:, : spec.n_neighbours], cosines[:, : spec.n_neighbours], xy
+
+
+def _effects(acc, sae, aset, spec, tokens, unembedding, strings) -> list[TokenEffects]:
+    """Every feature's de-biased projection, and the measured effect on the next token of
+    each feature that fired, in its `n_effect_contexts` strongest contexts (features/
+    effects.py). The model runs on the driver: its GPU if it has one, else the CPU."""
+    W_dec = sae.W_dec.detach()
+    effects = debiased_projections(W_dec, *unembedding, strings, spec.n_vocab)
+    pairs = effect_pairs(acc.top_vals, acc.top_ctx, acc.top_pos, spec.n_effect_contexts)
+    if len(pairs):
+        device = "cpu"
+        if torch.cuda.is_available() and on_gpu(pick_device(spec.device, 1)):
+            device = pick_device(spec.device, 1)
+        lm = cached_model(aset.model_name, aset.revision, device)
+        lock = forward_lock(aset.model_name, aset.revision)
+        effects += measured_effects(
+            lm, W_dec, sae.cfg.hook, tokens, pairs, strings, spec.n_vocab, lock=lock,
+            hook_acts=_hook_acts(aset, sae.cfg.hook), context_block=aset.contexts_per_shard,
+        )  # fmt: skip
+    return effects
+
+
+def _hook_acts(aset: ActivationSet, hook: str, keep: int = 4):
+    """Contexts -> their activations at the hook [n, ctx_len, d], read from the set a shard
+    at a time (the last `keep` shards kept): the measured effect starts from them."""
+    shards: dict[int, torch.Tensor] = {}
+
+    def read(contexts: np.ndarray) -> torch.Tensor:
+        out = []
+        for c in contexts.tolist():
+            s = c // aset.contexts_per_shard
+            if s not in shards:
+                while len(shards) >= keep:
+                    shards.pop(next(iter(shards)))
+                shards[s] = aset.read_shard(s, hook).reshape(-1, aset.ctx_len, aset.d_model)
+            out.append(shards[s][c - aset.shard_contexts(s)[0]])
+        return torch.stack(out)
+
+    return read
+
+
+def _artifacts(d_sae: int, examples, tokens, tokenizer, strings) -> list[str | None]:
+    """features/artifacts.py's rule over the top examples, with the token before each
+    example's focus read from the set's tokens (-1 at position 0)."""
+    tops = [e for e in examples if e.kind == "top"]
+    ctx = np.fromiter((e.context_index for e in tops), np.int64, len(tops))
+    pos = np.fromiter((e.position for e in tops), np.int64, len(tops))
+    known = (ctx >= 0) & (pos > 0)
+    previous = np.full(len(tops), -1, np.int64)
+    if known.any():
+        previous[known] = np.asarray(tokens)[ctx[known], pos[known] - 1]
+    return flag_artifacts(d_sae, tops, previous.tolist(), special_token_ids(tokenizer), strings)
 
 
 def _example(tokens, strings, ctx_len, w, f, rank, value, ctx, pos, window, kind):

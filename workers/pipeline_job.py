@@ -1,5 +1,5 @@
-"""The `pipeline` job kind: a chain of stages (harvest -> train -> index), each run as a
-job of its own kind (a child row with its own progress, lease and attempts).
+"""The `pipeline` job kind: a chain of stages (harvest -> train -> index -> explain), each
+run as a job of its own kind (a child row with its own progress, lease and attempts).
 
 The chain is planned from the pipeline's spec alone: each stage builds its child spec
 from the pipeline spec and what the earlier stages will make (the harvest's set id, the
@@ -9,7 +9,9 @@ before a row is written), the jobs page its chain (the latest job of each stage'
 hash), and a re-run its reuse: a stage whose result exists is skipped. A pipeline picked
 up after a crash re-plans, skips what is done and joins or resumes the stage job that
 was running. The stages are the job kinds with a pipeline role (job_kinds.Stage):
-harvest, train, index, explain (opt in: name it in `stages`).
+harvest, train, index, explain (all four by default: every feature gets an offline
+explanation, so concept search covers the whole SAE; leave explain out of `stages` to
+skip it).
 """
 
 from __future__ import annotations
@@ -132,10 +134,12 @@ def _run_until_finished(runner, job_id: str, should_stop: ShouldStop):
 
 ROUTE = Route(
     "/pipelines",
-    "Submit a pipeline: harvest -> train -> index, each stage a job of its own",
-    "Needs the `jobs` scope. `stages` (default harvest, train, index) run in order; "
+    "Submit a pipeline: harvest -> train -> index -> explain, each stage a job of its own",
+    "Needs the `jobs` scope. `stages` (default harvest, train, index, explain) run in order; "
     "`train` holds TrainSpec fields (the set is the harvest's), `index` IndexSpec "
-    "fields (the SAE is the training's). A stage whose result exists is skipped. "
+    "fields (the SAE is the training's), `explain` ExplainSpec fields (default: every "
+    "feature, offline; its progress counts features). A stage whose result exists is "
+    "skipped. "
     "Stages that disagree (a hook the harvest does not take) or an unknown stage: "
     "422 naming the field, and no job is made. GET /v1/jobs/{id} shows the chain.",
 )

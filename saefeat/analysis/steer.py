@@ -5,10 +5,19 @@ default one and the steered one. At the SAE's hook, on every position the model 
 except the first (the attention sink the SAEs never train on), the steered run changes
 the activation x:
 
-- `add`:   x + sum_f strength_f * W_dec[f]
+- `add`:   x + sum_f s_f * W_dec[f]
 - `clamp`: sae_decode(z') + (x - sae_decode(z)), with z = sae_encode(x) and z' = z with
-  each named feature set to its strength: only the named features change, and the SAE's
-  error term is kept, so whatever the SAE fails to reconstruct is left as it was.
+  each named feature set to s_f: only the named features change, and the SAE's error
+  term is kept, so whatever the SAE fails to reconstruct is left as it was.
+
+Units. s_f = strength x unit: the API, the CLI and the feature page give strengths as
+multiples of the feature's max activation over the index (Neuronpedia's convention:
+`add` adds strength x max_act x W_dec[f], `clamp` sets the feature to strength x
+max_act), set by `in_max_activation_units`; the unit is 1 for raw strengths
+(`units="raw"`). A decoder row's norm is whatever training left (171.75 on the demo's
+SAE), so a raw strength means nothing to a reader; a multiple of max activation is "this
+feature, N times as strong as it ever fired". `DEFAULT_STRENGTH` is the clamp that
+raises readable features' label tokens (analysis/steer_eval.py measures it).
 
 Prompt positions are steered during the prompt's forward and each generated position
 in its own step (the key/value cache holds the steered prompt), as Neuronpedia and
@@ -16,14 +25,25 @@ SAELens steer. `add` with strength 0 adds exact zeros, so its generation is the 
 one token for token. For each generated position both runs report the log-probability
 (at temperature 1) of each feature's top promoted tokens: the largest entries of
 (W_dec[f] * final-norm scale) @ W_U^T, the vocabulary projection the index stores.
+
+Cost. A call costs about one plain generation, not two: the default continuation does
+not depend on the features, so it is kept in a bounded LRU (`DEFAULT_CACHE`, keyed by
+model, prompt, seed, temperature and max_new_tokens) and a repeated prompt only
+generates the steered run; on a miss the default and the steered run are one batch of
+two rows (the hook edits row 1 only), which on a CPU costs little more than one row,
+since a small model's decode step is bound by reading its weights. The 22-25 s calls of
+issue 21 were two sequential generations on a loaded 2-core machine; the hook itself
+(one position per step through the SAE) costs ~nothing next to the model's forward.
 """
 
 from __future__ import annotations
 
 import inspect
 import math
-from collections.abc import Callable
-from dataclasses import dataclass
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import torch
@@ -34,6 +54,12 @@ from saefeat.sae import SparseAutoencoder
 
 Method = Literal["add", "clamp"]
 METHODS: tuple[str, ...] = ("add", "clamp")
+Units = Literal["max_activation", "raw"]
+UNITS: tuple[str, ...] = ("max_activation", "raw")
+# The strength the feature page and `saefeat steer` suggest, in multiples of the feature's
+# max activation, for `clamp`: at it, 17 of 20 readable features of the demo's SAE raise
+# their label tokens' probability over the default continuation (steer_eval.py).
+DEFAULT_STRENGTH = 8.0
 MAX_FEATURES = 16
 MAX_STRENGTH = 1e6  # far beyond any useful value; keeps the arithmetic finite
 MAX_TEMPERATURE = 10.0
@@ -46,6 +72,14 @@ N_PROMOTED = 5
 class FeatureStrength:
     index: int
     strength: float
+    # What one unit of `strength` is: 1 for a raw strength; the feature's max activation
+    # when the strength is a multiple of it (set by `in_max_activation_units`).
+    unit: float = 1.0
+
+    @property
+    def value(self) -> float:
+        """The raw strength: add's coefficient of W_dec[f], clamp's value of the feature."""
+        return self.strength * self.unit
 
 
 @dataclass(frozen=True)
@@ -57,6 +91,45 @@ class SteerRequest:
     seed: int = 0
     max_new_tokens: int = 32
     n_promoted: int = N_PROMOTED
+
+
+def in_max_activation_units(
+    request: SteerRequest, max_activation: Mapping[int, float | None]
+) -> SteerRequest:
+    """The request with each feature's strength counted in multiples of its max
+    activation (`max_activation[index]`, from the index). SpecError naming the feature
+    when it has none: not indexed, or never fired (a multiple of 0 steers nothing)."""
+    out = []
+    for n, f in enumerate(request.features):
+        m = max_activation.get(f.index)
+        if m is None or not math.isfinite(m) or m <= 0:
+            why = "is not indexed" if m is None else f"never fired in the index (max {m})"
+            raise SpecError(
+                f"feature {f.index} {why}, so a multiple of its max activation is undefined; "
+                "send a raw strength (units: raw)",
+                field=f"features.{n}.strength",
+            )
+        out.append(replace(f, unit=float(m)))
+    return replace(request, features=tuple(out))
+
+
+def in_units(session, sae_id: str, request: SteerRequest, units: Units) -> SteerRequest:
+    """`request` with strengths in `units`: "raw" as given, "max_activation" multiples of
+    each feature's max activation as the catalog's index of SAE `sae_id` holds it."""
+    if units == "raw":
+        return request
+    if units != "max_activation":
+        raise SpecError(f"is {units!r}; use one of {list(UNITS)}", field="units")
+    from sqlalchemy import select
+
+    from saefeat.storage.catalog.models import Feature
+
+    indices = [f.index for f in request.features]
+    found = dict(session.execute(
+        select(Feature.index, Feature.max_activation)
+        .where(Feature.sae_id == sae_id, Feature.index.in_(indices))
+    ).all())  # fmt: skip
+    return in_max_activation_units(request, found)
 
 
 @dataclass
@@ -92,6 +165,9 @@ class SteerResult:
     promoted: list[PromotedTokens]
     default: Continuation
     steered: Continuation
+    # Per feature, the raw strength applied (strength x unit).
+    raw_strengths: list[float] = field(default_factory=list)
+    default_cached: bool = False  # the default continuation came from DEFAULT_CACHE
 
 
 def check_request(request: SteerRequest, *, d_sae: int, max_new_tokens: int) -> None:
@@ -114,9 +190,10 @@ def check_request(request: SteerRequest, *, d_sae: int, max_new_tokens: int) -> 
         if f.index in seen:
             raise SpecError(f"feature {f.index} is named twice", field=f"features.{n}.index")
         seen.add(f.index)
-        if not math.isfinite(f.strength) or abs(f.strength) > MAX_STRENGTH:
-            raise SpecError(f"is {f.strength}; use a finite number within ±{MAX_STRENGTH:g}",
-                            field=f"features.{n}.strength")  # fmt: skip
+        for value in (f.strength, f.value):
+            if not math.isfinite(value) or abs(value) > MAX_STRENGTH:
+                raise SpecError(f"is {value}; use a finite number within ±{MAX_STRENGTH:g}",
+                                field=f"features.{n}.strength")  # fmt: skip
     if not math.isfinite(request.temperature) or not 0 <= request.temperature <= MAX_TEMPERATURE:
         raise SpecError(f"is {request.temperature}; use 0 (greedy) to {MAX_TEMPERATURE:g}",
                         field="temperature")  # fmt: skip
@@ -175,7 +252,7 @@ Edit = Callable[[torch.Tensor], torch.Tensor]
 def make_edit(sae: SparseAutoencoder, request: SteerRequest) -> Edit:
     """The function the hook applies to activations [..., d_in]."""
     idx = torch.tensor([f.index for f in request.features], device=sae.W_dec.device)
-    strength = torch.tensor([f.strength for f in request.features], device=sae.W_dec.device)
+    strength = torch.tensor([f.value for f in request.features], device=sae.W_dec.device)
     W_dec = sae.W_dec.detach()
 
     if request.method == "add":
@@ -198,19 +275,21 @@ def make_edit(sae: SparseAutoencoder, request: SteerRequest) -> Edit:
 
 
 class _Steering:
-    """Registers `edit` at the hook for the duration of a `with` block. Position 0 of the
-    sequence is left alone: only the first forward (the prompt) contains it."""
+    """Registers `edit` at the hook for the duration of a `with` block, applied to the
+    batch rows `rows` (all by default). Position 0 of the sequence is left alone: only
+    the first forward (the prompt) contains it."""
 
-    def __init__(self, lm: LanguageModel, hook: str, edit: Edit):
-        self.lm, self.point, self.edit = lm, parse_hook(hook), edit
+    def __init__(self, lm: LanguageModel, hook: str, edit: Edit, rows: slice = slice(None)):
+        self.lm, self.point, self.edit, self.rows = lm, parse_hook(hook), edit, rows
         self.first = True
         self.handle = None
 
     def _apply(self, t: torch.Tensor) -> torch.Tensor:
-        if self.first:
-            self.first = False
-            return torch.cat([t[:, :1], self.edit(t[:, 1:])], dim=1)
-        return self.edit(t)
+        start = 1 if self.first else 0
+        self.first = False
+        out = t.clone()
+        out[self.rows, start:] = self.edit(t[self.rows, start:])
+        return out
 
     def __enter__(self) -> _Steering:
         module = self.lm.module_for(self.point)
@@ -248,6 +327,54 @@ def _forward_arguments(model: torch.nn.Module) -> tuple[str, dict]:
 
 
 @torch.inference_mode()
+def _sample(
+    lm: LanguageModel, ids: torch.Tensor, request: SteerRequest, watch: list[list[int]],
+    n_rows: int,
+) -> list[Continuation]:  # fmt: skip
+    """`n_rows` continuations of `ids` [1, seq] in one batch, each row sampled with its
+    own generator seeded with the request's seed (so a row is what it would be alone),
+    each stopping at EOS or `max_new_tokens`. Whatever hook is registered edits the rows
+    it is told to."""
+    device = lm.device
+    generators = [torch.Generator(device="cpu").manual_seed(request.seed) for _ in range(n_rows)]
+    eos = getattr(lm.tokenizer, "eos_token_id", None)
+    watch_ids = torch.tensor(watch, device=device)
+    cache_arg, extra = _forward_arguments(lm.model)
+    past = None
+    step_ids = ids.to(device).expand(n_rows, -1)
+    out_ids: list[list[int]] = [[] for _ in range(n_rows)]
+    logprobs: list[list[list[list[float]]]] = [[] for _ in range(n_rows)]
+    running = list(range(n_rows))
+    for _ in range(request.max_new_tokens):
+        kwargs = {cache_arg: past} if past is not None else {}
+        result = lm.model(input_ids=step_ids, use_cache=True, **extra, **kwargs)
+        past = result.past_key_values
+        logits = result.logits[:, -1].float()
+        watched = torch.log_softmax(logits, dim=-1)[:, watch_ids].tolist()
+        next_ids = [eos if eos is not None else 0] * n_rows  # rows that stopped: ignored
+        for row in running:
+            logprobs[row].append(watched[row])
+            if request.temperature == 0:
+                token = int(logits[row].argmax())
+            else:
+                # Shifted so the best token's logit is 0, in float64: a tiny temperature
+                # sends the others to -inf (probability 0) instead of inf - inf = nan.
+                shifted = (logits[row].double() - logits[row].max()) / request.temperature
+                probs = torch.softmax(shifted, dim=-1).cpu()
+                token = int(torch.multinomial(probs, 1, generator=generators[row]))
+            out_ids[row].append(token)
+            next_ids[row] = token
+        running = [row for row in running if out_ids[row][-1] != eos]
+        if not running:
+            break
+        step_ids = torch.tensor(next_ids, device=device)[:, None]
+    decode = lm.tokenizer.decode  # type: ignore[attr-defined]
+    return [
+        Continuation(decode(out), out, [decode([t]) for t in out], lp)
+        for out, lp in zip(out_ids, logprobs, strict=True)
+    ]
+
+
 def generate(
     lm: LanguageModel,
     ids: torch.Tensor,
@@ -256,44 +383,113 @@ def generate(
 ) -> Continuation:
     """Sample `max_new_tokens` (stopping at EOS) with the request's seed and temperature;
     `watch[f]` are the token ids whose log-probabilities are reported per position."""
-    device = lm.device
-    generator = torch.Generator(device="cpu").manual_seed(request.seed)
-    eos = getattr(lm.tokenizer, "eos_token_id", None)
-    watch_ids = torch.tensor(watch, device=device)
-    ids = ids.to(device)
-    cache_arg, extra = _forward_arguments(lm.model)
-    past = None
-    step_ids = ids
-    out_ids: list[int] = []
-    logprobs: list[list[list[float]]] = []
-    for _ in range(request.max_new_tokens):
-        kwargs = {cache_arg: past} if past is not None else {}
-        result = lm.model(input_ids=step_ids, use_cache=True, **extra, **kwargs)
-        past = result.past_key_values
-        logits = result.logits[0, -1].float()
-        logp = torch.log_softmax(logits, dim=-1)
-        logprobs.append(logp[watch_ids].tolist())
-        if request.temperature == 0:
-            token = int(logits.argmax())
-        else:
-            # Shifted so the best token's logit is 0, in float64: a tiny temperature sends
-            # the others to -inf (probability 0) instead of inf - inf = nan.
-            shifted = (logits.double() - logits.max()) / request.temperature
-            probs = torch.softmax(shifted, dim=-1).cpu()
-            token = int(torch.multinomial(probs, 1, generator=generator))
-        out_ids.append(token)
-        if token == eos:
-            break
-        step_ids = torch.tensor([[token]], device=device)
-    decode = lm.tokenizer.decode  # type: ignore[attr-defined]
-    return Continuation(decode(out_ids), out_ids, [decode([t]) for t in out_ids], logprobs)
+    return _sample(lm, ids, request, watch, 1)[0]
+
+
+@torch.inference_mode()
+def watched_logprobs(
+    lm: LanguageModel, ids: torch.Tensor, continuation: list[int], tokens: list[int]
+) -> torch.Tensor:
+    """[len(continuation), len(tokens)]: the log-probability of each of `tokens` at each
+    generated position of `continuation` after prompt `ids` [1, seq], in one forward over
+    prompt + continuation (teacher forcing) instead of one per position."""
+    full = torch.cat([ids[0], torch.tensor(continuation[:-1], dtype=ids.dtype)])[None]
+    n = len(continuation)
+    params = inspect.signature(lm.model.forward).parameters
+    extra = {"logits_to_keep": n} if "logits_to_keep" in params else {}
+    logits = lm.model(input_ids=full.to(lm.device), use_cache=False, **extra).logits[0, -n:]
+    return torch.log_softmax(logits.float(), dim=-1)[:, tokens].cpu()
+
+
+# ---- the default continuation, kept --------------------------------------------------
+
+
+@dataclass
+class DefaultRun:
+    """A default (unsteered) continuation as kept: its tokens, and each watched token's
+    log-probability per position (more are filled in by one forward when asked for)."""
+
+    text: str
+    token_ids: list[int]
+    tokens: list[str]
+    logprobs: dict[int, list[float]]  # token id -> log-probability at each position
+
+
+class DefaultCache:
+    """A bounded LRU of default continuations, keyed by (model, revision, prompt, seed,
+    temperature, max_new_tokens): the default continuation depends on nothing else (not
+    the SAE, hook, features or strengths), so a repeated prompt only generates the
+    steered run. Entries are small (token ids and a few watched log-probabilities)."""
+
+    def __init__(self, maxsize: int = 256):
+        self.maxsize = maxsize
+        self.hits = self.misses = 0
+        self._runs: OrderedDict[tuple, DefaultRun] = OrderedDict()
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def key(lm: LanguageModel, request: SteerRequest) -> tuple:
+        return (lm.name, lm.revision, id(lm.model), str(lm.device), request.prompt,
+                request.seed, float(request.temperature), request.max_new_tokens)  # fmt: skip
+
+    def get(self, key: tuple) -> DefaultRun | None:
+        with self._lock:
+            run = self._runs.get(key)
+            if run is None:
+                self.misses += 1
+                return None
+            self.hits += 1
+            self._runs.move_to_end(key)
+            return run
+
+    def put(self, key: tuple, run: DefaultRun) -> None:
+        with self._lock:
+            self._runs[key] = run
+            self._runs.move_to_end(key)
+            while len(self._runs) > self.maxsize:
+                self._runs.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._runs.clear()
+            self.hits = self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._runs)
+
+
+DEFAULT_CACHE = DefaultCache()
+
+
+def _kept(c: Continuation, watch: list[list[int]]) -> DefaultRun:
+    logprobs: dict[int, list[float]] = {}
+    for f, ids in enumerate(watch):
+        for k, t in enumerate(ids):
+            logprobs.setdefault(t, [pos[f][k] for pos in c.promoted_logprobs])
+    return DefaultRun(c.text, list(c.token_ids), list(c.tokens), logprobs)
+
+
+def _from_kept(
+    lm: LanguageModel, ids: torch.Tensor, run: DefaultRun, watch: list[list[int]]
+) -> Continuation:
+    missing = sorted({t for w in watch for t in w} - run.logprobs.keys())
+    if missing:  # tokens no earlier request watched: one forward over the kept tokens
+        values = watched_logprobs(lm, ids, run.token_ids, missing).T.tolist()
+        run.logprobs.update(zip(missing, values, strict=True))
+    per_pos = [[[run.logprobs[t][p] for t in w] for w in watch] for p in range(len(run.token_ids))]
+    return Continuation(run.text, list(run.token_ids), list(run.tokens), per_pos)
 
 
 def steer(
     lm: LanguageModel, sae: SparseAutoencoder, hook: str, request: SteerRequest,
-    *, max_new_tokens: int = 64,
+    *, max_new_tokens: int = 64, watch: list[list[int]] | None = None,
+    cache: DefaultCache | None = DEFAULT_CACHE,
 ) -> SteerResult:  # fmt: skip
-    """The default and the steered continuation of `request.prompt`, side by side."""
+    """The default and the steered continuation of `request.prompt`, side by side.
+
+    `watch[f]`: the token ids whose log-probabilities are reported for feature f (its
+    top promoted tokens when None). `cache`: where the default continuation is kept
+    (None: generate it every time)."""
     check_request(request, d_sae=sae.cfg.d_sae, max_new_tokens=max_new_tokens)
     if lm.is_encoder:
         raise SpecError(f"{lm.name} is an encoder; steering needs a model that generates",
@@ -301,11 +497,22 @@ def steer(
     lm.check_hooks([hook])
     ids = encode_prompt(lm, request)
     promoted = promoted_tokens(lm, sae, [f.index for f in request.features], request.n_promoted)
-    watch = [p.token_ids for p in promoted]
-    default = generate(lm, ids, request, watch)
-    with _Steering(lm, hook, make_edit(sae, request)):
-        steered = generate(lm, ids, request, watch)
-    return SteerResult(hook, request.method, int(ids.shape[1]), promoted, default, steered)
+    if watch is None:
+        watch = [p.token_ids for p in promoted]
+    edit = make_edit(sae, request)
+    key = DefaultCache.key(lm, request)
+    kept = cache.get(key) if cache is not None else None
+    if kept is not None:
+        default = _from_kept(lm, ids, kept, watch)
+        with _Steering(lm, hook, edit):
+            steered = _sample(lm, ids, request, watch, 1)[0]
+    else:  # both in one batch: row 0 the default, row 1 steered
+        with _Steering(lm, hook, edit, rows=slice(1, 2)):
+            default, steered = _sample(lm, ids, request, watch, 2)
+        if cache is not None:
+            cache.put(key, _kept(default, watch))
+    return SteerResult(hook, request.method, int(ids.shape[1]), promoted, default, steered,
+                       [f.value for f in request.features], kept is not None)  # fmt: skip
 
 
 def steer_for_sae(

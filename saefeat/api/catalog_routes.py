@@ -30,7 +30,7 @@ from saefeat.api.schemas import (
     TokenMatchPage,
 )
 from saefeat.errors import NotFoundError
-from saefeat.storage.catalog import documents, explanations, labels, queries
+from saefeat.storage.catalog import documents, explanations, labels, queries, token_search
 
 router = APIRouter(tags=["catalog"])
 route = partial(read_route, router)  # a catalog read: GET, 404 and 422 by default
@@ -78,11 +78,17 @@ async def list_features(
     ] = None,
     limit: Limit = 50,
     cursor: CursorParam = None,
+    artifacts: Annotated[
+        Literal["exclude", "include", "only"],
+        Query(description="Artifact features (fixed positions, after special tokens): left "
+              "out, kept, or the only ones listed"),
+    ] = "exclude",
 ) -> FeaturePage:
     def read() -> FeaturePage:
         page = queries.list_features(
             session, sae_id, sort=sort, order=order, min_density=min_density,
             max_density=max_density, labelled=labelled, limit=limit, cursor=cursor,
+            artifacts=artifacts,
         )  # fmt: skip
         current = labels.current_labels(session, [f.id for f in page.items])
         items = [convert.feature_summary(f, current.get(f.id)) for f in page.items]
@@ -103,8 +109,9 @@ async def get_feature(sae_id: SaeId, index: FeatureIndexParam, session: ReadSess
     label = convert.current_label_out(labels.label_state(session, [feature.id]), feature.id)
     document = documents.feature_document(session, feature.id)
     explained = explanations.feature_explanations(session, feature.id)
+    effects = queries.feature_effects(session, feature.id)
     # Already JSON (the arrays come from the database as text), so no response_model pass.
-    body = convert.feature_detail_json(feature, document, label, explained)
+    body = convert.feature_detail_json(feature, document, label, explained, effects)
     return Response(body, media_type="application/json")
 
 
@@ -139,26 +146,37 @@ async def list_neighbours(
     return NeighbourList(items=[convert.neighbour(n, current.get(n.feature.id)) for n in near])
 
 
-@route("/features/search", "Features whose vocabulary projection contains a token")
+@route("/features/search", "Features by a token: one they fire on, promote, or make likelier")
 async def search_features(
     session: ReadSession,
     token: Annotated[str, Query(min_length=1, max_length=200, description="Token string")],
     sae_id: OnlySae = None,
-    side: Annotated[Literal["top", "bottom"], Query(description="Which list to search")] = "top",
+    side: Annotated[
+        Literal["top", "bottom"], Query(description="by=promotes: which projection list")
+    ] = "top",
     exact: Annotated[bool, Query(description="Match only the string as given")] = False,
     limit: Limit = 50,
     cursor: CursorParam = None,
+    by: Annotated[
+        Literal["fires", "promotes", "effect"],
+        Query(description="fires: tokens the feature fires on (share of its top examples' "
+              "activation mass); promotes: its vocabulary projection; effect: its measured "
+              "effect on the next token"),
+    ] = "promotes",
 ) -> TokenMatchPage:
     """Matches the token string exactly, and also its other leading-space spellings: one
     leading " ", "Ġ" (byte-level BPE) or "▁" (SentencePiece) is stripped from the query,
     then the bare word and the word after each of the three markers all match. So "cat",
     " cat", "Ġcat" and "▁cat" find the same features. `exact=true` turns this off. Results
-    are strongest first (largest value for `side=top`, most negative for `side=bottom`); a
-    feature holding several spellings appears once, with its strongest."""
+    are strongest first: for `by=promotes` the largest value for `side=top`, most negative
+    for `side=bottom`; for `by=fires` the largest share (`value`, 0-1; `token_id` -1); for
+    `by=effect` the largest measured rise. A feature holding several spellings appears
+    once, with its strongest."""
 
     def read() -> TokenMatchPage:
-        page = queries.search_by_token(
-            session, token, sae_id=sae_id, side=side, exact=exact, limit=limit, cursor=cursor
+        page = token_search.search_tokens(
+            session, token, by=by, sae_id=sae_id, side=side, exact=exact, limit=limit,
+            cursor=cursor,
         )
         current = labels.current_labels(session, [m.feature.id for m in page.items])
         items = [convert.token_match(m, current.get(m.feature.id)) for m in page.items]

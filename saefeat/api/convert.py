@@ -17,11 +17,16 @@ from saefeat.api.schemas import (
 )
 from saefeat.storage.catalog import labels
 from saefeat.storage.catalog.documents import FeatureDocument
-from saefeat.storage.catalog.explanations import ExplanationView
+from saefeat.storage.catalog.explanations import (
+    SCORE_MEANINGS,
+    ExplanationView,
+    headline_score,
+)
 from saefeat.storage.catalog.label_search import LabelMatch
 from saefeat.storage.catalog.labels import LabelView, Votes
 from saefeat.storage.catalog.models import SAE, Label
 from saefeat.storage.catalog.queries import (
+    Effects,
     FeatureRecord,
     FeatureView,
     NeighbourMatch,
@@ -65,7 +70,7 @@ def label_out(label: Label | LabelView | None, votes: Votes | None = None) -> La
 
 def _stats(feature: FeatureView | FeatureRecord) -> dict[str, Any]:
     """The fields of FeatureStats, which every feature listing starts with."""
-    return columns(feature, "sae_id", "index", "density", "max_activation")
+    return columns(feature, "sae_id", "index", "density", "max_activation", "artifact")
 
 
 def feature_summary(feature: FeatureView, label: LabelView | None) -> FeatureSummary:
@@ -78,7 +83,22 @@ def current_label_out(state: labels.LabelState, feature_id: int) -> LabelOut | N
     return label_out(current, state.votes.get(current.id) if current else None)
 
 
-def _detail_fields(feature: FeatureRecord, document: FeatureDocument) -> dict[str, Any]:
+def effects_out(effects: Effects | None) -> dict[str, Any]:
+    """TokenEffectsOut's fields: per method, its up and down lists (empty when none)."""
+    effects = effects or {}
+    return {
+        method: {
+            side: [{"rank": e.rank, "token_id": e.token_id, "token": e.token_str,
+                    "value": e.value} for e in effects.get(method, {}).get(side, [])]
+            for side in ("up", "down")
+        }
+        for method in ("measured", "debiased")
+    }  # fmt: skip
+
+
+def _detail_fields(
+    feature: FeatureRecord, document: FeatureDocument, effects: Effects | None = None
+) -> dict[str, Any]:
     # The database-built arrays go in unparsed (orjson.Fragment): no per-row Python work.
     return {
         "max_activation": feature.max_activation,  # feature.js scales the examples by it
@@ -88,6 +108,7 @@ def _detail_fields(feature: FeatureRecord, document: FeatureDocument) -> dict[st
             "top": orjson.Fragment(document.projection_top),
             "bottom": orjson.Fragment(document.projection_bottom),
         },
+        "effects": effects_out(effects),
     }
 
 
@@ -101,10 +122,12 @@ def explanation_out(row: ExplanationView) -> dict[str, Any]:
         "evidence": row.evidence,
         "created_at": row.created_at,
         "scores": [
-            {"type": s.type, "value": s.value, "n": s.n, "scorer_model": s.scorer_model,
-             "details": s.details, "created_at": s.created_at}
+            {"type": s.type, "value": s.value, "meaning": SCORE_MEANINGS.get(s.type, ""),
+             "n": s.n, "scorer_model": s.scorer_model, "details": s.details,
+             "created_at": s.created_at}
             for s in row.scores
         ],
+        "headline": headline_score(row.scores),
     }  # fmt: skip
 
 
@@ -113,24 +136,27 @@ def feature_detail_json(
     document: FeatureDocument,
     label: LabelOut | None,
     explained: list[ExplanationView] = (),  # type: ignore[assignment]
+    effects: Effects | None = None,
 ) -> bytes:
     """The body of a FeatureDetail (tests/api validate it against the model)."""
     return orjson.dumps(
         {
             **_stats(feature),  # max_activation again in _detail_fields: the same value
             "mean_activation": feature.mean_activation,
-            **_detail_fields(feature, document),
+            **_detail_fields(feature, document, effects),
             "label": label.model_dump(mode="json") if label else None,
             "explanations": [explanation_out(e) for e in explained],
         }
     )
 
 
-def script_json(feature: FeatureRecord, document: FeatureDocument) -> str:
+def script_json(
+    feature: FeatureRecord, document: FeatureDocument, effects: Effects | None = None
+) -> str:
     """What static/feature.js draws (examples, histogram, projection), as JSON that is safe
     inside a <script> element: "<", ">" and "&" become JSON unicode escapes, so no token
     text can close the element."""
-    data = orjson.dumps(_detail_fields(feature, document)).decode()
+    data = orjson.dumps(_detail_fields(feature, document, effects)).decode()
     return data.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 

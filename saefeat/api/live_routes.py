@@ -22,7 +22,7 @@ from saefeat.api.params import ReadSession, SaeId
 from saefeat.api.schemas import ActiveFeature, TextActivations, TextQuery, TokenActivations
 from saefeat.errors import SpecError
 from saefeat.features import live
-from saefeat.storage.catalog import queries
+from saefeat.storage.catalog import labels, queries
 from saefeat.storage.catalog.models import SAE
 from saefeat.storage.catalog.set_registry import sae_model
 
@@ -105,6 +105,7 @@ async def text_activations(
     model_name, revision, checkpoint, hook = runnable_sae(session, sae, "be run on text")
     args = (model_name, revision, checkpoint, hook, body.text, body.top_n)
     tokens = await run_on_live_pool(request, live.features_for_sae, *args)
+    texts, flags = _labels_and_flags(request, sae_id, {f for t in tokens for f, _ in t.features})
     return TextActivations(
         sae_id=sae_id,
         hook=hook,
@@ -113,9 +114,22 @@ async def text_activations(
                 position=t.position,
                 token_id=t.token_id,
                 token=t.token,
-                features=[ActiveFeature(index=f, activation=v) for f, v in t.features],
+                features=[ActiveFeature(index=f, activation=v, label=texts.get(f),
+                                        artifact=flags.get(f)) for f, v in t.features],
                 excluded=t.excluded,
-            )
+            )  # fmt: skip
             for t in tokens
         ],
     )
+
+
+def _labels_and_flags(
+    request: Request, sae_id: str, indices: set[int]
+) -> tuple[dict[int, str], dict[int, str]]:
+    """The current label text and the artifact reason of each feature that has one (a
+    short session of its own: the request's was closed before the forward)."""
+    if not indices:
+        return {}, {}
+    with request.app.state.sessionmaker() as session:
+        return (labels.current_label_texts(session, sae_id, indices),
+                queries.artifact_reasons(session, sae_id, indices))  # fmt: skip

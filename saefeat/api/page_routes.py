@@ -11,7 +11,7 @@ form posts to the JSON API with the key typed into the page.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import orjson
 from fastapi import APIRouter, Query, Request
@@ -23,7 +23,15 @@ from starlette.concurrency import run_in_threadpool
 from saefeat.api import charts, convert
 from saefeat.api.params import ReadSession
 from saefeat.errors import SaefeatError
-from saefeat.storage.catalog import documents, explanations, label_search, labels, queries
+from saefeat.storage.catalog import (
+    documents,
+    example_search,
+    explanations,
+    label_search,
+    labels,
+    queries,
+    token_search,
+)
 from saefeat.storage.catalog.queries import Page
 
 TEMPLATES = Jinja2Templates(directory=Path(__file__).parent / "templates")
@@ -43,11 +51,16 @@ async def search_page(
     sae_id: str = "",
     labelled: str = "",
     cursor: str | None = None,
+    by: Literal["fires", "promotes", "effect"] = "fires",
+    phrase: Annotated[str, Query(max_length=200)] = "",
+    artifacts: Literal["exclude", "include", "only"] = "exclude",
 ) -> HTMLResponse:
-    """Label search (q), token search (token), or an SAE's feature list."""
+    """Label search (q), token search (token, by what features fire on, promote or make
+    likelier), phrase search over top examples (phrase), or an SAE's feature list."""
     saes = queries.list_saes(session, limit=500).items
-    values = {"saes": saes, "q": q, "token": token, "sae_id": sae_id, "labelled": labelled}
-    if not (q or token or sae_id):
+    values = {"saes": saes, "q": q, "token": token, "sae_id": sae_id, "labelled": labelled,
+              "by": by, "phrase": phrase, "artifacts": artifacts}  # fmt: skip
+    if not (q or token or phrase or sae_id):
         return _render(request, "search.html", rows=None, next_cursor=None, **values)
 
     def search() -> tuple[list, Page]:
@@ -55,17 +68,24 @@ async def search_page(
             page = label_search.search_labels(
                 session, q, sae_id=sae_id or None, limit=50, cursor=cursor
             )
-            return [(m.feature, m.label.text) for m in page.items], page
-        if token:
-            page = queries.search_by_token(
-                session, token, sae_id=sae_id or None, limit=50, cursor=cursor
-            )
+            return [(m.feature, m.label.text, None) for m in page.items], page
+        if token or phrase:
+            if token:
+                page = token_search.search_tokens(
+                    session, token, by=by, sae_id=sae_id or None, limit=50, cursor=cursor
+                )
+            else:
+                page = example_search.search_phrase(
+                    session, phrase, sae_id=sae_id or None, limit=50, cursor=cursor
+                )
             current = labels.current_labels(session, [m.feature.id for m in page.items])
-            return [(m.feature, _text(current.get(m.feature.id))) for m in page.items], page
+            return [(m.feature, _text(current.get(m.feature.id)), _why(m, by))
+                    for m in page.items], page  # fmt: skip
         flag = {"yes": True, "no": False}.get(labelled)
-        page = queries.list_features(session, sae_id, labelled=flag, limit=50, cursor=cursor)
+        page = queries.list_features(session, sae_id, labelled=flag, limit=50, cursor=cursor,
+                                     artifacts=artifacts)  # fmt: skip
         current = labels.current_labels(session, [f.id for f in page.items])
-        return [(f, _text(current.get(f.id))) for f in page.items], page
+        return [(f, _text(current.get(f.id)), None) for f in page.items], page
 
     try:
         # A label search reads up to label_search.MAX_SCAN matches: off the event loop,
@@ -81,6 +101,19 @@ async def search_page(
 
 def _text(label) -> str | None:
     return label.text if label else None
+
+
+def _why(match, by: str) -> str:
+    """What a token or phrase match rests on, in a few words (the search page's column)."""
+    if isinstance(match, example_search.PhraseMatch):
+        tokens, focus = match.token_strs, match.focus
+        return (f"{''.join(tokens[:focus])}[{tokens[focus]}]{''.join(tokens[focus + 1 :])}"
+                f"  (act {match.activation:.3g}, top example {match.rank + 1})")  # fmt: skip
+    if by == "fires":
+        return f"fires on {match.token_str!r}: {match.value:.0%} of its top activation"
+    if by == "effect":
+        return f"raises {match.token_str!r} by {match.value:.3g} nats (measured)"
+    return f"promotes {match.token_str!r} (logit {match.value:.3g})"
 
 
 @router.get("/saes/{sae_id}/features/{index}", response_class=HTMLResponse)
@@ -99,15 +132,23 @@ async def feature_page(
         "feature.html",
         feature=feature,
         label=convert.current_label_out(state, feature.id),
-        feature_data=Markup(convert.script_json(feature, document)),
+        feature_data=Markup(
+            convert.script_json(feature, document, queries.feature_effects(session, feature.id))
+        ),
         neighbours=[(n, _text(state.current(n["feature_id"]))) for n in neighbours],
         history=[convert.label_out(lb, state.votes.get(lb.id)) for lb in state.history(feature.id)],
         explanations=explanations.feature_explanations(session, feature.id),
+        score_meanings=explanations.SCORE_MEANINGS,
+        headline_score=explanations.headline_score,
         steer_max_tokens=request.app.state.settings.steer_max_new_tokens,
+        steer_default_strength=STEER_DEFAULT_STRENGTH,
     )
 
 
 SAE_PAGE_FEATURES = 100  # features listed per page of the SAE page
+# analysis/steer.py's DEFAULT_STRENGTH, without importing torch into the pages (a test
+# in tests/analysis/test_steer.py keeps them equal).
+STEER_DEFAULT_STRENGTH = 8.0
 
 
 @router.get("/saes/{sae_id}", response_class=HTMLResponse)
@@ -116,6 +157,7 @@ async def sae_page(
     sae_id: str,
     session: ReadSession,
     page: Annotated[int, Query(ge=0, le=100_000)] = 0,
+    artifacts: Literal["exclude", "include", "only"] = "exclude",
 ) -> HTMLResponse:
     """An SAE: spec and lineage, held-out metrics, density histogram, its features each
     with a sparkline of its activation histogram (strongest first)."""
@@ -125,7 +167,8 @@ async def sae_page(
         return _render(request, "missing.html", exc.status_code, error=str(exc))
     lineage = queries.sae_lineage(session, sae, request.app.state.settings.activations_dir)
     rows = queries.strongest_features(
-        session, sae_id, offset=page * SAE_PAGE_FEATURES, limit=SAE_PAGE_FEATURES + 1
+        session, sae_id, offset=page * SAE_PAGE_FEATURES, limit=SAE_PAGE_FEATURES + 1,
+        artifacts=artifacts,
     )
     current = labels.current_labels(session, [f.id for f, _ in rows])
     features = [(f, _text(current.get(f.id)), charts.sparkline(histogram))
@@ -137,7 +180,22 @@ async def sae_page(
         request, "sae.html", sae=sae, aset=lineage.activation_set, corpus=lineage.corpus,
         train_spec=(sae.cfg or {}).get("train_spec"), metrics=shown, density=density,
         features=features, page=page, more=len(rows) > SAE_PAGE_FEATURES,
+        artifacts=artifacts, n_artifacts=queries.count_artifacts(session, sae_id),
+        feature_map=_feature_map(session, sae_id) if page == 0 else None,
     )  # fmt: skip
+
+
+def _feature_map(session, sae_id: str) -> dict | None:
+    """The SAE page's map (api/map_chart.py): its SVG, legend and counts, or None."""
+    from saefeat.api import map_chart
+    from saefeat.storage.catalog.feature_map import feature_map
+
+    fmap = feature_map(session, sae_id)
+    svg = map_chart.map_svg(sae_id, fmap)
+    if svg is None:
+        return None
+    return {"svg": svg, "legend": map_chart.legend(fmap), "style": Markup(map_chart.STYLE),
+            "n_shown": len(fmap.points), "n_placed": fmap.n_placed}  # fmt: skip
 
 
 @router.get("/jobs", response_class=HTMLResponse)

@@ -32,6 +32,11 @@ class FeatureRef(BaseModel):
 class FeatureStats(FeatureRef):
     density: float = Field(description="Fraction of tokens on which the feature fires")
     max_activation: float
+    artifact: str | None = Field(
+        None,
+        description="Why the feature is flagged as an artifact (it fires at fixed positions "
+        "or right after special tokens; docs/ARCHITECTURE.md, Indexing); null: it is not",
+    )
 
 
 class FeatureActivity(FeatureStats):
@@ -93,9 +98,22 @@ class FeaturePage(Page[FeatureSummary]):
     pass
 
 
+class LogitHistogram(BaseModel):
+    min: float = Field(description="The feature's smallest direct-path logit over the vocabulary")
+    max: float = Field(description="Its largest")
+    counts: list[int] = Field(description="Tokens per equal-width bin from min to max")
+
+
 class Histogram(BaseModel):
     edges: list[float] = Field(description="Bin edges of the activation histogram (n_bins + 1)")
     counts: list[int]
+    quantile_bins: int | None = Field(
+        None, description="Equal-width slices of (0, max activation] the quantile samples "
+        "come from (their ranges label the samples)",
+    )  # fmt: skip
+    logits: LogitHistogram | None = Field(
+        None, description="The decoder row's direct-path logits over the whole vocabulary"
+    )
 
 
 class ProjectionToken(BaseModel):
@@ -110,6 +128,38 @@ class Projection(BaseModel):
     bottom: list[ProjectionToken] = Field(description="Tokens it suppresses most")
 
 
+class EffectToken(BaseModel):
+    rank: int = Field(description="0 = strongest")
+    token_id: int
+    token: str
+    value: float
+
+
+class EffectSides(BaseModel):
+    up: list[EffectToken] = Field(description="Tokens the feature makes more likely")
+    down: list[EffectToken] = Field(description="Tokens it makes less likely")
+
+
+def _no_effects() -> EffectSides:
+    return EffectSides(up=[], down=[])
+
+
+class TokenEffectsOut(BaseModel):
+    """A feature's effect on the next token, two ways (saefeat/features/effects.py)."""
+
+    measured: EffectSides = Field(
+        default_factory=_no_effects,
+        description="Measured (TokenChange): value = mean drop in the token's next-token "
+        "probability (0.14 = 14 points) when the feature is removed where it fires most "
+        "(up: > 0, down: < 0). Empty for a feature that never fired or an index without it",
+    )
+    debiased: EffectSides = Field(
+        default_factory=_no_effects,
+        description="The direct projection ranked against each token's baseline: value = "
+        "z-score of the feature's direct logit for the token over all features",
+    )
+
+
 class LabelOut(BaseModel):
     id: int
     text: str
@@ -122,11 +172,15 @@ class LabelOut(BaseModel):
 
 
 class ScoreOut(BaseModel):
-    type: str = Field(description="detection, fuzzing, embedding or activation")
-    value: float = Field(
-        description="detection/fuzzing: balanced accuracy; embedding: AUROC (0.5 = chance); "
-        "activation: standard deviations above random windows"
+    type: str = Field(
+        description="detection, fuzzing, embedding, activation or keyword (activation_sd: "
+        "stale, the activation score before revision 0014)"
     )
+    value: float = Field(
+        description="In [0, 1], 0.5 = chance, 1 = perfect (`meaning` says what it "
+        "measures): detection/fuzzing balanced accuracy, embedding/activation/keyword AUROC"
+    )
+    meaning: str = Field("", description="What this score type measures, in words")
     n: int = Field(description="Windows the score rests on")
     scorer_model: str | None
     details: dict[str, Any] = Field(description="The windows it was scored on, and more")
@@ -136,12 +190,19 @@ class ScoreOut(BaseModel):
 class ExplanationOut(BaseModel):
     label_id: int
     text: str
-    explainer: str = Field(description="offline or llm (the auto label's author)")
+    explainer: str = Field(
+        description="offline, patchscope or llm (the auto label's author)"
+    )
     explainer_model: str | None
     prompt_version: str
     evidence: dict[str, Any] = Field(description="The windows it was explained from")
     created_at: datetime
     scores: list[ScoreOut]
+    headline: float | None = Field(
+        None,
+        description="The mean of its scores (all in [0, 1]); of a feature's auto labels "
+        "the one with the highest is its label, unless a person labelled it",
+    )
 
 
 class FeatureDetail(FeatureActivity):
@@ -150,6 +211,11 @@ class FeatureDetail(FeatureActivity):
         description="Top examples by rank, then quantile samples by rank"
     )
     projection: Projection
+    effects: TokenEffectsOut = Field(
+        default_factory=TokenEffectsOut,
+        description="Effect on the next token: measured (shown first) and de-biased "
+        "projection; `projection` is the raw direct path",
+    )
     label: LabelOut | None = Field(
         description="Newest human label, else the best-scored auto label, else null"
     )
@@ -167,6 +233,18 @@ class TokenMatchOut(FeatureStats):
 
 
 class TokenMatchPage(Page[TokenMatchOut]):
+    pass
+
+
+class PhraseMatchOut(FeatureStats):
+    rank: int = Field(description="The matching example's rank among the feature's top examples")
+    activation: float = Field(description="The feature's activation at the example's focus")
+    tokens: list[str] = Field(description="The example's window, token by token")
+    focus: int = Field(description="Index of the focus token in `tokens`")
+    label: str | None
+
+
+class PhraseMatchPage(Page[PhraseMatchOut]):
     pass
 
 
@@ -237,6 +315,8 @@ class TextQuery(BaseModel):
 class ActiveFeature(BaseModel):
     index: int
     activation: float
+    label: str | None = Field(None, description="Text of the feature's current label, if any")
+    artifact: str | None = Field(None, description="Why it is flagged as an artifact, if it is")
 
 
 class TokenActivations(BaseModel):

@@ -28,7 +28,11 @@ class SteerFeature(BaseModel):
     index: int = Field(description="Feature index in 0..d_sae-1")
     strength: float = Field(
         allow_inf_nan=False,
-        description="add: multiple of the decoder direction; clamp: the feature's value",
+        description="With units=max_activation (the default), a multiple of the feature's "
+        "max activation over the index, as Neuronpedia counts: add adds strength x max_act "
+        "x W_dec[f], clamp sets the feature to strength x max_act (a feature page suggests "
+        f"{steer.DEFAULT_STRENGTH:g} with clamp). With units=raw: add's coefficient of "
+        "W_dec[f], clamp's value of the feature",
     )
 
 
@@ -41,8 +45,13 @@ class SteerBody(BaseModel):
     )
     method: Literal["add", "clamp"] = Field(
         default="add",
-        description="add: x + strength * W_dec[f]; clamp: encode, set the feature to "
-        "strength, decode, keep the SAE's error term",
+        description="add: x + s * W_dec[f]; clamp: encode, set the feature to s, decode, "
+        "keep the SAE's error term (s: the strength in its units)",
+    )
+    units: Literal["max_activation", "raw"] = Field(
+        default="max_activation",
+        description="What a strength counts: multiples of each feature's max activation "
+        "(needs the SAE indexed and the feature to have fired), or raw values",
     )
     temperature: float = Field(default=0.0, allow_inf_nan=False, description="0 = greedy")
     seed: int = Field(default=0, description="Both runs sample with this seed")
@@ -70,14 +79,29 @@ class ContinuationOut(BaseModel):
     )
 
 
+class AppliedOut(BaseModel):
+    index: int
+    strength: float = Field(description="As sent, in the request's units")
+    unit: float = Field(description="The feature's max activation, or 1 for raw strengths")
+    raw_strength: float = Field(
+        description="strength x unit: what add scales W_dec[f] by, what clamp sets the feature to"
+    )
+
+
 class SteerOut(BaseModel):
     sae_id: str
     hook: str
     method: str
+    units: str
     prompt_tokens: int
+    applied: list[AppliedOut]
     promoted: list[PromotedOut]
     default: ContinuationOut
     steered: ContinuationOut
+    default_cached: bool = Field(
+        description="The default continuation was kept from an earlier request with the "
+        "same prompt, seed, temperature and max_new_tokens (not generated again)"
+    )
 
 
 def _continuation(c: steer.Continuation) -> ContinuationOut:
@@ -106,7 +130,10 @@ def steer_request(body: SteerBody) -> steer.SteerRequest:
     description=(
         "Both runs use the same seed and sampling; at the SAE's hook every position but "
         "the first is steered (prompt and generated). For each generated position both "
-        "runs report the log-probability of each feature's top promoted tokens. The first "
+        "runs report the log-probability of each feature's top promoted tokens. Strengths "
+        "are multiples of each feature's max activation unless units=raw. The default "
+        "continuation is kept (bounded LRU) and reused by a later request with the same "
+        "prompt, seed, temperature and max_new_tokens. The first "
         "request loads the language model (seconds). It shares live search's pool, rate "
         "limit (429/503 with Retry-After) and key policy."
     ),
@@ -123,6 +150,8 @@ async def steer_route(
     limit = request.app.state.settings.steer_max_new_tokens
     spec = steer_request(body)
     steer.check_request(spec, d_sae=sae.d_sae, max_new_tokens=limit)  # 422 before a load
+    spec = steer.in_units(session, sae_id, spec, body.units)
+    steer.check_request(spec, d_sae=sae.d_sae, max_new_tokens=limit)  # strength x unit
     model_name, revision, checkpoint, hook = runnable_sae(session, sae, "steer")
     result = await run_on_live_pool(
         request, steer.steer_for_sae, model_name, revision, checkpoint, hook, spec, limit
@@ -131,11 +160,17 @@ async def steer_route(
         sae_id=sae_id,
         hook=result.hook,
         method=result.method,
+        units=body.units,
         prompt_tokens=result.prompt_tokens,
+        applied=[
+            AppliedOut(index=f.index, strength=f.strength, unit=f.unit, raw_strength=f.value)
+            for f in spec.features
+        ],  # fmt: skip
         promoted=[
             PromotedOut(index=p.index, token_ids=p.token_ids, tokens=p.tokens)
             for p in result.promoted
         ],  # fmt: skip
         default=_continuation(result.default),
         steered=_continuation(result.steered),
+        default_cached=result.default_cached,
     )

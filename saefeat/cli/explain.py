@@ -19,10 +19,13 @@ def explain(
     features: Annotated[
         str | None, typer.Option(help="indices to explain, e.g. 0,5,10-20; default: all")
     ] = None,
-    explainer: Annotated[str, typer.Option(help="offline or llm")] = "offline",
+    explainer: Annotated[
+        str, typer.Option(help="offline, patchscope, llm, or several joined by commas")
+    ] = "offline,patchscope",
     scorers: Annotated[
-        str, typer.Option(help="comma-separated: embedding,activation,detection,fuzzing")
-    ] = "embedding,activation",
+        str,
+        typer.Option(help="comma-separated: embedding,activation,keyword,detection,fuzzing"),
+    ] = "embedding,activation,keyword",
     batch: Annotated[int, typer.Option(help="features per Ray task")] = 64,
 ):
     """Explain and score an indexed SAE's features (the LLM endpoint: SAEFEAT_LLM_*)."""
@@ -31,7 +34,7 @@ def explain(
     spec = ExplainSpec(
         sae=sae,
         features=index_ranges(features) if features else None,
-        explainer=explainer,  # type: ignore[arg-type]
+        explainer=explainer,
         scorers=[s.strip() for s in scorers.split(",") if s.strip()],
         batch_features=batch,
     )

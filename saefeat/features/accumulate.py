@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from saefeat.features.distinct import best_per_key, is_peak
 from saefeat.features.quantiles import QuantileSampler
 from saefeat.features.segments import merge_into_table, segment_top
 
@@ -90,6 +91,8 @@ class FeatureAccumulator:
         self.top_ctx = torch.full((d_sae, n_top), -1, dtype=torch.long, device=dev)
         self.top_pos = torch.full((d_sae, n_top), -1, dtype=torch.long, device=dev)
         self.top_window = torch.zeros(d_sae, n_top, W, dtype=torch.float32, device=dev)
+        # Each held example's window key (features/distinct.py): one window once per feature.
+        self.top_key = torch.full((d_sae, n_top), -1, dtype=torch.long, device=dev)
         self.quantiles: QuantileSampler | None = None
         if n_quantile_bins > 0 and per_quantile_bin > 0:
             self.quantiles = QuantileSampler(
@@ -105,11 +108,14 @@ class FeatureAccumulator:
         first_context: int,
         ctx_len: int,
         excluded: torch.Tensor | None = None,
+        window_keys: torch.Tensor | None = None,
     ) -> None:
         """Fold in the SAE output of `vals.shape[0] // ctx_len` consecutive whole contexts.
 
         `excluded`: bool [rows], the tokens the token rule leaves out (storage/exclusion.py);
-        None: position 0 only. They count nowhere: no statistic, example or window value."""
+        None: position 0 only. They count nowhere: no statistic, example or window value.
+        `window_keys`: int64 [rows], each token's window key (features/distinct.py); a
+        feature's top examples hold one entry per key. None: every token is its own."""
         vals, idx = vals.to(self.device, torch.float32), idx.to(self.device)
         n_rows = vals.shape[0]
         rows = torch.arange(n_rows, device=self.device)
@@ -147,15 +153,37 @@ class FeatureAccumulator:
         f, v, r = f[keep], v[keep], r[keep]
         if f.numel() == 0:
             return
-        # Cut to at most N per feature before the window gathers.
-        sel = segment_top(f, v, self.n_top, self.d_sae)
-        f, v, r = f[sel], v[sel], r[sel]
+        # One window once (features/distinct.py): a top example is a peak, no stronger
+        # activation of its feature within `window` tokens in its context, so a run of
+        # firings shows once; then one candidate per window text (the strongest); then
+        # at most N per feature.
         windows = lookup.windows(f, r)
-        self._merge(f, v, first_context + r // ctx_len, r % ctx_len, windows)
+        sel = is_peak(windows, v, self.window).nonzero().squeeze(1)
+        f, v, r, windows = f[sel], v[sel], r[sel], windows[sel]
+        if window_keys is None:
+            key = first_context * ctx_len + r
+        else:
+            key = window_keys.to(self.device)[r]
+        sel = best_per_key(f, key, v)
+        sel = sel[segment_top(f[sel], v[sel], self.n_top, self.d_sae)]
+        f, v, r, key, windows = f[sel], v[sel], r[sel], key[sel], windows[sel]
+        self._merge(f, v, first_context + r // ctx_len, r % ctx_len, windows, key)
 
-    def _merge(self, f, v, ctx, pos, windows) -> None:
-        fields = [(self.top_ctx, -1), (self.top_pos, -1), (self.top_window, 0.0)]
-        merge_into_table(self.top_vals, fields, f, v, [ctx, pos, windows], largest=True)
+    def _merge(self, f, v, ctx, pos, windows, key) -> None:
+        """Merge candidates (at most one per feature and key) into the top table, keeping
+        one entry per feature and window key: the stronger of a held entry and a
+        candidate with its key."""
+        held = (self.top_key[f] == key[:, None]) & (self.top_vals[f] > -float("inf"))
+        held_value = torch.where(held, self.top_vals[f], -float("inf")).amax(1)
+        weaker = held.any(1) & (v <= held_value)
+        beaten = held & ~weaker[:, None]  # held entries a stronger candidate replaces
+        rows, slots = beaten.nonzero(as_tuple=True)
+        self.top_vals[f[rows], slots] = -float("inf")  # empty: the merge's top-k drops it
+        new = ~weaker
+        f, v, ctx, pos, windows, key = f[new], v[new], ctx[new], pos[new], windows[new], key[new]
+        fields = [(self.top_ctx, -1), (self.top_pos, -1), (self.top_window, 0.0),
+                  (self.top_key, -1)]  # fmt: skip
+        merge_into_table(self.top_vals, fields, f, v, [ctx, pos, windows, key], largest=True)
 
     @torch.no_grad()
     def merge(self, other: FeatureAccumulator) -> None:
@@ -177,6 +205,7 @@ class FeatureAccumulator:
             other.top_ctx.view(-1)[held],
             other.top_pos.view(-1)[held],
             other.top_window.view(-1, other.top_window.shape[2])[held],
+            other.top_key.view(-1)[held],
         )
 
     def to(self, device) -> FeatureAccumulator:

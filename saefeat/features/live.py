@@ -145,6 +145,13 @@ def features_for_sae(
         return features_on_text(lm, sae, hook, text, top_n)
 
 
+def forward_lock(model_name: str, revision: str | None) -> threading.Lock:
+    """The lock of `loaded`'s model, for other code that hooks the same cached model (the
+    index's measured effects, features/effects.py) around each of its forwards."""
+    with _load_lock:
+        return _forward_locks.setdefault((model_name, revision), threading.Lock())
+
+
 def loaded(
     model_name: str, revision: str | None, checkpoint: str
 ) -> tuple[LanguageModel, SparseAutoencoder, threading.Lock]:

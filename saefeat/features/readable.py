@@ -6,7 +6,9 @@ A feature is a candidate when
   * its max activation is at most `SINK_FACTOR` x the candidates' median max: a feature
     whose activations are tens of times everyone else's is a sink/massive-token feature
     (these are excluded from indexing now, so this is a second guard for old indexes);
-  * no top example sits at position 0 or 1 (the attention sink and the token after it);
+  * it is not flagged as an artifact (features/artifacts.py: fires at fixed positions
+    or right after special tokens), and no top example sits at position 0 or 1 (the
+    attention sink and the token after it; a guard for indexes made before the flag);
   * its top examples are concentrated: the share of them whose focus token is the same
     string (the "top-token mass") is at least `MIN_TOP_TOKEN_MASS`, and that token has a
     letter in it (a feature for newlines, spaces, digits or dashes reads as noise).
@@ -50,7 +52,7 @@ def pick_readable(features: list, examples_of, n: int = 5) -> list[Candidate]:
     limit = SINK_FACTOR * float(np.median([f.max_activation for f in features]))
     found = []
     for f in features:
-        if f.max_activation > limit:
+        if f.max_activation > limit or getattr(f, "artifact", None):
             continue
         examples = examples_of(f)
         if any(e.kind == "top" and e.position <= 1 for e in examples):

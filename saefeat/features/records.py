@@ -46,6 +46,16 @@ class FeatureExample:
     ] = "top"
 
 
+@dataclass(frozen=True, slots=True)
+class FiredTokenShare:
+    """A token a feature fires on (features/fired.py; the `fired_tokens` table)."""
+
+    feature_index: int
+    rank: int  # 0 = the largest share
+    token_str: str  # the focus token as text (' the')
+    share: float  # of the activation mass of the feature's top examples, in (0, 1]
+
+
 @dataclass
 class VocabProjection:
     """Tokens the feature's decoder row promotes (top) and suppresses (bottom)."""
@@ -57,6 +67,27 @@ class VocabProjection:
     bottom_ids: list[int]
     bottom_strs: list[str]
     bottom_values: list[float]
+
+
+EffectMethod = Literal["measured", "debiased"]
+
+
+@dataclass
+class TokenEffects:
+    """A feature's effect on the next token by one method (features/effects.py; the
+    `token_effects` table): the tokens it makes more likely (up) and less likely (down),
+    strongest first. measured: mean drop in next-token probability when the feature is
+    removed where it fires; debiased: the direct projection's z-score against each
+    token's spread over all features."""
+
+    feature_index: int
+    method: EffectMethod
+    up_ids: list[int]
+    up_strs: list[str]
+    up_values: list[float]
+    down_ids: list[int]
+    down_strs: list[str]
+    down_values: list[float]
 
 
 @dataclass
@@ -75,3 +106,16 @@ class FeatureIndex:
     # Nearest features by decoder cosine: [d_sae, n] feature indices (-1 = none) and cosines.
     neighbour_indices: np.ndarray | None = None
     neighbour_cosines: np.ndarray | None = None
+    # Effects on the next token (features/effects.py): measured and debiased, per feature.
+    effects: list[TokenEffects] = field(default_factory=list)
+    # Readable-feature extras (issue 21): each feature's artifact reason or None
+    # (features/artifacts.py), the tokens it fires on (features/fired.py), its direct-path
+    # logit histogram (features/logit_histogram.py: [d_sae, bins] counts and [d_sae, 2]
+    # min/max), and how many equal-width activation bins the quantile samples come from.
+    artifacts: list[str | None] | None = None
+    fired_tokens: list[FiredTokenShare] = field(default_factory=list)
+    logit_histograms: np.ndarray | None = None
+    logit_ranges: np.ndarray | None = None
+    n_quantile_bins: int = 0
+    # Each feature's place on the SAE's map (features/umap_map.py): [d_sae, 2], or None.
+    umap: np.ndarray | None = None

@@ -6,6 +6,8 @@ output; encoders use their tied word embedding. Computed in blocks of features.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from saefeat.features.records import VocabProjection
@@ -25,7 +27,10 @@ def vocab_projections(
     norm_scale: torch.Tensor | None,
     strings: list[str],
     n: int = 10,
+    on_logits: Callable[[int, torch.Tensor], None] | None = None,
 ) -> list[VocabProjection]:
+    """`on_logits(start, logits)`, if given, sees each block's logits (features start..),
+    so other per-feature reads of the logits share this pass (logit_histogram.py)."""
     device = W_dec.device
     W_U = W_U.to(device, torch.float32)
     out = []
@@ -34,6 +39,8 @@ def vocab_projections(
         if norm_scale is not None:
             rows = rows * norm_scale.to(device)
         logits = rows @ W_U.T
+        if on_logits is not None:
+            on_logits(start, logits)
         top = logits.topk(n, dim=1)
         bottom = logits.topk(n, dim=1, largest=False)
         for i in range(rows.shape[0]):

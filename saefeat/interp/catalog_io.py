@@ -16,10 +16,17 @@ from saefeat.interp.pool import ScoringPool, build_pool, scoring_contexts
 from saefeat.specs import ExplainSpec
 from saefeat.storage.catalog import queries
 from saefeat.storage.catalog.explanations import ScoreIn, explained_indices, write_explanation
-from saefeat.storage.catalog.models import SAE, Feature
+from saefeat.storage.catalog.models import (
+    SAE,
+    ActivationSetRow,
+    Feature,
+    LanguageModelRow,
+    TokenEffect,
+)
 
 if TYPE_CHECKING:
     from saefeat.interp.explainers import Explainer
+    from saefeat.interp.patchscope import Subject
 
 N_PROMOTED = 10
 
@@ -35,6 +42,10 @@ class FeatureOutcome:
     unscored: dict[str, str] = field(default_factory=dict)  # score type -> why
     error: str | None = None
     explained_from: list[dict] = field(default_factory=list)  # the windows it saw
+    explainer: str = "offline"  # which explainer made `text` (one outcome per explainer)
+    explainer_model: str | None = None
+    prompt_version: str = ""
+    promoted_source: str | None = None  # where "makes ... more likely" came from
 
 
 @dataclass
@@ -48,20 +59,36 @@ class ExplainPlan:
     feature_ids: dict[int, tuple[int, float, float]]  # index -> (row id, density, max)
     skipped_existing: int
     skipped_dead: int
+    # index -> the explainers still to run on it (a feature in `todo` lacks at least one)
+    missing: dict[int, list[str]] = field(default_factory=dict)
+    model: tuple[str, str | None] | None = None  # the set's model (name, revision)
 
     def load_evidence(self, s: Session, indices: list[int]) -> list[FeatureEvidence]:
         fids = [self.feature_ids[index][0] for index in indices]
         examples = queries.feature_examples_many(s, fids)  # one query each for the batch
         projections = queries.feature_projection_many(s, fids)
+        effects = promoted_effects(s, fids)
         out = []
         for index in indices:
             fid, density, max_act = self.feature_ids[index]
             explain, held = split_examples(examples[fid], self.spec.n_explain)
-            promoted = [p.token_str for p in projections[fid]["top"]]
-            out.append(
-                FeatureEvidence(index, fid, density, max_act, explain, held, promoted[:N_PROMOTED])
+            source, promoted = effects.get(fid) or (
+                "projection",
+                [p.token_str for p in projections[fid]["top"]],
             )
+            out.append(FeatureEvidence(index, fid, density, max_act, explain, held,
+                                       promoted[:N_PROMOTED], source))  # fmt: skip
         return out
+
+    def subject(self) -> Subject | None:
+        """What the patchscope explainer runs (None without a checkpoint or a model)."""
+        from saefeat.interp.patchscope import Subject
+
+        if not self.checkpoint or self.model is None:
+            return None
+        live = sorted(m for _, _, m in self.feature_ids.values() if m > 0)
+        typical = live[len(live) // 2] if live else 1.0
+        return Subject(self.model[0], self.model[1], self.checkpoint, self.hook, typical)
 
     def build_pool(self, settings: Settings) -> ScoringPool:
         """Run the subject model and the SAE over the scoring contexts (once per job)."""
@@ -115,10 +142,36 @@ def check_sae(session: Session, spec: ExplainSpec) -> SAE:
     return sae
 
 
-def prepare(spec: ExplainSpec, settings: Settings, explainer: Explainer) -> ExplainPlan:
-    """Check the SAE is indexed and pick the features to do (SpecError / NotFoundError)."""
+def promoted_effects(s: Session, feature_ids: list[int], k: int = N_PROMOTED) -> dict:
+    """Feature row id -> (method, the tokens it makes more likely, best first), from table
+    token_effects, side `up`: the `measured` effect where indexing stored one, else the
+    `debiased` projection; features with neither are absent (the caller falls back to the
+    vocabulary projection)."""
+    rows = s.execute(
+        select(TokenEffect.feature_id, TokenEffect.method, TokenEffect.token_str)
+        .where(TokenEffect.feature_id.in_(feature_ids), TokenEffect.side == "up",
+               TokenEffect.rank < k)
+        .order_by(TokenEffect.feature_id, TokenEffect.method, TokenEffect.rank)
+    ).all()  # fmt: skip
+    by: dict[int, dict[str, list[str]]] = {}
+    for fid, method, token in rows:
+        by.setdefault(fid, {}).setdefault(method, []).append(token)
+    out = {}
+    for fid, methods in by.items():
+        method = next(m for m in ("measured", "debiased") if m in methods)
+        out[fid] = (method, methods[method])
+    return out
+
+
+def prepare(
+    spec: ExplainSpec, settings: Settings, explainer: Explainer | list[Explainer]
+) -> ExplainPlan:
+    """Check the SAE is indexed and pick the features to do (SpecError / NotFoundError):
+    those that fire and lack an explanation by one of the explainers (its name and
+    prompt version), each with the explainers it lacks."""
     from saefeat.storage.catalog.db import catalog_session
 
+    explainers = explainer if isinstance(explainer, list) else [explainer]
     with catalog_session(settings) as s:
         sae = check_sae(s, spec)
         wanted = spec.features if spec.features is not None else list(range(sae.d_sae))
@@ -128,7 +181,14 @@ def prepare(spec: ExplainSpec, settings: Settings, explainer: Explainer) -> Expl
             )
         ).all()
         feature_ids = {int(i): (int(fid), float(d), float(m)) for i, fid, d, m in rows}
-        done = explained_indices(s, spec.sae, explainer.name, explainer.prompt_version)
+        done = {
+            e.name: explained_indices(s, spec.sae, e.name, e.prompt_version) for e in explainers
+        }
+        model = s.execute(
+            select(LanguageModelRow.name, LanguageModelRow.revision)
+            .join(ActivationSetRow, ActivationSetRow.model_id == LanguageModelRow.id)
+            .where(ActivationSetRow.id == sae.activation_set_id)
+        ).first()  # fmt: skip
         plan = ExplainPlan(
             spec=spec,
             sae_id=spec.sae,
@@ -139,34 +199,38 @@ def prepare(spec: ExplainSpec, settings: Settings, explainer: Explainer) -> Expl
             feature_ids=feature_ids,
             skipped_existing=0,
             skipped_dead=0,
+            model=(model[0], model[1]) if model else (sae.model_name, None),
         )
     for i in wanted:
-        if i in done:
+        lacking = [e.name for e in explainers if i not in done[e.name]]
+        if not lacking:
             plan.skipped_existing += 1
         elif feature_ids[i][2] <= 0:  # never fired: no examples to explain it from
             plan.skipped_dead += 1
         else:
             plan.todo.append(i)
+            plan.missing[i] = lacking
     return plan
 
 
-def write_outcomes(
-    s: Session, plan: ExplainPlan, explainer: Explainer, outcomes: list[FeatureOutcome]
-) -> int:
-    """Store each successful feature (label + explanation + scores) in one transaction per
-    batch; failed features store nothing. Returns how many were written."""
+def write_outcomes(s: Session, plan: ExplainPlan, outcomes: list[FeatureOutcome]) -> int:
+    """Store each successful explanation (label + explanation + scores) in one transaction
+    per batch; a failed one stores nothing. Returns how many were written."""
     written = 0
     for o in outcomes:
         if o.error or o.text is None:
             continue
+        evidence: dict = {"explained_from": o.explained_from, "unscored": o.unscored}
+        if o.promoted_source:
+            evidence["promoted_from"] = o.promoted_source
         write_explanation(
             s,
             plan.feature_ids[o.index][0],
             text=o.text,
-            explainer=explainer.name,
-            explainer_model=explainer.model,
-            prompt_version=explainer.prompt_version,
-            evidence={"explained_from": o.explained_from, "unscored": o.unscored},
+            explainer=o.explainer,
+            explainer_model=o.explainer_model,
+            prompt_version=o.prompt_version,
+            evidence=evidence,
             scores=o.scores,
         )
         written += 1

@@ -64,7 +64,10 @@ class FeatureEvidence:
     max_activation: float
     explain: list[Window]
     held_out: list[Window]  # activating windows from contexts the explainer did not see
-    promoted: list[str] = field(default_factory=list)  # top of the vocabulary projection
+    # What it makes more likely next, best first: its measured effect (token_effects,
+    # `measured`, side up) when indexing stored one, else the vocabulary projection's top.
+    promoted: list[str] = field(default_factory=list)
+    promoted_source: str = "projection"  # "measured", "debiased" or "projection"
 
     @property
     def explain_contexts(self) -> set[int]:

@@ -9,6 +9,7 @@ No-judge scorers live here; the judge-LLM ones (detection, fuzzing) in judge.py.
 
 from __future__ import annotations
 
+import re
 from typing import Protocol
 
 import numpy as np
@@ -16,7 +17,7 @@ import numpy as np
 from saefeat.errors import SaefeatError, SpecError
 from saefeat.interp.encoder import SentenceEncoder
 from saefeat.interp.evidence import FeatureEvidence, Window
-from saefeat.interp.explainers import query_text
+from saefeat.interp.explainers import key_words, query_text
 from saefeat.interp.llm import LLMClient
 from saefeat.interp.metrics import auroc
 from saefeat.interp.pool import ScoringPool
@@ -117,9 +118,12 @@ class EmbeddingScorer:
 
 
 class ActivationScorer:
-    """SASC's test without a judge: retrieve the pool windows most similar to the
-    explanation (outside the explain contexts), and score the feature's mean activation
-    there against all pool windows, in standard deviations (0 = no better than random)."""
+    """SASC's test without a judge, as an AUROC: retrieve the pool windows (outside the
+    explain contexts) that hold most of the explanation's `key_words`, the nearest under
+    the sentence encoder first among equals, and ask how often the feature fires more on
+    a retrieved window than on one of the other pool windows (ties count half). 0.5: the
+    explanation finds text no better than chance; 1: the feature is stronger on every
+    retrieved window than on any other."""
 
     name = "activation"
 
@@ -130,21 +134,73 @@ class ActivationScorer:
     def score(self, explanation: str, evidence: FeatureEvidence, pool: ScoringPool) -> ScoreIn:
         usable = pool.usable(evidence.explain_contexts)
         a = pool.acts[usable, evidence.index].astype(np.float64)
-        sd = a.std()
-        if usable.size < 2 * self.n or sd == 0:
+        if usable.size < 2 * self.n or not (a > 0).any():
             raise NotScorable("the feature never fires on the scoring pool")
         sims = pool.embeddings[usable] @ self.embed([query_text(explanation)])[0]
-        top = np.argsort(-sims, kind="stable")[: self.n]
-        value = float((a[top].mean() - a.mean()) / sd)
+        keys = key_matchers(explanation)
+        hits = np.array([keyword_hits(keys, pool.texts[j]) for j in usable], np.float64)
+        order = np.lexsort((-sims, -hits))  # most words found, then nearest
+        top, rest = order[: self.n], order[self.n :]
+        value = auroc(a[top], a[rest])
         details = {
             "baseline_mean": float(a.mean()),
-            "baseline_std": float(sd),
+            "retrieved_mean": float(a[top].mean()),
+            "retrieved_firing": int((a[top] > 0).sum()),
             "pool_windows": int(usable.size),
+            "pool_firing": int((a > 0).sum()),
             "retrieved": [{"context": int(pool.context_index[usable[j]]), "kind": "pool",
                            "text": pool.texts[usable[j]][:200], "cosine": round(float(sims[j]), 4),
-                           "activation": float(a[j])} for j in top],
+                           "words": int(hits[j]), "activation": float(a[j])} for j in top],
         }  # fmt: skip
         return ScoreIn("activation", value, len(top), details, self.model)
+
+
+def key_matchers(explanation: str) -> list[re.Pattern]:
+    """One case-blind pattern per `key_words` entry: at a word start when it begins with a
+    letter or digit ("decor" finds "decorators", "the" not "other"), anywhere if not."""
+    out = []
+    for word in key_words(explanation):
+        prefix = r"(?<![^\W_])" if word[:1].isalnum() else ""
+        out.append(re.compile(prefix + re.escape(word), re.IGNORECASE))
+    return out
+
+
+def keyword_hits(matchers: list[re.Pattern], text: str) -> int:
+    """How many of the patterns occur in `text`."""
+    return sum(1 for m in matchers if m.search(text))
+
+
+class KeywordScorer:
+    """Detection with a literal judge, no model: AUROC of held-out windows where the
+    feature fires against random pool windows where it does not, each scored by the share
+    of the explanation's `key_words` found in it (ties count half). 0.5: its words are no
+    likelier where the feature fires; 1: every firing window holds more of them than any
+    silent one. It rewards naming the text a feature fires on; a concept named in other
+    words scores low here and is the judge scorers' to test."""
+
+    name = "keyword"
+    model = None
+
+    def __init__(self, n_positive: int = 10, n_negative: int = 20, seed: int = 0):
+        self.n_pos, self.n_neg, self.seed = n_positive, n_negative, seed
+
+    def score(self, explanation: str, evidence: FeatureEvidence, pool: ScoringPool) -> ScoreIn:
+        keys = key_matchers(explanation)
+        if not keys:
+            raise NotScorable("the explanation names no words to look for")
+        pos = positives(evidence, pool, self.n_pos)
+        neg = negatives(evidence, pool, self.n_neg, self.seed)
+        pos_hits = [keyword_hits(keys, w.text) / len(keys) for w in pos]
+        neg_hits = [keyword_hits(keys, pool.texts[i]) / len(keys) for i in neg]
+        details = {
+            "words": [k.pattern for k in keys],
+            "positives": [w.brief() | {"share": round(h, 4)}
+                          for w, h in zip(pos, pos_hits, strict=True)][:DETAIL_WINDOWS],
+            "negatives": [{"context": int(pool.context_index[i]), "kind": "pool",
+                           "text": pool.texts[i][:200], "share": round(h, 4)}
+                          for i, h in zip(neg, neg_hits, strict=True)][:DETAIL_WINDOWS],
+        }  # fmt: skip
+        return ScoreIn("keyword", auroc(pos_hits, neg_hits), len(pos) + len(neg), details)
 
 
 def check_judges(names: list[str], *, has_llm: bool) -> None:
@@ -167,7 +223,9 @@ def make_scorers(
     check_judges(names, has_llm=client is not None)
     out: list[Scorer] = []
     for name in names:
-        if name in NO_JUDGE:
+        if name == "keyword":
+            out.append(KeywordScorer(seed=seed))
+        elif name in NO_JUDGE:
             assert embed is not None
             out.append(EmbeddingScorer(embed, seed=seed) if name == "embedding"
                        else ActivationScorer(embed))  # fmt: skip

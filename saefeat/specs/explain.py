@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 from pydantic import Field, field_validator
 
 from saefeat.specs.base import Spec
-from saefeat.storage.catalog.explanations import NO_JUDGE, SCORE_TYPES
+from saefeat.storage.catalog.explanations import EXPLAINERS, NO_JUDGE, SCORE_TYPES
 
 
 class ExplainOptions(Spec):
@@ -16,12 +14,17 @@ class ExplainOptions(Spec):
     features: list[int] | None = Field(
         None, description="Latent indices to explain; omit for every feature"
     )
-    explainer: Literal["offline", "llm"] = Field(
-        "offline", description="offline (no LLM), or llm (the configured endpoint)"
+    explainer: str = Field(
+        "offline,patchscope",
+        description="Any of offline (what a feature fires on and makes more likely, no "
+        "model), patchscope (the SAE's own model decodes its direction), llm (the "
+        "configured endpoint), joined by commas; every one's text is scored alike and the "
+        "best scored is the label shown",
     )
     scorers: list[str] = Field(
         default_factory=lambda: list(NO_JUDGE),
-        description=f"Any of {list(SCORE_TYPES)}; detection and fuzzing need a judge LLM",
+        description=f"Any of {list(SCORE_TYPES)}, each in [0, 1] with 0.5 = chance; "
+        "detection and fuzzing need a judge LLM",
     )
     n_explain: int = Field(10, ge=1, le=100, description="Top examples shown to the explainer")
     pool_contexts: int = Field(
@@ -37,6 +40,23 @@ class ExplainOptions(Spec):
         if unknown:
             raise ValueError(f"{unknown[0]!r} is not a scorer; use any of {list(SCORE_TYPES)}")
         return [t for t in SCORE_TYPES if t in names]
+
+    @field_validator("explainer")
+    @classmethod
+    def _known_explainers(cls, text: str) -> str:
+        names = [n.strip() for n in text.split(",") if n.strip()]
+        unknown = [n for n in names if n not in EXPLAINERS]
+        if unknown or not names:
+            raise ValueError(
+                f"{(unknown or [text])[0]!r} is not an explainer; use any of "
+                f"{list(EXPLAINERS)}, joined by commas"
+            )
+        return ",".join(n for n in EXPLAINERS if n in names)
+
+    @property
+    def explainers(self) -> list[str]:
+        """The explainer names, in the order a job runs them."""
+        return self.explainer.split(",")
 
     @field_validator("features")
     @classmethod

@@ -27,9 +27,12 @@ class PipelineSpec(Spec):
     ID_FIELDS = ("stages", "harvest", "train", "index", "explain")
     RUN_FIELDS = ("device", "resources")
 
-    stages: list[str] = Field(default_factory=lambda: ["harvest", "train", "index"],
+    # Explain is a default stage: every feature gets an offline explanation (with its
+    # scores), so concept search covers the whole SAE; progress counts features.
+    stages: list[str] = Field(default_factory=lambda: ["harvest", "train", "index", "explain"],
                               min_length=1, max_length=8,
-                              description="the stages, in order")  # fmt: skip
+                              description="the stages, in order (explain: every feature, "
+                              "offline, unless `explain` says otherwise)")  # fmt: skip
     harvest: HarvestSpec | None = Field(None, description="The harvest stage's spec")
     train: dict[str, Any] = Field(
         default_factory=dict,

@@ -1,7 +1,19 @@
 """Automatic explanations in the catalog: each is an auto label (author = the explainer)
 with an `explanations` row saying how it was made and one `explanation_scores` row per
 scorer. A label's own `score` column holds its headline score, so the current-label rule
-(a human label wins; else the best-scored auto label) needs nothing new."""
+(labels.pick_current_label: a human label wins; else the best-scored auto label) needs
+nothing new.
+
+Scores, one scale: every score type in SCORE_TYPES is in [0, 1], 0.5 is chance and 1 is
+perfect; SCORE_MEANINGS says what each one measures (the API and the feature page show
+it beside the value). The headline score of an explanation, and so the rule that picks
+the one shown among several explainers' (offline, patchscope, llm), is the mean of its
+scores (`headline_score`); every explainer's output in a job is scored by the same
+scorers, so the means compare like with like.
+
+`activation_sd` is the activation score as it was before revision 0014 (standard
+deviations above the pool mean, not in [0, 1]): 0014 renamed the stored rows to it and
+left them out of every headline; a rerun of `saefeat explain` scores anew."""
 
 from __future__ import annotations
 
@@ -10,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, select
+from sqlalchemy import bindparam, func, or_, select
 from sqlalchemy.orm import Session
 
 from saefeat.storage.catalog.labels import add_label
@@ -22,11 +34,35 @@ from saefeat.storage.catalog.models import (
 )
 from saefeat.storage.catalog.queries import run
 
-# The score a label is ranked by when no type is named: the first of these it has. All
-# three are in [0, 1] with 0.5 for chance; activation (standard deviations) is not.
-HEADLINE_ORDER = ("detection", "embedding", "fuzzing")
-SCORE_TYPES = ("detection", "fuzzing", "embedding", "activation")
-NO_JUDGE = ("embedding", "activation")  # the score types that need no judge LLM
+EXPLAINERS = ("offline", "patchscope", "llm")  # an explain job runs them in this order
+SCORE_TYPES = ("detection", "fuzzing", "embedding", "activation", "keyword")
+NO_JUDGE = ("embedding", "activation", "keyword")  # the score types that need no judge LLM
+ENCODER_SCORERS = ("embedding", "activation")  # the ones that need the sentence encoder
+STALE_SCORE_TYPES = ("activation_sd",)  # kept for history, in no headline (revision 0014)
+# What each score means, in one place: the API's ScoreOut.meaning and the page's
+# explanation table read it. All of SCORE_TYPES are in [0, 1] with 0.5 = chance.
+SCORE_MEANINGS: dict[str, str] = {
+    "detection": "Balanced accuracy of a judge LLM telling, from the explanation, held-out "
+    "windows where the feature fires from random ones where it does not (0.5 = chance, "
+    "1 = always right)",
+    "fuzzing": "Balanced accuracy of a judge LLM telling windows with the tokens the "
+    "feature fires on marked from the same windows with other tokens marked (0.5 = "
+    "chance, 1 = always right)",
+    "embedding": "AUROC: the chance that a held-out window where the feature fires is "
+    "closer to the explanation (sentence-encoder cosine) than a random window where it "
+    "does not (0.5 = chance, 1 = every firing window ranks first)",
+    "activation": "AUROC: the chance that the feature fires more on a window the "
+    "explanation retrieves (the pool windows holding most of its words, nearest under a "
+    "sentence encoder among equals) than on another pool window "
+    "(0.5 = the explanation finds no better text than chance, 1 = every retrieved "
+    "window beats every other)",
+    "keyword": "AUROC: the chance that a held-out window where the feature fires holds "
+    "more of the explanation's words (the tokens it says the feature fires on) than a "
+    "random window where it does not (0.5 = chance, 1 = every firing window holds more)",
+    "activation_sd": "Stale (before revision 0014): the feature's mean activation on "
+    "the retrieved windows in standard deviations above the pool mean, not in [0, 1]; "
+    "rerun `saefeat explain` for the AUROC",
+}
 
 
 @dataclass
@@ -39,8 +75,27 @@ class ScoreIn:
 
 
 def headline_score(scores: Iterable[ScoreIn]) -> float | None:
-    by_type = {s.type: s.value for s in scores}
-    return next((by_type[t] for t in HEADLINE_ORDER if t in by_type), None)
+    """The mean of the explanation's scores of SCORE_TYPES (all in [0, 1]); None when it
+    has none. The best of these among a feature's auto labels is the one shown."""
+    values = [s.value for s in scores if s.type in SCORE_TYPES]
+    return float(sum(values) / len(values)) if values else None
+
+
+def scores_in_unit_interval(session: Session, sae_id: str | None = None) -> bool:
+    """Every stored score of SCORE_TYPES (of one SAE's features, or of all) is a finite
+    number in [0, 1]: the one-scale check the bench reports."""
+    query = select(func.count()).select_from(ExplanationScore).where(
+        ExplanationScore.type.in_(SCORE_TYPES),
+        or_(ExplanationScore.value < 0, ExplanationScore.value > 1,
+            ExplanationScore.value != ExplanationScore.value),  # NaN is unequal to itself
+    )  # fmt: skip
+    if sae_id is not None:
+        query = (
+            query.join(Label, Label.id == ExplanationScore.label_id)
+            .join(Feature, Feature.id == Label.feature_id)
+            .where(Feature.sae_id == sae_id)
+        )
+    return session.execute(query).scalar_one() == 0
 
 
 def write_explanation(

@@ -287,7 +287,7 @@ class VocabToken(Base):
 
 class TokenEffect(Base):
     """One token of a feature's effect on the next token (revision 0013): `measured`, the
-    drop in its log-probability when the feature is removed where it fires, or
+    drop in its probability when the feature is removed where it fires, or
     `debiased`, the direct projection against each token's baseline over all features."""
 
     __tablename__ = "token_effects"

@@ -19,6 +19,13 @@ it knows, so the `saefeat/` side files (token ids, context positions, example ki
 ranks, mean activation, the exact histogram, projection token ids, label source, score
 and time) ride along unseen and make our own round trip exact. A folder from Neuronpedia
 has none: import (neuronpedia_import.py) then falls back to what its records hold.
+
+The map (features.umap_x/umap_y, features/umap_map.py) goes where Neuronpedia keeps it:
+the `umap_x`/`umap_y` of each Explanation row (source.hasUmap says there is one); a
+feature without a label has no Explanation row, so the side records carry every
+feature's coordinates too. Import reads the side record, else a Neuron row's
+`umap_x`/`umap_y` (a column of Neuronpedia's Neuron table its exporter leaves out), else
+the feature's Explanation rows.
 """
 
 from __future__ import annotations
@@ -155,13 +162,21 @@ def _meta_records(session: Session, sae: SAE, names: SourceNames) -> dict[str, d
             "creatorId": CREATOR_ID, "hasDashboards": True, "inferenceEnabled": False,
             "inferenceHosts": [], "saelensConfig": saelens_cfg, "saelensRelease": None,
             "saelensSaeId": None, "hfRepoId": None, "hfFolderId": None, "visibility": "PUBLIC",
-            "defaultOfModelId": None, "hasUmap": False, "hasUmapLogSparsity": False,
+            "defaultOfModelId": None, "hasUmap": _has_umap(session, sae.id),
+            "hasUmapLogSparsity": False,
             "hasUmapClusters": False, "num_prompts": aset.n_contexts if aset else None,
             "num_tokens_in_prompt": aset.ctx_len if aset else None,
             "dataset": sae.activation_set_id, "notes": f"saefeat SAE {sae.id}",
             "createdAt": created,
         },
     }  # fmt: skip
+
+
+def _has_umap(session: Session, sae_id: str) -> bool:
+    """Whether the SAE's features have map coordinates (Neuronpedia keeps them on each
+    Explanation row, `umap_x`/`umap_y`; our side records carry every feature's)."""
+    placed = (Feature.sae_id == sae_id) & Feature.umap_x.is_not(None)
+    return session.scalar(select(Feature.id).where(placed).limit(1)) is not None
 
 
 def _histogram_bars(histogram: dict | None) -> tuple[list[float], list[float]]:
@@ -175,6 +190,18 @@ def _histogram_bars(histogram: dict | None) -> tuple[list[float], list[float]]:
         for a, b in zip(edges[:-1], edges[1:], strict=True)
     ]
     return [float(c) for c in histogram["counts"]], centres
+
+
+def _logit_bars(logits: dict | None) -> dict[str, list[float]]:
+    """Neuronpedia's logit histogram (heights at bin centres) from the stored one
+    (features/logit_histogram.py): equal-width bins from min to max."""
+    if not logits or not logits.get("counts"):
+        return {"logits_hist_data_bar_heights": [], "logits_hist_data_bar_values": []}
+    counts, lo, hi = logits["counts"], logits["min"], logits["max"]
+    width = (hi - lo) / len(counts)
+    centres = [lo + (i + 0.5) * width for i in range(len(counts))]
+    return {"logits_hist_data_bar_heights": [float(c) for c in counts],
+            "logits_hist_data_bar_values": centres}  # fmt: skip
 
 
 def _quantile_bin(activation: float, max_act: float) -> tuple[float, float]:
@@ -243,8 +270,8 @@ def _export_batch(session: Session, ids: list[int], names: SourceNames) -> dict[
         out["features"].append({
             **common, "index": index, "maxActApprox": f.max_activation, "creatorId": CREATOR_ID,
             "frac_nonzero": f.density, "freq_hist_data_bar_heights": heights,
-            "freq_hist_data_bar_values": centres, "logits_hist_data_bar_heights": [],
-            "logits_hist_data_bar_values": [], "neuron_alignment_indices": [],
+            "freq_hist_data_bar_values": centres,
+            **_logit_bars((f.histogram or {}).get("logits")), "neuron_alignment_indices": [],
             "neuron_alignment_l1": [], "neuron_alignment_values": [],
             "correlated_neurons_indices": [], "correlated_neurons_l1": [],
             "correlated_neurons_pearson": [], "decoder_weights_dist": [],
@@ -279,7 +306,7 @@ def _export_batch(session: Session, ids: list[int], names: SourceNames) -> dict[
             out["explanations"].append({
                 "id": lid, **common, "index": index, "authorId": CREATOR_ID,
                 "description": lb.text, "embedding": None, "typeName": None,
-                "explanationModelName": None, "umap_x": None, "umap_y": None,
+                "explanationModelName": None, "umap_x": f.umap_x, "umap_y": f.umap_y,
                 "umap_cluster": None, "umap_log_feature_sparsity": None,
             })  # fmt: skip
             labels.append({"id": lid, "source": lb.source, "author": lb.author,
@@ -287,6 +314,6 @@ def _export_batch(session: Session, ids: list[int], names: SourceNames) -> dict[
         out["saefeat"].append({
             "index": f.index, "mean_activation": f.mean_activation, "histogram": f.histogram,
             "pos_ids": [t.token_id for t in top], "neg_ids": [t.token_id for t in bottom],
-            "examples": side, "labels": labels,
+            "examples": side, "labels": labels, "umap_x": f.umap_x, "umap_y": f.umap_y,
         })  # fmt: skip
     return out

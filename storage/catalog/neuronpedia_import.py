@@ -240,6 +240,7 @@ def _feature_index_from(folder: Path, neurons: list[dict], d_sae: int) -> Featur
                             f"0..{d_sae - 1}", field="topkCosSimIndices")  # fmt: skip
         near[i] = (list(cos_i), _floats(row, "topkCosSimValues"))
     examples = _examples(folder, d_sae, side, max_act)
+    umap = _umap(folder, neurons, side, d_sae)
     width = max((len(a) for a, _ in near.values()), default=0)
     nbr_idx = np.full((d_sae, width), -1, dtype=np.int64)
     nbr_cos = np.zeros((d_sae, width))
@@ -252,7 +253,27 @@ def _feature_index_from(folder: Path, neurons: list[dict], d_sae: int) -> Featur
         mean_activation=mean_act, examples=examples, projections=projections,
         histogram_edges=edges, histograms=counts,
         neighbour_indices=nbr_idx if width else None, neighbour_cosines=nbr_cos if width else None,
+        umap=umap,
     )  # fmt: skip
+
+
+def _umap(folder: Path, neurons: list[dict], side: dict[int, dict], d_sae: int):
+    """[d_sae, 2] map coordinates (NaN where a feature has none), or None when no record
+    holds any: the side record's, else the Neuron row's, else an Explanation row's."""
+    xy = np.full((d_sae, 2), np.nan)
+    rows = [(_feature_index(r, d_sae), r) for r in _batches(folder, "explanations")]
+    rows += [(_feature_index(r, d_sae), r) for r in neurons]
+    rows += [(i, {**r, "_where": f"saefeat side record of feature {i}"}) for i, r in side.items()]
+    for i, row in rows:  # later sources win: side records last
+        x, y = row.get("umap_x"), row.get("umap_y")
+        if x is None and y is None:
+            continue
+        if not all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+                   for v in (x, y)):  # fmt: skip
+            raise SpecError(f"{row.get('_where', 'a record')}: umap_x/umap_y must be finite "
+                            "numbers", field="umap_x")  # fmt: skip
+        xy[i] = (float(x), float(y))
+    return None if np.isnan(xy).all() else xy
 
 
 def _shared_histograms(histograms: dict[int, dict], d_sae: int):

@@ -25,6 +25,8 @@ from saefeat.errors import NotFoundError, SpecError
 from saefeat.features.records import FeatureExample
 from saefeat.storage.catalog.cursor import Cursor, decode_cursor, encode_cursor
 from saefeat.storage.catalog.models import (
+    EFFECT_METHODS,
+    EFFECT_SIDES,
     SAE,
     VOCAB_SIDES,
     ActivationSetRow,
@@ -32,6 +34,7 @@ from saefeat.storage.catalog.models import (
     FeatureExampleRow,
     Label,
     Neighbour,
+    TokenEffect,
     VocabToken,
 )
 
@@ -40,6 +43,10 @@ FeatureSort = Literal["max_activation", "density"]
 SortOrder = Literal["asc", "desc"]
 Side = Literal["top", "bottom"]
 FEATURE_SORTS: tuple[str, ...] = ("max_activation", "density")
+# Artifact features (features/artifacts.py) in a list: left out (the default of sorted
+# lists), kept, or the only ones shown.
+ArtifactFilter = Literal["exclude", "include", "only"]
+ARTIFACT_FILTERS: tuple[str, ...] = ("exclude", "include", "only")
 MAX_PAGE = 500
 # Tokenizers spell a leading space differently: decoded text " cat", byte-level BPE
 # (GPT-2, Llama 3, SmolLM) "Ġcat", SentencePiece (Llama 2, Gemma) "▁cat".
@@ -62,6 +69,7 @@ class FeatureView:
     density: float
     max_activation: float
     mean_activation: float
+    artifact: str | None  # why it is an artifact (features/artifacts.py); None: it is not
 
 
 def row_columns(model: type, view_type: type) -> tuple[Any, ...]:
@@ -163,10 +171,13 @@ def list_features(
     labelled: bool | None = None,
     limit: int = 50,
     cursor: str | None = None,
+    artifacts: ArtifactFilter = "exclude",
 ) -> Page[FeatureView]:
     """Features of one SAE, sorted by `sort` then by index (ascending, as a tie-break).
 
-    `labelled`: True keeps features with at least one label, False those with none."""
+    `labelled`: True keeps features with at least one label, False those with none.
+    `artifacts`: "exclude" leaves artifact features out, "include" keeps them, "only"
+    lists only them."""
     require_sae(session, sae_id)
     if sort not in FEATURE_SORTS:
         raise SpecError(f"is {sort!r}; use one of {list(FEATURE_SORTS)}", field="sort")
@@ -188,6 +199,7 @@ def list_features(
     if labelled is not None:
         has_label = exists().where(Label.feature_id == Feature.id)
         query = query.where(has_label if labelled else ~has_label)
+    query = query.where(*artifact_condition(artifacts))
     if cursor is not None:
         value, index = decode_cursor(cursor, ordering, (float, int)).key
         beyond = column < value if order == "desc" else column > value
@@ -204,14 +216,25 @@ def list_features(
     return Page(rows, token)
 
 
+def artifact_condition(artifacts: str) -> list[Any]:
+    """The WHERE conditions of an artifact filter (none for "include")."""
+    if artifacts not in ARTIFACT_FILTERS:
+        raise SpecError(f"is {artifacts!r}; use one of {list(ARTIFACT_FILTERS)}",
+                        field="artifacts")  # fmt: skip
+    if artifacts == "include":
+        return []
+    return [Feature.artifact.is_(None) if artifacts == "exclude" else Feature.artifact.isnot(None)]
+
+
 def strongest_features(
-    session: Session, sae_id: str, *, offset: int, limit: int
+    session: Session, sae_id: str, *, offset: int, limit: int, artifacts: ArtifactFilter = "exclude"
 ) -> list[tuple[FeatureView, dict[str, Any] | None]]:
     """The SAE page's list: features by max activation (strongest first, ties by index),
-    each with its activation histogram. Numbered pages, so OFFSET paging."""
+    each with its activation histogram; artifact features left out unless `artifacts`
+    says otherwise. Numbered pages, so OFFSET paging."""
     query = (
         select(*FEATURE_VIEW_COLUMNS, Feature.histogram)
-        .where(Feature.sae_id == sae_id)
+        .where(Feature.sae_id == sae_id, *artifact_condition(artifacts))
         .order_by(Feature.max_activation.desc(), Feature.index)
         .offset(offset)
         .limit(limit)
@@ -364,6 +387,48 @@ def feature_projection_many(
     """`feature_projection` of each feature in `ids`, in one query."""
     rows = _by_feature(session, _PROJECTION_MANY, ids, lambda row: ProjectionView(*row))
     return {fid: _sides(entries) for fid, entries in rows.items()}
+
+
+@dataclass(slots=True)
+class EffectView:
+    """One token of a feature's effect on the next token (features/effects.py)."""
+
+    method: str  # "measured" or "debiased"
+    side: str  # "up" (made more likely) or "down"
+    rank: int
+    token_id: int
+    token_str: str
+    value: float  # measured: mean drop in next-token probability; debiased: z-score
+
+
+Effects = dict[str, dict[str, list[EffectView]]]  # method -> side -> entries by rank
+
+_EFFECTS, _EFFECTS_MANY = _one_and_many(
+    select(*row_columns(TokenEffect, EffectView)),
+    TokenEffect.feature_id,
+    TokenEffect.method,
+    TokenEffect.side,
+    TokenEffect.rank,
+)
+
+
+def _methods(rows: Iterable[EffectView]) -> Effects:
+    out: Effects = {m: {side: [] for side in EFFECT_SIDES} for m in EFFECT_METHODS}
+    for row in rows:
+        out[row.method][row.side].append(row)
+    return out
+
+
+def feature_effects(session: Session, feature_id: int) -> Effects:
+    """{"measured": {"up": [...], "down": [...]}, "debiased": {...}}, each by rank; empty
+    lists where the index stored none (a feature that never fired has no measured one)."""
+    return _methods(EffectView(*row) for row in run(session, _EFFECTS, feature_id=feature_id))
+
+
+def feature_effects_many(session: Session, ids: Iterable[int]) -> dict[int, Effects]:
+    """`feature_effects` of each feature in `ids`, in one query."""
+    rows = _by_feature(session, _EFFECTS_MANY, ids, lambda row: EffectView(*row))
+    return {fid: _methods(entries) for fid, entries in rows.items()}
 
 
 @dataclass
@@ -520,3 +585,19 @@ def _strongest_values(
         .group_by(v.feature_id)
     )
     return dict(run(session, query).all())
+
+
+def artifact_reasons(session: Session, sae_id: str, indices: Iterable[int]) -> dict[int, str]:
+    """Feature index -> artifact reason, for the features of one SAE that are flagged."""
+    query = select(Feature.index, Feature.artifact).where(
+        Feature.sae_id == sae_id,
+        Feature.index.in_(sorted(set(indices))),
+        Feature.artifact.isnot(None),
+    )
+    return dict(run(session, query).all())
+
+
+def count_artifacts(session: Session, sae_id: str) -> int:
+    """How many of the SAE's features are flagged as artifacts."""
+    query = select(func.count()).where(Feature.sae_id == sae_id, Feature.artifact.isnot(None))
+    return int(run(session, query).scalar() or 0)

@@ -20,14 +20,17 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from saefeat.errors import NotFoundError, SpecError
-from saefeat.features.records import FeatureExample, FeatureIndex, VocabProjection
+from saefeat.features.records import FeatureExample, FeatureIndex, TokenEffects, VocabProjection
 from saefeat.storage.catalog.models import (
+    EFFECT_METHODS,
     EXAMPLE_KINDS,
     SAE,
     Base,
     Feature,
     FeatureExampleRow,
+    FiredToken,
     Neighbour,
+    TokenEffect,
     VocabToken,
 )
 
@@ -43,6 +46,7 @@ class IndexWriteSummary:
     n_examples: int
     n_vocab_tokens: int
     n_neighbours: int = 0
+    n_token_effects: int = 0
 
 
 def _finite_list(values: Sequence[float], field: str) -> list[float]:
@@ -83,6 +87,9 @@ def _feature_rows(index: FeatureIndex, d_sae: int) -> list[dict[str, Any]]:
     max_act = _stat(index.max_activation, "max_activation", d_sae)
     mean_act = _stat(index.mean_activation, "mean_activation", d_sae)
     histograms = _histograms(index)
+    _add_histogram_extras(histograms, index)
+    artifacts = _artifact_reasons(index)
+    umap_x, umap_y = _umap(index)
     return [
         {
             "index": i,
@@ -90,9 +97,73 @@ def _feature_rows(index: FeatureIndex, d_sae: int) -> list[dict[str, Any]]:
             "max_activation": max_act[i],
             "mean_activation": mean_act[i],
             "histogram": histograms[i],
+            "artifact": artifacts[i],
+            "umap_x": umap_x[i],
+            "umap_y": umap_y[i],
         }
         for i in range(d_sae)
     ]
+
+
+def _umap(index: FeatureIndex) -> tuple[list[float | None], list[float | None]]:
+    """Each feature's place on the map (features/umap_map.py); None for both where the
+    index has none (no map, or a NaN row: an import that placed only some features)."""
+    if index.umap is None:
+        return [None] * index.d_sae, [None] * index.d_sae
+    xy = np.asarray(index.umap, dtype=np.float64)
+    if xy.shape != (index.d_sae, 2):
+        raise SpecError(f"has shape {list(xy.shape)}, expected [d_sae, 2]", field="umap")
+    if np.isinf(xy).any():
+        raise SpecError("contains infinity", field="umap")
+    placed = ~np.isnan(xy).any(axis=1)
+    x = [float(v) if ok else None for v, ok in zip(xy[:, 0].tolist(), placed, strict=True)]
+    y = [float(v) if ok else None for v, ok in zip(xy[:, 1].tolist(), placed, strict=True)]
+    return x, y
+
+
+# ---- readable-feature extras (issue 21): artifact reason, histogram extras, fired tokens
+
+
+def _artifact_reasons(index: FeatureIndex) -> list[str | None]:
+    if index.artifacts is None:
+        return [None] * index.d_sae
+    if len(index.artifacts) != index.d_sae:
+        raise SpecError(f"has {len(index.artifacts)} entries, expected d_sae", field="artifacts")
+    width = Feature.__table__.c.artifact.type.length
+    return [str(a)[:width] if a else None for a in index.artifacts]
+
+
+def _add_histogram_extras(histograms: list[dict[str, Any] | None], index: FeatureIndex) -> None:
+    """Into each stored activation histogram: how many activation bins the quantile
+    samples come from, and the direct-path logit histogram (features/logit_histogram.py)."""
+    logits = index.logit_histograms
+    if logits is not None:
+        counts = np.asarray(logits)
+        ranges = np.asarray(index.logit_ranges, dtype=np.float64)
+        if counts.ndim != 2 or counts.shape[0] != index.d_sae or ranges.shape != (index.d_sae, 2):
+            raise SpecError("must be [d_sae, bins] with logit_ranges [d_sae, 2]",
+                            field="logit_histograms")  # fmt: skip
+        if not np.isfinite(ranges).all():
+            raise SpecError("contains NaN or infinity", field="logit_ranges")
+    for i, histogram in enumerate(histograms):
+        if histogram is None:
+            continue
+        if index.n_quantile_bins:
+            histogram["quantile_bins"] = int(index.n_quantile_bins)
+        if logits is not None:
+            lo, hi = ranges[i].tolist()
+            histogram["logits"] = {"min": lo, "max": hi, "counts": counts[i].tolist()}
+
+
+def _fired_rows(index: FeatureIndex, d_sae: int) -> list[dict[str, Any]]:
+    rows = []
+    for n, t in enumerate(index.fired_tokens):
+        _check_feature(t.feature_index, d_sae, f"fired_tokens[{n}].feature_index")
+        if not (math.isfinite(t.share) and 0 < t.share <= 1):
+            raise SpecError("share must be in (0, 1]", field=f"fired_tokens[{n}].share")
+        rows.append({"feature_index": t.feature_index, "rank": int(t.rank),
+                     "token_str": _clean_token(t.token_str), "share": float(t.share)})  # fmt: skip
+    return rows
 
 
 def _check_feature(i: int, d_sae: int, field: str) -> None:
@@ -153,6 +224,42 @@ def _vocab_rows(projections: Sequence[VocabProjection], d_sae: int) -> list[dict
             rows.extend(
                 {
                     "feature_index": proj.feature_index,
+                    "side": side,
+                    "rank": rank,
+                    "token_id": int(tok),
+                    "token_str": _clean_token(text),
+                    "value": value,
+                }
+                for rank, (tok, text, value) in enumerate(zip(tok_ids, strs, clean, strict=True))
+            )
+    return rows
+
+
+def _effect_rows(effects: Sequence[TokenEffects], d_sae: int) -> list[dict[str, Any]]:
+    """token_effects rows: each ranking's up and down lists, rank 0 strongest."""
+    rows = []
+    seen: set[tuple[int, str]] = set()
+    for n, eff in enumerate(effects):
+        where = f"effects[{n}]"
+        _check_feature(eff.feature_index, d_sae, f"{where}.feature_index")
+        if eff.method not in EFFECT_METHODS:
+            raise SpecError(f"is {eff.method!r}; use one of {list(EFFECT_METHODS)}",
+                            field=f"{where}.method")  # fmt: skip
+        if (eff.feature_index, eff.method) in seen:
+            raise SpecError(f"feature {eff.feature_index} has two {eff.method!r} rankings",
+                            field=where)  # fmt: skip
+        seen.add((eff.feature_index, eff.method))
+        for side, tok_ids, strs, values in (
+            ("up", eff.up_ids, eff.up_strs, eff.up_values),
+            ("down", eff.down_ids, eff.down_strs, eff.down_values),
+        ):
+            if not len(tok_ids) == len(strs) == len(values):
+                raise SpecError(f"{side} ids, strs and values differ in length", field=where)
+            clean = _finite_list(values, f"{where}.{side}_values")
+            rows.extend(
+                {
+                    "feature_index": eff.feature_index,
+                    "method": eff.method,
                     "side": side,
                     "rank": rank,
                     "token_id": int(tok),
@@ -254,10 +361,12 @@ def write_feature_index(session: Session, sae_id: str, index: FeatureIndex) -> I
     examples = _example_rows(index.examples, sae.d_sae)
     vocab = _vocab_rows(index.projections, sae.d_sae)
     neighbours = _neighbour_pairs(index)
+    effects = _effect_rows(index.effects, sae.d_sae)
+    fired = _fired_rows(index, sae.d_sae)
     try:
         existing = _feature_ids(session, sae_id)
         old_ids = select(Feature.id).where(Feature.sae_id == sae_id).scalar_subquery()
-        for model in (FeatureExampleRow, VocabToken, Neighbour):
+        for model in (FeatureExampleRow, VocabToken, Neighbour, FiredToken, TokenEffect):
             session.execute(
                 delete(model).where(model.feature_id.in_(old_ids)),
                 execution_options={"synchronize_session": False},
@@ -272,7 +381,9 @@ def write_feature_index(session: Session, sae_id: str, index: FeatureIndex) -> I
         ids = _feature_ids(session, sae_id) if inserts else existing
         _bulk_insert(session, FeatureExampleRow, _attach_ids(examples, ids))
         _bulk_insert(session, VocabToken, _attach_ids(vocab, ids))
+        _bulk_insert(session, TokenEffect, _attach_ids(effects, ids))
         _bulk_insert(session, Neighbour, _neighbour_rows(neighbours, ids))
+        _bulk_insert(session, FiredToken, _attach_ids(fired, ids))
         session.commit()
         # Bulk DELETE/INSERT bypass the identity map and our sessions do not expire on
         # commit: forget loaded rows so nothing of the old index is read from memory.
@@ -280,4 +391,6 @@ def write_feature_index(session: Session, sae_id: str, index: FeatureIndex) -> I
     except BaseException:
         session.rollback()
         raise
-    return IndexWriteSummary(sae_id, len(feature_rows), len(examples), len(vocab), len(neighbours))
+    return IndexWriteSummary(
+        sae_id, len(feature_rows), len(examples), len(vocab), len(neighbours), len(effects)
+    )

@@ -8,10 +8,12 @@ import pytest
 import torch
 
 from saefeat.analysis.steer import (
+    DefaultCache,
     FeatureStrength,
     SteerRequest,
     check_request,
     encode_prompt,
+    in_max_activation_units,
     make_edit,
     steer,
 )
@@ -44,7 +46,9 @@ def test_strength_zero_add_reproduces_the_default_generation(tiny):
     assert len(result.default.token_ids) > 0
     assert result.steered.token_ids == result.default.token_ids
     assert result.steered.text == result.default.text
-    assert result.steered.promoted_logprobs == result.default.promoted_logprobs
+    # One batch (row 0 default, row 1 steered): rows may differ in the last bits.
+    torch.testing.assert_close(torch.tensor(result.steered.promoted_logprobs),
+                               torch.tensor(result.default.promoted_logprobs))  # fmt: skip
 
 
 def test_a_one_token_prompt_steers_the_generated_positions(tiny):
@@ -143,3 +147,73 @@ def test_clamping_high_raises_the_promoted_tokens_on_smollm2():
     assert steered > default + 0.5
     zero = steer(lm, sae, hook, SteerRequest(prompt, (FeatureStrength(7, 0.0),), "add", 0.7, 1, 8))
     assert zero.steered.token_ids == zero.default.token_ids == raised.default.token_ids
+
+
+def test_strength_counts_multiples_of_the_max_activation(tiny):
+    """Neuronpedia's units: a feature with max activation m at strength 2 adds exactly
+    2m x W_dec[f] (add) and is set to exactly 2m (clamp)."""
+    lm, sae, hook = tiny
+    m = 0.37
+    ids = lm.tokenizer("class Point:", return_tensors="pt").input_ids
+    x = run_to_hooks(lm, ids, [parse_hook(hook)])[hook][0]
+    added = in_max_activation_units(request((4, 2.0)), {4: m})
+    assert added.features[0].value == pytest.approx(2 * m)
+    torch.testing.assert_close(make_edit(sae, added)(x), x + 2 * m * sae.W_dec[4])
+    clamped = in_max_activation_units(request((4, 2.0), method="clamp"), {4: m})
+    z = sae.dense_activations(x)
+    torch.testing.assert_close(make_edit(sae, clamped)(x), x + (2 * m - z[:, 4:5]) * sae.W_dec[4],
+                               atol=1e-4, rtol=1e-4)  # fmt: skip
+    # A raw strength is its own unit: 2 adds 2 x W_dec[4], not 2m x W_dec[4].
+    torch.testing.assert_close(make_edit(sae, request((4, 2.0)))(x), x + 2 * sae.W_dec[4])
+
+
+@pytest.mark.parametrize("max_acts", [{}, {4: 0.0}, {4: math.nan}])
+def test_a_feature_without_a_max_activation_has_no_multiple(max_acts):
+    with pytest.raises(SpecError) as err:
+        in_max_activation_units(request((1, 1.0), (4, 2.0)), {1: 0.5, **max_acts})
+    assert err.value.field == "features.1.strength" and "raw" in str(err.value)
+
+
+def test_the_default_continuation_is_kept_and_not_generated_again(tiny, monkeypatch):
+    """The second request with the same prompt, seed, temperature and length (other
+    features, other strength) generates only the steered run: one row, not two."""
+    from saefeat.analysis import steer as steer_module
+
+    lm, sae, hook = tiny
+    rows: list[int] = []
+    sample = steer_module._sample
+
+    def counting(lm_, ids, req, watch, n_rows):
+        rows.append(n_rows)
+        return sample(lm_, ids, req, watch, n_rows)
+
+    monkeypatch.setattr(steer_module, "_sample", counting)
+    cache = DefaultCache(maxsize=2)
+    first = steer(lm, sae, hook, request((5, 40.0), prompt="kept?"), cache=cache)
+    again = steer(lm, sae, hook, request((9, -3.0), (5, 1.0), prompt="kept?"), cache=cache)
+    assert rows == [2, 1]  # a batch of default + steered, then the steered run alone
+    assert (first.default_cached, again.default_cached) == (False, True)
+    assert (cache.misses, cache.hits) == (1, 1)
+    assert again.default.token_ids == first.default.token_ids
+    # Feature 9's promoted tokens were not watched before: one teacher-forced forward
+    # fills them in, equal to what a fresh generation reports.
+    fresh = steer(lm, sae, hook, request((9, -3.0), (5, 1.0), prompt="kept?"), cache=None)
+    torch.testing.assert_close(torch.tensor(again.default.promoted_logprobs),
+                               torch.tensor(fresh.default.promoted_logprobs),
+                               atol=1e-4, rtol=1e-4)  # fmt: skip
+    assert rows == [2, 1, 2]
+    for prompt in ("other", "another"):  # bounded: the oldest entry goes
+        steer(lm, sae, hook, request((5, 1.0), prompt=prompt), cache=cache)
+    assert len(cache) == 2
+    steer(lm, sae, hook, request((5, 1.0), prompt="kept?"), cache=cache)
+    assert rows[-1] == 2
+    # Another seed, temperature or length is another default.
+    steer(lm, sae, hook, request((5, 1.0), prompt="kept?", seed=4), cache=cache)
+    assert rows[-1] == 2
+
+
+def test_the_pages_suggest_the_default_strength():
+    from saefeat.analysis.steer import DEFAULT_STRENGTH
+    from saefeat.api.page_routes import STEER_DEFAULT_STRENGTH
+
+    assert STEER_DEFAULT_STRENGTH == DEFAULT_STRENGTH

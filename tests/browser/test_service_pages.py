@@ -58,6 +58,7 @@ def service(tmp_path, tiny_llama) -> Iterator[Served]:
         write_feature_index(s, "sae-tiny", index)
         # A pipeline another runner holds (so this server leaves it be), and a stage of it.
         pipeline = {
+            "stages": ["harvest", "train", "index"],
             "harvest": {
                 "model": str(tiny_llama),
                 "hooks": [HOOK],

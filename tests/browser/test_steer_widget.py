@@ -11,6 +11,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as ec
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
+from saefeat.analysis.steer import DEFAULT_STRENGTH
 from tests.browser.conftest import serve_in_thread
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"  # kept by CI, gitignored
@@ -44,11 +45,16 @@ def steerable_page(tmp_path, tiny_llama):
 
 def test_steer_from_the_feature_page(steerable_page, browser):
     browser.get(steerable_page)
+    # The form says its unit, and suggests the default strength with clamp.
+    assert "multiple of this feature's max activation" in browser.find_element(
+        By.ID, "steer-units").text  # fmt: skip
+    assert Select(browser.find_element(By.ID, "steer-method")).first_selected_option.text == "clamp"
     browser.find_element(By.ID, "steer-prompt").send_keys("def add(a, b):")
     Select(browser.find_element(By.ID, "steer-method")).select_by_value("clamp")
     strength = browser.find_element(By.ID, "steer-strength")
+    assert float(strength.get_attribute("value")) == DEFAULT_STRENGTH
     strength.clear()
-    strength.send_keys("60")
+    strength.send_keys("3")
     tokens = browser.find_element(By.ID, "steer-tokens")
     tokens.clear()
     tokens.send_keys("8")
@@ -57,6 +63,8 @@ def test_steer_from_the_feature_page(steerable_page, browser):
     WebDriverWait(browser, 120).until(
         ec.text_to_be_present_in_element((By.ID, "steer-status"), "done")
     )
+    # 3 x feature 5's max activation, as the server applied it.
+    assert "clamp at 3 × " in browser.find_element(By.ID, "steer-status").text
     default = browser.find_element(By.ID, "steer-default").text
     steered = browser.find_element(By.ID, "steer-steered").text
     assert default.startswith("def add(a, b):") and steered.startswith("def add(a, b):")

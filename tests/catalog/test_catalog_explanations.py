@@ -19,11 +19,11 @@ from saefeat.storage.catalog.labels import add_label, current_label
 from saefeat.storage.catalog.queries import get_feature
 from saefeat.storage.catalog.writer import write_feature_index
 
-# feature index -> (text, detection, embedding)
+# feature index -> (text, detection, embedding); the headline is their mean
 AUTO = {
-    0: ('tokens: " (" python calls', 0.9, 0.95),
-    1: ("python imports", 0.6, 0.7),
-    2: ("python keywords", 0.75, 0.55),
+    0: ('tokens: " (" python calls', 0.9, 0.95),  # 0.925
+    1: ("python imports", 0.6, 0.7),  # 0.65
+    2: ("python keywords", 0.75, 0.67),  # 0.71
     3: ("dogs", 0.8, 0.8),
 }
 
@@ -65,8 +65,9 @@ def test_explanations_read_back_with_scores(session, explained):
         ("embedding", 0.95, 30),
     }
     label = current_label(session, fid)
-    # The auto label carries its headline score (detection first).
-    assert label.source == "auto" and label.author == "offline" and label.score == 0.9
+    # The auto label carries its headline score: the mean of its scores.
+    assert label.source == "auto" and label.author == "offline"
+    assert label.score == pytest.approx(0.925)
     assert explained_indices(session, explained.id, "offline", "v1") == set(AUTO)
     assert explained_indices(session, explained.id, "offline", "v2") == set()
 
@@ -103,7 +104,7 @@ def test_label_search_sorts_and_filters_by_score(session, explained):
 
 
 def test_a_feature_counts_once_at_its_best_scored_label(session, explained):
-    _explain(session, explained.id, 1, "python import lines", 0.99, 0.5, prompt="v2")
+    _explain(session, explained.id, 1, "python import lines", 0.99, 0.97, prompt="v2")
     session.commit()
     assert _found(session, "python", sort="score") == [1, 0, 2]
     page = search_labels(session, "python", sort="score", limit=5)

@@ -50,7 +50,7 @@ TABLES = {
     "explanations",
     "explanation_scores",
 }
-HEAD = "0013"  # the newest revision
+HEAD = "0014"  # the newest revision
 
 
 @contextmanager
@@ -236,3 +236,63 @@ def test_processes_starting_together_migrate_once(which, request):
     assert errors == []
     assert current_revision(url) == HEAD
     assert _drift(url) == []
+
+
+@pytest.mark.parametrize("db", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_0014_marks_old_activation_scores_stale_and_rescores_headlines(db, request):
+    """Activation scores stored before 0014 (standard deviations, e.g. 5.13) become
+    `activation_sd`, out of every headline; each auto label's score becomes the mean of
+    its [0, 1] scores. Downgrading puts both back."""
+    url = request.getfixturevalue("sqlite_url" if db == "sqlite" else "postgres_url")
+    upgrade(url, "0013")
+    engine = make_engine(url)
+    with engine.begin() as c:
+        c.exec_driver_sql(
+            "INSERT INTO saes (id, name, model_name, hook_name, architecture, d_in, d_sae, cfg,"
+            " metrics, created_at) VALUES ('s', 's', 'm', 'h', 'topk', 4, 4, '{}', '{}',"
+            " CURRENT_TIMESTAMP)"
+        )
+        c.exec_driver_sql(
+            'INSERT INTO features (sae_id, "index", density, max_activation, mean_activation)'
+            " VALUES ('s', 0, 0.1, 1.0, 0.5)"
+        )
+        for label_id, score in [(1, 0.9), (2, None), (3, 0.4)]:
+            source = "human" if label_id == 3 else "auto"
+            value = "NULL" if score is None else score
+            c.exec_driver_sql(
+                "INSERT INTO labels (id, feature_id, text, source, author, score, created_at)"
+                f" SELECT {label_id}, id, 'l{label_id}', '{source}', 'offline', {value},"
+                " CURRENT_TIMESTAMP FROM features"
+            )
+        for label_id in (1, 2):
+            c.exec_driver_sql(
+                "INSERT INTO explanations (label_id, feature_id, explainer, prompt_version,"
+                f" evidence, created_at) SELECT {label_id}, id, 'offline', 'offline-v2', '{{}}',"
+                " CURRENT_TIMESTAMP FROM features"
+            )
+        rows = [(1, "detection", 0.9), (1, "embedding", 0.7), (1, "activation", 5.13),
+                (2, "activation", -0.34)]  # fmt: skip
+        for label_id, kind, value in rows:
+            c.exec_driver_sql(
+                "INSERT INTO explanation_scores (label_id, type, value, n, details,"
+                f" prompt_version, created_at) VALUES ({label_id}, '{kind}', {value}, 10, '{{}}',"
+                " 'v', CURRENT_TIMESTAMP)"
+            )
+    engine.dispose()
+
+    def state():
+        engine = make_engine(url)
+        with engine.connect() as c:
+            types = sorted(c.exec_driver_sql("SELECT label_id, type FROM explanation_scores"))
+            scores = dict(c.exec_driver_sql("SELECT id, score FROM labels").all())
+        engine.dispose()
+        return [tuple(t) for t in types], {k: v and round(v, 6) for k, v in scores.items()}
+
+    upgrade(url)
+    types, scores = state()
+    assert (1, "activation_sd") in types and (2, "activation_sd") in types
+    assert not any(t == "activation" for _, t in types)
+    assert scores == {1: 0.8, 2: None, 3: 0.4}  # mean of 0.9 and 0.7; a human label untouched
+    downgrade(url, "0013")
+    types, scores = state()
+    assert (1, "activation") in types and scores == {1: 0.9, 2: None, 3: 0.4}

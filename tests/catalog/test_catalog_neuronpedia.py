@@ -347,3 +347,71 @@ def test_a_malformed_side_record_is_a_spec_error(session, indexed, fresh, tmp_pa
         neuronpedia_import.import_neuronpedia(fresh, folder, "copy")
     assert err.value.field == field
     assert fresh.get(SAE, "copy") is None
+
+
+@pytest.fixture
+def mapped(session, make_sae):
+    """40 features on a map (feature 7 not placed), two of them labelled."""
+    import numpy as np
+
+    make_sae(session, d_sae=40, sae_id="sae-m")
+    index = synthetic_feature_index(40, n_examples=2, n_quantile=0, seed=7)
+    index.umap = np.random.default_rng(1).normal(size=(40, 2)) * 3
+    index.umap[7] = np.nan  # e.g. imported from a map of explained features only
+    write_feature_index(session, "sae-m", index)
+    for i in (3, 30):
+        add_label(session, queries.get_feature(session, "sae-m", i), text=f"f{i}", author="ada")
+    session.commit()
+    return index.umap
+
+
+def _map(s: Session, sae_id: str) -> dict[int, tuple]:
+    rows = s.execute(select(Feature.index, Feature.umap_x, Feature.umap_y)
+                     .where(Feature.sae_id == sae_id)).all()  # fmt: skip
+    return {i: (x, y) for i, x, y in rows}
+
+
+def test_the_map_goes_out_in_neuronpedias_umap_fields_and_comes_back(session, mapped, fresh,
+                                                                     tmp_path):  # fmt: skip
+    stored = _map(session, "sae-m")
+    assert stored[7] == (None, None) and stored[3] == tuple(mapped[3])
+    folder = neuronpedia.export_neuronpedia(session, "sae-m", tmp_path / "out")
+    assert json.loads((folder / "source.jsonl").read_text())["hasUmap"] is True
+    expl = {int(r["index"]): r for r in _rows(folder, "explanations")}
+    assert set(expl) == {3, 30}  # Neuronpedia keeps the map on Explanation rows
+    for i in (3, 30):
+        assert (expl[i]["umap_x"], expl[i]["umap_y"]) == tuple(mapped[i])
+    side = {r["index"]: r for r in _rows(folder, "saefeat")}
+    assert (side[12]["umap_x"], side[12]["umap_y"]) == tuple(mapped[12])  # unlabelled too
+    assert side[7]["umap_x"] is None
+    neuronpedia_import.import_neuronpedia(fresh, tmp_path / "out", "copy")
+    assert _map(fresh, "copy") == stored
+
+
+def test_a_neuronpedia_folder_gives_the_map_of_its_explanations(session, mapped, fresh,
+                                                                tmp_path):  # fmt: skip
+    folder = neuronpedia.export_neuronpedia(session, "sae-m", tmp_path / "out")
+    shutil.rmtree(folder / "saefeat")  # as Neuronpedia exports: the map only on labels
+    neuronpedia_import.import_neuronpedia(fresh, folder, "np")
+    got = _map(fresh, "np")
+    assert got[3] == tuple(mapped[3]) and got[30] == tuple(mapped[30])
+    assert got[12] == (None, None)
+
+
+def test_a_sae_without_a_map_exports_none(session, indexed, tmp_path):
+    folder = neuronpedia.export_neuronpedia(session, "sae-a", tmp_path / "out")
+    assert json.loads((folder / "source.jsonl").read_text())["hasUmap"] is False
+    assert all(r["umap_x"] is None for r in _rows(folder, "explanations"))
+
+
+def test_a_bad_umap_value_is_a_spec_error(session, mapped, fresh, tmp_path):
+    folder = neuronpedia.export_neuronpedia(session, "sae-m", tmp_path / "out")
+    path = sorted((folder / "explanations").glob("batch-*.jsonl.gz"))[0]
+    rows = [json.loads(line) for line in gzip.decompress(path.read_bytes()).splitlines()]
+    rows[0]["umap_x"] = "left"
+    path.write_bytes(gzip.compress("".join(json.dumps(r) + "\n" for r in rows).encode()))
+    shutil.rmtree(folder / "saefeat")
+    with pytest.raises(SpecError) as err:
+        neuronpedia_import.import_neuronpedia(fresh, folder, "np")
+    assert err.value.field == "umap_x"
+    assert fresh.get(SAE, "np") is None

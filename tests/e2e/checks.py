@@ -49,6 +49,7 @@ def check_api(settings, sae_id):
         index = page.json()["items"][0]["index"]
         feature = client.get(f"/v1/saes/{sae_id}/features/{index}").json()
         assert feature["examples"] and feature["projection"]["top"]
+        assert feature["effects"]["measured"]["up"] and feature["effects"]["debiased"]["up"]
         url = f"/v1/saes/{sae_id}/features/{index}/labels"
         assert client.post(url, json={"text": "anything"}).status_code == 401
         bad = {"Authorization": "Bearer sfk_wrong"}

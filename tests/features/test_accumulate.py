@@ -25,8 +25,17 @@ def check_against_brute_force(acc, acts, ctx_len, n_top, window):
     assert acc.hist.sum() == fires.sum()
     for f in range(acts.shape[1]):
         col = acts[:, f]
-        n = min(n_top, int((col > 0).sum()))
-        want = col.topk(n).values
+        # Top examples are peaks (features/distinct.py): stronger than everything within
+        # `window` tokens to the left in the context, at least as strong to the right.
+        peak = torch.zeros_like(col)
+        for row in range(len(col)):
+            near = [rr for rr in range(row - window, row + window + 1)
+                    if 0 <= rr < len(col) and rr // ctx_len == row // ctx_len]  # fmt: skip
+            if col[row] > 0 and all(col[rr] < col[row] if rr < row else col[rr] <= col[row]
+                                    for rr in near if rr != row):  # fmt: skip
+                peak[row] = col[row]
+        n = min(n_top, int((peak > 0).sum()))
+        want = peak.topk(n).values
         got = acc.top_vals[f, :n]
         torch.testing.assert_close(got, want)
         assert (acc.top_vals[f, n:] == -float("inf")).all()

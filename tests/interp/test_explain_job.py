@@ -1,6 +1,7 @@
 """The explain job end to end on a tiny random Llama: harvest -> train -> index ->
-explain (offline explainer, embedding + activation scorers, real Ray, real sentence
-encoder) -> catalog, API and CLI; resume and cancel; bad input."""
+explain (offline and patchscope explainers, embedding + activation scorers, real Ray,
+real sentence encoder) -> catalog, API and CLI; the best-scored explanation is the
+label; resume and cancel; bad input; the own-vs-neighbour check runs."""
 
 from __future__ import annotations
 
@@ -12,17 +13,18 @@ from saefeat.api.app import create_app
 from saefeat.api.schemas import FeatureDetail
 from saefeat.cli import app as cli_app
 from saefeat.config import Settings, get_settings
+from saefeat.interp.checks import own_vs_neighbour, scores_in_unit_interval
 from saefeat.pipeline import run_harvest, run_index, run_train
 from saefeat.specs import ExplainSpec, HarvestSpec, IndexSpec, TrainSpec
 from saefeat.storage.catalog import queries
 from saefeat.storage.catalog.db import catalog_session
-from saefeat.storage.catalog.explanations import feature_explanations
+from saefeat.storage.catalog.explanations import SCORE_TYPES, feature_explanations, headline_score
 from saefeat.storage.catalog.keys import create_api_key
 from saefeat.storage.catalog.labels import current_label
 from saefeat.storage.catalog.registry import register_sae
 from saefeat.workers.explain import run_explain
 
-SCORERS = ["embedding", "activation"]
+SCORERS = ["embedding", "activation", "keyword"]
 
 
 @pytest.fixture(scope="module")
@@ -70,24 +72,32 @@ def test_explain_writes_labels_with_scores_and_a_rerun_resumes(indexed):
                 assert f.max_activation <= 0  # only dead features are left out
                 continue
             explained += 1
-            (ex,) = rows
-            assert ex.text.startswith(("tokens: ", "promotes: ")) and ex.explainer == "offline"
-            assert ex.evidence["explained_from"]
-            scored = {sc.type for sc in ex.scores} | set(ex.evidence["unscored"])
-            assert scored == set(SCORERS)
-            for sc in ex.scores:
-                if sc.type == "embedding":
-                    assert 0 <= sc.value <= 1 and sc.details["positives"]
-                    assert sc.details["negatives"]
-                else:
-                    assert sc.details["retrieved"] and sc.n == 10
-                # Never scored on a window the explainer saw.
-                used = {w["context"] for w in ex.evidence["explained_from"]}
-                windows = sc.details.get("positives", []) + sc.details.get("retrieved", [])
-                assert not used & {w["context"] for w in windows}
+            # One explanation per explainer, every one scored by the same scorers.
+            assert sorted(ex.explainer for ex in rows) == ["offline", "patchscope"]
+            for ex in rows:
+                starts = ("fires on ", "makes ") if ex.explainer == "offline" else "the model "
+                assert ex.text.startswith(starts), ex.text
+                assert ex.evidence["explained_from"]
+                scored = {sc.type for sc in ex.scores} | set(ex.evidence["unscored"])
+                assert scored == set(SCORERS)
+                for sc in ex.scores:
+                    assert 0 <= sc.value <= 1, (sc.type, sc.value)
+                    if sc.type in ("embedding", "keyword"):
+                        assert sc.details["positives"] and sc.details["negatives"]
+                    else:
+                        assert sc.details["retrieved"]
+                    # Never scored on a window the explainer saw.
+                    used = {w["context"] for w in ex.evidence["explained_from"]}
+                    windows = sc.details.get("positives", []) + sc.details.get("retrieved", [])
+                    assert not used & {w["context"] for w in windows}
+            # The label shown is the best scored (mean of its scores), newest on a tie.
+            best = max(rows, key=lambda ex: -1 if headline_score(ex.scores) is None
+                       else headline_score(ex.scores))  # fmt: skip
             label = current_label(s, f.id)
-            assert label.source == "auto" and label.author == "offline" and label.text == ex.text
+            assert label.source == "auto" and label.text == best.text
+            assert label.author == best.explainer and label.score == headline_score(best.scores)
         assert explained == result.explained
+        assert scores_in_unit_interval(s, sae_id)
     again = run_explain(_spec(sae_id, list(range(12))), settings=settings)
     assert again.skipped_existing == result.explained
     assert again.explained + again.skipped_dead == 12 - result.explained - result.skipped_dead
@@ -111,12 +121,19 @@ def test_the_feature_api_and_page_show_explanations_with_scores(indexed):
     with TestClient(create_app(settings)) as client:
         body = client.get(f"/v1/saes/{sae_id}/features/{index}").json()
         FeatureDetail.model_validate(body)
-        (ex,) = body["explanations"]
-        assert ex["explainer"] == "offline" and ex["prompt_version"] == "offline-v2"
-        assert body["label"]["text"] == ex["text"] and body["label"]["source"] == "auto"
+        by = {ex["explainer"]: ex for ex in body["explanations"]}
+        assert by["offline"]["prompt_version"] == "offline-v3"
+        assert by["patchscope"]["prompt_version"] == "patchscope-v1"
+        for ex in by.values():
+            for sc in ex["scores"]:  # each score says what it means, on one scale
+                assert sc["meaning"] and "0.5" in sc["meaning"] and 0 <= sc["value"] <= 1
+        shown = max(by.values(), key=lambda ex: ex["headline"] or -1)
+        assert body["label"]["text"] == shown["text"] and body["label"]["source"] == "auto"
         page = client.get(f"/saes/{sae_id}/features/{index}").text
         assert 'id="explanations"' in page and 'data-type="embedding"' in page
-        hits = client.get("/v1/labels/search", params={"q": "tokens", "sort": "score"})
+        assert 'id="score-scale"' in page and "shown as the label" in page
+        assert "AUROC: the chance that" in page  # the embedding score's meaning
+        hits = client.get("/v1/labels/search", params={"q": "fires", "sort": "score"})
         assert hits.status_code == 200 and hits.json()["items"]
 
 
@@ -200,3 +217,18 @@ def test_cli_explain_and_its_bad_input(indexed):
         assert code == 2, (args, out)
         assert text in out and "Traceback" not in out
         assert len(out.splitlines()) == 1, out
+
+
+def test_own_vs_neighbour_runs_on_the_tiny_sae(indexed):
+    """The bench's check end to end: each feature's own explanation against its nearest
+    decoder neighbour's, per scorer, an AUROC in [0, 1] (its value on a random model
+    means nothing; tests/interp/test_readable_explanations.py checks the arithmetic)."""
+    settings, sae_id = indexed
+    with catalog_session(settings) as s:
+        check = own_vs_neighbour(s, settings, sae_id, list(range(16)), scorers=("embedding",),
+                                 pool_contexts=24)  # fmt: skip
+    assert set(check.auroc) == {"embedding"} and check.n["embedding"] > 0
+    assert 0 <= check.auroc["embedding"] <= 1 and 0 <= check.paired["embedding"] <= 1
+    for pair in check.pairs:
+        assert pair.index != pair.neighbour and pair.own and pair.theirs
+    assert set(SCORE_TYPES) >= set(check.auroc)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from saefeat.interp.evidence import FeatureEvidence, Window
-from saefeat.interp.explainers import LLMExplainer, OfflineExplainer
+from saefeat.interp.explainers import LLMExplainer, OfflineExplainer, label_parts
 from saefeat.interp.judge import DetectionScorer, FuzzingScorer
 from saefeat.interp.llm import LLMClient
 from saefeat.interp.pool import ScoringPool
@@ -52,8 +52,10 @@ def test_llm_explainer_over_http(llama_server):
 def test_offline_explainer_adds_a_gloss_when_an_llm_is_configured(llama_server):
     explainer = OfflineExplainer(LLMClient(llama_server, "smollm2-135m"))
     text = explainer.explain(_evidence())
-    label = 'tokens: "def", "): return"'  # the pair: " return" always follows "):"
-    assert text.startswith(label + " (") and text.endswith(")") and "<<" not in text
+    label = 'fires on "def", "): return"'  # the pair: " return" always follows "):"
+    assert text.startswith(label) and "<<" not in text
+    assert text.endswith(")") and label_parts(text)["gloss"]  # the LLM's words in brackets
+    assert explainer.prompt_version == "offline-v3+gloss-v1"
 
 
 def test_detection_and_fuzzing_over_http(llama_server):

@@ -151,6 +151,7 @@ def test_pipeline_survives_its_training_node(tiny_llama, tmp_path):
 
         _until(up, alive=alive)
         body = {
+            "stages": ["harvest", "train", "index"],  # the training's resume is the point
             "harvest": {"model": str(tiny_llama), "hooks": [HOOK], "ctx_len": 16,
                         "token_budget": 16 * 32, "contexts_per_shard": 8, "batch_size": 8,
                         "model_dtype": "float32", "storage_dtype": "float32"},

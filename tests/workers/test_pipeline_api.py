@@ -54,30 +54,34 @@ def test_pipeline_runs_its_chain_and_reuses_it(api, tiny_llama):
     job = app.state.job_runner.wait(job_id, timeout=600)
     assert job.status == "succeeded", job.error
     out = client.get(f"/v1/jobs/{job_id}").json()
-    assert [s["stage"] for s in out["stages"]] == ["harvest", "train", "index"]
+    # By default a pipeline explains every feature (offline), with progress in features.
+    assert [s["stage"] for s in out["stages"]] == ["harvest", "train", "index", "explain"]
     assert all(s["status"] == "succeeded" for s in out["stages"]), out["stages"]
-    assert out["progress_done"] == out["progress_total"] == 3
+    assert out["progress_done"] == out["progress_total"] == 4
     assert rows(app, SAE) == 1 and rows(app, Feature) == 128
-    n_jobs = rows(app, Job)  # the pipeline and its three stages
-    assert n_jobs == 4
+    explain_job = client.get(f"/v1/jobs/{out['stages'][3]['job_id']}").json()
+    with app.state.sessionmaker() as s:
+        live = s.scalar(select(func.count()).select_from(Feature).where(Feature.density > 0))
+        explained = s.scalar(select(func.count(func.distinct(Label.feature_id)))
+                             .where(Label.source == "auto"))  # fmt: skip
+    assert explained == live > 0  # every feature that fires has an explanation
+    labels = rows(app, Label)
+    assert explain_job["progress_done"] == explain_job["progress_total"] == live
+    n_jobs = rows(app, Job)  # the pipeline and its four stages
+    assert n_jobs == 5
 
-    # The same pipeline again: every stage's result exists, so no stage job runs.
+    # The same pipeline again: every stage's result exists, so no stage job but explain
+    # runs, and explain finds every feature explained and writes nothing.
     second = client.post("/v1/pipelines", json=body).json()["job_id"]
     done = app.state.job_runner.wait(second, timeout=120)
     assert done.status == "succeeded" and "reused: harvest, train, index" in done.error
-    assert rows(app, Job) == n_jobs + 1 and rows(app, SAE) == 1 and rows(app, Feature) == 128
+    assert rows(app, Job) == n_jobs + 2 and rows(app, SAE) == 1 and rows(app, Feature) == 128
+    assert rows(app, Label) == labels
 
-    # An explain stage after the reused ones: only it runs, and labels its features.
-    explain = {"features": [0, 1], "scorers": ["embedding"], "pool_contexts": 8, "n_explain": 3}
-    stages = ["harvest", "train", "index", "explain"]
-    third = client.post("/v1/pipelines", json=body | {"stages": stages, "explain": explain})
-    third = third.json()["job_id"]
-    done = app.state.job_runner.wait(third, timeout=600)
-    assert done.status == "succeeded", done.error
-    stages = client.get(f"/v1/jobs/{third}").json()["stages"]
-    assert stages[-1]["stage"] == "explain" and stages[-1]["status"] == "succeeded", stages
-    with app.state.sessionmaker() as s:
-        assert s.scalar(select(func.count()).select_from(Label).where(Label.source == "auto")) == 2
+    # Without the explain stage, as before issue 21.
+    third = client.post("/v1/pipelines", json=body | {"stages": ["harvest", "train", "index"]})
+    done = app.state.job_runner.wait(third.json()["job_id"], timeout=120)
+    assert done.status == "succeeded" and "reused: harvest, train, index" in done.error
 
     # Training and indexing on their own: an already trained SAE is reused.
     train_spec = client.get(

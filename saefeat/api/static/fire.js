@@ -51,13 +51,26 @@
       }
       out.append(span);
     }
+    // One row per (token, feature): the feature's activation there and its current label
+    // (or its artifact flag), so the table reads without opening each feature's page.
     const head = table.insertRow();
-    for (const h of ["token", "top features"]) head.append(Object.assign(document.createElement("th"), { textContent: h }));
+    for (const h of ["token", "feature", "activation", "label"]) head.append(Object.assign(document.createElement("th"), { textContent: h }));
     for (const t of body.tokens) {
-      const row = table.insertRow();
-      row.insertCell().textContent = JSON.stringify(t.token);
-      const cell = row.insertCell();
-      t.features.filter((f) => f.activation > 0).forEach((f, i) => { if (i) cell.append(" "); cell.append(link(saeId, f)); });
+      const active = t.features.filter((f) => f.activation > 0);
+      active.forEach((f, i) => {
+        const row = table.insertRow();
+        row.className = "fire-row";
+        row.insertCell().textContent = i ? "" : JSON.stringify(t.token);
+        row.insertCell().append(link(saeId, f));
+        const act = row.insertCell();
+        act.className = "fire-activation";
+        act.textContent = f.activation.toFixed(3);
+        const label = row.insertCell();
+        label.className = "fire-label";
+        if (f.label) label.textContent = f.label;
+        if (f.artifact) label.append(Object.assign(document.createElement("span"), { className: "artifact", textContent: ` artifact: ${f.artifact}` }));
+        if (!f.label && !f.artifact) label.append(Object.assign(document.createElement("span"), { className: "muted", textContent: "no label" }));
+      });
     }
   });
 })();
