@@ -136,12 +136,15 @@ def synthetic_effects(index: FeatureIndex, n: int = 6, seed: int = 0) -> Feature
             down = np.round(np.sort(rng.uniform(-4.0, -0.1, size=n)), 4)
             effects.append(
                 TokenEffects(
-                    feature_index=f, method=method,  # type: ignore[arg-type]
-                    up_ids=picks[:n].tolist(), up_strs=[vocab[i] for i in picks[:n]],
+                    feature_index=f,
+                    method=method,  # type: ignore[arg-type]
+                    up_ids=picks[:n].tolist(),
+                    up_strs=[vocab[i] for i in picks[:n]],
                     up_values=up.tolist(),
-                    down_ids=picks[n:].tolist(), down_strs=[vocab[i] for i in picks[n:]],
+                    down_ids=picks[n:].tolist(),
+                    down_strs=[vocab[i] for i in picks[n:]],
                     down_values=down.tolist(),
-                )  # fmt: skip
+                )
             )
     index.effects = effects
     return index

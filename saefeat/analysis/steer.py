@@ -17,12 +17,13 @@ max_act), set by `in_max_activation_units`; the unit is 1 for raw strengths
 (`units="raw"`). A decoder row's norm is whatever training left (171.75 on the demo's
 SAE), so a raw strength means nothing to a reader; a multiple of max activation is "this
 feature, N times as strong as it ever fired". `DEFAULT_STRENGTH` is the clamp that
-raises readable features' label tokens (analysis/steer_eval.py measures it).
+raises readable features' output tokens (analysis/steer_eval.py measures it).
 
 Prompt positions are steered during the prompt's forward and each generated position
 in its own step (the key/value cache holds the steered prompt), as Neuronpedia and
 SAELens steer. `add` with strength 0 adds exact zeros, so its generation is the default
-one token for token. For each generated position both runs report the log-probability
+one token for token (its log-probabilities to float rounding: two rows of one batch may
+differ in the last bits). For each generated position both runs report the log-probability
 (at temperature 1) of each feature's top promoted tokens: the largest entries of
 (W_dec[f] * final-norm scale) @ W_U^T, the vocabulary projection the index stores.
 
@@ -30,10 +31,11 @@ Cost. A call costs about one plain generation, not two: the default continuation
 not depend on the features, so it is kept in a bounded LRU (`DEFAULT_CACHE`, keyed by
 model, prompt, seed, temperature and max_new_tokens) and a repeated prompt only
 generates the steered run; on a miss the default and the steered run are one batch of
-two rows (the hook edits row 1 only), which on a CPU costs little more than one row,
-since a small model's decode step is bound by reading its weights. The 22-25 s calls of
-issue 21 were two sequential generations on a loaded 2-core machine; the hook itself
-(one position per step through the SAE) costs ~nothing next to the model's forward.
+two rows (the hook edits row 1 only), ~1.45x one row's time on a CPU rather than 2x (a
+small model's decode step is bound by reading its weights). The 22-25 s calls of issue 21
+were two sequential generations on a loaded 2-core machine (~0.35 s a token for either);
+the KV cache was already used and the hook (one new position per step through the SAE)
+costs little next to the model's forward.
 """
 
 from __future__ import annotations
@@ -56,9 +58,10 @@ Method = Literal["add", "clamp"]
 METHODS: tuple[str, ...] = ("add", "clamp")
 Units = Literal["max_activation", "raw"]
 UNITS: tuple[str, ...] = ("max_activation", "raw")
-# The strength the feature page and `saefeat steer` suggest, in multiples of the feature's
-# max activation, for `clamp`: at it, 17 of 20 readable features of the demo's SAE raise
-# their label tokens' probability over the default continuation (steer_eval.py).
+# The strength the feature page suggests, in multiples of the feature's max activation,
+# for `clamp`: at it, 17 of 20 readable features of the demo's SAE raise the probability
+# of the tokens they make more likely (their measured effect) over the default
+# continuation; 4 and 6 reach 16 of 20, 2 12, 16 10 (steer_eval.py, its docstring).
 DEFAULT_STRENGTH = 8.0
 MAX_FEATURES = 16
 MAX_STRENGTH = 1e6  # far beyond any useful value; keeps the arithmetic finite

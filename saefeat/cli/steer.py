@@ -38,8 +38,8 @@ def steer(
     max_new_tokens: int = 32,
 ):
     """Continue PROMPT with features added or clamped, beside the default continuation.
-    Strengths count multiples of each feature's max activation; with clamp, 8 is a
-    strength that moves a readable feature's own tokens."""
+    Strengths count multiples of each feature's max activation; with clamp, 8 raises
+    what most readable features make more likely (2-4 keeps the text fluent)."""
     from saefeat.analysis.steer import (
         FeatureStrength,
         SteerRequest,

@@ -8,11 +8,15 @@ already ranks every feature's nearest decoder rows by cosine, exactly
 (features/neighbours.py), and those are handed to UMAP as `precomputed_knn`, which
 skips pynndescent and its numba compilation (the larger part of a first fit's time).
 
-Cost, measured on the demo's SAE shape (4,608 x 576) on a loaded 2-core machine:
-~15-20 s in a fresh process (of which ~10 s numba compiling UMAP's layout code; numba
-caches part of it on disk for the next process), ~5-7 s warm. The layout is O(d_sae x
-n_neighbours x epochs) and UMAP runs 200 epochs past 10,000 points (500 below), so
-~100k features cost minutes, not hours. A dead decoder row (norm 0) has no direction:
+Cost (a shared 2-core machine, other jobs running: load 10-16, so upper bounds).
+4,608 x 576 (the demo's SAE): the layout 5-7 s warm on random rows at load 10, 30 s on
+the demo's decoder at load 14; a fresh process adds numba compiling UMAP's code once
+(10-60 s by load; not cached on disk: umap's functions are not `cache=True`), and
+`import umap` 4-30 s. 20,000 x 576 (clustered rows, load 14): the exact cosine kNN 49 s
+(indexing pays it anyway, for the stored neighbours), the layout 86 s warm, 156 s with
+the compile. The layout is O(d_sae x n_neighbours x epochs) (UMAP runs 500 epochs below
+10,000 points, 200 above) and the kNN O(d_sae^2 x d_in), so ~100k features cost
+minutes on an idle many-core machine. `IndexSpec.umap=False` skips the map. A dead decoder row (norm 0) has no direction:
 it is placed with its nearest live row's coordinates (neighbours of a zero row are
 arbitrary), so every feature still gets a finite point.
 """
