@@ -61,7 +61,7 @@ UNITS: tuple[str, ...] = ("max_activation", "raw")
 # The strength the feature page suggests, in multiples of the feature's max activation,
 # for `clamp`: at it, 17 of 20 readable features of the demo's SAE raise the probability
 # of the tokens they make more likely (their measured effect) over the default
-# continuation; 4 and 6 reach 16 of 20, 2 12, 16 10 (steer_eval.py, its docstring).
+# continuation; 4 and 6 reach 16, 10 14, 2 12, 16 10 (steer_eval.py, its docstring).
 DEFAULT_STRENGTH = 8.0
 MAX_FEATURES = 16
 MAX_STRENGTH = 1e6  # far beyond any useful value; keeps the arithmetic finite

@@ -19,10 +19,14 @@ output side, because that is what steering moves: a readable feature reads a tok
 ' of' feature fires on " of"), and clamping it makes the model go on as if that token
 were there, raising what follows it (' the', ' this'), not the token itself. On the
 demo's SAE (SmolLM2-135M layer 15, 20 readable features, 3 prompts x 16 greedy tokens,
-clamp): measured targets rose for 0.60 / 0.80 / 0.85 / 0.50 of features at strength
-2 / 4 / 8 / 16; label-or-fired targets for 0.65 at 4 and 0.50 at 8 (the issue's
-"clamping the 'finally' feature never produced 'finally'" is this, not a unit problem).
-At 8 and above the steered text is mostly one repeated word; at 4 it still reads.
+clamp): measured targets rose for 0.60 / 0.80 / 0.80 / 0.85 / 0.70 / 0.50 of features
+at strength 2 / 4 / 6 / 8 / 10 / 16; label-or-fired targets for 0.65 at 4 and 0.50 at 8
+(the issue's "clamping the 'finally' feature never produced 'finally'" is this, not only
+a unit problem). At 8 and above the steered text is mostly one repeated word; at 4 it
+still reads. The measured targets there were filled for the 20 features by
+features/effects.measured_effects on their 4 strongest top examples (the demo catalog
+was indexed before measured effects existed). Caveat: targets that include very common
+tokens (' the', ' a') are raised by degenerate repetition too.
 
 "More likely" is the mean over generated positions and prompts of the target tokens'
 total probability at each position (p summed over the targets, at temperature 1), steered

@@ -27,7 +27,8 @@ STYLE = "\n".join(
        "svg.feature-map circle { fill-opacity: 0.8; }",
        "svg.feature-map a:hover circle { stroke: #000; stroke-width: 1.5; fill-opacity: 1; }",
        "svg.feature-map rect.frame { fill: #fff; stroke: #ddd; }",
-       ".map-legend span { display: inline-block; width: 1.2em; height: 0.8em; }"]
+       ".map-legend i.swatch { display: inline-block; width: 1.2em; height: 0.8em; }",
+       ".map-legend [hidden] { display: none; }"]
 )  # fmt: skip
 
 
@@ -80,11 +81,11 @@ def map_svg(sae_id: str, fmap: FeatureMap, *, width: int = 640, height: int = 48
 def legend(fmap: FeatureMap) -> Markup:
     """The colour scale of each colouring, as text and swatches."""
     lo, hi = density_range(fmap)
-    swatches = "".join(f'<span style="background:{c}"></span>' for c in PALETTE)
-    none = f'<span style="background:{NONE_COLOUR}"></span>'
+    swatches = "".join(f'<i class="swatch" style="background:{c}"></i>' for c in PALETTE)
+    none = f'<i class="swatch" style="background:{NONE_COLOUR}"></i>'
     return Markup(
-        f'<span class="legend-density">density 10^{lo:.1f} {swatches} 10^{hi:.1f} · '
-        f"{none} never fired</span>"
+        f'<span class="legend-density">density 10<sup>{lo:.1f}</sup> {swatches} '
+        f"10<sup>{hi:.1f}</sup> · {none} never fired</span>"
         f'<span class="legend-score" hidden>label score 0 {swatches} 1 · {none} '
         "no scored label</span>"
     )
