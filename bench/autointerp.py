@@ -196,8 +196,13 @@ def main() -> None:
     sae_id = demo_sae(base, demo_tokens, smoke=args.smoke)
     sample = sample_features(base, sae_id, args.features)
     settings = fresh_catalog(base)
-    spec = ExplainSpec(sae=sae_id, features=sample, explainer="offline",
-                       scorers=["embedding", "activation"], **pool)
+    spec = ExplainSpec(
+        sae=sae_id,
+        features=sample,
+        explainer="offline",
+        scorers=["embedding", "activation"],
+        **pool,
+    )
     log(f"explaining {len(sample)} features of {sae_id}")
     t0 = time.perf_counter()
     result = run_explain(spec, settings=settings)

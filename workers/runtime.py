@@ -2,10 +2,10 @@
 
 Ray is started or joined once per process, on first use, and lives as long as the
 process: the CLI's commands start it when they need it, and the API server when its
-first job runs (the job runner asks for it before running any kind), not at start-up: an
-idle local Ray is a dozen processes (GCS, raylet, agents, idle workers) that took 5-7% of
-a core and about 8% of the catalog's read throughput on a 2-core machine, in every API
-worker process (bench/RESULTS.md, catalog).
+first job runs (the job runner asks for it before running any kind), not at start-up. A
+local Ray is a dozen processes (GCS, raylet, agents, idle workers); one per API worker
+process, started at start-up, took 5-7% of a core and about a tenth of the catalog's read
+throughput on a 2-core machine while serving no job (bench/RESULTS.md, catalog).
 
 A thread that is not the main thread never calls ray.init() itself: it hands the start
 to a thread of its own (`ray-owner`) that then waits for ever. The reason: the processes

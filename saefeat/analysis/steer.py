@@ -27,13 +27,14 @@ differ in the last bits). For each generated position both runs report the log-p
 (at temperature 1) of each feature's top promoted tokens: the largest entries of
 (W_dec[f] * final-norm scale) @ W_U^T, the vocabulary projection the index stores.
 
-Cost. A call costs about one plain generation, not two: the default continuation does
-not depend on the features, so it is kept in a bounded LRU (`DEFAULT_CACHE`, keyed by
+Cost. A repeated prompt costs one generation, a new one ~1.5: the default continuation
+does not depend on the features, so it is kept in a bounded LRU (`DEFAULT_CACHE`, keyed by
 model, prompt, seed, temperature and max_new_tokens) and a repeated prompt only
 generates the steered run; on a miss the default and the steered run are one batch of
-two rows (the hook edits row 1 only), ~1.45x one row's time on a CPU rather than 2x (a
+two rows (the hook edits row 1 only), ~1.5x one row's time on a CPU rather than 2x (a
 small model's decode step is bound by reading its weights). The 22-25 s calls of issue 21
-were two sequential generations on a loaded 2-core machine (~0.35 s a token for either);
+were two sequential generations on a 2-core machine loaded by other jobs, where torch's
+two intra-op threads stall each other (~0.35 s a token; ~0.04 s with one thread idle);
 the KV cache was already used and the hook (one new position per step through the SAE)
 costs little next to the model's forward.
 """

@@ -80,8 +80,10 @@ async def list_features(
     cursor: CursorParam = None,
     artifacts: Annotated[
         Literal["exclude", "include", "only"],
-        Query(description="Artifact features (fixed positions, after special tokens): left "
-              "out, kept, or the only ones listed"),
+        Query(
+            description="Artifact features (fixed positions, after special tokens): left "
+            "out, kept, or the only ones listed"
+        ),
     ] = "exclude",
 ) -> FeaturePage:
     def read() -> FeaturePage:
@@ -159,9 +161,11 @@ async def search_features(
     cursor: CursorParam = None,
     by: Annotated[
         Literal["fires", "promotes", "effect"],
-        Query(description="fires: tokens the feature fires on (share of its top examples' "
-              "activation mass); promotes: its vocabulary projection; effect: its measured "
-              "effect on the next token"),
+        Query(
+            description="fires: tokens the feature fires on (share of its top examples' "
+            "activation mass); promotes: its vocabulary projection; effect: its measured "
+            "effect on the next token"
+        ),
     ] = "promotes",
 ) -> TokenMatchPage:
     """Matches the token string exactly, and also its other leading-space spellings: one
@@ -175,7 +179,13 @@ async def search_features(
 
     def read() -> TokenMatchPage:
         page = token_search.search_tokens(
-            session, token, by=by, sae_id=sae_id, side=side, exact=exact, limit=limit,
+            session,
+            token,
+            by=by,
+            sae_id=sae_id,
+            side=side,
+            exact=exact,
+            limit=limit,
             cursor=cursor,
         )
         current = labels.current_labels(session, [m.feature.id for m in page.items])

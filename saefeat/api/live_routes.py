@@ -114,8 +114,10 @@ async def text_activations(
                 position=t.position,
                 token_id=t.token_id,
                 token=t.token,
-                features=[ActiveFeature(index=f, activation=v, label=texts.get(f),
-                                        artifact=flags.get(f)) for f, v in t.features],
+                features=[
+                    ActiveFeature(index=f, activation=v, label=texts.get(f), artifact=flags.get(f))
+                    for f, v in t.features
+                ],
                 excluded=t.excluded,
             )  # fmt: skip
             for t in tokens

@@ -25,6 +25,7 @@ STYLE = "\n".join(
     [f"svg.by-density .d{i}, svg.by-score .s{i} {{ fill: {c}; }}" for i, c in enumerate(PALETTE)]
     + [f"svg.by-density .dz, svg.by-score .sn {{ fill: {NONE_COLOUR}; }}",
        "svg.feature-map circle { fill-opacity: 0.8; }",
+       "svg.by-score circle:not(.sn) { r: 4px; }",  # the few scored points stand out
        "svg.feature-map a:hover circle { stroke: #000; stroke-width: 1.5; fill-opacity: 1; }",
        "svg.feature-map rect.frame { fill: #fff; stroke: #ddd; }",
        ".map-legend i.swatch { display: inline-block; width: 1.2em; height: 0.8em; }",

@@ -167,7 +167,10 @@ async def sae_page(
         return _render(request, "missing.html", exc.status_code, error=str(exc))
     lineage = queries.sae_lineage(session, sae, request.app.state.settings.activations_dir)
     rows = queries.strongest_features(
-        session, sae_id, offset=page * SAE_PAGE_FEATURES, limit=SAE_PAGE_FEATURES + 1,
+        session,
+        sae_id,
+        offset=page * SAE_PAGE_FEATURES,
+        limit=SAE_PAGE_FEATURES + 1,
         artifacts=artifacts,
     )
     current = labels.current_labels(session, [f.id for f, _ in rows])

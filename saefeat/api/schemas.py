@@ -190,9 +190,7 @@ class ScoreOut(BaseModel):
 class ExplanationOut(BaseModel):
     label_id: int
     text: str
-    explainer: str = Field(
-        description="offline, patchscope or llm (the auto label's author)"
-    )
+    explainer: str = Field(description="offline, patchscope or llm (the auto label's author)")
     explainer_model: str | None
     prompt_version: str
     evidence: dict[str, Any] = Field(description="The windows it was explained from")

@@ -61,8 +61,11 @@ async def search_phrase(
     session: ReadSession,
     phrase: Annotated[
         str,
-        Query(min_length=1, max_length=example_search.MAX_PHRASE_CHARS,
-              description="Text to find in the windows of top examples (case-insensitive)"),
+        Query(
+            min_length=1,
+            max_length=example_search.MAX_PHRASE_CHARS,
+            description="Text to find in the windows of top examples (case-insensitive)",
+        ),
     ],
     sae_id: OnlySae = None,
     anywhere: Annotated[

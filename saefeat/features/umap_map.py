@@ -8,15 +8,18 @@ already ranks every feature's nearest decoder rows by cosine, exactly
 (features/neighbours.py), and those are handed to UMAP as `precomputed_knn`, which
 skips pynndescent and its numba compilation (the larger part of a first fit's time).
 
-Cost (a shared 2-core machine, other jobs running: load 10-16, so upper bounds).
-4,608 x 576 (the demo's SAE): the layout 5-7 s warm on random rows at load 10, 30 s on
-the demo's decoder at load 14; a fresh process adds numba compiling UMAP's code once
-(10-60 s by load; not cached on disk: umap's functions are not `cache=True`), and
-`import umap` 4-30 s. 20,000 x 576 (clustered rows, load 14): the exact cosine kNN 49 s
-(indexing pays it anyway, for the stored neighbours), the layout 86 s warm, 156 s with
-the compile. The layout is O(d_sae x n_neighbours x epochs) (UMAP runs 500 epochs below
-10,000 points, 200 above) and the kNN O(d_sae^2 x d_in), so ~100k features cost
-minutes on an idle many-core machine. `IndexSpec.umap=False` skips the map. A dead decoder row (norm 0) has no direction:
+Cost on a 2-core CPU (load ~3; with other jobs at load 14 everything took 4-10x):
+
+    rows x 576           kNN (exact cosine)   layout, fresh process   layout, warm
+    4,608 (demo's SAE)   0.4 s                7.2 s                   3.5 s
+    20,000 (clustered)   5.9 s                10.8 s                  6.7 s
+    100,000 (clustered)  147 s                51 s                    65 s
+
+"Fresh process" includes numba compiling UMAP's layout code (~4 s; umap's functions are
+not `cache=True`, so every indexing process pays it once); `import umap` is ~2.6 s. The
+kNN is what indexing computes anyway for the stored neighbours (O(d_sae^2 x d_in)); the
+layout is O(d_sae x n_neighbours x epochs) (UMAP runs 500 epochs below 10,000 points,
+200 above). `IndexSpec.umap=False` skips the map. A dead decoder row (norm 0) has no direction:
 it is placed with its nearest live row's coordinates (neighbours of a zero row are
 arbitrary), so every feature still gets a finite point.
 """

@@ -8,6 +8,9 @@ held-out windows and pool. A scorer that tracks quality gives the own explanatio
 higher score; its AUROC is the chance that an own score beats a neighbour's score (ties
 count half), over all the features: 0.5 = it cannot tell them apart, 1 = always. The
 paired form (own beats the neighbour's on the same feature) is in `NeighbourCheck`.
+On the demo SAE (SmolLM2-135M layer 15, 100 random live features, the label the job
+shows): keyword 0.795, activation 0.713, embedding 0.707; before issue 21 (offline-v2
+labels, the activation score in standard deviations): activation 0.660, embedding 0.691.
 
 `scores_in_unit_interval(session, sae_id)`: every stored score of the current types is in
 [0, 1] (storage/catalog/explanations.py).
@@ -27,7 +30,11 @@ from saefeat.interp.evidence import FeatureEvidence
 from saefeat.interp.metrics import auroc
 from saefeat.interp.pool import ScoringPool
 from saefeat.interp.scorers import NotScorable, Scorer
-from saefeat.storage.catalog.explanations import headline_score, scores_in_unit_interval
+from saefeat.storage.catalog.explanations import (
+    NO_JUDGE,
+    headline_score,
+    scores_in_unit_interval,
+)
 from saefeat.storage.catalog.models import Feature, Neighbour
 
 __all__ = ["NeighbourCheck", "discriminate", "own_vs_neighbour", "own_vs_neighbour_auroc",
@@ -113,7 +120,7 @@ def own_vs_neighbour(
     features: list[int],
     *,
     explainer: str = "offline,patchscope",
-    scorers: tuple[str, ...] = ("embedding", "activation"),
+    scorers: tuple[str, ...] = NO_JUDGE,
     pool_contexts: int = 256,
     seed: int = 0,
     pool: ScoringPool | None = None,

@@ -1,9 +1,10 @@
 """Label search ranked or filtered by explanation score (issue 13).
 
-`score_type` None ranks by the label's own score (an auto label's headline score, see
-explanations.headline_score: the mean of its scores); a type (detection, fuzzing, embedding, activation) ranks by
-that row of `explanation_scores`. Labels without that score do not match. Each feature
-appears once, at its best-ranked matching label; pages are keyset on (score, label id).
+`score_type` None ranks by the label's own score (an auto label's headline score, the
+mean of its scores: explanations.headline_score); a type (detection, fuzzing, embedding,
+activation, keyword) ranks by that row of `explanation_scores`. Labels without that
+score do not match. Each feature appears once, at its best-ranked matching label; pages
+are keyset on (score, label id).
 The database ranks every match of `q` above `min_score`; at most `max_scan` of them are
 read per page.
 """

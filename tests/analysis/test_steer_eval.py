@@ -67,4 +67,4 @@ def test_speed_is_measured_against_plain_generation(home):
         speed = steer_eval.steer_speed_for_sae(s, "ev", feature=5, n_tokens=4, repeats=1)
     assert speed.plain_tok_s > 0 and speed.steered_tok_s > 0 and speed.cold_tok_s > 0
     assert speed.steer_tok_s_over_generate == speed.steered_tok_s / speed.plain_tok_s
-    assert set(speed.samples) == {"plain", "steered", "cold"}
+    assert set(speed.samples) == {"plain", "loop", "steered", "cold"} and speed.loop_tok_s > 0
