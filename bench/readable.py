@@ -81,8 +81,9 @@ def build_sae(settings, tokens: int, corpus: str | None, smoke: bool) -> str:
     return sae_id
 
 
-def ensure_current_index(settings, sae_id: str) -> None:
-    """Index again when the catalog holds no measured effects (an older index)."""
+def ensure_current_index(settings, sae_id: str, force: bool) -> None:
+    """Index again when asked or when the catalog holds no measured effects (an older
+    index)."""
     from sqlalchemy import func, select
 
     from saefeat.pipeline import run_index
@@ -93,8 +94,8 @@ def ensure_current_index(settings, sae_id: str) -> None:
     with catalog_session(settings) as s:
         n = s.scalar(select(func.count()).select_from(TokenEffect).join(Feature)
                      .where(Feature.sae_id == sae_id))  # fmt: skip
-    if not n:
-        log("indexing again with the current code (no measured effects stored)")
+    if force or not n:
+        log("indexing again with the current code")
         run_index(IndexSpec(sae=sae_id), settings=settings)
 
 
@@ -199,6 +200,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=100_000)
     parser.add_argument("--features", type=int, default=20, help="features sampled")
     parser.add_argument("--smoke", action="store_true")
+    parser.add_argument("--reindex", action="store_true", help="index the SAE again first")
     args = parser.parse_args()
     if args.smoke:
         args.tokens, args.features = 2_048, 6
@@ -215,7 +217,7 @@ def main() -> None:
     settings = get_settings()
     ensure_ray(settings)
     sae_id = build_sae(settings, args.tokens, args.corpus, args.smoke)
-    ensure_current_index(settings, sae_id)
+    ensure_current_index(settings, sae_id, args.reindex)
     out: dict = {"sae": sae_id, "corpus": args.corpus or "builtin:python-docs"}
     with catalog_session(settings) as s:
         out |= output_side(s, sae_id)

@@ -7,6 +7,11 @@ learning-rate schedule and, with the batches per epoch, the reader's (epoch, bat
 position), the tokens since each latent last fired, the loss history and the RNG states.
 It is written to a temporary file and renamed, so a crash while saving keeps the previous
 state.
+
+A sweep saves its runs one after another, so a kill between two of them leaves the runs
+one checkpoint apart. Its saves keep each run's previous state (`state.prev.pt`, renamed
+aside before the new one lands), and resume takes every run at the newest step that all
+of them hold (`load_common_step`).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from saefeat.errors import SpecError
 
 STATE_FORMAT = 1
 STATE_FILE = "state.pt"
+PREVIOUS_FILE = "state.prev.pt"  # a sweep run's state one checkpoint earlier
 # What a state must agree on with the run that resumes it.
 IDENTITY_KEYS = ("model", "hook", "activation_set", "architecture", "d_in", "d_sae")
 
@@ -50,21 +56,53 @@ def set_rng_states(states: dict) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
-def save_state(folder: Path, state: dict) -> Path:
+def save_state(folder: Path, state: dict, *, keep_previous: bool = False) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / f".{STATE_FILE}.{os.getpid()}.tmp"
     torch.save({"format": STATE_FORMAT, **state}, tmp)
+    if keep_previous and (folder / STATE_FILE).is_file():
+        os.replace(folder / STATE_FILE, folder / PREVIOUS_FILE)
     os.replace(tmp, folder / STATE_FILE)
     return folder / STATE_FILE
 
 
+def _saved(folder: Path) -> list[Path]:
+    """The state files in `folder`, newest first."""
+    return [p for p in (folder / STATE_FILE, folder / PREVIOUS_FILE) if p.is_file()]
+
+
 def has_state(folder: Path) -> bool:
-    return (folder / STATE_FILE).is_file()
+    return bool(_saved(folder))
 
 
-def load_state(folder: Path, identity: dict, device: torch.device) -> dict:
-    """The saved state, after checking it belongs to this run; SpecError otherwise."""
-    path = folder / STATE_FILE
+def load_common_step(folders: list[Path], identities: list[dict], device: torch.device
+                     ) -> list[dict]:  # fmt: skip
+    """Each folder's state at the newest step every folder holds (a sweep killed between
+    two runs' saves resumes from the checkpoint before); SpecError when there is none."""
+    saved = [_saved(f) or [f / STATE_FILE] for f in folders]
+    newest = [load_state(f, ident, device, paths[0])
+              for f, ident, paths in zip(folders, identities, saved, strict=True)]  # fmt: skip
+    steps = {s["position"]["step"] for s in newest}
+    if len(steps) == 1:
+        return newest
+    step = min(steps)
+    out = []
+    for f, ident, paths, state in zip(folders, identities, saved, newest, strict=True):
+        if state["position"]["step"] != step and len(paths) > 1:
+            state = load_state(f, ident, device, paths[1])
+        if state["position"]["step"] != step:
+            raise SpecError(f"the sweep's saved states are at different steps {sorted(steps)} "
+                            f"and {f} holds none at step {step}; resume them separately",
+                            field="resume_from")  # fmt: skip
+        out.append(state)
+    return out
+
+
+def load_state(folder: Path, identity: dict, device: torch.device,
+               path: Path | None = None) -> dict:  # fmt: skip
+    """The saved state (`path`, default the folder's newest), after checking it belongs to
+    this run; SpecError otherwise."""
+    path = path or (_saved(folder) or [folder / STATE_FILE])[0]
     if not path.is_file():
         raise SpecError(f"no training state at {folder} ({STATE_FILE} missing)",
                         field="resume_from")  # fmt: skip

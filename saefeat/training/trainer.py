@@ -271,10 +271,10 @@ def _batches(
 def _save_states(runs: list[Run], settings: Settings, step: int, per_epoch: int) -> None:
     epoch, batch = divmod(step, per_epoch)
     rng = st.rng_states()
-    for run in runs:
+    for run in runs:  # a sweep keeps each previous state: st.load_common_step
         st.save_state(state_dir(settings, run.sae_id),
                       run.state() | {"position": st.Position(step, epoch, batch).__dict__,
-                                     "rng": rng})  # fmt: skip
+                                     "rng": rng}, keep_previous=len(runs) > 1)  # fmt: skip
 
 
 def _resume(runs: list[Run], settings: Settings, device: torch.device) -> int:
@@ -285,15 +285,11 @@ def _resume(runs: list[Run], settings: Settings, device: torch.device) -> int:
     present = [st.has_state(f) for f in folders]
     if not any(present) and not explicit:
         return 0
-    states = [st.load_state(f, r.identity(), device) for f, r in zip(folders, runs, strict=True)]
-    steps = {s["position"]["step"] for s in states}
-    if len(steps) != 1:
-        raise SpecError(f"the sweep's saved states are at different steps {sorted(steps)}; "
-                        "resume them separately", field="resume_from")  # fmt: skip
+    states = st.load_common_step(folders, [r.identity() for r in runs], device)
     for run, s in zip(runs, states, strict=True):
         run.load(s)
     st.set_rng_states(states[0]["rng"])
-    return steps.pop()
+    return states[0]["position"]["step"]
 
 
 def _spliced_metrics(runs: list[Run], aset: ActivationSet, split: Split,

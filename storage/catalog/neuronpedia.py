@@ -16,8 +16,8 @@ Record fields are exactly the exporter's column lists. `sourceId` is
 with binMin = binContains = -1 (Neuronpedia's mark for "top"); quantile samples carry
 their slice of (0, max] in binMin/binMax. Neuronpedia's importer reads only the files
 it knows, so the `saefeat/` side files (token ids, context positions, example kinds and
-ranks, mean activation, the exact histogram, projection token ids, label source, score
-and time) ride along unseen and make our own round trip exact. A folder from Neuronpedia
+ranks, mean activation, the exact histogram, projection token ids, the measured and
+de-biased token effects, label source, score and time) ride along unseen and make our own round trip exact. A folder from Neuronpedia
 has none: import (neuronpedia_import.py) then falls back to what its records hold.
 
 The map (features.umap_x/umap_y, features/umap_map.py) goes where Neuronpedia keeps it:
@@ -257,6 +257,7 @@ def _export_batch(session: Session, ids: list[int], names: SourceNames) -> dict[
     examples_by_feature = queries.feature_examples_many(session, ids)
     projections = queries.feature_projection_many(session, ids)
     neighbours = queries.feature_neighbours_many(session, ids)
+    effects = queries.feature_effects_many(session, ids)
     labels_by_feature: dict[int, list[Label]] = defaultdict(list)
     for label in session.scalars(select(Label).where(Label.feature_id.in_(ids)).order_by(Label.id)):
         labels_by_feature[label.feature_id].append(label)
@@ -315,5 +316,18 @@ def _export_batch(session: Session, ids: list[int], names: SourceNames) -> dict[
             "index": f.index, "mean_activation": f.mean_activation, "histogram": f.histogram,
             "pos_ids": [t.token_id for t in top], "neg_ids": [t.token_id for t in bottom],
             "examples": side, "labels": labels, "umap_x": f.umap_x, "umap_y": f.umap_y,
+            "effects": _effects_record(effects.get(fid)),
         })  # fmt: skip
+    return out
+
+
+def _effects_record(effects: queries.Effects | None) -> dict:
+    """A feature's token effects (features/effects.py) for its side record, which
+    Neuronpedia has no field for: {method: {side: [[token_id, token_str, value], ...]}}
+    by rank; methods with no entries are left out."""
+    out = {}
+    for method, sides in (effects or {}).items():
+        if any(sides.values()):
+            out[method] = {side: [[e.token_id, e.token_str, e.value] for e in entries]
+                           for side, entries in sides.items()}  # fmt: skip
     return out

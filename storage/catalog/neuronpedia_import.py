@@ -24,9 +24,16 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from saefeat.errors import SpecError
-from saefeat.features.records import FeatureExample, FeatureIndex, VocabProjection
+from saefeat.features.records import FeatureExample, FeatureIndex, TokenEffects, VocabProjection
 from saefeat.storage.catalog.labels import MAX_LABEL_CHARS
-from saefeat.storage.catalog.models import LABEL_SOURCES, SAE, Feature, Label
+from saefeat.storage.catalog.models import (
+    EFFECT_METHODS,
+    EFFECT_SIDES,
+    LABEL_SOURCES,
+    SAE,
+    Feature,
+    Label,
+)
 from saefeat.storage.catalog.neuronpedia import EXAMPLE_SIDE_FIELDS
 from saefeat.storage.catalog.registry import register_sae
 from saefeat.storage.catalog.writer import write_feature_index
@@ -241,6 +248,7 @@ def _feature_index_from(folder: Path, neurons: list[dict], d_sae: int) -> Featur
         near[i] = (list(cos_i), _floats(row, "topkCosSimValues"))
     examples = _examples(folder, d_sae, side, max_act)
     umap = _umap(folder, neurons, side, d_sae)
+    effects = [e for i, row in sorted(side.items()) for e in _effects(i, row)]
     width = max((len(a) for a, _ in near.values()), default=0)
     nbr_idx = np.full((d_sae, width), -1, dtype=np.int64)
     nbr_cos = np.zeros((d_sae, width))
@@ -253,8 +261,38 @@ def _feature_index_from(folder: Path, neurons: list[dict], d_sae: int) -> Featur
         mean_activation=mean_act, examples=examples, projections=projections,
         histogram_edges=edges, histograms=counts,
         neighbour_indices=nbr_idx if width else None, neighbour_cosines=nbr_cos if width else None,
-        umap=umap,
+        umap=umap, effects=effects,
     )  # fmt: skip
+
+
+def _effects(i: int, row: dict) -> list[TokenEffects]:
+    """A side record's token effects (neuronpedia._effects_record); none in a folder from
+    Neuronpedia, which has no field for them."""
+    where = f"saefeat side record of feature {i}: effects"
+    record = row.get("effects") or {}
+    if not isinstance(record, dict) or not set(record) <= set(EFFECT_METHODS):
+        raise SpecError(f"{where} must map {'/'.join(EFFECT_METHODS)} to up/down lists",
+                        field="effects")  # fmt: skip
+    out = []
+    for method, sides in record.items():
+        if not isinstance(sides, dict) or set(sides) != set(EFFECT_SIDES):
+            raise SpecError(f"{where}.{method} must have up and down lists", field="effects")
+        cols = {}
+        for side in EFFECT_SIDES:
+            entries = sides[side]
+            if not isinstance(entries, list) or not all(
+                isinstance(e, list) and len(e) == 3 and isinstance(e[0], int)
+                and not isinstance(e[0], bool) and isinstance(e[1], str)
+                and isinstance(e[2], int | float) and not isinstance(e[2], bool)
+                and math.isfinite(e[2])
+                for e in entries
+            ):  # fmt: skip
+                raise SpecError(f"{where}.{method}.{side} must be [token_id, token, value] "
+                                "entries with a finite value", field="effects")  # fmt: skip
+            cols[side] = ([e[0] for e in entries], [e[1] for e in entries],
+                          [float(e[2]) for e in entries])  # fmt: skip
+        out.append(TokenEffects(i, method, *cols["up"], *cols["down"]))
+    return out
 
 
 def _umap(folder: Path, neurons: list[dict], side: dict[int, dict], d_sae: int):

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import event, select
 from sqlalchemy.orm import Session
-from synthetic_catalog import synthetic_feature_index
+from synthetic_catalog import synthetic_effects, synthetic_feature_index
 
 from saefeat.errors import SpecError
 from saefeat.storage.catalog import neuronpedia, neuronpedia_import, queries
@@ -56,7 +56,7 @@ EXPORTER_EXPLANATION = 13
 def indexed(session: Session, make_sae, monkeypatch):
     monkeypatch.setattr(neuronpedia, "BATCH", 16)  # several batch files for 40 features
     make_sae(session, d_sae=40)
-    index = synthetic_feature_index(40, n_examples=3, n_quantile=2, seed=5)
+    index = synthetic_effects(synthetic_feature_index(40, n_examples=3, n_quantile=2, seed=5))
     write_feature_index(session, "sae-a", index)
     f3 = queries.get_feature(session, "sae-a", 3)
     add_label(session, f3, text="closing brackets", author="ada")
@@ -166,10 +166,13 @@ def _snapshot(s: Session, sae_id: str):
         projection = {k: [(p.rank, p.token_id, p.token_str, p.value) for p in v]
                       for k, v in queries.feature_projection(s, fid).items()}  # fmt: skip
         near = [(n.feature.index, n.rank, n.cosine) for n in queries.feature_neighbours(s, fid)]
+        effects = {m: {side: [vars_(e) for e in entries] for side, entries in sides.items()}
+                   for m, sides in queries.feature_effects(s, fid).items()}  # fmt: skip
         labels = s.execute(select(Label.text, Label.source, Label.author, Label.score,
                                   Label.created_at)
                            .where(Label.feature_id == fid).order_by(Label.id)).all()  # fmt: skip
-        out.append((tuple(cols), examples, projection, near, [tuple(lb) for lb in labels]))
+        out.append((tuple(cols), examples, projection, near, effects,
+                    [tuple(lb) for lb in labels]))  # fmt: skip
     return out
 
 
@@ -330,6 +333,9 @@ def test_a_malformed_config_or_neighbour_is_a_spec_error(session, indexed, fresh
         ({"example": {"kind": "best"}}, "saefeat"),
         ({"label": {"score": "high"}}, "score"),
         ({"label": {"created_at": "yesterday"}}, "created_at"),
+        ({"effects": {"guessed": {"up": [], "down": []}}}, "effects"),
+        ({"effects": {"measured": {"up": [[1, "a", float("nan")]], "down": []}}}, "effects"),
+        ({"effects": {"debiased": {"up": [["1", "a", 0.5]], "down": []}}}, "effects"),
     ],
 )
 def test_a_malformed_side_record_is_a_spec_error(session, indexed, fresh, tmp_path, damage,
@@ -340,6 +346,8 @@ def test_a_malformed_side_record_is_a_spec_error(session, indexed, fresh, tmp_pa
     row = next(r for r in rows if r["labels"])  # feature 3: examples and labels
     if "example" in damage:
         row["examples"][0].update(damage["example"])
+    elif "effects" in damage:
+        row["effects"] = damage["effects"]
     else:
         row["labels"][0].update(damage["label"])
     path.write_bytes(gzip.compress("".join(json.dumps(r) + "\n" for r in rows).encode()))

@@ -67,6 +67,45 @@ def test_resume_is_exact(settings, synthetic_set, tmp_path, optimizer_state):
         assert not state_dir(other, a.sae_id).exists()  # cleaned up after success
 
 
+def test_a_sweep_killed_between_two_runs_saves_resumes_at_their_common_step(
+    settings, synthetic_set, tmp_path, monkeypatch
+):
+    """The second run's save at step 4 never happens (the job was cancelled between the
+    two): the first run's state is at step 4, the second's at step 2. Resume takes both
+    from step 2 (the first's kept previous state) and ends as an uninterrupted sweep."""
+    from synthetic_sets import make_set
+
+    from saefeat.config import Settings
+    from saefeat.training import state as st
+
+    specs = [spec(synthetic_set, checkpoint_every_tokens=64, epochs=2.0),
+             spec(synthetic_set, checkpoint_every_tokens=64, epochs=2.0, k=8)]  # fmt: skip
+    whole = train_sweep(specs, settings=settings)
+    other = Settings(home=tmp_path / "other")
+    other.activations_dir.mkdir(parents=True)
+    make_set(other.activations_dir)
+    real, saves = st.save_state, []
+
+    def save_state(folder, state, **kw):
+        saves.append(state["position"]["step"])
+        if len(saves) == 4:  # step 4, second run
+            raise KeyboardInterrupt
+        return real(folder, state, **kw)
+
+    monkeypatch.setattr(st, "save_state", save_state)
+    with pytest.raises(KeyboardInterrupt):
+        train_sweep(specs, settings=other)
+    monkeypatch.setattr(st, "save_state", real)
+    steps = [torch.load(state_dir(other, r.sae_id) / "state.pt", weights_only=False)
+             ["position"]["step"] for r in whole]  # fmt: skip
+    assert saves == [2, 2, 4, 4] and steps == [4, 2]
+    resumed = train_sweep(specs, settings=other)
+    for a, b in zip(whole, resumed, strict=True):
+        for name, value in a.sae.state_dict().items():
+            assert torch.equal(value, b.sae.state_dict()[name]), name
+        assert a.losses == b.losses
+
+
 def test_nan_stops_and_keeps_last_checkpoint(settings, synthetic_set, monkeypatch):
     real = Run.step
 
