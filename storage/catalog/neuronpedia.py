@@ -17,8 +17,9 @@ with binMin = binContains = -1 (Neuronpedia's mark for "top"); quantile samples 
 their slice of (0, max] in binMin/binMax. Neuronpedia's importer reads only the files
 it knows, so the `saefeat/` side files (token ids, context positions, example kinds and
 ranks, mean activation, the exact histogram, projection token ids, the measured and
-de-biased token effects, label source, score and time) ride along unseen and make our own round trip exact. A folder from Neuronpedia
-has none: import (neuronpedia_import.py) then falls back to what its records hold.
+de-biased token effects, label source, score and time) ride along unseen and make our
+own round trip exact. A folder from Neuronpedia has none: import (neuronpedia_import.py)
+then falls back to what its records hold.
 
 The map (features.umap_x/umap_y, features/umap_map.py) goes where Neuronpedia keeps it:
 the `umap_x`/`umap_y` of each Explanation row (source.hasUmap says there is one); a
