@@ -7,6 +7,7 @@ single-process reference for tests.
 from __future__ import annotations
 
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,8 +72,13 @@ class ShardHarvester:
         self.points = self.lm.check_hooks(self.spec.hooks)
         self.aset = ActivationSet(Path(set_path))
         # One shard at a time puts its forwards on the device; a finished shard's copies
-        # and write overlap the next shard's forwards.
-        self._forward_lock = threading.Lock()
+        # and write overlap the next shard's forwards. The forwards all run on this one
+        # thread: the actor calls harvest_shard from IN_FLIGHT threads by turns, and on a
+        # CPU each calling thread gets its own OpenMP team, which made the same forward
+        # ~15% slower than from one thread (SmolLM2-135M, 2 cores; bench/RESULTS.md).
+        self._forwards = ThreadPoolExecutor(
+            1, "shard-forward", torch.set_num_threads if threads else None, (threads,)
+        )
         self._cuda = self.lm.device.type == "cuda"
         if self._cuda:
             self._copy_stream = torch.cuda.Stream(self.lm.device)
@@ -129,10 +135,9 @@ class ShardHarvester:
     def harvest_shard(self, shard: int) -> dict:
         c0, c1 = self.aset.shard_contexts(shard)
         tokens = torch.from_numpy(self.aset.tokens(c0, c1)).long()
-        with self._forward_lock:
-            fwd = self._forward(tokens)
+        fwd = self._forwards.submit(self._forward, tokens).result()
         try:
-            fwd.wait()  # outside the lock: the next shard's forwards are already queued
+            fwd.wait()  # off the forward thread: the next shard's forwards may already run
             dropped = [c0 + int(i) for i in fwd.bad.nonzero().flatten()]
             if dropped and self.spec.on_nonfinite == "fail":
                 raise NonFiniteActivations(
