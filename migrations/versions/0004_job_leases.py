@@ -1,9 +1,5 @@
 """Job leases: which runner holds a running job, and until when.
 
-Revision ID: 0004
-Revises: 0003
-Create Date: 2026-11-26
-
 A runner claims a job by writing its owner id and a lease expiry in the same UPDATE that
 moves the job to `running`, and renews the lease while it works. A running job whose
 lease has run out belonged to a process that died; any runner may claim it again.

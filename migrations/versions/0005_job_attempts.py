@@ -1,9 +1,5 @@
 """Job attempts: the history of a job's claims and how each ended.
 
-Revision ID: 0005
-Revises: 0004
-Create Date: 2026-11-30
-
 A job picked up again after its runner stopped (shutdown, crash) more than
 `max_job_resumes` times fails with this history instead of running again.
 """

@@ -1,9 +1,5 @@
 """An SAE's SAEBench `core` evaluation record.
 
-Revision ID: 0007
-Revises: 0004
-Create Date: 2026-11-30
-
 The record (one entry per latent among its details) is served whole by
 GET /v1/saes/{id}/evals/core; it is a column of its own so the SAE listings, which carry
 the row's metrics, stay small.

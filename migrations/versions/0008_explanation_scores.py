@@ -1,9 +1,5 @@
 """Automatic explanations and their scores.
 
-Revision ID: 0008
-Revises: 0004
-Create Date: 2026-11-30
-
 An explain job writes each explanation as an auto label; `explanations` records how it
 was made (explainer, model, prompt version, the windows it saw) and `explanation_scores`
 holds one row per scorer (detection, fuzzing, embedding, activation).

@@ -1,9 +1,5 @@
 """Contrast runs and their per-feature statistics.
 
-Revision ID: 0009
-Revises: 0004
-Create Date: 2026-11-30
-
 A contrast ranks an SAE's features by how differently they fire on two activation sets
 (saefeat/analysis/contrast.py); its id is its spec's hash.
 """

@@ -1,9 +1,5 @@
 """Drop the `corpora` table: nothing ever wrote or read it (a harvest's corpus is part of
 its spec, stored with the activation set).
-
-Revision ID: 0010
-Revises: 0007
-Create Date: 2026-11-30
 """
 
 from __future__ import annotations

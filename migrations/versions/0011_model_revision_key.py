@@ -9,10 +9,6 @@ oldest first, their activation sets moved onto it.
 Before this revision the catalog found a set's model row by name only, so a set harvested
 at a second revision of a name was linked to the first revision's row; recording the set
 again (`set_registry.record_activation_set`) links it to its own (name, revision) row.
-
-Revision ID: 0011
-Revises: 0010
-Create Date: 2026-12-01
 """
 
 from __future__ import annotations

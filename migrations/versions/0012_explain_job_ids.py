@@ -6,10 +6,6 @@ spec follows: sorted JSON of the fields that name the work (ExplainSpec.ID_FIELD
 resubmitting with another batch size joins the same job. This rewrites the rows already
 here, so a resubmit after the upgrade still joins a job from before it. The recipe is
 written out (not imported) so this revision means the same thing forever.
-
-Revision ID: 0012
-Revises: 0011
-Create Date: 2026-12-07
 """
 
 from __future__ import annotations

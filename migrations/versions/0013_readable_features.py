@@ -10,10 +10,6 @@ the tokens it fires on, its artifact flag and its place on the SAE's map.
 - `features.artifact`: why a feature is an artifact (fires at fixed positions or right
   after special tokens), NULL for a feature that is not; `umap_x`, `umap_y`: its place on
   the SAE's UMAP of decoder directions.
-
-Revision ID: 0013
-Revises: 0012
-Create Date: 2026-12-07
 """
 
 from __future__ import annotations

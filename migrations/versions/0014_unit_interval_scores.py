@@ -12,10 +12,6 @@ Each auto label with an explanation then gets the new headline score (explanatio
 headline_score): the mean of its detection, fuzzing and embedding scores (all in [0, 1],
 0.5 = chance), NULL when it has none. The rule is written out here, not imported, so this
 revision means the same thing forever.
-
-Revision ID: 0014
-Revises: 0013
-Create Date: 2026-12-07
 """
 
 from __future__ import annotations
