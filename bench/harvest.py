@@ -19,13 +19,12 @@ The last line printed is one JSON object.
 from __future__ import annotations
 
 import argparse
-import atexit
 import json
 import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
+
+from bench_home import fresh_home
 
 # Ray starts each actor with OMP_NUM_THREADS set to its CPUs; give the in-process
 # baselines the same OpenMP setting (it must be set before torch loads), or they are
@@ -66,12 +65,8 @@ def main() -> None:
         args.contexts, args.batch, args.shard_contexts = 8, 4, 4
     hooks = args.hook or ["blocks.15.hook_resid_post"]
 
-    home = Path(tempfile.mkdtemp(prefix="saefeat-bench-"))
-    atexit.register(shutil.rmtree, home, True)
-    os.environ["SAEFEAT_HOME"] = str(home)
-    os.environ.setdefault("SAEFEAT_MODEL_CACHE", str(Path.home() / ".cache/saefeat/models"))
+    fresh_home("harvest")
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
     from saefeat.config import get_settings
     from saefeat.corpus import CorpusRoots

@@ -193,8 +193,18 @@ def admit_index(spec: IndexSpec, ctx: Admission) -> None:
 
 
 def admit_contrast(spec: ContrastSpec, ctx: Admission) -> None:
-    """A ContrastSpec's device; the sets and SAE are analysis.contrast.check_inputs's."""
+    """A ContrastSpec's device, and for a side given as text sources its paths under the
+    corpus roots and the harvest's token budget; the sets, the SAE and the documents per
+    side are analysis.contrast.check_inputs's (which reads the corpora: after this).
+    The harvest runs the SAE's own model, one the server holds already."""
     admit_device(spec.device, ctx)
+    roots = CorpusRoots.of(ctx.settings.corpus_root_paths)
+    for side in spec.corpus_sides():
+        for i, src in enumerate(getattr(spec, f"{side}_corpus")):
+            if src.path != BUILTIN_PYTHON_DOCS:
+                roots.resolve(src.path, field=f"{side}_corpus.{i}.path")
+    if spec.corpus_sides():
+        _at_most(spec.token_budget, ctx.settings.max_token_budget, "token_budget")
 
 
 def admit_device(device: str | None, ctx: Admission) -> None:

@@ -2,11 +2,22 @@
 
 Every context keeps the id of the document it starts in and the token offset there, so
 an example in the catalog can always be traced back to its source text.
+
+What a document is: a JSONL line, a Parquet or saved-dataset row, a builtin topic, and a
+plain-text file (.txt, .md, ...) whole (`text_documents="file"`, the default). With
+`text_documents="paragraphs"` a plain-text file is split into documents at blank lines
+(a line holding only whitespace): each paragraph is a document `<file>:p<k>` (k from 1).
+Paragraph documents go into the stream back to back like JSONL rows, so the blank lines
+between them are not tokens of it: that changes a harvest's tokens and document ids,
+which is why it is a HarvestSpec field of its own (hashed into the set id only when
+set) and not the default. A contrast (saefeat/analysis/contrast_corpora.py) harvests its
+corpora with it, because its statistics count documents.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from dataclasses import field as dc_field
@@ -21,6 +32,9 @@ from saefeat.paths import BUILTIN_PYTHON_DOCS, CorpusRoots
 TEXT_SUFFIXES = {".txt", ".md", ".rst", ".text"}
 BosPolicy = Literal["context", "document", "none"]
 BadDocumentPolicy = Literal["skip", "fail"]
+TextDocuments = Literal["file", "paragraphs"]
+# A blank line: a line break, then lines holding only whitespace, then a line break.
+PARAGRAPH_BREAK = re.compile(r"\r?\n(?:[ \t\f\v]*\r?\n)+")
 
 
 @dataclass
@@ -66,6 +80,22 @@ def _read_text(path: Path) -> str:
     return data.decode("utf-8")
 
 
+def split_paragraphs(text: str) -> list[str]:
+    """The paragraphs of a plain text: the pieces between blank lines without the line
+    breaks at their ends (indentation kept), those holding only whitespace left out."""
+    return [p.strip("\r\n") for p in PARAGRAPH_BREAK.split(text) if p.strip()]
+
+
+def _text_documents(path: Path, split: TextDocuments) -> Iterator[Document]:
+    text = _read_text(path)
+    paragraphs = split_paragraphs(text) if split == "paragraphs" else []
+    if not paragraphs:  # whole, or nothing but whitespace (counted as one empty document)
+        yield Document(path.name, text)
+        return
+    for k, paragraph in enumerate(paragraphs, 1):
+        yield Document(f"{path.name}:p{k}", paragraph)
+
+
 def _jsonl_documents(path: Path, field: str) -> Iterator[Document | _BadDocument]:
     with path.open("rb") as f:
         for lineno, raw in enumerate(f, 1):
@@ -87,13 +117,17 @@ def _jsonl_documents(path: Path, field: str) -> Iterator[Document | _BadDocument
 def _parquet_documents(path: Path, field: str) -> Iterator[Document]:
     import pyarrow.parquet as pq
 
-    table = pq.read_table(path)
-    if field not in table.column_names:
-        raise SpecError(
-            f"{path} has no column {field!r}; columns: {table.column_names}", field="corpus"
-        )
-    for i, text in enumerate(table.column(field).to_pylist()):
-        yield Document(f"{path.name}:{i}", text or "")
+    # Batch by batch: a reader that stops early (a contrast counting documents) reads
+    # little of a large file.
+    table = pq.ParquetFile(path)
+    names = table.schema_arrow.names
+    if field not in names:
+        raise SpecError(f"{path} has no column {field!r}; columns: {names}", field="corpus")
+    i = 0
+    for batch in table.iter_batches(columns=[field]):
+        for text in batch.column(0).to_pylist():
+            yield Document(f"{path.name}:{i}", text or "")
+            i += 1
 
 
 def _hf_disk_documents(
@@ -108,12 +142,14 @@ def _hf_disk_documents(
     row = 0
     for f in files:
         with pa.memory_map(str(f)) as src:
-            table = pa.ipc.open_stream(src).read_all()
-        if field not in table.column_names:
-            raise SpecError(f"{f} has no column {field!r}", field="corpus")
-        for text in table.column(field).to_pylist():
-            yield Document(f"{path.name}:{row}", text or "")
-            row += 1
+            reader = pa.ipc.open_stream(src)
+            column = reader.schema.get_field_index(field)
+            if column < 0:
+                raise SpecError(f"{f} has no column {field!r}", field="corpus")
+            for batch in reader:  # batch by batch, as for Parquet
+                for text in batch.column(column).to_pylist():
+                    yield Document(f"{path.name}:{row}", text or "")
+                    row += 1
 
 
 def iter_documents(
@@ -123,19 +159,23 @@ def iter_documents(
     field: str = "text",
     report: CorpusReport | None = None,
     on_bad: BadDocumentPolicy = "fail",
+    text_documents: TextDocuments = "file",
 ) -> Iterator[Document]:
     """Documents of one source: `builtin:python-docs`, a file, or a folder of files.
 
     A path must resolve under `roots`, and so must every file found in a folder
     (saefeat/paths.py). Binary or non-UTF-8 documents (and malformed JSONL lines) fail
     with the file named, or with on_bad="skip" are counted in `report` and left out.
+    `text_documents`: a plain-text file is one document ("file") or one per paragraph,
+    split at blank lines ("paragraphs"; the module's docstring).
     """
     report = report if report is not None else CorpusReport()
     if source == BUILTIN_PYTHON_DOCS:
         docs: Iterator[Document] = builtin_python_docs()
     else:
         path = roots.resolve(source)
-        docs = _path_documents(path, field, report, lambda p: roots.check_found(p, source))
+        confine = lambda p: roots.check_found(p, source)  # noqa: E731
+        docs = _path_documents(path, field, report, confine, text_documents)
     for doc in docs:
         if isinstance(doc, _BadDocument):
             if on_bad == "fail":
@@ -152,14 +192,18 @@ def iter_documents(
 
 
 def _path_documents(
-    path: Path, field: str, report: CorpusReport, confine: Callable[[Path], Path]
+    path: Path,
+    field: str,
+    report: CorpusReport,
+    confine: Callable[[Path], Path],
+    text_documents: TextDocuments = "file",
 ) -> Iterator[Document | _BadDocument]:
     if path.is_dir():
         if (path / "dataset_info.json").exists() or (path / "state.json").exists():
             yield from _hf_disk_documents(path, field, confine)
             return
         for child in sorted(p for p in path.rglob("*") if p.is_file()):
-            yield from _path_documents(confine(child), field, report, confine)
+            yield from _path_documents(confine(child), field, report, confine, text_documents)
         return
     suffix = path.suffix.lower()
     if suffix in (".jsonl", ".ndjson"):
@@ -168,7 +212,7 @@ def _path_documents(
         yield from _parquet_documents(path, field)
     else:
         try:
-            yield Document(path.name, _read_text(path))
+            yield from _text_documents(path, text_documents)
         except UnicodeDecodeError:
             yield _BadDocument(
                 f"{path} is not UTF-8 text (binary or another encoding)", "undecodable"
@@ -183,6 +227,7 @@ def mix_sources(
     roots: CorpusRoots,
     report: CorpusReport | None = None,
     on_bad: BadDocumentPolicy = "fail",
+    text_documents: TextDocuments = "file",
 ) -> Iterator[Document]:
     """Interleave documents of several (path, field, weight) sources, deterministically.
 
@@ -193,15 +238,14 @@ def mix_sources(
     when there are several sources, so ids stay unique.
     """
     report = report if report is not None else CorpusReport()
+    read = dict(roots=roots, report=report, on_bad=on_bad, text_documents=text_documents)
     if len(sources) == 1:
         path, fld, _ = sources[0]
-        for doc in iter_documents(path, roots=roots, field=fld, report=report, on_bad=on_bad):
+        for doc in iter_documents(path, field=fld, **read):
             report.by_source[path] = report.by_source.get(path, 0) + 1
             yield doc
         return
-    iters = [
-        iter_documents(p, roots=roots, field=f, report=report, on_bad=on_bad) for p, f, _ in sources
-    ]
+    iters = [iter_documents(p, field=f, **read) for p, f, _ in sources]
     chars = [0] * len(sources)
     live = list(range(len(sources)))
     while live:
@@ -214,6 +258,26 @@ def mix_sources(
         path = sources[i][0]
         report.by_source[path] = report.by_source.get(path, 0) + 1
         yield Document(f"{i}/{doc.doc_id}", doc.text)
+
+
+def count_documents(
+    sources: list[tuple[str, str, float]],
+    *,
+    roots: CorpusRoots,
+    on_bad: BadDocumentPolicy = "fail",
+    text_documents: TextDocuments = "file",
+    at_most: int | None = None,
+) -> int:
+    """The non-empty documents of the sources, counted no further than `at_most` (a check
+    that needs a few reads no more of a large corpus than it must). Reading errors are
+    the reader's (SpecError naming the file)."""
+    docs = mix_sources(sources, roots=roots, on_bad=on_bad, text_documents=text_documents)
+    n = 0
+    for _ in docs:
+        n += 1
+        if at_most is not None and n >= at_most:
+            break
+    return n
 
 
 @dataclass

@@ -57,17 +57,17 @@ def readable_features(sae_id: str, n: int = 5) -> list[int]:
 
 def _pick(s, sae_id: str, n: int):
     from saefeat.features.readable import MAX_DENSITY, MIN_DENSITY, pick_readable
-    from saefeat.storage.catalog import queries
+    from saefeat.storage.catalog import feature_reads, queries
 
     page = queries.list_features(s, sae_id, min_density=MIN_DENSITY,
                                  max_density=MAX_DENSITY, limit=200)  # fmt: skip
-    return pick_readable(page.items, lambda f: queries.feature_examples(s, f.id), n)
+    return pick_readable(page.items, lambda f: feature_reads.feature_examples(s, f.id), n)
 
 
 def print_features(sae_id: str, n: int = 5, console: Console | None = None) -> None:
     """Print n features a person would find meaningful, read back from the catalog: the
     current label (the demo's offline explanation), top tokens and one example each."""
-    from saefeat.storage.catalog import labels, queries
+    from saefeat.storage.catalog import feature_reads, labels
 
     console = console or Console()
     with catalog_session(get_settings()) as s:
@@ -77,7 +77,7 @@ def print_features(sae_id: str, n: int = 5, console: Console | None = None) -> N
             console.print("no feature met the readability criterion (features/readable.py)")
         for c in picks:
             f = c.feature
-            proj = queries.feature_projection(s, f.id)
+            proj = feature_reads.feature_projection(s, f.id)
             console.rule(f"feature {f.index}  density {f.density:.3%}  max "
                          f"{f.max_activation:.3f}  top token {c.top_token!r} "
                          f"({c.mass:.0%} of top examples)")  # fmt: skip

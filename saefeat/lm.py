@@ -12,6 +12,7 @@ import importlib.util
 import os
 import shutil
 import threading
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
@@ -21,9 +22,7 @@ import torch
 from torch import nn
 
 from saefeat.errors import SpecError
-from saefeat.shapes import HOOK_TYPES, HookPoint, parse_hook  # noqa: F401  (the hook grammar)
-
-EMBEDDED_MODEL = "smollm2-135m"
+from saefeat.shapes import EMBEDDED_MODEL, HOOK_TYPES, HookPoint, parse_hook  # noqa: F401
 
 # transformers resolves its classes and model families lazily, on first use; two threads
 # doing that at once can see a half-imported module ("cannot import name 'AutoConfig'
@@ -313,6 +312,29 @@ def capture(lm: LanguageModel, points: list[HookPoint]):
     finally:
         for h in handles:
             h.remove()
+
+
+def edit_at(lm: LanguageModel, point: HookPoint, edit: Callable[[torch.Tensor], torch.Tensor]):
+    """Register a hook that replaces the activations at `point` with `edit(activations)` on
+    every forward: a block's input for resid_pre (positional or `hidden_states`), the
+    module's output otherwise (the rest of a tuple passes through). Returns the handle;
+    the caller removes it."""
+    module = lm.module_for(point)
+    if point.kind == "resid_pre":
+
+        def pre(module, args, kwargs):
+            if args:
+                return (edit(args[0]), *args[1:]), kwargs
+            return args, kwargs | {"hidden_states": edit(kwargs["hidden_states"])}
+
+        return module.register_forward_pre_hook(pre, with_kwargs=True)
+
+    def post(module, args, output):
+        if isinstance(output, tuple):
+            return (edit(output[0]), *output[1:])
+        return edit(output)
+
+    return module.register_forward_hook(post)
 
 
 @torch.inference_mode()

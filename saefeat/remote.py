@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
 
 import httpx
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from saefeat.errors import SaefeatError
 from saefeat.storage.catalog.job_status import ACTIVE
@@ -73,32 +73,45 @@ class Remote:
         return self._call("GET", f"/v1/jobs/{job_id}")
 
 
-def _describe(job: dict) -> str:
-    what = f"{job['kind']} {job['id'][:8]} {job['status']}"
-    for s in job.get("stages") or []:
-        what += f" | {s['stage']}: {s['status']}"
-    return what
+def stages_text(job: dict) -> str:
+    """A pipeline's chain: `harvest: succeeded | train: running | ...`."""
+    return " | ".join(f"{s['stage']}: {s['status']}" for s in job.get("stages") or [])
 
 
-def watch(remote: Remote, job_ids: list[str] | None, console: Console, every: float = 1.0):
-    """A live progress bar per job until every one has finished; `job_ids` None: the
-    jobs active now. Returns the jobs as they ended."""
+def watch(
+    remote: Remote | Callable[[str], dict],
+    job_ids: list[str] | None,
+    console: Console,
+    every: float = 1.0,
+    active: Callable[[], list[str]] | None = None,
+) -> list[dict]:
+    """Follow jobs until every one has finished (saefeat/cli/progress.py draws them: a
+    line each on a terminal, fitted to its width; otherwise a plain line per change);
+    `job_ids` None: the jobs active now. `remote`: a server, or a function reading one
+    job (the local catalog's). Returns the jobs as they ended."""
+    from saefeat.cli.progress import ProgressView, wall_time
+
+    read = remote.job if isinstance(remote, Remote) else remote
     if job_ids is None:
-        job_ids = [j["id"] for j in remote.jobs(200) if j["status"] in ACTIVE]
-    bars = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("{task.fields[unit]}"), TimeRemainingColumn(),
-                    console=console)  # fmt: skip
-    tasks: dict[str, Any] = {}
-    with bars:
+        job_ids = active() if active else [j["id"] for j in remote.jobs(200)
+                                           if j["status"] in ACTIVE]  # fmt: skip
+    if not job_ids:
+        console.print("no active jobs", highlight=False)
+        return []
+    with ProgressView(console, every=0) as view:
         while True:
-            jobs = [remote.job(i) for i in job_ids]
+            jobs = [read(i) for i in job_ids]
             for job in jobs:
-                if job["id"] not in tasks:
-                    tasks[job["id"]] = bars.add_task(_describe(job), total=None,
-                                                     unit=job.get("unit", ""))  # fmt: skip
-                bars.update(tasks[job["id"]], description=_describe(job),
-                            completed=job["progress_done"],
-                            total=job["progress_total"])  # fmt: skip
+                if job["id"] not in view.steps:
+                    label, since = f"{job['kind']} {job['id'][:8]}", job.get("created_at")
+                    view.add(job["id"], label, job.get("unit", ""), status=job["status"],
+                             started=wall_time(since), show=False)  # fmt: skip
+                ended = job["status"] not in ACTIVE
+                view.update(job["id"], done=job["progress_done"], total=job["progress_total"],
+                            status=job["status"], note=stages_text(job), rate=job.get("rate"),
+                            eta=job.get("eta_seconds"), show=not ended)  # fmt: skip
+                if ended:  # its clock stops at its row's last update
+                    view.finish(job["id"], job["status"], wall_time(job.get("updated_at")))
             if all(j["status"] not in ACTIVE for j in jobs):
                 return jobs
             time.sleep(every)

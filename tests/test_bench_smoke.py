@@ -27,8 +27,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 BENCH = REPO / "bench"
-# bench/*.py that are not benchmarks (imported by one): none today.
-HELPERS: set[str] = set()
+# bench/*.py that are not benchmarks (imported by one).
+HELPERS: set[str] = {"bench_home.py"}
 SMOKE_PARALLEL = int(os.environ.get("SAEFEAT_SMOKE_PARALLEL", "2"))
 # One bench's smoke run. Quiet, the slowest takes about a minute on 2 cores; at a load
 # average of 15-20 (other test sessions) the same runs took up to 7 minutes.
@@ -60,6 +60,15 @@ SMOKES: dict[str, Smoke] = {
         marks=(pytest.mark.slow,),
     ),
     "catalog.py": Smoke(keys=_k("sqlite config")),
+    # The CLI's answer time on a small catalog and a 256-token harvest on SmolLM2.
+    "cli.py": Smoke(
+        keys=_k(
+            "cli_features_search_s cli_features_search_token_s cli_jobs_s "
+            "cli_catalog_imports_heavy cli_small_harvest_s cli_small_harvest_forward_s "
+            "cli_small_harvest_overhead_s tokens features"
+        ),
+        marks=(pytest.mark.slow,),
+    ),
     "contrast.py": Smoke(
         keys=_k(
             "auroc_top32_features contrast_s sae_forward_s contrast_ratio_vs_sae_forward "
@@ -270,6 +279,8 @@ def test_bench_smoke(smoke_runs: SmokeRuns, key: str, name: str, smoke: Smoke):
         for size in smoke.keys:
             assert not [k for k in SAE_STEP_KEYS if k not in out[size]], sorted(out[size])
             assert out[size]["saefeat_ms"] and out[size]["sparsify_ms"], out[size]
+    if name == "cli.py":  # the catalog's commands import neither torch nor Ray
+        assert out["cli_catalog_imports_heavy"] == [], out
     if name == "harvest_worker.py":
         checks = ("c_rows_equal_a", "b_hidden_state_equals_a", "all_shards_committed",
                   "checksums_ok")  # fmt: skip

@@ -1,6 +1,7 @@
 """Bad input on the command line: one line naming the field, exit code 2."""
 
 import json
+import re
 
 import pytest
 from typer.testing import CliRunner
@@ -171,3 +172,171 @@ def test_serve_with_several_workers(settings):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+# ---- a CLI that answers at once, runs that are jobs (issue 22) -------------------------
+
+# Runs the CLI as `saefeat` would, then says on stderr whether torch or Ray were imported.
+PROBE = """
+import sys
+from saefeat.cli import app
+code = 0
+try:
+    app(sys.argv[1:], prog_name="saefeat")
+except SystemExit as e:
+    code = e.code or 0
+print("HEAVY", ",".join(m for m in ("torch", "ray", "transformers") if m in sys.modules),
+      file=sys.stderr)
+sys.exit(code)
+"""
+
+
+def test_catalog_commands_import_neither_torch_nor_ray(settings, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from synthetic_catalog import register_test_sae, synthetic_feature_index
+
+    from saefeat.storage.catalog.db import catalog_session
+    from saefeat.storage.catalog.labels import add_label
+    from saefeat.storage.catalog.queries import get_feature
+    from saefeat.storage.catalog.writer import write_feature_index
+
+    with catalog_session(settings) as s:
+        register_test_sae(s, "sae-a", 20)
+        write_feature_index(s, "sae-a", synthetic_feature_index(20, seed=9))
+        add_label(s, get_feature(s, "sae-a", 3), text="closing brackets")
+        s.commit()
+    commands = [
+        ["features", "search", "--label", "brackets"],
+        ["features", "search", "--token", "Ġcat"],
+        ["features", "list", "--sae", "sae-a"],
+        ["features", "neighbours", "--sae", "sae-a", "--index", "3"],
+        ["jobs"],
+        ["export", "--sae", "sae-a", "--to", "neuronpedia", "--out", str(tmp_path / "np")],
+    ]
+    env = {k: v for k, v in os.environ.items() if k != "SAEFEAT_SERVER"}
+    for args in commands:
+        done = subprocess.run([sys.executable, "-c", PROBE, *args], env=env, text=True,
+                              capture_output=True, timeout=120)  # fmt: skip
+        assert done.returncode == 0, (args, done.stdout, done.stderr[-2000:])
+        heavy = done.stderr.strip().splitlines()[-1]
+        assert heavy == "HEAVY", (args, heavy)  # none of torch, ray, transformers
+        if args[:2] == ["features", "search"] and "--label" in args:
+            assert "closing brackets" in done.stdout
+
+
+@pytest.fixture
+def no_ray(monkeypatch):
+    """Fails the test if anything starts (or joins) Ray."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("Ray was started for work this process can do")
+
+    for module in ("runtime", "harvest", "index", "explain"):
+        monkeypatch.setattr(f"saefeat.workers.{module}.ensure_ray", refuse)
+
+
+def test_cli_runs_are_job_rows_and_start_no_ray(settings, tiny_llama, tmp_path, no_ray):
+    """harvest, train, index and explain from the CLI: each a job row that GET /v1/jobs
+    and the jobs page show with its status and progress, run in this process."""
+    from fastapi.testclient import TestClient
+
+    from saefeat.api.app import create_app
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("def add(a, b):\n    return a + b\n" * 200)
+    code, out = run("harvest", "--model", str(tiny_llama), "--hook", "blocks.1.hook_resid_post",
+                    "--corpus", str(corpus), "--tokens", "640", "--ctx-len", "32",
+                    "--shard-contexts", "8", "--model-dtype", "float32")  # fmt: skip
+    assert code == 0, out
+    assert "harvest " in out and "succeeded: 640/640 tokens (100%)" in out  # plain lines
+    set_id = out.splitlines()[-1].strip()
+    code, out = run("train", "--set", set_id, "--d-sae", "32", "--k", "4", "--batch-size", "64",
+                    "--epochs", "1")  # fmt: skip
+    assert code == 0, out
+    sae_id = out.splitlines()[-1].strip()
+    code, out = run("index", "--sae", sae_id, "--examples", "4", "--window", "2")
+    assert code == 0, out
+    assert "1/1 tasks" not in out and "batches" in out
+    assert "the SAE over the set" in out and "token effects" in out  # its phases
+    code, out = run("explain", "--sae", sae_id, "--features", "0-3", "--explainer", "offline",
+                    "--scorers", "keyword")  # fmt: skip
+    assert code == 0, out
+
+    client = TestClient(create_app(settings))
+    jobs = {j["kind"]: j for j in client.get("/v1/jobs").json()["items"]}
+    assert set(jobs) == {"harvest", "train", "index", "explain"}
+    assert {j["status"] for j in jobs.values()} == {"succeeded"}
+    assert jobs["harvest"]["progress_done"] == jobs["harvest"]["progress_total"] == 640
+    index = jobs["index"]  # counts batches of tokens (the SAE's, the model's), not tasks
+    # 640 tokens of 32 in shards of 8 contexts: 3 of the SAE's batches, then the effects'
+    assert index["unit"] == "batches" and index["progress_done"] == index["progress_total"] > 3
+    assert jobs["train"]["unit"] == "steps" and jobs["train"]["progress_total"] > 1
+    assert jobs["explain"]["progress_done"] == jobs["explain"]["progress_total"] == 4
+    assert client.get("/jobs").status_code == 200
+    out = runner.invoke(app, ["jobs"]).output  # not a terminal: tab-separated, nothing cut
+    assert out.count("succeeded") == 4
+    assert all(len(line.split("\t")) == 8 for line in out.splitlines()), out
+    assert jobs["index"]["id"] in out and "…" not in out
+    wide = runner.invoke(app, ["jobs"], env={"FORCE_COLOR": "1", "COLUMNS": "60"})
+    screen = re.sub(r"\x1b\[[0-9;]*m", "", wide.output)  # a terminal: a table, cells wrap
+    assert wide.exit_code == 0 and "…" not in screen and "┃ id" in screen
+    assert max(len(line) for line in screen.splitlines()) <= 60
+
+
+def _fake_server(monkeypatch, status: str = "succeeded") -> list:
+    """Remote's calls recorded; every job answers `status` at once."""
+    from saefeat.remote import Remote
+
+    calls = []
+
+    def submit(self, kind, spec, idempotency_key=None):
+        calls.append((kind, spec))
+        return {"job_id": f"0123456789ab-{kind}", "status": "queued", "location": "/v1/jobs/x"}
+
+    def job(self, job_id):
+        return {"id": job_id, "kind": job_id.split("-")[1], "status": status, "unit": "u",
+                "progress_done": 3, "progress_total": 3, "rate": 1.5, "eta_seconds": None,
+                "created_at": "2026-01-01T00:00:00", "updated_at": "2026-01-01T00:01:05",
+                "stages": None, "error": "boom" if status == "failed" else None}  # fmt: skip
+
+    monkeypatch.setattr(Remote, "submit", submit)
+    monkeypatch.setattr(Remote, "job", job)
+    return calls
+
+
+def test_work_commands_with_a_server_submit_there_and_watch(settings, monkeypatch, no_ray):
+    from saefeat.specs import TrainSpec
+
+    calls = _fake_server(monkeypatch)
+    env = {"SAEFEAT_SERVER": "http://127.0.0.1:9"}
+    cases = [
+        (["harvest", "--hook", "blocks.1.hook_resid_post", "--corpus", "docs/a.txt",
+          "--tokens", "1024"], "harvest",
+         {"hooks": ["blocks.1.hook_resid_post"], "corpus": [{"path": "docs/a.txt"}],
+          "token_budget": 1024}),
+        (["train", "--set", "as-x", "--d-sae", "64", "--k", "4"], "train",
+         {"activation_set": "as-x", "d_sae": 64, "architecture": {"name": "topk", "k": 4}}),
+        (["index", "--sae", "sae-x", "--examples", "5"], "index",
+         {"sae": "sae-x", "n_examples": 5}),
+        (["explain", "--sae", "sae-x", "--features", "1-2"], "explain",
+         {"sae": "sae-x", "features": [1, 2]}),
+    ]  # fmt: skip
+    for args, kind, fields in cases:
+        result = runner.invoke(app, args, env=env)
+        assert result.exit_code == 0, result.output
+        sent_kind, body = calls.pop()
+        assert sent_kind == kind and {k: body.get(k) for k in fields} == fields, body
+        assert f"submitted {kind} job 0123456789ab-{kind}" in result.output
+        line = f"{kind} 01234567 succeeded: 3/3 u (100%), 1.5 u/s, elapsed 0:01:05"
+        assert result.output.count(f"{kind} 01234567") == 1 and line in result.output
+    # the ids a harvest and a training make are known before they run: printed
+    result = runner.invoke(app, cases[1][0], env=env)
+    assert result.output.strip().splitlines()[-1] == TrainSpec(
+        activation_set="as-x", d_sae=64, k=4).sae_id()  # fmt: skip
+    assert not settings.activations_dir.exists()  # nothing ran here
+    calls = _fake_server(monkeypatch, status="failed")
+    result = runner.invoke(app, ["index", "--sae", "sae-x"], env=env)
+    assert result.exit_code == 1 and "index job 0123456789ab-index failed: boom" in result.output

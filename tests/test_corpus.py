@@ -140,3 +140,61 @@ def test_storage_dtype_must_be_storable():
 
     with pytest.raises(ValidationError, match="storage_dtype"):
         HarvestSpec(hooks=["blocks.0.hook_resid_post"], storage_dtype="int8")
+
+
+def test_plain_text_splits_at_blank_lines_only_when_asked(tmp_path, roots):
+    """A harvest reads a plain-text file whole, as it always has (its set id and tokens
+    stay); text_documents="paragraphs" (a contrast's harvests) makes each paragraph a
+    document, split at lines holding only whitespace."""
+    from saefeat.corpus import count_documents
+    from saefeat.specs import HarvestSpec
+
+    text = "Title\nline two\n\n  indented para\r\n \t\r\n\n\nlast one\n"
+    (tmp_path / "p.txt").write_text(text)
+    (tmp_path / "p.jsonl").write_text('{"text": "a\\n\\nb"}\n')
+    path = str(tmp_path / "p.txt")
+    assert [d.text for d in iter_documents(path, roots=roots)] == [text]
+    split = list(iter_documents(path, roots=roots, text_documents="paragraphs"))
+    assert [d.text for d in split] == ["Title\nline two", "  indented para", "last one"]
+    assert [d.doc_id for d in split] == ["p.txt:p1", "p.txt:p2", "p.txt:p3"]
+    # JSONL rows are documents either way (no split inside a row).
+    jsonl = iter_documents(str(tmp_path / "p.jsonl"), roots=roots, text_documents="paragraphs")
+    assert [d.text for d in jsonl] == ["a\n\nb"]
+    sources = [(path, "text", 1.0)]
+    assert count_documents(sources, roots=roots) == 1
+    assert count_documents(sources, roots=roots, text_documents="paragraphs") == 3
+    assert count_documents(sources, roots=roots, text_documents="paragraphs", at_most=2) == 2
+    hook = ["blocks.1.hook_resid_post"]
+    plain = HarvestSpec(hooks=hook, corpus=[path])
+    assert plain.set_id() == HarvestSpec(hooks=hook, corpus=[path], text_documents="file").set_id()
+    assert plain.set_id() != HarvestSpec(hooks=hook, corpus=[path],
+                                         text_documents="paragraphs").set_id()  # fmt: skip
+
+
+def test_parquet_is_read_batch_by_batch(tmp_path, roots):
+    rows = [f"row {i}" for i in range(2500)]
+    pq.write_table(pa.table({"text": rows, "n": list(range(2500))}), tmp_path / "big.parquet",
+                   row_group_size=1000)  # fmt: skip
+    docs = list(iter_documents(str(tmp_path / "big.parquet"), roots=roots))
+    assert [d.text for d in docs] == rows
+    assert docs[-1].doc_id == "big.parquet:2499"
+    with pytest.raises(SpecError, match="no column 'body'"):
+        list(iter_documents(str(tmp_path / "big.parquet"), roots=roots, field="body"))
+
+
+def test_saved_dataset_folder_is_read_batch_by_batch(tmp_path, roots):
+    """A `datasets` save_to_disk folder: .arrow stream files, read with pyarrow."""
+    folder = tmp_path / "saved"
+    folder.mkdir()
+    (folder / "dataset_info.json").write_text("{}")
+    for part, rows in enumerate((["a", "b", "c"], ["d", None])):
+        table = pa.table({"text": rows})
+        with pa.OSFile(str(folder / f"data-{part:05d}.arrow"), "wb") as sink:
+            with pa.ipc.new_stream(sink, table.schema) as writer:
+                for batch in table.to_batches(max_chunksize=2):
+                    writer.write_batch(batch)
+    docs = list(iter_documents(str(folder), roots=roots))
+    assert [d.text for d in docs] == ["a", "b", "c", "d"]  # the empty row is left out
+    assert [d.doc_id for d in docs] == ["saved:0", "saved:1", "saved:2", "saved:3"]
+    with pytest.raises(SpecError, match="no column 'body'"):
+        list(iter_documents(str(folder), roots=roots, field="body"))

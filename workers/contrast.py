@@ -6,6 +6,11 @@ encode them with the indexing path (`workers.index.encoded_batches`); each retur
 sparse [documents, d_sae] tables per set that the driver adds up into `SideCounts`.
 `run_contrast(spec)` computes a contrast; `contrast_and_record` (workers/contrast_job.py,
 what the job and `saefeat contrast` run) also stores it (storage/catalog/contrasts.py).
+
+A side given as text sources (`a_corpus`, `b_corpus`) is harvested first (workers/
+harvest_job.py, the set recorded in the catalog like any), after every side has been
+checked (saefeat/analysis/contrast_corpora.py): a side with too few documents is refused
+before the first harvest starts. Progress counts each such harvest as one task.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import scipy.sparse as sp
 import torch
 
 from saefeat.analysis.contrast import ContrastResult, check_inputs, compare_sides
+from saefeat.analysis.contrast_corpora import check_before_harvest
 from saefeat.analysis.contrast_docs import DocumentLayout, document_layout
 from saefeat.analysis.contrast_stats import SideCounts
 from saefeat.config import Settings, get_settings
@@ -154,17 +160,52 @@ def count_sides(
     return sides
 
 
+def harvest_corpus_sides(
+    spec: ContrastSpec,
+    settings: Settings,
+    *,
+    progress: Progress | None = None,
+    should_stop: ShouldStop | None = None,
+) -> ContrastSpec:
+    """Check every side, then harvest the sides given as text sources; the spec with
+    their set ids filled in (a copy: its contrast id is still the given spec's).
+    `progress(done, total)` counts the harvests."""
+    from saefeat.storage.catalog.db import catalog_session
+    from saefeat.workers.harvest_job import harvest_and_record
+
+    with catalog_session(settings) as s:
+        inputs = check_inputs(spec, settings, s)  # the SAE, the sets, documents per side
+    harvests = check_before_harvest(spec, inputs.cfg, settings)
+    for i, harvest in enumerate(harvests.values()):
+        if progress:
+            progress(i, len(harvests))
+        harvest_and_record(harvest, settings=settings, should_stop=should_stop)
+    return spec.model_copy(update={side: h.set_id() for side, h in harvests.items()})
+
+
 def run_contrast(
     spec: ContrastSpec, *, settings: Settings | None = None, **run: Unpack[RunCallbacks]
 ) -> ContrastResult:
-    """Check the inputs, run the SAE over both sets (`run`: progress, should_stop), and
-    compare them."""
+    """Check the inputs, harvest the sides given as text sources, run the SAE over both
+    sets (`run`: progress, should_stop), and compare them. The result's spec has both
+    set ids; its contrast id is `spec`'s."""
     settings = settings or get_settings()
     t0 = time.perf_counter()
     from saefeat.storage.catalog.db import catalog_session
 
+    progress, should_stop = run.get("progress"), run.get("should_stop")
+    n_harvests = len(spec.corpus_sides())
+    sets_spec = spec
+    if n_harvests:
+        sets_spec = harvest_corpus_sides(
+            spec, settings, should_stop=should_stop,
+            progress=progress and (lambda d, _t: progress(d, n_harvests + 1)),
+        )  # fmt: skip
     with catalog_session(settings) as s:
-        inputs = check_inputs(spec, settings, s)
+        inputs = check_inputs(sets_spec, settings, s)
+    count_progress = progress
+    if progress and n_harvests:  # the harvests were tasks too
+        count_progress = lambda d, t: progress(n_harvests + d, n_harvests + t)  # noqa: E731
     side_a, side_b = count_sides(
         inputs.sae_path,
         [inputs.a, inputs.b],
@@ -172,8 +213,11 @@ def run_contrast(
         batch_contexts=spec.batch_contexts,
         device=spec.device,
         settings=settings,
-        **run,
+        progress=count_progress,
+        should_stop=should_stop,
     )
     t_pass = time.perf_counter() - t0
     stats, clf = compare_sides(spec, side_a, side_b)
-    return ContrastResult(spec.contrast_id(), spec, stats, clf, time.perf_counter() - t0, t_pass)
+    return ContrastResult(
+        spec.contrast_id(), sets_spec, stats, clf, time.perf_counter() - t0, t_pass
+    )

@@ -40,14 +40,21 @@ def run_contrast_job(
 
 
 def admit(spec: ContrastSpec, ctx: Admission) -> None:
-    """The device, then both sets and the SAE (bad input stores nothing)."""
+    """The device and corpus paths, then both sets (or the documents of a side given as
+    text sources) and the SAE: bad input stores nothing and harvests nothing."""
     admit_contrast(spec, ctx)
     check_inputs(spec, ctx.settings, ctx.session)
 
 
 ROUTE = Route(
     "/contrasts",
-    "Rank an SAE's features by how differently they fire on two activation sets",
+    "Rank an SAE's features by how differently they fire on two corpora",
+    "Needs the `jobs` scope. Each side is an activation set (`a`, `b`) or text sources "
+    "(`a_corpus`, `b_corpus`: paths under the server's corpus roots) that the job "
+    "harvests first with the SAE's model and hook; in those a plain-text file is split "
+    "into documents at blank lines. A contrast compares documents: a side with fewer "
+    "than two is a 422 naming its field, before any harvest, as are a set at another "
+    "model or hook and an unknown SAE; no job is made then.",
     result=("contrast_id", "get_contrast"),
 )
 CONTRAST = register_job_kind(

@@ -10,6 +10,11 @@ An explanation is written whole or not at all: when its explainer or a scorer fa
 unreachable endpoint, an unreadable answer) its error is recorded on the result and
 nothing of it is stored; the job goes on. A rerun skips what is already explained by the
 same explainer and prompt version, so a cancelled or failed job resumes.
+
+Inside `runtime.work_here()` (the CLI's local runs) the batches run in this process, in
+turn, at most HERE_BATCH features each (the models they load stay loaded between
+batches, so smaller batches cost little and report progress more often), and no Ray is
+started.
 """
 
 from __future__ import annotations
@@ -31,7 +36,9 @@ from saefeat.interp.pool import ScoringPool
 from saefeat.interp.scorers import NotScorable, check_judges
 from saefeat.specs import ExplainSpec
 from saefeat.workers.job_progress import Progress, ShouldStop
-from saefeat.workers.runtime import ensure_ray
+from saefeat.workers.runtime import ensure_ray, runs_here
+
+HERE_BATCH = 16  # features per batch when the batches run in this process
 
 if TYPE_CHECKING:
     from saefeat.interp.patchscope import Subject
@@ -230,13 +237,17 @@ def run_explain(
     t_pool = time.perf_counter()
     pool = plan.build_pool(settings)
     result.pool_seconds = time.perf_counter() - t_pool
-    ensure_ray(settings)
-    pool_ref = ray.put(pool)
+    here = runs_here(settings)
+    if here:
+        pool_ref, width, size = pool, 1, min(spec.batch_features, HERE_BATCH)
+    else:
+        ensure_ray(settings)
+        pool_ref, size = ray.put(pool), spec.batch_features
+        # At most two batches per CPU in flight: later ones start as earlier ones finish,
+        # so a cancel drops little work and the evidence is read from the catalog as needed.
+        width = max(1, 2 * int(ray.available_resources().get("CPU", 1)))
     job = _Job(spec.explainer, spec.scorers, llm, spec.seed, plan.subject())
-    batches = [plan.todo[i : i + spec.batch_features] for i in range(0, total, spec.batch_features)]
-    # At most two batches per CPU in flight: later ones start as earlier ones finish, so
-    # a cancel drops little work and the evidence is read from the catalog as needed.
-    width = max(1, 2 * int(ray.available_resources().get("CPU", 1)))
+    batches = [plan.todo[i : i + size] for i in range(0, total, size)]
     pending: dict[Any, list[int]] = {}
     done = 0
     values: dict[str, list[float]] = {}
@@ -246,12 +257,16 @@ def run_explain(
         with sessions() as s:
             evidence = plan.load_evidence(s, batch)
         missing = {i: plan.missing[i] for i in batch}
-        pending[_explain_task.remote(job, evidence, pool_ref, missing)] = batch
+        if here:
+            record(batch, explain_batch(job, evidence, pool, missing))
+        else:
+            pending[_explain_task.remote(job, evidence, pool_ref, missing)] = batch
 
     def collect(ref: Any) -> None:
+        record(pending.pop(ref), ray.get(ref))
+
+    def record(batch: list[int], outcomes: list[FeatureOutcome]) -> None:
         nonlocal done
-        batch = pending.pop(ref)
-        outcomes = ray.get(ref)
         with sessions() as s:
             result.explanations += write_outcomes(s, plan, outcomes)
         result.explained += len({o.index for o in outcomes if not o.error and o.text})

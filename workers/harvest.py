@@ -10,6 +10,11 @@ only the driver can count attempts per shard. A shard that was in flight when it
 died runs alone on an actor next time, so a shard that kills its worker every time does
 not take innocent shards down with it; after `spec.max_shard_attempts` deaths it is
 skipped, recorded, and the set is marked `complete_with_gaps`.
+
+Inside `runtime.work_here()` (the CLI) a harvest that would start one worker runs it in
+this process instead, with no Ray to start: the same harvester, shards in the same
+order, one being written while the next runs. A crash there ends the process; its
+committed shards stay, and running the spec again resumes.
 """
 
 from __future__ import annotations
@@ -17,8 +22,11 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import threading
 import time
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +43,7 @@ from saefeat.storage.activations import STATUS_COMPLETE, ActivationSet
 from saefeat.storage.stats import set_statistics
 from saefeat.workers.job_kinds import JobBusy, JobStopped
 from saefeat.workers.job_progress import Progress, ShouldStop
-from saefeat.workers.runtime import ensure_ray, gpus_available, task_cpus
+from saefeat.workers.runtime import ensure_ray, gpus_available, runs_here, task_cpus
 from saefeat.workers.shard import IN_FLIGHT, ShardHarvester
 
 log = logging.getLogger(__name__)
@@ -137,6 +145,7 @@ def prepare_set(
         roots=corpus_roots,
         report=report,
         on_bad=spec.on_bad_document,
+        text_documents=spec.text_documents,
     )
     packed = pack_contexts(
         docs,
@@ -338,7 +347,60 @@ class _ShardRun:
         if self.progress:
             self.progress(done, self.aset.n_tokens)
 
+    def _one_worker_here(self, n_shards: int) -> bool:
+        """Inside work_here(), off a cluster, when the harvest would start one worker."""
+        if not runs_here(self.settings):
+            return False
+        import torch
+
+        n_gpus = torch.cuda.device_count()
+        device = pick_device(self.spec.device, n_gpus)
+        default_workers = max(1, n_gpus) if on_gpu(device) else 1
+        return min(self.spec.workers or default_workers, n_shards) == 1
+
+    def _run_here(self, shards: list[int]) -> None:
+        """The shards in this process: one harvester, IN_FLIGHT shards at a time."""
+        import torch
+
+        t0 = time.perf_counter()
+        device = pick_device(self.spec.device, torch.cuda.device_count())
+        harvester = ShardHarvester(self.spec.model_dump_json(), str(self.aset.path), device)
+        t1 = time.perf_counter()
+        self.startup_seconds = t1 - t0
+        done = sum(self.aset.shard_rows(s)[1] - self.aset.shard_rows(s)[0]
+                   for s in self.aset.committed_shards())  # fmt: skip
+        self._report(done)
+        forwarded = 0  # rows run through the model in shards not committed yet
+        lock = threading.Lock()  # the forward thread adds, this one takes the committed off
+
+        def on_rows(n: int) -> None:  # progress within a shard: its forward's batches
+            nonlocal forwarded
+            with lock:
+                forwarded += n
+                self._report(min(done + forwarded, self.aset.n_tokens))
+
+        harvester.on_rows = on_rows
+        queue, in_flight = list(shards), deque()
+        try:
+            with ThreadPoolExecutor(IN_FLIGHT, thread_name_prefix="shard") as pool:
+                while queue or in_flight:
+                    while queue and len(in_flight) < IN_FLIGHT and not self._stopping():
+                        in_flight.append(pool.submit(harvester.harvest_shard, queue.pop(0)))
+                    if not in_flight:
+                        return  # stopped
+                    commit = in_flight.popleft().result()
+                    with lock:
+                        done += commit["rows"]
+                        forwarded -= commit["rows"]
+                        self._report(min(done + forwarded, self.aset.n_tokens))
+                    self.tokens_run += commit["rows"]
+        finally:
+            self.shard_seconds = time.perf_counter() - t1
+
     def run(self, shards: list[int]) -> None:
+        if self._one_worker_here(len(shards)):
+            self._run_here(shards)
+            return
         t0 = time.perf_counter()
         workers = self._start_workers(len(shards))
         t1 = time.perf_counter()

@@ -1,6 +1,7 @@
 """Indexing: run an SAE over its activation set and build the feature catalog's content.
 
-Ray tasks each take a slice of the committed shards, run the SAE over whole contexts
+Ray tasks (inside `runtime.work_here()`, the CLI's local runs: this process) each take
+a slice of the committed shards, run the SAE over whole contexts
 (the tokens the SAE's token rule excludes count nowhere; storage/exclusion.py) and
 return a FeatureAccumulator (statistics, top-N examples, quantile samples); the
 driver merges them, adds the vocabulary projection and the decoder-cosine neighbours
@@ -10,7 +11,7 @@ from the weights, and turns the tables into FeatureIndex records.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,13 +39,26 @@ from saefeat.sae import SparseAutoencoder, load_sae
 from saefeat.specs import IndexSpec
 from saefeat.storage.activations import ActivationSet
 from saefeat.workers.job_progress import Progress
-from saefeat.workers.runtime import cpus_available, ensure_ray, gpus_available, task_cpus
+from saefeat.workers.runtime import (
+    cpus_available,
+    ensure_ray,
+    gpus_available,
+    runs_here,
+    task_cpus,
+)
 
 
 def accumulate_shards(
-    sae_path: str, set_path: str, shards: list[int], spec_json: str, device: str
+    sae_path: str,
+    set_path: str,
+    shards: list[int],
+    spec_json: str,
+    device: str,
+    counter=None,
+    report: Callable[[int], None] | None = None,
 ) -> FeatureAccumulator:
-    """Run the SAE over some shards of the set (whole contexts at a time)."""
+    """Run the SAE over some shards of the set (whole contexts at a time); each batch
+    done is told to `report` and added to `counter` (a _BatchCounter)."""
     spec = IndexSpec.model_validate_json(spec_json)
     sae = load_sae(Path(sae_path), device).eval()
     aset = ActivationSet(Path(set_path))
@@ -58,6 +72,10 @@ def accumulate_shards(
                 acc.add(vals, idx, first_context=row // aset.ctx_len, ctx_len=aset.ctx_len,
                         excluded=rule.excluded_rows(x, pos),
                         window_keys=keys[row - r0 : row - r0 + x.shape[0]])  # fmt: skip
+                if counter is not None:
+                    counter.add.remote(1)
+                if report is not None:
+                    report(1)
     return acc
 
 
@@ -99,6 +117,21 @@ def new_accumulator(d_sae: int, spec: IndexSpec, device: str, seed: int = 0) -> 
 _accumulate_task = ray.remote(max_retries=3)(accumulate_shards)
 
 
+@ray.remote(num_cpus=0)
+class _BatchCounter:
+    """Batches the accumulate tasks have run the SAE over: the index's progress. A
+    retried task counts its batches again; the driver caps the count at the total."""
+
+    def __init__(self) -> None:
+        self.n = 0
+
+    def add(self, n: int) -> None:
+        self.n += n
+
+    def get(self) -> int:
+        return self.n
+
+
 @dataclass
 class IndexResult:
     index: FeatureIndex
@@ -118,6 +151,44 @@ def index_sae(
     t0 = time.perf_counter()
     sae = load_sae(sae_path)
     shards = aset.committed_shards()
+    # Progress counts batches of tokens: the SAE's over the set, then (once their number
+    # is known, the total grows by it) the model's that measure the token effects.
+    rows = spec.batch_contexts * aset.ctx_len
+    total = sum(-(-(aset.shard_rows(s)[1] - aset.shard_rows(s)[0]) // rows) for s in shards)
+    if progress:
+        progress(0, total, "the SAE over the set")
+    if runs_here(settings) and torch.cuda.device_count() <= 1:
+        acc = _accumulate_here(sae_path, aset, shards, spec, total, progress)
+    else:
+        acc = _accumulate_on_ray(sae_path, aset, shards, spec, settings, total, progress)
+
+    def finishing(done: int, more: int, phase: str) -> None:
+        if progress:
+            progress(total + done, total + more, phase)
+
+    index = build_index(acc, sae, aset, spec, finishing)
+    return IndexResult(index, time.perf_counter() - t0, acc.n_excluded)
+
+
+def _accumulate_here(sae_path: Path, aset: ActivationSet, shards: list[int], spec: IndexSpec,
+                     total: int, progress: Progress | None) -> FeatureAccumulator:  # fmt: skip
+    """Every shard in this process (runtime.work_here(): the CLI's local index)."""
+    device = pick_device(spec.device, torch.cuda.device_count())
+    done = 0
+
+    def report(n: int) -> None:
+        nonlocal done
+        done += n
+        if progress:
+            progress(min(done, total), total)
+
+    return accumulate_shards(str(sae_path), str(aset.path), shards, spec.model_dump_json(),
+                             device, report=report)  # fmt: skip
+
+
+def _accumulate_on_ray(sae_path: Path, aset: ActivationSet, shards: list[int],
+                       spec: IndexSpec, settings: Settings, total: int,
+                       progress: Progress | None) -> FeatureAccumulator:  # fmt: skip
     ensure_ray(settings)
     n_gpus = gpus_available()
     device = pick_device(spec.device, n_gpus)
@@ -127,29 +198,37 @@ def index_sae(
     n_tasks = min(len(shards), max(1, n_gpus) if on_gpu(device) else n_cpu_tasks)
     opts = {"num_gpus": 1} if on_gpu(device) else {"num_cpus": per_task}
     parts = [shards[i::n_tasks] for i in range(n_tasks)]
+    counter = _BatchCounter.remote()
     refs = [
         _accumulate_task.options(**opts).remote(
-            str(sae_path), str(aset.path), part, spec.model_dump_json(), device
+            str(sae_path), str(aset.path), part, spec.model_dump_json(), device, counter
         )
         for part in parts
     ]
     acc: FeatureAccumulator | None = None
-    done = 0
-    while refs:
-        ready, refs = ray.wait(refs, num_returns=1)
-        part = ray.get(ready[0])
-        acc = part if acc is None else (acc.merge(part) or acc)
-        done += 1
-        if progress:
-            progress(done, n_tasks)
+    try:
+        while refs:
+            ready, refs = ray.wait(refs, num_returns=1, timeout=0.5)
+            for ref in ready:
+                part = ray.get(ref)
+                acc = part if acc is None else (acc.merge(part) or acc)
+            if progress:
+                progress(min(ray.get(counter.get.remote()), total), total)
+    finally:
+        ray.kill(counter)
     assert acc is not None
-    index = build_index(acc, sae, aset, spec)
-    return IndexResult(index, time.perf_counter() - t0, acc.n_excluded)
+    return acc
 
 
 def build_index(
-    acc: FeatureAccumulator, sae: SparseAutoencoder, aset: ActivationSet, spec: IndexSpec
+    acc: FeatureAccumulator,
+    sae: SparseAutoencoder,
+    aset: ActivationSet,
+    spec: IndexSpec,
+    progress: Callable[[int, int, str], None] | None = None,
 ) -> FeatureIndex:
+    """The index from the merged accumulator; `progress(done, total, phase)` counts the
+    model's batches that measure the token effects (then the map is drawn)."""
     acc = acc.to("cpu")
     lm = cached_model(aset.model_name, aset.revision, "cpu")
     W_U, norm_scale = lm.unembedding()
@@ -165,6 +244,16 @@ def build_index(
     logits = LogitHistograms(sae.cfg.d_sae)  # filled by the projection's pass
     projections = vocab_projections(sae.W_dec.detach(), W_U, norm_scale, strings, spec.n_vocab,
                                     on_logits=logits.add)  # fmt: skip
+    last = [0, 0]  # the effects' batches: done, total
+
+    def effect_batches(done: int, total: int) -> None:
+        last[:] = done, total
+        if progress:
+            progress(done, total, "token effects")
+
+    effects = _effects(acc, sae, aset, spec, tokens, (W_U, norm_scale), strings, effect_batches)
+    if progress:
+        progress(*last, "neighbours and the map")
     near, cosines, xy = _neighbours_and_map(sae.W_dec.detach(), spec)
     return FeatureIndex(
         d_sae=sae.cfg.d_sae,
@@ -178,7 +267,7 @@ def build_index(
         histograms=acc.hist.numpy(),
         neighbour_indices=near.numpy() if spec.n_neighbours else None,
         neighbour_cosines=cosines.numpy() if spec.n_neighbours else None,
-        effects=_effects(acc, sae, aset, spec, tokens, (W_U, norm_scale), strings),
+        effects=effects,
         artifacts=_artifacts(sae.cfg.d_sae, examples, tokens, lm.tokenizer, strings),
         fired_tokens=fired_tokens(examples),
         logit_histograms=logits.counts,
@@ -197,12 +286,13 @@ def _neighbours_and_map(W_dec: torch.Tensor, spec: IndexSpec):
     return near[:, : spec.n_neighbours], cosines[:, : spec.n_neighbours], xy
 
 
-def _effects(acc, sae, aset, spec, tokens, unembedding, strings) -> list[TokenEffects]:
+def _effects(acc, sae, aset, spec, tokens, unembedding, strings,
+             progress: Callable[[int, int], None] | None = None) -> list[TokenEffects]:  # fmt: skip
     """Every feature's de-biased projection, and the measured effect on the next token of
     each feature that fired, in its `n_effect_contexts` strongest contexts (features/
     effects.py). The model runs on the driver: its GPU if it has one, else the CPU."""
     W_dec = sae.W_dec.detach()
-    effects = debiased_projections(W_dec, *unembedding, strings, spec.n_vocab)
+    effects = debiased_projections(W_dec, unembedding, strings, spec.n_vocab)
     pairs = effect_pairs(acc.top_vals, acc.top_ctx, acc.top_pos, spec.n_effect_contexts)
     if len(pairs):
         device = "cpu"
@@ -213,6 +303,7 @@ def _effects(acc, sae, aset, spec, tokens, unembedding, strings) -> list[TokenEf
         effects += measured_effects(
             lm, W_dec, sae.cfg.hook, tokens, pairs, strings, spec.n_vocab, lock=lock,
             hook_acts=_hook_acts(aset, sae.cfg.hook), context_block=aset.contexts_per_shard,
+            progress=progress,
         )  # fmt: skip
     return effects
 

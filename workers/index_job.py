@@ -66,7 +66,9 @@ def run_index_job(
     spec: IndexSpec, *, settings: Settings, progress: Progress | None, should_stop: ShouldStop
 ) -> JobOutcome:
     from saefeat.workers.ray_stage import run_on_ray
+    from saefeat.workers.runtime import ensure_ray
 
+    ensure_ray(settings)
     out, _ = run_on_ray(_index_task, (spec, settings), ray_options(spec, 0),
                         progress=progress, should_stop=should_stop)  # fmt: skip
     return JobOutcome(JobStatus.SUCCEEDED, None, out)
@@ -80,6 +82,6 @@ def ray_options(spec: IndexSpec, cluster_gpus: int) -> dict[str, Any]:
 ROUTE = Route("/indexings", "Submit an indexing job for a trained SAE (features, examples, vocab)")
 STAGE = Stage(build_index, makes_nothing, lambda settings, i: already_indexed(settings, i.sae))
 INDEX = register_job_kind(
-    JobKind("index", IndexSpec, run_index_job, ROUTE, "tasks", admit=admit_index,
+    JobKind("index", IndexSpec, run_index_job, ROUTE, "batches", admit=admit_index,
             ray_options=ray_options, stage=STAGE)
 )  # fmt: skip

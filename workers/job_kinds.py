@@ -132,6 +132,8 @@ def job_kinds() -> dict[str, JobKind]:
 
 
 def job_kind(name: str) -> JobKind:
+    if name in _KINDS:  # registered already: the other kinds' modules need not load
+        return _KINDS[name]
     try:
         return job_kinds()[name]
     except KeyError:
@@ -139,9 +141,10 @@ def job_kind(name: str) -> JobKind:
 
 
 def kind_for_spec(spec: BaseModel) -> JobKind:
-    for kind in job_kinds().values():
-        if type(spec) is kind.spec_type:
-            return kind
+    for load in (False, True):  # the registered ones first; then every built-in kind
+        for kind in (job_kinds() if load else _KINDS).values():
+            if type(spec) is kind.spec_type:
+                return kind
     raise SaefeatError(f"no job kind takes a {type(spec).__name__}")
 
 

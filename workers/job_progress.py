@@ -8,7 +8,8 @@ from collections.abc import Callable
 from typing import TypedDict
 
 PROGRESS_EVERY_S = 0.5  # at most this often a progress write to the catalog
-Progress = Callable[[int, int], None]  # (done, total) in the kind's unit
+# (done, total) in the kind's unit; a kind may add what it is doing now (a phase, text).
+Progress = Callable[..., None]
 ShouldStop = Callable[[], bool]  # the job was cancelled or its runner is shutting down
 
 
@@ -27,14 +28,15 @@ class ProgressMeter:
         self.last_write = 0.0
         self.pending: dict | None = None
 
-    def __call__(self, done: int, total: int) -> None:
+    def __call__(self, done: int, total: int, phase: str | None = None) -> None:
+        """`phase`: what the work is doing now, passed on to `also` (the CLI shows it)."""
         now = time.monotonic()
         if self.t0 is None:
             self.t0, self.done0 = now, done
         rate = (done - self.done0) / (now - self.t0) if now > self.t0 else None
         self.pending = {"progress_done": done, "progress_total": total, "rate": rate}
         if self.also:
-            self.also(done, total)
+            self.also(done, total, *(() if phase is None else (phase,)))
         if now - self.last_write >= PROGRESS_EVERY_S or done >= total:
             self.flush()
             self.last_write = now

@@ -250,10 +250,13 @@ class JobRunner:
         job_id: str,
         progress: Callable[[int, int], None] | None = None,
         also_stop: Callable[[], bool] | None = None,
+        work: Callable[..., Any] | None = None,
     ) -> Any:
         """Run a job in this thread, recording everything on its row; returns what the
         kind made (None: not run here, cancelled, handed back, or failed). `also_stop`:
-        another reason to stop (a pipeline's own stop, for its stage jobs)."""
+        another reason to stop (a pipeline's own stop, for its stage jobs). `work`: what
+        runs instead of the kind's `run`, with the same arguments and outcome (the CLI's
+        in-process runs); the row is kept just the same."""
         if not self.claim(job_id):
             return None  # finished, failed for too many resumes, or another runner has it
         cancel = self._cancel.setdefault(job_id, threading.Event())
@@ -269,12 +272,9 @@ class JobRunner:
             row = self.get(job_id)
             kind = job_kind(row.kind)
             spec = kind.spec_type.model_validate(row.spec)
-            # Every kind runs on Ray; a server starts it here, for its first job. (Imported
-            # here: importing Ray costs a second that listing jobs need not pay.)
-            from saefeat.workers.runtime import ensure_ray
-
-            ensure_ray(self.settings)
-            outcome = kind.run(
+            # Ray is started (workers/runtime.ensure_ray) by the work that uses it, when it
+            # first does: a job that runs in this process (the CLI's) never pays for it.
+            outcome = (work or kind.run)(
                 spec, settings=self.settings, progress=meter, should_stop=should_stop
             )
         except JobStopped:

@@ -13,16 +13,23 @@ a local ray.init() spawns (GCS, raylet) get a parent-death signal, and on Linux 
 when the *thread* that spawned them exits, so a Ray started in a job thread died with
 the job, and the API process followed a minute later when it lost the GCS.
 
+Work that one process can do runs without Ray inside `work_here()` (the CLI's local
+runs: a harvest with one worker, an index on one device), so a small job pays for no
+cluster start; on a cluster (SAEFEAT_RAY_ADDRESS) and in the API server it uses Ray.
+
 A local instance listens on 127.0.0.1 only and uses Ray's token auth, with a token in
 the data folder (0600), unless RAY_AUTH_MODE is set (the test suite sets `disabled`).
 """
 
 from __future__ import annotations
 
+import contextvars
 import os
 import secrets
 import signal
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import ray
 
@@ -30,6 +37,25 @@ from saefeat.config import Settings, get_settings
 
 TOKEN_FILE = "ray_auth_token"  # in the data folder; a local Ray's auth token
 _start_lock = threading.Lock()  # one start at a time, whichever thread asks
+
+
+_WORK_HERE = contextvars.ContextVar("saefeat_work_here", default=False)
+
+
+@contextmanager
+def work_here() -> Iterator[None]:
+    """Within it (this thread), work that needs one process only runs in this one,
+    without Ray: see `runs_here`."""
+    token = _WORK_HERE.set(True)
+    try:
+        yield
+    finally:
+        _WORK_HERE.reset(token)
+
+
+def runs_here(settings: Settings) -> bool:
+    """Inside `work_here()` and not on a cluster: the work's one worker is this process."""
+    return _WORK_HERE.get() and not settings.ray_address
 
 
 def _local_auth(settings: Settings) -> None:

@@ -7,6 +7,7 @@ single-process reference for tests.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,6 +81,9 @@ class ShardHarvester:
             1, "shard-forward", torch.set_num_threads if threads else None, (threads,)
         )
         self._cuda = self.lm.device.type == "cuda"
+        # Told the rows of each batch once its forward is done (a harvest in one process
+        # reports within a shard with it); None in a Ray actor.
+        self.on_rows: Callable[[int], None] | None = None
         if self._cuda:
             self._copy_stream = torch.cuda.Stream(self.lm.device)
             self._pinned = _PinnedPool()
@@ -102,6 +106,8 @@ class ShardHarvester:
                 bad[b : b + B] = _nonfinite(acts)
                 for h, a in acts.items():
                     out[h].append(a.reshape(-1, d))
+                if self.on_rows is not None:
+                    self.on_rows(tokens[b : b + B].numel())
             rows = {h: v[0] if len(v) == 1 else torch.cat(v) for h, v in out.items()}
             return _Forwarded(rows, bad)
         # CUDA: the tokens go over once, without a host sync; each batch's rows are copied

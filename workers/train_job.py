@@ -98,11 +98,12 @@ def run_train_job(
     spec: TrainJobSpec, *, settings: Settings, progress: Progress | None, should_stop: ShouldStop
 ) -> JobOutcome:
     from saefeat.workers.ray_stage import run_on_ray
-    from saefeat.workers.runtime import gpus_available
+    from saefeat.workers.runtime import ensure_ray, gpus_available
 
     ids = spec.sae_ids()
     if already_trained(settings, ids):
         return JobOutcome(JobStatus.SUCCEEDED, f"already trained: {', '.join(ids)}", ids)
+    ensure_ray(settings)
     opts = ray_options(spec, gpus_available())
     device = "cuda" if opts["num_gpus"] else "cpu"
     specs = [s.model_copy(update={"device": device}) for s in spec.specs]

@@ -1,9 +1,11 @@
 """Contrastive features: which of an SAE's features tell corpus A from corpus B.
 
 `check_inputs` checks what a contrast reads (both sets at the SAE's model and hook,
-non-empty); `compare_sides` turns the two sides' counts into per-feature statistics with a
-length control and FDR (contrast_stats.py) and the held-out AUROC of a classifier on the
-top features (contrast_classifier.py). Running the SAE over the sets is a worker's
+non-empty, with documents to compare; a side given as text sources holds enough
+documents: contrast_corpora.py, which also says how those are harvested);
+`compare_sides` turns the two sides' counts into per-feature statistics with a length
+control and FDR (contrast_stats.py) and the held-out AUROC of a classifier on the top
+features (contrast_classifier.py). Running the SAE over the sets is a worker's
 (workers/contrast.py: `run_contrast`, which the CLI, the job and tests share).
 """
 
@@ -15,7 +17,8 @@ from pathlib import Path
 from sqlalchemy.orm import Session
 
 from saefeat.analysis.contrast_classifier import ClassifierResult, classify
-from saefeat.analysis.contrast_docs import counted_token_rows, document_starts
+from saefeat.analysis.contrast_corpora import check_corpus_documents
+from saefeat.analysis.contrast_docs import MIN_DOCUMENTS, counted_token_rows, document_starts
 from saefeat.analysis.contrast_stats import FeatureStats, SideCounts, contrast_statistics
 from saefeat.config import Settings
 from saefeat.errors import NotFoundError, SpecError
@@ -24,15 +27,13 @@ from saefeat.sae.base import SAEConfig
 from saefeat.specs import ContrastSpec
 from saefeat.storage.activations import STATUS_COMPLETE, ActivationSet, open_set
 
-MIN_DOCUMENTS = 2  # a side's documents, the unit every statistic counts
-
 
 @dataclass
 class ContrastInputs:
     sae_path: Path
     cfg: SAEConfig
-    a: ActivationSet
-    b: ActivationSet
+    a: ActivationSet | None  # None: a side given as text sources, not harvested yet
+    b: ActivationSet | None
 
 
 @dataclass
@@ -55,7 +56,14 @@ def check_inputs(spec: ContrastSpec, settings: Settings, session: Session) -> Co
             f"no trained SAE {spec.sae!r} under {settings.saes_dir}", field="sae"
         ) from None
     _check_catalogued(session, settings, spec.sae)
-    sets = [_check_set(settings, cfg, getattr(spec, f), f) for f in ("a", "b")]
+    sets = []
+    for side in ("a", "b"):
+        set_id = getattr(spec, side)
+        if set_id is None:  # text sources: enough documents, before any harvest
+            check_corpus_documents(spec, side, settings)
+            sets.append(None)
+        else:
+            sets.append(_check_set(settings, cfg, set_id, side))
     return ContrastInputs(sae_path, cfg, *sets)
 
 
@@ -117,8 +125,10 @@ def _check_set(settings: Settings, cfg: SAEConfig, set_id: str, field: str) -> A
     if len(document_starts(aset)) < MIN_DOCUMENTS:
         raise SpecError(
             f"set {set_id} holds one document; a contrast compares documents and needs at "
-            f"least {MIN_DOCUMENTS} in each set (a plain-text file is one document: harvest "
-            "a folder of files, or a JSONL or Parquet file with a document a row)",
+            f"least {MIN_DOCUMENTS} in each set (a plain-text file harvested whole is one "
+            f"document: give the file as {field}_corpus instead, where blank lines split it "
+            "into documents, or harvest a folder of files, or a JSONL or Parquet file with a "
+            "document a row)",
             field=field,
         )
     return aset

@@ -18,6 +18,8 @@ import numpy as np
 
 from saefeat.storage.activations import ActivationSet
 
+MIN_DOCUMENTS = 2  # a side's documents (units), the unit every statistic counts
+
 
 def counted_token_rows(aset: ActivationSet, shard: int) -> np.ndarray:
     """Row offsets inside a committed shard that can count: not position 0 (an attention

@@ -52,7 +52,7 @@ from typing import Literal
 import torch
 
 from saefeat.errors import SpecError
-from saefeat.lm import LanguageModel, parse_hook
+from saefeat.lm import LanguageModel, edit_at, parse_hook
 from saefeat.sae import SparseAutoencoder
 
 Method = Literal["add", "clamp"]
@@ -296,24 +296,7 @@ class _Steering:
         return out
 
     def __enter__(self) -> _Steering:
-        module = self.lm.module_for(self.point)
-        if self.point.kind == "resid_pre":
-
-            def pre(module, args, kwargs):
-                if args:
-                    return (self._apply(args[0]), *args[1:]), kwargs
-                kwargs["hidden_states"] = self._apply(kwargs["hidden_states"])
-                return args, kwargs
-
-            self.handle = module.register_forward_pre_hook(pre, with_kwargs=True)
-        else:
-
-            def post(module, args, output):
-                if isinstance(output, tuple):
-                    return (self._apply(output[0]), *output[1:])
-                return self._apply(output)
-
-            self.handle = module.register_forward_hook(post)
+        self.handle = edit_at(self.lm, self.point, self._apply)
         return self
 
     def __exit__(self, *exc) -> None:

@@ -169,11 +169,11 @@ def readable_features(session, sae_id: str, n: int) -> list:
     """Up to n readable features of the SAE (features/readable.py's `Candidate`s: the
     feature row, its examples and dominant token), best first."""
     from saefeat.features.readable import MAX_DENSITY, MIN_DENSITY, pick_readable
-    from saefeat.storage.catalog import queries
+    from saefeat.storage.catalog import feature_reads, queries
 
     page = queries.list_features(session, sae_id, min_density=MIN_DENSITY,
                                  max_density=MAX_DENSITY, limit=500)  # fmt: skip
-    return pick_readable(page.items, lambda f: queries.feature_examples(session, f.id), n)
+    return pick_readable(page.items, lambda f: feature_reads.feature_examples(session, f.id), n)
 
 
 def _target_prob(result, positions: int | None = None) -> float:
@@ -200,7 +200,7 @@ def steer_concept_success(
     whose target tokens became more likely when steered at `strength` x max activation.
     Loads the SAE's model and checkpoint as the API does (saefeat.features.live)."""
     from saefeat.features import live
-    from saefeat.storage.catalog import labels, queries
+    from saefeat.storage.catalog import feature_reads, labels, queries
     from saefeat.storage.catalog.set_registry import sae_model
 
     row = queries.get_sae(session, sae_id)
@@ -214,7 +214,7 @@ def steer_concept_success(
         candidates = []
         for i in features:
             f = queries.get_feature(session, sae_id, i)
-            examples = queries.feature_examples(session, f.id)
+            examples = feature_reads.feature_examples(session, f.id)
             candidates.append(Candidate(f, examples, *top_token_mass(examples)))
     current = labels.current_labels(session, [c.feature.id for c in candidates])
     trials = []

@@ -100,6 +100,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Pages are reads too; a browser cannot send the key, so keyed reads close them.
     app.include_router(page_routes.router, dependencies=read_guard)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    app.include_router(page_routes.asset_router)  # /favicon.ico: open, like /static
     app.include_router(label_routes.router, prefix=API_PREFIX)
     app.include_router(
         job_routes.router, prefix=API_PREFIX, dependencies=read_guard, responses=read_responses

@@ -30,10 +30,25 @@ from saefeat.api.schemas import (
     TokenMatchPage,
 )
 from saefeat.errors import NotFoundError
-from saefeat.storage.catalog import documents, explanations, labels, queries, token_search
+from saefeat.storage.catalog import (
+    documents,
+    explanations,
+    feature_reads,
+    labels,
+    queries,
+    token_search,
+)
 
 router = APIRouter(tags=["catalog"])
 route = partial(read_route, router)  # a catalog read: GET, 404 and 422 by default
+
+_ARTIFACTS_HELP = ("Artifact features (fixed positions, after special tokens): left out, kept, "
+                   "or the only ones listed")  # fmt: skip
+_SEARCH_BY_HELP = ("fires: tokens the feature fires on (share of its top examples' activation "
+                   "mass); promotes: its vocabulary projection; effect: its measured effect on "
+                   "the next token")  # fmt: skip
+Artifacts = Annotated[Literal["exclude", "include", "only"], Query(description=_ARTIFACTS_HELP)]
+SearchBy = Annotated[Literal["fires", "promotes", "effect"], Query(description=_SEARCH_BY_HELP)]
 
 
 @route("/saes", "List the SAEs in the catalog", (422,))
@@ -78,13 +93,7 @@ async def list_features(
     ] = None,
     limit: Limit = 50,
     cursor: CursorParam = None,
-    artifacts: Annotated[
-        Literal["exclude", "include", "only"],
-        Query(
-            description="Artifact features (fixed positions, after special tokens): left "
-            "out, kept, or the only ones listed"
-        ),
-    ] = "exclude",
+    artifacts: Artifacts = "exclude",
 ) -> FeaturePage:
     def read() -> FeaturePage:
         page = queries.list_features(
@@ -111,7 +120,7 @@ async def get_feature(sae_id: SaeId, index: FeatureIndexParam, session: ReadSess
     label = convert.current_label_out(labels.label_state(session, [feature.id]), feature.id)
     document = documents.feature_document(session, feature.id)
     explained = explanations.feature_explanations(session, feature.id)
-    effects = queries.feature_effects(session, feature.id)
+    effects = feature_reads.feature_effects(session, feature.id)
     # Already JSON (the arrays come from the database as text), so no response_model pass.
     body = convert.feature_detail_json(feature, document, label, explained, effects)
     return Response(body, media_type="application/json")
@@ -143,7 +152,7 @@ async def list_neighbours(
     sae_id: SaeId, index: FeatureIndexParam, session: ReadSession
 ) -> NeighbourList:
     feature = queries.get_feature(session, sae_id, index)
-    near = queries.feature_neighbours(session, feature.id)
+    near = feature_reads.feature_neighbours(session, feature.id)
     current = labels.current_labels(session, [n.feature.id for n in near])
     return NeighbourList(items=[convert.neighbour(n, current.get(n.feature.id)) for n in near])
 
@@ -159,14 +168,7 @@ async def search_features(
     exact: Annotated[bool, Query(description="Match only the string as given")] = False,
     limit: Limit = 50,
     cursor: CursorParam = None,
-    by: Annotated[
-        Literal["fires", "promotes", "effect"],
-        Query(
-            description="fires: tokens the feature fires on (share of its top examples' "
-            "activation mass); promotes: its vocabulary projection; effect: its measured "
-            "effect on the next token"
-        ),
-    ] = "promotes",
+    by: SearchBy = "promotes",
 ) -> TokenMatchPage:
     """Matches the token string exactly, and also its other leading-space spellings: one
     leading " ", "Ġ" (byte-level BPE) or "▁" (SentencePiece) is stripped from the query,
@@ -178,16 +180,8 @@ async def search_features(
     once, with its strongest."""
 
     def read() -> TokenMatchPage:
-        page = token_search.search_tokens(
-            session,
-            token,
-            by=by,
-            sae_id=sae_id,
-            side=side,
-            exact=exact,
-            limit=limit,
-            cursor=cursor,
-        )
+        page = token_search.search_tokens(session, token, by=by, sae_id=sae_id, side=side,
+                                          exact=exact, limit=limit, cursor=cursor)  # fmt: skip
         current = labels.current_labels(session, [m.feature.id for m in page.items])
         items = [convert.token_match(m, current.get(m.feature.id)) for m in page.items]
         return TokenMatchPage(items=items, next_cursor=page.next_cursor)

@@ -1,7 +1,9 @@
 """Contrasts over HTTP and as a page: results and top features.
 
 `POST /v1/contrasts` (the `contrast` job kind's route, workers/contrast_job.py) checks
-the inputs before any row is written (a bad set or SAE is a 422 naming the field); `GET
+the inputs before any row is written (a bad set or SAE, or a side given as text sources
+with fewer than two documents, is a 422 naming the field; such a side is harvested by
+the job, after every side is checked); `GET
 /v1/contrasts/{id}` answers the job's status until the results are stored, then the
 results with the top features of each side. `/contrasts/{id}` is the page.
 """

@@ -22,16 +22,12 @@ from saefeat.storage.catalog.explanations import (
     ExplanationView,
     headline_score,
 )
+from saefeat.storage.catalog.feature_reads import Effects, NeighbourMatch
 from saefeat.storage.catalog.label_search import LabelMatch
 from saefeat.storage.catalog.labels import LabelView, Votes
 from saefeat.storage.catalog.models import SAE, Label
-from saefeat.storage.catalog.queries import (
-    Effects,
-    FeatureRecord,
-    FeatureView,
-    NeighbourMatch,
-    TokenMatch,
-)
+from saefeat.storage.catalog.queries import FeatureRecord, FeatureView
+from saefeat.storage.catalog.token_search import TokenMatch
 
 
 def columns(row: Any, *names: str) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from typing import Annotated, Literal
 
 import orjson
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import HTMLResponse
+from fastapi.responses import FileResponse, HTMLResponse
 from fastapi.templating import Jinja2Templates
 from markupsafe import Markup
 from starlette.concurrency import run_in_threadpool
@@ -27,6 +27,7 @@ from saefeat.storage.catalog import (
     documents,
     example_search,
     explanations,
+    feature_reads,
     label_search,
     labels,
     queries,
@@ -35,7 +36,51 @@ from saefeat.storage.catalog import (
 from saefeat.storage.catalog.queries import Page
 
 TEMPLATES = Jinja2Templates(directory=Path(__file__).parent / "templates")
+STATIC_DIR = Path(__file__).parent / "static"
 router = APIRouter(include_in_schema=False)
+# Open like /static (app.py includes it without the read guard): a browser asks for
+# /favicon.ico with no key.
+asset_router = APIRouter(include_in_schema=False)
+
+
+def with_hook(name: str, hook: str | None, sep: str = " · ") -> str:
+    """An SAE's name and its hook, the hook once: a trained SAE's default name begins
+    with its hook (workers/train_job.py), an imported one's need not."""
+    return name if not hook or hook in name else f"{name}{sep}{hook}"
+
+
+def histogram_range(histogram: dict | None, max_activation: float | None) -> str | None:
+    """The activation histogram's caption: the range of the bins drawn (those from the
+    first to the last that hold tokens), its top end the feature's max activation, which
+    lies in the last of them: that bin's upper edge is a shared log-spaced edge
+    (features/accumulate.py), not a value the feature reached. No minimum is stored, so
+    the low end is the first bin's lower edge ("up to" when that is the lowest bin, which
+    also holds everything below it; the top bin likewise holds everything above it).
+    None: no tokens to draw."""
+    counts = (histogram or {}).get("counts") or []
+    edges = (histogram or {}).get("edges") or []
+    held = [i for i, c in enumerate(counts) if c > 0]
+    if not held or len(edges) != len(counts) + 1:
+        return None
+    lo, hi = held[0], held[-1] + 1  # bins lo..hi-1 are drawn, edges[lo] to edges[hi]
+    high = edges[hi]
+    if max_activation is not None and max_activation > 0:
+        # Bounded by the last bin drawn: closed below unless it is the lowest bin, and
+        # above unless it is the top one.
+        high = max(max_activation, edges[hi - 1]) if hi > 1 else max_activation
+        if hi < len(counts):
+            high = min(high, edges[hi])
+    low = "up to" if lo == 0 else f"{edges[lo]:.3g} to"
+    return f"activation {low} {high:.3g}"
+
+
+TEMPLATES.env.globals["with_hook"] = with_hook
+
+
+@asset_router.get("/favicon.ico")
+async def favicon() -> FileResponse:
+    """The pages' icon (static/favicon.svg, also linked from base.html)."""
+    return FileResponse(STATIC_DIR / "favicon.svg", media_type="image/svg+xml")
 
 
 def _render(request: Request, name: str, status: int = 200, **values) -> HTMLResponse:
@@ -133,8 +178,11 @@ async def feature_page(
         feature=feature,
         label=convert.current_label_out(state, feature.id),
         feature_data=Markup(
-            convert.script_json(feature, document, queries.feature_effects(session, feature.id))
-        ),
+            convert.script_json(
+                feature, document, feature_reads.feature_effects(session, feature.id)
+            )
+        ),  # fmt: skip
+        histogram_range=histogram_range(feature.histogram, feature.max_activation),
         neighbours=[(n, _text(state.current(n["feature_id"]))) for n in neighbours],
         history=[convert.label_out(lb, state.votes.get(lb.id)) for lb in state.history(feature.id)],
         explanations=explanations.feature_explanations(session, feature.id),

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from saefeat.cli.common import console, progress_bar, user_errors
+from saefeat.cli.common import console, user_errors
 from saefeat.errors import SpecError
 
 
@@ -28,7 +28,11 @@ def explain(
     ] = "embedding,activation,keyword",
     batch: Annotated[int, typer.Option(help="features per Ray task")] = 64,
 ):
-    """Explain and score an indexed SAE's features (the LLM endpoint: SAEFEAT_LLM_*)."""
+    """Explain and score an indexed SAE's features (the LLM endpoint: SAEFEAT_LLM_*).
+
+    Here, as a job (`saefeat jobs`); with --server (SAEFEAT_SERVER), on that server and
+    with its endpoint."""
+    from saefeat.cli.running import on_server, run_on_server
     from saefeat.specs import ExplainSpec
 
     spec = ExplainSpec(
@@ -38,16 +42,19 @@ def explain(
         scorers=[s.strip() for s in scorers.split(",") if s.strip()],
         batch_features=batch,
     )
+    if on_server():
+        run_on_server("explain", spec)
+        return
     do_explain(spec)
 
 
 def do_explain(spec):
-    from saefeat.workers.explain import run_explain, validate_explain
+    """Explain here, as a job row (saefeat/cli/running.py), in this process."""
+    from saefeat.cli.running import run_here
+    from saefeat.workers.explain import validate_explain
 
     validate_explain(spec)  # bad input is one line, before any progress bar
-    with progress_bar("explain") as bar:
-        task = bar.add_task("explain", total=None, info="")
-        result = run_explain(spec, progress=lambda d, t: bar.update(task, completed=d, total=t))
+    result, _ = run_here(spec)
     console.print(result.summary(), highlight=False)
     for index, error in list(result.failed.items())[:5]:
         console.print(f"  feature {index}: {error}", highlight=False, soft_wrap=True)

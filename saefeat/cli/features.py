@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from saefeat.cli.common import console, user_errors
+from saefeat.cli.common import console, model_loads, user_errors
 from saefeat.config import get_settings
 
 
@@ -63,7 +63,7 @@ def features_search(
 ):
     """Features by label (full-text) or by a vocabulary token."""
     from saefeat.errors import SpecError
-    from saefeat.storage.catalog import label_search, labels, queries
+    from saefeat.storage.catalog import label_search, labels, token_search
     from saefeat.storage.catalog.db import catalog_session
 
     if (label is None) == (token is None):
@@ -76,7 +76,7 @@ def features_search(
                 _feature_line(f.sae_id, f.index, f.density, f.max_activation, m.label.text)
             _next_page(found.next_cursor)
             return
-        page = queries.search_by_token(s, token or "", sae_id=sae, limit=limit, cursor=cursor)
+        page = token_search.search_tokens(s, token or "", sae_id=sae, limit=limit, cursor=cursor)
         current = labels.current_labels(s, [m.feature.id for m in page.items])
         for m in page.items:
             f, lb = m.feature, current.get(m.feature.id)
@@ -89,12 +89,12 @@ def features_neighbours(
     index: Annotated[int, typer.Option(help="feature index")],
 ):
     """The features with the most similar decoder rows (tab-separated, with the cosine)."""
-    from saefeat.storage.catalog import labels, queries
+    from saefeat.storage.catalog import feature_reads, labels, queries
     from saefeat.storage.catalog.db import catalog_session
 
     with catalog_session(get_settings()) as s:
         feature = queries.get_feature(s, sae, index)
-        near = queries.feature_neighbours(s, feature.id)
+        near = feature_reads.feature_neighbours(s, feature.id)
         current = labels.current_labels(s, [n.feature.id for n in near])
         for n in near:
             lb = current.get(n.feature.id)
@@ -119,6 +119,8 @@ def features_fire(
             raise SpecError("has no checkpoint here, so it cannot be run on text", field="sae")
         model_name, revision = sae_model(s, row)
         checkpoint, hook = row.checkpoint_path, row.hook_name
-    for t in features_for_sae(model_name, revision, checkpoint, hook, text, top):
+    with model_loads():
+        tokens = features_for_sae(model_name, revision, checkpoint, hook, text, top)
+    for t in tokens:
         feats = "  ".join(f"{f}:{v:.3g}" for f, v in t.features)
         print(f"{t.position}\t{t.token!r}\t{feats}")

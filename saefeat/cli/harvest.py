@@ -10,10 +10,9 @@ from typing import Annotated
 
 import typer
 
-from saefeat.cli.common import console, progress_bar, user_errors
+from saefeat.cli.common import console, user_errors
 from saefeat.cli.spec_options import KEYWORD, command, field_option, given, spec_options
 from saefeat.config import Settings, get_settings
-from saefeat.errors import SaefeatError
 from saefeat.paths import BUILTIN_PYTHON_DOCS
 from saefeat.specs import CorpusSource, HarvestSpec
 
@@ -43,26 +42,37 @@ def harvest_options() -> list[inspect.Parameter]:
 def harvest(**options) -> None:
     """Run the model over a corpus and store activations at the hooks.
 
+    Here, as a job (`saefeat jobs`); with --server (SAEFEAT_SERVER), on that server.
     Files and folders named here are read wherever they are: the CLI's user owns the
-    machine. (Specs sent over HTTP are held to the corpus roots; docs/SECURITY.md.)"""
+    machine. (Specs sent over HTTP are held to the corpus roots; docs/SECURITY.md; a
+    path given with --server is the server's, relative to its corpus roots.)"""
+    from saefeat.cli.running import on_server, run_on_server
+
     options = given(options)
     field = options.pop("field", None)
-    sources = [_corpus_source(c, field) for c in options.pop("corpus", [BUILTIN_PYTHON_DOCS])]
+    remote = on_server()
+    paths = options.pop("corpus", [BUILTIN_PYTHON_DOCS])
+    sources = [_corpus_source(c, field, absolute=not remote) for c in paths]
     spec = HarvestSpec(**options, corpus=sources)
+    if remote:
+        run_on_server("harvest", spec)
+        print(spec.set_id())
+        return
     settings = get_settings()
     named = [s["path"] for s in sources if s["path"] != BUILTIN_PYTHON_DOCS]
     trusted = settings.model_copy(update={"corpus_roots": [*settings.corpus_root_paths, *named]})
     print(harvest_as_job(spec, trusted).activation_set.id)
 
 
-def _corpus_source(text: str, field: str | None) -> dict:
+def _corpus_source(text: str, field: str | None, absolute: bool = True) -> dict:
     """`PATH` or `PATH@WEIGHT` (a source's share when several are mixed); a path is made
-    absolute here, from the working folder the user typed it in."""
+    absolute here, from the working folder the user typed it in (not one for a server)."""
     source = {} if field is None else {"field": field}
     path, sep, weight = text.rpartition("@")
-    if sep and weight.replace(".", "", 1).isdigit():
-        return {**source, "path": _absolute(path), "weight": float(weight)}
-    return {**source, "path": _absolute(text)}
+    if not (sep and weight.replace(".", "", 1).isdigit()):
+        path, weight = text, None
+    source["path"] = _absolute(path) if absolute else path
+    return source if weight is None else {**source, "weight": float(weight)}
 
 
 def _absolute(path: str) -> str:
@@ -72,26 +82,11 @@ def _absolute(path: str) -> str:
 
 
 def harvest_as_job(spec, settings: Settings | None = None):
-    """`saefeat harvest`: the run is a job row too, so `saefeat jobs` and the API see it."""
-    from saefeat.storage.catalog.db import catalog_sessions
-    from saefeat.workers.jobs import JobRunner
+    """`saefeat harvest` here: a job row (`saefeat jobs` and the API see it) run in this
+    process; one worker's harvest starts no Ray (saefeat/cli/running.py)."""
+    from saefeat.cli.running import run_here
 
-    settings = settings or get_settings()
-    with catalog_sessions(settings) as sessions:
-        runner = JobRunner(settings, sessions)
-        job, created = runner.submit(spec)
-        if not created:
-            raise SaefeatError(
-                f"job {job.id} ({job.status}) is already harvesting set {job.spec_hash}; "
-                "follow it with `saefeat jobs`"
-            )
-        with progress_bar("harvest") as bar:
-            task = bar.add_task("harvest", total=None, info=f"job {job.id}")
-            progress = lambda d, t: bar.update(task, completed=d, total=t)  # noqa: E731
-            result = runner.run(job.id, progress=progress)
-        job = runner.get(job.id)
-    if result is None:
-        raise SaefeatError(f"job {job.id} {job.status}: {job.error}")
+    result, job = run_here(spec, settings=settings)
     aset = result.activation_set
     how = "reused" if result.reused else f"{result.shards_run} shards in {result.seconds:.1f}s"
     console.print(f"activation set [bold]{aset.id}[/bold]: {aset.n_tokens:,} tokens ({how})")

@@ -20,13 +20,12 @@ def export_sae(
     to: Annotated[str, typer.Option(help="saelens, sparsify (weights) or neuronpedia (catalog)")],
     out: Annotated[str, typer.Option(help="folder to write")],
 ):
-    """Write a trained SAE in SAELens's or sparsify's layout, or its catalog in Neuronpedia's."""
+    """Write a trained SAE in SAELens's or sparsify's layout, or its catalog in Neuronpedia's.
+
+    SAELens's cfg.json names the model by its hub id and the activation set's context size."""
     from pathlib import Path
 
     from saefeat.errors import SpecError
-    from saefeat.paths import inside
-    from saefeat.sae import load_sae
-    from saefeat.sae.interop import export_saelens, export_sparsify
 
     if to == "neuronpedia":  # the catalog's features, examples and labels, not weights
         from saefeat.storage.catalog.db import catalog_session
@@ -35,13 +34,12 @@ def export_sae(
         with catalog_session(get_settings()) as s:
             console.print(f"wrote {export_neuronpedia(s, sae, Path(out))}")
         return
-    writers = {"saelens": export_saelens, "sparsify": export_sparsify}
-    if to not in writers:
-        known = sorted([*writers, "neuronpedia"])
+    from saefeat.sae.interop import FORMATS, export_stored  # torch: not for the catalog's export
+
+    if to not in FORMATS:
+        known = sorted([*FORMATS, "neuronpedia"])
         raise SpecError(f"{to!r} is not a format; use one of {known}", field="to")
-    # --out is the user's own choice; the SAE is read only from the SAE folder.
-    path = writers[to](load_sae(inside(get_settings().saes_dir, sae, "sae")), Path(out))
-    console.print(f"wrote {path}")
+    console.print(f"wrote {export_stored(get_settings(), sae, to, Path(out))}")
 
 
 def import_sae(
@@ -49,15 +47,24 @@ def import_sae(
         str, typer.Argument(help="an SAELens or sparsify SAE, or a Neuronpedia export")
     ],
     sae_id: Annotated[str, typer.Option("--id", help="id to store it under")],
+    model: Annotated[
+        str | None,
+        typer.Option(help="the model it reads (a hub id or local folder), if its files do not say"),
+    ] = None,
+    hook: Annotated[
+        str | None,
+        typer.Option(help="the hook it reads (blocks.6.hook_resid_post), if its files do not say"),
+    ] = None,
 ):
-    """Read an SAELens or sparsify SAE folder into saefeat's checkpoint format."""
+    """Read an SAELens or sparsify SAE folder into saefeat's checkpoint format and the
+    catalog (listed at once; `saefeat index` gives it features)."""
     from pathlib import Path
 
-    from saefeat.errors import SpecError
     from saefeat.paths import inside
-    from saefeat.sae.interop import import_saelens, import_sparsify
+    from saefeat.sae.interop import import_stored
 
-    dest = inside(get_settings().saes_dir, sae_id, "id")  # before reading anything
+    settings = get_settings()
+    inside(settings.saes_dir, sae_id, "id")  # before reading anything
     folder = Path(path)
     from saefeat.storage.catalog.neuronpedia_import import (
         import_neuronpedia,
@@ -67,17 +74,10 @@ def import_sae(
     if is_neuronpedia_folder(folder):  # a catalog export: features, examples, labels
         from saefeat.storage.catalog.db import catalog_session
 
-        with catalog_session(get_settings()) as s:
+        with catalog_session(settings) as s:
             done = import_neuronpedia(s, folder, sae_id)
         console.print(f"stored SAE {done.sae_id}: {done.n_features} features, "
                       f"{done.n_examples} examples, {done.n_labels} labels")  # fmt: skip
         return
-    if (folder / "sae_weights.safetensors").is_file():
-        sae = import_saelens(folder)
-    elif (folder / "sae.safetensors").is_file():
-        sae = import_sparsify(folder)
-    else:
-        raise SpecError(f"{path} holds neither sae_weights.safetensors nor sae.safetensors",
-                        field="path")  # fmt: skip
-    out = sae.save(dest)
+    out = import_stored(settings, folder, sae_id, model=model, hook=hook)
     console.print(f"stored {out}")

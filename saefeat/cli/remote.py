@@ -8,18 +8,18 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
 from saefeat.cli.common import console, user_errors
 from saefeat.errors import SaefeatError, SpecError
 from saefeat.storage.catalog.job_status import JobStatus
 
-SERVER: dict[str, str | None] = {"url": None, "key": None}  # set by --server / --key
+# Set by the app's --server / --key (saefeat/cli/__init__.py); the work commands
+# (harvest, train, index, explain) send their spec there when a URL is set.
+SERVER: dict[str, str | None] = {"url": None, "key": None}
 SpecArg = Annotated[str, typer.Argument(help="JSON file, - for stdin, or JSON")]
 
 
 def register(app: typer.Typer) -> None:
-    app.callback()(server_options)
     from saefeat.workers.job_kinds import job_kinds
 
     submit_app = typer.Typer(no_args_is_help=True, help="Submit a job to a remote server.")
@@ -27,18 +27,6 @@ def register(app: typer.Typer) -> None:
         help_text = f"{kind.route.summary}. SPEC: a {kind.spec_type.__name__} as JSON."
         submit_app.command(name, help=help_text)(user_errors(_submit_command(name)))
     app.add_typer(submit_app, name="submit")
-
-
-def server_options(
-    server: Annotated[
-        str | None, typer.Option(envvar="SAEFEAT_SERVER", help="a remote saefeat server's URL")
-    ] = None,
-    key: Annotated[
-        str | None, typer.Option(envvar="SAEFEAT_API_KEY", help="API key for --server")
-    ] = None,
-):
-    """saefeat: sparse-autoencoder features, from harvest to pages."""
-    SERVER.update(url=server, key=key)
 
 
 def remote():
@@ -89,22 +77,11 @@ def _report(jobs: list[dict]) -> None:
 
 
 def remote_jobs(limit: int, watch: bool) -> None:
-    from rich.table import Table
-
+    from saefeat.cli.common import print_jobs
     from saefeat.remote import watch as watch_jobs
 
     server = remote()
     if watch:
         watch_jobs(server, None, console)
         return
-    table = Table("id", "kind", "status", "progress", "rate/s", "eta s", "created", "error")
-    for j in server.jobs(limit):
-        done, total = j["progress_done"], j["progress_total"]
-        stages = " ".join(f"{s['stage']}:{s['status']}" for s in j.get("stages") or [])
-        table.add_row(
-            j["id"], j["kind"], j["status"] + (f" ({stages})" if stages else ""),
-            f"{done:,}/{total or 0:,}", f"{j['rate']:,.1f}" if j["rate"] else "-",
-            f"{j['eta_seconds']:.0f}" if j["eta_seconds"] is not None else "-",
-            j["created_at"][:16], (j.get("error") or "")[:60],
-        )  # fmt: skip
-    Console().print(table)
+    print_jobs(server.jobs(limit))

@@ -8,9 +8,6 @@ from typing import Annotated
 import typer
 
 from saefeat.cli.common import DEFAULT_PORT, console, user_errors
-from saefeat.cli.harvest import harvest_as_job
-from saefeat.cli.index import do_index
-from saefeat.cli.train import do_train
 from saefeat.config import get_settings
 
 
@@ -59,6 +56,9 @@ def demo(
 ):
     """harvest -> train -> index -> explain -> serve on SmolLM2-135M and the built-in corpus."""
     from saefeat.cli.explain import do_explain
+    from saefeat.cli.harvest import harvest_as_job
+    from saefeat.cli.index import do_index
+    from saefeat.cli.train import do_train
     from saefeat.demo import print_features, readable_features, run_demo
     from saefeat.specs import ExplainSpec
 

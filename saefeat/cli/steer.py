@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from saefeat.cli.common import user_errors
+from saefeat.cli.common import model_loads, user_errors
 from saefeat.config import get_settings
 
 
@@ -70,7 +70,9 @@ def steer(
             raise SpecError("has no checkpoint here, so it cannot steer", field="sae")
         model_name, revision = sae_model(s, row)
         checkpoint, hook = row.checkpoint_path, row.hook_name
-    result = steer_for_sae(model_name, revision, checkpoint, hook, request, max_new_tokens=limit)
+    with model_loads():
+        result = steer_for_sae(model_name, revision, checkpoint, hook, request,
+                               max_new_tokens=limit)  # fmt: skip
     for f in request.features:
         unit = f" = {f.strength:g} x max activation {f.unit:.4g}" if units != "raw" else ""
         print(f"feature {f.index}: {request.method} {f.value:.4g}{unit}")

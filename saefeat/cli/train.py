@@ -7,26 +7,38 @@ from typing import Annotated
 
 import typer
 
-from saefeat.cli.common import console, progress_bar, user_errors
+from saefeat.cli.common import console, user_errors
 from saefeat.cli.spec_options import KEYWORD, command, field_help, field_option, given, spec_options
 from saefeat.sae import architectures, config_class
 from saefeat.specs import TrainSpec
 
 
 def do_train(spec):
-    from saefeat.pipeline import run_train
+    """Train here, as a job row (saefeat/cli/running.py), in this process; prints and
+    returns the TrainResult."""
+    from saefeat.cli.running import run_here
+    from saefeat.specs import TrainJobSpec
 
-    with progress_bar("train") as bar:
-        task = bar.add_task("train", total=None, info="")
-
-        def progress(step, total, loss):
-            bar.update(task, completed=step, total=total, info=f"loss {loss:.4f}")
-
-        result = run_train(spec, progress=progress)
+    (result,), _ = run_here(TrainJobSpec(specs=[spec]), train_here)
     console.print(f"SAE [bold]{result.sae_id}[/bold] in {result.seconds:.1f}s -> "
                   f"{result.checkpoint}")  # fmt: skip
     console.print(held_out_summary(result.metrics), highlight=False)
     return result
+
+
+def train_here(spec, *, settings, progress, should_stop, note):
+    """The train kind's work in this process (its own runs it in a Ray task): the
+    sweep trained and registered; a run that stopped resumes from its checkpoint."""
+    from saefeat.storage.catalog.job_status import JobStatus
+    from saefeat.workers.job_kinds import JobOutcome
+    from saefeat.workers.train_job import train_and_record
+
+    def report(step: int, total: int, loss: float) -> None:
+        progress(step, total)
+        note(f"loss {loss:.4f}")
+
+    results = train_and_record(list(spec.specs), settings=settings, progress=report)
+    return JobOutcome(JobStatus.SUCCEEDED, None, results)
 
 
 def held_out_summary(mt: dict) -> str:
@@ -77,8 +89,16 @@ def train_options() -> list[inspect.Parameter]:
 
 
 def train(**options) -> None:
-    """Train an SAE (TopK by default) on an activation set; print its held-out metrics."""
+    """Train an SAE (TopK by default) on an activation set; print its held-out metrics.
+
+    Here, as a job (`saefeat jobs`); with --server (SAEFEAT_SERVER), on that server."""
+    from saefeat.cli.running import on_server, run_on_server
+
     spec = TrainSpec(**given(options))
+    if on_server():
+        run_on_server("train", spec)
+        print(spec.sae_id())
+        return
     print(do_train(spec).sae_id)
 
 

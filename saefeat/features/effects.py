@@ -77,9 +77,9 @@ import numpy as np
 import torch
 
 from saefeat.features.records import TokenEffects
-from saefeat.lm import LanguageModel, parse_hook
+from saefeat.features.vocab import direct_logits
+from saefeat.lm import LanguageModel, edit_at, parse_hook
 
-_BLOCK = 1024  # features per block of the debiased projection
 MAX_COPIES = 32  # pairs packed after one context prefix; more start another sequence
 BATCH_TOKENS = 8192  # tokens (rows x sequence length) per forward
 LOGIT_ROWS = 512  # copies whose logits one forward returns (x vocab floats each)
@@ -220,8 +220,7 @@ class _Edit:
     """Subtracts `delta` at (rows, cols) of the hook's activations during a forward."""
 
     def __init__(self, lm: LanguageModel, hook: str):
-        self.point = parse_hook(hook)
-        self.module = lm.module_for(self.point)
+        self.lm, self.point = lm, parse_hook(hook)
         self.rows = self.cols = self.delta = None
 
     def _apply(self, t: torch.Tensor) -> torch.Tensor:
@@ -230,23 +229,7 @@ class _Edit:
         return t
 
     def __enter__(self) -> _Edit:
-        if self.point.kind == "resid_pre":
-
-            def pre(module, args, kwargs):
-                if args:
-                    return (self._apply(args[0]), *args[1:]), kwargs
-                kwargs["hidden_states"] = self._apply(kwargs["hidden_states"])
-                return args, kwargs
-
-            self.handle = self.module.register_forward_pre_hook(pre, with_kwargs=True)
-        else:
-
-            def post(module, args, output):
-                if isinstance(output, tuple):
-                    return (self._apply(output[0]), *output[1:])
-                return self._apply(output)
-
-            self.handle = self.module.register_forward_hook(post)
+        self.handle = edit_at(self.lm, self.point, self._apply)
         return self
 
     def __exit__(self, *exc) -> None:
@@ -472,23 +455,21 @@ def token_baselines(
 @torch.no_grad()
 def debiased_projections(
     W_dec: torch.Tensor,
-    W_U: torch.Tensor,
-    norm_scale: torch.Tensor | None,
+    unembedding: tuple[torch.Tensor, torch.Tensor | None],
     strings: list[str],
     n: int = 20,
 ) -> list[TokenEffects]:
     """Method `debiased`: each feature's direct logits z-scored per token over all
-    features (module docstring). Values are standard deviations."""
-    device = W_dec.device
-    W_U = W_U.to(device, torch.float32)
+    features (module docstring). Values are standard deviations. `unembedding`: (W_U,
+    final-norm scale or None), as LanguageModel.unembedding gives them."""
+    W_U, norm_scale = unembedding
     mean, std = token_baselines(W_dec, W_U, norm_scale)
-    mean, std = mean.to(device), std.to(device)
+    mean, std = mean.to(W_dec.device), std.to(W_dec.device)
     # A token no feature moves (std 0) ranks at 0, never as an infinity.
     inv = torch.where(std > 0, 1.0 / std.clamp(min=1e-12), torch.zeros_like(std))
-    R = _scaled_rows(W_dec, norm_scale).to(device)
     out = []
-    for start in range(0, R.shape[0], _BLOCK):
-        z = (R[start : start + _BLOCK] @ W_U.T - mean) * inv
+    for start, logits in direct_logits(W_dec, W_U, norm_scale):
+        z = (logits - mean) * inv
         out += _rankings(np.arange(start, start + z.shape[0]), z, strings, n, "debiased")
     return out
 

@@ -14,7 +14,7 @@ from saefeat.errors import SpecError
 from saefeat.interp.evidence import FeatureEvidence, split_examples
 from saefeat.interp.pool import ScoringPool, build_pool, scoring_contexts
 from saefeat.specs import ExplainSpec
-from saefeat.storage.catalog import queries
+from saefeat.storage.catalog import feature_reads, queries
 from saefeat.storage.catalog.explanations import ScoreIn, explained_indices, write_explanation
 from saefeat.storage.catalog.models import (
     SAE,
@@ -65,8 +65,8 @@ class ExplainPlan:
 
     def load_evidence(self, s: Session, indices: list[int]) -> list[FeatureEvidence]:
         fids = [self.feature_ids[index][0] for index in indices]
-        examples = queries.feature_examples_many(s, fids)  # one query each for the batch
-        projections = queries.feature_projection_many(s, fids)
+        examples = feature_reads.feature_examples_many(s, fids)  # one query each for the batch
+        projections = feature_reads.feature_projection_many(s, fids)
         effects = promoted_effects(s, fids)
         out = []
         for index in indices:

@@ -14,18 +14,44 @@ encoder.weight [d_sae, d_in], encoder.bias, W_dec [d_sae, d_in], b_dec. TopK onl
 
 Both compute relu / topk / jumprelu of (x - b_dec) @ W_enc + b_enc, as we do, so weights
 map one to one; our input normalisation is already folded into the weights.
+
+What the files say of the model, for other tools to act on it: SAELens's
+`metadata.model_name` is the model's hub id (our embedded alias `smollm2-135m` stands for
+HuggingFaceTB/SmolLM2-135M-Instruct, `shapes.hub_model_id`), `context_size` the activation
+set's ctx_len, `prepend_bos` its BOS policy, and a revision other than the default rides in
+`model_from_pretrained_kwargs`. `metadata.sae_lens_version` marks the cfg as 6.x's layout
+(without it SAELens reads the file as a pre-6 one and drops the metadata). The name saefeat
+loads the model by (`saefeat_model`) and the set (`saefeat_activation_set`) ride along, so
+an SAE exported and imported again names the same model. sparsify's files name neither
+model nor hook; our export adds them as keys sparsify ignores (`saefeat_model`,
+`saefeat_hook`), and import otherwise reads the hook from the folder name (sparsify's
+hookpoint, `layers.6` = `blocks.6.hook_resid_post`) and the model from the run folder's
+`config.json`.
+
+`export_stored` and `import_stored` are what `saefeat export` and `saefeat import` run:
+export reads the model, revision and context size from the SAE's activation set (the Zarr
+set, else its catalog row); import saves the checkpoint and registers it in the catalog
+(`storage/catalog/registry.py`), so the SAE is listed (GET /v1/saes) and its pages open
+before it has an index.
 """
 
 from __future__ import annotations
 
 import json
+import re
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors.torch import load_file, save_file
 
 from saefeat.errors import NotFoundError, SpecError
-from saefeat.sae.base import SAEConfig, SparseAutoencoder, sae_class
+from saefeat.sae.base import SAEConfig, SparseAutoencoder, load_sae, sae_class
+from saefeat.shapes import hub_model_id, parse_hook
+
+if TYPE_CHECKING:
+    from saefeat.config import Settings
 
 SAELENS_WEIGHTS = "sae_weights.safetensors"
 SPARSIFY_WEIGHTS = "sae.safetensors"
@@ -33,6 +59,9 @@ SPARSIFY_WEIGHTS = "sae.safetensors"
 TO_SAELENS = {"topk": "topk", "relu": "standard", "jumprelu": "jumprelu",
               "batchtopk": "jumprelu", "matryoshka_batchtopk": "jumprelu"}  # fmt: skip
 FROM_SAELENS = {"topk": "topk", "standard": "relu", "jumprelu": "jumprelu"}
+# The cfg.json layout we write is SAELens 6's (metadata nested, architecture named).
+SAELENS_FORMAT_VERSION = "6.0.0"
+FORMATS = ("saelens", "sparsify")
 
 
 def _weights(sae: SparseAutoencoder) -> dict[str, torch.Tensor]:
@@ -59,13 +88,24 @@ def _read_json(path: Path) -> dict:
 # ---- SAELens ------------------------------------------------------------------------
 
 
-def export_saelens(sae: SparseAutoencoder, path: Path, *, context_size: int | None = None,
-                   prepend_bos: bool = True) -> Path:  # fmt: skip
+def export_saelens(
+    sae: SparseAutoencoder,
+    path: Path,
+    *,
+    model_name: str | None = None,
+    context_size: int | None = None,
+    revision: str | None = None,
+    prepend_bos: bool = True,
+) -> Path:
+    """Write `sae` as SAELens's folder. `model_name` defaults to the checkpoint's model;
+    either way the file names its hub id. `context_size` is the activation set's ctx_len
+    (export_stored finds it; None when unknown)."""
     cfg = sae.cfg
     arch = TO_SAELENS[cfg.architecture]
     weights = _weights(sae)
     if arch != "jumprelu":
         weights.pop("threshold", None)
+    ours = model_name or cfg.model
     out = {
         "architecture": arch,
         "d_in": cfg.d_in,
@@ -76,11 +116,15 @@ def export_saelens(sae: SparseAutoencoder, path: Path, *, context_size: int | No
         "normalize_activations": "none",  # our scale is folded into the weights
         "reshape_activations": "none",
         "metadata": {
-            "model_name": cfg.model,
+            "sae_lens_version": SAELENS_FORMAT_VERSION,
+            "sae_lens_training_version": None,  # trained by saefeat, not SAELens
+            "model_name": hub_model_id(ours) if ours else None,
+            "model_from_pretrained_kwargs": {"revision": revision} if revision else {},
             "hook_name": cfg.hook,
             "hook_head_index": None,
             "context_size": context_size,
             "prepend_bos": prepend_bos,
+            "saefeat_model": ours,
             "saefeat_architecture": cfg.architecture,
             "saefeat_activation_set": cfg.activation_set,
         },
@@ -111,9 +155,10 @@ def import_saelens(path: Path) -> SparseAutoencoder:
                         field="rescale_acts_by_decoder_norm")  # fmt: skip
     meta = raw.get("metadata") or {}
     ours = FROM_SAELENS[arch]
+    # our own export names the model as saefeat loaded it (the alias), others the hub id
+    model = meta.get("saefeat_model") or meta.get("model_name", raw.get("model_name"))
     cfg = SAEConfig(d_in=int(raw["d_in"]), d_sae=int(raw["d_sae"]), architecture=ours,
-                    k=int(raw["k"]) if ours == "topk" else None,
-                    model=meta.get("model_name", raw.get("model_name")),
+                    k=int(raw["k"]) if ours == "topk" else None, model=model,
                     hook=meta.get("hook_name", raw.get("hook_name")))  # fmt: skip
     w = {k: v.float() for k, v in load_file(str(path / SAELENS_WEIGHTS)).items()}
     if "log_threshold" in w:  # older SAELens JumpReLU training checkpoints
@@ -147,6 +192,8 @@ def export_sparsify(sae: SparseAutoencoder, path: Path) -> Path:
         "skip_connection": False,
         "transcode": False,
         "d_in": cfg.d_in,
+        "saefeat_model": cfg.model,  # sparsify drops keys it does not know
+        "saefeat_hook": cfg.hook,
     }
     path = _new_folder(path)
     save_file(tensors, str(path / SPARSIFY_WEIGHTS), metadata={"format": "pt"})
@@ -157,7 +204,8 @@ def export_sparsify(sae: SparseAutoencoder, path: Path) -> Path:
 def import_sparsify(path: Path, *, model: str | None = None, hook: str | None = None
                     ) -> SparseAutoencoder:  # fmt: skip
     """sparsify's files name neither model nor hook (the folder is the hookpoint): pass
-    them to keep the SAE indexable."""
+    them, or they come from our export's keys, the folder name (`sparsify_hook`) and the
+    run folder's config.json (sparsify's trainer writes its `model` there)."""
     path = Path(path)
     raw = _read_json(path / "cfg.json")
     if raw.get("activation", "topk") != "topk":
@@ -168,9 +216,161 @@ def import_sparsify(path: Path, *, model: str | None = None, hook: str | None = 
             raise SpecError(f"sparsify {flag}=true has no saefeat counterpart", field=flag)
     w = {k: v.float() for k, v in load_file(str(path / SPARSIFY_WEIGHTS)).items()}
     d_sae, d_in = w["encoder.weight"].shape
+    hook = hook or raw.get("saefeat_hook") or sparsify_hook(path.resolve().name)
+    model = model or raw.get("saefeat_model") or _sparsify_run_model(path.resolve().parent)
     cfg = SAEConfig(d_in=d_in, d_sae=d_sae, architecture="topk", k=int(raw["k"]),
                     model=model, hook=hook)  # fmt: skip
     sae = sae_class("topk")(cfg)
     sae.load_state_dict({"W_enc": w["encoder.weight"].t().contiguous(), "b_enc": w["encoder.bias"],
                          "W_dec": w["W_dec"], "b_dec": w["b_dec"]})  # fmt: skip
     return sae.eval()
+
+
+# sparsify's hookpoints are module names: `layers.6` (a block's output), `layers.6.mlp`,
+# `layers.6.self_attn`; GPT-2 style models name blocks `h.6`.
+_SPARSIFY_HOOK = re.compile(
+    r"^(?:.*\.)?(?:layers|h|blocks)\.(\d+)(?:\.(mlp|self_attn|attn|attention))?$"
+)
+_SPARSIFY_KIND = {None: "resid_post", "mlp": "mlp_out", "self_attn": "attn_out",
+                  "attn": "attn_out", "attention": "attn_out"}  # fmt: skip
+
+
+def sparsify_hook(hookpoint: str) -> str | None:
+    """Our hook name for a sparsify hookpoint (its SAE's folder name); None if unknown."""
+    m = _SPARSIFY_HOOK.match(hookpoint)
+    return f"blocks.{m.group(1)}.hook_{_SPARSIFY_KIND[m.group(2)]}" if m else None
+
+
+def _sparsify_run_model(run: Path) -> str | None:
+    try:
+        model = json.loads((run / "config.json").read_text()).get("model")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return model if isinstance(model, str) and model else None
+
+
+# ---- with the catalog: what `saefeat export` and `saefeat import` run -----------------
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """Where a stored SAE's activations came from, as its activation set records it."""
+
+    model_name: str | None  # the name saefeat loads the model by (may be our alias)
+    revision: str | None
+    context_size: int | None
+    prepend_bos: bool = True
+
+
+def provenance(settings: Settings, sae: SparseAutoencoder, sae_id: str) -> Provenance:
+    """The model, revision and context size of the SAE's activation set: from the Zarr
+    set when it is here (the catalog is not opened), else the set's catalog row (BOS at
+    each context start, the harvest default), else the checkpoint's model alone."""
+    from saefeat.storage.catalog.db import catalog_session
+    from saefeat.storage.catalog.models import SAE
+    from saefeat.storage.catalog.set_registry import set_origin
+
+    if (found := _zarr_provenance(settings, sae.cfg.activation_set)) is not None:
+        return found
+    with catalog_session(settings) as s:
+        row = s.get(SAE, sae_id)
+        set_id = sae.cfg.activation_set or (row.activation_set_id if row is not None else None)
+        origin = set_origin(s, set_id)
+        model = sae.cfg.model or (row.model_name if row is not None else None)
+    if origin is not None:
+        return Provenance(origin.model_name, origin.revision, origin.ctx_len)
+    return _zarr_provenance(settings, set_id) or Provenance(model, None, None)
+
+
+def _zarr_provenance(settings: Settings, set_id: str | None) -> Provenance | None:
+    if set_id is None:
+        return None
+    from saefeat.storage.activations import open_set
+
+    try:
+        aset = open_set(settings.activations_dir, set_id)
+    except (NotFoundError, OSError, KeyError, ValueError):
+        return None  # harvested elsewhere or deleted
+    return Provenance(aset.model_name, aset.revision, aset.ctx_len,
+                      aset.spec.get("bos", "context") == "context")  # fmt: skip
+
+
+def export_stored(settings: Settings, sae_id: str, to: str, out: Path) -> Path:
+    """Write the stored SAE `sae_id` in SAELens's or sparsify's layout."""
+    from saefeat.paths import inside
+
+    if to not in FORMATS:
+        raise SpecError(f"{to!r} is not a format; use one of {sorted(FORMATS)}", field="to")
+    # `out` is the user's own choice; the SAE is read only from the SAE folder.
+    sae = load_sae(inside(settings.saes_dir, sae_id, "sae"))
+    if to == "sparsify":
+        return export_sparsify(sae, Path(out))
+    p = provenance(settings, sae, sae_id)
+    return export_saelens(sae, Path(out), model_name=p.model_name, context_size=p.context_size,
+                          revision=p.revision, prepend_bos=p.prepend_bos)  # fmt: skip
+
+
+def read_foreign(folder: Path, *, model: str | None = None, hook: str | None = None
+                 ) -> tuple[str, SparseAutoencoder]:  # fmt: skip
+    """(format, SAE) of an SAELens or sparsify folder; `model`/`hook` override its own."""
+    folder = Path(folder)
+    if (folder / SAELENS_WEIGHTS).is_file():
+        fmt, sae = "saelens", import_saelens(folder)
+    elif (folder / SPARSIFY_WEIGHTS).is_file():
+        fmt, sae = "sparsify", import_sparsify(folder, model=model, hook=hook)
+    else:
+        raise SpecError(f"{folder} holds neither {SAELENS_WEIGHTS} nor {SPARSIFY_WEIGHTS}",
+                        field="path")  # fmt: skip
+    sae.cfg.model = model or sae.cfg.model
+    sae.cfg.hook = hook or sae.cfg.hook
+    if not sae.cfg.hook:
+        raise SpecError(f"{folder} does not say which hook the SAE reads; pass --hook "
+                        "(e.g. blocks.6.hook_resid_post)", field="hook")  # fmt: skip
+    parse_hook(sae.cfg.hook)
+    if not sae.cfg.model:
+        raise SpecError(f"{folder} does not name the model; pass --model (a hub id or a "
+                        "local model folder)", field="model")  # fmt: skip
+    return fmt, sae
+
+
+def import_stored(
+    settings: Settings,
+    folder: Path,
+    sae_id: str,
+    *,
+    model: str | None = None,
+    hook: str | None = None,
+    name: str | None = None,
+) -> Path:
+    """Save an SAELens or sparsify SAE as checkpoint `sae_id` and register it in the
+    catalog (no activation set: index it over one with `saefeat index`). Refuses an id
+    already stored or registered."""
+    from saefeat.paths import inside
+    from saefeat.storage.catalog.db import catalog_session
+    from saefeat.storage.catalog.models import SAE
+    from saefeat.storage.catalog.registry import register_sae
+
+    dest = inside(settings.saes_dir, sae_id, "id")  # before reading anything
+    fmt, sae = read_foreign(Path(folder), model=model, hook=hook)
+    cfg = sae.cfg
+    with catalog_session(settings) as s:
+        if s.get(SAE, sae_id) is not None:
+            raise SpecError(f"SAE {sae_id!r} exists; import under a new id", field="id")
+        out = sae.save(dest)
+        k = f"-k{cfg.k}" if cfg.k is not None else ""
+        source: dict[str, Any] = {"format": fmt, "path": str(Path(folder).resolve())}
+        try:
+            register_sae(
+                s, sae_id=sae_id, name=name or f"{cfg.hook} {cfg.architecture}-{cfg.d_sae}{k}",
+                model_name=cfg.model or "", hook_name=cfg.hook or "",
+                architecture=cfg.architecture, d_in=cfg.d_in, d_sae=cfg.d_sae, k=cfg.k,
+                cfg={"imported_from": source, "extra": cfg.extra}, checkpoint_path=str(out),
+            )  # fmt: skip
+            s.commit()
+        except BaseException:
+            import shutil
+
+            s.rollback()
+            shutil.rmtree(out, ignore_errors=True)  # no checkpoint the catalog does not list
+            raise
+    return out

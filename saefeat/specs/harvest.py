@@ -31,6 +31,8 @@ class HarvestSpec(Spec):
         "model", "revision", "model_dtype", "hooks", "corpus", "ctx_len", "bos",
         "token_budget", "contexts_per_shard", "storage_dtype", "on_bad_document", "on_nonfinite",
     )  # fmt: skip
+    # Joined later: hashed only when set, so every set id made before stays.
+    ID_FIELDS_IF_SET = ("text_documents",)
     RUN_FIELDS = ("batch_size", "workers", "device", "max_shard_attempts")
 
     model: str = Field(EMBEDDED_MODEL, description="HF id, local model folder, or .gguf file")
@@ -57,6 +59,11 @@ class HarvestSpec(Spec):
     )
     on_bad_document: Literal["skip", "fail"] = Field(
         "fail", description="a binary or non-UTF-8 document: fail naming the file, or skip it"
+    )
+    text_documents: Literal["file", "paragraphs"] = Field(
+        "file",
+        description="a plain-text file is one document, or one per paragraph: documents "
+        "are split at blank lines and packed back to back (a contrast's harvests use this)",
     )
     on_nonfinite: Literal["fail", "drop"] = Field(
         "fail", description="NaN/Inf activations: fail the job, or drop that context"

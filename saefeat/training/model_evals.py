@@ -16,7 +16,7 @@ from contextlib import contextmanager
 import torch
 import torch.nn.functional as F
 
-from saefeat.lm import LanguageModel, parse_hook
+from saefeat.lm import LanguageModel, edit_at, parse_hook
 from saefeat.sae import SparseAutoencoder
 
 Replace = Callable[[torch.Tensor], torch.Tensor]  # [n, d] -> [n, d]
@@ -35,24 +35,7 @@ def spliced(lm: LanguageModel, hook: str, replace: Replace | None):
     if replace is None:
         yield
         return
-    point = parse_hook(hook)
-    module = lm.module_for(point)
-    if point.kind == "resid_pre":
-
-        def pre_hook(mod, args, kwargs):
-            if args:
-                return (_splice(args[0], replace), *args[1:]), kwargs
-            return args, kwargs | {"hidden_states": _splice(kwargs["hidden_states"], replace)}
-
-        handle = module.register_forward_pre_hook(pre_hook, with_kwargs=True)
-    else:
-
-        def post_hook(mod, args, output):
-            if isinstance(output, tuple):
-                return (_splice(output[0], replace), *output[1:])
-            return _splice(output, replace)
-
-        handle = module.register_forward_hook(post_hook)
+    handle = edit_at(lm, parse_hook(hook), lambda t: _splice(t, replace))
     try:
         yield
     finally:

@@ -25,11 +25,10 @@ from saefeat.features.records import FeatureExample
 from saefeat.storage.catalog.cursor import Cursor, decode_cursor, encode_cursor
 from saefeat.storage.catalog.models import Feature, FeatureExampleRow
 from saefeat.storage.catalog.queries import (
-    FEATURE_VIEW_COLUMNS,
-    MAX_PAGE,
     FeatureView,
     Page,
-    feature_views,
+    check_search,
+    features_by_id,
     require_sae,
     run,
 )
@@ -137,10 +136,7 @@ def search_phrase(
     accepts it anywhere in the window. Reads at most `max_scan` examples: the page then
     holds what was found, with a cursor to read on."""
     check_phrase(phrase)
-    if not 1 <= limit <= MAX_PAGE:
-        raise SpecError(f"is {limit}; use 1..{MAX_PAGE}", field="limit")
-    if sae_id is not None:
-        require_sae(session, sae_id)
+    check_search(session, limit, sae_id)
     after_feature, after_rank = -1, _WHOLE_FEATURE
     if cursor is not None:
         after_feature, after_rank = decode_cursor(cursor, "phrase", (int, int)).key
@@ -192,15 +188,10 @@ def search_phrase(
         next_cursor = encode_cursor(Cursor("phrase", (fid, rank)))
     picked = picked[:limit]
     ids = [p[0] for p in picked]
-    by_id = {f.id: f for f in feature_views(run(session, _FEATURES_BY_ID, ids=ids))}
+    by_id = features_by_id(session, ids)
     items = [PhraseMatch(by_id[fid], rank, act, toks, focus)
              for fid, rank, act, toks, focus in picked]  # fmt: skip
     return Page(items, next_cursor)
-
-
-_FEATURES_BY_ID = select(*FEATURE_VIEW_COLUMNS).where(
-    Feature.id.in_(bindparam("ids", expanding=True))
-)
 
 
 def duplicate_top_windows(session: Session, sae_id: str) -> int:

@@ -22,10 +22,9 @@ from saefeat.storage.catalog.labels import LABEL_ROW_COLUMNS, LabelView
 from saefeat.storage.catalog.models import Feature, Label
 from saefeat.storage.catalog.queries import (
     FEATURE_VIEW_COLUMNS,
-    MAX_PAGE,
     FeatureView,
     Page,
-    require_sae,
+    check_search,
     run,
 )
 from saefeat.storage.catalog.search_syntax import parse_query, to_fts5, to_tsquery
@@ -151,10 +150,7 @@ def search_labels(
 
     Reads at most `max_scan` matches: past that, the page holds what was found (with a
     cursor to go on), or, if nothing was, a SpecError asks for a narrower query."""
-    if not 1 <= limit <= MAX_PAGE:
-        raise SpecError(f"is {limit}; use 1..{MAX_PAGE}", field="limit")
-    if sae_id is not None:
-        require_sae(session, sae_id)
+    check_search(session, limit, sae_id)
     if sort not in ("newest", "score"):
         raise SpecError(f"is {sort!r}; use 'newest' or 'score'", field="sort")
     if sort == "score" or score_type is not None or min_score is not None:

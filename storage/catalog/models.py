@@ -265,7 +265,17 @@ class FeatureExampleRow(Base):
     )
 
 
-class VocabToken(Base):
+class RankedToken:
+    """What an entry of a feature's ranked token list (vocabulary projection, effect)
+    holds: the token and its value. Each table declares its own key (feature, list, rank);
+    a mixin's columns come after the class's own, so the key stays first."""
+
+    token_id: Mapped[int]
+    token_str: Mapped[str] = mapped_column(String(200))
+    value: Mapped[float]
+
+
+class VocabToken(RankedToken, Base):
     """One entry of a feature's vocabulary projection (decoder row through the unembedding)."""
 
     __tablename__ = "vocab_tokens"
@@ -273,9 +283,6 @@ class VocabToken(Base):
     feature_id: Mapped[FeatureKey] = mapped_column(primary_key=True)
     side: Mapped[str] = mapped_column(String(10), primary_key=True)
     rank: Mapped[int] = mapped_column(primary_key=True)
-    token_id: Mapped[int]
-    token_str: Mapped[str] = mapped_column(String(200))
-    value: Mapped[float]
 
     __table_args__ = (
         CheckConstraint(_check_in("side", VOCAB_SIDES), name="side"),
@@ -285,7 +292,7 @@ class VocabToken(Base):
     )
 
 
-class TokenEffect(Base):
+class TokenEffect(RankedToken, Base):
     """One token of a feature's effect on the next token (revision 0013): `measured`, the
     drop in its probability when the feature is removed where it fires, or
     `debiased`, the direct projection against each token's baseline over all features."""
@@ -296,9 +303,6 @@ class TokenEffect(Base):
     method: Mapped[str] = mapped_column(String(10), primary_key=True)
     side: Mapped[str] = mapped_column(String(4), primary_key=True)
     rank: Mapped[int] = mapped_column(primary_key=True)
-    token_id: Mapped[int]
-    token_str: Mapped[str] = mapped_column(String(200))
-    value: Mapped[float]
 
     __table_args__ = (
         CheckConstraint(_check_in("method", EFFECT_METHODS), name="method"),

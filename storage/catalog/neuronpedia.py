@@ -46,8 +46,8 @@ from sqlalchemy.orm import Session
 
 from saefeat.errors import SpecError
 from saefeat.features.records import FeatureExample
-from saefeat.shapes import parse_hook
-from saefeat.storage.catalog import queries
+from saefeat.shapes import hub_model_id, is_instruct_model, parse_hook
+from saefeat.storage.catalog import feature_reads, queries
 from saefeat.storage.catalog.models import (
     SAE,
     ActivationSetRow,
@@ -100,10 +100,16 @@ class SourceNames:
     source_id: str
 
 
+def model_slug(model_name: str) -> str:
+    """Neuronpedia's model id: the last part of the hub id, as its own ids drop the
+    organisation (`gemma-2-2b`): `smollm2-135m` (our alias) -> `smollm2-135m-instruct`."""
+    return slug(hub_model_id(model_name).rstrip("/").rsplit("/", 1)[-1])
+
+
 def source_names(sae: SAE) -> SourceNames:
     point = parse_hook(sae.hook_name)
     set_name = f"saefeat-{HOOK_SETS[point.kind]}-{sae.d_sae}"
-    return SourceNames(slug(sae.model_name), set_name, f"{point.layer}-{set_name}")
+    return SourceNames(model_slug(sae.model_name), set_name, f"{point.layer}-{set_name}")
 
 
 # ---- export --------------------------------------------------------------------------
@@ -119,30 +125,38 @@ def _iso(t: datetime | None) -> str:
 
 
 def _meta_records(session: Session, sae: SAE, names: SourceNames) -> dict[str, dict]:
+    """The model, release, source set and source records. The model is named by its hub
+    id (`shapes.hub_model_id`: our embedded alias stands for
+    HuggingFaceTB/SmolLM2-135M-Instruct), and `instruct` is `shapes.is_instruct_model`:
+    true when a part of the hub id's last segment is instruct, it, chat, sft, dpo or rlhf
+    (SmolLM2-135M-Instruct, gemma-2-2b-it, Llama-2-7b-chat-hf)."""
     aset = session.get(ActivationSetRow, sae.activation_set_id) if sae.activation_set_id else None
     n_layers = aset.model.n_layers if aset is not None else 0
     created = _iso(sae.created_at)
     point = parse_hook(sae.hook_name)
     release = f"saefeat-{names.model_id}"
+    hub_id = hub_model_id(sae.model_name)
+    revision = aset.model.revision if aset is not None else None
     saelens_cfg = {
         "architecture": sae.architecture, "d_in": sae.d_in, "d_sae": sae.d_sae,
-        "hook_name": sae.hook_name, "hook_layer": point.layer, "model_name": sae.model_name,
+        "hook_name": sae.hook_name, "hook_layer": point.layer, "model_name": hub_id,
+        "model_from_pretrained_kwargs": {"revision": revision} if revision else {},
         "k": sae.k, "context_size": aset.ctx_len if aset is not None else None,
         "saefeat": {"sae_id": sae.id, "name": sae.name, "cfg": sae.cfg, "metrics": sae.metrics,
-                    "activation_set_id": sae.activation_set_id},
+                    "activation_set_id": sae.activation_set_id, "model_name": sae.model_name},
     }  # fmt: skip
     return {
         "model.jsonl": {
-            "id": names.model_id, "instruct": "instruct" in names.model_id,
-            "creatorId": CREATOR_ID, "displayNameShort": sae.model_name,
-            "displayName": sae.model_name, "tlensId": None, "dimension": sae.d_in,
+            "id": names.model_id, "instruct": is_instruct_model(sae.model_name),
+            "creatorId": CREATOR_ID, "displayNameShort": hub_id.rsplit("/", 1)[-1],
+            "displayName": hub_id, "tlensId": None, "dimension": sae.d_in,
             "visibility": "PUBLIC", "defaultSourceSetName": names.set_name,
             "defaultSourceId": names.source_id, "inferenceEnabled": False, "layers": n_layers,
             "neuronsPerLayer": sae.d_sae, "createdAt": created, "owner": "saefeat",
             "updatedAt": created, "website": None,
         },
         "release.jsonl": {
-            "name": release, "description": f"saefeat SAEs on {sae.model_name}",
+            "name": release, "description": f"saefeat SAEs on {hub_id}",
             "creatorName": "saefeat", "creatorId": CREATOR_ID, "visibility": "PUBLIC",
             "isNewUi": False, "featured": False, "descriptionShort": f"saefeat {sae.name}",
             "urls": [], "creatorEmail": None, "creatorNameShort": "saefeat",
@@ -255,10 +269,10 @@ def _export_batch(session: Session, ids: list[int], names: SourceNames) -> dict[
     # The whole batch's rows in one query per table, not four per feature. Row reads, not
     # the page's JSON document: SQLite's JSON prints 15 digits.
     features = {f.id: f for f in session.scalars(select(Feature).where(Feature.id.in_(ids)))}
-    examples_by_feature = queries.feature_examples_many(session, ids)
-    projections = queries.feature_projection_many(session, ids)
-    neighbours = queries.feature_neighbours_many(session, ids)
-    effects = queries.feature_effects_many(session, ids)
+    examples_by_feature = feature_reads.feature_examples_many(session, ids)
+    projections = feature_reads.feature_projection_many(session, ids)
+    neighbours = feature_reads.feature_neighbours_many(session, ids)
+    effects = feature_reads.feature_effects_many(session, ids)
     labels_by_feature: dict[int, list[Label]] = defaultdict(list)
     for label in session.scalars(select(Label).where(Label.feature_id.in_(ids)).order_by(Label.id)):
         labels_by_feature[label.feature_id].append(label)
@@ -322,7 +336,7 @@ def _export_batch(session: Session, ids: list[int], names: SourceNames) -> dict[
     return out
 
 
-def _effects_record(effects: queries.Effects | None) -> dict:
+def _effects_record(effects: feature_reads.Effects | None) -> dict:
     """A feature's token effects (features/effects.py) for its side record, which
     Neuronpedia has no field for: {method: {side: [[token_id, token_str, value], ...]}}
     by rank; methods with no entries are left out."""

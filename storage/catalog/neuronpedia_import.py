@@ -139,8 +139,11 @@ def import_neuronpedia(session: Session, path: Path, sae_id: str) -> ImportSumma
     d_in = _count(cfg, "d_in") or (_count(model_rows[0], "dimension") if model_rows else None)
     if not d_in:
         raise SpecError("neither saelensConfig.d_in nor model.dimension gives d_in", field="d_in")
-    model_name = cfg.get("model_name") or source_row.get("modelId")
     saefeat_meta = cfg.get("saefeat") or {}
+    # our export names the hub id for Neuronpedia, and the name saefeat loads it by here
+    model_name = (
+        saefeat_meta.get("model_name") or cfg.get("model_name") or source_row.get("modelId")
+    )
     register_sae(
         session, sae_id=sae_id, name=saefeat_meta.get("name") or f"{model_name} {source_id}",
         model_name=model_name, hook_name=hook, architecture=cfg.get("architecture") or "unknown",

@@ -6,6 +6,7 @@ catalog list sets and join SAEs to the model and hooks they were trained on.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from sqlalchemy import select
@@ -47,6 +48,24 @@ def sae_model(session: Session, sae: SAE) -> tuple[str, str | None]:
     if sae.activation_set_id is not None:
         set_row = session.get(ActivationSetRow, sae.activation_set_id)
     return sae.model_name, set_row.model.revision if set_row is not None else None
+
+
+@dataclass(frozen=True)
+class SetOrigin:
+    """What the catalog records of where a set's activations came from."""
+
+    model_name: str  # as the harvest spec named it (the embedded alias, a hub id, a path)
+    revision: str | None
+    ctx_len: int
+
+
+def set_origin(session: Session, set_id: str | None) -> SetOrigin | None:
+    """The model, revision and context length of activation set `set_id`; None when the
+    catalog has no such set (an imported SAE, or a set harvested before the catalog)."""
+    row = session.get(ActivationSetRow, set_id) if set_id else None
+    if row is None:
+        return None
+    return SetOrigin(row.model.name, row.model.revision, row.ctx_len)
 
 
 def record_activation_set(session: Session, aset: ActivationSet) -> None:

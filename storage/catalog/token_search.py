@@ -1,11 +1,12 @@
 """Token search three ways, none needing an explanation: features by the tokens they
 fire on (`fired_tokens`: a token's share of the activation mass of the top examples),
-by what their decoder row promotes (`vocab_tokens`, queries.search_by_token), and by
-their measured effect on the next token (`token_effects`, method "measured", side "up").
+by what their decoder row promotes (`vocab_tokens`, the default), and by their
+measured effect on the next token (`token_effects`, method "measured", side "up").
 
-Every way reads one spelling's entries off its (token_str, ..., value, feature_id) index
-in value order, `limit + 1` at a time, and merges the spellings (queries.token_variants)
-as queries.search_by_token does, so a request reads about a page of rows per spelling.
+Every way reads one spelling's entries (`token_variants`) off its (token_str, ...,
+value, feature_id) index in result order, `batch` at a time, and merges the spellings;
+only entries no later than the earliest cut-off of a truncated spelling are certain, so
+a short page reads more. A request reads about a page of rows per spelling.
 """
 
 from __future__ import annotations
@@ -18,26 +19,46 @@ from sqlalchemy.orm import Session
 
 from saefeat.errors import SpecError
 from saefeat.storage.catalog.cursor import Cursor, decode_cursor, encode_cursor
-from saefeat.storage.catalog.models import Feature, FiredToken, TokenEffect
-from saefeat.storage.catalog.queries import (
-    FEATURE_VIEW_COLUMNS,
-    MAX_PAGE,
-    Page,
-    TokenMatch,
-    feature_views,
-    require_sae,
-    run,
-    search_by_token,
-    token_variants,
-)
+from saefeat.storage.catalog.models import VOCAB_SIDES, Feature, FiredToken, TokenEffect, VocabToken
+from saefeat.storage.catalog.queries import FeatureView, Page, check_search, features_by_id, run
 
 SearchBy = Literal["fires", "promotes", "effect"]
 SEARCH_BY: tuple[str, ...] = ("fires", "promotes", "effect")
+# Tokenizers spell a leading space differently: decoded text " cat", byte-level BPE
+# (GPT-2, Llama 3, SmolLM) "Ġcat", SentencePiece (Llama 2, Gemma) "▁cat".
+SPACE_MARKERS = (" ", "Ġ", "▁")
+
+
+@dataclass
+class TokenMatch:
+    """A feature whose token list (projection, fired tokens, effect) holds the searched
+    token."""
+
+    feature: FeatureView
+    token_str: str  # the spelling that matched
+    token_id: int
+    rank: int  # position in the feature's list (0 = strongest)
+    value: float
+
+
+def token_variants(token: str, *, exact: bool = False) -> list[str]:
+    """Spellings that count as the same token: the string itself, and the same word with
+    no leading-space marker or with each of " ", "Ġ", "▁". One leading marker is stripped
+    from the query first, so "cat", " cat", "Ġcat" and "▁cat" all find the same features.
+    """
+    if exact:
+        return [token]
+    core = token[1:] if len(token) > 1 and token[0] in SPACE_MARKERS else token
+    return list(dict.fromkeys([token, core, *(marker + core for marker in SPACE_MARKERS)]))
+
+
+_MATCH_COLUMNS = ("feature_id", "token_str", "token_id", "rank", "value")
 
 
 @dataclass(frozen=True)
 class _Source:
-    """A token table as the search reads it: its columns and the rows that count."""
+    """A token table as the search reads it: its columns, the rows that count, and the
+    direction of strongest first (largest value, or most negative)."""
 
     feature_id: Any
     token_str: Any
@@ -45,6 +66,11 @@ class _Source:
     rank: Any
     value: Any
     where: tuple[ColumnElement, ...]
+    descending: bool = True
+
+    def columns(self) -> list[Any]:
+        """The columns of a match, under the names of TokenMatch's fields."""
+        return [getattr(self, name).label(name) for name in _MATCH_COLUMNS]
 
 
 _SOURCES = {
@@ -53,6 +79,12 @@ _SOURCES = {
     "effect": _Source(TokenEffect.feature_id, TokenEffect.token_str, TokenEffect.token_id,
                       TokenEffect.rank, TokenEffect.value,
                       (TokenEffect.method == "measured", TokenEffect.side == "up")),
+}  # fmt: skip
+_PROJECTIONS = {
+    side: _Source(VocabToken.feature_id, VocabToken.token_str, VocabToken.token_id,
+                  VocabToken.rank, VocabToken.value, (VocabToken.side == side,),
+                  descending=side == "top")
+    for side in VOCAB_SIDES
 }  # fmt: skip
 
 
@@ -67,42 +99,53 @@ def search_tokens(
     limit: int = 50,
     cursor: str | None = None,
 ) -> Page[TokenMatch]:
-    """Features found by `token` (see queries.token_variants), largest value first:
-    `fires`, the token's share of the feature's top-example activation mass (token_id is
-    -1: fired tokens are stored as text); `promotes`, the vocabulary projection on `side`
-    (queries.search_by_token); `effect`, the measured rise of the token's probability."""
+    """Features found by `token` (see `token_variants`), strongest first: `promotes`, the
+    vocabulary projection on `side` (by value descending for "top", ascending, most
+    negative first, for "bottom"); `fires`, the token's share of the feature's top-example
+    activation mass (token_id is -1: fired tokens are stored as text); `effect`, the
+    measured rise of the token's probability. Ties by feature id in the same direction. A
+    feature holding several spellings appears once, with its strongest."""
     if by not in SEARCH_BY:
         raise SpecError(f"is {by!r}; use one of {list(SEARCH_BY)}", field="by")
-    if by == "promotes":
-        return search_by_token(session, token, sae_id=sae_id, side=side,  # type: ignore[arg-type]
-                               exact=exact, limit=limit, cursor=cursor)  # fmt: skip
+    if by == "promotes" and side not in VOCAB_SIDES:
+        raise SpecError(f"is {side!r}; use one of {list(VOCAB_SIDES)}", field="side")
     if not token:
         raise SpecError("must not be empty", field="token")
-    if not 1 <= limit <= MAX_PAGE:
-        raise SpecError(f"is {limit}; use 1..{MAX_PAGE}", field="limit")
-    if sae_id is not None:
-        require_sae(session, sae_id)
-    return _ranked(session, _SOURCES[by], token, f"token:{by}", sae_id, exact, limit, cursor)
+    check_search(session, limit, sae_id)
+    if by == "promotes":
+        src, ordering = _PROJECTIONS[side], f"token:{side}"
+    else:
+        src, ordering = _SOURCES[by], f"token:{by}"
+    return _search(session, src, token, ordering, sae_id, exact, limit, cursor)
 
 
-def _ranked(
+def _search(
     session: Session, src: _Source, token: str, ordering: str, sae_id: str | None,
     exact: bool, limit: int, cursor: str | None,
 ) -> Page[TokenMatch]:  # fmt: skip
-    query = select(src.feature_id, src.token_str, src.token_id, src.rank, src.value).where(
-        src.token_str == bindparam("token_str"), *src.where
-    )
+    """One page of `src`'s features holding a spelling of `token` (see search_tokens)."""
+    down = src.descending
+    query = select(*src.columns()).where(src.token_str == bindparam("token_str"), *src.where)
     if sae_id is not None:
         query = query.join(Feature, Feature.id == src.feature_id).where(Feature.sae_id == sae_id)
     if cursor is not None:
         value, feature_id = decode_cursor(cursor, ordering, (float, int)).key
-        query = query.where(
-            or_(src.value < value, and_(src.value == value, src.feature_id < feature_id))
-        )
-    query = query.order_by(src.value.desc(), src.feature_id.desc()).limit(bindparam("n"))
+        if down:
+            query = query.where(
+                or_(src.value < value, and_(src.value == value, src.feature_id < feature_id))
+            )
+        else:
+            query = query.where(
+                or_(src.value > value, and_(src.value == value, src.feature_id > feature_id))
+            )
+    if down:
+        query = query.order_by(src.value.desc(), src.feature_id.desc())
+    else:
+        query = query.order_by(src.value.asc(), src.feature_id.asc())
+    query = query.limit(bindparam("n"))
 
     def order_key(row) -> tuple[float, int]:  # ascending = the order of the results
-        return (-row[4], -row[0])
+        return (-row.value, -row.feature_id) if down else (row.value, row.feature_id)
 
     variants = token_variants(token, exact=exact)
     batch = limit + 1
@@ -116,42 +159,41 @@ def _ranked(
                 frontier = last if frontier is None else min(frontier, last)
         rows = [r for r in rows if frontier is None or order_key(r) <= frontier]
         rows.sort(key=order_key)
-        best = _strongest(session, src, {r[0] for r in rows}, variants)
+        best = _strongest(session, src, {r.feature_id for r in rows}, variants)
         picked: list[Any] = []
         seen: set[int] = set()
         for row in rows:
-            # A feature counts at its strongest spelling only (as in search_by_token).
-            if row[0] in seen or row[4] != best[row[0]]:
+            # A feature counts at its strongest spelling only: a weaker one after the
+            # cursor belongs to a feature an earlier page already showed.
+            if row.feature_id in seen or row.value != best[row.feature_id]:
                 continue
-            seen.add(row[0])
+            seen.add(row.feature_id)
             picked.append(row)
             if len(picked) > limit:
                 break
         if len(picked) > limit or frontier is None:
             break
         batch *= 4
-    ids = [r[0] for r in picked[:limit]]
-    by_id = {f.id: f for f in feature_views(run(session, _FEATURES_BY_ID, ids=ids))}
-    items = [TokenMatch(by_id[r[0]], r[1], r[2], r[3], r[4]) for r in picked[:limit]]
+    features = features_by_id(session, (r.feature_id for r in picked[:limit]))
+    items = [
+        TokenMatch(features[r.feature_id], r.token_str, r.token_id, r.rank, r.value)
+        for r in picked[:limit]
+    ]
     token_out = None
     if len(picked) > limit:
         last = picked[limit - 1]
-        token_out = encode_cursor(Cursor(ordering, (last[4], last[0])))
+        token_out = encode_cursor(Cursor(ordering, (last.value, last.feature_id)))
     return Page(items, token_out)
 
 
 def _strongest(session: Session, src: _Source, ids: set[int], variants: list[str]) -> dict:
-    """Each feature's largest value over the spellings `variants`."""
+    """Each feature's strongest value over the spellings `variants`."""
     if not ids:
         return {}
+    strongest = func.max(src.value) if src.descending else func.min(src.value)
     query = (
-        select(src.feature_id, func.max(src.value))
+        select(src.feature_id, strongest)
         .where(src.feature_id.in_(sorted(ids)), src.token_str.in_(variants), *src.where)
         .group_by(src.feature_id)
     )
     return dict(run(session, query).all())
-
-
-_FEATURES_BY_ID = select(*FEATURE_VIEW_COLUMNS).where(
-    Feature.id.in_(bindparam("ids", expanding=True))
-)

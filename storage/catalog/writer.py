@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -214,24 +214,33 @@ def _vocab_rows(projections: Sequence[VocabProjection], d_sae: int) -> list[dict
     for n, proj in enumerate(projections):
         where = f"projections[{n}]"
         _check_feature(proj.feature_index, d_sae, f"{where}.feature_index")
-        for side, tok_ids, strs, values in (
-            ("top", proj.top_ids, proj.top_strs, proj.top_values),
-            ("bottom", proj.bottom_ids, proj.bottom_strs, proj.bottom_values),
-        ):
-            if not len(tok_ids) == len(strs) == len(values):
-                raise SpecError(f"{side} ids, strs and values differ in length", field=where)
-            clean = _finite_list(values, f"{where}.{side}_values")
-            rows.extend(
-                {
-                    "feature_index": proj.feature_index,
-                    "side": side,
-                    "rank": rank,
-                    "token_id": int(tok),
-                    "token_str": _clean_token(text),
-                    "value": value,
-                }
-                for rank, (tok, text, value) in enumerate(zip(tok_ids, strs, clean, strict=True))
-            )
+        sides = (("top", proj.top_ids, proj.top_strs, proj.top_values),
+                 ("bottom", proj.bottom_ids, proj.bottom_strs, proj.bottom_values))  # fmt: skip
+        rows += _ranked_token_rows(where, sides, feature_index=proj.feature_index)
+    return rows
+
+
+def _ranked_token_rows(
+    where: str, sides: Iterable[tuple[str, Sequence, Sequence, Sequence]], **key: Any
+) -> list[dict[str, Any]]:
+    """Rows of ranked token lists (vocab_tokens, token_effects): for each (side, ids, strs,
+    values) of `sides`, one row per entry, rank 0 first, each with the `key` columns."""
+    rows = []
+    for side, tok_ids, strs, values in sides:
+        if not len(tok_ids) == len(strs) == len(values):
+            raise SpecError(f"{side} ids, strs and values differ in length", field=where)
+        clean = _finite_list(values, f"{where}.{side}_values")
+        rows.extend(
+            {
+                **key,
+                "side": side,
+                "rank": rank,
+                "token_id": int(tok),
+                "token_str": _clean_token(text),
+                "value": value,
+            }
+            for rank, (tok, text, value) in enumerate(zip(tok_ids, strs, clean, strict=True))
+        )
     return rows
 
 
@@ -249,25 +258,9 @@ def _effect_rows(effects: Sequence[TokenEffects], d_sae: int) -> list[dict[str, 
             raise SpecError(f"feature {eff.feature_index} has two {eff.method!r} rankings",
                             field=where)  # fmt: skip
         seen.add((eff.feature_index, eff.method))
-        for side, tok_ids, strs, values in (
-            ("up", eff.up_ids, eff.up_strs, eff.up_values),
-            ("down", eff.down_ids, eff.down_strs, eff.down_values),
-        ):
-            if not len(tok_ids) == len(strs) == len(values):
-                raise SpecError(f"{side} ids, strs and values differ in length", field=where)
-            clean = _finite_list(values, f"{where}.{side}_values")
-            rows.extend(
-                {
-                    "feature_index": eff.feature_index,
-                    "method": eff.method,
-                    "side": side,
-                    "rank": rank,
-                    "token_id": int(tok),
-                    "token_str": _clean_token(text),
-                    "value": value,
-                }
-                for rank, (tok, text, value) in enumerate(zip(tok_ids, strs, clean, strict=True))
-            )
+        sides = (("up", eff.up_ids, eff.up_strs, eff.up_values),
+                 ("down", eff.down_ids, eff.down_strs, eff.down_values))  # fmt: skip
+        rows += _ranked_token_rows(where, sides, feature_index=eff.feature_index, method=eff.method)
     return rows
 
 

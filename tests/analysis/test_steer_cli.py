@@ -3,32 +3,16 @@
 from __future__ import annotations
 
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from saefeat.cli import app
 from saefeat.config import get_settings
-from saefeat.sae import SAEConfig
-from saefeat.sae.topk import TopKSAE
 from saefeat.storage.catalog.db import catalog_session
-from saefeat.storage.catalog.registry import register_sae
-
-HOOK = "blocks.2.hook_resid_post"
 
 
 @pytest.fixture
-def home(tmp_path, monkeypatch, tiny_llama):
-    monkeypatch.setenv("SAEFEAT_HOME", str(tmp_path))
-    get_settings.cache_clear()
-    torch.manual_seed(0)
-    path = TopKSAE(SAEConfig(d_in=64, d_sae=96, k=4, hook=HOOK)).save(tmp_path / "sae")
-    with catalog_session(get_settings()) as s:
-        register_sae(s, sae_id="cli", name="cli", model_name=str(tiny_llama), hook_name=HOOK,
-                     architecture="topk", d_in=64, d_sae=96, k=4,
-                     checkpoint_path=str(path))  # fmt: skip
-        s.commit()
-    yield
-    get_settings.cache_clear()
+def home(tiny_sae_home):
+    tiny_sae_home("cli")
 
 
 def test_steer_prints_both_continuations(home):

@@ -4,41 +4,26 @@ Llama with a registered, indexed SAE: they run and report what they say."""
 from __future__ import annotations
 
 import pytest
-import torch
 
 from saefeat.analysis import steer_eval
 from saefeat.config import get_settings
-from saefeat.sae import SAEConfig
-from saefeat.sae.topk import TopKSAE
 from saefeat.storage.catalog import queries
 from saefeat.storage.catalog.db import catalog_session
 from saefeat.storage.catalog.labels import add_label
-from saefeat.storage.catalog.registry import register_sae
 from saefeat.storage.catalog.writer import write_feature_index
-
-HOOK = "blocks.2.hook_resid_post"
 
 
 @pytest.fixture
-def home(tmp_path, monkeypatch, tiny_llama):
+def home(tiny_sae_home):
     from synthetic_catalog import synthetic_feature_index
 
-    monkeypatch.setenv("SAEFEAT_HOME", str(tmp_path))
-    get_settings.cache_clear()
-    torch.manual_seed(0)
-    path = TopKSAE(SAEConfig(d_in=64, d_sae=96, k=4, hook=HOOK)).save(tmp_path / "sae")
+    tiny_sae_home("ev")
     index = synthetic_feature_index(96, n_examples=2, n_quantile=0, dead_fraction=0, seed=1)
     with catalog_session(get_settings()) as s:
-        register_sae(s, sae_id="ev", name="ev", model_name=str(tiny_llama), hook_name=HOOK,
-                     architecture="topk", d_in=64, d_sae=96, k=4,
-                     checkpoint_path=str(path))  # fmt: skip
-        s.commit()
         write_feature_index(s, "ev", index)
         add_label(s, queries.get_feature(s, "ev", 3), text='tokens: " def"; near: "x"',
                   author="ada")  # fmt: skip
         s.commit()
-    yield
-    get_settings.cache_clear()
 
 
 def test_label_quoted_tokens_stop_at_near():

@@ -73,3 +73,75 @@ def test_search_page_modes(client, db, catalog):
     assert listed.count('href="/saes/sae-b/features/') == 1
     by_token = client.get("/", params={"token": "cat"}).text
     assert 'id="results"' in by_token
+
+
+def test_feature_page_names_the_hook_once(client, db, catalog):
+    from saefeat.storage.catalog.models import SAE
+
+    hook = "blocks.6.hook_resid_post"
+    html = client.get("/saes/sae-a/features/0").text  # a name without the hook: added once
+    title = re.search(r"<title>(.*?)</title>", html).group(1)
+    heading = re.search(r"<h1>(.*?)</h1>", html).group(1)
+    assert title.count(hook) == 1 and heading.count(hook) == 1, (title, heading)
+    db.get(SAE, "sae-a").name = f"{hook} topk-57-k8"  # a trained SAE's default name
+    db.commit()
+    html = client.get("/saes/sae-a/features/0").text
+    title = re.search(r"<title>(.*?)</title>", html).group(1)
+    heading = re.search(r"<h1>(.*?)</h1>", html).group(1)
+    assert title.count(hook) == 1 and heading.count(hook) == 1, (title, heading)
+    assert "topk-57-k8" in title and "topk-57-k8" in heading
+    assert client.get("/").text.count(hook) >= 1
+
+
+def test_histogram_caption_ends_at_the_features_max(client, db, catalog):
+    """Feature 836 said "0.0178 to 0.316" (the last bin's shared upper edge) while its max
+    activation was 0.244: the caption is the drawn bins' range, up to the max."""
+    import numpy as np
+
+    from saefeat.api.page_routes import histogram_range
+    from saefeat.features.accumulate import HIST_EDGES
+    from saefeat.storage.catalog.models import Feature
+
+    edges = HIST_EDGES.tolist()
+    counts = [0] * (len(edges) - 1)
+    first, last = (
+        int(np.searchsorted(HIST_EDGES, 0.02)) - 1,
+        int(np.searchsorted(HIST_EDGES, 0.244)) - 1,
+    )
+    counts[first], counts[last] = 7, 2
+    assert f"{edges[first]:.3g}" == "0.0178" and f"{edges[last + 1]:.3g}" == "0.316"
+    row = db.get(Feature, get_feature(db, "sae-a", 0).id)
+    row.histogram, row.max_activation = {"edges": edges, "counts": counts}, 0.244
+    db.commit()
+    html = client.get("/saes/sae-a/features/0").text
+    caption = re.search(r'<p id="histogram-range" class="muted">(.*?)</p>', html).group(1)
+    assert caption.startswith("activation 0.0178 to 0.244 "), caption
+    assert _embedded_data(html)["histogram"]["counts"] == counts  # the bars drawn
+
+    # The bounds: a max outside its bin is held to it; the lowest and top bins are open.
+    hist = {"edges": edges, "counts": counts}
+    assert histogram_range(hist, 5.0) == "activation 0.0178 to 0.316"
+    assert histogram_range(hist, None) == "activation 0.0178 to 0.316"
+    low = {"edges": edges, "counts": [1] + [0] * (len(counts) - 1)}
+    assert histogram_range(low, 5e-5) == "activation up to 5e-05"
+    assert histogram_range(low, 1.0) == "activation up to 0.000133"
+    top = {"edges": edges, "counts": [0] * (len(counts) - 1) + [3]}
+    assert histogram_range(top, 4000.0) == "activation 750 to 4e+03"
+    assert histogram_range({"edges": edges, "counts": [0] * len(counts)}, 1.0) is None
+    assert histogram_range(None, 1.0) is None
+
+
+def test_favicon_is_served_and_linked(client, make_settings):
+    from fastapi.testclient import TestClient
+
+    from saefeat.api.app import create_app
+
+    icon = client.get("/favicon.ico")
+    assert icon.status_code == 200 and icon.headers["content-type"].startswith("image/")
+    assert icon.content.startswith(b"<svg")
+    assert '<link rel="icon" href="/static/favicon.svg"' in client.get("/").text
+    assert client.get("/static/favicon.svg").status_code == 200
+    # Open like /static when reads need a key: a browser asks for it with none.
+    with TestClient(create_app(make_settings(require_read_key=True))) as closed:
+        assert closed.get("/").status_code == 401
+        assert closed.get("/favicon.ico").status_code == 200

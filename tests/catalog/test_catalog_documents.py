@@ -11,18 +11,18 @@ from synthetic_catalog import synthetic_feature_index
 
 from saefeat.features.records import FeatureExample
 from saefeat.storage.catalog.documents import feature_document
+from saefeat.storage.catalog.feature_reads import (
+    feature_examples,
+    feature_neighbours,
+    feature_projection,
+)
 from saefeat.storage.catalog.labels import (
     add_label,
     label_history,
     label_state_around,
     vote_label,
 )
-from saefeat.storage.catalog.queries import (
-    feature_examples,
-    feature_neighbours,
-    feature_projection,
-    get_feature,
-)
+from saefeat.storage.catalog.queries import get_feature
 from saefeat.storage.catalog.writer import write_feature_index
 
 D_SAE = 12

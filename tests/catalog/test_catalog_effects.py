@@ -9,8 +9,9 @@ from sqlalchemy import func, select
 from synthetic_catalog import synthetic_effects, synthetic_feature_index
 
 from saefeat.errors import SpecError
+from saefeat.storage.catalog.feature_reads import feature_effects, feature_effects_many
 from saefeat.storage.catalog.models import TokenEffect
-from saefeat.storage.catalog.queries import feature_effects, feature_effects_many, get_feature
+from saefeat.storage.catalog.queries import get_feature
 from saefeat.storage.catalog.writer import write_feature_index
 
 D_SAE = 24

@@ -5,6 +5,7 @@ and on PostgreSQL."""
 from __future__ import annotations
 
 import pytest
+from paging import all_pages
 from synthetic_catalog import synthetic_feature_index
 
 from saefeat.errors import SpecError
@@ -93,14 +94,8 @@ def test_label_search_sorts_and_filters_by_score(session, explained):
     assert _found(session, "python", sort="score", min_score=0.7) == [0, 2]
     assert _found(session, "python", score_type="embedding", min_score=0.9) == [0]
     # Pages: one at a time, no feature twice, the same order.
-    seen, cursor = [], None
-    while True:
-        page = search_labels(session, "python", sort="score", limit=1, cursor=cursor)
-        seen += [m.feature.index for m in page.items]
-        cursor = page.next_cursor
-        if cursor is None:
-            break
-    assert seen == [0, 2, 1]
+    pages = all_pages(lambda **p: search_labels(session, "python", sort="score", **p), limit=1)
+    assert [m.feature.index for m in pages] == [0, 2, 1]
 
 
 def test_a_feature_counts_once_at_its_best_scored_label(session, explained):

@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 from synthetic_catalog import synthetic_effects, synthetic_feature_index
 
 from saefeat.errors import SpecError
+from saefeat.storage.catalog import feature_reads as reads
 from saefeat.storage.catalog import neuronpedia, neuronpedia_import, queries
 from saefeat.storage.catalog.db import make_engine, make_sessionmaker
 from saefeat.storage.catalog.labels import add_label
@@ -143,15 +144,15 @@ def test_a_batch_reads_in_a_constant_number_of_queries(session, make_sae, tmp_pa
 def test_batched_reads_equal_the_per_feature_ones(session, indexed):
     ids = list(session.scalars(select(Feature.id).order_by(Feature.index)))
     ids = ids[::-1] + [10**9]  # any order; an id with no rows gets empty lists
-    examples = queries.feature_examples_many(session, ids)
-    projections = queries.feature_projection_many(session, ids)
-    neighbours = queries.feature_neighbours_many(session, ids)
+    examples = reads.feature_examples_many(session, ids)
+    projections = reads.feature_projection_many(session, ids)
+    neighbours = reads.feature_neighbours_many(session, ids)
     assert any(examples.values()) and not all(examples.values())  # dead features too
     assert any(neighbours.values()) and any(p["top"] for p in projections.values())
     for fid in ids:
-        assert examples[fid] == queries.feature_examples(session, fid)
-        assert projections[fid] == queries.feature_projection(session, fid)
-        assert neighbours[fid] == queries.feature_neighbours(session, fid)
+        assert examples[fid] == reads.feature_examples(session, fid)
+        assert projections[fid] == reads.feature_projection(session, fid)
+        assert neighbours[fid] == reads.feature_neighbours(session, fid)
 
 
 def _snapshot(s: Session, sae_id: str):
@@ -162,12 +163,12 @@ def _snapshot(s: Session, sae_id: str):
     ).all()  # fmt: skip
     out = []
     for fid, *cols in features:
-        examples = [tuple(vars_(e)) for e in queries.feature_examples(s, fid)]
+        examples = [tuple(vars_(e)) for e in reads.feature_examples(s, fid)]
         projection = {k: [(p.rank, p.token_id, p.token_str, p.value) for p in v]
-                      for k, v in queries.feature_projection(s, fid).items()}  # fmt: skip
-        near = [(n.feature.index, n.rank, n.cosine) for n in queries.feature_neighbours(s, fid)]
+                      for k, v in reads.feature_projection(s, fid).items()}  # fmt: skip
+        near = [(n.feature.index, n.rank, n.cosine) for n in reads.feature_neighbours(s, fid)]
         effects = {m: {side: [vars_(e) for e in entries] for side, entries in sides.items()}
-                   for m, sides in queries.feature_effects(s, fid).items()}  # fmt: skip
+                   for m, sides in reads.feature_effects(s, fid).items()}  # fmt: skip
         labels = s.execute(select(Label.text, Label.source, Label.author, Label.score,
                                   Label.created_at)
                            .where(Label.feature_id == fid).order_by(Label.id)).all()  # fmt: skip
@@ -204,15 +205,15 @@ def test_a_folder_without_our_side_files_imports_from_the_records(session, index
     original = queries.get_feature(session, "sae-a", 3)
     f = queries.get_feature(fresh, "np", 3)
     assert (f.density, f.max_activation) == (original.density, original.max_activation)
-    ex = queries.feature_examples(fresh, f.id)
+    ex = reads.feature_examples(fresh, f.id)
     assert [e.kind for e in ex].count("top") == 3 and [e.kind for e in ex].count("quantile") == 2
     top_ranks = [e.rank for e in ex if e.kind == "top"]
     assert top_ranks == [0, 1, 2]
-    want = [e.token_strs for e in queries.feature_examples(session, original.id)]
+    want = [e.token_strs for e in reads.feature_examples(session, original.id)]
     assert sorted(e.token_strs for e in ex) == sorted(want)
-    projection = queries.feature_projection(fresh, f.id)["top"]
+    projection = reads.feature_projection(fresh, f.id)["top"]
     assert [p.token_str for p in projection] == [
-        p.token_str for p in queries.feature_projection(session, original.id)["top"]]  # fmt: skip
+        p.token_str for p in reads.feature_projection(session, original.id)["top"]]  # fmt: skip
 
 
 @pytest.mark.parametrize("damage", ["bad_json", "bad_index", "bad_value", "empty_label",
@@ -423,3 +424,42 @@ def test_a_bad_umap_value_is_a_spec_error(session, mapped, fresh, tmp_path):
         neuronpedia_import.import_neuronpedia(fresh, folder, "np")
     assert err.value.field == "umap_x"
     assert fresh.get(SAE, "np") is None
+
+
+@pytest.mark.parametrize(
+    ("model_name", "model_id", "display", "instruct"),
+    [
+        # the embedded alias is a 4-bit SmolLM2-135M-Instruct: named by its hub id
+        ("smollm2-135m", "smollm2-135m-instruct", "HuggingFaceTB/SmolLM2-135M-Instruct", True),
+        ("EleutherAI/pythia-70m", "pythia-70m", "EleutherAI/pythia-70m", False),
+        ("google/gemma-2-2b-it", "gemma-2-2b-it", "google/gemma-2-2b-it", True),
+    ],
+)
+def test_the_model_record_names_the_hub_model_and_whether_it_is_instruct(
+    session, fresh, tmp_path, model_name, model_id, display, instruct
+):
+    from synthetic_catalog import register_test_sae
+
+    register_test_sae(session, "sae-m", 8, model_name=model_name)
+    write_feature_index(session, "sae-m", synthetic_feature_index(8, seed=3))
+    folder = neuronpedia.export_neuronpedia(session, "sae-m", tmp_path / "out")
+    assert folder.parent.name == model_id
+    model = json.loads((folder / "model.jsonl").read_text())
+    assert (model["id"], model["displayName"], model["instruct"]) == (model_id, display, instruct)
+    source = json.loads((folder / "source.jsonl").read_text())
+    assert source["modelId"] == model_id and source["saelensConfig"]["model_name"] == display
+    neuronpedia_import.import_neuronpedia(fresh, tmp_path / "out", "copy")
+    assert fresh.get(SAE, "copy").model_name == model_name  # the name saefeat loads it by
+
+
+def test_instruct_is_read_from_the_name_parts():
+    from saefeat.shapes import hub_model_id, is_instruct_model
+
+    assert hub_model_id("smollm2-135m") == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert hub_model_id("/models/tiny") == "/models/tiny"
+    for name in ("smollm2-135m", "Qwen/Qwen2.5-0.5B-Instruct", "meta-llama/Llama-2-7b-chat-hf",
+                 "allenai/OLMo-2-0425-1B-SFT", "google/gemma-2-2b-it"):  # fmt: skip
+        assert is_instruct_model(name), name
+    for name in ("HuggingFaceTB/SmolLM2-135M", "gpt2", "google/gemma-2-2b", "/srv/it-models/x",
+                 "EleutherAI/pythia-70m-deduped"):  # fmt: skip
+        assert not is_instruct_model(name), name

@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pytest
+from paging import all_pages
 from synthetic_catalog import synthetic_feature_index
 
 from saefeat.errors import NotFoundError, SpecError
@@ -20,10 +21,9 @@ from saefeat.storage.catalog.queries import (
     list_features,
     list_saes,
     sae_lineage,
-    search_by_token,
     strongest_features,
-    token_variants,
 )
+from saefeat.storage.catalog.token_search import search_tokens, token_variants
 from saefeat.storage.catalog.writer import write_feature_index
 
 D_SAE = 57  # odd, so the last page is partial
@@ -40,19 +40,6 @@ def indexed(session, make_sae):
         assert len(set(live.tolist())) < len(live), f"want ties in {sort}"
     write_feature_index(session, sae.id, index)
     return session, sae, index
-
-
-def _walk(fetch, limit: int) -> list:
-    items, cursor, pages = [], None, 0
-    while True:
-        page = fetch(limit=limit, cursor=cursor)
-        assert len(page.items) <= limit
-        items += page.items
-        pages += 1
-        cursor = page.next_cursor
-        if cursor is None:
-            return items
-        assert pages < 1000
 
 
 DENSITY_WINDOWS = [(None, None), (0.001, None), (None, 0.05), (0.0, 0.0)]
@@ -78,7 +65,7 @@ def test_walking_every_page_yields_each_feature_once_in_order(indexed):
                 session, sae.id, sort=s, order=o, min_density=lo, max_density=hi, **page
             )
 
-        assert [f.index for f in _walk(fetch, limit=7)] == expected, case
+        assert [f.index for f in all_pages(fetch, limit=7)] == expected, case
         assert [f.index for f in fetch(limit=500).items] == expected, case
 
 
@@ -112,7 +99,8 @@ def test_bad_list_arguments_name_their_field(indexed):
 def test_list_saes_pages_by_id(session, make_sae):
     for name in ("c", "a", "b"):
         make_sae(session, d_sae=4, sae_id=name)
-    assert [s.id for s in _walk(lambda **p: list_saes(session, **p), limit=2)] == ["a", "b", "c"]
+    saes = all_pages(lambda **p: list_saes(session, **p), limit=2)
+    assert [s.id for s in saes] == ["a", "b", "c"]
 
 
 def test_get_feature_explains_a_missing_feature(session, make_sae):
@@ -157,7 +145,7 @@ def searchable(session, make_sae):
 def test_search_finds_every_spelling_strongest_first(searchable):
     session, found = searchable
     for query in ("cat", "Ġcat", " cat"):
-        matches = _walk(lambda q=query, **p: search_by_token(session, q, **p), limit=4)
+        matches = all_pages(lambda q=query, **p: search_tokens(session, q, **p), limit=4)
         got = [(m.feature.sae_id, m.feature.index) for m in matches]
         assert sorted(got) == sorted(found), query
         assert len(got) == len(set(got))
@@ -168,21 +156,21 @@ def test_search_finds_every_spelling_strongest_first(searchable):
 
 def test_search_exact_side_and_sae_filters(searchable):
     session, found = searchable
-    exact = search_by_token(session, "Ġcat", exact=True, limit=500).items
+    exact = search_tokens(session, "Ġcat", exact=True, limit=500).items
     assert {m.token_str for m in exact} == {"Ġcat"}
-    only_s2 = _walk(lambda **p: search_by_token(session, "cat", sae_id="s2", **p), limit=3)
+    only_s2 = all_pages(lambda **p: search_tokens(session, "cat", sae_id="s2", **p), limit=3)
     assert {(m.feature.sae_id, m.feature.index) for m in only_s2} == {
         k for k in found if k[0] == "s2"
     }
-    bottom = _walk(lambda **p: search_by_token(session, "dog", side="bottom", **p), limit=3)
+    bottom = all_pages(lambda **p: search_tokens(session, "dog", side="bottom", **p), limit=3)
     assert [m.value for m in bottom] == sorted(m.value for m in bottom)  # most negative first
     assert {m.feature.index % 6 for m in bottom} == {4}
-    assert search_by_token(session, "Ġcats", limit=500).items[0].token_str == "Ġcats"
+    assert search_tokens(session, "Ġcats", limit=500).items[0].token_str == "Ġcats"
     with pytest.raises(NotFoundError):
-        search_by_token(session, "cat", sae_id="nope")
-    cursor = search_by_token(session, "cat", limit=1).next_cursor
+        search_tokens(session, "cat", sae_id="nope")
+    cursor = search_tokens(session, "cat", limit=1).next_cursor
     with pytest.raises(InvalidCursorError):
-        search_by_token(session, "cat", side="bottom", cursor=cursor)
+        search_tokens(session, "cat", side="bottom", cursor=cursor)
 
 
 def _label(id_: int, source: str, score: float | None = None, age_s: int = 0) -> Label:

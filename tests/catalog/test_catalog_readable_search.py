@@ -4,6 +4,7 @@ top-example text and the duplicate-window count, on SQLite and PostgreSQL."""
 from __future__ import annotations
 
 import pytest
+from paging import all_pages
 from synthetic_catalog import synthetic_feature_index
 
 from saefeat.errors import SpecError
@@ -114,14 +115,8 @@ def test_search_by_fired_tokens(indexed):
         6,
     ]
     # Pages of one follow each other without repeats.
-    seen, cursor = [], None
-    while True:
-        page = search_tokens(s, "cat", by="fires", limit=1, cursor=cursor)
-        seen += [m.feature.index for m in page.items]
-        cursor = page.next_cursor
-        if cursor is None:
-            break
-    assert seen == [1, 2, 4, 6]
+    pages = all_pages(lambda **p: search_tokens(s, "cat", by="fires", **p), limit=1)
+    assert [m.feature.index for m in pages] == [1, 2, 4, 6]
     assert search_tokens(s, "cat", by="fires", sae_id="sae-a").items
     with pytest.raises(SpecError) as bad:
         search_tokens(s, "cat", by="smell")
@@ -160,14 +155,8 @@ def test_phrase_search(indexed):
     assert [m.feature.index for m in search_phrase(s, "%", anywhere=True).items] == [3, 4]
     assert search_phrase(s, "_").items == []
     # Paging, and a scan bound that cuts a page short without losing or repeating a match.
-    seen, cursor = [], None
-    for _ in range(20):
-        page = search_phrase(s, "york", anywhere=True, limit=1, cursor=cursor, max_scan=2)
-        seen += [m.feature.index for m in page.items]
-        cursor = page.next_cursor
-        if cursor is None:
-            break
-    assert seen == [1, 2, 3]
+    pages = all_pages(lambda **p: search_phrase(s, "york", anywhere=True, max_scan=2, **p), 1)
+    assert [m.feature.index for m in pages] == [1, 2, 3]
     assert [m.feature.index for m in search_phrase(s, "york", sae_id="sae-a").items] == [1, 3]
     for bad in ("", "   ", "x" * 201):
         with pytest.raises(SpecError) as err:

@@ -8,15 +8,17 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
+from paging import all_pages
 from sqlalchemy import select
 from synthetic_catalog import synthetic_feature_index
 
 from saefeat.errors import NotFoundError, SpecError
 from saefeat.storage.catalog.db import make_engine, make_sessionmaker
+from saefeat.storage.catalog.feature_reads import feature_neighbours
 from saefeat.storage.catalog.label_search import search_labels
 from saefeat.storage.catalog.labels import add_label, current_label, vote_label
 from saefeat.storage.catalog.models import Feature, LabelVote
-from saefeat.storage.catalog.queries import feature_neighbours, get_feature, list_features
+from saefeat.storage.catalog.queries import get_feature, list_features
 from saefeat.storage.catalog.search_syntax import parse_query
 from saefeat.storage.catalog.writer import write_feature_index
 
@@ -157,14 +159,8 @@ def test_label_search_pages_match_the_rule_over_many_labels(session, make_sae, m
     session.commit()
     expected = sorted(newest, key=lambda i: -newest[i])
     for limit in (1, 4, 50):
-        got, cursor = [], None
-        while True:
-            page = search_labels(session, "python", sae_id=sae.id, limit=limit, cursor=cursor)
-            got += [(m.feature.index, m.label.id) for m in page.items]
-            if page.next_cursor is None:
-                break
-            cursor = page.next_cursor
-        assert got == [(i, newest[i]) for i in expected]
+        pages = all_pages(lambda **p: search_labels(session, "python", sae_id=sae.id, **p), limit)
+        assert [(m.feature.index, m.label.id) for m in pages] == [(i, newest[i]) for i in expected]
 
 
 def test_twenty_parallel_votes_from_one_voter_leave_one_vote(db_url, make_sae):

@@ -11,9 +11,10 @@ from synthetic_catalog import register_test_sae, synthetic_feature_index
 from saefeat.errors import NotFoundError, SpecError
 from saefeat.features.records import FeatureExample as ExampleRecord
 from saefeat.features.records import VocabProjection
+from saefeat.storage.catalog.feature_reads import feature_examples, feature_projection
 from saefeat.storage.catalog.labels import add_label, label_history
 from saefeat.storage.catalog.models import Feature, FeatureExampleRow, VocabToken
-from saefeat.storage.catalog.queries import feature_examples, feature_projection, get_feature
+from saefeat.storage.catalog.queries import get_feature
 from saefeat.storage.catalog.registry import register_sae
 from saefeat.storage.catalog.writer import write_feature_index
 

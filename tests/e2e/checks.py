@@ -15,7 +15,7 @@ from saefeat.storage.catalog.db import catalog_session
 def check_examples_recompute(settings, aset, sae_id, model_name, dtype, n_features=5, atol=0.05):
     """Stored top examples are sorted, and re-running model + SAE on the stored context
     gives the stored activation at the stored position."""
-    from saefeat.storage.catalog import queries
+    from saefeat.storage.catalog import feature_reads, queries
 
     sae = load_sae(settings.saes_dir / sae_id)
     lm = load_model(model_name, dtype=dtype)
@@ -24,7 +24,7 @@ def check_examples_recompute(settings, aset, sae_id, model_name, dtype, n_featur
     with catalog_session(settings) as s:
         page = queries.list_features(s, sae_id, sort="max_activation", limit=n_features)
         for f in page.items:
-            examples = [e for e in queries.feature_examples(s, f.id) if e.kind == "top"]
+            examples = [e for e in feature_reads.feature_examples(s, f.id) if e.kind == "top"]
             acts = [e.activation for e in examples]
             assert acts == sorted(acts, reverse=True)
             assert abs(acts[0] - f.max_activation) < 1e-4

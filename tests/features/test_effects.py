@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from saefeat.features import effects as E
+from saefeat.features import vocab
 from saefeat.lm import load_model, parse_hook, run_to_hooks
 
 HOOK = "blocks.1.hook_resid_post"  # two layers, the final norm and the unembedding after it
@@ -218,7 +219,7 @@ def test_debiased_demotes_a_token_every_feature_promotes():
 
     W_dec, W_U, scale, strings = _biased_weights()
     raw = vocab_projections(W_dec, W_U, scale, strings, n=10)
-    debiased = E.debiased_projections(W_dec, W_U, scale, strings, n=10)
+    debiased = E.debiased_projections(W_dec, (W_U, scale), strings, n=10)
     assert sum(p.top_ids[0] == 0 for p in raw) >= 60  # the fragment heads the raw lists
     assert E.fragment_share_top10([p.top_ids for p in raw]) >= 0.9
     assert sum(e.up_ids[0] == 0 for e in debiased) <= 3
@@ -240,10 +241,10 @@ def test_token_baselines_are_the_mean_and_std_over_features():
 
 def test_debiased_values_are_z_scores_in_blocks(monkeypatch):
     W_dec, W_U, scale, strings = _biased_weights(seed=2)
-    monkeypatch.setattr(E, "_BLOCK", 7)  # blocks that do not divide the features
+    monkeypatch.setattr(vocab, "_BLOCK", 7)  # blocks that do not divide the features
     logits = (W_dec * scale) @ W_U.T
     z = (logits - logits.mean(0)) / logits.std(0, correction=0)
-    out = E.debiased_projections(W_dec, W_U, scale, strings, n=4)
+    out = E.debiased_projections(W_dec, (W_U, scale), strings, n=4)
     for f in (0, 6, 7, 63):
         np.testing.assert_allclose(out[f].up_values, z[f].topk(4).values.numpy(), rtol=1e-3)
         assert out[f].down_ids == z[f].topk(4, largest=False).indices.tolist()

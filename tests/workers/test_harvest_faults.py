@@ -82,3 +82,40 @@ def test_workers_that_cannot_start_fail_the_harvest_clearly(
     spec = spec.model_copy(update={"model": str(broken)})
     with pytest.raises(SaefeatError, match="harvest workers failed to start: .*Error"):
         harvest(spec, settings=settings)
+
+
+def test_in_this_process_cancel_then_resume_matches_one_process(
+    spec, settings, tmp_path, monkeypatch
+):
+    """Inside work_here() (the CLI) a one-worker harvest runs here, no Ray: the same data,
+    progress within a shard (each forward batch), and a cancel that a rerun resumes."""
+    from saefeat.storage.activations import open_set
+    from saefeat.workers.runtime import work_here
+
+    def no_ray(*args, **kwargs):
+        raise AssertionError("Ray was started for a one-worker harvest")
+
+    monkeypatch.setattr(harvest_module, "ensure_ray", no_ray)
+    seen: list[tuple[int, int]] = []
+
+    def progress(done: int, total: int) -> None:
+        seen.append((done, total))
+
+    def two_shards_in() -> bool:
+        return bool(seen) and seen[-1][0] >= 2 * spec.contexts_per_shard * spec.ctx_len
+
+    with work_here(), pytest.raises(HarvestCancelled):
+        harvest(spec, settings=settings, progress=progress, should_stop=two_shards_in)
+    aset = open_set(settings.activations_dir, spec.set_id())
+    n_done = len(aset.committed_shards())
+    assert 0 < n_done < aset.n_shards and aset.status == "harvesting"
+    # batch_size 2 of 4 contexts a shard: two reports a shard, the first mid-shard
+    per_batch = spec.batch_size * spec.ctx_len
+    assert seen[1][0] == per_batch and all(t == aset.n_tokens for _, t in seen)
+    seen.clear()
+    with work_here():
+        result = harvest(spec, settings=settings, progress=progress)
+    assert result.shards_run == aset.n_shards - n_done
+    assert seen[-1] == (aset.n_tokens, aset.n_tokens)
+    assert [d for d, _ in seen] == sorted(d for d, _ in seen)  # never goes back
+    assert_same_data(result.activation_set, reference_set(spec, tmp_path / "ref"))

@@ -63,6 +63,36 @@ def test_remote_submit_jobs_and_watch(server):
     assert [j["status"] for j in jobs] == ["succeeded"]
 
 
-def test_watch_needs_a_server(settings):
+def test_work_command_with_a_server_is_refused_there(server):
+    """`saefeat index --server URL`: the spec goes to the server, which refuses it."""
+    env = {"SAEFEAT_SERVER": server, "SAEFEAT_API_KEY": KEY}
+    out = CliRunner().invoke(cli, ["index", "--sae", "sae-none"], env=env)
+    assert out.exit_code == 2 and "sae-none" in out.output and "422" in out.output
+
+
+def test_jobs_watch_follows_this_catalogs_jobs(settings):
+    """Without a server, --watch follows the local catalog's active jobs (the CLI's own
+    runs are rows there): a plain line per change when the output is not a terminal."""
+    from saefeat.storage.catalog.db import catalog_session
+    from saefeat.storage.catalog.models import Job
+
+    with catalog_session(settings) as s:
+        s.add(Job(id="abcdef0123", kind="index", spec={}, spec_hash="x", status="running",
+                  progress_done=10, progress_total=40, rate=5.0))  # fmt: skip
+        s.commit()
+
+    def finish() -> None:
+        time.sleep(1.5)
+        with catalog_session(settings) as s:
+            job = s.get(Job, "abcdef0123")
+            job.progress_done, job.status = 40, "succeeded"
+            s.commit()
+
+    thread = threading.Thread(target=finish)
+    thread.start()
     out = CliRunner().invoke(cli, ["jobs", "--watch"], env={"SAEFEAT_SERVER": ""})
-    assert out.exit_code == 2 and "--server" in out.output
+    thread.join()
+    assert out.exit_code == 0, out.output
+    lines = out.output.splitlines()
+    assert lines[0].startswith("index abcdef01 running: 10/40 batches (25%), 5.0 batches/s"), lines
+    assert lines[-1].startswith("index abcdef01 succeeded: 40/40 batches (100%)"), lines

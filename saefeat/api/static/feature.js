@@ -132,8 +132,8 @@
     }
     drawAxes(svg, ticks, peak, "activation (log-spaced bins)", "tokens");
     section.appendChild(svg);
-    const range = `activation ${edges[lo].toPrecision(3)} to ${edges[hi].toPrecision(3)}`;
-    section.appendChild(el("div", {className: "muted"}, `${range} (log-spaced bins, log counts)`));
+    // The caption (#histogram-range) is the page's: the drawn bins' range up to the
+    // feature's max activation, not the last bin's shared edge (page_routes.py).
   }
 
   // About five round values between lo and hi.
@@ -290,7 +290,7 @@
     document.getElementById("quantile-section").hidden = false;
     drawQuantiles(document.getElementById("quantile-examples"), quantile, data.histogram);
   }
-  drawHistogram(document.getElementById("histogram-section"), data.histogram);
+  drawHistogram(document.getElementById("histogram-chart"), data.histogram);
   const logitSection = document.getElementById("logit-section");
   if (logitSection) drawLogits(logitSection, data.histogram && data.histogram.logits, data.projection);
   drawProjection(document.getElementById("projection-top"), data.projection.top);
