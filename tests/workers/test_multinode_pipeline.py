@@ -215,7 +215,7 @@ def test_pipeline_survives_its_training_node(tiny_llama, tmp_path):
         wide = cli_env | {"COLUMNS": "400"}  # one row a job, unwrapped
         listed = subprocess.run([*cli, "jobs"], env=wide, capture_output=True, text=True,
                                 check=True).stdout  # fmt: skip
-        assert job_id in listed and "train:succeeded" in listed
+        assert job_id in listed and "train: succeeded" in listed
     finally:
         for proc in reversed(alive):  # the last started first, the head last
             _kill(proc)
