@@ -16,7 +16,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from saefeat.cli.common import console, progress_bar, user_errors
+from saefeat.cli.common import console, user_errors
 from saefeat.config import Settings, get_settings
 from saefeat.paths import BUILTIN_PYTHON_DOCS
 
@@ -52,8 +52,8 @@ def contrast(
 ):
     """Rank the SAE's features by how differently they fire on corpus A and corpus B:
     activation sets, or corpora harvested first (--a-corpus, --b-corpus)."""
+    from saefeat.cli.running import run_here
     from saefeat.specs import ContrastSpec
-    from saefeat.workers.contrast_job import contrast_and_record
 
     corpora = {f"{side}_corpus": [_source(p, field) for p in paths]
                for side, paths in (("a", a_corpus), ("b", b_corpus)) if paths}  # fmt: skip
@@ -62,10 +62,7 @@ def contrast(
     settings = _trusting(get_settings(), corpora)
     if spec.corpus_sides():
         _harvest_sides(spec, settings)
-    with progress_bar("contrast") as bar:
-        task = bar.add_task("contrast", total=None, info="")
-        progress = lambda d, t: bar.update(task, completed=d, total=t)  # noqa: E731
-        result = contrast_and_record(spec, settings=settings, progress=progress)
+    result, _ = run_here(spec, settings=settings)  # a job row, like one sent over HTTP
     _print(result)
 
 

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from saefeat.cli.common import console, user_errors
+from saefeat.cli.common import console, progress_bar, user_errors
 from saefeat.config import get_settings
 
 
@@ -31,8 +31,11 @@ def export_sae(
         from saefeat.storage.catalog.db import catalog_session
         from saefeat.storage.catalog.neuronpedia import export_neuronpedia
 
-        with catalog_session(get_settings()) as s:
-            console.print(f"wrote {export_neuronpedia(s, sae, Path(out))}")
+        with catalog_session(get_settings()) as s, progress_bar("export", "features") as bar:
+            task = bar.add_task("export", total=None, info="")
+            folder = export_neuronpedia(s, sae, Path(out), progress=lambda d, t: bar.update(
+                task, completed=d, total=t))  # fmt: skip
+        console.print(f"wrote {folder}")
         return
     from saefeat.sae.interop import FORMATS, export_stored  # torch: not for the catalog's export
 

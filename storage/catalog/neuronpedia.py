@@ -36,6 +36,7 @@ import json
 import math
 import re
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path
@@ -227,8 +228,10 @@ def _quantile_bin(activation: float, max_act: float) -> tuple[float, float]:
     return k * width, (k + 1) * width
 
 
-def export_neuronpedia(session: Session, sae_id: str, out: Path) -> Path:
+def export_neuronpedia(session: Session, sae_id: str, out: Path,
+                       progress: Callable[[int, int], None] | None = None) -> Path:  # fmt: skip
     """Write SAE `sae_id`'s catalog under `out/<modelId>/<sourceId>/`; returns that folder.
+    `progress(features written, features)` after each batch.
 
     Refuses a folder that exists, so two SAEs never overwrite each other's files."""
     sae = queries.get_sae(session, sae_id)
@@ -254,6 +257,8 @@ def export_neuronpedia(session: Session, sae_id: str, out: Path) -> Path:
         explanations += rows.pop("explanations")
         for sub, records in rows.items():
             _write_jsonl(folder / sub / f"batch-{batch}.jsonl.gz", records, gz=True)
+        if progress:
+            progress(min(start + BATCH, len(ids)), len(ids))
     # The exporter batches explanations by their own count: no labels, no files.
     for batch, start in enumerate(range(0, len(explanations), BATCH)):
         records = explanations[start : start + BATCH]

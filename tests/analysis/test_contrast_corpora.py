@@ -172,7 +172,8 @@ def test_cli_harvests_two_corpora_then_contrasts_and_the_job_does_too(
         assert run is not None and run.n_docs_a >= 2 and run.n_docs_b >= 2
         assert run.spec["a_corpus"][0]["path"] == corpora["prose"]
         kinds = sorted(j.kind for j in s.scalars(select(Job)))
-    assert kinds == ["harvest", "harvest"]  # each corpus harvested as a job
+    assert kinds == ["contrast", "harvest", "harvest"]  # each corpus harvested as a job, then
+    # the contrast: the CLI's runs are job rows like HTTP ones
     a = open_set(settings.activations_dir, run.set_a)
     assert a.status == STATUS_COMPLETE and a.spec["text_documents"] == "paragraphs"
     assert a.hooks == [HOOK] and a.group.attrs["doc_ids"][:2] == ["prose.txt:p1", "prose.txt:p2"]

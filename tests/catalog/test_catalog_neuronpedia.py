@@ -463,3 +463,11 @@ def test_instruct_is_read_from_the_name_parts():
     for name in ("HuggingFaceTB/SmolLM2-135M", "gpt2", "google/gemma-2-2b", "/srv/it-models/x",
                  "EleutherAI/pythia-70m-deduped"):  # fmt: skip
         assert not is_instruct_model(name), name
+
+
+def test_export_reports_progress_by_batch(session, indexed, tmp_path):
+    seen = []
+    neuronpedia.export_neuronpedia(
+        session, "sae-a", tmp_path / "out", progress=lambda done, total: seen.append((done, total))
+    )
+    assert seen == [(16, 40), (32, 40), (40, 40)]  # BATCH is 16 in the fixture
