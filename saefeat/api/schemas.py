@@ -117,7 +117,7 @@ class Histogram(BaseModel):
 
 
 class ProjectionToken(BaseModel):
-    rank: int
+    rank: int = Field(description="0 = strongest")
     token_id: int
     token: str
     value: float
@@ -128,11 +128,8 @@ class Projection(BaseModel):
     bottom: list[ProjectionToken] = Field(description="Tokens it suppresses most")
 
 
-class EffectToken(BaseModel):
-    rank: int = Field(description="0 = strongest")
-    token_id: int
-    token: str
-    value: float
+class EffectToken(ProjectionToken):
+    """A token of a measured or de-biased effect (the same fields as a projection's)."""
 
 
 class EffectSides(BaseModel):
