@@ -367,8 +367,7 @@ class _ShardRun:
         harvester = ShardHarvester(self.spec.model_dump_json(), str(self.aset.path), device)
         t1 = time.perf_counter()
         self.startup_seconds = t1 - t0
-        done = sum(self.aset.shard_rows(s)[1] - self.aset.shard_rows(s)[0]
-                   for s in self.aset.committed_shards())  # fmt: skip
+        done = sum(b - a for a, b in map(self.aset.shard_rows, self.aset.committed_shards()))
         self._report(done)
         forwarded = 0  # rows run through the model in shards not committed yet
         lock = threading.Lock()  # the forward thread adds, this one takes the committed off
