@@ -60,8 +60,9 @@ def contrast(
     spec = ContrastSpec(sae=sae, a=a, b=b, **corpora, token_budget=token_budget, top=top,
                         window=window)  # fmt: skip
     settings = _trusting(get_settings(), corpora)
+    cfg = _checked(spec, settings)  # bad input: exit 2, no job row, nothing harvested
     if spec.corpus_sides():
-        _harvest_sides(spec, settings)
+        _harvest_sides(spec, cfg, settings)
     result, _ = run_here(spec, settings=settings)  # a job row, like one sent over HTTP
     _print(result)
 
@@ -83,15 +84,21 @@ def _trusting(settings: Settings, corpora: dict[str, list[dict]]) -> Settings:
     return settings.model_copy(update={"corpus_roots": [*settings.corpus_root_paths, *named]})
 
 
-def _harvest_sides(spec, settings: Settings) -> None:
-    """Check every corpus side, then harvest each as a job (a harvested one is reused)."""
+def _checked(spec, settings: Settings):
+    """The SAE's config once the SAE and both sides pass the checks the API makes."""
     from saefeat.analysis.contrast import check_inputs
-    from saefeat.analysis.contrast_corpora import check_before_harvest
-    from saefeat.cli.harvest import harvest_as_job
     from saefeat.storage.catalog.db import catalog_session
 
     with catalog_session(settings) as s:
-        cfg = check_inputs(spec, settings, s).cfg
+        return check_inputs(spec, settings, s).cfg
+
+
+def _harvest_sides(spec, cfg, settings: Settings) -> None:
+    """Check every corpus side's documents, then harvest each as a job (a harvested one
+    is reused)."""
+    from saefeat.analysis.contrast_corpora import check_before_harvest
+    from saefeat.cli.harvest import harvest_as_job
+
     for side, harvest in check_before_harvest(spec, cfg, settings).items():
         console.print(f"corpus {side.upper()}: harvesting set {harvest.set_id()}", highlight=False)
         harvest_as_job(harvest, settings)
