@@ -33,6 +33,7 @@ from contextlib import contextmanager
 
 import ray
 
+from saefeat import sigterm
 from saefeat.config import Settings, get_settings
 
 TOKEN_FILE = "ray_auth_token"  # in the data folder; a local Ray's auth token
@@ -105,17 +106,18 @@ def ensure_ray(settings: Settings | None = None) -> None:
 def _init_keeping_sigterm(settings: Settings) -> None:
     # ray.init() sets a SIGTERM handler that kills Ray and exits at once; the server's
     # own (uvicorn's: a graceful stop that hands running jobs back) must stay.
-    sigterm = signal.getsignal(signal.SIGTERM)
+    handler = signal.getsignal(signal.SIGTERM)
     try:
         _init(settings)
     finally:
-        if sigterm is not None:  # None: set outside Python; nothing to put back
-            signal.signal(signal.SIGTERM, sigterm)
+        sigterm.put_back(handler)
 
 
 def _init_in_owner_thread(settings: Settings) -> None:
     """Start Ray in a daemon thread that never ends, so the processes it spawns outlive
-    the calling thread (a job's); off the main thread ray.init() sets no signal handler."""
+    the calling thread (a job's). Ray's SIGTERM handler is set all the same: the main
+    thread's loop (the server's) puts Python's back."""
+    handler = signal.getsignal(signal.SIGTERM)
     failed: list[BaseException] = []
     started = threading.Event()
 
@@ -131,6 +133,7 @@ def _init_in_owner_thread(settings: Settings) -> None:
 
     threading.Thread(target=own, name="ray-owner", daemon=True).start()
     started.wait()
+    sigterm.put_back(handler)
     if failed:
         raise failed[0]  # as ray.init() raised it in the main thread
 

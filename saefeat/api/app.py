@@ -5,6 +5,7 @@ Serve with `uvicorn --factory saefeat.api.app:create_app`.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -12,7 +13,7 @@ from pathlib import Path
 from fastapi import Depends, FastAPI
 from fastapi.staticfiles import StaticFiles
 
-from saefeat import __version__
+from saefeat import __version__, sigterm
 from saefeat.api import (
     catalog_routes,
     contrast_routes,
@@ -67,7 +68,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # Ray is not started here: the job runner starts it when the first job runs
-        # (workers/runtime.py), so a server that only serves the catalog runs none.
+        # (workers/runtime.py), so a server that only serves the catalog runs none;
+        # this loop then puts the server's SIGTERM handler back over Ray's.
+        sigterm.keep_on(asyncio.get_running_loop())
         yield
         engine.dispose()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from typing import Annotated
 
 import typer
@@ -29,6 +30,7 @@ def serve(
     from saefeat.api.app import create_app
 
     settings = get_settings()
+    _sigterm_exits()
     console.print(f"serving on http://{host}:{port}  (API docs: http://{host}:{port}/docs)")
     if workers == 1:
         uvicorn.run(create_app(settings), host=host, port=port, log_level="warning")
@@ -47,6 +49,18 @@ def serve(
         os.environ["SAEFEAT_RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
     uvicorn.run("saefeat.api.app:create_app", factory=True, host=host, port=port,
                 workers=workers, log_level="warning")  # fmt: skip
+
+
+def _sigterm_exits() -> None:
+    """SIGTERM ends the process as Python's exit does, with its exit hooks (Ray's stop).
+    After its graceful stop uvicorn raises the signal again under the handler it found;
+    Python's default for SIGTERM would end the process at once, and Ray's agents, whose
+    raylet stops only in those hooks, would be left running, orphaned."""
+
+    def exit_(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, exit_)
 
 
 def demo(

@@ -3,7 +3,8 @@
 A harvest submitted over HTTP used to start Ray in its job thread; Ray died with the
 thread and the server a minute later. Here the server must still answer two minutes
 after its first job and run a second one; everything it and its Ray listen on is on
-loopback; a Ray client without the token is refused; SIGTERM hands a running job back.
+loopback; a Ray client without the token is refused; SIGTERM hands a running job back
+and leaves no process of the server or its Ray.
 """
 
 from __future__ import annotations
@@ -88,6 +89,15 @@ def _outsider_output(gcs: str, env: dict) -> str:
     return "".join((b or b"").decode(errors="replace") for b in said)
 
 
+def _no_process_left(sid: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while (left := _session_pids(sid)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    out = subprocess.run(["ps", "-o", "pid=,ppid=,args=", "-s", str(sid)], capture_output=True,
+                         text=True).stdout  # fmt: skip
+    assert not left, f"left behind by the server:\n{out}"
+
+
 def test_server_outlives_its_jobs_on_loopback_with_ray_auth(tiny_llama, tmp_path):
     home = tmp_path / "home"
     corpus = home / "corpora" / "tiny.txt"
@@ -152,6 +162,11 @@ def test_server_outlives_its_jobs_on_loopback_with_ray_auth(tiny_llama, tmp_path
         _wait_job(client, third_id, lambda j: j["progress_done"] > 0 or _finished(j))
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=120)
+        # A graceful stop, not Ray's crash handler, and it takes its Ray down with it:
+        # no agent left orphaned.
+        said = (tmp_path / "serve.log").read_text()
+        assert "SIGTERM received" not in said, said[-3000:]
+        _no_process_left(proc.pid)
         engine = create_engine(f"sqlite:///{home / 'catalog.db'}")
         with engine.connect() as c:
             row = c.execute(text("SELECT status, owner, lease_expires_at, attempts FROM jobs "
