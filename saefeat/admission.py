@@ -21,7 +21,14 @@ from saefeat.devices import on_gpu, pick_device
 from saefeat.errors import SpecError
 from saefeat.lm import EMBEDDED_MODEL
 from saefeat.paths import BUILTIN_PYTHON_DOCS, CorpusRoots
-from saefeat.specs import ContrastSpec, HarvestSpec, IndexSpec, TrainJobSpec, TrainSpec
+from saefeat.specs import (
+    ContrastSpec,
+    CorpusSource,
+    HarvestSpec,
+    IndexSpec,
+    TrainJobSpec,
+    TrainSpec,
+)
 
 DEVICE = re.compile(r"cpu|cuda(?::(\d{1,3}))?")
 
@@ -64,15 +71,21 @@ def cluster_resources(settings: Settings) -> Resources | None:
 
 def admit_harvest(spec: HarvestSpec, ctx: Admission) -> None:
     settings = ctx.settings
-    roots = CorpusRoots.of(settings.corpus_root_paths)
-    for i, src in enumerate(spec.corpus):
-        if src.path != BUILTIN_PYTHON_DOCS:
-            roots.resolve(src.path, field=f"corpus.{i}.path")
+    _admit_corpus(spec.corpus, settings, "corpus")
     check_model(spec.model, settings)
     _at_most(spec.ctx_len, settings.max_ctx_len, "ctx_len")
     _at_most(spec.token_budget, settings.max_token_budget, "token_budget")
     _at_most(spec.batch_size, settings.max_batch_size, "batch_size")
     check_device(spec.device, spec.workers, cluster_resources(settings))
+
+
+def _admit_corpus(corpus: list[CorpusSource], settings: Settings, field: str) -> None:
+    """Each path under the corpus roots, and each file in a folder too (a symlink that
+    points out), as the harvest will find them: refused now, not after the job queued."""
+    roots = CorpusRoots.of(settings.corpus_root_paths)
+    for i, src in enumerate(corpus):
+        if src.path != BUILTIN_PYTHON_DOCS:
+            roots.resolve_tree(src.path, field=f"{field}.{i}.path")
 
 
 def _at_most(value: int, limit: int, field: str) -> None:
@@ -129,20 +142,33 @@ def check_device(device: str | None, workers: int | None, res: Resources | None)
     if workers is not None and workers > have:
         raise SpecError(
             f"{workers} workers cannot all be placed: one needs a {unit} and the cluster "
-            f"has {have}",
+            f"has {have} {unit}(s) in all",
             field="workers",
         )
 
 
 def admit_train(job: TrainJobSpec, ctx: Admission) -> None:
     """Every spec's set harvested and complete with its hook (unless an earlier stage
-    makes it), no `resume_from` (training resumes from its own state; a path would reach
-    anywhere on the server), and a placement the cluster can satisfy."""
+    makes it), its eval_set too and of the same kind, no `resume_from` (training resumes
+    from its own state; a path would reach anywhere on the server), a device the cluster
+    has that agrees with the job's, and a placement the cluster can satisfy."""
+    res = cluster_resources(ctx.settings)
+    placed = job.device  # the side the task runs on, once a spec or the job names one
     for i, spec in enumerate(job.specs):
-        _no_resume(spec, f"specs.{i}.")
+        where = f"specs.{i}."
+        _no_resume(spec, where)
+        aset = None
         if "activation_set" not in ctx.pending:
-            _admit_set(spec, ctx.settings, f"specs.{i}.")
-    check_placement(job.device, job.resources, cluster_resources(ctx.settings))
+            aset = _admit_set(spec.activation_set, ctx.settings, f"{where}activation_set")
+            _admit_hook(spec, aset, where)
+        if spec.eval_set is not None:
+            other = _admit_set(spec.eval_set, ctx.settings, f"{where}eval_set")
+            if aset is not None:
+                _admit_eval_set(aset, other, spec.hook or aset.hooks[0], f"{where}eval_set")
+        _admit_spec_device(spec.device, placed, res, f"{where}device")
+        if placed == "auto" and spec.device not in (None, "auto"):
+            placed = "cuda" if on_gpu(spec.device) else "cpu"
+    check_placement(job.device, job.resources, res)
 
 
 def _no_resume(spec: TrainSpec, field: str) -> None:
@@ -151,20 +177,52 @@ def _no_resume(spec: TrainSpec, field: str) -> None:
                         "when resubmitted", field=f"{field}resume_from")  # fmt: skip
 
 
-def _admit_set(spec: TrainSpec, settings: Settings, field: str) -> None:
+def _admit_set(set_id: str, settings: Settings, field: str):
+    """The complete activation set `set_id` (an id: it is looked up in this server's
+    activations folder only)."""
     from saefeat.storage.activations import STATUS_COMPLETE, open_set
 
     try:
-        aset = open_set(settings.activations_dir, spec.activation_set)
+        aset = open_set(settings.activations_dir, set_id)
     except Exception:  # missing or unreadable: the same answer
         aset = None
     if aset is None or aset.status != STATUS_COMPLETE:
         state = "does not exist" if aset is None else f"is {aset.status}, not complete"
-        raise SpecError(f"activation set {spec.activation_set!r} {state}; harvest it first "
-                        "(POST /v1/harvests)", field=f"{field}activation_set")  # fmt: skip
+        raise SpecError(f"activation set {set_id!r} {state}; harvest it first "
+                        "(POST /v1/harvests)", field=field)  # fmt: skip
+    return aset
+
+
+def _admit_hook(spec: TrainSpec, aset, field: str) -> None:
     if spec.hook is not None and spec.hook not in aset.hooks:
         raise SpecError(f"hook {spec.hook!r} is not in set {aset.id} (it has {aset.hooks})",
                         field=f"{field}hook")  # fmt: skip
+
+
+def _admit_eval_set(aset, other, hook: str, field: str) -> None:
+    """The trainer's own check (same model, revision, width and hook), before the job."""
+    from saefeat.training.heldout import check_eval_set
+
+    try:
+        check_eval_set(aset, other, hook)
+    except SpecError as e:
+        raise SpecError(e.message, field=field) from None
+
+
+def _admit_spec_device(device: str | None, placed: str, res: Resources | None,
+                       field: str) -> None:  # fmt: skip
+    """A spec's own device: one the cluster has, on the side (GPU or CPU) where the
+    training task is `placed` (run_train_job runs every spec of a sweep there)."""
+    if device is None or device == "auto":
+        return
+    try:
+        check_device(device, None, res)
+    except SpecError as e:
+        raise SpecError(e.message, field=field) from None
+    if placed != "auto" and on_gpu(device) != (placed == "cuda"):
+        raise SpecError(f"{device!r} disagrees with {placed!r}, the device of the job or of "
+                        "an earlier spec: one task trains a sweep, on one device",
+                        field=field)  # fmt: skip
 
 
 def check_placement(
@@ -172,16 +230,25 @@ def check_placement(
 ) -> None:
     """`cuda` needs a GPU in the cluster; each custom resource must exist there in the
     amount asked (a task asking for more could never be scheduled)."""
+    for name, amount in resources.items():
+        where = f"{field}resources.{name}"
+        if name in ("CPU", "GPU"):  # Ray refuses them in `resources`, at run time
+            have = None if res is None else res.cpus if name == "CPU" else res.gpus
+            total = "" if have is None else f" (the cluster has {have} {name}(s) in all)"
+            raise SpecError(f"{name} is not a custom resource: the training task takes one "
+                            f"CPU, and `device` asks for a GPU{total}", field=where)  # fmt: skip
+        if amount <= 0:
+            raise SpecError(f"is {amount}; a resource amount is more than 0", field=where)
     if res is None:
         return
     if device == "cuda" and res.gpus == 0:
         raise SpecError("'cuda' needs a GPU and the cluster has none; use 'auto' or 'cpu'",
                         field=f"{field}device")  # fmt: skip
     for name, amount in resources.items():
-        have = (res.custom or {}).get(name, 0.0) if res.custom is not None else None
-        if amount <= 0 or (have is not None and amount > have):
-            raise SpecError(f"{amount} of resource {name!r} cannot be placed: the cluster has "
-                            f"{have or 0}", field=f"{field}resources.{name}")  # fmt: skip
+        if res.custom is not None and amount > res.custom.get(name, 0.0):
+            raise SpecError(f"{amount:g} of resource {name!r} cannot be placed: the cluster "
+                            f"has {res.custom.get(name, 0.0):g} in all",
+                            field=f"{field}resources.{name}")  # fmt: skip
 
 
 def admit_index(spec: IndexSpec, ctx: Admission) -> None:
@@ -198,11 +265,8 @@ def admit_contrast(spec: ContrastSpec, ctx: Admission) -> None:
     side are analysis.contrast.check_inputs's (which reads the corpora: after this).
     The harvest runs the SAE's own model, one the server holds already."""
     admit_device(spec.device, ctx)
-    roots = CorpusRoots.of(ctx.settings.corpus_root_paths)
     for side in spec.corpus_sides():
-        for i, src in enumerate(getattr(spec, f"{side}_corpus")):
-            if src.path != BUILTIN_PYTHON_DOCS:
-                roots.resolve(src.path, field=f"{side}_corpus.{i}.path")
+        _admit_corpus(getattr(spec, f"{side}_corpus"), ctx.settings, f"{side}_corpus")
     if spec.corpus_sides():
         _at_most(spec.token_budget, ctx.settings.max_token_budget, "token_budget")
 

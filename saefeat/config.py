@@ -68,9 +68,14 @@ class Settings(BaseSettings):
     cursor_secret: str | None = None
 
     # Jobs (workers/jobs.py, workers/harvest.py).
-    # Seconds a job's Ray workers may take to be scheduled and start (model loaded);
-    # past that the job fails with what it asked for and what the cluster has.
+    # Seconds a job's Ray workers may take to be scheduled and start (model loaded).
+    # A wait the cluster can end (its totals fit the request, it is only busy) has no
+    # bound: busy means wait. This bounds the others (a remote cluster that may or may
+    # not grow a node that fits); past it the job fails with what it asked for.
     schedule_timeout_s: float = Field(default=600.0, gt=0)
+    # Jobs one server process runs at once; the rest wait queued, first come first
+    # served (workers/jobs.py). None: the cluster's CPUs.
+    max_running_jobs: int | None = Field(default=None, ge=1)
     # A job picked up again after its runner stopped (shutdown, crash) more often than
     # this fails, with the history of its attempts.
     max_job_resumes: int = Field(default=3, ge=0)

@@ -93,6 +93,17 @@ class CorpusRoots:
             raise self._refuse(source, field)
         return path
 
+    def resolve_tree(self, source: str, field: str = "corpus") -> Path:
+        """`resolve`, and for a folder every file the harvest would read in it checked by
+        `check_found` (the reader's own check): admission refuses a symlink that points
+        out before a job is queued, not when the harvest meets it."""
+        path = self.resolve(source, field)
+        if path.is_dir():
+            for found in path.rglob("*"):
+                if found.is_file():
+                    self.check_found(found, source, field)
+        return path
+
     def check_found(self, found: Path, source: str, field: str = "corpus") -> Path:
         """A file met while walking a corpus folder: it too must resolve under a root
         (a symlink in a root that points out is refused). Returns `found`, whose name

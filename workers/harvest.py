@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import fcntl
 import logging
+import math
 import os
 import threading
 import time
@@ -81,9 +82,18 @@ HarvestWorker = remote_harvester(_RayShardHarvester)
 
 
 def _resources() -> str:
+    """What the cluster has in all and what is free now: "has 0" misread a busy cluster."""
     total, free = ray.cluster_resources(), ray.available_resources()
     keys = [k for k in ("CPU", "GPU") if k in total or k in free]
-    return ", ".join(f"{k} {free.get(k, 0):g} free of {total.get(k, 0):g}" for k in keys) or "none"
+    return ", ".join(f"{total.get(k, 0):g} {k}(s) in all, {free.get(k, 0):g} free now"
+                     for k in keys) or "no CPU or GPU"  # fmt: skip
+
+
+def _fits_in_all(options: dict, n_workers: int) -> bool:
+    """Whether the cluster, all of it free, could hold the workers."""
+    total = ray.cluster_resources()
+    need = {"CPU": options.get("num_cpus", 0), "GPU": options.get("num_gpus", 0)}
+    return all(n_workers * n <= total.get(k, 0) for k, n in need.items() if n)
 
 
 def _check_fits(options: dict, n_workers: int) -> None:
@@ -285,10 +295,13 @@ class _ShardRun:
         return workers
 
     def _wait_until_up(self, workers: list, options: dict) -> None:
-        """Until every actor is scheduled and has loaded the model; bounded by
-        settings.schedule_timeout_s, and a cancel stops the wait."""
+        """Until every actor is scheduled and has loaded the model; a cancel stops the
+        wait. Busy means wait: while the cluster's totals can hold the workers, other
+        jobs only hold them now and the wait has no bound; otherwise (a cluster that may
+        grow a node that fits) settings.schedule_timeout_s bounds it."""
         limit = self.settings.schedule_timeout_s
-        deadline = time.monotonic() + limit
+        fits = _fits_in_all(options, len(workers))
+        deadline = math.inf if fits else time.monotonic() + limit
         refs = {w.where.remote(): i for i, w in enumerate(workers)}
         pending = list(refs)
         while pending:

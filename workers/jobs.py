@@ -20,6 +20,13 @@ Every claim is an attempt, kept on the row (`attempts`, revision 0005) with how 
 ended; a job picked up again more than settings.max_job_resumes times fails with that
 history instead of running again. On shutdown the runner hands its jobs back to
 `queued`.
+
+Busy means wait: a runner runs at most `max_running` jobs at once (settings.
+max_running_jobs; default the cluster's CPUs). The others stay `queued`, in the order
+they were started here (first come, first served, whoever submitted them), each with its
+place in that line (`queue_position`) and cancellable; none fails for want of room. A
+job that could never be placed is refused at submit (saefeat/admission.py). With several
+processes each keeps its own line: a queued job runs in whichever has room first.
 """
 
 from __future__ import annotations
@@ -74,6 +81,10 @@ class JobRunner:
         self._shutdown = threading.Event()
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._heartbeat: threading.Thread | None = None
+        # The line of jobs started here that wait for room, first first; how many run.
+        self._room = threading.Condition(self._lock)
+        self._line: list[str] = []
+        self._running = 0
 
     # ---- rows -------------------------------------------------------------------
 
@@ -127,9 +138,18 @@ class JobRunner:
         job = self.get(job_id)
         if job.status in FINISHED:
             raise JobFinished(f"job {job_id} has already {job.status}; nothing to cancel")
-        with self._lock:
+        with self._room:
             event = self._cancel.get(job_id)
             alive = job_id in self._threads and self._threads[job_id].is_alive()
+            waiting = job_id in self._line and event is not None
+            if waiting:  # in our line, unclaimed: it leaves the line and ends here, now
+                self._line.remove(job_id)
+                event.set()
+                self._room.notify_all()
+        if waiting:
+            with self.make_session() as s:
+                if job_store.cancel_unclaimed(s, job_id, utcnow()):
+                    return self.get(job_id)
         if event is not None and alive:
             event.set()  # the thread marks it cancelled once the harvest has stopped
             self._update(job_id, error=CANCEL_REQUESTED)
@@ -145,14 +165,60 @@ class JobRunner:
     # ---- running --------------------------------------------------------------------
 
     def start(self, job_id: str) -> None:
-        """Run the job in a background thread of this process."""
+        """Run the job in a background thread of this process once there is room; it
+        joins the end of the line now, so the line keeps the order of these calls."""
         with self._lock:
             if job_id in self._threads and self._threads[job_id].is_alive():
                 return
             self._cancel[job_id] = threading.Event()
-            t = threading.Thread(target=self._run_quietly, args=(job_id,), daemon=True)
+            t = threading.Thread(target=self._run_when_room, args=(job_id,), daemon=True)
             self._threads[job_id] = t
+            self._line.append(job_id)
         t.start()
+
+    def queue_position(self, job_id: str) -> int | None:
+        """1 for the next job to run here, 2 after it, ...; None: not waiting here."""
+        with self._lock:
+            return self._line.index(job_id) + 1 if job_id in self._line else None
+
+    def max_running(self) -> int:
+        if self.settings.max_running_jobs is not None:
+            return self.settings.max_running_jobs
+        from saefeat.admission import cluster_resources
+
+        found = cluster_resources(self.settings)
+        return max(1, found.cpus if found else os.cpu_count() or 1)
+
+    def _wait_for_room(self, job_id: str, cancel: threading.Event) -> bool:
+        """Until the job heads the line and fewer than max_running run; False when it
+        was cancelled or the runner shuts down meanwhile (it leaves the line)."""
+        limit = self.max_running()
+        with self._room:
+            try:
+                while not (self._line[:1] == [job_id] and self._running < limit):
+                    if cancel.is_set() or self._shutdown.is_set():
+                        return False
+                    self._room.wait(0.5)  # a shutdown sets no condition: look again soon
+                self._running += 1
+                return True
+            finally:
+                if job_id in self._line:  # a cancel may have taken it out already
+                    self._line.remove(job_id)
+                self._room.notify_all()
+
+    def _run_when_room(self, job_id: str) -> None:
+        cancel = self._cancel[job_id]
+        if not self._wait_for_room(job_id, cancel):
+            if cancel.is_set():  # nobody claimed it: it ends cancelled here, unrun
+                with self.make_session() as s:
+                    job_store.cancel_unclaimed(s, job_id, utcnow())
+            return  # shutting down: it stays queued for the next runner
+        try:
+            self._run_quietly(job_id)
+        finally:
+            with self._room:
+                self._running -= 1
+                self._room.notify_all()
 
     def wait(self, job_id: str, timeout: float | None = None) -> Job:
         t = self._threads.get(job_id)

@@ -27,10 +27,20 @@ if TYPE_CHECKING:
     from saefeat.training.trainer import TrainResult
 
 
+def placement_device(spec: TrainJobSpec) -> str:
+    """The job's device; with `auto`, the one its specs name (a sweep's agree), so a
+    spec's `device: cpu` or `cuda` is honoured, not overridden (admission refuses one that
+    disagrees with the job's, or that the cluster lacks)."""
+    sides = {on_gpu(s.device) for s in spec.specs if s.device not in (None, "auto")}
+    if spec.device != "auto" or len(sides) != 1:
+        return spec.device
+    return "cuda" if sides.pop() else "cpu"
+
+
 def ray_options(spec: TrainJobSpec, cluster_gpus: int) -> dict[str, Any]:
     """The Ray task options for this spec on a cluster with that many GPUs; admission
     has refused a cuda spec on a cluster without one."""
-    gpu = on_gpu(pick_device(spec.device, cluster_gpus))
+    gpu = on_gpu(pick_device(placement_device(spec), cluster_gpus))
     opts: dict[str, Any] = {"num_gpus": 1 if gpu else 0, "num_cpus": 1}
     if spec.resources:
         opts["resources"] = dict(spec.resources)
@@ -105,6 +115,8 @@ def run_train_job(
         return JobOutcome(JobStatus.SUCCEEDED, f"already trained: {', '.join(ids)}", ids)
     ensure_ray(settings)
     opts = ray_options(spec, gpus_available())
+    # In the task Ray shows only the GPU it gave (cuda:0 there): a spec's cuda:N picked
+    # "a GPU", and which one is Ray's.
     device = "cuda" if opts["num_gpus"] else "cpu"
     specs = [s.model_copy(update={"device": device}) for s in spec.specs]
     out, starts = run_on_ray(_train_task, (specs, settings), opts,

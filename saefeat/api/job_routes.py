@@ -21,7 +21,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Depends, FastAPI, Header, Path, Query, Request, Response
-from pydantic import BaseModel, Field, create_model
+from pydantic import BaseModel, Field, ValidationError, create_model
 from sqlalchemy.orm import Session
 
 from saefeat.admission import Admission
@@ -30,6 +30,7 @@ from saefeat.api.convert import columns
 from saefeat.api.errors import problem_responses
 from saefeat.api.params import SessionDep
 from saefeat.api.schemas import Problem
+from saefeat.errors import SpecError
 from saefeat.specs import PipelineSpec
 from saefeat.storage.activations import open_set
 from saefeat.storage.catalog.job_status import JobStatus
@@ -94,6 +95,10 @@ class JobOut(BaseModel):
     progress_total: int | None = Field(description="Units in all")
     rate: float | None = Field(description="Units per second in the current run")
     eta_seconds: float | None = Field(description="Seconds left at the current rate")
+    queue_position: int | None = Field(
+        None, description="A queued job's place in this server's line: 1 runs next. Busy "
+        "means wait: jobs beyond what runs at once wait here, first come first served",
+    )  # fmt: skip
     created_at: datetime
     updated_at: datetime
     stages: list[StageOut] | None = Field(
@@ -154,12 +159,12 @@ def _jobs_out(jobs: list[Job], request: Request, key: ApiKey | None,
                                 progress_total=job.progress_total if job else None))  # fmt: skip
         return out
 
-    return [_job_out(job, request, key, stages(plans[job.id])) for job in jobs]
+    return [_job_out(job, request, key, stages(plans[job.id]), runner.queue_position(job.id))
+            for job in jobs]  # fmt: skip
 
 
-def _job_out(
-    job: Job, request: Request, key: ApiKey | None, stages: list[StageOut] | None
-) -> JobOut:
+def _job_out(job: Job, request: Request, key: ApiKey | None, stages: list[StageOut] | None,
+             queue_position: int | None) -> JobOut:  # fmt: skip
     eta = None
     if job.rate and job.progress_total is not None:
         eta = max(0.0, (job.progress_total - job.progress_done) / job.rate)
@@ -167,6 +172,7 @@ def _job_out(
         **columns(job, *PUBLIC_COLUMNS),
         unit=_unit(job.kind),
         eta_seconds=eta,
+        queue_position=queue_position if job.status == JobStatus.QUEUED else None,
         stages=stages,
         detailed=False,
     )
@@ -283,7 +289,12 @@ def _submit_endpoint(kind: JobKind, accepted: type[BaseModel]):
                  runner: JobRunner, session: Session, idempotency_key: str | None = None,
                  **path: str) -> BaseModel:  # fmt: skip
         fields = {route.path_fields[name]: value for name, value in path.items()}
-        spec = kind.spec_type(**body.model_dump(), **fields) if fields else body
+        try:
+            spec = kind.spec_type(**body.model_dump(), **fields) if fields else body
+        except ValidationError as e:  # a path field the spec refuses (`..` as an SAE id)
+            first = e.errors()[0]
+            raise SpecError(first["msg"].removeprefix("Value error, "),
+                            field=".".join(str(p) for p in first["loc"])) from None  # fmt: skip
         kind.admit(spec, Admission(request.app.state.settings, session))
         job = runner.submit_and_start(spec, idempotency_key)
         if route.result is None:

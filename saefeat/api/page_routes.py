@@ -21,7 +21,7 @@ from markupsafe import Markup
 from starlette.concurrency import run_in_threadpool
 
 from saefeat.api import charts, convert
-from saefeat.api.params import ReadSession
+from saefeat.api.params import FeatureIndexParam, PageNumber, ReadSession, SaeId
 from saefeat.errors import SaefeatError
 from saefeat.storage.catalog import (
     documents,
@@ -163,7 +163,7 @@ def _why(match, by: str) -> str:
 
 @router.get("/saes/{sae_id}/features/{index}", response_class=HTMLResponse)
 async def feature_page(
-    request: Request, sae_id: str, index: int, session: ReadSession
+    request: Request, sae_id: SaeId, index: FeatureIndexParam, session: ReadSession
 ) -> HTMLResponse:
     try:
         feature = queries.get_feature(session, sae_id, index)
@@ -202,9 +202,9 @@ STEER_DEFAULT_STRENGTH = 8.0
 @router.get("/saes/{sae_id}", response_class=HTMLResponse)
 async def sae_page(
     request: Request,
-    sae_id: str,
+    sae_id: SaeId,
     session: ReadSession,
-    page: Annotated[int, Query(ge=0, le=100_000)] = 0,
+    page: PageNumber = 0,
     artifacts: Literal["exclude", "include", "only"] = "exclude",
 ) -> HTMLResponse:
     """An SAE: spec and lineage, held-out metrics, density histogram, its features each

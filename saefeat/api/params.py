@@ -22,6 +22,8 @@ FeatureIndexParam = Annotated[
     int, Path(ge=0, le=MAX_ROW_ID, description="Latent index, 0..d_sae-1")
 ]
 OnlySae = Annotated[str | None, Query(description="Only this SAE's features")]
+# The SAE page's page of features: its offset (page x 100) stays a small SQL integer.
+PageNumber = Annotated[int, Query(ge=0, le=100_000, description="Page of the SAE's features")]
 Limit = Annotated[int, Query(ge=1, le=queries.MAX_PAGE, description="Page size")]
 CursorParam = Annotated[
     str | None, Query(description="next_cursor of the previous page; omit for the first page")

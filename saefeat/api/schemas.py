@@ -252,10 +252,15 @@ class LabelCreate(BaseModel):
     source: Literal["human", "auto"] = Field(
         default="human", description='"auto" needs a key with the "explain" scope'
     )
+    # The scale of every explanation score (docs/ARCHITECTURE.md): 1e308 would outrank
+    # every real label forever.
     score: float | None = Field(
         default=None,
+        ge=0,
+        le=1,
         allow_inf_nan=False,
-        description='How well an auto label scored; needs a key with the "explain" scope',
+        description="How well an auto label scored, in [0, 1] like every explanation score; "
+        'needs a key with the "explain" scope',
     )
 
     @field_validator("text")

@@ -31,7 +31,9 @@ def option_type(annotation) -> type:
         return list[args[0]]
     if len(args) == 1 and typing.get_origin(args[0]) is typing.Literal:
         return str
-    return args[0] if args else annotation
+    kind = args[0] if args else annotation
+    # An optional constrained type (`Id | None`): its base type; the spec checks the rest.
+    return typing.get_args(kind)[0] if typing.get_origin(kind) is Annotated else kind
 
 
 def field_help(field: FieldInfo, owners: list[str] | None = None) -> str:

@@ -17,11 +17,31 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from saefeat.errors import SpecError
+from saefeat.paths import SAFE_ID, check_id
 
 ID_DIGITS = 16  # hex digits of sha256 kept in an id
+
+
+def _one_path_part(value: str) -> str:
+    try:
+        return check_id(value, "id")
+    except SpecError as e:  # pydantic names the field; the message suffices
+        raise ValueError(e.message) from None
+
+
+# Every field that names an activation set or an SAE: each becomes a folder name under
+# the server's own folders, so never a path. Not `as-<hex>`/`sae-<hex>`: imported SAEs
+# keep the id their importer chose (`saefeat import --id`), and stored ids stay valid.
+Id = Annotated[
+    str,
+    AfterValidator(_one_path_part),
+    Field(json_schema_extra={"pattern": f"^{SAFE_ID.pattern}$", "maxLength": 128}),
+]
 
 
 def content_id(prefix: str, payload: str | dict[str, Any], digits: int = ID_DIGITS) -> str:

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 from pydantic import Field, field_validator
 
-from saefeat.paths import check_id
-from saefeat.specs.base import Spec
+from saefeat.specs.base import Id, Spec
 from saefeat.specs.harvest import CorpusSource
 
 CORPUS_HELP = (
@@ -31,9 +30,9 @@ class ContrastSpec(Spec):
     ID_FIELDS_IF_SET = ("a_corpus", "b_corpus", "token_budget")
     RUN_FIELDS = ("top", "batch_contexts", "device")
 
-    sae: str = Field(description="SAE id")
-    a: str | None = Field(None, description="Activation set id of corpus A (or a_corpus)")
-    b: str | None = Field(None, description="Activation set id of corpus B (or b_corpus)")
+    sae: Id = Field(description="SAE id")
+    a: Id | None = Field(None, description="Activation set id of corpus A (or a_corpus)")
+    b: Id | None = Field(None, description="Activation set id of corpus B (or b_corpus)")
     # Validated even when left out: each side's check (below) sees both of its fields.
     a_corpus: list[CorpusSource] | None = Field(
         None,
@@ -65,11 +64,6 @@ class ContrastSpec(Spec):
     )
     batch_contexts: int = Field(32, ge=1, le=4096, description="contexts per SAE pass")
     device: str | None = Field(None, description="cpu, cuda or cuda:N (default: cuda if any)")
-
-    @field_validator("sae", "a", "b")
-    @classmethod
-    def _safe_ids(cls, v: str | None, info) -> str | None:
-        return v if v is None else check_id(v, info.field_name)  # each becomes a folder name
 
     @field_validator("b")
     @classmethod

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field, field_validator
 
-from saefeat.specs.base import Spec
+from saefeat.specs.base import Id, Spec
 from saefeat.storage.catalog.explanations import EXPLAINERS, NO_JUDGE, SCORE_TYPES
 
 
@@ -31,7 +31,8 @@ class ExplainOptions(Spec):
         256, ge=4, le=100_000, description="Contexts cut into the scoring pool's windows"
     )
     batch_features: int = Field(64, ge=1, le=4096, description="Features per Ray task")
-    seed: int = Field(0, description="seeds the scoring pool's sampling")
+    # numpy's seed range: beyond it the job failed late with a raw ValueError.
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="seeds the scoring pool's sampling")
 
     @field_validator("scorers")
     @classmethod
@@ -73,4 +74,4 @@ class ExplainSpec(ExplainOptions):
     ID_FIELDS = ("sae", "features", "explainer", "scorers", "n_explain", "pool_contexts", "seed")
     RUN_FIELDS = ("batch_features",)
 
-    sae: str = Field(min_length=1, description="SAE id in the catalog")
+    sae: Id = Field(description="SAE id in the catalog")

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import Field, field_validator
+from pydantic import Field
 
-from saefeat.paths import check_id
-from saefeat.specs.base import Spec
+from saefeat.specs.base import Id, Spec
 
 
 class IndexSpec(Spec):
@@ -16,7 +15,7 @@ class IndexSpec(Spec):
     ID_FIELDS_IF_SET = ("n_effect_contexts", "umap")
     RUN_FIELDS = ("batch_contexts", "device")
 
-    sae: str = Field(description="SAE id in the catalog")
+    sae: Id = Field(description="SAE id in the catalog")
     n_examples: int = Field(20, ge=1, le=1000, description="top examples per feature")
     window: int = Field(8, ge=0, le=128, description="tokens either side of an example's focus")
     n_vocab: int = Field(
@@ -43,8 +42,3 @@ class IndexSpec(Spec):
     )  # fmt: skip
     batch_contexts: int = Field(32, ge=1, le=4096, description="contexts per SAE pass")
     device: str | None = Field(None, description="cpu, cuda or cuda:N (default: cuda if any)")
-
-    @field_validator("sae")
-    @classmethod
-    def _sae_is_an_id(cls, v: str) -> str:
-        return check_id(v, "sae")  # it becomes a folder name

@@ -7,10 +7,9 @@ from typing import Any, Literal
 from pydantic import Field, SerializeAsAny, field_validator, model_validator
 
 from saefeat.errors import SpecError
-from saefeat.paths import check_id
 from saefeat.sae.base import ArchConfig, arch_settings, config_class
 from saefeat.sae.topk import TopKConfig
-from saefeat.specs.base import Spec, content_id
+from saefeat.specs.base import Id, Spec, content_id
 from saefeat.storage.exclusion import DEFAULT_THRESHOLD
 
 # Flat names older specs used for architecture settings -> the config field they fill.
@@ -56,7 +55,7 @@ class TrainSpec(Spec):
     ID_FIELDS_IF_SET = ("optimizer_state",)
     RUN_FIELDS = ("device", "name", "checkpoint_every_tokens", "eval_ce_contexts", "resume_from")
 
-    activation_set: str = Field(description="activation set id")
+    activation_set: Id = Field(description="activation set id")
     hook: str | None = Field(None, description="hook to train on (default: the set's first)")
     architecture: SerializeAsAny[ArchConfig] = Field(
         default_factory=TopKConfig, description="the architecture's name, or its config"
@@ -107,12 +106,9 @@ class TrainSpec(Spec):
         0.05, gt=0, lt=0.5, description="share of the set's contexts held out for evaluation"
     )
     # When named, training reads every context of `activation_set`.
-    eval_set: str | None = Field(None, description="evaluate on this set (same model, hook, width)")
-
-    @field_validator("activation_set")
-    @classmethod
-    def _set_is_an_id(cls, v: str) -> str:
-        return check_id(v, "activation_set")  # it becomes a folder name
+    eval_set: Id | None = Field(
+        None, description="activation set id to evaluate on (same model, hook, width)"
+    )
 
     @model_validator(mode="before")
     @classmethod

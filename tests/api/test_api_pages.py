@@ -145,3 +145,12 @@ def test_favicon_is_served_and_linked(client, make_settings):
     with TestClient(create_app(make_settings(require_read_key=True))) as closed:
         assert closed.get("/").status_code == 401
         assert closed.get("/favicon.ico").status_code == 200
+
+
+def test_unexplained_feature_page_says_how_to_explain_it(client, catalog):
+    html = client.get("/saes/sae-a/features/3").text
+    found = re.search(r'<p class="muted" id="no-explanations">(.*?)</p>', html, re.S)
+    assert found, "a feature with no explanation says so"
+    # The command names this feature, so it can be pasted as it is.
+    assert "saefeat explain --sae sae-a --features 3</code>" in found.group(1)
+    assert "{&#34;features&#34;: [3]}" in found.group(1) or '{"features": [3]}' in found.group(1)

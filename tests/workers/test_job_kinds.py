@@ -153,3 +153,55 @@ def test_every_kind_has_a_route_a_cli_choice_a_remote_path_and_a_stage_field(set
         assert rest == {"other": 1}
         if kind.stage is not None:  # a stage's spec comes from the pipeline's own field
             assert kind.name in PipelineSpec.model_fields, kind.name
+
+
+def test_busy_means_wait_in_line_first_come_first_served(sessions, settings):
+    """Two run at once; the rest wait queued in the order they were started, each with
+    its place, cancellable where it waits; as one ends the head of the line runs. The
+    API shows the place too."""
+    from fastapi.testclient import TestClient
+
+    from saefeat.api.app import create_app
+    from saefeat.storage.catalog.keys import create_api_key
+
+    settings = settings.model_copy(update={"max_running_jobs": 2})
+    runner = JobRunner(settings, sessions)
+    names = ["line-a", "line-b", "line-c", "line-d", "line-e"]
+    jobs = {n: runner.submit(WaitSpec(name=n))[0].id for n in names}
+    for n in names:
+        runner.start(jobs[n])
+    assert _started("line-a").wait(30) and _started("line-b").wait(30)
+    for n in ("line-c", "line-d", "line-e"):
+        assert runner.get(jobs[n]).status == "queued"
+        assert not _started(n).is_set()
+    assert [runner.queue_position(jobs[n]) for n in names] == [None, None, 1, 2, 3]
+
+    app = create_app(settings)
+    app.state.job_runner = runner
+    with app.state.sessionmaker() as s:
+        key = create_api_key(s, "admin", ["admin"])
+        s.commit()
+    with TestClient(app) as client:
+        app.state.job_runner = runner  # the lifespan made its own: this test's line
+        client.headers["Authorization"] = f"Bearer {key}"
+        shown = client.get(f"/v1/jobs/{jobs['line-d']}").json()
+        assert (shown["status"], shown["queue_position"]) == ("queued", 2)
+        assert client.get(f"/v1/jobs/{jobs['line-a']}").json()["queue_position"] is None
+
+        # Cancelled where it waits: it ends at once, unrun, and the line closes up.
+        cancelled = client.post(f"/v1/jobs/{jobs['line-d']}/cancel")
+        assert cancelled.status_code in (200, 202), cancelled.text
+        assert cancelled.json()["status"] == "cancelled"
+    assert [runner.queue_position(jobs[n]) for n in ("line-c", "line-e")] == [1, 2]
+
+    runner.cancel(jobs["line-a"])  # room for one: the head of the line, not the last
+    assert _started("line-c").wait(30)
+    assert runner.get(jobs["line-c"]).status == "running"
+    assert runner.get(jobs["line-e"]).status == "queued" and not _started("line-e").is_set()
+    assert runner.queue_position(jobs["line-e"]) == 1
+    for n in ("line-b", "line-c", "line-e"):
+        runner.cancel(jobs[n])
+    for n in names:
+        assert runner.wait(jobs[n], timeout=30).status == "cancelled"
+    assert not _started("line-d").is_set()
+    runner.shutdown(timeout=5)
