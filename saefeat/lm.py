@@ -4,6 +4,13 @@ Hook names follow TransformerLens/SAELens (`blocks.{L}.hook_resid_post`, ...) an
 resolved onto the module tree of whatever family transformers loaded. Capture runs the
 model only up to the deepest hooked layer: the last hook raises `_StopForward` once it
 has what it needs, so no later layer, final norm or unembedding ever runs.
+
+One model, one forward at a time: a loaded model is shared by every thread of a process
+(`cached_model`), and hooks live on its modules, so a hook registered by one thread
+fires in every other thread's forward (issue 27: one explain job's `_StopForward` ended
+another's forward, "hooks never fired"). `LanguageModel.exclusive()` is the model's own
+re-entrant lock; `capture`/`run_to_hooks` and `edit_at` take it themselves, and code
+that hooks, swaps blocks or runs several forwards as one piece holds it around them.
 """
 
 from __future__ import annotations
@@ -14,7 +21,7 @@ import shutil
 import threading
 from collections.abc import Callable
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
@@ -108,6 +115,14 @@ class LanguageModel:
     blocks: nn.ModuleList
     is_encoder: bool
     revision: str | None = None  # as asked for: a branch, tag or commit; None the default
+    # Held by whoever hooks or runs the model (module docstring); re-entrant, so a holder
+    # may call run_to_hooks or edit_at (which take it too).
+    lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
+
+    def exclusive(self) -> threading.RLock:
+        """`with lm.exclusive():` no other thread runs or hooks this model in the block.
+        Hold it only around model work: never while waiting on Ray, the DB or a queue."""
+        return self.lock
 
     @property
     def n_layers(self) -> int:
@@ -284,7 +299,8 @@ def _first_tensor(x):
 def capture(lm: LanguageModel, points: list[HookPoint]):
     """Within the block, `lm.model(...)` fills the yielded dict {hook name: tensor}.
 
-    The forward stops as soon as the last of the hooks has fired.
+    The forward stops as soon as the last of the hooks has fired. The block holds the
+    model's lock: the hooks see this thread's forward only.
     """
     acts: dict[str, torch.Tensor] = {}
     handles = []
@@ -301,40 +317,66 @@ def capture(lm: LanguageModel, points: list[HookPoint]):
 
         return hook
 
-    try:
-        for p in points:
-            mod = lm.module_for(p)
-            if p.kind == "resid_pre":
-                handles.append(mod.register_forward_pre_hook(make_hook(p, True), with_kwargs=True))
-            else:
-                handles.append(mod.register_forward_hook(make_hook(p, False), with_kwargs=True))
-        yield acts
-    finally:
-        for h in handles:
-            h.remove()
+    with lm.exclusive():
+        try:
+            for p in points:
+                mod = lm.module_for(p)
+                if p.kind == "resid_pre":
+                    hook = mod.register_forward_pre_hook(make_hook(p, True), with_kwargs=True)
+                else:
+                    hook = mod.register_forward_hook(make_hook(p, False), with_kwargs=True)
+                handles.append(hook)
+            yield acts
+        finally:
+            for h in handles:
+                h.remove()
+
+
+class _LockedHandle:
+    """A hook's handle that also holds the model's lock: `remove()` removes the hook and
+    lets the lock go (once; from the thread that registered it)."""
+
+    def __init__(self, handle, lock: threading.RLock):
+        self._handle, self._lock = handle, lock
+
+    def remove(self) -> None:
+        if self._handle is not None:
+            handle, self._handle = self._handle, None
+            try:
+                handle.remove()
+            finally:
+                self._lock.release()
 
 
 def edit_at(lm: LanguageModel, point: HookPoint, edit: Callable[[torch.Tensor], torch.Tensor]):
     """Register a hook that replaces the activations at `point` with `edit(activations)` on
     every forward: a block's input for resid_pre (positional or `hidden_states`), the
     module's output otherwise (the rest of a tuple passes through). Returns the handle;
-    the caller removes it."""
+    the caller removes it. From here until `remove()` this thread holds the model's lock
+    (`exclusive`): the edit reaches only its own forwards, a whole generation included."""
     module = lm.module_for(point)
-    if point.kind == "resid_pre":
 
-        def pre(module, args, kwargs):
-            if args:
-                return (edit(args[0]), *args[1:]), kwargs
-            return args, kwargs | {"hidden_states": edit(kwargs["hidden_states"])}
-
-        return module.register_forward_pre_hook(pre, with_kwargs=True)
+    def pre(module, args, kwargs):
+        if args:
+            return (edit(args[0]), *args[1:]), kwargs
+        return args, kwargs | {"hidden_states": edit(kwargs["hidden_states"])}
 
     def post(module, args, output):
         if isinstance(output, tuple):
             return (edit(output[0]), *output[1:])
         return edit(output)
 
-    return module.register_forward_hook(post)
+    lock = lm.exclusive()
+    lock.acquire()
+    try:
+        if point.kind == "resid_pre":
+            handle = module.register_forward_pre_hook(pre, with_kwargs=True)
+        else:
+            handle = module.register_forward_hook(post)
+    except BaseException:
+        lock.release()
+        raise
+    return _LockedHandle(handle, lock)
 
 
 @torch.inference_mode()

@@ -26,7 +26,6 @@ from saefeat.features.artifacts import flag_artifacts, special_token_ids
 from saefeat.features.distinct import distinct_examples, window_keys
 from saefeat.features.effects import debiased_projections, effect_pairs, measured_effects
 from saefeat.features.fired import fired_tokens
-from saefeat.features.live import forward_lock
 from saefeat.features.logit_histogram import LogitHistograms
 from saefeat.features.neighbours import decoder_neighbours
 from saefeat.features.records import FeatureExample, FeatureIndex, TokenEffects
@@ -299,9 +298,8 @@ def _effects(acc, sae, aset, spec, tokens, unembedding, strings,
         if torch.cuda.is_available() and on_gpu(pick_device(spec.device, 1)):
             device = pick_device(spec.device, 1)
         lm = cached_model(aset.model_name, aset.revision, device)
-        lock = forward_lock(aset.model_name, aset.revision)
         effects += measured_effects(
-            lm, W_dec, sae.cfg.hook, tokens, pairs, strings, spec.n_vocab, lock=lock,
+            lm, W_dec, sae.cfg.hook, tokens, pairs, strings, spec.n_vocab,
             hook_acts=_hook_acts(aset, sae.cfg.hook), context_block=aset.contexts_per_shard,
             progress=progress,
         )  # fmt: skip

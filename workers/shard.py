@@ -77,6 +77,8 @@ class ShardHarvester:
         # thread: the actor calls harvest_shard from IN_FLIGHT threads by turns, and on a
         # CPU each calling thread gets its own OpenMP team, which made the same forward
         # ~15% slower than from one thread (SmolLM2-135M, 2 cores; bench/RESULTS.md).
+        # Other users of the process's cached model (a second in-process harvest, an
+        # explain pool) take turns with it: run_to_hooks holds the model's lock per batch.
         self._forwards = ThreadPoolExecutor(
             1, "shard-forward", torch.set_num_threads if threads else None, (threads,)
         )

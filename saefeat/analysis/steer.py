@@ -321,7 +321,7 @@ def _sample(
     """`n_rows` continuations of `ids` [1, seq] in one batch, each row sampled with its
     own generator seeded with the request's seed (so a row is what it would be alone),
     each stopping at EOS or `max_new_tokens`. Whatever hook is registered edits the rows
-    it is told to."""
+    it is told to. The caller holds the model's lock (`lm.exclusive()`) throughout."""
     device = lm.device
     generators = [torch.Generator(device="cpu").manual_seed(request.seed) for _ in range(n_rows)]
     eos = getattr(lm.tokenizer, "eos_token_id", None)
@@ -370,7 +370,8 @@ def generate(
 ) -> Continuation:
     """Sample `max_new_tokens` (stopping at EOS) with the request's seed and temperature;
     `watch[f]` are the token ids whose log-probabilities are reported per position."""
-    return _sample(lm, ids, request, watch, 1)[0]
+    with lm.exclusive():  # one generation, one piece
+        return _sample(lm, ids, request, watch, 1)[0]
 
 
 @torch.inference_mode()
@@ -384,7 +385,8 @@ def watched_logprobs(
     n = len(continuation)
     params = inspect.signature(lm.model.forward).parameters
     extra = {"logits_to_keep": n} if "logits_to_keep" in params else {}
-    logits = lm.model(input_ids=full.to(lm.device), use_cache=False, **extra).logits[0, -n:]
+    with lm.exclusive():
+        logits = lm.model(input_ids=full.to(lm.device), use_cache=False, **extra).logits[0, -n:]
     return torch.log_softmax(logits.float(), dim=-1)[:, tokens].cpu()
 
 
@@ -489,15 +491,18 @@ def steer(
     edit = make_edit(sae, request)
     key = DefaultCache.key(lm, request)
     kept = cache.get(key) if cache is not None else None
-    if kept is not None:
-        default = _from_kept(lm, ids, kept, watch)
-        with _Steering(lm, hook, edit):
-            steered = _sample(lm, ids, request, watch, 1)[0]
-    else:  # both in one batch: row 0 the default, row 1 steered
-        with _Steering(lm, hook, edit, rows=slice(1, 2)):
-            default, steered = _sample(lm, ids, request, watch, 2)
-        if cache is not None:
-            cache.put(key, _kept(default, watch))
+    # The model's lock for the whole call (the steering hook registers on a model other
+    # threads run; the kept default's plain forward must not meet another's hook).
+    with lm.exclusive():
+        if kept is not None:
+            default = _from_kept(lm, ids, kept, watch)
+            with _Steering(lm, hook, edit):
+                steered = _sample(lm, ids, request, watch, 1)[0]
+        else:  # both in one batch: row 0 the default, row 1 steered
+            with _Steering(lm, hook, edit, rows=slice(1, 2)):
+                default, steered = _sample(lm, ids, request, watch, 2)
+    if kept is None and cache is not None:
+        cache.put(key, _kept(default, watch))
     return SteerResult(hook, request.method, int(ids.shape[1]), promoted, default, steered,
                        [f.value for f in request.features], kept is not None)  # fmt: skip
 
@@ -514,8 +519,5 @@ def steer_for_sae(
     the API route and the CLI make (and the one to hand to a worker pool)."""
     from saefeat.features import live
 
-    # One forward at a time on the shared cached model: the steering hook stays out of
-    # any other request's forward.
-    lm, sae, forward_lock = live.loaded(model_name, revision, checkpoint)
-    with forward_lock:
-        return steer(lm, sae, hook, request, max_new_tokens=max_new_tokens)
+    lm, sae, _ = live.loaded(model_name, revision, checkpoint)
+    return steer(lm, sae, hook, request, max_new_tokens=max_new_tokens)  # holds lm's lock

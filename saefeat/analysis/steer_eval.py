@@ -205,7 +205,7 @@ def steer_concept_success(
 
     row = queries.get_sae(session, sae_id)
     model_name, revision = sae_model(session, row)
-    lm, sae, lock = live.loaded(model_name, revision, row.checkpoint_path)
+    lm, sae, _ = live.loaded(model_name, revision, row.checkpoint_path)
     if features is None:
         candidates = readable_features(session, sae_id, n)
     else:
@@ -217,28 +217,27 @@ def steer_concept_success(
             examples = feature_reads.feature_examples(session, f.id)
             candidates.append(Candidate(f, examples, *top_token_mass(examples)))
     current = labels.current_labels(session, [c.feature.id for c in candidates])
-    trials = []
-    with lock:
-        for c in candidates:
-            f = c.feature
-            label = current[f.id].text if f.id in current else None
-            kind, ids = _targets(session, lm, sae, f, label, c, source)
-            if not ids:
-                continue
-            feat = FeatureStrength(f.index, strength, float(f.max_activation))
-            default_p, steered_p, texts = [], [], []
-            for prompt in prompts:
-                request = SteerRequest(prompt, (feat,), method, 0.0, 0, max_new_tokens)
-                result = steer(lm, sae, row.hook_name, request, watch=[ids],
-                               max_new_tokens=max_new_tokens)  # fmt: skip
-                default_p.append(_target_prob(result.default))
-                steered_p.append(_target_prob(result.steered))
-                texts.append(result.steered.text)
-            decode = lm.tokenizer.decode  # type: ignore[attr-defined]
-            trials.append(ConceptTrial(
-                f.index, float(f.max_activation), kind, [decode([t]) for t in ids],
-                statistics.fmean(default_p), statistics.fmean(steered_p), texts,
-            ))  # fmt: skip
+    trials = []  # steer() holds the model's lock itself; none is held over the queries
+    for c in candidates:
+        f = c.feature
+        label = current[f.id].text if f.id in current else None
+        kind, ids = _targets(session, lm, sae, f, label, c, source)
+        if not ids:
+            continue
+        feat = FeatureStrength(f.index, strength, float(f.max_activation))
+        default_p, steered_p, texts = [], [], []
+        for prompt in prompts:
+            request = SteerRequest(prompt, (feat,), method, 0.0, 0, max_new_tokens)
+            result = steer(lm, sae, row.hook_name, request, watch=[ids],
+                           max_new_tokens=max_new_tokens)  # fmt: skip
+            default_p.append(_target_prob(result.default))
+            steered_p.append(_target_prob(result.steered))
+            texts.append(result.steered.text)
+        decode = lm.tokenizer.decode  # type: ignore[attr-defined]
+        trials.append(ConceptTrial(
+            f.index, float(f.max_activation), kind, [decode([t]) for t in ids],
+            statistics.fmean(default_p), statistics.fmean(steered_p), texts,
+        ))  # fmt: skip
     share = sum(t.raised for t in trials) / len(trials) if trials else 0.0
     return ConceptSuccess(share, strength, method, trials)
 
@@ -337,12 +336,12 @@ def steer_speed_for_sae(session, sae_id: str, *, feature: int | None = None,
 
     row = queries.get_sae(session, sae_id)
     model_name, revision = sae_model(session, row)
-    lm, sae, lock = live.loaded(model_name, revision, row.checkpoint_path)
+    lm, sae, _ = live.loaded(model_name, revision, row.checkpoint_path)
     if feature is None:
         picked = readable_features(session, sae_id, 1)
         f = picked[0].feature if picked else queries.get_feature(session, sae_id, 0)
     else:
         f = queries.get_feature(session, sae_id, feature)
     unit = float(f.max_activation) if f.max_activation and f.max_activation > 0 else 1.0
-    with lock:
+    with lm.exclusive():  # timed alone: no other thread's forward in between
         return measure_steer_speed(lm, sae, row.hook_name, feature=f.index, unit=unit, **kwargs)

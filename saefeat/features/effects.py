@@ -69,7 +69,6 @@ import inspect
 import math
 from collections import Counter
 from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Literal
 
@@ -217,7 +216,8 @@ def _pack(
 
 
 class _Edit:
-    """Subtracts `delta` at (rows, cols) of the hook's activations during a forward."""
+    """Subtracts `delta` at (rows, cols) of the hook's activations during a forward (the
+    model's lock held while entered: edit_at takes it)."""
 
     def __init__(self, lm: LanguageModel, hook: str):
         self.lm, self.point = lm, parse_hook(hook)
@@ -263,35 +263,41 @@ class _StandIn(torch.nn.Module):
 
 class _Tail:
     """While entered, the blocks up to the hook are stand-ins and the model's forward runs
-    only the layers after it, from `value` [B, S, d] (the hook's activations)."""
+    only the layers after it, from `value` [B, S, d] (the hook's activations). Entered, it
+    holds the model's lock: another thread's forward would run the stand-ins too."""
 
-    def __init__(self, lm: LanguageModel, hook: str, lock: AbstractContextManager | None):
+    def __init__(self, lm: LanguageModel, hook: str):
         point = parse_hook(hook)
+        self.lock = lm.exclusive()
         self.blocks = lm.blocks
         self.last = point.layer if point.kind == "resid_post" else point.layer - 1
         self.value: torch.Tensor | None = None
         # What the replaced block returns, seen on a one-token forward.
         seen: list[bool] = []
-        handle = self.blocks[self.last].register_forward_hook(
-            lambda m, a, out: seen.append(isinstance(out, tuple))
-        )
-        try:
-            with lock or nullcontext():
+        with self.lock:
+            handle = self.blocks[self.last].register_forward_hook(
+                lambda m, a, out: seen.append(isinstance(out, tuple))
+            )
+            try:
                 lm.model(input_ids=torch.zeros((1, 1), dtype=torch.long, device=lm.device),
                          use_cache=False)  # fmt: skip
-        finally:
-            handle.remove()
+            finally:
+                handle.remove()
         self.as_tuple = bool(seen and seen[0])
 
     def __enter__(self) -> _Tail:
+        self.lock.acquire()
         self.saved = [self.blocks[i] for i in range(self.last + 1)]
         for i, block in enumerate(self.saved):
             self.blocks[i] = _StandIn(self, block, inject=i == self.last)
         return self
 
     def __exit__(self, *exc) -> None:
-        for i, block in enumerate(self.saved):
-            self.blocks[i] = block
+        try:
+            for i, block in enumerate(self.saved):
+                self.blocks[i] = block
+        finally:
+            self.lock.release()
 
 
 def _keeps_logits(model: torch.nn.Module) -> bool:
@@ -315,7 +321,6 @@ def measured_effects(
     n: int = 20,
     *,
     score: Literal["prob", "logprob"] = "prob",
-    lock: AbstractContextManager | None = None,
     progress: Callable[[int, int], None] | None = None,
     accumulator_bytes: int = ACCUMULATOR_BYTES,
     hook_acts: HookActs | None = None,
@@ -326,8 +331,9 @@ def measured_effects(
     log-probability (nats).
 
     `tokens`: the activation set's token ids [contexts, ctx_len]; `W_dec`: the SAE's
-    decoder [d_sae, d_in] in the model's activation units; `lock`: held around each
-    forward (the hook is on a model other threads may run). Features are done in passes
+    decoder [d_sae, d_in] in the model's activation units. The model's lock is held
+    around each forward (its hook or stand-ins), not the whole run: other threads' forwards
+    (live search, steering) take turns with it. Features are done in passes
     whose [features, vocab] sums fit `accumulator_bytes`; a context used by several passes
     runs once in each.
 
@@ -344,7 +350,7 @@ def measured_effects(
     vocab = int(model.get_output_embeddings().weight.shape[0])
     pad_id = int(getattr(lm.tokenizer, "pad_token_id", None) or 0)
     keep = _keeps_logits(model)
-    tail = _Tail(lm, hook, lock) if hook_acts is not None and tail_supported(hook) else None
+    tail = _Tail(lm, hook) if hook_acts is not None and tail_supported(hook) else None
     W = W_dec.detach().to(device, torch.float32)
     chunks = _feature_chunks(pairs.features, vocab, accumulator_bytes)
     plans = []
@@ -377,7 +383,7 @@ def measured_effects(
                 change.rows, change.cols, change.delta = rows_, cols_, delta
             K = packed.n_copies
             extra = {"logits_to_keep": 2 * K} if keep else {}
-            with lock or nullcontext(), change:
+            with change:
                 logits = model(
                     input_ids=packed.input_ids.to(device),
                     attention_mask=packed.mask.to(device),

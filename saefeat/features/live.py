@@ -26,10 +26,9 @@ from saefeat.sae import SparseAutoencoder, load_sae
 
 MAX_TEXT_CHARS = 4000
 MAX_TEXT_TOKENS = 512
-# Two concurrent first requests must not load a model twice; and one model runs one
-# forward at a time, since run_to_hooks captures activations with hooks on its modules.
+# Two concurrent first requests must not load a model twice. (One forward at a time on a
+# model is the model's own lock, LanguageModel.exclusive: run_to_hooks takes it.)
 _load_lock = threading.Lock()
-_forward_locks: dict[tuple[str, str | None], threading.Lock] = {}
 
 
 class TextTooLongError(SaefeatError):
@@ -140,24 +139,16 @@ def features_for_sae(
     `set_registry.sae_model`) and the SAE named by a catalog row, and run
     `features_on_text`."""
     check_text(text)  # before paying for a model load
-    lm, sae, forward_lock = loaded(model_name, revision, checkpoint)
-    with forward_lock:
-        return features_on_text(lm, sae, hook, text, top_n)
-
-
-def forward_lock(model_name: str, revision: str | None) -> threading.Lock:
-    """The lock of `loaded`'s model, for other code that hooks the same cached model (the
-    index's measured effects, features/effects.py) around each of its forwards."""
-    with _load_lock:
-        return _forward_locks.setdefault((model_name, revision), threading.Lock())
+    lm, sae, _ = loaded(model_name, revision, checkpoint)
+    return features_on_text(lm, sae, hook, text, top_n)  # run_to_hooks holds lm's lock
 
 
 def loaded(
     model_name: str, revision: str | None, checkpoint: str
-) -> tuple[LanguageModel, SparseAutoencoder, threading.Lock]:
-    """The cached model (at `revision`) and SAE, and the lock every forward on that model
-    must hold (live encoding and steering both hook the model's modules)."""
+) -> tuple[LanguageModel, SparseAutoencoder, threading.RLock]:
+    """The cached model (at `revision`) and SAE, and the model's own lock
+    (`LanguageModel.exclusive`), for callers that run several forwards as one piece."""
     with _load_lock:
         lm = cached_model(model_name, revision, "cpu")
         sae = cached_sae(checkpoint, "cpu")
-        return lm, sae, _forward_locks.setdefault((model_name, revision), threading.Lock())
+        return lm, sae, lm.exclusive()

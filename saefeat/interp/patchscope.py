@@ -39,7 +39,6 @@ The explanation: 'the model reads it as "X"; the model continues it with "a", "b
 from __future__ import annotations
 
 import re
-import threading
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -56,7 +55,6 @@ N_CONTINUES = 3  # tokens named from the `continues` readout
 N_READ = 3  # greedy tokens of the identity readout
 PROMPT_VERSION = "patchscope-v1"
 _WORD = re.compile(r"\w")
-_lock = threading.Lock()  # one patched forward at a time on a process's shared model
 
 
 @dataclass(frozen=True)
@@ -87,7 +85,8 @@ def _decoder(checkpoint: str) -> torch.Tensor:
 
 
 def _patch(lm: LanguageModel, hook: str, position: int, vectors: torch.Tensor):
-    """A forward hook handle that adds `vectors` [batch, d] at `position` of the hook."""
+    """A forward hook handle that adds `vectors` [batch, d] at `position` of the hook.
+    The caller holds the model's lock (`lm.exclusive()`) until it removes it."""
     point = parse_hook(hook)
     module = lm.module_for(point)
 
@@ -164,7 +163,9 @@ def patchscope(
     n = directions.shape[0]
     if n == 0:
         return []
-    with _lock:
+    # The model's lock across all of it: the patches are hooks on a model other threads
+    # (other explain jobs, live search) run too.
+    with lm.exclusive():
         prompt = _prompt(lm)
         pos, ids = prompt.position, prompt.full
         base_q = _logits(lm, ids[None])[0, pos].log_softmax(-1)
@@ -208,7 +209,7 @@ def reference_logprobs(
 ) -> list[torch.Tensor]:
     """Per scale, log of the mean patched next-token distribution at the placeholder over
     `rows` [r, d_model] (a sample of the SAE's directions at a typical strength)."""
-    with _lock:
+    with lm.exclusive():
         prompt = _prompt(lm)
         return [_patched_logprobs(lm, hook, prompt, rows * s).exp().mean(0).log() for s in scales]
 
