@@ -3,10 +3,14 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from typing import TypedDict
 
+from saefeat.storage.catalog.db import database_unreachable
+
+log = logging.getLogger(__name__)
 PROGRESS_EVERY_S = 0.5  # at most this often a progress write to the catalog
 # (done, total) in the kind's unit; a kind may add what it is doing now (a phase, text).
 Progress = Callable[..., None]
@@ -42,6 +46,14 @@ class ProgressMeter:
             self.last_write = now
 
     def flush(self) -> None:
+        """Write the latest progress; while the catalog is unreachable it is kept for the
+        next write (a progress bar must not fail the work it reports on)."""
         if self.pending:
-            self.write(**self.pending)
+            try:
+                self.write(**self.pending)
+            except Exception as e:
+                if not database_unreachable(e):
+                    raise
+                log.warning("progress not written, the catalog is unreachable: %s", e)
+                return
             self.pending = None

@@ -45,6 +45,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from saefeat.config import Settings
 from saefeat.errors import SaefeatError
 from saefeat.storage.catalog import job_store
+from saefeat.storage.catalog.db import database_unreachable
 from saefeat.storage.catalog.job_status import FINISHED, JobStatus
 from saefeat.storage.catalog.job_store import CANCEL_REQUESTED, LEASE_LOST
 from saefeat.storage.catalog.models import Job, utcnow
@@ -65,6 +66,7 @@ log = logging.getLogger(__name__)
 LEASE_S = 60.0  # a running job's claim holds this long unless its runner renews it
 HEARTBEAT_S = LEASE_S / 4  # how often a runner renews its leases
 SHUTDOWN = "interrupted by a shutdown"
+END_RETRY_MAX_S = 10.0  # the longest pause between tries to write a job's end
 
 
 class JobFinished(SaefeatError):
@@ -364,9 +366,23 @@ class JobRunner:
 
     def _end_attempt(self, job_id: str, why: str | None, **values: Any) -> None:
         """Write `values` and close our open attempt with `why`; nothing if the job is no
-        longer ours (handed back on shutdown, or taken over after our lease ran out)."""
-        with self.make_session() as s:
-            job_store.end_attempt(s, job_id, self.owner, why, utcnow(), values)
+        longer ours (handed back on shutdown, or taken over after our lease ran out).
+        While the catalog is unreachable it tries again (the heartbeat keeps the lease
+        meanwhile), until this runner shuts down: then the lease runs out and the next
+        runner resumes the job from what it committed."""
+        pause = 0.5
+        while True:
+            try:
+                with self.make_session() as s:
+                    job_store.end_attempt(s, job_id, self.owner, why, utcnow(), values)
+                return
+            except Exception as e:
+                if not database_unreachable(e) or self._shutdown.is_set():
+                    raise
+                log.warning("job %s: the catalog is unreachable; its end is written when "
+                            "it is back (%s)", job_id, type(e).__name__)  # fmt: skip
+            self._shutdown.wait(pause)
+            pause = min(pause * 2, END_RETRY_MAX_S)
 
     def _finish(self, job_id: str, status: str, error: str | None) -> None:
         self._end_attempt(job_id, status if not error else f"{status}: {error}"[:300],

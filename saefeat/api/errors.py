@@ -14,6 +14,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from saefeat.api.schemas import FieldError, Problem
 from saefeat.errors import SaefeatError
+from saefeat.storage.catalog.db import database_unreachable
 
 PROBLEM_JSON = "application/problem+json"
 log = logging.getLogger(__name__)
@@ -140,6 +141,24 @@ async def _on_http(request: Request, exc: StarletteHTTPException) -> JSONRespons
     return problem_response(exc.status_code, detail, headers=getattr(exc, "headers", None))
 
 
+# How long a client should wait before trying again while the catalog is unreachable.
+DATABASE_RETRY_AFTER_S = 5
+
+
+async def _on_database(request: Request, exc: Exception) -> JSONResponse:
+    if not database_unreachable(exc):
+        return await _on_unexpected(request, exc)
+    log.warning("catalog database unreachable on %s %s: %s", request.method,
+                request.url.path, type(exc).__name__)  # fmt: skip
+    # Not acknowledged: what the request wrote is rolled back with its session (a commit
+    # cut off midway is the database's to keep or drop, as with any lost connection).
+    return problem_response(
+        503, "the catalog database cannot be reached just now; the request was not "
+        "acknowledged: try again after Retry-After seconds", slug="database-unavailable",
+        headers={"Retry-After": str(DATABASE_RETRY_AFTER_S)},
+    )  # fmt: skip
+
+
 async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
     return problem_response(
@@ -152,6 +171,9 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(SaefeatError, _on_saefeat)
     app.add_exception_handler(ProblemError, _on_problem)
     app.add_exception_handler(StarletteHTTPException, _on_http)
+    from sqlalchemy.exc import DBAPIError
+
+    app.add_exception_handler(DBAPIError, _on_database)
     app.add_exception_handler(Exception, _on_unexpected)
 
 

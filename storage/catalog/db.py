@@ -75,6 +75,17 @@ def _json_loads(text: str) -> Any:
         return json.loads(text)
 
 
+def database_unreachable(exc: BaseException) -> bool:
+    """The catalog's connection failed or was lost (the database stopped or restarted,
+    the network dropped, SQLite locked), as opposed to a query that is wrong: worth
+    trying again later."""
+    from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+
+    if isinstance(exc, OperationalError | InterfaceError):
+        return True
+    return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
+
+
 def make_engine(url: str, **kwargs: Any) -> Engine:
     """An engine for `url` with the settings the catalog relies on (foreign keys on SQLite)."""
     kwargs.setdefault("json_deserializer", _json_loads)
