@@ -50,6 +50,11 @@ def text_problem(text: str) -> str | None:
     return None
 
 
+# Every score saefeat makes is in [0, 1] (and the API takes labels' scores there);
+# imported ones may be correlations (Neuronpedia's simulator scores), hence down to -1.
+SCORE_RANGE = (-1.0, 1.0)
+
+
 def add_label(
     session: Session,
     feature: HasId,
@@ -66,8 +71,10 @@ def add_label(
     text = text.strip()
     if source not in LABEL_SOURCES:
         raise SpecError(f"is {source!r}; use one of {list(LABEL_SOURCES)}", field="source")
-    if score is not None and not math.isfinite(score):
-        raise SpecError("must be a finite number", field="score")
+    low, high = SCORE_RANGE
+    if score is not None and not (math.isfinite(score) and low <= score <= high):
+        raise SpecError(f"is {score!r}; a label's score is in [{low:g}, {high:g}]",
+                        field="score")  # fmt: skip
     label = Label(feature_id=feature.id, text=text, source=source, author=author, score=score)
     session.add(label)
     session.flush()

@@ -216,3 +216,15 @@ def test_label_search_reads_a_bounded_number_of_matches(session, make_sae):
     assert caught.value.field == "q"
     everything = search_labels(session, "python", limit=12)
     assert len(everything.items) == 12 and everything.next_cursor is None
+
+
+@pytest.mark.parametrize("score", [1e308, -1.5, 1.01, float("nan"), float("inf")])
+def test_a_label_score_out_of_range_is_refused_from_any_writer(session, labelled, score):
+    """The API bounds scores it is sent; the catalog bounds every writer's (an import, an
+    explainer): nothing outside [-1, 1] is stored."""
+    feature = get_feature(session, "sae-a", 2)
+    with pytest.raises(SpecError) as err:
+        add_label(session, feature, text="x", source="auto", score=score)
+    assert err.value.field == "score"
+    kept = add_label(session, feature, text="a correlation", source="auto", score=-0.25)
+    assert kept.score == -0.25
