@@ -11,7 +11,7 @@ At the end every job is waited for, the server gets SIGTERM, and its session is 
 at for processes left behind.
 
     python bench/soak.py                 # 4 clients, 15 minutes
-    python bench/soak.py --smoke         # 2 clients, 90 seconds
+    python bench/soak.py --smoke         # 2 clients, 60 seconds, on a small SAE built first
 
 Keys (the last line, one JSON object): jobs_failed_for_busy (target 0), jobs_failed
 (0 among valid submissions), http_5xx (0), read_p95_ms_during (< 200), rss_growth_mb
@@ -314,21 +314,50 @@ def _corpora(home: Path) -> dict[str, str]:
     return out
 
 
+# Builds a small indexed SAE in $SAEFEAT_HOME with the readable bench's own code.
+BUILD = """
+import sys
+sys.path.insert(0, sys.argv[1])
+import readable
+from saefeat.config import get_settings
+from saefeat.workers.runtime import ensure_ray
+settings = get_settings()
+ensure_ray(settings)
+readable.build_sae(settings, 2048, None, True)
+"""
+
+
+def _source_home(smoke: bool) -> Path:
+    """The readable bench's home (the demo's SAE); for --smoke, or without it, a small
+    SAE built first (2,048 tokens, the demo's specs at 1 x d_model) in a home of its own,
+    which the soak then uses (the catalog names its SAE's checkpoint by that path)."""
+    if not smoke and (SOURCE_HOME / "catalog.db").is_file():
+        return SOURCE_HOME
+    if not smoke:
+        log(f"no {SOURCE_HOME} (`python bench/readable.py` makes it): a small SAE instead")
+    home = Path(tempfile.mkdtemp(prefix="saefeat-soak-source-"))
+    env = dict(os.environ, SAEFEAT_HOME=str(home), RAY_AUTH_MODE="disabled")
+    env.pop("SAEFEAT_RAY_ADDRESS", None)
+    subprocess.run([sys.executable, "-c", BUILD, str(Path(__file__).resolve().parent)],
+                   env=env, check=True)  # fmt: skip
+    return home
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--clients", type=int, default=4)
     ap.add_argument("--minutes", type=float, default=15.0)
-    ap.add_argument("--smoke", action="store_true", help="2 clients, 90 seconds")
+    ap.add_argument("--smoke", action="store_true", help="2 clients, 60 seconds, a small SAE")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--keep", action="store_true", help="keep the server's home (its log)")
     args = ap.parse_args()
     if args.smoke:
-        args.clients, args.minutes = 2, 1.5
-    if not (SOURCE_HOME / "catalog.db").is_file():
-        raise SystemExit(f"no {SOURCE_HOME}: run `python bench/readable.py` first")
-
-    home = Path(tempfile.mkdtemp(prefix="saefeat-soak-"))
-    shutil.copytree(SOURCE_HOME, home, dirs_exist_ok=True, ignore=shutil.ignore_patterns(
-        "*.migrate-lock"))  # fmt: skip
+        args.clients, args.minutes = 2, 1.0
+    home = _source_home(args.smoke)
+    if home == SOURCE_HOME:  # a copy: the soak's jobs write into its home
+        home = Path(tempfile.mkdtemp(prefix="saefeat-soak-"))
+        shutil.copytree(SOURCE_HOME, home, dirs_exist_ok=True,
+                        ignore=shutil.ignore_patterns("*.migrate-lock"))  # fmt: skip
     sets = _corpora(home)
     import sqlite3
 
@@ -387,6 +416,8 @@ def main() -> None:
     for line in left:
         log(f"left behind: {line}")
     median = statistics.median(reads_during) if reads_during else None
+    if not args.keep:
+        shutil.rmtree(home, ignore_errors=True)
     p95 = statistics.quantiles(reads_during, n=20)[-1] if len(reads_during) > 20 else None
     print(json.dumps({
         "clients": args.clients, "minutes": args.minutes,

@@ -113,6 +113,14 @@ SMOKES: dict[str, Smoke] = {
         ),
         marks=(pytest.mark.slow,),
     ),
+    # Users at once on one server (issue 27): a small SAE, 2 clients for a minute.
+    "soak.py": Smoke(
+        keys=_k(
+            "jobs_failed_for_busy jobs_failed http_5xx read_p95_ms_during rss_growth_mb "
+            "orphans_after_stop"
+        ),
+        marks=(pytest.mark.slow,),
+    ),
     "service.py": Smoke(
         keys=_k(
             "tokens in_process_s http_pipeline_s pipeline_overhead_ratio "
@@ -275,6 +283,9 @@ def test_bench_smoke(smoke_runs: SmokeRuns, key: str, name: str, smoke: Smoke):
             # Every request answered: a route that breaks, or a limit the bench trips
             # (the label-write rate limit did), shows here.
             assert summary["errors"] == 0, summary
+    if name == "soak.py":  # not timings: what must hold with users at once
+        held = {k: out[k] for k in ("jobs_failed", "http_5xx", "orphans_after_stop")}
+        assert held == {"jobs_failed": 0, "http_5xx": 0, "orphans_after_stop": 0}, run.tail()
     if name == "sae_step.py":
         for size in smoke.keys:
             assert not [k for k in SAE_STEP_KEYS if k not in out[size]], sorted(out[size])

@@ -26,7 +26,10 @@ a unit problem). At 8 and above the steered text is mostly one repeated word; at
 still reads. The measured targets there were filled for the 20 features by
 features/effects.measured_effects on their 4 strongest top examples (the demo catalog
 was indexed before measured effects existed). Caveat: targets that include very common
-tokens (' the', ' a') are raised by degenerate repetition too.
+tokens (' the', ' a') are raised by degenerate repetition too. Re-measured with the
+current index at 4 / 6 / 10: 0.80 / 0.80 / 0.70 on the demo's SAE; at 4 / 6 / 8 / 10:
+0.80 / 0.85 / 0.75 / 0.70 on an SAE of package READMEs (bench/RESULTS.md "## readable");
+hence DEFAULT_STRENGTH 6.
 
 "More likely" is the mean over generated positions and prompts of the target tokens'
 total probability at each position (p summed over the targets, at temperature 1), steered

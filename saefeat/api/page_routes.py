@@ -196,7 +196,7 @@ async def feature_page(
 SAE_PAGE_FEATURES = 100  # features listed per page of the SAE page
 # analysis/steer.py's DEFAULT_STRENGTH, without importing torch into the pages (a test
 # in tests/analysis/test_steer.py keeps them equal).
-STEER_DEFAULT_STRENGTH = 8.0
+STEER_DEFAULT_STRENGTH = 6.0
 
 
 @router.get("/saes/{sae_id}", response_class=HTMLResponse)
