@@ -33,6 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import ray
+from ray.util.placement_group import placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from saefeat.config import Settings
 from saefeat.corpus import CorpusReport, CorpusRoots, mix_sources, pack_contexts
@@ -271,6 +273,7 @@ class _ShardRun:
         self.startup_seconds = self.shard_seconds = 0.0
         self.tokens_run = 0
         self.where: dict[int, tuple[str, int]] = {}  # actor index -> (node id, pid)
+        self.group = None  # the placement group holding the workers' places
 
     def _stopping(self) -> bool:
         return bool(self.should_stop and self.should_stop())
@@ -282,26 +285,50 @@ class _ShardRun:
         default_workers = max(1, n_gpus) if on_gpu(device) else 1
         n_workers = min(self.spec.workers or default_workers, n_shards)
         threads = task_cpus(n_workers)
-        options = {"num_gpus": 1} if on_gpu(device) else {"num_cpus": threads}
+        # num_cpus 0 on a GPU: the actor must fit its GPU-only bundle below.
+        options = {"num_gpus": 1, "num_cpus": 0} if on_gpu(device) else {"num_cpus": threads}
         if not self.settings.ray_address:  # our own Ray: what it has is all it will have
             _check_fits(options, n_workers)
+        # All of a harvest's workers are placed at once or none is (a placement group):
+        # two harvests that each got some of theirs would wait for each other forever.
+        bundle = {"GPU": 1} if on_gpu(device) else {"CPU": threads}
+        self.group = placement_group([bundle] * n_workers, strategy="SPREAD")
         args = (self.spec.model_dump_json(), str(self.aset.path), device, threads)
-        workers = [HarvestWorker.options(**options).remote(*args) for _ in range(n_workers)]
+        workers: list = []
         try:
+            self._wait_for_room(options, n_workers)
+            workers = [HarvestWorker.options(**options, scheduling_strategy=(
+                PlacementGroupSchedulingStrategy(self.group, placement_group_bundle_index=i)
+            )).remote(*args) for i in range(n_workers)]  # fmt: skip
             self._wait_until_up(workers, options)
         except BaseException:
             self._stop_workers(workers)
             raise
         return workers
 
-    def _wait_until_up(self, workers: list, options: dict) -> None:
-        """Until every actor is scheduled and has loaded the model; a cancel stops the
-        wait. Busy means wait: while the cluster's totals can hold the workers, other
-        jobs only hold them now and the wait has no bound; otherwise (a cluster that may
-        grow a node that fits) settings.schedule_timeout_s bounds it."""
+    def _wait_for_room(self, options: dict, n_workers: int) -> None:
+        """Until the cluster holds a place for every worker; a cancel stops the wait.
+        Busy means wait: while the cluster's totals can hold the workers, other jobs only
+        hold them now and the wait has no bound; otherwise (a cluster that may grow a
+        node that fits) settings.schedule_timeout_s bounds it."""
         limit = self.settings.schedule_timeout_s
-        fits = _fits_in_all(options, len(workers))
-        deadline = math.inf if fits else time.monotonic() + limit
+        deadline = math.inf if _fits_in_all(options, n_workers) else time.monotonic() + limit
+        ready = self.group.ready()
+        while not ray.wait([ready], timeout=0.5)[0]:
+            if self._stopping():
+                raise HarvestCancelled("the harvest was cancelled; resubmit it to resume")
+            if time.monotonic() > deadline:
+                raise SaefeatError(
+                    f"harvest workers were not up within {limit:.0f}s "
+                    f"(SAEFEAT_SCHEDULE_TIMEOUT_S): {n_workers} wait for {options} each; "
+                    f"the cluster has {_resources()}"
+                )
+
+    def _wait_until_up(self, workers: list, options: dict) -> None:
+        """Until every placed actor has loaded the model, within settings.
+        schedule_timeout_s; a cancel stops the wait."""
+        limit = self.settings.schedule_timeout_s
+        deadline = time.monotonic() + limit
         refs = {w.where.remote(): i for i, w in enumerate(workers)}
         pending = list(refs)
         while pending:
@@ -309,9 +336,9 @@ class _ShardRun:
                 raise HarvestCancelled("the harvest was cancelled; resubmit it to resume")
             if time.monotonic() > deadline:
                 raise SaefeatError(
-                    f"harvest workers were not up within {limit:.0f}s "
+                    f"harvest workers were placed but not up within {limit:.0f}s "
                     f"(SAEFEAT_SCHEDULE_TIMEOUT_S): {len(pending)} of {len(workers)} still "
-                    f"wait for {options} each; the cluster has {_resources()}"
+                    f"load the model ({options} each)"
                 )
             done, pending = ray.wait(pending, num_returns=len(pending), timeout=0.5)
             for ref in done:
@@ -355,6 +382,9 @@ class _ShardRun:
         if pending or pids:
             log.error("harvest workers still alive %.0fs after ray.kill: %d actor(s), pids %s",
                       self.settings.actor_exit_timeout_s, len(pending), pids)  # fmt: skip
+        if self.group is not None:  # their places go back to the cluster
+            remove_placement_group(self.group)
+            self.group = None
 
     def _report(self, done: int) -> None:
         if self.progress:

@@ -148,10 +148,10 @@ class JobRunner:
                 self._line.remove(job_id)
                 event.set()
                 self._room.notify_all()
-        if waiting:
+        if waiting:  # this call or its thread ends it unrun: nothing more to write
             with self.make_session() as s:
-                if job_store.cancel_unclaimed(s, job_id, utcnow()):
-                    return self.get(job_id)
+                job_store.cancel_unclaimed(s, job_id, utcnow())
+            return self.get(job_id)
         if event is not None and alive:
             event.set()  # the thread marks it cancelled once the harvest has stopped
             self._update(job_id, error=CANCEL_REQUESTED)

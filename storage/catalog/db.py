@@ -75,15 +75,28 @@ def _json_loads(text: str) -> Any:
         return json.loads(text)
 
 
+# PostgreSQL's SQLSTATEs of a connection lost or refused: class 08, and the server going
+# down or starting up (57P01-57P03). A driver-side failure to connect has none.
+_UNREACHABLE_STATES = ("08", "57P01", "57P02", "57P03")
+_SQLITE_TRANSIENT = ("database is locked", "database table is locked", "unable to open")
+
+
 def database_unreachable(exc: BaseException) -> bool:
     """The catalog's connection failed or was lost (the database stopped or restarted,
     the network dropped, SQLite locked), as opposed to a query that is wrong: worth
     trying again later."""
     from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
-    if isinstance(exc, OperationalError | InterfaceError):
+    if not isinstance(exc, DBAPIError):
+        return False
+    if exc.connection_invalidated:
         return True
-    return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
+    if not isinstance(exc, OperationalError | InterfaceError):
+        return False
+    if type(exc.orig).__module__.startswith("sqlite3"):  # its syntax errors are operational
+        return any(words in str(exc.orig) for words in _SQLITE_TRANSIENT)
+    state = getattr(exc.orig, "sqlstate", None)
+    return state is None or state.startswith(_UNREACHABLE_STATES)
 
 
 def make_engine(url: str, **kwargs: Any) -> Engine:

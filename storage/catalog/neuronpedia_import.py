@@ -34,7 +34,7 @@ from sqlalchemy.orm import Session
 
 from saefeat.errors import SpecError
 from saefeat.features.records import FeatureExample, FeatureIndex, TokenEffects, VocabProjection
-from saefeat.storage.catalog.labels import MAX_LABEL_CHARS
+from saefeat.storage.catalog.labels import MAX_LABEL_CHARS, SCORE_RANGE
 from saefeat.storage.catalog.models import (
     EFFECT_METHODS,
     EFFECT_SIDES,
@@ -50,10 +50,14 @@ from saefeat.storage.catalog.writer import write_feature_index
 # Caps on what a folder may make us hold. Records are parsed into memory (the catalog
 # index is written in one transaction), so these bound the import's memory: a line is
 # decompressed and parsed whole (a Neuron row with a 16k-float vector is ~0.3 MB), a batch
-# file holds 1024 features, and the folder's total bounds everything kept.
+# file holds 1024 features, and the folder's total bounds everything kept. Parsed, a
+# kept list of floats or strings takes ~11x its JSON text: 512 MB of kept text is ~6 GB.
 MAX_LINE_BYTES = 16 * 2**20
 MAX_FILE_BYTES = 512 * 2**20
-MAX_FOLDER_BYTES = 2 * 2**30
+MAX_FOLDER_BYTES = 512 * 2**20
+# A kept list (an example's tokens and values, a histogram): Neuronpedia's examples are
+# 64-128 tokens; a longer list is no example, only memory.
+MAX_LIST_ITEMS = 4096
 # The largest published SAEs have 2^24 latents; more is no SAE but an allocation request.
 MAX_D_SAE = 2**24
 # The dense [d_sae, width] neighbour and histogram tables built before the write.
@@ -193,6 +197,9 @@ class _Reader:
         for n, line in self.lines(path):
             if not line.strip():
                 continue
+            if b"\\u0000" in line:  # PostgreSQL text cannot hold NUL; SQLite would keep it
+                raise SpecError(f"{where}:{n}: a string holds a NUL character (\\u0000)",
+                                field="path")  # fmt: skip
             try:
                 row = json.loads(line.decode("utf-8"))
             except UnicodeDecodeError:
@@ -207,6 +214,10 @@ class _Reader:
                 raise SpecError(f"{where}:{n}: a line is not a JSON object", field="path")
             if keep is not None:
                 row = {k: v for k, v in row.items() if k in keep}
+            for key, value in row.items():
+                if isinstance(value, list) and len(value) > MAX_LIST_ITEMS:
+                    raise SpecError(f"{where}:{n}: {key} has {len(value):,} items; at most "
+                                    f"{MAX_LIST_ITEMS:,}", field=key)  # fmt: skip
             row["_where"] = f"{where}:{n}"
             rows.append(row)
         return rows
@@ -700,10 +711,10 @@ def _labels(records: _Records, d_sae: int) -> list[tuple[int, dict]]:
         source = extra.get("source") or ("auto" if auto else "human")
         if not isinstance(source, str) or source not in LABEL_SOURCES:
             raise SpecError(f"{row['_where']}: label source {_short(source)}", field="source")
-        score = extra.get("score")
-        if score is not None and not _is_number(score):
-            raise SpecError(f"{row['_where']}: score is {_short(score)}, not a finite number",
-                            field="score")  # fmt: skip
+        score, (low, high) = extra.get("score"), SCORE_RANGE
+        if score is not None and not (_is_number(score) and low <= score <= high):
+            raise SpecError(f"{row['_where']}: score is {_short(score)}, not a number in "
+                            f"[{low:g}, {high:g}]", field="score")  # fmt: skip
         when = extra.get("created_at")
         try:
             created = datetime.fromisoformat(when) if when else None

@@ -30,8 +30,6 @@ from saefeat.storage.catalog.models import Label
 from saefeat.storage.catalog.writer import write_feature_index
 from saefeat.workers.job_kinds import JobKind, JobOutcome, Route, register_job_kind
 
-pytestmark = pytest.mark.postgres
-
 OUTAGE_S = 8.0
 
 
@@ -130,6 +128,7 @@ def proxied(migrated_postgres_url):
     proxy.close()
 
 
+@pytest.mark.postgres
 def test_clients_get_503_and_nothing_acknowledged_is_lost(proxied, make_sae, tmp_path):
     direct, through_proxy, proxy = proxied
     engine = create_engine(direct)
@@ -198,3 +197,19 @@ def test_clients_get_503_and_nothing_acknowledged_is_lost(proxied, make_sae, tmp
     assert ended.progress_done == ended.progress_total == 100_000
     engine.dispose()
     app.state.engine.dispose()
+
+
+def test_a_wrong_query_is_not_an_outage(db_url):
+    """A bad query is the server's bug (500), not the database gone (503, try again):
+    on SQLite both are OperationalError, so the message decides."""
+    from sqlalchemy import text
+    from sqlalchemy.exc import DBAPIError
+
+    from saefeat.storage.catalog.db import database_unreachable, make_engine
+
+    engine = make_engine(db_url)
+    for sql in ("selec 1", "SELECT * FROM no_such_table"):
+        with engine.connect() as c, pytest.raises(DBAPIError) as err:
+            c.execute(text(sql))
+        assert not database_unreachable(err.value), sql
+    engine.dispose()

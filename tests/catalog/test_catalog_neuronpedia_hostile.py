@@ -221,6 +221,9 @@ def test_an_index_at_or_past_d_sae_is_refused(home, export, sub):
     ("activations", {"tokens": "abc"}, "tokens"),
     ("activations", {"id": ["unhashable"]}, "id"),
     ("activations", {"values": {"a": 1}}, "values"),
+    ("activations", {"tokens": ["a"] * 5000}, "tokens"),  # a list past MAX_LIST_ITEMS
+    ("explanations", {"description": "a\x00b"}, "path"),  # NUL: PostgreSQL cannot hold it
+    ("explanations", {"explanationModelName": "x\x00"}, "path"),
     ("explanations", {"description": 7}, "description"),
     ("explanations", {"id": {"a": 1}}, "id"),
     ("explanations", {"id": "no-side-label", "explanationModelName": ["x"]}, "author"),
@@ -260,3 +263,17 @@ def test_nothing_but_folders_and_files_is_read(home, export):
         pytest.skip("no FIFOs here")
     os.mkfifo(export / "features" / "batch-9.jsonl.gz")  # opening it would block
     assert "not a regular file" in _refused(home, "path")
+
+
+@pytest.mark.parametrize("score", [1e308, -2.0, "high"])
+def test_a_label_score_out_of_the_catalogs_range_is_refused(home, export, score):
+    for path in sorted((export / "saefeat").glob("batch-*.jsonl.gz")):
+        rows = _read(path)
+        with_labels = [r for r in rows if r.get("labels")]
+        if with_labels:
+            with_labels[0]["labels"][0]["score"] = score
+            _write(path, rows)
+            break
+    else:
+        pytest.fail("the export has no side label")
+    assert "score is" in _refused(home, "score")

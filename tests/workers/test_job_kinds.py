@@ -192,6 +192,7 @@ def test_busy_means_wait_in_line_first_come_first_served(sessions, settings):
         cancelled = client.post(f"/v1/jobs/{jobs['line-d']}/cancel")
         assert cancelled.status_code in (200, 202), cancelled.text
         assert cancelled.json()["status"] == "cancelled"
+        assert runner.get(jobs["line-d"]).error == "cancelled before it ran"
     assert [runner.queue_position(jobs[n]) for n in ("line-c", "line-e")] == [1, 2]
 
     runner.cancel(jobs["line-a"])  # room for one: the head of the line, not the last
