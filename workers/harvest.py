@@ -26,7 +26,7 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -315,14 +315,17 @@ class _ShardRun:
         deadline = math.inf if _fits_in_all(options, n_workers) else time.monotonic() + limit
         ready = self.group.ready()
         while not ray.wait([ready], timeout=0.5)[0]:
-            if self._stopping():
-                raise HarvestCancelled("the harvest was cancelled; resubmit it to resume")
-            if time.monotonic() > deadline:
-                raise SaefeatError(
-                    f"harvest workers were not up within {limit:.0f}s "
-                    f"(SAEFEAT_SCHEDULE_TIMEOUT_S): {n_workers} wait for {options} each; "
-                    f"the cluster has {_resources()}"
-                )
+            self._go_on_waiting(deadline, lambda: (
+                f"harvest workers were not up within {limit:.0f}s "
+                f"(SAEFEAT_SCHEDULE_TIMEOUT_S): {n_workers} wait for {options} each; "
+                f"the cluster has {_resources()}"))  # fmt: skip
+
+    def _go_on_waiting(self, deadline: float, late: Callable[[], str]) -> None:
+        """Raise if the harvest was cancelled, or with `late()` past the deadline."""
+        if self._stopping():
+            raise HarvestCancelled("the harvest was cancelled; resubmit it to resume")
+        if time.monotonic() > deadline:
+            raise SaefeatError(late())
 
     def _wait_until_up(self, workers: list, options: dict) -> None:
         """Until every placed actor has loaded the model, within settings.
@@ -332,14 +335,10 @@ class _ShardRun:
         refs = {w.where.remote(): i for i, w in enumerate(workers)}
         pending = list(refs)
         while pending:
-            if self._stopping():
-                raise HarvestCancelled("the harvest was cancelled; resubmit it to resume")
-            if time.monotonic() > deadline:
-                raise SaefeatError(
-                    f"harvest workers were placed but not up within {limit:.0f}s "
-                    f"(SAEFEAT_SCHEDULE_TIMEOUT_S): {len(pending)} of {len(workers)} still "
-                    f"load the model ({options} each)"
-                )
+            self._go_on_waiting(deadline, lambda left=len(pending): (
+                f"harvest workers were placed but not up within {limit:.0f}s "
+                f"(SAEFEAT_SCHEDULE_TIMEOUT_S): {left} of {len(workers)} still "
+                f"load the model ({options} each)"))  # fmt: skip
             done, pending = ray.wait(pending, num_returns=len(pending), timeout=0.5)
             for ref in done:
                 try:
