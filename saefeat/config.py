@@ -73,8 +73,8 @@ class Settings(BaseSettings):
     # bound: busy means wait. This bounds the others (a remote cluster that may or may
     # not grow a node that fits); past it the job fails with what it asked for.
     schedule_timeout_s: float = Field(default=600.0, gt=0)
-    # Jobs one server process runs at once; the rest wait queued, first come first
-    # served (workers/jobs.py). None: the cluster's CPUs.
+    # Jobs one server process runs at once; the rest wait queued, round robin between
+    # API keys (workers/jobs.py). None: the cluster's CPUs.
     max_running_jobs: int | None = Field(default=None, ge=1)
     # A job picked up again after its runner stopped (shutdown, crash) more often than
     # this fails, with the history of its attempts.

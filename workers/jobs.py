@@ -22,11 +22,14 @@ history instead of running again. On shutdown the runner hands its jobs back to
 `queued`.
 
 Busy means wait: a runner runs at most `max_running` jobs at once (settings.
-max_running_jobs; default the cluster's CPUs). The others stay `queued`, in the order
-they were started here (first come, first served, whoever submitted them), each with its
-place in that line (`queue_position`) and cancellable; none fails for want of room. A
-job that could never be placed is refused at submit (saefeat/admission.py). With several
-processes each keeps its own line: a queued job runs in whichever has room first.
+max_running_jobs; default the cluster's CPUs). The others stay `queued` in a line, each
+with its place (`queue_position`) and cancellable; none fails for want of room. The line
+is fair between the keys that submitted (round robin): a job's round is how many jobs
+of its key already wait or run here, and the line is ordered by round, then by arrival,
+so one key's hundred jobs do not hold back another key's first. A job that could never
+be placed is refused at submit (saefeat/admission.py). With several processes each keeps
+its own line: a queued job runs in whichever has room first; one picked up again after
+its runner died counts as a key of its own (the row does not say who sent it).
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ import os
 import socket
 import threading
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -87,6 +91,10 @@ class JobRunner:
         self._room = threading.Condition(self._lock)
         self._line: list[str] = []
         self._running = 0
+        self._sender: dict[str, str | None] = {}  # job id -> the key that submitted it
+        self._place: dict[str, tuple[int, int]] = {}  # job id -> (round, arrival)
+        self._arrivals = 0
+        self._running_by: Counter = Counter()  # key -> its jobs running here
 
     # ---- rows -------------------------------------------------------------------
 
@@ -129,11 +137,13 @@ class JobRunner:
             s.expunge(job)
             return job, new
 
-    def submit_and_start(self, spec: BaseModel, idempotency_key: str | None = None) -> Job:
-        """`submit`, then start the job if it is new (a replayed or joined one runs already)."""
+    def submit_and_start(self, spec: BaseModel, idempotency_key: str | None = None,
+                         sender: str | None = None) -> Job:  # fmt: skip
+        """`submit`, then start the job if it is new (a replayed or joined one runs
+        already); `sender`: who submitted it (an API key's id), for the line's fairness."""
         job, created = self.submit(spec, idempotency_key)
         if created:
-            self.start(job.id)
+            self.start(job.id, sender)
         return job
 
     def cancel(self, job_id: str) -> Job:
@@ -166,16 +176,22 @@ class JobRunner:
 
     # ---- running --------------------------------------------------------------------
 
-    def start(self, job_id: str) -> None:
+    def start(self, job_id: str, sender: str | None = None) -> None:
         """Run the job in a background thread of this process once there is room; it
-        joins the end of the line now, so the line keeps the order of these calls."""
+        takes its place in the line now (its sender's next round, after the jobs
+        already there in that round)."""
         with self._lock:
             if job_id in self._threads and self._threads[job_id].is_alive():
                 return
             self._cancel[job_id] = threading.Event()
             t = threading.Thread(target=self._run_when_room, args=(job_id,), daemon=True)
             self._threads[job_id] = t
+            waiting = sum(1 for j in self._line if self._sender.get(j) == sender)
+            self._sender[job_id] = sender
+            self._place[job_id] = (waiting + self._running_by[sender], self._arrivals)
+            self._arrivals += 1
             self._line.append(job_id)
+            self._line.sort(key=self._place.__getitem__)
         t.start()
 
     def queue_position(self, job_id: str) -> int | None:
@@ -202,15 +218,19 @@ class JobRunner:
                         return False
                     self._room.wait(0.5)  # a shutdown sets no condition: look again soon
                 self._running += 1
+                self._running_by[self._sender.get(job_id)] += 1
                 return True
             finally:
                 if job_id in self._line:  # a cancel may have taken it out already
                     self._line.remove(job_id)
+                self._place.pop(job_id, None)
                 self._room.notify_all()
 
     def _run_when_room(self, job_id: str) -> None:
         cancel = self._cancel[job_id]
         if not self._wait_for_room(job_id, cancel):
+            with self._lock:
+                self._sender.pop(job_id, None)
             if cancel.is_set():  # nobody claimed it: it ends cancelled here, unrun
                 with self.make_session() as s:
                     job_store.cancel_unclaimed(s, job_id, utcnow())
@@ -220,6 +240,7 @@ class JobRunner:
         finally:
             with self._room:
                 self._running -= 1
+                self._running_by[self._sender.pop(job_id, None)] -= 1
                 self._room.notify_all()
 
     def wait(self, job_id: str, timeout: float | None = None) -> Job:

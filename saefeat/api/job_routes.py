@@ -97,7 +97,7 @@ class JobOut(BaseModel):
     eta_seconds: float | None = Field(description="Seconds left at the current rate")
     queue_position: int | None = Field(
         None, description="A queued job's place in this server's line: 1 runs next. Busy "
-        "means wait: jobs beyond what runs at once wait here, first come first served",
+        "means wait: jobs beyond what runs at once wait here, round robin between keys",
     )  # fmt: skip
     created_at: datetime
     updated_at: datetime
@@ -296,7 +296,7 @@ def _submit_endpoint(kind: JobKind, accepted: type[BaseModel]):
             raise SpecError(first["msg"].removeprefix("Value error, "),
                             field=".".join(str(p) for p in first["loc"])) from None  # fmt: skip
         kind.admit(spec, Admission(request.app.state.settings, session))
-        job = runner.submit_and_start(spec, idempotency_key)
+        job = runner.submit_and_start(spec, idempotency_key, sender=str(key.id))
         if route.result is None:
             location = str(request.url_for("get_job", job_id=job.id).path)
             out = JobAccepted(job_id=job.id, status=job.status, location=location)

@@ -206,3 +206,30 @@ def test_busy_means_wait_in_line_first_come_first_served(sessions, settings):
         assert runner.wait(jobs[n], timeout=30).status == "cancelled"
     assert not _started("line-d").is_set()
     runner.shutdown(timeout=5)
+
+
+def test_the_line_is_fair_between_keys(sessions, settings):
+    """One key's many jobs do not hold back another key's first: the line goes round
+    the keys (each job's round: its key's jobs already waiting or running here)."""
+    settings = settings.model_copy(update={"max_running_jobs": 1})
+    runner = JobRunner(settings, sessions)
+    ids = {n: runner.submit(WaitSpec(name=n))[0].id
+           for n in ("fair-a1", "fair-a2", "fair-a3", "fair-b1", "fair-b2", "fair-c1")}  # fmt: skip
+    runner.start(ids["fair-a1"], "key-a")
+    assert _started("fair-a1").wait(30)
+    for name, key in (("fair-a2", "key-a"), ("fair-a3", "key-a"), ("fair-b1", "key-b"),
+                      ("fair-b2", "key-b"), ("fair-c1", None)):  # fmt: skip
+        runner.start(ids[name], key)
+    line = sorted((runner.queue_position(i), n) for n, i in ids.items()
+                  if runner.queue_position(i) is not None)  # fmt: skip
+    # Round 0: b1, c1 (a1 runs: a's round 0 is taken); round 1: a2, b2; round 2: a3.
+    assert [n for _, n in line] == ["fair-b1", "fair-c1", "fair-a2", "fair-b2", "fair-a3"]
+    runner.cancel(ids["fair-a1"])
+    assert _started("fair-b1").wait(30)  # the head of the line, not a's next
+    assert not _started("fair-a2").is_set()
+    for n in ids:
+        if runner.get(ids[n]).status != "cancelled":
+            runner.cancel(ids[n])
+    for n in ids:
+        assert runner.wait(ids[n], timeout=30).status == "cancelled"
+    runner.shutdown(timeout=5)
