@@ -8,8 +8,6 @@ import time
 from collections.abc import Callable
 from typing import TypedDict
 
-from saefeat.storage.catalog.db import database_unreachable
-
 log = logging.getLogger(__name__)
 PROGRESS_EVERY_S = 0.5  # at most this often a progress write to the catalog
 # (done, total) in the kind's unit; a kind may add what it is doing now (a phase, text).
@@ -52,6 +50,8 @@ class ProgressMeter:
             try:
                 self.write(**self.pending)
             except Exception as e:
+                from saefeat.storage.catalog.db import database_unreachable  # rare: lazily
+
                 if not database_unreachable(e):
                     raise
                 log.warning("progress not written, the catalog is unreachable: %s", e)
