@@ -77,6 +77,9 @@ def postgres_server() -> PostgresServer:
         _as_postgres(f"CREATE ROLE {PG_ROLE} LOGIN CREATEDB PASSWORD '{PG_PASSWORD}'", port)
     else:
         _as_postgres(f"ALTER ROLE {PG_ROLE} CREATEDB", port)
+    # DROP DATABASE ... WITH (FORCE) ends every backend on the database, an autovacuum
+    # worker included, which only a member of pg_signal_backend may do.
+    _as_postgres(f"GRANT pg_signal_backend TO {PG_ROLE}", port)
     return PostgresServer(port)
 
 
