@@ -41,6 +41,9 @@ TRANSFORMERS_LOCK = threading.RLock()
 # Attribute names of a block's attention and MLP submodules across families.
 _ATTN_NAMES = ("self_attn", "attn", "attention", "self_attention")
 _MLP_NAMES = ("mlp", "feed_forward", "ffn")
+# The norm the MLP reads through (Gemma 2's post_attention_layernorm normalises the
+# attention's output, so its pre_feedforward_layernorm is looked for first).
+_MLP_NORM_NAMES = ("pre_feedforward_layernorm", "post_attention_layernorm", "ln_2")
 
 
 def embedded_model_file() -> Path:
@@ -152,6 +155,8 @@ class LanguageModel:
         block = self.blocks[point.layer]
         if point.kind in ("resid_pre", "resid_post"):
             return block
+        if point.kind in ("mlp_in", "ln2_normalized"):  # the MLP's norm: its input, its output
+            return self._mlp_norm(block, point)
         names = _ATTN_NAMES if point.kind == "attn_out" else _MLP_NAMES
         if self.is_encoder:
             # BERT: the sublayer's output dense runs before its residual add + LayerNorm.
@@ -162,6 +167,17 @@ class LanguageModel:
                 return getattr(block, n)
         raise SpecError(
             f"{point.name}: no {point.kind} module found in {type(block).__name__}",
+            field="hooks",
+        )
+
+    def _mlp_norm(self, block: nn.Module, point: HookPoint) -> nn.Module:
+        if not self.is_encoder:
+            for n in _MLP_NORM_NAMES:
+                if hasattr(block, n):
+                    return getattr(block, n)
+        raise SpecError(
+            f"{point.name}: no norm before the MLP found in {type(block).__name__} "
+            f"(looked for {', '.join(_MLP_NORM_NAMES)})",
             field="hooks",
         )
 
@@ -321,7 +337,7 @@ def capture(lm: LanguageModel, points: list[HookPoint]):
         try:
             for p in points:
                 mod = lm.module_for(p)
-                if p.kind == "resid_pre":
+                if p.reads_input:
                     hook = mod.register_forward_pre_hook(make_hook(p, True), with_kwargs=True)
                 else:
                     hook = mod.register_forward_hook(make_hook(p, False), with_kwargs=True)
@@ -350,10 +366,11 @@ class _LockedHandle:
 
 def edit_at(lm: LanguageModel, point: HookPoint, edit: Callable[[torch.Tensor], torch.Tensor]):
     """Register a hook that replaces the activations at `point` with `edit(activations)` on
-    every forward: a block's input for resid_pre (positional or `hidden_states`), the
-    module's output otherwise (the rest of a tuple passes through). Returns the handle;
-    the caller removes it. From here until `remove()` this thread holds the model's lock
-    (`exclusive`): the edit reaches only its own forwards, a whole generation included."""
+    every forward: a module's input for resid_pre and mlp_in (positional or
+    `hidden_states`), the module's output otherwise (the rest of a tuple passes through).
+    Returns the handle; the caller removes it. From here until `remove()` this thread
+    holds the model's lock (`exclusive`): the edit reaches only its own forwards, a whole
+    generation included."""
     module = lm.module_for(point)
 
     def pre(module, args, kwargs):
@@ -369,7 +386,7 @@ def edit_at(lm: LanguageModel, point: HookPoint, edit: Callable[[torch.Tensor], 
     lock = lm.exclusive()
     lock.acquire()
     try:
-        if point.kind == "resid_pre":
+        if point.reads_input:
             handle = module.register_forward_pre_hook(pre, with_kwargs=True)
         else:
             handle = module.register_forward_hook(post)

@@ -14,8 +14,26 @@ from dataclasses import dataclass
 
 from saefeat.errors import SpecError
 
-HOOK_TYPES = ("resid_pre", "resid_post", "mlp_out", "attn_out")
-_HOOK_RE = re.compile(r"^blocks\.(\d+)\.hook_(resid_pre|resid_post|mlp_out|attn_out)$")
+# Each hook type and its name after `blocks.L.` (TransformerLens's spelling), in the order
+# a block's forward reaches them. mlp_in is the residual the MLP's norm reads (TL's
+# resid_mid); ln2_normalized that norm's output, what the MLP itself reads (with the
+# norm's weight applied: TL folds it into the MLP the same way).
+HOOK_SPELLINGS = {
+    "resid_pre": "hook_resid_pre",
+    "attn_out": "hook_attn_out",
+    "mlp_in": "hook_mlp_in",
+    "ln2_normalized": "ln2.hook_normalized",
+    "mlp_out": "hook_mlp_out",
+    "resid_post": "hook_resid_post",
+}
+HOOK_TYPES = tuple(HOOK_SPELLINGS)
+_KIND_OF = {spelling: kind for kind, spelling in HOOK_SPELLINGS.items()}
+_HOOK_RE = re.compile(
+    r"^blocks\.(\d+)\.(" + "|".join(re.escape(s) for s in HOOK_SPELLINGS.values()) + r")$"
+)
+# A transcoder reads what the MLP reads and writes what it wrote (issue 24).
+TRANSCODER_INPUTS = ("mlp_in", "ln2_normalized")
+TRANSCODER_OUTPUTS = ("mlp_out",)
 
 
 @dataclass(frozen=True)
@@ -25,18 +43,38 @@ class HookPoint:
 
     @property
     def name(self) -> str:
-        return f"blocks.{self.layer}.hook_{self.kind}"
+        return f"blocks.{self.layer}.{HOOK_SPELLINGS[self.kind]}"
+
+    @property
+    def reads_input(self) -> bool:
+        """Taken from a module's input (a pre-hook), not its output."""
+        return self.kind in ("resid_pre", "mlp_in")
 
 
-def parse_hook(name: str) -> HookPoint:
+def parse_hook(name: str, field: str = "hooks") -> HookPoint:
     m = _HOOK_RE.match(name)
     if not m:
         raise SpecError(
-            f"{name!r} is not a hook name; use blocks.<layer>.hook_<type> with type one of "
-            + ", ".join(HOOK_TYPES),
-            field="hooks",
+            f"{name!r} is not a hook name; use blocks.<layer>.<hook> with hook one of "
+            + ", ".join(HOOK_SPELLINGS.values()),
+            field=field,
         )
-    return HookPoint(int(m.group(1)), m.group(2))
+    return HookPoint(int(m.group(1)), _KIND_OF[m.group(2)])
+
+
+def check_transcoder_hooks(hook: str, hook_out: str) -> None:
+    """A transcoder's pair: the MLP's input and its output, of one layer."""
+    a, b = parse_hook(hook, "hook"), parse_hook(hook_out, "hook_out")
+    if a.kind not in TRANSCODER_INPUTS:
+        spelled = " or ".join(HOOK_SPELLINGS[k] for k in TRANSCODER_INPUTS)
+        raise SpecError(f"a transcoder reads the MLP's input ({spelled}), not {hook!r}",
+                        field="hook")  # fmt: skip
+    if b.kind not in TRANSCODER_OUTPUTS:
+        raise SpecError(f"a transcoder writes the MLP's output (blocks.{a.layer}.hook_mlp_out), "
+                        f"not {hook_out!r}", field="hook_out")  # fmt: skip
+    if a.layer != b.layer:
+        raise SpecError(f"a transcoder's hooks are of one layer: {hook} is layer {a.layer}, "
+                        f"{hook_out} layer {b.layer}", field="hook_out")  # fmt: skip
 
 
 def check_active_count(k: int | None, d_sae: int) -> None:

@@ -47,6 +47,36 @@ def test_mlp_and_attn_out_sum_to_residual_update(tiny):
     torch.testing.assert_close(total, a[names[3]], atol=1e-5, rtol=1e-5)
 
 
+def test_mlp_input_hooks_are_what_the_mlp_reads(tiny):
+    """hook_mlp_in is the residual after attention (resid_pre + attn_out);
+    ln2.hook_normalized is the norm's output, what the MLP maps to hook_mlp_out."""
+    ids = torch.randint(0, 500, (1, 10))
+    names = ["blocks.2.hook_resid_pre", "blocks.2.hook_attn_out", "blocks.2.hook_mlp_in",
+             "blocks.2.ln2.hook_normalized", "blocks.2.hook_mlp_out"]  # fmt: skip
+    a = run_to_hooks(tiny, ids, [parse_hook(n) for n in names])
+    torch.testing.assert_close(a[names[2]], a[names[0]] + a[names[1]], atol=1e-5, rtol=1e-5)
+    block = tiny.blocks[2]
+    torch.testing.assert_close(block.post_attention_layernorm(a[names[2]]), a[names[3]])
+    torch.testing.assert_close(block.mlp(a[names[3]]), a[names[4]])
+    assert parse_hook(names[3]).name == names[3] and parse_hook(names[3]).layer == 2
+
+
+def test_transcoder_pairs_are_one_layers_mlp():
+    from saefeat.shapes import check_transcoder_hooks
+
+    check_transcoder_hooks("blocks.3.ln2.hook_normalized", "blocks.3.hook_mlp_out")
+    check_transcoder_hooks("blocks.3.hook_mlp_in", "blocks.3.hook_mlp_out")
+    for hook, out, field in [
+        ("blocks.3.ln2.hook_normalized", "blocks.4.hook_mlp_out", "hook_out"),
+        ("blocks.3.hook_resid_pre", "blocks.3.hook_mlp_out", "hook"),
+        ("blocks.3.hook_mlp_in", "blocks.3.hook_resid_post", "hook_out"),
+        ("blocks.3.hook_mlp_in", "blocks.3.mlp_out", "hook_out"),
+    ]:
+        with pytest.raises(SpecError) as e:
+            check_transcoder_hooks(hook, out)
+        assert e.value.field == field
+
+
 def test_layer_beyond_model_is_refused(tiny):
     with pytest.raises(SpecError, match="layers 0..3"):
         tiny.check_hooks(["blocks.4.hook_resid_post"])

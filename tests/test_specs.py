@@ -83,6 +83,7 @@ def _legacy_sae_id(spec: TrainSpec) -> str:
     data = spec.model_dump(mode="json", exclude=run)
     if data["optimizer_state"] == "fp32":
         del data["optimizer_state"]
+    assert data.pop("hook_out") is None and data.pop("skip_connection") is False  # joined later
     return _legacy_hash("sae", {"set": spec.activation_set, **data}, 12)
 
 
@@ -96,6 +97,11 @@ def test_sae_ids_stay():
     base = TrainSpec(activation_set="as-1")
     assert base.sae_id() == TrainSpec(activation_set="as-1", name="x", device="cpu").sae_id()
     assert base.sae_id() != TrainSpec(activation_set="as-1", optimizer_state="bf16").sae_id()
+    pair = {"hook": "blocks.1.ln2.hook_normalized", "hook_out": "blocks.1.hook_mlp_out"}
+    transcoder = TrainSpec(activation_set="as-1", **pair)
+    assert transcoder.sae_id() != TrainSpec(activation_set="as-1", hook=pair["hook"]).sae_id()
+    assert transcoder.sae_id() != TrainSpec(activation_set="as-1", skip_connection=True,
+                                            **pair).sae_id()  # fmt: skip
     job = TrainJobSpec(specs=[base])
     legacy = "train-" + hashlib.sha256(base.sae_id().encode()).hexdigest()[:16]
     assert job.content_id() == legacy

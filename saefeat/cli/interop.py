@@ -1,4 +1,5 @@
-"""`saefeat export` and `saefeat import`: SAELens, sparsify and Neuronpedia files."""
+"""`saefeat export` and `saefeat import`: SAELens, sparsify, circuit-tracer (export) and
+Neuronpedia files."""
 
 from __future__ import annotations
 
@@ -16,13 +17,25 @@ def register(app: typer.Typer) -> None:
 
 
 def export_sae(
-    sae: Annotated[str, typer.Option(help="SAE id")],
-    to: Annotated[str, typer.Option(help="saelens, sparsify (weights) or neuronpedia (catalog)")],
+    sae: Annotated[
+        str,
+        typer.Option(
+            help="SAE id; for circuit-tracer the transcoders' ids, comma-separated, "
+            "one for each layer from 0"
+        ),
+    ],
+    to: Annotated[
+        str,
+        typer.Option(help="saelens, sparsify, circuit-tracer (weights) or neuronpedia (catalog)"),
+    ],
     out: Annotated[str, typer.Option(help="folder to write")],
 ):
-    """Write a trained SAE in SAELens's or sparsify's layout, or its catalog in Neuronpedia's.
+    """Write a trained SAE in SAELens's or sparsify's layout, transcoders as circuit-tracer's
+    per-layer set, or an SAE's catalog in Neuronpedia's.
 
-    SAELens's cfg.json names the model by its hub id and the activation set's context size."""
+    SAELens's cfg.json names the model by its hub id and the activation set's context size.
+    circuit-tracer loads the folder from its cache: CIRCUIT_TRACER_CACHE_DIR=<parent of
+    out> circuit-tracer attribute -t <name of out>."""
     from pathlib import Path
 
     from saefeat.errors import SpecError
@@ -58,9 +71,15 @@ def import_sae(
         str | None,
         typer.Option(help="the hook it reads (blocks.6.hook_resid_post), if its files do not say"),
     ] = None,
+    hook_out: Annotated[
+        str | None,
+        typer.Option(
+            help="a transcoder's output hook (blocks.6.hook_mlp_out), if its files do not say"
+        ),
+    ] = None,
 ):
-    """Read an SAELens or sparsify SAE folder into saefeat's checkpoint format and the
-    catalog (listed at once; `saefeat index` gives it features)."""
+    """Read an SAELens or sparsify SAE folder (or a sparsify transcoder) into saefeat's
+    checkpoint format and the catalog (listed at once; `saefeat index` gives it features)."""
     from pathlib import Path
 
     from saefeat.paths import inside
@@ -82,5 +101,5 @@ def import_sae(
         console.print(f"stored SAE {done.sae_id}: {done.n_features} features, "
                       f"{done.n_examples} examples, {done.n_labels} labels")  # fmt: skip
         return
-    out = import_stored(settings, folder, sae_id, model=model, hook=hook)
+    out = import_stored(settings, folder, sae_id, model=model, hook=hook, hook_out=hook_out)
     console.print(f"stored {out}")

@@ -1,8 +1,14 @@
 """The SAE interface, its config, and the checkpoint format every architecture shares.
 
 A checkpoint is a folder: `cfg.json` + `sae.safetensors` with W_enc [d_in, d_sae],
-b_enc [d_sae], W_dec [d_sae, d_in], b_dec [d_in] (+ `threshold` for JumpReLU), in the
+b_enc [d_sae], W_dec [d_sae, d_out], b_dec [d_out] (+ `threshold` for JumpReLU), in the
 model's own activation units: any input normalisation is folded into the weights.
+
+An SAE reconstructs its hook (d_out = d_in) and encodes x - b_dec. A transcoder (cfg
+`hook_out` set) reads one hook and predicts another, the MLP's output from its input
+(sparsify's `transcode`): its encoder reads x as it is (b_dec is the output's bias), and
+with `skip_connection` an affine path W_skip [d_out, d_in] adds x @ W_skip.T to the output.
+Every architecture is both: the difference lives here, in `encoder_input` and `output`.
 """
 
 from __future__ import annotations
@@ -119,21 +125,42 @@ class SAEConfig:
     activation_set: str | None = None
     format_version: int = FORMAT_VERSION
     extra: dict = field(default_factory=dict)  # architecture-specific settings
+    hook_out: str | None = None  # a transcoder's output hook (None: an SAE of `hook`)
+    d_out: int | None = None  # a transcoder's output width (None: d_in)
+    skip_connection: bool = False  # a transcoder's affine skip path, W_skip
+
+    @property
+    def is_transcoder(self) -> bool:
+        return self.hook_out is not None
+
+    @property
+    def out_dim(self) -> int:
+        """Width of what the decoder writes."""
+        return self.d_out or self.d_in
+
+    @property
+    def write_hook(self) -> str | None:
+        """Where the decoder's rows live in the model: steering and patching add them there."""
+        return self.hook_out or self.hook
 
     def arch(self) -> ArchConfig:
         """This checkpoint's architecture settings (raises for an unknown architecture)."""
         return config_class(self.architecture).from_checkpoint(self.k, self.extra)
 
     def validate(self) -> None:
-        if self.d_in <= 0 or self.d_sae <= 0:
-            raise SpecError(f"d_in and d_sae must be > 0, got {self.d_in}, {self.d_sae}")
+        if self.d_in <= 0 or self.d_sae <= 0 or self.out_dim <= 0:
+            raise SpecError(f"d_in, d_out and d_sae must be > 0, got {self.d_in}, "
+                            f"{self.out_dim}, {self.d_sae}")  # fmt: skip
+        if (self.skip_connection or self.d_out is not None) and not self.is_transcoder:
+            raise SpecError("skip_connection and d_out are a transcoder's: set hook_out",
+                            field="hook_out")  # fmt: skip
         self.arch()  # the settings parse
         # Only k binds a stored SAE; a setting like JumpReLU's target L0 binds training.
         check_active_count(self.k, self.d_sae)
 
 
 class SAEOutput(NamedTuple):
-    x_hat: torch.Tensor  # [B, d_in]
+    x_hat: torch.Tensor  # [B, d_out]: the reconstruction (a transcoder's prediction)
     vals: torch.Tensor  # [B, k] latent activations
     idx: torch.Tensor  # [B, k] latent ids
 
@@ -161,23 +188,25 @@ def dense_layout(acts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return acts, idx
 
 
-def fvu_loss(x: torch.Tensor, x_hat: torch.Tensor, variance: torch.Tensor) -> torch.Tensor:
-    return (x_hat.float() - x).pow(2).sum() / variance
+def fvu_loss(y: torch.Tensor, y_hat: torch.Tensor, variance: torch.Tensor) -> torch.Tensor:
+    return (y_hat.float() - y).pow(2).sum() / variance
 
 
 def dense_train_step(
     sae: SparseAutoencoder,
     x: torch.Tensor,
+    y: torch.Tensor,
     acts: torch.Tensor,
     variance: torch.Tensor,
     penalty: torch.Tensor,
     parts: dict[str, torch.Tensor],
 ) -> TrainStep:
     """The training step of an SAE whose latents come out dense (ReLU, JumpReLU): decode
-    every latent (most fire early in training), FVU + the architecture's sparsity
-    `penalty`, and the dense (vals, idx) layout for the trainer; `parts` are logged."""
-    x_hat = acts @ sae.W_dec.to(acts.dtype) + sae.b_dec
-    fvu = fvu_loss(x, x_hat, variance)
+    every latent (most fire early in training), FVU of the target `y` + the
+    architecture's sparsity `penalty`, and the dense (vals, idx) layout for the trainer;
+    `parts` are logged."""
+    x_hat = sae.skip(x, acts @ sae.W_dec.to(acts.dtype) + sae.b_dec)
+    fvu = fvu_loss(y, x_hat, variance)
     vals, idx = dense_layout(acts.detach())
     return TrainStep(SAEOutput(x_hat, vals, idx), fvu + penalty, {"fvu": fvu, **parts})
 
@@ -198,38 +227,65 @@ class SparseAutoencoder(nn.Module):
         cfg.validate()
         self.cfg = cfg
         self.settings = cfg.arch()  # typed view of cfg.k + cfg.extra
-        d_in, d_sae = cfg.d_in, cfg.d_sae
+        d_in, d_sae, d_out = cfg.d_in, cfg.d_sae, cfg.out_dim
         self.W_enc = nn.Parameter(torch.empty(d_in, d_sae))
         self.b_enc = nn.Parameter(torch.zeros(d_sae))
-        self.W_dec = nn.Parameter(torch.empty(d_sae, d_in))
-        self.b_dec = nn.Parameter(torch.zeros(d_in))
+        self.W_dec = nn.Parameter(torch.empty(d_sae, d_out))
+        self.b_dec = nn.Parameter(torch.zeros(d_out))
+        # Zero at the start (sparsify's): the latents learn what the affine path cannot.
+        self.W_skip = nn.Parameter(torch.zeros(d_out, d_in)) if cfg.skip_connection else None
         self.init_weights()
+
+    @property
+    def is_transcoder(self) -> bool:
+        return self.cfg.is_transcoder
 
     @torch.no_grad()
     def init_weights(self, decoder_norm: float = 1.0) -> None:
-        """Decoder rows random at `decoder_norm`, encoder their transpose (sparsify/OpenAI)."""
+        """Decoder rows random at `decoder_norm`, encoder their transpose (sparsify/OpenAI);
+        a transcoder whose widths differ gets an encoder of its own, columns at the norm."""
         w = torch.randn_like(self.W_dec)
         self.W_dec.copy_(w / w.norm(dim=1, keepdim=True) * decoder_norm)
-        self.W_enc.copy_(self.W_dec.t())
+        if self.W_enc.shape == self.W_dec.t().shape:
+            self.W_enc.copy_(self.W_dec.t())
+        else:
+            e = torch.randn_like(self.W_enc)
+            self.W_enc.copy_(e / e.norm(dim=0, keepdim=True) * decoder_norm)
+
+    def encoder_input(self, x: torch.Tensor) -> torch.Tensor:
+        """What the encoder multiplies: an SAE's input centred on b_dec (the same as
+        folding -b_dec @ W_enc into b_enc, but keeps b_dec the data's centre); a
+        transcoder's input as it is, since its b_dec is the output's."""
+        return x if self.cfg.is_transcoder else x - self.b_dec
 
     # Subclasses implement encode(x) -> (vals, idx); decode is shared.
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
 
     def decode(self, vals: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """The latents' part of the output (a transcoder's skip path is `skip`'s)."""
         from saefeat.kernels import sparse_decode
 
         return sparse_decode(idx, vals, self.W_dec, self.b_dec)
 
+    def skip(self, x: torch.Tensor, decoded: torch.Tensor) -> torch.Tensor:
+        """The output: the decoded latents, plus x @ W_skip.T for a transcoder with one."""
+        if self.W_skip is None:
+            return decoded
+        return decoded + x.to(self.W_skip.dtype) @ self.W_skip.t()
+
     def forward(self, x: torch.Tensor) -> SAEOutput:
         vals, idx = self.encode(x)
-        return SAEOutput(self.decode(vals, idx), vals, idx)
+        return SAEOutput(self.skip(x, self.decode(vals, idx)), vals, idx)
 
-    def training_loss(self, x: torch.Tensor, variance: torch.Tensor) -> TrainStep:
-        """Forward in training mode and the loss: FVU unless the architecture adds terms.
-        `variance` = sum((x - mean x)^2) of the batch, the FVU denominator."""
+    def training_loss(
+        self, x: torch.Tensor, variance: torch.Tensor, y: torch.Tensor | None = None
+    ) -> TrainStep:
+        """Forward in training mode and the loss: FVU of the target `y` (a transcoder's
+        output; an SAE's is x) unless the architecture adds terms. `variance` =
+        sum((y - mean y)^2) of the batch, the FVU denominator."""
         out = self(x)
-        fvu = fvu_loss(x, out.x_hat, variance)
+        fvu = fvu_loss(x if y is None else y, out.x_hat, variance)
         return TrainStep(out, fvu, {"fvu": fvu})
 
     def after_step(self, out: SAEOutput) -> None:
@@ -242,11 +298,15 @@ class SparseAutoencoder(nn.Module):
         return out.scatter_(1, idx, vals)
 
     @torch.no_grad()
-    def fold_input_scale(self, scale: float) -> None:
-        """Make an SAE trained on x * scale act on raw x with identical latents."""
+    def fold_input_scale(self, scale: float, out_scale: float | None = None) -> None:
+        """Make an SAE trained on x * scale act on raw x with identical latents; a
+        transcoder trained to predict y * out_scale then predicts raw y."""
+        out_scale = scale if out_scale is None else out_scale
         self.W_enc.mul_(scale)
-        self.W_dec.div_(scale)
-        self.b_dec.div_(scale)
+        self.W_dec.div_(out_scale)
+        self.b_dec.div_(out_scale)
+        if self.W_skip is not None:
+            self.W_skip.mul_(scale / out_scale)
 
     # ---- checkpoints ----------------------------------------------------------------
 

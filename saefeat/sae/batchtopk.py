@@ -42,13 +42,13 @@ class BatchTopKSAE(SparseAutoencoder):
         self.register_buffer("threshold", torch.zeros(cfg.d_sae))
 
     def pre_acts(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.relu((x - self.b_dec) @ self.W_enc + self.b_enc)
+        return torch.relu(self.encoder_input(x) @ self.W_enc + self.b_enc)
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.training:
             from saefeat.kernels import batch_topk_encode
 
-            return batch_topk_encode(x - self.b_dec, self.W_enc, self.b_enc, self.cfg.k)
+            return batch_topk_encode(self.encoder_input(x), self.W_enc, self.b_enc, self.cfg.k)
         pre = self.pre_acts(x)
         return dense_to_sparse(pre * (pre > self.threshold))
 

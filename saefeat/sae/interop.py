@@ -10,10 +10,17 @@ with their stored threshold, so they export as jumprelu (as SAELens saves its ow
 
 sparsify (eai-sparsify, `SparseCoder.save_to_disk`): one folder per hookpoint with
 `cfg.json` (SparseCoderConfig's fields + `d_in`) and `sae.safetensors` with
-encoder.weight [d_sae, d_in], encoder.bias, W_dec [d_sae, d_in], b_dec. TopK only.
+encoder.weight [d_sae, d_in], encoder.bias, W_dec [d_sae, d_in], b_dec [d_in]. TopK only.
+A transcoder is `transcode: true` (its encoder reads x, not x - b_dec; b_dec is the
+output's bias, as ours) with one width in and out, and `skip_connection: true` adds
+W_skip [d_in, d_in] (output += x @ W_skip.T, ours too). sparsify's skip connection on an
+SAE (transcode false) has no counterpart here and is refused.
 
-Both compute relu / topk / jumprelu of (x - b_dec) @ W_enc + b_enc, as we do, so weights
-map one to one; our input normalisation is already folded into the weights.
+Both compute relu / topk / jumprelu of (x - b_dec) @ W_enc + b_enc for an SAE, as we do,
+so weights map one to one; our input normalisation is already folded into the weights.
+SAELens's layout is written for SAEs only: a transcoder is refused there (SAELens's own
+transcoder classes are not mapped yet). circuit-tracer's per-layer transcoder sets are
+`saefeat/sae/circuit_tracer.py`'s (`export_circuit_tracer`), export only.
 
 What the files say of the model, for other tools to act on it: SAELens's
 `metadata.model_name` is the model's hub id (our embedded alias `smollm2-135m` stands for
@@ -24,15 +31,18 @@ set's ctx_len, `prepend_bos` its BOS policy, and a revision other than the defau
 loads the model by (`saefeat_model`) and the set (`saefeat_activation_set`) ride along, so
 an SAE exported and imported again names the same model. sparsify's files name neither
 model nor hook; our export adds them as keys sparsify ignores (`saefeat_model`,
-`saefeat_hook`), and import otherwise reads the hook from the folder name (sparsify's
-hookpoint, `layers.6` = `blocks.6.hook_resid_post`) and the model from the run folder's
-`config.json`.
+`saefeat_hook`, and a transcoder's `saefeat_hook_out`), and import otherwise reads the
+hook from the folder name (sparsify's hookpoint, `layers.6` = `blocks.6.hook_resid_post`)
+and the model from the run folder's `config.json`. A sparsify transcoder's hookpoint is
+the module it stands in for, read from its input and written at its output: `layers.6.mlp`
+(or `h.6.mlp`) is `blocks.6.ln2.hook_normalized` (what the MLP reads, after its norm)
+-> `blocks.6.hook_mlp_out`; of any other module the hooks must be passed.
 
 `export_stored` and `import_stored` are what `saefeat export` and `saefeat import` run:
 export reads the model, revision and context size from the SAE's activation set (the Zarr
-set, else its catalog row); import saves the checkpoint and registers it in the catalog
-(`storage/catalog/registry.py`), so the SAE is listed (GET /v1/saes) and its pages open
-before it has an index.
+set, else its catalog row), and to circuit-tracer takes one transcoder id a layer; import
+saves the checkpoint and registers it in the catalog (`storage/catalog/registry.py`), so
+the SAE is listed (GET /v1/saes) and its pages open before it has an index.
 """
 
 from __future__ import annotations
@@ -48,7 +58,7 @@ from safetensors.torch import load_file, save_file
 
 from saefeat.errors import NotFoundError, SpecError
 from saefeat.sae.base import SAEConfig, SparseAutoencoder, load_sae, sae_class
-from saefeat.shapes import hub_model_id, parse_hook
+from saefeat.shapes import check_transcoder_hooks, hub_model_id, parse_hook
 
 if TYPE_CHECKING:
     from saefeat.config import Settings
@@ -61,7 +71,7 @@ TO_SAELENS = {"topk": "topk", "relu": "standard", "jumprelu": "jumprelu",
 FROM_SAELENS = {"topk": "topk", "standard": "relu", "jumprelu": "jumprelu"}
 # The cfg.json layout we write is SAELens 6's (metadata nested, architecture named).
 SAELENS_FORMAT_VERSION = "6.0.0"
-FORMATS = ("saelens", "sparsify")
+FORMATS = ("saelens", "sparsify", "circuit-tracer")
 
 
 def _weights(sae: SparseAutoencoder) -> dict[str, torch.Tensor]:
@@ -99,8 +109,12 @@ def export_saelens(
 ) -> Path:
     """Write `sae` as SAELens's folder. `model_name` defaults to the checkpoint's model;
     either way the file names its hub id. `context_size` is the activation set's ctx_len
-    (export_stored finds it; None when unknown)."""
+    (export_stored finds it; None when unknown). SAEs only: a transcoder is refused."""
     cfg = sae.cfg
+    if cfg.is_transcoder:
+        raise SpecError(f"this is a transcoder ({cfg.hook} -> {cfg.hook_out}); the SAELens "
+                        "export writes SAEs only: use sparsify or circuit-tracer",
+                        field="hook_out")  # fmt: skip
     arch = TO_SAELENS[cfg.architecture]
     weights = _weights(sae)
     if arch != "jumprelu":
@@ -175,13 +189,20 @@ def import_saelens(path: Path) -> SparseAutoencoder:
 
 
 def export_sparsify(sae: SparseAutoencoder, path: Path) -> Path:
+    """Write a TopK SAE, or a TopK transcoder (`transcode`, with W_skip if it has one),
+    as sparsify's folder."""
     cfg = sae.cfg
     if cfg.architecture != "topk":
         raise SpecError(f"sparsify holds TopK SAEs only, not {cfg.architecture!r}",
                         field="architecture")  # fmt: skip
+    if cfg.out_dim != cfg.d_in:
+        raise SpecError(f"sparsify's transcoders write as wide as they read (d_in={cfg.d_in}); "
+                        f"this one writes d_out={cfg.out_dim}", field="d_out")  # fmt: skip
     w = _weights(sae)
     tensors = {"encoder.weight": w["W_enc"].t().contiguous(), "encoder.bias": w["b_enc"],
                "W_dec": w["W_dec"], "b_dec": w["b_dec"]}  # fmt: skip
+    if "W_skip" in w:
+        tensors["W_skip"] = w["W_skip"]
     out = {
         "activation": "topk",
         "expansion_factor": max(1, cfg.d_sae // cfg.d_in),
@@ -189,40 +210,63 @@ def export_sparsify(sae: SparseAutoencoder, path: Path) -> Path:
         "num_latents": cfg.d_sae,
         "k": cfg.k,
         "multi_topk": False,
-        "skip_connection": False,
-        "transcode": False,
+        "skip_connection": cfg.skip_connection,
+        "transcode": cfg.is_transcoder,
         "d_in": cfg.d_in,
         "saefeat_model": cfg.model,  # sparsify drops keys it does not know
         "saefeat_hook": cfg.hook,
     }
+    if cfg.is_transcoder:
+        out["saefeat_hook_out"] = cfg.hook_out
     path = _new_folder(path)
     save_file(tensors, str(path / SPARSIFY_WEIGHTS), metadata={"format": "pt"})
     (path / "cfg.json").write_text(json.dumps(out))
     return path
 
 
-def import_sparsify(path: Path, *, model: str | None = None, hook: str | None = None
-                    ) -> SparseAutoencoder:  # fmt: skip
+def import_sparsify(path: Path, *, model: str | None = None, hook: str | None = None,
+                    hook_out: str | None = None) -> SparseAutoencoder:  # fmt: skip
     """sparsify's files name neither model nor hook (the folder is the hookpoint): pass
-    them, or they come from our export's keys, the folder name (`sparsify_hook`) and the
-    run folder's config.json (sparsify's trainer writes its `model` there)."""
+    them, or they come from our export's keys, the folder name (`sparsify_hook`, a
+    transcoder's `sparsify_transcoder_hooks`) and the run folder's config.json (sparsify's
+    trainer writes its `model` there). `hook_out` is a transcoder's only."""
     path = Path(path)
     raw = _read_json(path / "cfg.json")
     if raw.get("activation", "topk") != "topk":
         raise SpecError(f"sparsify activation {raw['activation']!r} is not supported; only "
                         "topk", field="activation")  # fmt: skip
-    for flag in ("transcode", "skip_connection"):
-        if raw.get(flag):
-            raise SpecError(f"sparsify {flag}=true has no saefeat counterpart", field=flag)
+    transcode = bool(raw.get("transcode"))
+    if raw.get("skip_connection") and not transcode:
+        raise SpecError("sparsify skip_connection=true on an SAE (transcode=false) has no "
+                        "saefeat counterpart", field="skip_connection")  # fmt: skip
+    if hook_out and not transcode:
+        raise SpecError(f"{path} is an SAE (transcode=false), not a transcoder: it has no "
+                        "output hook", field="hook_out")  # fmt: skip
     w = {k: v.float() for k, v in load_file(str(path / SPARSIFY_WEIGHTS)).items()}
     d_sae, d_in = w["encoder.weight"].shape
-    hook = hook or raw.get("saefeat_hook") or sparsify_hook(path.resolve().name)
+    hookpoint = path.resolve().name
+    if transcode:
+        named = sparsify_transcoder_hooks(hookpoint) or (None, None)
+        hook = hook or raw.get("saefeat_hook") or named[0]
+        hook_out = hook_out or raw.get("saefeat_hook_out") or named[1]
+        if not hook_out:
+            raise SpecError(f"{path} is a sparsify transcoder of {hookpoint!r}, whose output "
+                            "hook saefeat cannot name; pass it (e.g. blocks.6.hook_mlp_out) "
+                            "with the input hook", field="hook_out")  # fmt: skip
+    else:
+        hook = hook or raw.get("saefeat_hook") or sparsify_hook(hookpoint)
     model = model or raw.get("saefeat_model") or _sparsify_run_model(path.resolve().parent)
-    cfg = SAEConfig(d_in=d_in, d_sae=d_sae, architecture="topk", k=int(raw["k"]),
-                    model=model, hook=hook)  # fmt: skip
+    d_out = w["W_dec"].shape[1]
+    cfg = SAEConfig(d_in=d_in, d_sae=d_sae, architecture="topk", k=int(raw["k"]), model=model,
+                    hook=hook, hook_out=hook_out if transcode else None,
+                    d_out=d_out if d_out != d_in else None,
+                    skip_connection=transcode and "W_skip" in w)  # fmt: skip
     sae = sae_class("topk")(cfg)
-    sae.load_state_dict({"W_enc": w["encoder.weight"].t().contiguous(), "b_enc": w["encoder.bias"],
-                         "W_dec": w["W_dec"], "b_dec": w["b_dec"]})  # fmt: skip
+    ours = {"W_enc": w["encoder.weight"].t().contiguous(), "b_enc": w["encoder.bias"],
+            "W_dec": w["W_dec"], "b_dec": w["b_dec"]}  # fmt: skip
+    if cfg.skip_connection:
+        ours["W_skip"] = w["W_skip"]
+    sae.load_state_dict(ours)
     return sae.eval()
 
 
@@ -239,6 +283,16 @@ def sparsify_hook(hookpoint: str) -> str | None:
     """Our hook name for a sparsify hookpoint (its SAE's folder name); None if unknown."""
     m = _SPARSIFY_HOOK.match(hookpoint)
     return f"blocks.{m.group(1)}.hook_{_SPARSIFY_KIND[m.group(2)]}" if m else None
+
+
+def sparsify_transcoder_hooks(hookpoint: str) -> tuple[str, str] | None:
+    """Our (input, output) hooks for a sparsify transcoder's hookpoint, the module it
+    replaces: an MLP (`layers.6.mlp`) reads its norm's output and writes hook_mlp_out.
+    None for any other module (its hooks are not a transcoder pair saefeat names)."""
+    m = _SPARSIFY_HOOK.match(hookpoint)
+    if not m or m.group(2) != "mlp":
+        return None
+    return f"blocks.{m.group(1)}.ln2.hook_normalized", f"blocks.{m.group(1)}.hook_mlp_out"
 
 
 def _sparsify_run_model(run: Path) -> str | None:
@@ -296,11 +350,24 @@ def _zarr_provenance(settings: Settings, set_id: str | None) -> Provenance | Non
 
 
 def export_stored(settings: Settings, sae_id: str, to: str, out: Path) -> Path:
-    """Write the stored SAE `sae_id` in SAELens's or sparsify's layout."""
+    """Write the stored SAE `sae_id` in SAELens's or sparsify's layout; to circuit-tracer,
+    `sae_id` is the transcoders' ids, comma-separated, one for each layer from 0."""
     from saefeat.paths import inside
 
     if to not in FORMATS:
         raise SpecError(f"{to!r} is not a format; use one of {sorted(FORMATS)}", field="to")
+    if to == "circuit-tracer":
+        from saefeat.sae.circuit_tracer import export_circuit_tracer
+
+        ids = [i.strip() for i in sae_id.split(",") if i.strip()]
+        saes = [load_sae(inside(settings.saes_dir, i, "sae")) for i in ids]
+        found = (provenance(settings, sae, i) for sae, i in zip(saes, ids, strict=True))
+        models = {p.model_name for p in found} - {None}
+        if len(models) > 1:
+            raise SpecError(f"the transcoders' activations come from different models "
+                            f"({sorted(models)})", field="sae")  # fmt: skip
+        return export_circuit_tracer(saes, Path(out), model_name=models.pop() if models else None,
+                                     names=[f"SAE {i!r}" for i in ids])  # fmt: skip
     # `out` is the user's own choice; the SAE is read only from the SAE folder.
     sae = load_sae(inside(settings.saes_dir, sae_id, "sae"))
     if to == "sparsify":
@@ -310,23 +377,32 @@ def export_stored(settings: Settings, sae_id: str, to: str, out: Path) -> Path:
                           revision=p.revision, prepend_bos=p.prepend_bos)  # fmt: skip
 
 
-def read_foreign(folder: Path, *, model: str | None = None, hook: str | None = None
-                 ) -> tuple[str, SparseAutoencoder]:  # fmt: skip
-    """(format, SAE) of an SAELens or sparsify folder; `model`/`hook` override its own."""
+def read_foreign(folder: Path, *, model: str | None = None, hook: str | None = None,
+                 hook_out: str | None = None) -> tuple[str, SparseAutoencoder]:  # fmt: skip
+    """(format, SAE) of an SAELens or sparsify folder; `model`/`hook` override its own, and
+    `hook_out` a sparsify transcoder's."""
     folder = Path(folder)
     if (folder / SAELENS_WEIGHTS).is_file():
+        if hook_out:
+            raise SpecError(f"{folder} is an SAELens SAE; only a transcoder has an output hook",
+                            field="hook_out")  # fmt: skip
         fmt, sae = "saelens", import_saelens(folder)
     elif (folder / SPARSIFY_WEIGHTS).is_file():
-        fmt, sae = "sparsify", import_sparsify(folder, model=model, hook=hook)
+        fmt, sae = "sparsify", import_sparsify(folder, model=model, hook=hook, hook_out=hook_out)
     else:
         raise SpecError(f"{folder} holds neither {SAELENS_WEIGHTS} nor {SPARSIFY_WEIGHTS}",
                         field="path")  # fmt: skip
     sae.cfg.model = model or sae.cfg.model
     sae.cfg.hook = hook or sae.cfg.hook
     if not sae.cfg.hook:
+        example = "blocks.6.ln2.hook_normalized" if sae.cfg.is_transcoder else (
+            "blocks.6.hook_resid_post")  # fmt: skip
         raise SpecError(f"{folder} does not say which hook the SAE reads; pass --hook "
-                        "(e.g. blocks.6.hook_resid_post)", field="hook")  # fmt: skip
-    parse_hook(sae.cfg.hook)
+                        f"(e.g. {example})", field="hook")  # fmt: skip
+    if sae.cfg.is_transcoder:
+        check_transcoder_hooks(sae.cfg.hook, sae.cfg.hook_out)
+    else:
+        parse_hook(sae.cfg.hook)
     if not sae.cfg.model:
         raise SpecError(f"{folder} does not name the model; pass --model (a hub id or a "
                         "local model folder)", field="model")  # fmt: skip
@@ -341,17 +417,18 @@ def import_stored(
     model: str | None = None,
     hook: str | None = None,
     name: str | None = None,
+    hook_out: str | None = None,
 ) -> Path:
-    """Save an SAELens or sparsify SAE as checkpoint `sae_id` and register it in the
-    catalog (no activation set: index it over one with `saefeat index`). Refuses an id
-    already stored or registered."""
+    """Save an SAELens or sparsify SAE (or sparsify transcoder) as checkpoint `sae_id` and
+    register it in the catalog (no activation set: index it over one with `saefeat
+    index`). Refuses an id already stored or registered."""
     from saefeat.paths import inside
     from saefeat.storage.catalog.db import catalog_session
     from saefeat.storage.catalog.models import SAE
     from saefeat.storage.catalog.registry import register_sae
 
     dest = inside(settings.saes_dir, sae_id, "id")  # before reading anything
-    fmt, sae = read_foreign(Path(folder), model=model, hook=hook)
+    fmt, sae = read_foreign(Path(folder), model=model, hook=hook, hook_out=hook_out)
     cfg = sae.cfg
     with catalog_session(settings) as s:
         if s.get(SAE, sae_id) is not None:
@@ -359,12 +436,16 @@ def import_stored(
         out = sae.save(dest)
         k = f"-k{cfg.k}" if cfg.k is not None else ""
         source: dict[str, Any] = {"format": fmt, "path": str(Path(folder).resolve())}
+        transcoder = {"hook_out": cfg.hook_out, "d_out": cfg.d_out,
+                      "skip_connection": cfg.skip_connection}  # fmt: skip
         try:
             register_sae(
                 s, sae_id=sae_id, name=name or f"{cfg.hook} {cfg.architecture}-{cfg.d_sae}{k}",
                 model_name=cfg.model or "", hook_name=cfg.hook or "",
                 architecture=cfg.architecture, d_in=cfg.d_in, d_sae=cfg.d_sae, k=cfg.k,
-                cfg={"imported_from": source, "extra": cfg.extra}, checkpoint_path=str(out),
+                cfg={"imported_from": source, "extra": cfg.extra,
+                     **(transcoder if cfg.is_transcoder else {})},
+                checkpoint_path=str(out),
             )  # fmt: skip
             s.commit()
         except BaseException:

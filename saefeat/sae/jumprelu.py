@@ -51,20 +51,22 @@ class JumpReLUSAE(SparseAutoencoder):
     def _acts(self, x: torch.Tensor, want_l0: bool):
         from saefeat.kernels import jumprelu_encode
 
-        return jumprelu_encode(x - self.b_dec, self.W_enc, self.b_enc, self.threshold,
+        return jumprelu_encode(self.encoder_input(x), self.W_enc, self.b_enc, self.threshold,
                                self.settings.bandwidth, return_l0=want_l0)  # fmt: skip
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return dense_to_sparse(self._acts(x, False))
 
-    def training_loss(self, x: torch.Tensor, variance: torch.Tensor) -> TrainStep:
+    def training_loss(
+        self, x: torch.Tensor, variance: torch.Tensor, y: torch.Tensor | None = None
+    ) -> TrainStep:
         acts, l0 = self._acts(x, True)
         mean_l0 = l0.float().mean()
         coef = self.settings.sparsity_coefficient
         target = self.settings.target_l0
         sparsity = coef * (mean_l0 / target - 1).pow(2) if target else coef * mean_l0
         parts = {"l0": mean_l0.detach(), "sparsity": sparsity}
-        return dense_train_step(self, x, acts, variance, sparsity, parts)
+        return dense_train_step(self, x, x if y is None else y, acts, variance, sparsity, parts)
 
     @torch.no_grad()
     def after_step(self, out: SAEOutput) -> None:

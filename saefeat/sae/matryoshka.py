@@ -49,14 +49,14 @@ class MatryoshkaBatchTopKSAE(BatchTopKSAE):
         super().__init__(cfg)
         self.ends = group_ends(self.settings.matryoshka_groups, cfg.d_sae)
 
-    def training_loss(self, x: torch.Tensor, variance: torch.Tensor) -> TrainStep:
-        from saefeat.kernels import sparse_decode
-
+    def training_loss(
+        self, x: torch.Tensor, variance: torch.Tensor, y: torch.Tensor | None = None
+    ) -> TrainStep:
+        y = x if y is None else y
         out = self(x)
-        full = fvu_loss(x, out.x_hat, variance)
+        full = fvu_loss(y, out.x_hat, variance)
         loss = full
         for end in self.ends[:-1]:  # the full prefix is out.x_hat
             vals = torch.where(out.idx < end, out.vals, torch.zeros_like(out.vals))
-            loss = loss + fvu_loss(x, sparse_decode(out.idx, vals, self.W_dec, self.b_dec),
-                                   variance)  # fmt: skip
+            loss = loss + fvu_loss(y, self.skip(x, self.decode(vals, out.idx)), variance)
         return TrainStep(out, loss, {"fvu": full, "matryoshka": loss})

@@ -32,13 +32,16 @@ class ReLUSAE(SparseAutoencoder):
     unit_norm_decoder = False
 
     def dense(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.relu((x - self.b_dec) @ self.W_enc + self.b_enc)
+        return torch.relu(self.encoder_input(x) @ self.W_enc + self.b_enc)
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return dense_to_sparse(self.dense(x))
 
-    def training_loss(self, x: torch.Tensor, variance: torch.Tensor) -> TrainStep:
+    def training_loss(
+        self, x: torch.Tensor, variance: torch.Tensor, y: torch.Tensor | None = None
+    ) -> TrainStep:
         acts = self.dense(x)
         l1 = (acts.float() * self.W_dec.norm(dim=1)).sum() / x.shape[0]
         penalty = self.settings.l1_coefficient * l1
-        return dense_train_step(self, x, acts, variance, penalty, {"l1": l1})
+        return dense_train_step(self, x, x if y is None else y, acts, variance, penalty,
+                                {"l1": l1})  # fmt: skip

@@ -21,6 +21,4 @@ class TopKSAE(SparseAutoencoder):
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         from saefeat.kernels import topk_encode
 
-        # Subtracting b_dec first is the same as folding -b_dec @ W_enc into b_enc,
-        # but keeps b_dec meaningful as the data's centre.
-        return topk_encode(x - self.b_dec, self.W_enc, self.b_enc, self.cfg.k)
+        return topk_encode(self.encoder_input(x), self.W_enc, self.b_enc, self.cfg.k)

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, SerializeAsAny, field_validator, model_validator
+from pydantic import Field, SerializeAsAny, ValidationInfo, field_validator, model_validator
 
 from saefeat.errors import SpecError
 from saefeat.sae.base import ArchConfig, arch_settings, config_class
 from saefeat.sae.topk import TopKConfig
+from saefeat.shapes import check_transcoder_hooks
 from saefeat.specs.base import Id, Spec, content_id
 from saefeat.storage.exclusion import DEFAULT_THRESHOLD
 
@@ -52,11 +53,20 @@ class TrainSpec(Spec):
         "batch_size", "lr", "lr_warmup_frac", "lr_decay_frac", "grad_clip", "epochs", "seed",
         "massive_norm_threshold", "heldout_frac", "eval_set",
     )  # fmt: skip
-    ID_FIELDS_IF_SET = ("optimizer_state",)
+    # Joined later: hashed only when set, so every SAE id made before stays.
+    ID_FIELDS_IF_SET = ("optimizer_state", "hook_out", "skip_connection")
     RUN_FIELDS = ("device", "name", "checkpoint_every_tokens", "eval_ce_contexts", "resume_from")
 
     activation_set: Id = Field(description="activation set id")
     hook: str | None = Field(None, description="hook to train on (default: the set's first)")
+    hook_out: str | None = Field(
+        None,
+        description="train a transcoder: read `hook` (blocks.L.ln2.hook_normalized or "
+        "blocks.L.hook_mlp_in) and predict this hook (blocks.L.hook_mlp_out) of the same set",
+    )
+    skip_connection: bool = Field(
+        False, description="a transcoder's affine skip path from input to output (sparsify's)"
+    )
     architecture: SerializeAsAny[ArchConfig] = Field(
         default_factory=TopKConfig, description="the architecture's name, or its config"
     )
@@ -125,6 +135,26 @@ class TrainSpec(Spec):
         if not isinstance(v, dict) or "name" not in v:
             raise ValueError("must be an architecture name or a config with its `name`")
         return config_class(v["name"]).model_validate(v)
+
+    @field_validator("hook_out")
+    @classmethod
+    def _transcoder_pair(cls, hook_out: str | None, info: ValidationInfo) -> str | None:
+        if hook_out is not None:
+            hook = info.data.get("hook")
+            if hook is None:
+                raise ValueError("a transcoder (hook_out) names its input hook too: set hook")
+            try:
+                check_transcoder_hooks(hook, hook_out)
+            except SpecError as e:
+                raise ValueError(e.message) from None
+        return hook_out
+
+    @field_validator("skip_connection")
+    @classmethod
+    def _skip_is_a_transcoders(cls, skip: bool, info: ValidationInfo) -> bool:
+        if skip and info.data.get("hook_out") is None:
+            raise ValueError("skip_connection is a transcoder's: set hook_out")
+        return skip
 
     @model_validator(mode="after")
     def _fits(self) -> TrainSpec:

@@ -16,26 +16,28 @@ DENSITY_BINS = np.concatenate([[0.0], np.logspace(-7, 0, 29)])  # log10 density 
 @torch.no_grad()
 def evaluate(
     sae: SparseAutoencoder,
-    batches: Iterable[torch.Tensor],
+    batches: Iterable[torch.Tensor | tuple[torch.Tensor, torch.Tensor]],
     *,
     max_tokens: int | None = None,
     with_density: bool = False,
 ) -> dict:
     """MSE, FVU = sum((x - x_hat)^2) / sum((x - mean x)^2), L0, L1, dead/dense fractions,
     the feature-density histogram, cosine similarity and shrinkage (SAEBench's l2 ratio and
-    relative reconstruction bias), in the units the SAE takes as input. `with_density`
-    adds each latent's firing frequency as a numpy array under "density"."""
+    relative reconstruction bias), in the units the SAE takes as input. A transcoder's
+    batches are (input, target) pairs and every figure is of its prediction of the target.
+    `with_density` adds each latent's firing frequency as a numpy array under "density"."""
     device = sae.W_enc.device
-    d_in, d_sae = sae.cfg.d_in, sae.cfg.d_sae
+    d_out, d_sae = sae.cfg.out_dim, sae.cfg.d_sae
     n = 0
     z = {k: torch.zeros((), dtype=torch.float64, device=device)
          for k in ("sq_err", "sum_x2", "l0", "l1", "norm_in", "norm_out", "ratio", "cos",
                    "dot", "out2")}  # fmt: skip
-    sum_x = torch.zeros(d_in, dtype=torch.float64, device=device)
+    sum_x = torch.zeros(d_out, dtype=torch.float64, device=device)
     fires = torch.zeros(d_sae, dtype=torch.float64, device=device)
-    for x in batches:
-        x = x.to(device, torch.float32)
-        out = sae(x)
+    for batch in batches:
+        inputs, x = batch if isinstance(batch, tuple) else (batch, batch)
+        x = x.to(device, torch.float32)  # the target: an SAE's own input
+        out = sae(inputs.to(device, torch.float32))
         x_hat = out.x_hat.float()
         z["sq_err"] += (x_hat - x).pow(2).sum().double()
         sum_x += x.sum(0).double()
@@ -61,7 +63,7 @@ def evaluate(
     hist, _ = np.histogram(density, bins=DENSITY_BINS)
     out = {
         "n_tokens": n,
-        "mse": float(z["sq_err"] / (n * d_in)),
+        "mse": float(z["sq_err"] / (n * d_out)),
         "fvu": float(z["sq_err"] / total_var),
         "explained_variance": float(1 - z["sq_err"] / total_var),
         "cossim": float(z["cos"] / n),

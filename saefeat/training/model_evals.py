@@ -1,7 +1,9 @@
 """Model-in-the-loop metrics: the SAE's reconstruction spliced into the forward pass.
 
 CE loss and KL divergence (to the clean run's next-token distribution) with the hook's
-output replaced by the SAE reconstruction, and by zeros (zero ablation). CE loss
+output replaced by the SAE reconstruction, and by zeros (zero ablation). A transcoder
+replaces the hook it writes (the MLP's output) by its prediction from the hook it reads
+(the MLP's input, as this forward computed it), and the zero ablation zeroes the MLP. CE loss
 recovered = (CE_zero - CE_sae) / (CE_zero - CE_clean), SAELens's definition; KL score =
 (KL_zero - KL_sae) / KL_zero. The tokens the token rule excludes (position 0, and norms
 above `norm_limit`; see storage/exclusion.py) are left as they are in every run: the SAE
@@ -19,51 +21,81 @@ import torch.nn.functional as F
 from saefeat.lm import LanguageModel, edit_at, parse_hook
 from saefeat.sae import SparseAutoencoder
 
-Replace = Callable[[torch.Tensor], torch.Tensor]  # [n, d] -> [n, d]
+# (rows at the read hook [n, d_in], rows at the written hook [n, d_out]) -> new written rows
+Replace = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def _splice(t: torch.Tensor, replace: Replace) -> torch.Tensor:
-    out = t.clone()
-    rest = t[:, 1:]
-    out[:, 1:] = replace(rest.reshape(-1, t.shape[-1])).reshape(rest.shape).to(t.dtype)
+def zeros(read: torch.Tensor, written: torch.Tensor) -> torch.Tensor:
+    return torch.zeros_like(written)
+
+
+def _splice(read: torch.Tensor, written: torch.Tensor, replace: Replace) -> torch.Tensor:
+    out = written.clone()
+    rows_in = read[:, 1:].reshape(-1, read.shape[-1])
+    rest = written[:, 1:]
+    new = replace(rows_in, rest.reshape(-1, written.shape[-1]))
+    out[:, 1:] = new.reshape(rest.shape).to(written.dtype)
     return out
 
 
 @contextmanager
-def spliced(lm: LanguageModel, hook: str, replace: Replace | None):
-    """Within the block, the hook's activations are replaced (positions >= 1)."""
-    if replace is None:
+def spliced(
+    lm: LanguageModel, hook: str | None, replace: Replace | None, hook_out: str | None = None
+):
+    """Within the block, the activations at `hook_out` (default: `hook`) are replaced
+    (positions >= 1) by `replace` of this forward's activations at `hook`."""
+    if replace is None or hook is None:
         yield
         return
-    handle = edit_at(lm, parse_hook(hook), lambda t: _splice(t, replace))
-    try:
-        yield
-    finally:
-        handle.remove()
+    with lm.exclusive():  # the read hook's tensor belongs to this thread's forward
+        seen: dict[str, torch.Tensor] = {}
+
+        def keep(t: torch.Tensor) -> torch.Tensor:
+            seen["x"] = t
+            return t
+
+        handles = []
+        try:
+            if hook_out is not None and hook_out != hook:
+                handles.append(edit_at(lm, parse_hook(hook), keep))
+            else:
+                hook_out = hook
+            handles.append(edit_at(lm, parse_hook(hook_out),
+                                   lambda t: _splice(seen.pop("x", t), t, replace)))  # fmt: skip
+            yield
+        finally:
+            for h in reversed(handles):
+                h.remove()
 
 
-def _logits(lm: LanguageModel, tokens: torch.Tensor, hook: str | None, replace: Replace | None):
-    with spliced(lm, hook, replace):
+Hooks = tuple[str, str]  # (read, written): the same hook twice for an SAE
+
+
+def _logits(lm: LanguageModel, tokens: torch.Tensor, hooks: Hooks | None,
+            replace: Replace | None):  # fmt: skip
+    read, written = hooks or (None, None)
+    with spliced(lm, read, replace, written):
         return lm.model(input_ids=tokens.to(lm.device), use_cache=False).logits.float()
 
 
 def _reconstruct(sae: SparseAutoencoder) -> Replace:
     device = sae.W_enc.device
 
-    def replace(x: torch.Tensor) -> torch.Tensor:
-        return sae(x.to(device, torch.float32)).x_hat.to(x.device)
+    def replace(read: torch.Tensor, written: torch.Tensor) -> torch.Tensor:
+        return sae(read.to(device, torch.float32)).x_hat.to(written.device)
 
     return replace
 
 
 def _sparing(replace: Replace, norm_limit: float) -> Replace:
-    """`replace`, except on rows whose norm exceeds the limit (massive tokens)."""
+    """`replace`, except on rows whose read-hook norm exceeds the limit (massive tokens:
+    the token rule is the read hook's)."""
     if norm_limit == float("inf"):
         return replace
 
-    def spare(x: torch.Tensor) -> torch.Tensor:
-        keep = (x.float().norm(dim=-1) > norm_limit)[:, None]
-        return torch.where(keep, x, replace(x).to(x.dtype))
+    def spare(read: torch.Tensor, written: torch.Tensor) -> torch.Tensor:
+        keep = (read.float().norm(dim=-1) > norm_limit)[:, None]
+        return torch.where(keep, written, replace(read, written).to(written.dtype))
 
     return spare
 
@@ -83,40 +115,44 @@ def spliced_metrics_many(
     saes: list[tuple[SparseAutoencoder, str]], lm: LanguageModel, tokens: torch.Tensor,
     *, batch_contexts: int = 4, norm_limit: float = float("inf"),
 ) -> list[dict[str, float]]:  # fmt: skip
-    """spliced_metrics for several (SAE, hook) pairs; the clean run and each hook's
-    zero-ablation run are computed once and shared (the forwards dominate the cost)."""
+    """spliced_metrics for several (SAE, hook it reads) pairs (a transcoder writes its
+    cfg.hook_out); the clean run and each written hook's zero-ablation run are computed
+    once and shared (the forwards dominate the cost)."""
     if lm.is_encoder or not saes:
         return [{} for _ in saes]
-    hooks = list(dict.fromkeys(h for _, h in saes))
+    pairs = [(h, sae.cfg.hook_out or h) for sae, h in saes]
+    written = list(dict.fromkeys(w for _, w in pairs))
     ce_sae, kl_sae = [0.0] * len(saes), [0.0] * len(saes)
-    ce_zero, kl_zero = dict.fromkeys(hooks, 0.0), dict.fromkeys(hooks, 0.0)
+    ce_zero, kl_zero = dict.fromkeys(written, 0.0), dict.fromkeys(written, 0.0)
     ce_clean, n = 0.0, 0
     for b in range(0, tokens.shape[0], batch_contexts):
         ids = tokens[b : b + batch_contexts].long()
         targets = ids[:, 1:].reshape(-1).to(lm.device)
         logp_clean = _logits(lm, ids, None, None)[:, :-1].flatten(0, 1).log_softmax(-1)
-        for h in hooks:
-            ce, kl = _score(lm, ids, targets, logp_clean, h,
-                            _sparing(torch.zeros_like, norm_limit))  # fmt: skip
-            ce_zero[h] += ce
-            kl_zero[h] += kl
-        for i, (sae, h) in enumerate(saes):
-            ce, kl = _score(lm, ids, targets, logp_clean, h,
+        for w in written:
+            # Zeroing spares the tokens the rule spares: read where the zeroed hook is.
+            read = next(r for r, x in pairs if x == w)
+            ce, kl = _score(lm, ids, targets, logp_clean, (read, w),
+                            _sparing(zeros, norm_limit))  # fmt: skip
+            ce_zero[w] += ce
+            kl_zero[w] += kl
+        for i, ((sae, _), pair) in enumerate(zip(saes, pairs, strict=True)):
+            ce, kl = _score(lm, ids, targets, logp_clean, pair,
                             _sparing(_reconstruct(sae), norm_limit))  # fmt: skip
             ce_sae[i] += ce
             kl_sae[i] += kl
         ce_clean += F.nll_loss(logp_clean, targets, reduction="sum").item()
         n += targets.numel()
-    return [_summary(ce_clean / n, ce_sae[i] / n, ce_zero[h] / n, kl_sae[i] / n,
-                     kl_zero[h] / n, n) for i, (_, h) in enumerate(saes)]  # fmt: skip
+    return [_summary(ce_clean / n, ce_sae[i] / n, ce_zero[w] / n, kl_sae[i] / n,
+                     kl_zero[w] / n, n) for i, (_, w) in enumerate(pairs)]  # fmt: skip
 
 
 def _score(
     lm: LanguageModel, ids: torch.Tensor, targets: torch.Tensor, logp_clean: torch.Tensor,
-    hook: str, replace: Replace,
+    hooks: Hooks, replace: Replace,
 ) -> tuple[float, float]:  # fmt: skip
     """(summed CE, summed KL(clean || spliced)) of one spliced run."""
-    logp = _logits(lm, ids, hook, replace)[:, :-1].flatten(0, 1).log_softmax(-1)
+    logp = _logits(lm, ids, hooks, replace)[:, :-1].flatten(0, 1).log_softmax(-1)
     kl = (logp_clean.exp() * (logp_clean - logp)).sum()
     return F.nll_loss(logp, targets, reduction="sum").item(), kl.item()
 

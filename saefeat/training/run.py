@@ -33,11 +33,14 @@ class Run:
     sae: SparseAutoencoder
     scale: float  # activations are multiplied by this (unit mean squared norm)
     dead_after: int  # tokens without firing before a latent counts as dead
-    # Per-token variance of the scaled inputs, from the set's statistics: the FVU
+    # Per-token variance of the scaled targets, from the set's statistics: the FVU
     # denominator of a batch of n rows is n x this, never the batch's own variance, which
     # a short last batch (one row) can make zero.
     token_var: float
     device: torch.device
+    # A transcoder's target: the hook it predicts, scaled as its own statistics say.
+    hook_out: str | None = None
+    out_scale: float | None = None
     opt: SAEAdam = field(init=False)
     base_lr: float = field(init=False)
     since_fired: torch.Tensor = field(init=False)
@@ -52,22 +55,26 @@ class Run:
         self.amp_dtype = auto_dtype(self.device)
         self.k_aux = max(1, self.sae.cfg.d_in // 2)
 
-    def step(self, x_raw: torch.Tensor, step: int, total: int) -> float:
+    def step(
+        self, x_raw: torch.Tensor, step: int, total: int, y_raw: torch.Tensor | None = None
+    ) -> float:
+        """One optimizer step on inputs `x_raw` (and a transcoder's targets `y_raw`)."""
         spec, sae = self.spec, self.sae
         x = x_raw.to(self.device, non_blocking=True) * self.scale
+        y = x if y_raw is None else y_raw.to(self.device, non_blocking=True) * self.out_scale
         for g in self.opt.param_groups:
             g["lr"] = self.base_lr * lr_factor(step, total, spec.lr_warmup_frac,
                                                spec.lr_decay_frac)  # fmt: skip
         use_amp = self.amp_dtype == torch.bfloat16
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=use_amp):
             variance = torch.tensor(self.token_var * x.shape[0], device=x.device)
-            ts = sae.training_loss(x, variance)
+            ts = sae.training_loss(x, variance, None if y_raw is None else y)
             loss = ts.loss
             dead = self.since_fired > self.dead_after
             if sae.uses_auxk and spec.auxk_coefficient > 0 and bool(dead.any()):
-                residual = x - ts.out.x_hat.float()
+                residual = y - ts.out.x_hat.float()
                 loss = loss + spec.auxk_coefficient * auxk_loss(
-                    x - sae.b_dec, residual, sae.W_enc, sae.b_enc, sae.W_dec, dead,
+                    sae.encoder_input(x), residual, sae.W_enc, sae.b_enc, sae.W_dec, dead,
                     self.k_aux, variance=variance,  # auxk_loss scales by n_dead / k_aux
                 )  # fmt: skip
         value = loss.item()
@@ -95,7 +102,8 @@ class Run:
 
     def identity(self) -> dict:
         cfg = self.sae.cfg
-        return {"model": cfg.model, "hook": cfg.hook, "activation_set": cfg.activation_set,
+        return {"model": cfg.model, "hook": cfg.hook, "hook_out": cfg.hook_out,
+                "activation_set": cfg.activation_set,
                 "architecture": cfg.architecture, "d_in": cfg.d_in, "d_sae": cfg.d_sae}  # fmt: skip
 
     def state(self) -> dict:

@@ -30,7 +30,7 @@ STATE_FORMAT = 1
 STATE_FILE = "state.pt"
 PREVIOUS_FILE = "state.prev.pt"  # a sweep run's state one checkpoint earlier
 # What a state must agree on with the run that resumes it.
-IDENTITY_KEYS = ("model", "hook", "activation_set", "architecture", "d_in", "d_sae")
+IDENTITY_KEYS = ("model", "hook", "hook_out", "activation_set", "architecture", "d_in", "d_sae")
 
 
 @dataclass

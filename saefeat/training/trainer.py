@@ -12,6 +12,10 @@ Training reads the tokens the set's token rule keeps (storage/exclusion.py: no p
 0, no massive-norm token) of every context outside the held-out slice (heldout.py); the
 metrics an SAE is registered with are measured on that slice (or on `eval_set`), with an
 SAEBench `core` record beside them (core_eval.py).
+
+A transcoder (TrainSpec.hook_out) trains on two hooks of the set read in lockstep (the
+same rows of each): inputs at `hook`, targets at `hook_out`, each scaled by its own
+statistics; its b_dec starts at the targets' centre, and its FVU is the target's.
 """
 
 from __future__ import annotations
@@ -89,7 +93,8 @@ def sae_config(spec: TrainSpec, aset: ActivationSet, hook: str) -> SAEConfig:
                         else {"frac": spec.heldout_frac}}  # fmt: skip
     cfg = SAEConfig(d_in=aset.d_model, d_sae=d_sae, architecture=spec.architecture.name, k=k,
                     model=aset.model_name, hook=hook, activation_set=aset.id,
-                    extra=extra)  # fmt: skip
+                    extra=extra, hook_out=spec.hook_out,
+                    skip_connection=spec.skip_connection)  # fmt: skip
     return cfg
 
 
@@ -177,7 +182,8 @@ def train_sweep(
     aset = open_complete_set(settings, first.activation_set)
     device = torch.device(pick_device(first.device, torch.cuda.device_count()))
     hooks = [s.hook or aset.hooks[0] for s in specs]
-    for h in hooks:
+    targets = [s.hook_out or h for s, h in zip(specs, hooks, strict=True)]
+    for h in dict.fromkeys(hooks + targets):
         aset.acts_array(h)  # raises when the hook is not in the set
     ids = [s.sae_id() for s in specs]
     if len(set(ids)) != len(ids):
@@ -188,13 +194,14 @@ def train_sweep(
                                 s.optimizer_state))
                 for c, s in zip(cfgs, specs, strict=True)], device)  # fmt: skip
 
-    split = make_split(settings, first, aset, hooks)
-    rules = {h: rule_for_set(aset, h, first.massive_norm_threshold) for h in hooks}
+    read = list(dict.fromkeys(hooks + targets))
+    split = make_split(settings, first, aset, read)
+    rules = {h: rule_for_set(aset, h, first.massive_norm_threshold) for h in read}
     # One set of excluded rows for every hook: the hooks' readers serve the same rows.
     excluded = reduce(np.union1d, [excluded_rows(aset, h, rules[h]) for h in rules])
     readers = {h: ShuffledBatchReader(aset, h, first.batch_size, seed=first.seed,
                                       excluded=excluded, contexts=split.train_contexts)
-               for h in dict.fromkeys(hooks)}  # fmt: skip
+               for h in read}  # fmt: skip
     if not next(iter(readers.values())).rows_per_epoch:
         raise SpecError(f"set {aset.id} has no token to train on once the held-out slice "
                         "and the excluded tokens are left out", field="activation_set")  # fmt: skip
@@ -204,20 +211,23 @@ def train_sweep(
 
     medians: dict[str, torch.Tensor] = {}  # one sample per hook, shared by its SAEs
     runs: list[Run] = []
-    for spec, hook, sae_id in zip(specs, hooks, ids, strict=True):
+    for spec, hook, target, sae_id in zip(specs, hooks, targets, ids, strict=True):
         torch.manual_seed(spec.seed)
         sae = build_sae(spec, aset, hook).to(device)
         scale = float(aset.stats[hook]["scale"])
-        token_var = float(np.sum(aset.stats[hook]["var"])) * scale**2
+        out_scale = float(aset.stats[target]["scale"])  # b_dec, FVU: the target's units
+        token_var = float(np.sum(aset.stats[target]["var"])) * out_scale**2
         with torch.no_grad():
-            if spec.geometric_median_init and hook not in medians:
-                medians[hook] = geometric_median(_median_sample(readers[hook]).to(device) * scale)
-            mean = torch.tensor(aset.stats[hook]["mean"], device=device) * scale
-            sae.b_dec.copy_(medians[hook] if spec.geometric_median_init else mean)
+            if spec.geometric_median_init and target not in medians:
+                sample = _median_sample(readers[target]).to(device) * out_scale
+                medians[target] = geometric_median(sample)
+            mean = torch.tensor(aset.stats[target]["mean"], device=device) * out_scale
+            sae.b_dec.copy_(medians[target] if spec.geometric_median_init else mean)
         # Dead for AuxK after half an epoch without firing (capped at sparsify's 10M
         # tokens): short runs need the signal early.
         dead_after = spec.dead_after_tokens or min(AUXK_DEAD_CAP, rows_per_epoch // 2)
-        runs.append(Run(spec, sae_id, hook, sae, scale, dead_after, token_var, device))
+        runs.append(Run(spec, sae_id, hook, sae, scale, dead_after, token_var, device,
+                        spec.hook_out, out_scale))  # fmt: skip
 
     start = _resume(runs, settings, device)
     every = (max(1, first.checkpoint_every_tokens // first.batch_size)
@@ -227,7 +237,8 @@ def train_sweep(
     try:
         for step, batches in _batches(readers, per_epoch, start, total):
             for run in runs:
-                loss = run.step(batches[run.hook], step, total)
+                y = batches[run.hook_out] if run.hook_out else None
+                loss = run.step(batches[run.hook], step, total, y)
             if every and (step + 1) % every == 0 and step + 1 < total:
                 _save_states(runs, settings, step + 1, per_epoch)
                 last_saved = step + 1
@@ -241,7 +252,7 @@ def train_sweep(
                                field="lr") from None  # fmt: skip
 
     for run in runs:
-        run.sae.fold_input_scale(run.scale)
+        run.sae.fold_input_scale(run.scale, run.out_scale)
         run.sae.eval()
     spliced = _spliced_metrics(runs, aset, split, rules, device)
     return [_finish(run, aset, split, rules[run.hook], settings, ce, total, t0)
@@ -324,14 +335,20 @@ def _finish(run: Run, aset: ActivationSet, split: Split, rule: TokenRule, settin
     sae, spec = run.sae, run.spec
     ev, ctx = split.eval_set, split.eval_contexts
 
-    def reader(excluded: np.ndarray | None) -> ShuffledBatchReader:
-        return ShuffledBatchReader(ev, run.hook, 1024, seed=0, excluded=excluded, contexts=ctx)
+    def reader(hook: str, excluded: np.ndarray | None) -> Iterator[torch.Tensor]:
+        return ShuffledBatchReader(ev, hook, 1024, seed=0, excluded=excluded,
+                                   contexts=ctx).iter_epoch(0)  # fmt: skip
+
+    def batches(excluded: np.ndarray | None) -> Iterator:
+        """The SAE's inputs; a transcoder's with its targets, the same rows (one seed)."""
+        if run.hook_out is None:
+            return reader(run.hook, excluded)
+        return zip(reader(run.hook, excluded), reader(run.hook_out, excluded), strict=False)
 
     massive = excluded_rows(ev, run.hook, rule)
-    typical = evaluate(sae, reader(massive).iter_epoch(0), max_tokens=EVAL_TOKENS,
-                       with_density=True)  # fmt: skip
+    typical = evaluate(sae, batches(massive), max_tokens=EVAL_TOKENS, with_density=True)
     density = typical.pop("density")
-    every = evaluate(sae, reader(None).iter_epoch(0), max_tokens=EVAL_TOKENS)
+    every = evaluate(sae, batches(None), max_tokens=EVAL_TOKENS)
     metrics = typical | {
         "evaluated_on": "held-out typical tokens",
         "fvu_all_tokens": every["fvu"],

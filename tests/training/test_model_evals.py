@@ -3,7 +3,7 @@ import torch
 from saefeat.lm import load_model
 from saefeat.sae import SAEConfig
 from saefeat.sae.topk import TopKSAE
-from saefeat.training.model_evals import spliced, spliced_metrics
+from saefeat.training.model_evals import spliced, spliced_metrics, zeros
 
 HOOK = "blocks.1.hook_resid_post"
 
@@ -38,7 +38,7 @@ def test_splice_keeps_position_zero_and_removes_the_hook(tiny_llama):
         lambda m, a, kw: seen.update(x=(a or [kw["hidden_states"]])[0]), with_kwargs=True
     )  # noqa: E501
     with torch.no_grad():
-        with spliced(lm, HOOK, torch.zeros_like):
+        with spliced(lm, HOOK, zeros):
             lm.model(input_ids=ids)
         assert float(seen["x"][0, 1:].abs().sum()) == 0 and float(seen["x"][0, 0].abs().sum()) > 0
         lm.model(input_ids=ids)

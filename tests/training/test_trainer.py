@@ -109,7 +109,7 @@ def test_a_sweep_killed_between_two_runs_saves_resumes_at_their_common_step(
 def test_nan_stops_and_keeps_last_checkpoint(settings, synthetic_set, monkeypatch):
     real = Run.step
 
-    def step(self, x, i, total):
+    def step(self, x, i, total, y=None):
         return real(self, x * float("nan") if i == 5 else x, i, total)
 
     monkeypatch.setattr(Run, "step", step)
