@@ -194,9 +194,12 @@ def _admit_set(set_id: str, settings: Settings, field: str):
 
 
 def _admit_hook(spec: TrainSpec, aset, field: str) -> None:
-    if spec.hook is not None and spec.hook not in aset.hooks:
-        raise SpecError(f"hook {spec.hook!r} is not in set {aset.id} (it has {aset.hooks})",
-                        field=f"{field}hook")  # fmt: skip
+    """The hook it reads, and a transcoder's output hook, are the set's."""
+    for name in ("hook", "hook_out"):
+        hook = getattr(spec, name)
+        if hook is not None and hook not in aset.hooks:
+            raise SpecError(f"{name} {hook!r} is not in set {aset.id} (it has {aset.hooks})",
+                            field=f"{field}{name}")  # fmt: skip
 
 
 def _admit_eval_set(aset, other, hook: str, field: str) -> None:

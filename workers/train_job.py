@@ -82,6 +82,7 @@ def train_and_record(
                 name=one.name or f"{cfg.hook} {cfg.architecture}-{cfg.d_sae}{k}",
                 model_name=cfg.model or "",
                 hook_name=cfg.hook or "",
+                hook_out_name=cfg.hook_out,
                 architecture=cfg.architecture,
                 d_in=cfg.d_in,
                 d_sae=cfg.d_sae,

@@ -40,6 +40,8 @@ def sae_summary(sae: SAE) -> SaeSummary:
         **columns(sae, "id", "name", "architecture", "d_in", "d_sae", "k", "created_at"),
         model=sae.model_name,
         hook=sae.hook_name,
+        hook_out=sae.hook_out_name,
+        kind="transcoder" if sae.hook_out_name else "sae",
         metrics=sae.metrics or {},
     )
 

@@ -71,7 +71,15 @@ class SaeSummary(BaseModel):
     id: str
     name: str
     model: str = Field(description="Language model the SAE reads from")
-    hook: str = Field(description="Hook point, e.g. blocks.8.hook_resid_post")
+    hook: str = Field(description="Hook point it reads, e.g. blocks.8.hook_resid_post")
+    hook_out: str | None = Field(
+        None,
+        description="A transcoder's output hook (blocks.8.hook_mlp_out), the one its decoder "
+        "writes; null for an SAE, which reconstructs `hook`",
+    )
+    kind: Literal["sae", "transcoder"] = Field(
+        "sae", description="sae: reconstructs its hook; transcoder: predicts hook_out from hook"
+    )
     architecture: str
     d_in: int
     d_sae: int

@@ -60,9 +60,9 @@ def held_out_summary(mt: dict) -> str:
 
 
 # TrainSpec fields offered as options; every architecture's settings are offered too.
-SPEC_OPTIONS = ("hook", "d_sae", "expansion_factor", "batch_size", "lr", "epochs", "seed",
-                "eval_set", "heldout_frac", "massive_norm_threshold",
-                "optimizer_state")  # fmt: skip
+SPEC_OPTIONS = ("hook", "hook_out", "skip_connection", "d_sae", "expansion_factor",
+                "batch_size", "lr", "epochs", "seed", "eval_set", "heldout_frac",
+                "massive_norm_threshold", "optimizer_state")  # fmt: skip
 
 
 def train_options() -> list[inspect.Parameter]:

@@ -59,7 +59,7 @@ TO_CIRCUIT_TRACER = {
     "mlp_in": "hook_resid_mid",
     "mlp_out": "mlp.hook_out",
 }
-# architectures whose latents are ReLU, or ReLU above a per-latent threshold
+# architectures whose latents fire above a per-latent threshold (JumpReLU there)
 THRESHOLDED = ("jumprelu", "batchtopk", "matryoshka_batchtopk")
 SUPPORTED = ("relu", *THRESHOLDED)
 

@@ -1,4 +1,5 @@
-"""Export to and import from the SAELens and sparsify checkpoint layouts.
+"""Export to and import from the SAELens and sparsify checkpoint layouts (and the export
+of transcoders to circuit-tracer's, which `saefeat/sae/circuit_tracer.py` writes).
 
 SAELens (sae-lens 6.x, `SAE.save_model`): a folder with `cfg.json` (`architecture`
 standard / topk / jumprelu, `d_in`, `d_sae`, `dtype`, `device`, `apply_b_dec_to_input`,

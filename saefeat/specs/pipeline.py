@@ -71,9 +71,11 @@ def build_train(p: PipelineSpec, made: Made) -> TrainJobSpec:
                         field="train.activation_set")  # fmt: skip
     spec = TrainSpec(**data)
     hooks = made.get("hooks")
-    if hooks is not None and spec.hook is not None and spec.hook not in hooks:
-        raise SpecError(f"hook {spec.hook!r} is not harvested by this pipeline "
-                        f"(its harvest stage has {hooks})", field="train.hook")  # fmt: skip
+    for name in ("hook", "hook_out"):
+        hook = getattr(spec, name)
+        if hooks is not None and hook is not None and hook not in hooks:
+            raise SpecError(f"{name} {hook!r} is not harvested by this pipeline "
+                            f"(its harvest stage has {hooks})", field=f"train.{name}")  # fmt: skip
     return TrainJobSpec(specs=[spec], device=p.device, resources=p.resources)
 
 

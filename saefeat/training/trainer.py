@@ -183,8 +183,11 @@ def train_sweep(
     device = torch.device(pick_device(first.device, torch.cuda.device_count()))
     hooks = [s.hook or aset.hooks[0] for s in specs]
     targets = [s.hook_out or h for s, h in zip(specs, hooks, strict=True)]
-    for h in dict.fromkeys(hooks + targets):
+    for spec, h, target in zip(specs, hooks, targets, strict=True):
         aset.acts_array(h)  # raises when the hook is not in the set
+        if spec.hook_out is not None and target not in aset.hooks:
+            raise SpecError(f"hook_out {target!r} is not in set {aset.id}; it has {aset.hooks}",
+                            field="hook_out")  # fmt: skip
     ids = [s.sae_id() for s in specs]
     if len(set(ids)) != len(ids):
         raise SpecError("the sweep holds the same SAE twice", field="specs")

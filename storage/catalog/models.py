@@ -201,7 +201,9 @@ class SAE(Base):
         ForeignKey("activation_sets.id", ondelete="SET NULL")
     )
     model_name: Mapped[str] = mapped_column(String(300))
-    hook_name: Mapped[str] = mapped_column(String(200))
+    hook_name: Mapped[str] = mapped_column(String(200))  # the hook its encoder reads
+    # A transcoder's: the hook its decoder writes (migration 0015); NULL for an SAE.
+    hook_out_name: Mapped[str | None] = mapped_column(String(200))
     architecture: Mapped[str] = mapped_column(String(50))
     d_in: Mapped[int]
     d_sae: Mapped[int]

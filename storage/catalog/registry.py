@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from saefeat.errors import SpecError
-from saefeat.shapes import check_active_count
+from saefeat.shapes import check_active_count, check_transcoder_hooks
 from saefeat.storage.catalog.models import SAE
 
 
@@ -33,6 +33,7 @@ def register_sae(
     checkpoint_path: str | None = None,
     activation_set_id: str | None = None,
     sae_id: str | None = None,
+    hook_out_name: str | None = None,
 ) -> SAE:
     """Create the SAE row, or update it if `sae_id` is already registered.
 
@@ -58,7 +59,10 @@ def register_sae(
         session.add(sae)
     sae.name = name
     sae.model_name = model_name
+    if hook_out_name is not None:
+        check_transcoder_hooks(hook_name, hook_out_name)
     sae.hook_name = hook_name
+    sae.hook_out_name = hook_out_name
     sae.architecture = architecture
     sae.d_in = d_in
     sae.d_sae = d_sae

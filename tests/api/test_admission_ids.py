@@ -133,6 +133,24 @@ def test_an_eval_set_of_another_model_is_refused_at_admission(api, admin, served
     assert "model" in problem["detail"]
 
 
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [  # a transcoder's pair: hooks of two layers, not the MLP's, or not in the set
+        ({"hook": "blocks.1.ln2.hook_normalized", "hook_out": "blocks.2.hook_mlp_out"},
+         "specs.0.hook_out"),
+        ({"hook": "blocks.1.hook_resid_post", "hook_out": "blocks.1.hook_mlp_out"},
+         "specs.0.hook_out"),
+        ({"hook_out": "blocks.1.hook_mlp_out"}, "specs.0.hook_out"),
+        ({"hook": "blocks.1.ln2.hook_normalized", "hook_out": "blocks.1.hook_mlp_out"},
+         "specs.0.hook"),
+        ({"skip_connection": True}, "specs.0.skip_connection"),
+    ],
+)  # fmt: skip
+def test_a_bad_transcoder_pair_is_422_naming_the_field(api, admin, change, field):
+    problem = refused(api, admin, "/v1/trainings", {"activation_set": TRAIN_SET} | change, field)
+    assert "transcoder" in problem["detail"] or "not in set" in problem["detail"]
+
+
 def test_a_pipelines_eval_set_is_an_id_too(api, admin):
     body = {"stages": ["train"], "train": {"activation_set": TRAIN_SET, "eval_set": TRAVERSAL}}
     refused(api, admin, "/v1/pipelines", body, "train.eval_set")

@@ -1,3 +1,5 @@
+import copy
+
 import torch
 
 from saefeat.lm import load_model
@@ -79,3 +81,30 @@ def test_unloadable_model_is_reported_not_fatal(settings):
                             eval_ce_contexts=2), settings=settings)  # fmt: skip
     assert "cannot load model" in r.metrics["ce_eval_error"]
     assert r.checkpoint.is_dir()
+
+
+class OracleTranscoder(TopKSAE):
+    """Predicts the MLP's output exactly from what the MLP reads: splicing it in must
+    change nothing, and only through the read hook of the same forward."""
+
+    def __init__(self, cfg, mlp):
+        super().__init__(cfg)
+        self.mlp = mlp
+
+    def forward(self, x):
+        out = super().forward(x)
+        return out._replace(x_hat=self.mlp(x))
+
+
+def test_a_transcoder_replaces_the_mlp_output_from_the_mlp_input(tiny_llama):
+    lm = load_model(str(tiny_llama))
+    tokens = torch.randint(0, 400, (3, 16))
+    read, written = "blocks.1.ln2.hook_normalized", "blocks.1.hook_mlp_out"
+    cfg = SAEConfig(d_in=64, d_sae=128, k=4, hook=read, hook_out=written)
+    # A copy: the model's own MLP carries the splice's hook while it runs.
+    oracle = OracleTranscoder(cfg, copy.deepcopy(lm.blocks[1].mlp))
+    perfect = spliced_metrics(oracle, lm, tokens, read, batch_contexts=2)
+    assert abs(perfect["ce_loss_recovered"] - 1.0) < 1e-4
+    assert perfect["kl_div_with_sae"] < 1e-6 and perfect["kl_div_zero_ablation"] > 0
+    wrong = spliced_metrics(TopKSAE(cfg), lm, tokens, read)  # an untrained transcoder
+    assert wrong["kl_div_with_sae"] > 1e-4
