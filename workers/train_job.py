@@ -87,7 +87,11 @@ def train_and_record(
                 d_in=cfg.d_in,
                 d_sae=cfg.d_sae,
                 k=cfg.k,
-                cfg={"train_spec": one.model_dump(mode="json"), "extra": cfg.extra},
+                cfg={
+                    "train_spec": one.model_dump(mode="json"),
+                    "extra": cfg.extra,
+                    **({"sources": cfg.sources} if cfg.sources else {}),
+                },
                 metrics=dict(result.metrics),
                 checkpoint_path=str(result.checkpoint),
                 activation_set_id=one.activation_set,

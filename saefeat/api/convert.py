@@ -13,6 +13,7 @@ from saefeat.api.schemas import (
     NeighbourOut,
     SaeDetail,
     SaeSummary,
+    SourceOut,
     TokenMatchOut,
 )
 from saefeat.storage.catalog import labels
@@ -35,13 +36,23 @@ def columns(row: Any, *names: str) -> dict[str, Any]:
     return {name: getattr(row, name) for name in names}
 
 
+def sae_kind(sae: SAE) -> str:
+    """sae, transcoder (an output hook) or crosscoder (sources, in its cfg)."""
+    if (sae.cfg or {}).get("sources"):
+        return "crosscoder"
+    return "transcoder" if sae.hook_out_name else "sae"
+
+
 def sae_summary(sae: SAE) -> SaeSummary:
     return SaeSummary(
         **columns(sae, "id", "name", "architecture", "d_in", "d_sae", "k", "created_at"),
         model=sae.model_name,
         hook=sae.hook_name,
         hook_out=sae.hook_out_name,
-        kind="transcoder" if sae.hook_out_name else "sae",
+        kind=sae_kind(sae),
+        sources=[SourceOut(**{k: s.get(k) for k in SourceOut.model_fields}) for s in sources]
+        if (sources := (sae.cfg or {}).get("sources"))
+        else None,
         metrics=sae.metrics or {},
     )
 

@@ -67,6 +67,13 @@ class Health(BaseModel):
     schema_revision: str | None = Field(description="Alembic revision of the catalog")
 
 
+class SourceOut(BaseModel):
+    activation_set: str
+    hook: str
+    model: str | None
+    width: int
+
+
 class SaeSummary(BaseModel):
     id: str
     name: str
@@ -77,8 +84,13 @@ class SaeSummary(BaseModel):
         description="A transcoder's output hook (blocks.8.hook_mlp_out), the one its decoder "
         "writes; null for an SAE, which reconstructs `hook`",
     )
-    kind: Literal["sae", "transcoder"] = Field(
-        "sae", description="sae: reconstructs its hook; transcoder: predicts hook_out from hook"
+    kind: Literal["sae", "transcoder", "crosscoder"] = Field(
+        "sae",
+        description="sae: reconstructs its hook; transcoder: predicts hook_out from hook; "
+        "crosscoder: reconstructs its sources (hooks of sets of one or two models) at once",
+    )
+    sources: list[SourceOut] | None = Field(
+        None, description="a crosscoder's sources, in the order its decoder's columns follow"
     )
     architecture: str
     d_in: int

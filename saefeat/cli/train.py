@@ -77,6 +77,10 @@ def train_options() -> list[inspect.Parameter]:
                           annotation=Annotated[str, typer.Option(help=", ".join(names))]),
     ]  # fmt: skip
     params += spec_options(TrainSpec, SPEC_OPTIONS)
+    source_help = ("a crosscoder's source, HOOK or SET:HOOK (another model's set of the "
+                   "same tokens); twice or more")  # fmt: skip
+    params.append(inspect.Parameter("source", KEYWORD, default=None, annotation=Annotated[
+        list[str] | None, typer.Option(help=source_help)]))  # fmt: skip
     owners: dict[str, list[str]] = {}
     for arch in names:
         for n in config_class(arch).model_fields:
@@ -94,12 +98,32 @@ def train(**options) -> None:
     Here, as a job (`saefeat jobs`); with --server (SAEFEAT_SERVER), on that server."""
     from saefeat.cli.running import on_server, run_on_server
 
+    sources = options.pop("source", None)
+    if sources:
+        options["sources"] = [_source(s) for s in sources]
     spec = TrainSpec(**given(options))
     if on_server():
         run_on_server("train", spec)
         print(spec.sae_id())
         return
+    if spec.sources:  # bad sources: one line, no job row (as the API's 422)
+        _check_sources(spec)
     print(do_train(spec).sae_id)
+
+
+def _check_sources(spec: TrainSpec) -> None:
+    from saefeat.config import get_settings
+    from saefeat.training.sources import open_sources
+    from saefeat.training.trainer import open_complete_set
+
+    settings = get_settings()
+    open_sources(settings, spec, open_complete_set(settings, spec.activation_set))
+
+
+def _source(text: str) -> dict:
+    """`--source HOOK` (a hook of --set) or `--source SET:HOOK`."""
+    sid, sep, hook = text.rpartition(":")
+    return {"activation_set": sid, "hook": hook} if sep else {"hook": hook}
 
 
 def register(app: typer.Typer) -> None:

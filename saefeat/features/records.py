@@ -119,3 +119,8 @@ class FeatureIndex:
     n_quantile_bins: int = 0
     # Each feature's place on the SAE's map (features/umap_map.py): [d_sae, 2], or None.
     umap: np.ndarray | None = None
+    # A crosscoder's (saefeat/sae/crosscoder.py): decoder norm per source [d_sae, n], and
+    # with two sources the relative norm [d_sae] and its class per feature.
+    decoder_norms: np.ndarray | None = None
+    relative_norms: np.ndarray | None = None
+    sharing: list[str] | None = None

@@ -8,7 +8,9 @@ An SAE reconstructs its hook (d_out = d_in) and encodes x - b_dec. A transcoder 
 `hook_out` set) reads one hook and predicts another, the MLP's output from its input
 (sparsify's `transcode`): its encoder reads x as it is (b_dec is the output's bias), and
 with `skip_connection` an affine path W_skip [d_out, d_in] adds x @ W_skip.T to the output.
-Every architecture is both: the difference lives here, in `encoder_input` and `output`.
+A crosscoder (cfg `sources`, two or more: saefeat/sae/crosscoder.py) is an SAE over its
+sources' activations concatenated. Every architecture is each of these: the difference
+lives here, in `encoder_input` and `skip`, and in what the trainer feeds it.
 """
 
 from __future__ import annotations
@@ -128,6 +130,17 @@ class SAEConfig:
     hook_out: str | None = None  # a transcoder's output hook (None: an SAE of `hook`)
     d_out: int | None = None  # a transcoder's output width (None: d_in)
     skip_connection: bool = False  # a transcoder's affine skip path, W_skip
+    # A crosscoder's sources in the order they are concatenated:
+    # [{"activation_set", "hook", "model", "width"}, ...] (None: one source, `hook`).
+    sources: list[dict] | None = None
+
+    @property
+    def is_crosscoder(self) -> bool:
+        return bool(self.sources) and len(self.sources) >= 2
+
+    @property
+    def source_widths(self) -> list[int]:
+        return [int(s["width"]) for s in self.sources] if self.sources else [self.d_in]
 
     @property
     def is_transcoder(self) -> bool:
@@ -154,6 +167,13 @@ class SAEConfig:
         if (self.skip_connection or self.d_out is not None) and not self.is_transcoder:
             raise SpecError("skip_connection and d_out are a transcoder's: set hook_out",
                             field="hook_out")  # fmt: skip
+        if self.sources is not None:
+            if self.is_transcoder or len(self.sources) < 2:
+                raise SpecError("a crosscoder reads two sources or more, and is no transcoder",
+                                field="sources")  # fmt: skip
+            if sum(self.source_widths) != self.d_in:
+                raise SpecError(f"the sources' widths {self.source_widths} do not add up to "
+                                f"d_in {self.d_in}", field="sources")  # fmt: skip
         self.arch()  # the settings parse
         # Only k binds a stored SAE; a setting like JumpReLU's target L0 binds training.
         check_active_count(self.k, self.d_sae)
@@ -298,15 +318,20 @@ class SparseAutoencoder(nn.Module):
         return out.scatter_(1, idx, vals)
 
     @torch.no_grad()
-    def fold_input_scale(self, scale: float, out_scale: float | None = None) -> None:
+    def fold_input_scale(
+        self, scale: float | torch.Tensor, out_scale: float | torch.Tensor | None = None
+    ) -> None:
         """Make an SAE trained on x * scale act on raw x with identical latents; a
-        transcoder trained to predict y * out_scale then predicts raw y."""
+        transcoder trained to predict y * out_scale then predicts raw y. A scale is a
+        number, or one per input (output) dimension: a crosscoder scales each source."""
         out_scale = scale if out_scale is None else out_scale
-        self.W_enc.mul_(scale)
-        self.W_dec.div_(out_scale)
-        self.b_dec.div_(out_scale)
+        s_in = torch.as_tensor(scale, dtype=self.W_enc.dtype, device=self.W_enc.device)
+        s_out = torch.as_tensor(out_scale, dtype=self.W_dec.dtype, device=self.W_dec.device)
+        self.W_enc.mul_(s_in.reshape(-1, 1) if s_in.ndim else s_in)
+        self.W_dec.div_(s_out)
+        self.b_dec.div_(s_out)
         if self.W_skip is not None:
-            self.W_skip.mul_(scale / out_scale)
+            self.W_skip.mul_(s_in / s_out.reshape(-1, 1) if s_out.ndim else s_in / s_out)
 
     # ---- checkpoints ----------------------------------------------------------------
 

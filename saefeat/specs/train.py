@@ -4,12 +4,20 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, SerializeAsAny, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializeAsAny,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from saefeat.errors import SpecError
 from saefeat.sae.base import ArchConfig, arch_settings, config_class
 from saefeat.sae.topk import TopKConfig
-from saefeat.shapes import check_transcoder_hooks
+from saefeat.shapes import check_transcoder_hooks, parse_hook
 from saefeat.specs.base import Id, Spec, content_id
 from saefeat.storage.exclusion import DEFAULT_THRESHOLD
 
@@ -43,6 +51,23 @@ def _architecture_from_flat(data: dict) -> dict:
     return data
 
 
+class Source(BaseModel):
+    """One source of a crosscoder: a hook of an activation set."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    activation_set: Id | None = Field(
+        None, description="the set (default: the spec's activation_set); another model's "
+        "set must hold the same tokens (a paired harvest makes such sets)",
+    )  # fmt: skip
+    hook: str = Field(description="the hook, e.g. blocks.15.hook_resid_post")
+
+    @field_validator("hook")
+    @classmethod
+    def _a_hook(cls, hook: str) -> str:
+        parse_hook(hook, "hook")
+        return hook
+
+
 class TrainSpec(Spec):
     """One SAE to train. `architecture` is the architecture's own config (saefeat/sae/*.py),
     picked by its `name`; its settings may also be given flat beside it (`k=4`)."""
@@ -54,7 +79,7 @@ class TrainSpec(Spec):
         "massive_norm_threshold", "heldout_frac", "eval_set",
     )  # fmt: skip
     # Joined later: hashed only when set, so every SAE id made before stays.
-    ID_FIELDS_IF_SET = ("optimizer_state", "hook_out", "skip_connection")
+    ID_FIELDS_IF_SET = ("optimizer_state", "hook_out", "skip_connection", "sources")
     RUN_FIELDS = ("device", "name", "checkpoint_every_tokens", "eval_ce_contexts", "resume_from")
 
     activation_set: Id = Field(description="activation set id")
@@ -67,6 +92,12 @@ class TrainSpec(Spec):
     skip_connection: bool = Field(
         False, description="a transcoder's affine skip path from input to output (sparsify's)"
     )
+    sources: list[Source] | None = Field(
+        None, max_length=16,
+        description="train a crosscoder over these sources (two or more), concatenated: the "
+        "same hook of two models' sets (model diffing) or several hooks of one set; "
+        "BatchTopK unless architecture says otherwise",
+    )  # fmt: skip
     architecture: SerializeAsAny[ArchConfig] = Field(
         default_factory=TopKConfig, description="the architecture's name, or its config"
     )
@@ -123,7 +154,11 @@ class TrainSpec(Spec):
     @model_validator(mode="before")
     @classmethod
     def _flat_settings(cls, data):
-        return _architecture_from_flat(data) if isinstance(data, dict) else data
+        if not isinstance(data, dict):
+            return data
+        if data.get("sources") and "architecture" not in data:  # crosscoders: BatchTopK
+            data = {**data, "architecture": "batchtopk"}
+        return _architecture_from_flat(data)
 
     @field_validator("architecture", mode="before")
     @classmethod
@@ -148,6 +183,27 @@ class TrainSpec(Spec):
             except SpecError as e:
                 raise ValueError(e.message) from None
         return hook_out
+
+    @field_validator("sources")
+    @classmethod
+    def _two_sources_or_more(cls, sources, info: ValidationInfo):
+        if sources is None:
+            return None
+        if len(sources) < 2:
+            raise ValueError("a crosscoder reads two sources or more (one is an SAE: use hook)")
+        if len(set(sources)) != len(sources):
+            raise ValueError("a source is named twice")
+        if info.data.get("hook") is not None or info.data.get("hook_out") is not None:
+            raise ValueError("a crosscoder's hooks are its sources': leave hook and hook_out "
+                             "unset")  # fmt: skip
+        return sources
+
+    @field_validator("eval_set")
+    @classmethod
+    def _not_a_crosscoders(cls, eval_set, info: ValidationInfo):
+        if eval_set is not None and info.data.get("sources"):
+            raise ValueError("a crosscoder is evaluated on its sets' held-out slice")
+        return eval_set
 
     @field_validator("skip_connection")
     @classmethod

@@ -20,12 +20,14 @@ def evaluate(
     *,
     max_tokens: int | None = None,
     with_density: bool = False,
+    source_widths: list[int] | None = None,
 ) -> dict:
     """MSE, FVU = sum((x - x_hat)^2) / sum((x - mean x)^2), L0, L1, dead/dense fractions,
     the feature-density histogram, cosine similarity and shrinkage (SAEBench's l2 ratio and
     relative reconstruction bias), in the units the SAE takes as input. A transcoder's
     batches are (input, target) pairs and every figure is of its prediction of the target.
-    `with_density` adds each latent's firing frequency as a numpy array under "density"."""
+    `with_density` adds each latent's firing frequency as a numpy array under "density";
+    `source_widths` (a crosscoder's) adds the FVU of each source's slice, "fvu_by_source"."""
     device = sae.W_enc.device
     d_out, d_sae = sae.cfg.out_dim, sae.cfg.d_sae
     n = 0
@@ -34,12 +36,17 @@ def evaluate(
                    "dot", "out2")}  # fmt: skip
     sum_x = torch.zeros(d_out, dtype=torch.float64, device=device)
     fires = torch.zeros(d_sae, dtype=torch.float64, device=device)
+    sq_err_dims = torch.zeros(d_out, dtype=torch.float64, device=device)  # per dimension
+    sum_x2_dims = torch.zeros(d_out, dtype=torch.float64, device=device)
     for batch in batches:
         inputs, x = batch if isinstance(batch, tuple) else (batch, batch)
         x = x.to(device, torch.float32)  # the target: an SAE's own input
         out = sae(inputs.to(device, torch.float32))
         x_hat = out.x_hat.float()
-        z["sq_err"] += (x_hat - x).pow(2).sum().double()
+        err2 = (x_hat - x).pow(2).sum(0).double()
+        sq_err_dims += err2
+        sum_x2_dims += x.pow(2).sum(0).double()
+        z["sq_err"] += err2.sum()
         sum_x += x.sum(0).double()
         z["sum_x2"] += x.pow(2).sum().double()
         n_in, n_out = x.norm(dim=1), x_hat.norm(dim=1)
@@ -77,6 +84,11 @@ def evaluate(
         "dense_frac": float((density > DENSE_THRESHOLD).mean()),
         "density_histogram": {"edges": DENSITY_BINS.tolist(), "counts": hist.tolist()},
     }
+    if source_widths:
+        var_dims = sum_x2_dims - sum_x.pow(2) / n
+        bounds = np.cumsum([0, *source_widths])
+        out["fvu_by_source"] = [float(sq_err_dims[a:b].sum() / var_dims[a:b].sum())
+                                for a, b in zip(bounds[:-1], bounds[1:], strict=True)]  # fmt: skip
     if with_density:
         out["density"] = density
     return out

@@ -17,6 +17,7 @@ from saefeat.lm import auto_dtype
 from saefeat.sae import SparseAutoencoder
 from saefeat.specs import TrainSpec
 from saefeat.training.schedule import default_lr, lr_factor
+from saefeat.training.sources import Reads
 
 STATE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}  # TrainSpec.optimizer_state
 
@@ -31,16 +32,17 @@ class Run:
     sae_id: str
     hook: str
     sae: SparseAutoencoder
-    scale: float  # activations are multiplied by this (unit mean squared norm)
+    # Inputs are multiplied by this (unit mean squared norm), per dimension: a crosscoder's
+    # sources each have their own.
+    scale: torch.Tensor
     dead_after: int  # tokens without firing before a latent counts as dead
     # Per-token variance of the scaled targets, from the set's statistics: the FVU
     # denominator of a batch of n rows is n x this, never the batch's own variance, which
     # a short last batch (one row) can make zero.
     token_var: float
     device: torch.device
-    # A transcoder's target: the hook it predicts, scaled as its own statistics say.
-    hook_out: str | None = None
-    out_scale: float | None = None
+    reads: Reads | None = None  # its sources (training/sources.py)
+    out_scale: torch.Tensor | None = None  # the targets' scale (a transcoder's differ)
     opt: SAEAdam = field(init=False)
     base_lr: float = field(init=False)
     since_fired: torch.Tensor = field(init=False)
@@ -54,6 +56,8 @@ class Run:
         self.since_fired = torch.zeros(self.sae.cfg.d_sae, dtype=torch.long, device=self.device)
         self.amp_dtype = auto_dtype(self.device)
         self.k_aux = max(1, self.sae.cfg.d_in // 2)
+        self.scale = self.scale.to(self.device)
+        self.out_scale = self.scale if self.out_scale is None else self.out_scale.to(self.device)
 
     def step(
         self, x_raw: torch.Tensor, step: int, total: int, y_raw: torch.Tensor | None = None

@@ -13,9 +13,12 @@ Training reads the tokens the set's token rule keeps (storage/exclusion.py: no p
 metrics an SAE is registered with are measured on that slice (or on `eval_set`), with an
 SAEBench `core` record beside them (core_eval.py).
 
-A transcoder (TrainSpec.hook_out) trains on two hooks of the set read in lockstep (the
-same rows of each): inputs at `hook`, targets at `hook_out`, each scaled by its own
-statistics; its b_dec starts at the targets' centre, and its FVU is the target's.
+What a run reads is sources.py's: a transcoder (TrainSpec.hook_out) reads inputs at
+`hook` and targets at `hook_out`, a crosscoder (TrainSpec.sources) the concatenation of
+its sources (hooks of the set, or of other models' sets on the same tokens), each part
+scaled by its own statistics and read in lockstep; b_dec starts at the targets' centre,
+and FVU is the targets'. CE/KL with the model spliced is measured for SAEs and
+transcoders; a crosscoder spans models or layers, and reports FVU per source instead.
 """
 
 from __future__ import annotations
@@ -48,6 +51,15 @@ from saefeat.training.init import geometric_median
 from saefeat.training.memory import check_fits, estimate_bytes
 from saefeat.training.run import Run, TrainingDiverged
 from saefeat.training.schedule import default_lr, lr_factor
+from saefeat.training.sources import (
+    Key,
+    concat,
+    means,
+    open_sources,
+    reads_of,
+    scales,
+    token_variance,
+)
 
 __all__ = ["TrainResult", "default_lr", "lr_factor", "train_sae", "train_sweep"]
 
@@ -83,23 +95,34 @@ def open_complete_set(settings: Settings, set_id: str) -> ActivationSet:
     return aset
 
 
-def sae_config(spec: TrainSpec, aset: ActivationSet, hook: str) -> SAEConfig:
-    d_sae = spec.d_sae or spec.expansion_factor * aset.d_model
+def sae_config(spec: TrainSpec, aset: ActivationSet, hook: str,
+               sets: dict[str, ActivationSet] | None = None) -> SAEConfig:  # fmt: skip
+    """The checkpoint's config; a crosscoder's names its sources (`sets` holds them)."""
+    sources = None
+    if spec.sources:
+        sets = sets or {aset.id: aset}
+        sources = [{"activation_set": sid, "hook": h, "model": sets[sid].model_name,
+                    "revision": sets[sid].revision, "width": sets[sid].d_model}
+                   for sid, h in reads_of(spec, aset).inputs]  # fmt: skip
+        hook = sources[0]["hook"]
+    d_in = sum(s["width"] for s in sources) if sources else aset.d_model
+    d_sae = spec.d_sae or spec.expansion_factor * d_in
     spec.architecture.check_width(d_sae)  # before any training
     k, settings = spec.architecture.to_checkpoint()
     rule = rule_for_set(aset, hook, spec.massive_norm_threshold)
     extra = settings | {"init_decoder_norm": spec.init_decoder_norm, "token_rule": rule.to_json(),
                         "heldout": {"eval_set": spec.eval_set} if spec.eval_set
                         else {"frac": spec.heldout_frac}}  # fmt: skip
-    cfg = SAEConfig(d_in=aset.d_model, d_sae=d_sae, architecture=spec.architecture.name, k=k,
+    cfg = SAEConfig(d_in=d_in, d_sae=d_sae, architecture=spec.architecture.name, k=k,
                     model=aset.model_name, hook=hook, activation_set=aset.id,
                     extra=extra, hook_out=spec.hook_out,
-                    skip_connection=spec.skip_connection)  # fmt: skip
+                    skip_connection=spec.skip_connection, sources=sources)  # fmt: skip
     return cfg
 
 
-def build_sae(spec: TrainSpec, aset: ActivationSet, hook: str) -> SparseAutoencoder:
-    cfg = sae_config(spec, aset, hook)
+def build_sae(spec: TrainSpec, aset: ActivationSet, hook: str,
+              sets: dict[str, ActivationSet] | None = None) -> SparseAutoencoder:  # fmt: skip
+    cfg = sae_config(spec, aset, hook, sets)
     sae = sae_class(cfg.architecture)(cfg)
     sae.init_weights(spec.init_decoder_norm)
     return sae
@@ -139,11 +162,12 @@ def make_split(settings: Settings, spec: TrainSpec, aset: ActivationSet, hooks: 
     return Split(~held, aset, held)
 
 
-def _median_sample(reader: ShuffledBatchReader) -> torch.Tensor:
+def _median_sample(readers: dict[Key, ShuffledBatchReader], keys: tuple[Key, ...]) -> torch.Tensor:
+    """The first rows of the concatenation of `keys` (the readers are in lockstep)."""
     rows, n = [], 0
-    for x in reader.iter_epoch(0):
-        rows.append(x)
-        n += x.shape[0]
+    for parts in zip(*(readers[k].iter_epoch(0) for k in keys), strict=False):
+        rows.append(torch.cat(parts, 1))
+        n += parts[0].shape[0]
         if n >= MEDIAN_SAMPLE:
             break
     return torch.cat(rows)[:MEDIAN_SAMPLE]
@@ -181,30 +205,28 @@ def train_sweep(
     first = specs[0]
     aset = open_complete_set(settings, first.activation_set)
     device = torch.device(pick_device(first.device, torch.cuda.device_count()))
-    hooks = [s.hook or aset.hooks[0] for s in specs]
-    targets = [s.hook_out or h for s, h in zip(specs, hooks, strict=True)]
-    for spec, h, target in zip(specs, hooks, targets, strict=True):
-        aset.acts_array(h)  # raises when the hook is not in the set
-        if spec.hook_out is not None and target not in aset.hooks:
-            raise SpecError(f"hook_out {target!r} is not in set {aset.id}; it has {aset.hooks}",
-                            field="hook_out")  # fmt: skip
+    reads = [reads_of(s, aset) for s in specs]
+    hooks = [r.inputs[0][1] for r in reads]
+    sets: dict[str, ActivationSet] = {}
+    for s in specs:
+        sets |= open_sources(settings, s, aset)
     ids = [s.sae_id() for s in specs]
     if len(set(ids)) != len(ids):
         raise SpecError("the sweep holds the same SAE twice", field="specs")
-    cfgs = [sae_config(s, aset, h) for s, h in zip(specs, hooks, strict=True)]
+    cfgs = [sae_config(s, aset, h, sets) for s, h in zip(specs, hooks, strict=True)]
     check_fits([(f"{c.architecture} d_sae={c.d_sae}",
                  estimate_bytes(c.d_in, c.d_sae, s.batch_size, c.architecture,
                                 s.optimizer_state))
                 for c, s in zip(cfgs, specs, strict=True)], device)  # fmt: skip
 
-    read = list(dict.fromkeys(hooks + targets))
-    split = make_split(settings, first, aset, read)
-    rules = {h: rule_for_set(aset, h, first.massive_norm_threshold) for h in read}
-    # One set of excluded rows for every hook: the hooks' readers serve the same rows.
-    excluded = reduce(np.union1d, [excluded_rows(aset, h, rules[h]) for h in rules])
-    readers = {h: ShuffledBatchReader(aset, h, first.batch_size, seed=first.seed,
+    keys = list(dict.fromkeys(k for r in reads for k in r.keys))
+    split = make_split(settings, first, aset, [h for sid, h in keys if sid == aset.id])
+    rules = {k: rule_for_set(sets[k[0]], k[1], first.massive_norm_threshold) for k in keys}
+    # One set of excluded rows for every source: their readers serve the same rows.
+    excluded = reduce(np.union1d, [excluded_rows(sets[k[0]], k[1], rules[k]) for k in keys])
+    readers = {k: ShuffledBatchReader(sets[k[0]], k[1], first.batch_size, seed=first.seed,
                                       excluded=excluded, contexts=split.train_contexts)
-               for h in read}  # fmt: skip
+               for k in keys}  # fmt: skip
     if not next(iter(readers.values())).rows_per_epoch:
         raise SpecError(f"set {aset.id} has no token to train on once the held-out slice "
                         "and the excluded tokens are left out", field="activation_set")  # fmt: skip
@@ -212,25 +234,24 @@ def train_sweep(
     rows_per_epoch = next(iter(readers.values())).rows_per_epoch
     total = max(1, int(per_epoch * first.epochs))
 
-    medians: dict[str, torch.Tensor] = {}  # one sample per hook, shared by its SAEs
+    medians: dict[tuple[Key, ...], torch.Tensor] = {}  # one sample per target, shared
     runs: list[Run] = []
-    for spec, hook, target, sae_id in zip(specs, hooks, targets, ids, strict=True):
+    for spec, hook, r, sae_id in zip(specs, hooks, reads, ids, strict=True):
         torch.manual_seed(spec.seed)
-        sae = build_sae(spec, aset, hook).to(device)
-        scale = float(aset.stats[hook]["scale"])
-        out_scale = float(aset.stats[target]["scale"])  # b_dec, FVU: the target's units
-        token_var = float(np.sum(aset.stats[target]["var"])) * out_scale**2
-        with torch.no_grad():
-            if spec.geometric_median_init and target not in medians:
-                sample = _median_sample(readers[target]).to(device) * out_scale
-                medians[target] = geometric_median(sample)
-            mean = torch.tensor(aset.stats[target]["mean"], device=device) * out_scale
-            sae.b_dec.copy_(medians[target] if spec.geometric_median_init else mean)
+        sae = build_sae(spec, aset, hook, sets).to(device)
+        scale, out_scale = scales(sets, r.inputs), scales(sets, r.targets)
+        with torch.no_grad():  # b_dec and FVU are in the targets' (scaled) units
+            if spec.geometric_median_init and r.targets not in medians:
+                sample = _median_sample(readers, r.targets) * out_scale
+                medians[r.targets] = geometric_median(sample.to(device))
+            centre = (medians[r.targets] if spec.geometric_median_init
+                      else means(sets, r.targets).to(device) * out_scale.to(device))  # fmt: skip
+            sae.b_dec.copy_(centre)
         # Dead for AuxK after half an epoch without firing (capped at sparsify's 10M
         # tokens): short runs need the signal early.
         dead_after = spec.dead_after_tokens or min(AUXK_DEAD_CAP, rows_per_epoch // 2)
-        runs.append(Run(spec, sae_id, hook, sae, scale, dead_after, token_var, device,
-                        spec.hook_out, out_scale))  # fmt: skip
+        runs.append(Run(spec, sae_id, hook, sae, scale, dead_after,
+                        token_variance(sets, r.targets), device, r, out_scale))  # fmt: skip
 
     start = _resume(runs, settings, device)
     every = (max(1, first.checkpoint_every_tokens // first.batch_size)
@@ -240,8 +261,8 @@ def train_sweep(
     try:
         for step, batches in _batches(readers, per_epoch, start, total):
             for run in runs:
-                y = batches[run.hook_out] if run.hook_out else None
-                loss = run.step(batches[run.hook], step, total, y)
+                y = concat(batches, run.reads.targets) if run.reads.is_transcoder else None
+                loss = run.step(concat(batches, run.reads.inputs), step, total, y)
             if every and (step + 1) % every == 0 and step + 1 < total:
                 _save_states(runs, settings, step + 1, per_epoch)
                 last_saved = step + 1
@@ -258,14 +279,14 @@ def train_sweep(
         run.sae.fold_input_scale(run.scale, run.out_scale)
         run.sae.eval()
     spliced = _spliced_metrics(runs, aset, split, rules, device)
-    return [_finish(run, aset, split, rules[run.hook], settings, ce, total, t0)
+    return [_finish(run, aset, sets, split, rules, settings, ce, total, t0)
             for run, ce in zip(runs, spliced, strict=True)]  # fmt: skip
 
 
 def _batches(
-    readers: dict[str, ShuffledBatchReader], per_epoch: int, start: int, total: int
-) -> Iterator[tuple[int, dict[str, torch.Tensor]]]:
-    """(step, {hook: batch}) from `start` on; the hooks' readers stay in lockstep (same
+    readers: dict[Key, ShuffledBatchReader], per_epoch: int, start: int, total: int
+) -> Iterator[tuple[int, dict[Key, torch.Tensor]]]:
+    """(step, {source: batch}) from `start` on; the readers stay in lockstep (same
     seed, same rows), and a resumed run re-enters mid-epoch without reading the skip."""
     step = start
     while step < total:
@@ -307,14 +328,15 @@ def _resume(runs: list[Run], settings: Settings, device: torch.device) -> int:
 
 
 def _spliced_metrics(runs: list[Run], aset: ActivationSet, split: Split,
-                     rules: dict[str, TokenRule], device: torch.device) -> list[dict]:  # fmt: skip
-    """CE/KL with each SAE spliced in, on the first held-out contexts; one model load and
-    one clean run for the whole sweep. A model that cannot be loaded is reported in the
-    metrics: the SAEs are trained and must not be lost to an evaluation."""
+                     rules: dict[Key, TokenRule], device: torch.device) -> list[dict]:  # fmt: skip
+    """CE/KL with each SAE or transcoder spliced in, on the first held-out contexts; one
+    model load and one clean run for the whole sweep (a crosscoder spans several sources:
+    none). A model that cannot be loaded is reported in the metrics: the SAEs are
+    trained and must not be lost to an evaluation."""
     from saefeat.lm import load_model
     from saefeat.training.model_evals import spliced_metrics_many
 
-    wanted = [r for r in runs if r.spec.eval_ce_contexts]
+    wanted = [r for r in runs if r.spec.eval_ce_contexts and len(r.reads.inputs) == 1]
     if not wanted:
         return [{} for _ in runs]
     contexts = split.eval_context_ids()[: max(r.spec.eval_ce_contexts for r in wanted)]
@@ -325,31 +347,40 @@ def _spliced_metrics(runs: list[Run], aset: ActivationSet, split: Split,
     tokens = torch.from_numpy(np.asarray(split.eval_set.tokens())[contexts])
     # One limit for the sweep: its SAEs share the set and threshold, and hooks differ
     # little in median norm next to a 10x threshold; the tightest is used.
-    limit = min(rules[r.hook].norm_limit for r in wanted)
+    limit = min(rules[r.reads.inputs[0]].norm_limit for r in wanted)
     found = iter(spliced_metrics_many([(r.sae, r.hook) for r in wanted], lm, tokens,
                                       norm_limit=limit))  # fmt: skip
-    return [next(found) if r.spec.eval_ce_contexts else {} for r in runs]
+    return [next(found) if r in wanted else {} for r in runs]
 
 
-def _finish(run: Run, aset: ActivationSet, split: Split, rule: TokenRule, settings: Settings,
-            spliced: dict, total: int, t0: float) -> TrainResult:  # fmt: skip
+def _finish(run: Run, aset: ActivationSet, sets: dict[str, ActivationSet], split: Split,
+            rules: dict[Key, TokenRule], settings: Settings, spliced: dict, total: int,
+            t0: float) -> TrainResult:  # fmt: skip
     """Held-out metrics (typical tokens as the headline, all tokens but position 0 beside
-    them), the excluded-token counts, the core record; save."""
-    sae, spec = run.sae, run.spec
+    them; a crosscoder's FVU per source too), the excluded-token counts, the core record;
+    save."""
+    sae, spec, reads = run.sae, run.spec, run.reads
     ev, ctx = split.eval_set, split.eval_contexts
+    rule = rules[reads.inputs[0]]
 
-    def reader(hook: str, excluded: np.ndarray | None) -> Iterator[torch.Tensor]:
-        return ShuffledBatchReader(ev, hook, 1024, seed=0, excluded=excluded,
-                                   contexts=ctx).iter_epoch(0)  # fmt: skip
+    def where(key: Key) -> ActivationSet:  # the training set's sources are read in `ev`
+        return ev if key[0] == aset.id else sets[key[0]]
+
+    def read(keys: tuple[Key, ...], excluded: np.ndarray | None) -> Iterator[torch.Tensor]:
+        parts = [ShuffledBatchReader(where(k), k[1], 1024, seed=0, excluded=excluded,
+                                     contexts=ctx).iter_epoch(0) for k in keys]  # fmt: skip
+        return (torch.cat(p, 1) for p in zip(*parts, strict=False))
 
     def batches(excluded: np.ndarray | None) -> Iterator:
-        """The SAE's inputs; a transcoder's with its targets, the same rows (one seed)."""
-        if run.hook_out is None:
-            return reader(run.hook, excluded)
-        return zip(reader(run.hook, excluded), reader(run.hook_out, excluded), strict=False)
+        """The inputs; a transcoder's with its targets, the same rows (one seed)."""
+        if not reads.is_transcoder:
+            return read(reads.inputs, excluded)
+        return zip(read(reads.inputs, excluded), read(reads.targets, excluded), strict=False)
 
-    massive = excluded_rows(ev, run.hook, rule)
-    typical = evaluate(sae, batches(massive), max_tokens=EVAL_TOKENS, with_density=True)
+    massive = reduce(np.union1d, [excluded_rows(where(k), k[1], rules[k]) for k in reads.inputs])
+    widths = sae.cfg.source_widths if sae.cfg.is_crosscoder else None
+    typical = evaluate(sae, batches(massive), max_tokens=EVAL_TOKENS, with_density=True,
+                       source_widths=widths)  # fmt: skip
     density = typical.pop("density")
     every = evaluate(sae, batches(None), max_tokens=EVAL_TOKENS)
     metrics = typical | {

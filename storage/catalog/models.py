@@ -236,6 +236,11 @@ class Feature(Base):
     artifact: Mapped[str | None] = mapped_column(String(80))
     umap_x: Mapped[float | None]  # its place on the SAE's map of decoder directions
     umap_y: Mapped[float | None]
+    # A crosscoder's (migration 0016): decoder norm per source; with two sources the
+    # relative norm and its class, a_only / shared / b_only (saefeat/sae/crosscoder.py).
+    decoder_norms: Mapped[list[Any] | None]
+    relative_norm: Mapped[float | None]
+    sharing: Mapped[str | None] = mapped_column(String(16))
 
     sae: Mapped[SAE] = relationship(back_populates="features")
 
@@ -243,6 +248,7 @@ class Feature(Base):
         UniqueConstraint("sae_id", "index"),
         Index(None, "sae_id", "density"),
         Index(None, "sae_id", "max_activation"),
+        Index(None, "sae_id", "sharing", "relative_norm"),
     )
 
 

@@ -90,6 +90,7 @@ def _feature_rows(index: FeatureIndex, d_sae: int) -> list[dict[str, Any]]:
     _add_histogram_extras(histograms, index)
     artifacts = _artifact_reasons(index)
     umap_x, umap_y = _umap(index)
+    norms, relative, sharing = _crosscoder(index, d_sae)
     return [
         {
             "index": i,
@@ -100,9 +101,30 @@ def _feature_rows(index: FeatureIndex, d_sae: int) -> list[dict[str, Any]]:
             "artifact": artifacts[i],
             "umap_x": umap_x[i],
             "umap_y": umap_y[i],
+            "decoder_norms": norms[i],
+            "relative_norm": relative[i],
+            "sharing": sharing[i],
         }
         for i in range(d_sae)
     ]
+
+
+def _crosscoder(index: FeatureIndex, d_sae: int) -> tuple[list, list, list]:
+    """Per feature: decoder norms per source, relative norm, class (None: not a crosscoder)."""
+    none = [None] * d_sae
+    if index.decoder_norms is None:
+        return none, none, none
+    norms = np.asarray(index.decoder_norms, dtype=np.float64)
+    if norms.ndim != 2 or norms.shape[0] != d_sae or not np.isfinite(norms).all():
+        raise SpecError(f"has shape {list(norms.shape)}, expected [d_sae, sources] of finite "
+                        "values", field="decoder_norms")  # fmt: skip
+    relative = none
+    if index.relative_norms is not None:
+        relative = _stat(index.relative_norms, "relative_norms", d_sae)
+    sharing = list(index.sharing) if index.sharing is not None else none
+    if len(sharing) != d_sae:
+        raise SpecError(f"has {len(sharing)} entries, expected d_sae", field="sharing")
+    return norms.tolist(), relative, sharing
 
 
 def _umap(index: FeatureIndex) -> tuple[list[float | None], list[float | None]]:

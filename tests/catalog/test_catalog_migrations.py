@@ -50,7 +50,7 @@ TABLES = {
     "explanations",
     "explanation_scores",
 }
-HEAD = "0015"  # the newest revision
+HEAD = "0016"  # the newest revision
 
 
 @contextmanager
