@@ -48,7 +48,8 @@ def model_pair(settings):
     coef = torch.zeros(n, SHARED + B_ONLY)
     pick = torch.rand(n, SHARED + B_ONLY, generator=g).argsort(1)[:, :3]
     coef.scatter_(1, pick, torch.rand(n, 3, generator=g) * 3 + 0.5)
-    dirs_a, dirs_b = torch.randn(SHARED, D, generator=g), torch.randn(SHARED + B_ONLY, D, generator=g)
+    dirs_a = torch.randn(SHARED, D, generator=g)
+    dirs_b = torch.randn(SHARED + B_ONLY, D, generator=g)
     a_rows, b_rows = coef[:, :SHARED] @ dirs_a, coef @ dirs_b
     tokens = np.random.default_rng(0).integers(0, 100, (N_CTX, CTX))
     a = _set(settings.activations_dir, "as-00000000000000a0", "model-a", a_rows, tokens)
