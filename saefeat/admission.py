@@ -1,6 +1,7 @@
 """What a spec sent over HTTP may ask of the server: corpus paths under the corpus roots,
-a model from the local cache or the allow-list, sizes within the settings' limits, and a
-device and worker count the cluster has.
+a model from the local cache or the allow-list (a harvest's paired model too, sharing the
+model's tokenizer), sizes within the settings' limits, and a device and worker count the
+cluster has.
 
 The API checks a spec before it writes a job row, with the check its job kind names
 (workers/job_kinds.py); each refusal is a SpecError that names the field (422). The CLI
@@ -20,6 +21,7 @@ from saefeat.config import Settings
 from saefeat.devices import on_gpu, pick_device
 from saefeat.errors import SpecError
 from saefeat.lm import EMBEDDED_MODEL
+from saefeat.pairing import check_pairing
 from saefeat.paths import BUILTIN_PYTHON_DOCS, CorpusRoots
 from saefeat.specs import (
     ContrastSpec,
@@ -77,6 +79,20 @@ def admit_harvest(spec: HarvestSpec, ctx: Admission) -> None:
     _at_most(spec.token_budget, settings.max_token_budget, "token_budget")
     _at_most(spec.batch_size, settings.max_batch_size, "batch_size")
     check_device(spec.device, spec.workers, cluster_resources(settings))
+    _admit_paired_model(spec, settings)
+
+
+def _admit_paired_model(spec: HarvestSpec, settings: Settings) -> None:
+    """A paired model (model diffing) the server offers, as `model` must be, and then
+    (its config and tokenizer read, never its weights) one sharing the model's
+    tokenizer: saefeat/pairing.py."""
+    if spec.paired_model is None:
+        return
+    try:
+        check_model(spec.paired_model, settings)
+    except SpecError as e:
+        raise SpecError(e.message, field="paired_model") from None
+    check_pairing(spec)
 
 
 def _admit_corpus(corpus: list[CorpusSource], settings: Settings, field: str) -> None:
@@ -161,6 +177,7 @@ def admit_train(job: TrainJobSpec, ctx: Admission) -> None:
         if "activation_set" not in ctx.pending:
             aset = _admit_set(spec.activation_set, ctx.settings, f"{where}activation_set")
             _admit_hook(spec, aset, where)
+            _admit_sources(spec, aset, ctx.settings, where)
         if spec.eval_set is not None:
             other = _admit_set(spec.eval_set, ctx.settings, f"{where}eval_set")
             if aset is not None:
@@ -200,6 +217,18 @@ def _admit_hook(spec: TrainSpec, aset, field: str) -> None:
         if hook is not None and hook not in aset.hooks:
             raise SpecError(f"{name} {hook!r} is not in set {aset.id} (it has {aset.hooks})",
                             field=f"{field}{name}")  # fmt: skip
+
+
+def _admit_sources(spec: TrainSpec, aset, settings: Settings, field: str) -> None:
+    """A crosscoder's sets complete, with their hooks, holding the set's tokens."""
+    if not spec.sources:
+        return
+    from saefeat.training.sources import open_sources
+
+    try:
+        open_sources(settings, spec, aset)
+    except SpecError as e:
+        raise SpecError(e.message, field=f"{field}{e.field}") from None
 
 
 def _admit_eval_set(aset, other, hook: str, field: str) -> None:

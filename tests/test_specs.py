@@ -78,12 +78,32 @@ def test_harvest_set_ids_stay():
     assert one.set_id() != HarvestSpec(hooks=[HOOK], ctx_len=64).set_id()
 
 
+def test_paired_harvest_sides_are_plain_harvests():
+    """Each side of a paired harvest fills the set a plain harvest of its model fills (an
+    existing one is reused); the pairing names other work (its job hash) but no set."""
+    common = {"hooks": [HOOK], "ctx_len": 16, "corpus": ["a.txt"]}
+    a, b = HarvestSpec(model="/a", **common), HarvestSpec(model="/b", revision="v2", **common)
+    paired = HarvestSpec(model="/a", paired_model="/b", paired_revision="v2", **common)
+    assert paired.set_ids() == [a.set_id(), b.set_id()]
+    assert paired.set_id() == a.set_id() == a.content_id()
+    assert [side.paired_model for side in paired.sides()] == [None, None]
+    assert paired.sides()[1].model_dump(exclude={"model", "revision"}) == (
+        a.model_dump(exclude={"model", "revision"})
+    )
+    assert paired.content_id() not in (a.set_id(), b.set_id())
+    assert paired.content_id() != HarvestSpec(model="/a", paired_model="/b", **common).content_id()
+    assert a.sides() == [a] and a.set_ids() == [a.set_id()]
+    with pytest.raises(ValueError, match="paired_model"):
+        HarvestSpec(paired_revision="v2", **common)
+
+
 def _legacy_sae_id(spec: TrainSpec) -> str:
     run = {"device", "name", "checkpoint_every_tokens", "eval_ce_contexts", "resume_from"}
     data = spec.model_dump(mode="json", exclude=run)
     if data["optimizer_state"] == "fp32":
         del data["optimizer_state"]
     assert data.pop("hook_out") is None and data.pop("skip_connection") is False  # joined later
+    assert data.pop("sources") is None
     return _legacy_hash("sae", {"set": spec.activation_set, **data}, 12)
 
 

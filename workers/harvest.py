@@ -132,6 +132,13 @@ class HarvestResult:
     startup_seconds: float = 0.0  # Ray actors up and the model loaded
     shard_seconds: float = 0.0  # first shard sent to last shard committed
     tokens_run: int = 0  # tokens of the shards committed in this run
+    # A paired harvest (harvest_job.harvest_and_record): the paired model's side; this
+    # one is the model's.
+    paired: HarvestResult | None = None
+
+    def sides(self) -> list[HarvestResult]:
+        """This side, then the paired model's (a paired harvest)."""
+        return [self] if self.paired is None else [self, self.paired]
 
 
 def prepare_set(
@@ -219,6 +226,9 @@ def harvest(
     `should_stop` is polled between shards; when it says so, in-flight work is abandoned
     (its shards stay uncommitted) and HarvestCancelled is raised.
     """
+    if spec.paired_model is not None:  # its sides are plain specs, each with its own set
+        raise SaefeatError("a paired harvest runs each side in turn: "
+                           "workers/harvest_job.harvest_and_record")  # fmt: skip
     t0 = time.perf_counter()
     root = settings.activations_dir
     with set_lock(root, spec.set_id()):

@@ -31,7 +31,7 @@ from saefeat.api.errors import problem_responses
 from saefeat.api.params import SessionDep
 from saefeat.api.schemas import Problem
 from saefeat.errors import SpecError
-from saefeat.specs import PipelineSpec
+from saefeat.specs import HarvestSpec, PipelineSpec
 from saefeat.storage.activations import open_set
 from saefeat.storage.catalog.job_status import JobStatus
 from saefeat.storage.catalog.keys import has_scope
@@ -108,6 +108,10 @@ class JobOut(BaseModel):
     activation_set: str | None = Field(
         None, description="Id of the activation set the job fills" + JOBS_ONLY
     )
+    activation_sets: list[str] | None = Field(
+        None, description="Ids of every activation set the job fills: a paired harvest's "
+        "two, the model's (`activation_set`) then the paired model's" + JOBS_ONLY,
+    )  # fmt: skip
     spec: dict[str, Any] | None = Field(None, description="The submitted spec" + JOBS_ONLY)
     error: str | None = Field(
         None, description="Why it failed, or a note (cancel, gaps, NaN)" + JOBS_ONLY
@@ -178,10 +182,11 @@ def _job_out(job: Job, request: Request, key: ApiKey | None, stages: list[StageO
     )
     if key is None or not has_scope(key, "jobs"):
         return summary
-    skipped, report = None, None
+    skipped, report, sets = None, None, None
     if job.kind == "harvest":
-        try:  # what the set itself recorded: gaps and the corpus report
-            aset = open_set(request.app.state.settings.activations_dir, job.spec_hash)
+        sets = _harvest_sets(job)
+        try:  # what the (first) set itself recorded: gaps and the corpus report
+            aset = open_set(request.app.state.settings.activations_dir, sets[0])
             skipped = aset.skipped_shards
             report = aset.group.attrs.get("corpus_report")
         except Exception:  # not created yet, or unreadable: the row still answers
@@ -189,13 +194,26 @@ def _job_out(job: Job, request: Request, key: ApiKey | None, stages: list[StageO
     return summary.model_copy(
         update={
             "detailed": True,
-            "activation_set": job.spec_hash if job.kind == "harvest" else None,
+            "activation_set": sets[0] if sets else None,
+            "activation_sets": sets,
             "spec": job.spec,
             "error": job.error,
             "skipped_shards": skipped,
             "corpus_report": report,
         }
     )
+
+
+def _harvest_sets(job: Job) -> list[str]:
+    """The sets a harvest job fills: its spec hash, the set's id; a paired harvest's hash
+    also names the paired model, and its spec names the two sets."""
+    spec = job.spec or {}
+    if spec.get("paired_model") is None:
+        return [job.spec_hash]
+    try:
+        return HarvestSpec.model_validate(spec).set_ids()
+    except Exception:  # a spec this version cannot read: the row still answers
+        return [job.spec_hash]
 
 
 NOT_FOUND = {404: {"model": Problem, "description": "No job with this id"}}

@@ -1,6 +1,9 @@
 """`saefeat harvest`: activations of a model over a corpus, run as a job. Its options are
 HarvestSpec's fields (saefeat/cli/spec_options.py), but for the corpus: `--corpus
-PATH[@WEIGHT]` (repeated) with one `--field`."""
+PATH[@WEIGHT]` (repeated) with one `--field`. It prints the set's id on stdout; with
+`--paired-model` (model diffing: both models on identical tokens, one job) both sets'
+ids, the model's first, once the two tokenizers are found alike (saefeat/pairing.py),
+which is checked before any job row is written."""
 
 from __future__ import annotations
 
@@ -54,14 +57,18 @@ def harvest(**options) -> None:
     paths = options.pop("corpus", [BUILTIN_PYTHON_DOCS])
     sources = [_corpus_source(c, field, absolute=not remote) for c in paths]
     spec = HarvestSpec(**options, corpus=sources)
-    if remote:
+    if remote:  # the server checks a paired model itself (saefeat/admission.py)
         run_on_server("harvest", spec)
-        print(spec.set_id())
+        print(*spec.set_ids(), sep="\n")
         return
+    if spec.paired_model is not None:  # before any job row is written
+        from saefeat.pairing import check_pairing
+
+        check_pairing(spec)
     settings = get_settings()
     named = [s["path"] for s in sources if s["path"] != BUILTIN_PYTHON_DOCS]
     trusted = settings.model_copy(update={"corpus_roots": [*settings.corpus_root_paths, *named]})
-    print(harvest_as_job(spec, trusted).activation_set.id)
+    print(*(r.activation_set.id for r in harvest_as_job(spec, trusted).sides()), sep="\n")
 
 
 def _corpus_source(text: str, field: str | None, absolute: bool = True) -> dict:
@@ -87,9 +94,12 @@ def harvest_as_job(spec, settings: Settings | None = None):
     from saefeat.cli.running import run_here
 
     result, job = run_here(spec, settings=settings)
-    aset = result.activation_set
-    how = "reused" if result.reused else f"{result.shards_run} shards in {result.seconds:.1f}s"
-    console.print(f"activation set [bold]{aset.id}[/bold]: {aset.n_tokens:,} tokens ({how})")
-    if result.skipped:
+    for side in result.sides():  # a paired harvest: the model's set, then the paired one's
+        aset = side.activation_set
+        how = "reused" if side.reused else f"{side.shards_run} shards in {side.seconds:.1f}s"
+        model = f" ({aset.model_name})" if result.paired is not None else ""
+        console.print(f"activation set [bold]{aset.id}[/bold]{model}: {aset.n_tokens:,} tokens "
+                      f"({how})")  # fmt: skip
+    if any(side.skipped for side in result.sides()):
         console.print(f"[yellow]warning:[/yellow] {job.error}", highlight=False, soft_wrap=True)
     return result

@@ -1,4 +1,9 @@
-"""HarvestSpec: a model's activations at some hooks over a corpus."""
+"""HarvestSpec: a model's activations at some hooks over a corpus.
+
+A paired harvest (`paired_model`, for model diffing) is one job that fills two sets on
+identical tokens: `sides()` are the plain specs of each model, so each side's set id is
+the one a plain harvest of that model would have, and an existing set is reused.
+Whether the two models share a tokenizer is saefeat/pairing.py's check."""
 
 from __future__ import annotations
 
@@ -32,11 +37,18 @@ class HarvestSpec(Spec):
         "token_budget", "contexts_per_shard", "storage_dtype", "on_bad_document", "on_nonfinite",
     )  # fmt: skip
     # Joined later: hashed only when set, so every set id made before stays.
-    ID_FIELDS_IF_SET = ("text_documents",)
+    ID_FIELDS_IF_SET = ("text_documents", "paired_model", "paired_revision")
     RUN_FIELDS = ("batch_size", "workers", "device", "max_shard_attempts")
 
     model: str = Field(EMBEDDED_MODEL, description="HF id, local model folder, or .gguf file")
     revision: str | None = Field(None, description="the model's revision (branch, tag, commit)")
+    paired_model: str | None = Field(
+        None, description="also harvest this model on the same tokens, into a set of its own "
+        "(model diffing); its tokenizer must be the model's",
+    )  # fmt: skip
+    paired_revision: str | None = Field(
+        None, description="the paired model's revision (branch, tag, commit)"
+    )
     model_dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="dtype the model runs in (auto: bf16 on a GPU, fp32 on a CPU)"
     )
@@ -86,6 +98,13 @@ class HarvestSpec(Spec):
             raise ValueError("hooks are repeated")
         return hooks
 
+    @field_validator("paired_revision")
+    @classmethod
+    def _revision_of_a_paired_model(cls, revision: str | None, info) -> str | None:
+        if revision is not None and info.data.get("paired_model") is None:
+            raise ValueError("a paired revision needs paired_model")
+        return revision
+
     @field_validator("corpus", mode="before")
     @classmethod
     def _corpus_from_strings(cls, v):
@@ -93,6 +112,21 @@ class HarvestSpec(Spec):
             v = [v]
         return [{"path": s} if isinstance(s, str) else s for s in v]
 
+    def sides(self) -> list[HarvestSpec]:
+        """The plain harvest of each model: this spec without the pairing, then (when
+        paired) the same with the paired model and revision. Each fills its own set."""
+        plain = self.model_copy(update={"paired_model": None, "paired_revision": None})
+        if self.paired_model is None:
+            return [plain]
+        paired = {"model": self.paired_model, "revision": self.paired_revision}
+        return [plain, plain.model_copy(update=paired)]
+
+    def set_ids(self) -> list[str]:
+        """Every set this harvest fills: the model's, then the paired model's (if any)."""
+        return [side.content_id() for side in self.sides()]
+
     def set_id(self) -> str:
-        """The activation set this harvest fills: a repeated spec reuses it."""
-        return self.content_id()
+        """The activation set this harvest fills (a paired one: the model's, its first
+        side's): a repeated spec reuses it. Not the job's hash: a paired harvest's
+        content id also names the paired model."""
+        return self.set_ids()[0]

@@ -98,6 +98,17 @@ def open_sources(settings: Settings, spec: TrainSpec, aset: ActivationSet
     return sets
 
 
+def dropped_elsewhere(sets: dict[str, ActivationSet]) -> np.ndarray:
+    """Rows of the contexts some set dropped (NaN/Inf): every set's reader leaves them
+    out, so the sets' rows stay in lockstep (empty for one set)."""
+    if len(sets) < 2:
+        return np.zeros(0, dtype=np.int64)
+    main = next(iter(sets.values()))
+    contexts = sorted({c for s in sets.values() for c in s.dropped_contexts()})
+    per = np.arange(main.ctx_len, dtype=np.int64)
+    return np.concatenate([c * main.ctx_len + per for c in contexts] or [per[:0]])
+
+
 def scales(sets: dict[str, ActivationSet], keys: tuple[Key, ...]) -> torch.Tensor:
     """[sum of widths]: each source's dimensions scaled by that source's own scale."""
     return torch.cat([torch.full((sets[s].d_model,), float(sets[s].stats[h]["scale"]))

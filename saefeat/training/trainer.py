@@ -54,6 +54,7 @@ from saefeat.training.schedule import default_lr, lr_factor
 from saefeat.training.sources import (
     Key,
     concat,
+    dropped_elsewhere,
     means,
     open_sources,
     reads_of,
@@ -223,7 +224,8 @@ def train_sweep(
     split = make_split(settings, first, aset, [h for sid, h in keys if sid == aset.id])
     rules = {k: rule_for_set(sets[k[0]], k[1], first.massive_norm_threshold) for k in keys}
     # One set of excluded rows for every source: their readers serve the same rows.
-    excluded = reduce(np.union1d, [excluded_rows(sets[k[0]], k[1], rules[k]) for k in keys])
+    excluded = reduce(np.union1d, [excluded_rows(sets[k[0]], k[1], rules[k]) for k in keys]
+                      + [dropped_elsewhere(sets)])  # fmt: skip
     readers = {k: ShuffledBatchReader(sets[k[0]], k[1], first.batch_size, seed=first.seed,
                                       excluded=excluded, contexts=split.train_contexts)
                for k in keys}  # fmt: skip
@@ -377,12 +379,14 @@ def _finish(run: Run, aset: ActivationSet, sets: dict[str, ActivationSet], split
             return read(reads.inputs, excluded)
         return zip(read(reads.inputs, excluded), read(reads.targets, excluded), strict=False)
 
-    massive = reduce(np.union1d, [excluded_rows(where(k), k[1], rules[k]) for k in reads.inputs])
+    dropped = dropped_elsewhere({k[0]: where(k) for k in reads.keys})
+    massive = reduce(np.union1d, [excluded_rows(where(k), k[1], rules[k]) for k in reads.inputs]
+                     + [dropped])  # fmt: skip
     widths = sae.cfg.source_widths if sae.cfg.is_crosscoder else None
     typical = evaluate(sae, batches(massive), max_tokens=EVAL_TOKENS, with_density=True,
                        source_widths=widths)  # fmt: skip
     density = typical.pop("density")
-    every = evaluate(sae, batches(None), max_tokens=EVAL_TOKENS)
+    every = evaluate(sae, batches(dropped), max_tokens=EVAL_TOKENS)
     metrics = typical | {
         "evaluated_on": "held-out typical tokens",
         "fvu_all_tokens": every["fvu"],
