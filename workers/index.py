@@ -6,6 +6,10 @@ a slice of the committed shards, run the SAE over whole contexts
 return a FeatureAccumulator (statistics, top-N examples, quantile samples); the
 driver merges them, adds the vocabulary projection and the decoder-cosine neighbours
 from the weights, and turns the tables into FeatureIndex records.
+
+The SAE encodes the hook it reads (`cfg.hook`): the examples and statistics are that
+hook's. A transcoder's decoder writes another hook (`cfg.write_hook`, the MLP's output):
+its measured effects remove each feature's decoder row there.
 """
 
 from __future__ import annotations
@@ -298,10 +302,12 @@ def _effects(acc, sae, aset, spec, tokens, unembedding, strings,
         if torch.cuda.is_available() and on_gpu(pick_device(spec.device, 1)):
             device = pick_device(spec.device, 1)
         lm = cached_model(aset.model_name, aset.revision, device)
+        # The rows are removed where the decoder writes (a transcoder: the MLP's output).
+        hook = sae.cfg.write_hook or sae.cfg.hook
+        acts = _hook_acts(aset, hook) if hook in aset.hooks else None
         effects += measured_effects(
-            lm, W_dec, sae.cfg.hook, tokens, pairs, strings, spec.n_vocab,
-            hook_acts=_hook_acts(aset, sae.cfg.hook), context_block=aset.contexts_per_shard,
-            progress=progress,
+            lm, W_dec, hook, tokens, pairs, strings, spec.n_vocab,
+            hook_acts=acts, context_block=aset.contexts_per_shard, progress=progress,
         )  # fmt: skip
     return effects
 

@@ -1,14 +1,18 @@
 """Steering generation with SAE features: add a feature's decoder direction, or clamp it.
 
 Two continuations of one prompt are generated with the same seed and sampling: the
-default one and the steered one. At the SAE's hook, on every position the model runs
-except the first (the attention sink the SAEs never train on), the steered run changes
-the activation x:
+default one and the steered one. Where the SAE's decoder writes (`write_hook`: an SAE's
+own hook; a transcoder's output hook, the MLP's output), on every position the model
+runs except the first (the attention sink the SAEs never train on), the steered run
+changes the activation y there:
 
-- `add`:   x + sum_f s_f * W_dec[f]
-- `clamp`: sae_decode(z') + (x - sae_decode(z)), with z = sae_encode(x) and z' = z with
-  each named feature set to s_f: only the named features change, and the SAE's error
-  term is kept, so whatever the SAE fails to reconstruct is left as it was.
+- `add`:   y + sum_f s_f * W_dec[f]
+- `clamp`: y + sum_f (s_f - z_f) * W_dec[f], with z = the SAE's encoding of the
+  activations it reads, in the same forward (an SAE's: y itself; a transcoder's: its
+  input hook's, the MLP's input). Decoding is linear in z, so for an SAE this is
+  sae_decode(z') + (y - sae_decode(z)) with z' = z and each named feature set to s_f:
+  only the named features change, and the error term is kept, so whatever the SAE fails
+  to reconstruct (a transcoder: to predict, and its skip path) is left as it was.
 
 Units. s_f = strength x unit: the API, the CLI and the feature page give strengths as
 multiples of the feature's max activation over the index (Neuronpedia's convention:
@@ -165,7 +169,7 @@ class Continuation:
 
 @dataclass
 class SteerResult:
-    hook: str
+    hook: str  # where the edit was made: the decoder's hook (a transcoder's output hook)
     method: Method
     prompt_tokens: int
     promoted: list[PromotedTokens]
@@ -174,6 +178,7 @@ class SteerResult:
     # Per feature, the raw strength applied (strength x unit).
     raw_strengths: list[float] = field(default_factory=list)
     default_cached: bool = False  # the default continuation came from DEFAULT_CACHE
+    read_hook: str = ""  # where clamp encodes the SAE's input (an SAE's: `hook` itself)
 
 
 def check_request(request: SteerRequest, *, d_sae: int, max_new_tokens: int) -> None:
@@ -252,11 +257,15 @@ def promoted_tokens(
     ]
 
 
-Edit = Callable[[torch.Tensor], torch.Tensor]
+# (activations where the decoder writes [..., d_out], the read hook's of the same
+# positions [..., d_in] or None) -> the written activations, edited
+Edit = Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]
 
 
 def make_edit(sae: SparseAutoencoder, request: SteerRequest) -> Edit:
-    """The function the hook applies to activations [..., d_in]."""
+    """The function the hook applies: `edit(y, read)` with y the activations where the
+    decoder writes and `read` those the SAE encodes at the same positions, which only a
+    clamp uses (an SAE's are y: `read` may be left out; a transcoder's clamp needs it)."""
     idx = torch.tensor([f.index for f in request.features], device=sae.W_dec.device)
     strength = torch.tensor([f.value for f in request.features], device=sae.W_dec.device)
     W_dec = sae.W_dec.detach()
@@ -264,46 +273,69 @@ def make_edit(sae: SparseAutoencoder, request: SteerRequest) -> Edit:
     if request.method == "add":
         direction = (strength.to(W_dec.dtype)[:, None] * W_dec[idx]).sum(0)
 
-        def add(x: torch.Tensor) -> torch.Tensor:
-            return x + direction.to(x.dtype)
+        def add(y: torch.Tensor, read: torch.Tensor | None = None) -> torch.Tensor:
+            return y + direction.to(y.dtype)
 
         return add
 
-    def clamp(x: torch.Tensor) -> torch.Tensor:
-        flat = x.reshape(-1, x.shape[-1]).to(W_dec.dtype)
-        z = sae.dense_activations(flat)
-        x_hat = z @ W_dec + sae.b_dec
-        error = flat - x_hat
-        z[:, idx] = strength.to(z.dtype)
-        return ((z @ W_dec + sae.b_dec) + error).to(x.dtype).reshape(x.shape)
+    def clamp(y: torch.Tensor, read: torch.Tensor | None = None) -> torch.Tensor:
+        if read is None:
+            if sae.is_transcoder:
+                raise ValueError("a transcoder's clamp encodes the activations it reads: "
+                                 "pass `read`, its input hook's")  # fmt: skip
+            read = y
+        z = sae.dense_activations(read.reshape(-1, read.shape[-1]).to(W_dec.dtype))
+        # Only the named features move, each by (s_f - z_f) along its decoder row.
+        delta = (strength.to(z.dtype) - z[:, idx]) @ W_dec[idx]
+        flat = y.reshape(-1, y.shape[-1]).to(W_dec.dtype)
+        return (flat + delta).to(y.dtype).reshape(y.shape)
 
     return clamp
 
 
 class _Steering:
-    """Registers `edit` at the hook for the duration of a `with` block, applied to the
-    batch rows `rows` (all by default). Position 0 of the sequence is left alone: only
-    the first forward (the prompt) contains it."""
+    """Registers `edit` at `hook` (where the decoder writes) for the duration of a `with`
+    block, applied to the batch rows `rows` (all by default). Position 0 of the sequence
+    is left alone: only the first forward (the prompt) contains it. With a `read_hook`
+    other than `hook` (a transcoder's input), that hook's activations of the same forward
+    are kept and handed to the edit beside the written ones."""
 
-    def __init__(self, lm: LanguageModel, hook: str, edit: Edit, rows: slice = slice(None)):
+    def __init__(self, lm: LanguageModel, hook: str, edit: Edit, rows: slice = slice(None),
+                 read_hook: str | None = None):  # fmt: skip
         self.lm, self.point, self.edit, self.rows = lm, parse_hook(hook), edit, rows
+        self.read_point = parse_hook(read_hook) if read_hook not in (None, hook) else None
         self.first = True
-        self.handle = None
+        self.handles: list = []
+        self.read: torch.Tensor | None = None
+
+    def _keep(self, t: torch.Tensor) -> torch.Tensor:
+        self.read = t
+        return t
 
     def _apply(self, t: torch.Tensor) -> torch.Tensor:
         start = 1 if self.first else 0
         self.first = False
+        read = t if self.read_point is None else self.read
+        self.read = None
+        if read is None:
+            raise RuntimeError(f"{self.read_point.name} did not run before {self.point.name}")
         out = t.clone()
-        out[self.rows, start:] = self.edit(t[self.rows, start:])
+        out[self.rows, start:] = self.edit(t[self.rows, start:], read[self.rows, start:])
         return out
 
     def __enter__(self) -> _Steering:
-        self.handle = edit_at(self.lm, self.point, self._apply)
+        try:
+            if self.read_point is not None:
+                self.handles.append(edit_at(self.lm, self.read_point, self._keep))
+            self.handles.append(edit_at(self.lm, self.point, self._apply))
+        except BaseException:
+            self.__exit__()
+            raise
         return self
 
     def __exit__(self, *exc) -> None:
-        if self.handle is not None:
-            self.handle.remove()
+        while self.handles:
+            self.handles.pop().remove()
 
 
 def _forward_arguments(model: torch.nn.Module) -> tuple[str, dict]:
@@ -474,18 +506,21 @@ def _from_kept(
 def steer(
     lm: LanguageModel, sae: SparseAutoencoder, hook: str, request: SteerRequest,
     *, max_new_tokens: int = 64, watch: list[list[int]] | None = None,
-    cache: DefaultCache | None = DEFAULT_CACHE,
+    cache: DefaultCache | None = DEFAULT_CACHE, hook_out: str | None = None,
 ) -> SteerResult:  # fmt: skip
     """The default and the steered continuation of `request.prompt`, side by side.
 
-    `watch[f]`: the token ids whose log-probabilities are reported for feature f (its
-    top promoted tokens when None). `cache`: where the default continuation is kept
+    `hook`: the hook the SAE reads (the catalog's `hook_name`); `hook_out`: the one its
+    decoder writes, where the edit is made (default: a transcoder's `cfg.hook_out`, else
+    `hook`). `watch[f]`: the token ids whose log-probabilities are reported for feature f
+    (its top promoted tokens when None). `cache`: where the default continuation is kept
     (None: generate it every time)."""
     check_request(request, d_sae=sae.cfg.d_sae, max_new_tokens=max_new_tokens)
     if lm.is_encoder:
         raise SpecError(f"{lm.name} is an encoder; steering needs a model that generates",
                         field="sae_id")  # fmt: skip
-    lm.check_hooks([hook])
+    write = hook_out or sae.cfg.hook_out or hook
+    lm.check_hooks(list(dict.fromkeys([hook, write])))
     ids = encode_prompt(lm, request)
     promoted = promoted_tokens(lm, sae, [f.index for f in request.features], request.n_promoted)
     if watch is None:
@@ -498,15 +533,16 @@ def steer(
     with lm.exclusive():
         if kept is not None:
             default = _from_kept(lm, ids, kept, watch)
-            with _Steering(lm, hook, edit):
+            with _Steering(lm, write, edit, read_hook=hook):
                 steered = _sample(lm, ids, request, watch, 1)[0]
         else:  # both in one batch: row 0 the default, row 1 steered
-            with _Steering(lm, hook, edit, rows=slice(1, 2)):
+            with _Steering(lm, write, edit, rows=slice(1, 2), read_hook=hook):
                 default, steered = _sample(lm, ids, request, watch, 2)
     if kept is None and cache is not None:
         cache.put(key, _kept(default, watch))
-    return SteerResult(hook, request.method, int(ids.shape[1]), promoted, default, steered,
-                       [f.value for f in request.features], kept is not None)  # fmt: skip
+    return SteerResult(write, request.method, int(ids.shape[1]), promoted, default, steered,
+                       [f.value for f in request.features], kept is not None,
+                       read_hook=hook)  # fmt: skip
 
 
 def steer_for_sae(
@@ -516,10 +552,13 @@ def steer_for_sae(
     hook: str,
     request: SteerRequest,
     max_new_tokens: int,
+    hook_out: str | None = None,
 ) -> SteerResult:
-    """Load (once) the model and SAE named by a catalog row and run `steer`: the one call
-    the API route and the CLI make (and the one to hand to a worker pool)."""
+    """Load (once) the model and SAE named by a catalog row and run `steer` (`hook` the
+    row's hook, `hook_out` a transcoder's output hook): the one call the API route and
+    the CLI make (and the one to hand to a worker pool)."""
     from saefeat.features import live
 
     lm, sae, _ = live.loaded(model_name, revision, checkpoint)
-    return steer(lm, sae, hook, request, max_new_tokens=max_new_tokens)  # holds lm's lock
+    # steer holds lm's lock
+    return steer(lm, sae, hook, request, max_new_tokens=max_new_tokens, hook_out=hook_out)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Annotated, TypeVar
+from typing import Annotated, NamedTuple, TypeVar
 
 from fastapi import APIRouter, Depends, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials
@@ -69,15 +69,27 @@ async def run_on_live_pool(request: Request, fn: Callable[..., T], *args: object
     return await asyncio.wrap_future(future)
 
 
-def runnable_sae(session: Session, sae: SAE, doing: str) -> tuple[str, str | None, str, str]:
-    """(model, revision, checkpoint, hook) of an SAE the model runs with; the session is
-    closed then: the forward takes a while, and no connection is held through it."""
+class RunnableSae(NamedTuple):
+    """What the model runs an SAE with: the model (name, revision), the checkpoint, the
+    hook the SAE reads and, for a transcoder, the hook its decoder writes (else None)."""
+
+    model_name: str
+    revision: str | None
+    checkpoint: str
+    hook: str
+    hook_out: str | None
+
+
+def runnable_sae(session: Session, sae: SAE, doing: str) -> RunnableSae:
+    """The SAE as the model runs it; the session is closed then: the forward takes a
+    while, and no connection is held through it."""
     if not sae.checkpoint_path:
         raise SpecError(f"has no checkpoint on this server, so it cannot {doing}", field="sae_id")
     model_name, revision = sae_model(session, sae)
-    checkpoint, hook = sae.checkpoint_path, sae.hook_name
+    found = RunnableSae(model_name, revision, sae.checkpoint_path, sae.hook_name,
+                        sae.hook_out_name)  # fmt: skip
     session.close()
-    return model_name, revision, checkpoint, hook
+    return found
 
 
 @router.post(
@@ -102,7 +114,8 @@ async def text_activations(
     check_rate(request, caller)
     sae = queries.get_sae(session, sae_id)
     live.check_text(body.text)  # 413 before anything is loaded
-    model_name, revision, checkpoint, hook = runnable_sae(session, sae, "be run on text")
+    # Encoding reads the hook the SAE reads (a transcoder's input hook).
+    model_name, revision, checkpoint, hook, _ = runnable_sae(session, sae, "be run on text")
     args = (model_name, revision, checkpoint, hook, body.text, body.top_n)
     tokens = await run_on_live_pool(request, live.features_for_sae, *args)
     texts, flags = _labels_and_flags(request, sae_id, {f for t in tokens for f, _ in t.features})

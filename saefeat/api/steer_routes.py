@@ -1,5 +1,6 @@
-"""Steering: generate from a prompt with SAE features added or clamped at the SAE's hook,
-beside the default continuation. Its request and response bodies live here, with it."""
+"""Steering: generate from a prompt with SAE features added or clamped where the SAE's
+decoder writes (its hook; a transcoder's output hook), beside the default continuation.
+Its request and response bodies live here, with it."""
 
 from __future__ import annotations
 
@@ -45,8 +46,10 @@ class SteerBody(BaseModel):
     )
     method: Literal["add", "clamp"] = Field(
         default="add",
-        description="add: x + s * W_dec[f]; clamp: encode, set the feature to s, decode, "
-        "keep the SAE's error term (s: the strength in its units)",
+        description="add: y + s * W_dec[f]; clamp: encode, set the feature to s, decode, "
+        "keep the SAE's error term (s: the strength in its units). y is the hook the "
+        "decoder writes: the SAE's hook, a transcoder's output hook (its clamp encodes "
+        "the input hook of the same forward)",
     )
     units: Literal["max_activation", "raw"] = Field(
         default="max_activation",
@@ -90,7 +93,14 @@ class AppliedOut(BaseModel):
 
 class SteerOut(BaseModel):
     sae_id: str
-    hook: str
+    hook: str = Field(
+        description="Where the features were added or clamped: the hook the decoder writes "
+        "(an SAE's hook; a transcoder's output hook, e.g. blocks.8.hook_mlp_out)"
+    )
+    read_hook: str = Field(
+        description="Where clamp encodes the SAE's input: the hook it reads (an SAE's is "
+        "`hook`; a transcoder's its input hook)"
+    )
     method: str
     units: str
     prompt_tokens: int
@@ -128,8 +138,9 @@ def steer_request(body: SteerBody) -> steer.SteerRequest:
     responses=LIVE_PROBLEMS,
     summary="Generate with features added or clamped, beside the default continuation",
     description=(
-        "Both runs use the same seed and sampling; at the SAE's hook every position but "
-        "the first is steered (prompt and generated). For each generated position both "
+        "Both runs use the same seed and sampling; where the decoder writes (the SAE's "
+        "hook; a transcoder's output hook) every position but the first is steered "
+        "(prompt and generated). For each generated position both "
         "runs report the log-probability of each feature's top promoted tokens. Strengths "
         "are multiples of each feature's max activation unless units=raw. The default "
         "continuation is kept (bounded LRU) and reused by a later request with the same "
@@ -152,13 +163,15 @@ async def steer_route(
     steer.check_request(spec, d_sae=sae.d_sae, max_new_tokens=limit)  # 422 before a load
     spec = steer.in_units(session, sae_id, spec, body.units)
     steer.check_request(spec, d_sae=sae.d_sae, max_new_tokens=limit)  # strength x unit
-    model_name, revision, checkpoint, hook = runnable_sae(session, sae, "steer")
+    model_name, revision, checkpoint, hook, hook_out = runnable_sae(session, sae, "steer")
     result = await run_on_live_pool(
-        request, steer.steer_for_sae, model_name, revision, checkpoint, hook, spec, limit
-    )
+        request, steer.steer_for_sae, model_name, revision, checkpoint, hook, spec, limit,
+        hook_out,
+    )  # fmt: skip
     return SteerOut(
         sae_id=sae_id,
         hook=result.hook,
+        read_hook=result.read_hook or hook,
         method=result.method,
         units=body.units,
         prompt_tokens=result.prompt_tokens,

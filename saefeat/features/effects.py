@@ -6,8 +6,10 @@ word-start fragments for many unrelated features):
 
 **measured** ("TokenChange", Gur-Arieh et al. 2025, output-centric feature descriptions).
 For a few contexts where the feature fires (its strongest top examples: context row and
-focus position), remove the feature's contribution at the SAE's hook at the focus
-position, x - a_f * W_dec[f] (a_f: the example's activation), run the rest of the model,
+focus position), remove the feature's contribution where the SAE's decoder writes (its
+hook; a transcoder's output hook, the MLP's output, while its activation a_f comes from
+the hook it reads) at the focus position, y - a_f * W_dec[f] (a_f: the example's
+activation), run the rest of the model,
 and take the drop in each token's next-token probability at that position,
 p_clean - p_removed. The mean drop over the contexts ranks the vocabulary: `up`, the
 tokens that lose most when the feature is removed (what it makes more likely), and
@@ -330,12 +332,13 @@ def measured_effects(
     values are the mean drop in probability (`score="prob"`, 0.14 = 14 points) or in
     log-probability (nats).
 
-    `tokens`: the activation set's token ids [contexts, ctx_len]; `W_dec`: the SAE's
-    decoder [d_sae, d_in] in the model's activation units. The model's lock is held
-    around each forward (its hook or stand-ins), not the whole run: other threads' forwards
-    (live search, steering) take turns with it. Features are done in passes
-    whose [features, vocab] sums fit `accumulator_bytes`; a context used by several passes
-    runs once in each.
+    `hook`: where the decoder writes (`SAEConfig.write_hook`: an SAE's hook, a
+    transcoder's output hook); `tokens`: the activation set's token ids [contexts,
+    ctx_len]; `W_dec`: the SAE's decoder [d_sae, d_out] in the model's activation units.
+    The model's lock is held around each forward (its hook or stand-ins), not the whole
+    run: other threads' forwards (live search, steering) take turns with it. Features are
+    done in passes whose [features, vocab] sums fit `accumulator_bytes`; a context used by
+    several passes runs once in each.
 
     `hook_acts` (context rows -> their activations at the hook, [n, ctx_len, d]; the
     activation set's): with a residual hook (`tail_supported`), the blocks up to the hook

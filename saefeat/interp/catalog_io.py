@@ -54,7 +54,7 @@ class ExplainPlan:
     sae_id: str
     checkpoint: str | None
     activation_set: str | None
-    hook: str
+    hook: str  # the hook the SAE reads (the scoring pool encodes it)
     todo: list[int]  # feature indices to explain now
     feature_ids: dict[int, tuple[int, float, float]]  # index -> (row id, density, max)
     skipped_existing: int
@@ -62,6 +62,7 @@ class ExplainPlan:
     # index -> the explainers still to run on it (a feature in `todo` lacks at least one)
     missing: dict[int, list[str]] = field(default_factory=dict)
     model: tuple[str, str | None] | None = None  # the set's model (name, revision)
+    hook_out: str | None = None  # a transcoder's output hook, where its decoder writes
 
     def load_evidence(self, s: Session, indices: list[int]) -> list[FeatureEvidence]:
         fids = [self.feature_ids[index][0] for index in indices]
@@ -81,14 +82,16 @@ class ExplainPlan:
         return out
 
     def subject(self) -> Subject | None:
-        """What the patchscope explainer runs (None without a checkpoint or a model)."""
+        """What the patchscope explainer runs (None without a checkpoint or a model): the
+        decoder rows are added where they are written (a transcoder's output hook)."""
         from saefeat.interp.patchscope import Subject
 
         if not self.checkpoint or self.model is None:
             return None
         live = sorted(m for _, _, m in self.feature_ids.values() if m > 0)
         typical = live[len(live) // 2] if live else 1.0
-        return Subject(self.model[0], self.model[1], self.checkpoint, self.hook, typical)
+        hook = self.hook_out or self.hook
+        return Subject(self.model[0], self.model[1], self.checkpoint, hook, typical)
 
     def build_pool(self, settings: Settings) -> ScoringPool:
         """Run the subject model and the SAE over the scoring contexts (once per job)."""
@@ -195,6 +198,7 @@ def prepare(
             checkpoint=sae.checkpoint_path,
             activation_set=sae.activation_set_id,
             hook=sae.hook_name,
+            hook_out=sae.hook_out_name,
             todo=[],
             feature_ids=feature_ids,
             skipped_existing=0,

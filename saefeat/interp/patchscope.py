@@ -10,8 +10,9 @@ placeholder:
     hello -> hello
     ? ->
 
-At the SAE's hook (its layer and kind: `resid_post`, `mlp_out`, ...), on the
-placeholder's position only, the feature's decoder row times `scale` x its max
+Where the SAE's decoder writes (its hook, of its layer and kind: `resid_post`,
+`mlp_out`, ...; a transcoder's output hook, the MLP's output), on the placeholder's
+position only, the feature's decoder row times `scale` x its max
 activation is added, for each scale in SCALES (the direction then outweighs the
 placeholder's own residual, whose norm is about that of one max-activation contribution
 times 3-4 on the demo SAE), and the rest of the model runs unchanged. Two readouts come
@@ -60,7 +61,8 @@ _WORD = re.compile(r"\w")
 @dataclass(frozen=True)
 class Subject:
     """What the Patchscope runs: the SAE's model (name and revision, as harvested), its
-    checkpoint folder and hook, and a typical max activation of its live features (the
+    checkpoint folder, the hook its decoder rows are added at (an SAE's hook; a
+    transcoder's output hook), and a typical max activation of its live features (the
     strength its reference directions are patched at)."""
 
     model: str
@@ -93,7 +95,7 @@ def _patch(lm: LanguageModel, hook: str, position: int, vectors: torch.Tensor):
     def add(t: torch.Tensor) -> None:
         t[:, position] += vectors.to(t.dtype)
 
-    if point.kind == "resid_pre":
+    if point.reads_input:  # a module's input (resid_pre, mlp_in)
 
         def pre(module, args, kwargs):
             add(args[0] if args else kwargs["hidden_states"])

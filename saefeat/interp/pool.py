@@ -1,5 +1,6 @@
 """The scoring pool: windows of the activation set's contexts, run once per job through
-the subject model (up to the SAE's hook) and the SAE, and embedded once.
+the subject model (up to the hook the SAE reads: a transcoder's input hook) and the
+SAE, and embedded once.
 
 Scorers take their negatives ("random windows") and the activation scorer its retrieval
 corpus from here, leaving out, per feature, the contexts its explanation was made from.

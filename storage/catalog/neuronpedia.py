@@ -21,6 +21,13 @@ de-biased token effects, label source, score and time) ride along unseen and mak
 own round trip exact. A folder from Neuronpedia has none: import (neuronpedia_import.py)
 then falls back to what its records hold.
 
+A transcoder (reads the MLP's input, writes its output: `SAE.hook_out_name`) is a source
+set named `saefeat-transcoder-<d_sae>` (Neuronpedia names its transcoder sets so:
+`gemmascope-transcoder-16k`), described as one with both hooks; its saelensConfig names
+the hook it reads (`hook_name`) and the one it writes as SAELens's TranscoderConfig
+does (`hook_name_out`, `hook_layer_out`, `d_out`), and our `saefeat` record keeps
+`hook_out`, which import registers again.
+
 The map (features.umap_x/umap_y, features/umap_map.py) goes where Neuronpedia keeps it:
 the `umap_x`/`umap_y` of each Explanation row (source.hasUmap says there is one); a
 feature without a label has no Explanation row, so the side records carry every
@@ -59,7 +66,11 @@ from saefeat.storage.catalog.models import (
 BATCH = 1024  # features per batch file, as Neuronpedia's exporter
 # The creator Neuronpedia's converter falls back to; its exporter writes one id for all.
 CREATOR_ID = "clkht01d40000jv08hvalcvly"
-HOOK_SETS = {"resid_post": "res", "resid_pre": "res-pre", "mlp_out": "mlp", "attn_out": "att"}
+# Neuronpedia's words for a source set's hook; saefeat's own for the MLP's input (the
+# residual its norm reads, TL's resid_mid, and that norm's output).
+HOOK_SETS = {"resid_post": "res", "resid_pre": "res-pre", "mlp_out": "mlp", "attn_out": "att",
+             "mlp_in": "res-mid", "ln2_normalized": "ln2"}  # fmt: skip
+TRANSCODER_SET = "transcoder"
 
 # Column lists of Neuronpedia's export-data.py, in its order.
 NEURON_FIELDS = (
@@ -109,7 +120,8 @@ def model_slug(model_name: str) -> str:
 
 def source_names(sae: SAE) -> SourceNames:
     point = parse_hook(sae.hook_name)
-    set_name = f"saefeat-{HOOK_SETS[point.kind]}-{sae.d_sae}"
+    kind = TRANSCODER_SET if sae.hook_out_name else HOOK_SETS[point.kind]
+    set_name = f"saefeat-{kind}-{sae.d_sae}"
     return SourceNames(model_slug(sae.model_name), set_name, f"{point.layer}-{set_name}")
 
 
@@ -144,8 +156,13 @@ def _meta_records(session: Session, sae: SAE, names: SourceNames) -> dict[str, d
         "model_from_pretrained_kwargs": {"revision": revision} if revision else {},
         "k": sae.k, "context_size": aset.ctx_len if aset is not None else None,
         "saefeat": {"sae_id": sae.id, "name": sae.name, "cfg": sae.cfg, "metrics": sae.metrics,
-                    "activation_set_id": sae.activation_set_id, "model_name": sae.model_name},
+                    "activation_set_id": sae.activation_set_id, "model_name": sae.model_name,
+                    "hook_out": sae.hook_out_name},
     }  # fmt: skip
+    if sae.hook_out_name:  # as SAELens's TranscoderConfig names the hook it writes
+        # The MLP's output is as wide as the input it reads (both d_model).
+        saelens_cfg |= {"hook_name_out": sae.hook_out_name, "d_out": sae.d_in,
+                        "hook_layer_out": parse_hook(sae.hook_out_name).layer}  # fmt: skip
     return {
         "model.jsonl": {
             "id": names.model_id, "instruct": is_instruct_model(sae.model_name),
@@ -167,7 +184,7 @@ def _meta_records(session: Session, sae: SAE, names: SourceNames) -> dict[str, d
         "sourceset.jsonl": {
             "modelId": names.model_id, "name": names.set_name, "creatorId": CREATOR_ID,
             "hasDashboards": True, "visibility": "PUBLIC",
-            "description": f"{point.kind} - {sae.d_sae} ({sae.architecture})", "type": "",
+            "description": _set_description(sae, point.kind), "type": "",
             "creatorName": "saefeat", "urls": [], "creatorEmail": None, "releaseName": release,
             "defaultOfModelId": None, "defaultRange": 1, "defaultShowBreaks": True,
             "showDfa": False, "showCorrelated": False, "showHeadAttribution": False,
@@ -186,6 +203,14 @@ def _meta_records(session: Session, sae: SAE, names: SourceNames) -> dict[str, d
             "createdAt": created,
         },
     }  # fmt: skip
+
+
+def _set_description(sae: SAE, kind: str) -> str:
+    """The source set's description: the hook type, or a transcoder's two hooks."""
+    if sae.hook_out_name:
+        return (f"transcoder {sae.hook_name} -> {sae.hook_out_name} - {sae.d_sae} "
+                f"({sae.architecture})")  # fmt: skip
+    return f"{kind} - {sae.d_sae} ({sae.architecture})"
 
 
 def _has_umap(session: Session, sae_id: str) -> bool:

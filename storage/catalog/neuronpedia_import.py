@@ -6,6 +6,11 @@ none of our `saefeat/` side files: its records then give what they hold, and wha
 do not (token ids, the context an example came from) is -1; the mean activation comes
 from the histogram bars.
 
+A transcoder keeps its output hook: our `saefeat` record's `hook_out`, else SAELens's
+`hook_name_out`, else, for a source set named as a transcoder's (`...-transcoder-...`),
+the MLP's output of its layer (its input then, without a `hook_name`, the MLP's norm's
+output, `ln2.hook_normalized`, as SAELens's transcoders read).
+
 The folder may come from anyone, so it is read as hostile: no symbolic link inside it is
 followed (each is refused), only regular files are opened, files are decompressed as a
 stream with caps on each line, each file and the whole folder, and an error names the
@@ -34,6 +39,7 @@ from sqlalchemy.orm import Session
 
 from saefeat.errors import SpecError
 from saefeat.features.records import FeatureExample, FeatureIndex, TokenEffects, VocabProjection
+from saefeat.shapes import HOOK_SPELLINGS
 from saefeat.storage.catalog.labels import MAX_LABEL_CHARS, SCORE_RANGE
 from saefeat.storage.catalog.models import (
     EFFECT_METHODS,
@@ -43,7 +49,7 @@ from saefeat.storage.catalog.models import (
     Feature,
     Label,
 )
-from saefeat.storage.catalog.neuronpedia import EXAMPLE_SIDE_FIELDS
+from saefeat.storage.catalog.neuronpedia import EXAMPLE_SIDE_FIELDS, HOOK_SETS, TRANSCODER_SET
 from saefeat.storage.catalog.registry import register_sae
 from saefeat.storage.catalog.writer import write_feature_index
 
@@ -343,8 +349,10 @@ def import_neuronpedia(session: Session, path: Path, sae_id: str) -> ImportSumma
                        _side_rows(reader.batches(folder, "saefeat"), d_sae))  # fmt: skip
     index = _feature_index_from(records, d_sae)
     labels = _labels(records, d_sae)
-    hook = _text(cfg, "hook_name", "saelensConfig", 200, optional=True) or _hook_from_source(
-        source_id)  # fmt: skip
+    hook = _text(cfg, "hook_name", "saelensConfig", 200, optional=True)
+    hook_out = _hook_out(cfg, source_id)
+    if hook is None:
+        hook = _hook_from_source(source_id, transcoder=hook_out is not None)
     d_in = _count(cfg, "d_in", "source.jsonl: saelensConfig") or (
         _count(model_rows[0], "dimension", "model.jsonl") if model_rows else None)  # fmt: skip
     if not d_in:
@@ -361,6 +369,7 @@ def import_neuronpedia(session: Session, path: Path, sae_id: str) -> ImportSumma
     try:
         register_sae(
             session, sae_id=sae_id, name=name[:300], model_name=model_name, hook_name=hook,
+            hook_out_name=hook_out,
             architecture=_text(cfg, "architecture", "saelensConfig", 50, optional=True)
             or "unknown", d_in=d_in, d_sae=d_sae, k=_count(cfg, "k", "saelensConfig"),
             cfg=_object(saefeat_meta, "cfg", where),
@@ -422,15 +431,40 @@ def _count(record: dict, name: str, where: str = "", *, most: int = MAX_INT) -> 
     return value
 
 
-def _hook_from_source(source_id: str) -> str:
+def _source_parts(source_id: str) -> tuple[int, str]:
+    """(layer, set name) of a source id `<layer>-<set name>`."""
     m = re.match(r"^(\d{1,4})-(.*)$", source_id)
     if not m:
         raise SpecError(f"source id {_short(source_id)} does not start with a layer",
                         field="layer")  # fmt: skip
-    kinds = {"res": "resid_post", "res-pre": "resid_pre", "mlp": "mlp_out", "att": "attn_out"}
-    for word, kind in sorted(kinds.items(), key=lambda kv: -len(kv[0])):
-        if re.search(rf"(^|-){word}(-|$)", m.group(2)):
-            return f"blocks.{m.group(1)}.hook_{kind}"
+    return int(m.group(1)), m.group(2)
+
+
+def _has_word(set_name: str, word: str) -> bool:
+    return re.search(rf"(^|-){re.escape(word)}(-|$)", set_name) is not None
+
+
+def _hook_out(cfg: dict, source_id: str) -> str | None:
+    """A transcoder's output hook (module docstring); None for an SAE."""
+    meta = _object(cfg, "saefeat", "saelensConfig")
+    named = _text(meta, "hook_out", "saelensConfig.saefeat", 200, optional=True) or _text(
+        cfg, "hook_name_out", "saelensConfig", 200, optional=True)  # fmt: skip
+    if named:
+        return named
+    layer, set_name = _source_parts(source_id)
+    if _has_word(set_name, TRANSCODER_SET):
+        return f"blocks.{layer}.{HOOK_SPELLINGS['mlp_out']}"
+    return None
+
+
+def _hook_from_source(source_id: str, *, transcoder: bool = False) -> str:
+    layer, set_name = _source_parts(source_id)
+    if transcoder:
+        return f"blocks.{layer}.{HOOK_SPELLINGS['ln2_normalized']}"
+    words = {word: kind for kind, word in HOOK_SETS.items()}
+    for word, kind in sorted(words.items(), key=lambda kv: -len(kv[0])):
+        if _has_word(set_name, word):
+            return f"blocks.{layer}.{HOOK_SPELLINGS[kind]}"
     raise SpecError(f"cannot tell the hook from source id {_short(source_id)}", field="hook")
 
 

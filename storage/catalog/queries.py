@@ -92,7 +92,8 @@ class FeatureRecord(FeatureView):
 
     histogram: dict[str, Any] | None
     sae_name: str
-    hook_name: str
+    hook_name: str  # the hook the SAE reads
+    hook_out_name: str | None = None  # a transcoder's output hook (None: an SAE)
 
 
 def _check_limit(limit: int) -> None:
@@ -260,8 +261,9 @@ def _recorded_corpus(activations_dir: Path, set_id: str) -> list[dict[str, Any]]
         return None
 
 
+_SAE_OF_FEATURE = (SAE.d_sae, SAE.name, SAE.hook_name, SAE.hook_out_name)
 _FEATURE_BY_INDEX = (
-    select(SAE.d_sae, SAE.name, SAE.hook_name, *FEATURE_VIEW_COLUMNS, Feature.histogram)
+    select(*_SAE_OF_FEATURE, *FEATURE_VIEW_COLUMNS, Feature.histogram)
     .outerjoin(Feature, and_(Feature.sae_id == SAE.id, Feature.index == bindparam("index")))
     .where(SAE.id == bindparam("sae_id"))
 )
@@ -273,7 +275,7 @@ def get_feature(session: Session, sae_id: str, index: int) -> FeatureRecord:
     found = run(session, _FEATURE_BY_INDEX, sae_id=sae_id, index=index).first()
     if found is None:
         raise _no_sae(sae_id)
-    d_sae, sae_name, hook_name, *columns, histogram = found
+    d_sae, sae_name, hook_name, hook_out_name, *columns, histogram = found
     if not 0 <= index < d_sae:
         raise NotFoundError(
             f"SAE {sae_id!r} has features 0..{d_sae - 1}; {index} is not one of them",
@@ -284,7 +286,7 @@ def get_feature(session: Session, sae_id: str, index: int) -> FeatureRecord:
             f"SAE {sae_id!r} has not been indexed yet; run the index step for it first",
             field="index",
         )
-    return FeatureRecord(*columns, histogram, sae_name, hook_name)
+    return FeatureRecord(*columns, histogram, sae_name, hook_name, hook_out_name)
 
 
 def artifact_reasons(session: Session, sae_id: str, indices: Iterable[int]) -> dict[int, str]:
