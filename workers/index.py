@@ -10,6 +10,12 @@ from the weights, and turns the tables into FeatureIndex records.
 The SAE encodes the hook it reads (`cfg.hook`): the examples and statistics are that
 hook's. A transcoder's decoder writes another hook (`cfg.write_hook`, the MLP's output):
 its measured effects remove each feature's decoder row there.
+
+A crosscoder (cfg `sources`) encodes its sources' activations concatenated, shard by
+shard (the sets are row-aligned), a row left out when any source's token rule or any
+set's dropped contexts leave it out; its examples' tokens and its projections' model are
+the first source's; it gets per-source decoder norms, relative norm and class, and no
+measured effect (features/crosscoder.py says why).
 """
 
 from __future__ import annotations
@@ -27,6 +33,12 @@ from saefeat.config import Settings, get_settings
 from saefeat.devices import on_gpu, pick_device
 from saefeat.features.accumulate import HIST_EDGES, FeatureAccumulator
 from saefeat.features.artifacts import flag_artifacts, special_token_ids
+from saefeat.features.crosscoder import (
+    SourceSets,
+    crosscoder_columns,
+    open_source_sets,
+    projected_rows,
+)
 from saefeat.features.distinct import distinct_examples, window_keys
 from saefeat.features.effects import debiased_projections, effect_pairs, measured_effects
 from saefeat.features.fired import fired_tokens
@@ -59,21 +71,30 @@ def accumulate_shards(
     device: str,
     counter=None,
     report: Callable[[int], None] | None = None,
+    activations_dir: str | None = None,
 ) -> FeatureAccumulator:
     """Run the SAE over some shards of the set (whole contexts at a time); each batch
-    done is told to `report` and added to `counter` (a _BatchCounter)."""
+    done is told to `report` and added to `counter` (a _BatchCounter). A crosscoder's
+    `set_path` is its first source's set, its other sets are under `activations_dir`
+    (default: that set's folder)."""
     spec = IndexSpec.model_validate_json(spec_json)
     sae = load_sae(Path(sae_path), device).eval()
     aset = ActivationSet(Path(set_path))
     acc = new_accumulator(sae.cfg.d_sae, spec, device, seed=shards[0] if shards else 0)
     rule = sae_token_rule(sae, aset)
+    sources = None
+    if sae.cfg.is_crosscoder:
+        sources = open_source_sets(sae.cfg, Path(activations_dir or aset.path.parent), aset)
     with torch.inference_mode():
         for s in shards:
             keys, r0 = _shard_window_keys(aset, s, spec.window)
-            for row, x, vals, idx in encoded_batches(sae, aset, s, spec.batch_contexts, device):
+            batches = encoded_batches(sae, aset, s, spec.batch_contexts, device, sources)
+            for row, x, vals, idx in batches:
                 pos = torch.arange(x.shape[0], device=x.device) % aset.ctx_len
+                excluded = (rule.excluded_rows(x, pos) if sources is None
+                            else sources.excluded_rows(x, pos, row))  # fmt: skip
                 acc.add(vals, idx, first_context=row // aset.ctx_len, ctx_len=aset.ctx_len,
-                        excluded=rule.excluded_rows(x, pos),
+                        excluded=excluded,
                         window_keys=keys[row - r0 : row - r0 + x.shape[0]])  # fmt: skip
                 if counter is not None:
                     counter.add.remote(1)
@@ -90,12 +111,17 @@ def _shard_window_keys(aset: ActivationSet, shard: int, w: int) -> tuple[torch.T
 
 
 def encoded_batches(
-    sae: SparseAutoencoder, aset: ActivationSet, shard: int, batch_contexts: int, device: str
+    sae: SparseAutoencoder,
+    aset: ActivationSet,
+    shard: int,
+    batch_contexts: int,
+    device: str,
+    sources: SourceSets | None = None,
 ) -> Iterator[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]]:
     """The SAE's sparse codes of one committed shard, whole contexts at a time:
-    (the batch's first row in the set, its activations, vals, idx). Call under
-    inference_mode."""
-    x_all = aset.read_shard(shard, sae.cfg.hook)
+    (the batch's first row in the set, its activations, vals, idx); a crosscoder's
+    activations are its `sources`' concatenated. Call under inference_mode."""
+    x_all = aset.read_shard(shard, sae.cfg.hook) if sources is None else sources.read_shard(shard)
     r0, _ = aset.shard_rows(shard)
     rows = batch_contexts * aset.ctx_len
     for b in range(0, x_all.shape[0], rows):
@@ -154,6 +180,9 @@ def index_sae(
     t0 = time.perf_counter()
     sae = load_sae(sae_path)
     shards = aset.committed_shards()
+    if sae.cfg.is_crosscoder:  # its first source's set leads; every set has its shards
+        sources = open_source_sets(sae.cfg, settings.activations_dir, aset)
+        aset, shards = sources.main, sources.committed_shards()
     # Progress counts batches of tokens: the SAE's over the set, then (once their number
     # is known, the total grows by it) the model's that measure the token effects.
     rows = spec.batch_contexts * aset.ctx_len
@@ -161,7 +190,7 @@ def index_sae(
     if progress:
         progress(0, total, "the SAE over the set")
     if runs_here(settings) and torch.cuda.device_count() <= 1:
-        acc = _accumulate_here(sae_path, aset, shards, spec, total, progress)
+        acc = _accumulate_here(sae_path, aset, shards, spec, total, progress, settings)
     else:
         acc = _accumulate_on_ray(sae_path, aset, shards, spec, settings, total, progress)
 
@@ -174,7 +203,8 @@ def index_sae(
 
 
 def _accumulate_here(sae_path: Path, aset: ActivationSet, shards: list[int], spec: IndexSpec,
-                     total: int, progress: Progress | None) -> FeatureAccumulator:  # fmt: skip
+                     total: int, progress: Progress | None,
+                     settings: Settings) -> FeatureAccumulator:  # fmt: skip
     """Every shard in this process (runtime.work_here(): the CLI's local index)."""
     device = pick_device(spec.device, torch.cuda.device_count())
     done = 0
@@ -186,7 +216,8 @@ def _accumulate_here(sae_path: Path, aset: ActivationSet, shards: list[int], spe
             progress(min(done, total), total)
 
     return accumulate_shards(str(sae_path), str(aset.path), shards, spec.model_dump_json(),
-                             device, report=report)  # fmt: skip
+                             device, report=report,
+                             activations_dir=str(settings.activations_dir))  # fmt: skip
 
 
 def _accumulate_on_ray(sae_path: Path, aset: ActivationSet, shards: list[int],
@@ -204,7 +235,13 @@ def _accumulate_on_ray(sae_path: Path, aset: ActivationSet, shards: list[int],
     counter = _BatchCounter.remote()
     refs = [
         _accumulate_task.options(**opts).remote(
-            str(sae_path), str(aset.path), part, spec.model_dump_json(), device, counter
+            str(sae_path),
+            str(aset.path),
+            part,
+            spec.model_dump_json(),
+            device,
+            counter,
+            activations_dir=str(settings.activations_dir),
         )
         for part in parts
     ]
@@ -231,7 +268,9 @@ def build_index(
     progress: Callable[[int, int, str], None] | None = None,
 ) -> FeatureIndex:
     """The index from the merged accumulator; `progress(done, total, phase)` counts the
-    model's batches that measure the token effects (then the map is drawn)."""
+    model's batches that measure the token effects (then the map is drawn). `aset` is
+    the set the SAE was encoded over (a crosscoder's first source's): its tokens and
+    model."""
     acc = acc.to("cpu")
     lm = cached_model(aset.model_name, aset.revision, "cpu")
     W_U, norm_scale = lm.unembedding()
@@ -245,7 +284,8 @@ def build_index(
     # One window once; quantile samples leave out the top examples' windows.
     examples = distinct_examples(examples, spec.window)
     logits = LogitHistograms(sae.cfg.d_sae)  # filled by the projection's pass
-    projections = vocab_projections(sae.W_dec.detach(), W_U, norm_scale, strings, spec.n_vocab,
+    rows = _projected_rows(sae)
+    projections = vocab_projections(rows, W_U, norm_scale, strings, spec.n_vocab,
                                     on_logits=logits.add)  # fmt: skip
     last = [0, 0]  # the effects' batches: done, total
 
@@ -258,6 +298,7 @@ def build_index(
     if progress:
         progress(*last, "neighbours and the map")
     near, cosines, xy = _neighbours_and_map(sae.W_dec.detach(), spec)
+    cc = crosscoder_columns(sae.W_dec, sae.cfg.source_widths) if sae.cfg.is_crosscoder else None
     return FeatureIndex(
         d_sae=sae.cfg.d_sae,
         n_tokens=acc.n_tokens,
@@ -277,7 +318,17 @@ def build_index(
         logit_ranges=logits.ranges,
         n_quantile_bins=spec.n_quantile_bins if acc.quantiles is not None else 0,
         umap=xy,
+        decoder_norms=cc.decoder_norms if cc else None,
+        relative_norms=cc.relative_norms if cc else None,
+        sharing=cc.sharing if cc else None,
     )
+
+
+def _projected_rows(sae: SparseAutoencoder) -> torch.Tensor:
+    """The decoder rows the vocabulary and de-biased projections read: W_dec, or a
+    crosscoder's one row per feature in its first source's model (features/crosscoder.py)."""
+    W_dec = sae.W_dec.detach()
+    return projected_rows(W_dec, sae.cfg.source_widths) if sae.cfg.is_crosscoder else W_dec
 
 
 def _neighbours_and_map(W_dec: torch.Tensor, spec: IndexSpec):
@@ -293,9 +344,12 @@ def _effects(acc, sae, aset, spec, tokens, unembedding, strings,
              progress: Callable[[int, int], None] | None = None) -> list[TokenEffects]:  # fmt: skip
     """Every feature's de-biased projection, and the measured effect on the next token of
     each feature that fired, in its `n_effect_contexts` strongest contexts (features/
-    effects.py). The model runs on the driver: its GPU if it has one, else the CPU."""
+    effects.py). The model runs on the driver: its GPU if it has one, else the CPU. A
+    crosscoder has no measured effect (it spans models or layers; one model runs here)."""
     W_dec = sae.W_dec.detach()
-    effects = debiased_projections(W_dec, unembedding, strings, spec.n_vocab)
+    effects = debiased_projections(_projected_rows(sae), unembedding, strings, spec.n_vocab)
+    if sae.cfg.is_crosscoder:
+        return effects
     pairs = effect_pairs(acc.top_vals, acc.top_ctx, acc.top_pos, spec.n_effect_contexts)
     if len(pairs):
         device = "cpu"

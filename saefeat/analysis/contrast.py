@@ -2,7 +2,8 @@
 
 `check_inputs` checks what a contrast reads (both sets at the SAE's model and hook,
 non-empty, with documents to compare; a side given as text sources holds enough
-documents: contrast_corpora.py, which also says how those are harvested);
+documents: contrast_corpora.py, which also says how those are harvested; a crosscoder,
+which reads several models or layers at once, is refused naming `sae`);
 `compare_sides` turns the two sides' counts into per-feature statistics with a length
 control and FDR (contrast_stats.py) and the held-out AUROC of a classifier on the top
 features (contrast_classifier.py). Running the SAE over the sets is a worker's
@@ -22,6 +23,7 @@ from saefeat.analysis.contrast_docs import MIN_DOCUMENTS, counted_token_rows, do
 from saefeat.analysis.contrast_stats import FeatureStats, SideCounts, contrast_statistics
 from saefeat.config import Settings
 from saefeat.errors import NotFoundError, SpecError
+from saefeat.features.crosscoder import refuse_crosscoder
 from saefeat.sae import read_config
 from saefeat.sae.base import SAEConfig
 from saefeat.specs import ContrastSpec
@@ -55,6 +57,7 @@ def check_inputs(spec: ContrastSpec, settings: Settings, session: Session) -> Co
         raise SpecError(
             f"no trained SAE {spec.sae!r} under {settings.saes_dir}", field="sae"
         ) from None
+    refuse_crosscoder(cfg.sources, "a contrast", "sae")
     _check_catalogued(session, settings, spec.sae)
     sets = []
     for side in ("a", "b"):

@@ -48,6 +48,9 @@ _SEARCH_BY_HELP = ("fires: tokens the feature fires on (share of its top example
                    "mass); promotes: its vocabulary projection; effect: its measured effect on "
                    "the next token")  # fmt: skip
 Artifacts = Annotated[Literal["exclude", "include", "only"], Query(description=_ARTIFACTS_HELP)]
+_SHARING_HELP = ("A two-source crosscoder's features of one class by relative norm: a_only "
+                 "(< 0.1), shared, b_only (> 0.9); omit for all")  # fmt: skip
+Sharing = Annotated[Literal["a_only", "shared", "b_only"] | None, Query(description=_SHARING_HELP)]
 SearchBy = Annotated[Literal["fires", "promotes", "effect"], Query(description=_SEARCH_BY_HELP)]
 
 
@@ -82,7 +85,11 @@ async def list_features(
     sae_id: SaeId,
     session: ReadSession,
     sort: Annotated[
-        Literal["max_activation", "density"], Query(description="Sort key; ties by index")
+        Literal["max_activation", "density", "relative_norm"],
+        Query(
+            description="Sort key; ties by index. relative_norm: a two-source crosscoder's "
+            "(422 for another SAE)"
+        ),
     ] = "max_activation",
     order: Annotated[Literal["asc", "desc"], Query(description="Sort direction")] = "desc",
     min_density: Annotated[float | None, Query(ge=0.0, le=1.0)] = None,
@@ -94,12 +101,17 @@ async def list_features(
     limit: Limit = 50,
     cursor: CursorParam = None,
     artifacts: Artifacts = "exclude",
+    sharing: Sharing = None,
 ) -> FeaturePage:
+    """A crosscoder of two sources (`kind` crosscoder on the SAE) also sorts by its
+    features' relative norm and keeps one class of them (`sharing`); for any other SAE
+    both are a 422 naming the parameter."""
+
     def read() -> FeaturePage:
         page = queries.list_features(
             session, sae_id, sort=sort, order=order, min_density=min_density,
             max_density=max_density, labelled=labelled, limit=limit, cursor=cursor,
-            artifacts=artifacts,
+            artifacts=artifacts, sharing=sharing,
         )  # fmt: skip
         current = labels.current_labels(session, [f.id for f in page.items])
         items = [convert.feature_summary(f, current.get(f.id)) for f in page.items]

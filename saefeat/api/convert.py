@@ -27,7 +27,7 @@ from saefeat.storage.catalog.feature_reads import Effects, NeighbourMatch
 from saefeat.storage.catalog.label_search import LabelMatch
 from saefeat.storage.catalog.labels import LabelView, Votes
 from saefeat.storage.catalog.models import SAE, Label
-from saefeat.storage.catalog.queries import FeatureRecord, FeatureView
+from saefeat.storage.catalog.queries import FeatureListView, FeatureRecord, FeatureView
 from saefeat.storage.catalog.token_search import TokenMatch
 
 
@@ -82,8 +82,15 @@ def _stats(feature: FeatureView | FeatureRecord) -> dict[str, Any]:
     return columns(feature, "sae_id", "index", "density", "max_activation", "artifact")
 
 
-def feature_summary(feature: FeatureView, label: LabelView | None) -> FeatureSummary:
+def crosscoder_fields(feature: FeatureListView | FeatureRecord) -> dict[str, Any]:
+    """A crosscoder feature's decoder norms per source, relative norm and class (all
+    None for an SAE's or a transcoder's)."""
+    return columns(feature, "decoder_norms", "relative_norm", "sharing")
+
+
+def feature_summary(feature: FeatureListView, label: LabelView | None) -> FeatureSummary:
     return FeatureSummary(**_stats(feature), mean_activation=feature.mean_activation,
+                          **crosscoder_fields(feature),
                           label=label.text if label else None)  # fmt: skip
 
 
@@ -152,6 +159,7 @@ def feature_detail_json(
         {
             **_stats(feature),  # max_activation again in _detail_fields: the same value
             "mean_activation": feature.mean_activation,
+            **crosscoder_fields(feature),
             **_detail_fields(feature, document, effects),
             "label": label.model_dump(mode="json") if label else None,
             "explanations": [explanation_out(e) for e in explained],

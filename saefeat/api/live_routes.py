@@ -22,6 +22,7 @@ from saefeat.api.params import ReadSession, SaeId
 from saefeat.api.schemas import ActiveFeature, TextActivations, TextQuery, TokenActivations
 from saefeat.errors import SpecError
 from saefeat.features import live
+from saefeat.features.crosscoder import refuse_crosscoder
 from saefeat.storage.catalog import labels, queries
 from saefeat.storage.catalog.models import SAE
 from saefeat.storage.catalog.set_registry import sae_model
@@ -80,6 +81,12 @@ class RunnableSae(NamedTuple):
     hook_out: str | None
 
 
+def refuse_crosscoders(sae: SAE, what: str) -> None:
+    """A crosscoder (cfg `sources`) is a 422 naming `sae_id`: `what` runs one model at
+    one hook, and a crosscoder reads several models or layers at once."""
+    refuse_crosscoder((sae.cfg or {}).get("sources"), what, "sae_id")
+
+
 def runnable_sae(session: Session, sae: SAE, doing: str) -> RunnableSae:
     """The SAE as the model runs it; the session is closed then: the forward takes a
     while, and no connection is held through it."""
@@ -101,7 +108,9 @@ def runnable_sae(session: Session, sae: SAE, doing: str) -> RunnableSae:
         "beyond). The first request loads the language model (seconds); it stays cached. "
         "Each caller (API key, else address) has a rate limit (429 with Retry-After), and "
         "a few texts run at once (503 with Retry-After when all are taken). A key sent "
-        "must be valid; the server may require one with the read scope."
+        "must be valid; the server may require one with the read scope. A crosscoder "
+        "(several models or layers at once) cannot run on one model's text: 422 naming "
+        "`sae_id`."
     ),
 )
 async def text_activations(
@@ -113,6 +122,7 @@ async def text_activations(
 ) -> TextActivations:
     check_rate(request, caller)
     sae = queries.get_sae(session, sae_id)
+    refuse_crosscoders(sae, "live encoding")
     live.check_text(body.text)  # 413 before anything is loaded
     # Encoding reads the hook the SAE reads (a transcoder's input hook).
     model_name, revision, checkpoint, hook, _ = runnable_sae(session, sae, "be run on text")

@@ -11,7 +11,8 @@ form posts to the JSON API with the key typed into the page.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
+from urllib.parse import urlencode
 
 import orjson
 from fastapi import APIRouter, Query, Request
@@ -74,7 +75,26 @@ def histogram_range(histogram: dict | None, max_activation: float | None) -> str
     return f"activation {low} {high:.3g}"
 
 
+def source_labels(sources: list[dict[str, Any]]) -> list[str]:
+    """What a page calls each of a crosscoder's sources: model A, model B, ... for sets
+    of several models, else (layers of one model) each one's hook."""
+    from saefeat.features.crosscoder import source_kinds
+
+    if source_kinds(sources) == "models":
+        return [f"model {chr(ord('A') + i)}" if i < 26 else f"model {i + 1}"
+                for i in range(len(sources))]  # fmt: skip
+    return [str(s.get("hook")) for s in sources]
+
+
+def page_query(values: dict[str, Any], defaults: dict[str, Any], **changes: Any) -> str:
+    """A link to this page with some parameters changed: `?k=v&...` of the values that
+    differ from their defaults (empty: "?")."""
+    kept = {k: v for k, v in (values | changes).items() if v is not None and v != defaults.get(k)}
+    return "?" + urlencode(kept)
+
+
 TEMPLATES.env.globals["with_hook"] = with_hook
+TEMPLATES.env.globals["source_labels"] = source_labels
 
 
 @asset_router.get("/favicon.ico")
@@ -172,6 +192,8 @@ async def feature_page(
     document = documents.feature_document(session, feature.id)
     state = labels.label_state_around(session, feature.id)
     neighbours = orjson.loads(document.neighbours)
+    # A crosscoder's sources name its features' decoder norms (one per source).
+    sources = queries.sae_sources(session, sae_id) if feature.decoder_norms is not None else []
     return _render(
         request,
         "feature.html",
@@ -190,6 +212,7 @@ async def feature_page(
         headline_score=explanations.headline_score,
         steer_max_tokens=request.app.state.settings.steer_max_new_tokens,
         steer_default_strength=STEER_DEFAULT_STRENGTH,
+        sources=sources,
     )
 
 
@@ -206,20 +229,31 @@ async def sae_page(
     session: ReadSession,
     page: PageNumber = 0,
     artifacts: Literal["exclude", "include", "only"] = "exclude",
+    sort: Literal["max_activation", "relative_norm"] = "max_activation",
+    order: Literal["asc", "desc"] = "desc",
+    sharing: Literal["a_only", "shared", "b_only", ""] = "",
 ) -> HTMLResponse:
     """An SAE: spec and lineage, held-out metrics, density histogram, its features each
-    with a sparkline of its activation histogram (strongest first)."""
+    with a sparkline of its activation histogram (strongest first). A crosscoder's page
+    lists its sources, and with two sources sorts its features by relative norm and
+    keeps one class (`sharing`) when asked; another SAE's ignores both."""
     try:
         sae = queries.get_sae(session, sae_id)
     except SaefeatError as exc:
         return _render(request, "missing.html", exc.status_code, error=str(exc))
     lineage = queries.sae_lineage(session, sae, request.app.state.settings.activations_dir)
+    sources = queries.sae_sources(session, sae_id)
+    if len(sources) != 2:  # no relative norm to sort by or class to keep
+        sort, order, sharing = "max_activation", "desc", ""
     rows = queries.strongest_features(
         session,
         sae_id,
         offset=page * SAE_PAGE_FEATURES,
         limit=SAE_PAGE_FEATURES + 1,
         artifacts=artifacts,
+        sort=sort,
+        order=order,
+        sharing=sharing or None,
     )
     current = labels.current_labels(session, [f.id for f, _ in rows])
     features = [(f, _text(current.get(f.id)), charts.sparkline(histogram))
@@ -233,7 +267,16 @@ async def sae_page(
         features=features, page=page, more=len(rows) > SAE_PAGE_FEATURES,
         artifacts=artifacts, n_artifacts=queries.count_artifacts(session, sae_id),
         feature_map=_feature_map(session, sae_id) if page == 0 else None,
+        sources=sources, sort=sort, order=order, sharing=sharing,
+        query=lambda **changes: page_query(
+            {"page": page, "artifacts": artifacts, "sort": sort, "order": order,
+             "sharing": sharing}, SAE_PAGE_DEFAULTS, **changes),
     )  # fmt: skip
+
+
+# The SAE page's parameters at their defaults (left out of its links).
+SAE_PAGE_DEFAULTS = {"page": 0, "artifacts": "exclude", "sort": "max_activation",
+                     "order": "desc", "sharing": ""}  # fmt: skip
 
 
 def _feature_map(session, sae_id: str) -> dict | None:

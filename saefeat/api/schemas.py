@@ -41,6 +41,18 @@ class FeatureStats(FeatureRef):
 
 class FeatureActivity(FeatureStats):
     mean_activation: float = Field(description="Mean over the tokens where it fires")
+    decoder_norms: list[float] | None = Field(
+        None, description="A crosscoder's: the norm of the feature's decoder row in each "
+        "source, in the order of the SAE's `sources`; null for an SAE or a transcoder",
+    )  # fmt: skip
+    relative_norm: float | None = Field(
+        None, description="A two-source crosscoder's: ||d_B|| / (||d_A|| + ||d_B||) of the "
+        "decoder norms, 0 = only source A, 1 = only source B; null otherwise",
+    )  # fmt: skip
+    sharing: Literal["a_only", "shared", "b_only"] | None = Field(
+        None, description="A two-source crosscoder's class of the feature by relative norm: "
+        "a_only (< 0.1), shared, b_only (> 0.9); null otherwise",
+    )  # fmt: skip
 
 
 class Problem(BaseModel):

@@ -14,6 +14,7 @@ from saefeat.api.live_routes import (
     LIVE_PROBLEMS,
     LiveCaller,
     check_rate,
+    refuse_crosscoders,
     run_on_live_pool,
     runnable_sae,
 )
@@ -146,7 +147,8 @@ def steer_request(body: SteerBody) -> steer.SteerRequest:
         "continuation is kept (bounded LRU) and reused by a later request with the same "
         "prompt, seed, temperature and max_new_tokens. The first "
         "request loads the language model (seconds). It shares live search's pool, rate "
-        "limit (429/503 with Retry-After) and key policy."
+        "limit (429/503 with Retry-After) and key policy. A crosscoder (several models "
+        "or layers at once) cannot steer one model: 422 naming `sae_id`."
     ),
 )
 async def steer_route(
@@ -158,6 +160,7 @@ async def steer_route(
 ) -> SteerOut:
     check_rate(request, caller)
     sae = queries.get_sae(session, sae_id)
+    refuse_crosscoders(sae, "steering")
     limit = request.app.state.settings.steer_max_new_tokens
     spec = steer_request(body)
     steer.check_request(spec, d_sae=sae.d_sae, max_new_tokens=limit)  # 422 before a load

@@ -45,6 +45,12 @@ contexts of 128 tokens: 111 forwards, 167k tokens through layers 16-29) that is 
 CPU time in fp32 on 2 threads, about 4.5 minutes on 2 free cores; bf16 weights were no
 faster on that CPU and agreed on 83% of the top 10, so the model stays fp32.
 
+A crosscoder (saefeat/sae/crosscoder.py) has no measured effect: its dictionary spans
+several models or layers, and removing a feature from one model's forward at one hook
+measures only a part of it; indexing stores its de-biased projection alone (of each
+feature's row in the source it writes most to, through the first source's model:
+features/crosscoder.py).
+
 **debiased** (the direct projection ranked against each token's baseline). The raw
 direct logits L[f, t] are z-scored per token over all features:
 z[f, t] = (L[f, t] - mean_g L[g, t]) / std_g L[g, t]. We chose this over removing the

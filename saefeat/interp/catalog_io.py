@@ -1,5 +1,10 @@
 """The explain job's reads and writes: which features to do, their evidence from the
-catalog, the scoring pool from the SAE's activation set, and the finished features back."""
+catalog, the scoring pool from the SAE's activation set, and the finished features back.
+
+A crosscoder (several models or layers at once) has no Patchscope explanation: that
+decodes a direction in one model at one hook. Its features are done by the other
+explainers, patchscope skipped; a spec asking for patchscope alone is refused naming
+`explainer`. Its scoring pool encodes its sources' stored activations."""
 
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from saefeat.config import Settings
 from saefeat.errors import SpecError
+from saefeat.features.crosscoder import crosscoder_sources, refuse_crosscoder
 from saefeat.interp.evidence import FeatureEvidence, split_examples
 from saefeat.interp.pool import ScoringPool, build_pool, scoring_contexts
 from saefeat.specs import ExplainSpec
@@ -63,6 +69,7 @@ class ExplainPlan:
     missing: dict[int, list[str]] = field(default_factory=dict)
     model: tuple[str, str | None] | None = None  # the set's model (name, revision)
     hook_out: str | None = None  # a transcoder's output hook, where its decoder writes
+    sources: list[dict] = field(default_factory=list)  # a crosscoder's (else empty)
 
     def load_evidence(self, s: Session, indices: list[int]) -> list[FeatureEvidence]:
         fids = [self.feature_ids[index][0] for index in indices]
@@ -86,7 +93,7 @@ class ExplainPlan:
         decoder rows are added where they are written (a transcoder's output hook)."""
         from saefeat.interp.patchscope import Subject
 
-        if not self.checkpoint or self.model is None:
+        if not self.checkpoint or self.model is None or self.sources:
             return None
         live = sorted(m for _, _, m in self.feature_ids.values() if m > 0)
         typical = live[len(live) // 2] if live else 1.0
@@ -114,22 +121,32 @@ class ExplainPlan:
                 f"opened under {settings.activations_dir}: {e}",
                 field="sae",
             ) from e
+        sae, inputs = load_sae(self.checkpoint), None
+        if self.sources:  # its sources' stored activations; the model names the tokens
+            from saefeat.features.crosscoder import open_source_sets
+
+            sets = open_source_sets(sae.cfg, settings.activations_dir, aset)
+            aset, inputs = sets.main, sets.read_contexts
         contexts = scoring_contexts(aset, self.spec.pool_contexts, self.spec.seed)
         # The harvest's dtype choice: bf16 where the CPU runs it fast (~10x fp32 here).
         return build_pool(
             cached_model(aset.model_name, aset.revision, "cpu", auto_dtype("cpu")),
-            load_sae(self.checkpoint),
+            sae,
             self.hook,
             aset.tokens(),
             contexts,
             sentence_encoder(),
+            inputs=inputs,
         )
 
 
 def check_sae(session: Session, spec: ExplainSpec) -> SAE:
     """The spec's SAE, if it exists (NotFoundError), is indexed and has the features asked
-    for (SpecError naming `sae` / `features`)."""
+    for (SpecError naming `sae` / `features`); a crosscoder asks for an explainer besides
+    patchscope (naming `explainer`)."""
     sae = queries.get_sae(session, spec.sae)
+    if spec.explainers == ["patchscope"]:
+        refuse_crosscoder((sae.cfg or {}).get("sources"), "patchscope", "explainer")
     if queries.count_features(session, spec.sae) == 0:
         raise SpecError(
             f"SAE {spec.sae!r} has not been indexed yet; run `saefeat index --sae "
@@ -177,6 +194,9 @@ def prepare(
     explainers = explainer if isinstance(explainer, list) else [explainer]
     with catalog_session(settings) as s:
         sae = check_sae(s, spec)
+        sources = crosscoder_sources((sae.cfg or {}).get("sources"))
+        if sources:  # no Patchscope of a crosscoder (module docstring)
+            explainers = [e for e in explainers if e.name != "patchscope"]
         wanted = spec.features if spec.features is not None else list(range(sae.d_sae))
         rows = s.execute(
             select(Feature.index, Feature.id, Feature.density, Feature.max_activation).where(
@@ -204,6 +224,7 @@ def prepare(
             skipped_existing=0,
             skipped_dead=0,
             model=(model[0], model[1]) if model else (sae.model_name, None),
+            sources=sources,
         )
     for i in wanted:
         lacking = [e.name for e in explainers if i not in done[e.name]]

@@ -1,6 +1,8 @@
 """The scoring pool: windows of the activation set's contexts, run once per job through
 the subject model (up to the hook the SAE reads: a transcoder's input hook) and the
-SAE, and embedded once.
+SAE, and embedded once. A crosscoder reads several models or layers at once: its pool
+encodes the stored activations of its sources instead (`inputs`), the model giving only
+the windows' text.
 
 Scorers take their negatives ("random windows") and the activation scorer its retrieval
 corpus from here, leaving out, per feature, the contexts its explanation was made from.
@@ -9,6 +11,7 @@ Which contexts make the pool is `scoring_contexts`: a seeded sample of all conte
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -58,9 +61,12 @@ def build_pool(
     *,
     window_tokens: int = WINDOW_TOKENS,
     batch_contexts: int = 16,
+    inputs: Callable[[np.ndarray], torch.Tensor] | None = None,
 ) -> ScoringPool:
     """Cut `tokens[contexts]` into windows (position 0, the BOS/attention sink, left out),
-    run model + SAE over the whole contexts, and keep each feature's max per window."""
+    run model + SAE over the whole contexts, and keep each feature's max per window.
+    `inputs(context ids)` [batch, ctx, d_in], when given, is what the SAE encodes instead
+    of the model's activations at `hook` (a crosscoder's stored sources)."""
     ctx_len = tokens.shape[1]
     starts = list(range(1, ctx_len, window_tokens))
     point = parse_hook(hook)
@@ -69,7 +75,10 @@ def build_pool(
     decode = lm.tokenizer.decode  # type: ignore[attr-defined]
     for b in range(0, len(contexts), batch_contexts):
         ids = torch.from_numpy(tokens[contexts[b : b + batch_contexts]].astype(np.int64))
-        x = run_to_hooks(lm, ids, [point])[hook]  # [batch, ctx, d_in]
+        if inputs is None:
+            x = run_to_hooks(lm, ids, [point])[hook]  # [batch, ctx, d_in]
+        else:
+            x = inputs(contexts[b : b + batch_contexts])
         flat = x.reshape(-1, x.shape[-1]).to(sae.W_enc.dtype)
         dense = sae.dense_activations(flat).float().clamp(min=0).reshape(ids.shape[0], ctx_len, -1)
         for j, ctx in enumerate(contexts[b : b + batch_contexts]):

@@ -28,6 +28,14 @@ the hook it reads (`hook_name`) and the one it writes as SAELens's TranscoderCon
 does (`hook_name_out`, `hook_layer_out`, `d_out`), and our `saefeat` record keeps
 `hook_out`, which import registers again.
 
+A crosscoder (cfg `sources`: the same hook of two models, or layers of one) is a source
+set named `saefeat-crosscoder-<d_sae>`, at its first source's layer and hook, described
+with every source; the model record is its first source's (`dimension` that source's
+width, while saelensConfig's d_in is the concatenation's). Its `saefeat` record names
+the sources, and each feature's side record its decoder norm per source, relative norm
+and class (features.decoder_norms/relative_norm/sharing), which Neuronpedia has no
+column for.
+
 The map (features.umap_x/umap_y, features/umap_map.py) goes where Neuronpedia keeps it:
 the `umap_x`/`umap_y` of each Explanation row (source.hasUmap says there is one); a
 feature without a label has no Explanation row, so the side records carry every
@@ -71,6 +79,7 @@ CREATOR_ID = "clkht01d40000jv08hvalcvly"
 HOOK_SETS = {"resid_post": "res", "resid_pre": "res-pre", "mlp_out": "mlp", "attn_out": "att",
              "mlp_in": "res-mid", "ln2_normalized": "ln2"}  # fmt: skip
 TRANSCODER_SET = "transcoder"
+CROSSCODER_SET = "crosscoder"
 
 # Column lists of Neuronpedia's export-data.py, in its order.
 NEURON_FIELDS = (
@@ -118,9 +127,17 @@ def model_slug(model_name: str) -> str:
     return slug(hub_model_id(model_name).rstrip("/").rsplit("/", 1)[-1])
 
 
+def _sources(sae: SAE) -> list[dict[str, Any]]:
+    """A crosscoder's sources (its cfg's); [] for an SAE or a transcoder."""
+    sources = (sae.cfg or {}).get("sources")
+    return list(sources) if isinstance(sources, list) and len(sources) >= 2 else []
+
+
 def source_names(sae: SAE) -> SourceNames:
     point = parse_hook(sae.hook_name)
     kind = TRANSCODER_SET if sae.hook_out_name else HOOK_SETS[point.kind]
+    if _sources(sae):
+        kind = CROSSCODER_SET
     set_name = f"saefeat-{kind}-{sae.d_sae}"
     return SourceNames(model_slug(sae.model_name), set_name, f"{point.layer}-{set_name}")
 
@@ -150,6 +167,9 @@ def _meta_records(session: Session, sae: SAE, names: SourceNames) -> dict[str, d
     release = f"saefeat-{names.model_id}"
     hub_id = hub_model_id(sae.model_name)
     revision = aset.model.revision if aset is not None else None
+    sources = _sources(sae)
+    # The model's width: a crosscoder's d_in is its sources' widths together.
+    dimension = int(sources[0]["width"]) if sources else sae.d_in
     saelens_cfg = {
         "architecture": sae.architecture, "d_in": sae.d_in, "d_sae": sae.d_sae,
         "hook_name": sae.hook_name, "hook_layer": point.layer, "model_name": hub_id,
@@ -159,6 +179,8 @@ def _meta_records(session: Session, sae: SAE, names: SourceNames) -> dict[str, d
                     "activation_set_id": sae.activation_set_id, "model_name": sae.model_name,
                     "hook_out": sae.hook_out_name},
     }  # fmt: skip
+    if sources:
+        saelens_cfg["saefeat"] |= {"kind": "crosscoder", "sources": sources}
     if sae.hook_out_name:  # as SAELens's TranscoderConfig names the hook it writes
         # The MLP's output is as wide as the input it reads (both d_model).
         saelens_cfg |= {"hook_name_out": sae.hook_out_name, "d_out": sae.d_in,
@@ -167,7 +189,7 @@ def _meta_records(session: Session, sae: SAE, names: SourceNames) -> dict[str, d
         "model.jsonl": {
             "id": names.model_id, "instruct": is_instruct_model(sae.model_name),
             "creatorId": CREATOR_ID, "displayNameShort": hub_id.rsplit("/", 1)[-1],
-            "displayName": hub_id, "tlensId": None, "dimension": sae.d_in,
+            "displayName": hub_id, "tlensId": None, "dimension": dimension,
             "visibility": "PUBLIC", "defaultSourceSetName": names.set_name,
             "defaultSourceId": names.source_id, "inferenceEnabled": False, "layers": n_layers,
             "neuronsPerLayer": sae.d_sae, "createdAt": created, "owner": "saefeat",
@@ -206,7 +228,11 @@ def _meta_records(session: Session, sae: SAE, names: SourceNames) -> dict[str, d
 
 
 def _set_description(sae: SAE, kind: str) -> str:
-    """The source set's description: the hook type, or a transcoder's two hooks."""
+    """The source set's description: the hook type, a transcoder's two hooks, or a
+    crosscoder's sources."""
+    if sources := _sources(sae):
+        named = ", ".join(f"{s.get('model')} {s.get('hook')}" for s in sources)
+        return f"crosscoder of {named} - {sae.d_sae} ({sae.architecture})"
     if sae.hook_out_name:
         return (f"transcoder {sae.hook_name} -> {sae.hook_out_name} - {sae.d_sae} "
                 f"({sae.architecture})")  # fmt: skip
@@ -362,8 +388,18 @@ def _export_batch(session: Session, ids: list[int], names: SourceNames) -> dict[
             "pos_ids": [t.token_id for t in top], "neg_ids": [t.token_id for t in bottom],
             "examples": side, "labels": labels, "umap_x": f.umap_x, "umap_y": f.umap_y,
             "effects": _effects_record(effects.get(fid)),
+            **_crosscoder_record(f),
         })  # fmt: skip
     return out
+
+
+def _crosscoder_record(f: Feature) -> dict[str, Any]:
+    """A crosscoder feature's decoder norm per source, relative norm and class for its
+    side record; nothing for an SAE's or a transcoder's feature."""
+    if f.decoder_norms is None:
+        return {}
+    return {"decoder_norms": f.decoder_norms, "relative_norm": f.relative_norm,
+            "sharing": f.sharing}  # fmt: skip
 
 
 def _effects_record(effects: feature_reads.Effects | None) -> dict:

@@ -3,6 +3,10 @@ and the pages ask for; and what the other reads build on (`Page`, `FeatureView`,
 A feature's own reads (examples, projection, effects, neighbours) are in
 feature_reads.py, the searches in token_search.py, label_search.py and the like.
 
+A crosscoder's features (two sources) also sort by relative norm and filter by class
+(`sharing`: a_only / shared / b_only, saefeat/sae/crosscoder.py); those lists are refused
+for any other SAE, naming the parameter.
+
 Lists are keyset-paginated: a page is `limit` rows after the cursor's sort key, so pages
 stay consistent and cheap however deep one goes (no OFFSET scans).
 
@@ -28,9 +32,13 @@ from saefeat.storage.catalog.cursor import Cursor, decode_cursor, encode_cursor
 from saefeat.storage.catalog.models import SAE, ActivationSetRow, Feature, Label
 
 T = TypeVar("T")
-FeatureSort = Literal["max_activation", "density"]
+FeatureSort = Literal["max_activation", "density", "relative_norm"]
 SortOrder = Literal["asc", "desc"]
-FEATURE_SORTS: tuple[str, ...] = ("max_activation", "density")
+FEATURE_SORTS: tuple[str, ...] = ("max_activation", "density", "relative_norm")
+# A two-source crosscoder's classes of features, as saefeat.sae.crosscoder.SHARING
+# (which imports torch; tests/api/test_api_crosscoder.py keeps the two equal).
+Sharing = Literal["a_only", "shared", "b_only"]
+SHARING_CLASSES: tuple[str, ...] = ("a_only", "shared", "b_only")
 # Artifact features (features/artifacts.py) in a list: left out (the default of sorted
 # lists), kept, or the only ones shown.
 ArtifactFilter = Literal["exclude", "include", "only"]
@@ -70,6 +78,20 @@ def feature_views(rows: Any) -> list[FeatureView]:
     return [FeatureView(*row) for row in rows]
 
 
+@dataclass(slots=True)
+class FeatureListView(FeatureView):
+    """A feature of an SAE's list: its summary and, a crosscoder's, its decoder norm per
+    source, relative norm and class (None for an SAE or a transcoder)."""
+
+    decoder_norms: list[float] | None = None
+    relative_norm: float | None = None
+    sharing: str | None = None
+
+
+CROSSCODER_COLUMNS = (Feature.decoder_norms, Feature.relative_norm, Feature.sharing)
+FEATURE_LIST_COLUMNS = row_columns(Feature, FeatureListView)
+
+
 def run(session: Session, statement: Executable, **params: Any) -> Result[Any]:
     """Execute a Core statement on the session's connection (inside its transaction),
     skipping the ORM's per-statement work."""
@@ -94,6 +116,10 @@ class FeatureRecord(FeatureView):
     sae_name: str
     hook_name: str  # the hook the SAE reads
     hook_out_name: str | None = None  # a transcoder's output hook (None: an SAE)
+    # A crosscoder's (None for an SAE or a transcoder): see FeatureListView.
+    decoder_norms: list[float] | None = None
+    relative_norm: float | None = None
+    sharing: str | None = None
 
 
 def _check_limit(limit: int) -> None:
@@ -165,17 +191,20 @@ def list_features(
     limit: int = 50,
     cursor: str | None = None,
     artifacts: ArtifactFilter = "exclude",
-) -> Page[FeatureView]:
+    sharing: Sharing | None = None,
+) -> Page[FeatureListView]:
     """Features of one SAE, sorted by `sort` then by index (ascending, as a tie-break).
 
     `labelled`: True keeps features with at least one label, False those with none.
     `artifacts`: "exclude" leaves artifact features out, "include" keeps them, "only"
-    lists only them."""
+    lists only them. `sharing` (a class) and `sort="relative_norm"` are a two-source
+    crosscoder's."""
     require_sae(session, sae_id)
     if sort not in FEATURE_SORTS:
         raise SpecError(f"is {sort!r}; use one of {list(FEATURE_SORTS)}", field="sort")
     if order not in ("asc", "desc"):
         raise SpecError(f"is {order!r}; use 'asc' or 'desc'", field="order")
+    _check_crosscoder_list(session, sae_id, sort, sharing)
     _check_limit(limit)
     if min_density is not None and max_density is not None and min_density > max_density:
         raise SpecError(
@@ -184,7 +213,8 @@ def list_features(
         )
     column = getattr(Feature, sort)
     ordering = f"{sort}:{order}"
-    query = select(*FEATURE_VIEW_COLUMNS).where(Feature.sae_id == sae_id)
+    query = select(*FEATURE_LIST_COLUMNS).where(Feature.sae_id == sae_id,
+                                                *sharing_condition(sort, sharing))  # fmt: skip
     if min_density is not None:
         query = query.where(Feature.density >= min_density)
     if max_density is not None:
@@ -199,7 +229,7 @@ def list_features(
         query = query.where(or_(beyond, and_(column == value, Feature.index > index)))
     primary = column.desc() if order == "desc" else column.asc()
     query = query.order_by(primary, Feature.index.asc()).limit(limit + 1)
-    rows = feature_views(run(session, query))
+    rows = [FeatureListView(*row) for row in run(session, query)]
     more = len(rows) > limit
     rows = rows[:limit]
     token = None
@@ -207,6 +237,44 @@ def list_features(
         last = rows[-1]
         token = encode_cursor(Cursor(ordering, (getattr(last, sort), last.index)))
     return Page(rows, token)
+
+
+def _check_crosscoder_list(session: Session, sae_id: str, sort: str, sharing: str | None
+                           ) -> None:  # fmt: skip
+    """`sharing` is a class, and with it or `sort="relative_norm"` the SAE is a crosscoder
+    of two sources (SpecError naming the parameter)."""
+    _check_sharing(sharing)
+    if sharing is None and sort != "relative_norm":
+        return
+    field = "sharing" if sharing is not None else "sort"
+    n = len(sae_sources(session, sae_id))
+    if n != 2:
+        what = f"a crosscoder of {n} sources" if n else "not a crosscoder"
+        raise SpecError(f"SAE {sae_id!r} is {what}: only a crosscoder of two sources has a "
+                        "relative norm and a class (sharing) per feature", field=field)  # fmt: skip
+
+
+def _check_sharing(sharing: str | None) -> None:
+    if sharing is not None and sharing not in SHARING_CLASSES:
+        raise SpecError(f"is {sharing!r}; use one of {list(SHARING_CLASSES)}", field="sharing")
+
+
+_SAE_CFG = select(SAE.cfg).where(SAE.id == bindparam("sae_id"))
+
+
+def sae_sources(session: Session, sae_id: str) -> list[dict[str, Any]]:
+    """A crosscoder's sources (its cfg's, in its decoder's column order); [] for an SAE
+    or a transcoder, or an SAE not in the catalog."""
+    cfg = run(session, _SAE_CFG, sae_id=sae_id).scalar() or {}
+    sources = cfg.get("sources") if isinstance(cfg, dict) else None
+    return list(sources) if isinstance(sources, list) and len(sources) >= 2 else []
+
+
+def sharing_condition(sort: str, sharing: str | None) -> list[Any]:
+    """The WHERE conditions of a crosscoder list: its class, and a relative norm to sort
+    by (none for another sort and no class)."""
+    out = [Feature.sharing == sharing] if sharing is not None else []
+    return out + ([Feature.relative_norm.isnot(None)] if sort == "relative_norm" else [])
 
 
 def artifact_condition(artifacts: str) -> list[Any]:
@@ -220,19 +288,36 @@ def artifact_condition(artifacts: str) -> list[Any]:
 
 
 def strongest_features(
-    session: Session, sae_id: str, *, offset: int, limit: int, artifacts: ArtifactFilter = "exclude"
-) -> list[tuple[FeatureView, dict[str, Any] | None]]:
-    """The SAE page's list: features by max activation (strongest first, ties by index),
-    each with its activation histogram; artifact features left out unless `artifacts`
-    says otherwise. Numbered pages, so OFFSET paging."""
+    session: Session,
+    sae_id: str,
+    *,
+    offset: int,
+    limit: int,
+    artifacts: ArtifactFilter = "exclude",
+    sort: Literal["max_activation", "relative_norm"] = "max_activation",
+    order: SortOrder = "desc",
+    sharing: Sharing | None = None,
+) -> list[tuple[FeatureListView, dict[str, Any] | None]]:
+    """The SAE page's list: features by max activation (strongest first, ties by index;
+    a crosscoder's may sort by relative norm and keep one class, `sharing`), each with its
+    activation histogram; artifact features left out unless `artifacts` says otherwise.
+    Numbered pages, so OFFSET paging."""
+    if sort not in ("max_activation", "relative_norm"):
+        raise SpecError(f"is {sort!r}; use max_activation or relative_norm", field="sort")
+    _check_sharing(sharing)
+    column = getattr(Feature, sort)
     query = (
-        select(*FEATURE_VIEW_COLUMNS, Feature.histogram)
-        .where(Feature.sae_id == sae_id, *artifact_condition(artifacts))
-        .order_by(Feature.max_activation.desc(), Feature.index)
+        select(*FEATURE_LIST_COLUMNS, Feature.histogram)
+        .where(
+            Feature.sae_id == sae_id,
+            *artifact_condition(artifacts),
+            *sharing_condition(sort, sharing),
+        )
+        .order_by(column.asc() if order == "asc" else column.desc(), Feature.index)
         .offset(offset)
         .limit(limit)
     )
-    return [(FeatureView(*row[:-1]), row[-1]) for row in run(session, query)]
+    return [(FeatureListView(*row[:-1]), row[-1]) for row in run(session, query)]
 
 
 @dataclass(frozen=True)
@@ -263,7 +348,7 @@ def _recorded_corpus(activations_dir: Path, set_id: str) -> list[dict[str, Any]]
 
 _SAE_OF_FEATURE = (SAE.d_sae, SAE.name, SAE.hook_name, SAE.hook_out_name)
 _FEATURE_BY_INDEX = (
-    select(*_SAE_OF_FEATURE, *FEATURE_VIEW_COLUMNS, Feature.histogram)
+    select(*_SAE_OF_FEATURE, *FEATURE_VIEW_COLUMNS, Feature.histogram, *CROSSCODER_COLUMNS)
     .outerjoin(Feature, and_(Feature.sae_id == SAE.id, Feature.index == bindparam("index")))
     .where(SAE.id == bindparam("sae_id"))
 )
@@ -275,7 +360,7 @@ def get_feature(session: Session, sae_id: str, index: int) -> FeatureRecord:
     found = run(session, _FEATURE_BY_INDEX, sae_id=sae_id, index=index).first()
     if found is None:
         raise _no_sae(sae_id)
-    d_sae, sae_name, hook_name, hook_out_name, *columns, histogram = found
+    d_sae, sae_name, hook_name, hook_out_name, *columns, histogram, norms, rel, sharing = found
     if not 0 <= index < d_sae:
         raise NotFoundError(
             f"SAE {sae_id!r} has features 0..{d_sae - 1}; {index} is not one of them",
@@ -286,7 +371,9 @@ def get_feature(session: Session, sae_id: str, index: int) -> FeatureRecord:
             f"SAE {sae_id!r} has not been indexed yet; run the index step for it first",
             field="index",
         )
-    return FeatureRecord(*columns, histogram, sae_name, hook_name, hook_out_name)
+    return FeatureRecord(
+        *columns, histogram, sae_name, hook_name, hook_out_name, norms, rel, sharing
+    )
 
 
 def artifact_reasons(session: Session, sae_id: str, indices: Iterable[int]) -> dict[int, str]:
