@@ -103,7 +103,7 @@ def evaluate_both(saes: dict, aset, hook: str, split, rule, ce_contexts: int) ->
     tokens = torch.from_numpy(aset.tokens()[split.eval_context_ids()[:ce_contexts]]
                               .astype("int64"))  # fmt: skip
     spliced = spliced_metrics_many([(sae.eval(), hook) for sae in saes.values()], lm, tokens,
-                                   norm_limit=rule.norm_limit)  # fmt: skip
+                                   norm_limits=[rule.norm_limit] * len(saes))  # fmt: skip
     out = {}
     for (name, sae), ce in zip(saes.items(), spliced, strict=True):
         held = [

@@ -171,7 +171,10 @@ class LanguageModel:
         )
 
     def _mlp_norm(self, block: nn.Module, point: HookPoint) -> nn.Module:
-        if not self.is_encoder:
+        post_norm = hasattr(block, "post_feedforward_layernorm") and not hasattr(
+            block, "pre_feedforward_layernorm"
+        )  # OLMo 2: its norms follow the attention and the MLP; the MLP reads the residual
+        if not self.is_encoder and not post_norm:
             for n in _MLP_NORM_NAMES:
                 if hasattr(block, n):
                     return getattr(block, n)

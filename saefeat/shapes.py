@@ -28,9 +28,9 @@ HOOK_SPELLINGS = {
 }
 HOOK_TYPES = tuple(HOOK_SPELLINGS)
 _KIND_OF = {spelling: kind for kind, spelling in HOOK_SPELLINGS.items()}
-_HOOK_RE = re.compile(
-    r"^blocks\.(\d+)\.(" + "|".join(re.escape(s) for s in HOOK_SPELLINGS.values()) + r")$"
-)
+# A layer is written one way (no leading zero: `05` would name hook `5` elsewhere).
+_SPELLED = "|".join(re.escape(s) for s in HOOK_SPELLINGS.values())
+_HOOK_RE = re.compile(r"^blocks\.(0|[1-9]\d{0,5})\.(" + _SPELLED + r")$")
 # A transcoder reads what the MLP reads and writes what it wrote (issue 24).
 TRANSCODER_INPUTS = ("mlp_in", "ln2_normalized")
 TRANSCODER_OUTPUTS = ("mlp_out",)

@@ -357,7 +357,7 @@ def _effects(acc, sae, aset, spec, tokens, unembedding, strings,
             device = pick_device(spec.device, 1)
         lm = cached_model(aset.model_name, aset.revision, device)
         # The rows are removed where the decoder writes (a transcoder: the MLP's output).
-        hook = sae.cfg.write_hook or sae.cfg.hook
+        hook = sae.cfg.write_hook
         acts = _hook_acts(aset, hook) if hook in aset.hooks else None
         effects += measured_effects(
             lm, W_dec, hook, tokens, pairs, strings, spec.n_vocab,

@@ -280,7 +280,7 @@ def make_edit(sae: SparseAutoencoder, request: SteerRequest) -> Edit:
 
     def clamp(y: torch.Tensor, read: torch.Tensor | None = None) -> torch.Tensor:
         if read is None:
-            if sae.is_transcoder:
+            if sae.cfg.is_transcoder:
                 raise ValueError("a transcoder's clamp encodes the activations it reads: "
                                  "pass `read`, its input hook's")  # fmt: skip
             read = y

@@ -106,12 +106,11 @@ def train(**options) -> None:
         run_on_server("train", spec)
         print(spec.sae_id())
         return
-    if spec.sources:  # bad sources: one line, no job row (as the API's 422)
-        _check_sources(spec)
+    _check_reads(spec)  # a missing set or hook: one line and no job row, as the API's 422
     print(do_train(spec).sae_id)
 
 
-def _check_sources(spec: TrainSpec) -> None:
+def _check_reads(spec: TrainSpec) -> None:
     from saefeat.config import get_settings
     from saefeat.training.sources import open_sources
     from saefeat.training.trainer import open_complete_set

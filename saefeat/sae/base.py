@@ -256,10 +256,6 @@ class SparseAutoencoder(nn.Module):
         self.W_skip = nn.Parameter(torch.zeros(d_out, d_in)) if cfg.skip_connection else None
         self.init_weights()
 
-    @property
-    def is_transcoder(self) -> bool:
-        return self.cfg.is_transcoder
-
     @torch.no_grad()
     def init_weights(self, decoder_norm: float = 1.0) -> None:
         """Decoder rows random at `decoder_norm`, encoder their transpose (sparsify/OpenAI);

@@ -108,10 +108,12 @@ def export_circuit_tracer(
     model_name: str | None = None,
     scan: str | None = None,
     names: Sequence[str] | None = None,
+    n_layers: int | None = None,
 ) -> Path:
     """Write transcoders, one per layer 0..N-1 in any order, as circuit-tracer's folder.
     `model_name` defaults to theirs (its hub id is written); `scan` to the folder's
-    name; `names` (their ids) are what errors call them."""
+    name; `names` (their ids) are what errors call them; `n_layers`, the model's, when
+    known: circuit-tracer replaces every MLP, so a set must cover them all."""
     if not saes:
         raise SpecError("no transcoder to export", field="sae")
     names = list(names) if names is not None else [f"transcoder {i}" for i in range(len(saes))]
@@ -125,9 +127,12 @@ def export_circuit_tracer(
         by_layer[layer] = sae
         hooks.add((into, out))
     missing = sorted(set(range(max(by_layer) + 1)) - set(by_layer))
+    if n_layers is not None and max(by_layer) + 1 < n_layers:
+        missing += list(range(max(by_layer) + 1, n_layers))
     if missing:
         raise SpecError(f"no transcoder for layers {missing}; circuit-tracer needs one for "
-                        f"every layer from 0 (given: {sorted(by_layer)})", field="sae")  # fmt: skip
+                        f"every layer of the model (given: {sorted(by_layer)})",
+                        field="sae")  # fmt: skip
     if len(hooks) > 1:
         spelled = sorted(f"{a} -> {b}" for a, b in hooks)
         raise SpecError(f"the transcoders read and write different hooks ({spelled}); "

@@ -337,6 +337,18 @@ def provenance(settings: Settings, sae: SparseAutoencoder, sae_id: str) -> Prove
     return _zarr_provenance(settings, set_id) or Provenance(model, None, None)
 
 
+def _n_layers(model: str | None) -> int | None:
+    """The model's layer count from its config (None when it cannot be read here)."""
+    if model is None:
+        return None
+    from saefeat.lm import model_config_and_tokenizer
+
+    try:
+        return getattr(model_config_and_tokenizer(model)[0], "num_hidden_layers", None)
+    except SpecError:
+        return None
+
+
 def _zarr_provenance(settings: Settings, set_id: str | None) -> Provenance | None:
     if set_id is None:
         return None
@@ -367,8 +379,10 @@ def export_stored(settings: Settings, sae_id: str, to: str, out: Path) -> Path:
         if len(models) > 1:
             raise SpecError(f"the transcoders' activations come from different models "
                             f"({sorted(models)})", field="sae")  # fmt: skip
-        return export_circuit_tracer(saes, Path(out), model_name=models.pop() if models else None,
-                                     names=[f"SAE {i!r}" for i in ids])  # fmt: skip
+        model = models.pop() if models else None
+        return export_circuit_tracer(saes, Path(out), model_name=model,
+                                     names=[f"SAE {i!r}" for i in ids],
+                                     n_layers=_n_layers(model))  # fmt: skip
     # `out` is the user's own choice; the SAE is read only from the SAE folder.
     sae = load_sae(inside(settings.saes_dir, sae_id, "sae"))
     if to == "sparsify":
@@ -443,6 +457,7 @@ def import_stored(
             register_sae(
                 s, sae_id=sae_id, name=name or f"{cfg.hook} {cfg.architecture}-{cfg.d_sae}{k}",
                 model_name=cfg.model or "", hook_name=cfg.hook or "",
+                hook_out_name=cfg.hook_out,
                 architecture=cfg.architecture, d_in=cfg.d_in, d_sae=cfg.d_sae, k=cfg.k,
                 cfg={"imported_from": source, "extra": cfg.extra,
                      **(transcoder if cfg.is_transcoder else {})},

@@ -17,7 +17,7 @@ from pydantic import (
 from saefeat.errors import SpecError
 from saefeat.sae.base import ArchConfig, arch_settings, config_class
 from saefeat.sae.topk import TopKConfig
-from saefeat.shapes import check_transcoder_hooks, parse_hook
+from saefeat.shapes import TRANSCODER_OUTPUTS, check_transcoder_hooks, parse_hook
 from saefeat.specs.base import Id, Spec, content_id
 from saefeat.storage.exclusion import DEFAULT_THRESHOLD
 
@@ -49,6 +49,13 @@ def _architecture_from_flat(data: dict) -> dict:
     settings = {LEGACY_ARCH_FIELDS.get(k, k): v for k, v in flat.items()}
     data["architecture"] = {"name": arch} | {k: v for k, v in settings.items() if k in fields}
     return data
+
+
+def _parsed(hook: str, field: str):
+    try:
+        return parse_hook(hook, field)
+    except SpecError as e:
+        raise ValueError(e.message) from None
 
 
 class Source(BaseModel):
@@ -83,11 +90,14 @@ class TrainSpec(Spec):
     RUN_FIELDS = ("device", "name", "checkpoint_every_tokens", "eval_ce_contexts", "resume_from")
 
     activation_set: Id = Field(description="activation set id")
-    hook: str | None = Field(None, description="hook to train on (default: the set's first)")
+    # hook_out comes first: hook's check then knows it, and names `hook` when it is wrong.
     hook_out: str | None = Field(
         None,
         description="train a transcoder: read `hook` (blocks.L.ln2.hook_normalized or "
         "blocks.L.hook_mlp_in) and predict this hook (blocks.L.hook_mlp_out) of the same set",
+    )
+    hook: str | None = Field(
+        None, validate_default=True, description="hook to train on (default: the set's first)"
     )
     skip_connection: bool = Field(
         False, description="a transcoder's affine skip path from input to output (sparsify's)"
@@ -173,16 +183,30 @@ class TrainSpec(Spec):
 
     @field_validator("hook_out")
     @classmethod
-    def _transcoder_pair(cls, hook_out: str | None, info: ValidationInfo) -> str | None:
+    def _an_mlp_output(cls, hook_out: str | None) -> str | None:
         if hook_out is not None:
-            hook = info.data.get("hook")
-            if hook is None:
+            point = _parsed(hook_out, "hook_out")
+            if point.kind not in TRANSCODER_OUTPUTS:
+                wanted = f"blocks.{point.layer}.hook_mlp_out"
+                raise ValueError(f"a transcoder writes the MLP's output ({wanted}), "
+                                 f"not {hook_out!r}")  # fmt: skip
+        return hook_out
+
+    @field_validator("hook")
+    @classmethod
+    def _a_hook_and_a_pair(cls, hook: str | None, info: ValidationInfo) -> str | None:
+        hook_out = info.data.get("hook_out")
+        if hook is None:
+            if hook_out is not None:
                 raise ValueError("a transcoder (hook_out) names its input hook too: set hook")
+            return None
+        _parsed(hook, "hook")
+        if hook_out is not None:
             try:
                 check_transcoder_hooks(hook, hook_out)
             except SpecError as e:
                 raise ValueError(e.message) from None
-        return hook_out
+        return hook
 
     @field_validator("sources")
     @classmethod

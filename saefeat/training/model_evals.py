@@ -60,8 +60,14 @@ def spliced(
                 handles.append(edit_at(lm, parse_hook(hook), keep))
             else:
                 hook_out = hook
-            handles.append(edit_at(lm, parse_hook(hook_out),
-                                   lambda t: _splice(seen.pop("x", t), t, replace)))  # fmt: skip
+            def splice(t: torch.Tensor) -> torch.Tensor:
+                if hook_out == hook:
+                    return _splice(t, t, replace)
+                if "x" not in seen:  # never encode the written hook as if it were read
+                    raise RuntimeError(f"{hook} did not fire before {hook_out}")
+                return _splice(seen.pop("x"), t, replace)
+
+            handles.append(edit_at(lm, parse_hook(hook_out), splice))
             yield
         finally:
             for h in reversed(handles):
@@ -107,44 +113,46 @@ def spliced_metrics(
     """CE and KL with the SAE spliced in at `hook`, against clean and zero ablation, over
     `tokens` [n_contexts, ctx_len] (next-token loss on every position after the first)."""
     return spliced_metrics_many([(sae, hook)], lm, tokens, batch_contexts=batch_contexts,
-                                norm_limit=norm_limit)[0]  # fmt: skip
+                                norm_limits=[norm_limit])[0]  # fmt: skip
 
 
 @torch.no_grad()
 def spliced_metrics_many(
     saes: list[tuple[SparseAutoencoder, str]], lm: LanguageModel, tokens: torch.Tensor,
-    *, batch_contexts: int = 4, norm_limit: float = float("inf"),
+    *, batch_contexts: int = 4, norm_limits: list[float] | None = None,
 ) -> list[dict[str, float]]:  # fmt: skip
     """spliced_metrics for several (SAE, hook it reads) pairs (a transcoder writes its
-    cfg.hook_out); the clean run and each written hook's zero-ablation run are computed
-    once and shared (the forwards dominate the cost)."""
+    cfg.hook_out), each sparing the rows its own read hook's `norm_limits` exclude (hooks
+    differ in norm: ln2.hook_normalized ~3, hook_mlp_in ~100 on SmolLM2); the clean run
+    and each zero-ablation run (by hooks and limit) are computed once and shared (the
+    forwards dominate the cost)."""
     if lm.is_encoder or not saes:
         return [{} for _ in saes]
-    pairs = [(h, sae.cfg.hook_out or h) for sae, h in saes]
-    written = list(dict.fromkeys(w for _, w in pairs))
+    limits = norm_limits or [float("inf")] * len(saes)
+    # (read, written, limit) of each: the zero ablation depends on nothing else.
+    ablations = [(h, sae.cfg.hook_out or h, lim)
+                 for (sae, h), lim in zip(saes, limits, strict=True)]  # fmt: skip
+    zeroed = list(dict.fromkeys(ablations))
     ce_sae, kl_sae = [0.0] * len(saes), [0.0] * len(saes)
-    ce_zero, kl_zero = dict.fromkeys(written, 0.0), dict.fromkeys(written, 0.0)
+    ce_zero, kl_zero = dict.fromkeys(zeroed, 0.0), dict.fromkeys(zeroed, 0.0)
     ce_clean, n = 0.0, 0
     for b in range(0, tokens.shape[0], batch_contexts):
         ids = tokens[b : b + batch_contexts].long()
         targets = ids[:, 1:].reshape(-1).to(lm.device)
         logp_clean = _logits(lm, ids, None, None)[:, :-1].flatten(0, 1).log_softmax(-1)
-        for w in written:
-            # Zeroing spares the tokens the rule spares: read where the zeroed hook is.
-            read = next(r for r, x in pairs if x == w)
-            ce, kl = _score(lm, ids, targets, logp_clean, (read, w),
-                            _sparing(zeros, norm_limit))  # fmt: skip
-            ce_zero[w] += ce
-            kl_zero[w] += kl
-        for i, ((sae, _), pair) in enumerate(zip(saes, pairs, strict=True)):
-            ce, kl = _score(lm, ids, targets, logp_clean, pair,
-                            _sparing(_reconstruct(sae), norm_limit))  # fmt: skip
+        for z in zeroed:
+            ce, kl = _score(lm, ids, targets, logp_clean, z[:2], _sparing(zeros, z[2]))
+            ce_zero[z] += ce
+            kl_zero[z] += kl
+        for i, ((sae, _), (read, written, lim)) in enumerate(zip(saes, ablations, strict=True)):
+            ce, kl = _score(lm, ids, targets, logp_clean, (read, written),
+                            _sparing(_reconstruct(sae), lim))  # fmt: skip
             ce_sae[i] += ce
             kl_sae[i] += kl
         ce_clean += F.nll_loss(logp_clean, targets, reduction="sum").item()
         n += targets.numel()
-    return [_summary(ce_clean / n, ce_sae[i] / n, ce_zero[w] / n, kl_sae[i] / n,
-                     kl_zero[w] / n, n) for i, (_, w) in enumerate(pairs)]  # fmt: skip
+    return [_summary(ce_clean / n, ce_sae[i] / n, ce_zero[z] / n, kl_sae[i] / n,
+                     kl_zero[z] / n, n) for i, z in enumerate(ablations)]  # fmt: skip
 
 
 def _score(

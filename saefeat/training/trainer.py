@@ -347,11 +347,9 @@ def _spliced_metrics(runs: list[Run], aset: ActivationSet, split: Split,
     except (SaefeatError, OSError) as e:
         return [{"ce_eval_error": str(e)} if r.spec.eval_ce_contexts else {} for r in runs]
     tokens = torch.from_numpy(np.asarray(split.eval_set.tokens())[contexts])
-    # One limit for the sweep: its SAEs share the set and threshold, and hooks differ
-    # little in median norm next to a 10x threshold; the tightest is used.
-    limit = min(rules[r.reads.inputs[0]].norm_limit for r in wanted)
+    limits = [rules[r.reads.inputs[0]].norm_limit for r in wanted]  # each its read hook's
     found = iter(spliced_metrics_many([(r.sae, r.hook) for r in wanted], lm, tokens,
-                                      norm_limit=limit))  # fmt: skip
+                                      norm_limits=limits))  # fmt: skip
     return [next(found) if r in wanted else {} for r in runs]
 
 

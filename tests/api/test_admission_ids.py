@@ -137,10 +137,14 @@ def test_an_eval_set_of_another_model_is_refused_at_admission(api, admin, served
     ("change", "field"),
     [  # a transcoder's pair: hooks of two layers, not the MLP's, or not in the set
         ({"hook": "blocks.1.ln2.hook_normalized", "hook_out": "blocks.2.hook_mlp_out"},
-         "specs.0.hook_out"),
+         "specs.0.hook"),
         ({"hook": "blocks.1.hook_resid_post", "hook_out": "blocks.1.hook_mlp_out"},
+         "specs.0.hook"),
+        ({"hook": "blocks.1.ln2.hook_normalized.x", "hook_out": "blocks.1.hook_mlp_out"},
+         "specs.0.hook"),
+        ({"hook": "blocks.1.hook_mlp_in", "hook_out": "blocks.1.hook_resid_post"},
          "specs.0.hook_out"),
-        ({"hook_out": "blocks.1.hook_mlp_out"}, "specs.0.hook_out"),
+        ({"hook_out": "blocks.1.hook_mlp_out"}, "specs.0.hook"),
         ({"hook": "blocks.1.ln2.hook_normalized", "hook_out": "blocks.1.hook_mlp_out"},
          "specs.0.hook"),
         ({"skip_connection": True}, "specs.0.skip_connection"),
@@ -148,7 +152,7 @@ def test_an_eval_set_of_another_model_is_refused_at_admission(api, admin, served
 )  # fmt: skip
 def test_a_bad_transcoder_pair_is_422_naming_the_field(api, admin, change, field):
     problem = refused(api, admin, "/v1/trainings", {"activation_set": TRAIN_SET} | change, field)
-    assert "transcoder" in problem["detail"] or "not in set" in problem["detail"]
+    assert any(w in problem["detail"] for w in ("transcoder", "not in set", "not a hook name"))
 
 
 def test_a_pipelines_eval_set_is_an_id_too(api, admin):
@@ -300,3 +304,12 @@ def test_devices_that_disagree_are_refused_on_a_cluster_with_gpus(api, admin, mo
         assert "disagrees" in refused(api, admin, "/v1/trainings", body, field)["detail"]
     refused(api, admin, "/v1/trainings", {"specs": [specs[0] | {"device": "cuda:2"}]},
             "specs.0.device")  # fmt: skip
+
+
+def test_a_harvest_of_a_layer_the_model_lacks_is_refused_before_the_job(api, admin):
+    """SmolLM2-135M has layers 0..29: layer 30 (or a leading zero) never makes a job row."""
+    for hook, words in (("blocks.30.hook_mlp_in", "layers 0..29"),
+                        ("blocks.05.hook_mlp_in", "not a hook name")):  # fmt: skip
+        problem = refused(api, admin, "/v1/harvests", {"hooks": [hook], "token_budget": 100},
+                          "hooks")  # fmt: skip
+        assert words in problem["detail"], problem

@@ -375,3 +375,19 @@ def test_cli_round_trips_a_sparsify_transcoder(settings, tmp_path):
     assert back.cfg.hook_out == "blocks.2.hook_mlp_out" and back.cfg.skip_connection
     x = torch.randn(5, 12)
     torch.testing.assert_close(back(x).x_hat, sae(x).x_hat)
+    from saefeat.storage.catalog.db import catalog_session
+    from saefeat.storage.catalog.models import SAE
+
+    with catalog_session(settings) as s:  # listed as a transcoder, with both hooks
+        row = s.get(SAE, "back")
+        assert (row.hook_name, row.hook_out_name) == (sae.cfg.hook, "blocks.2.hook_mlp_out")
+
+
+def test_a_circuit_tracer_set_covers_every_layer_of_the_model(tmp_path):
+    """circuit-tracer replaces every MLP: layers 0..1 of a 3-layer model load there, then
+    fail at layer 2 (issue 24 review), so the export refuses them."""
+    saes = [random_transcoder("relu", layer=i, seed=i) for i in range(2)]
+    with pytest.raises(SpecError) as e:
+        export_circuit_tracer(saes, tmp_path / "partial", n_layers=3)
+    assert e.value.field == "sae" and "[2]" in e.value.message
+    assert export_circuit_tracer(saes, tmp_path / "whole", n_layers=2).is_dir()

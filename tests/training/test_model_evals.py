@@ -5,7 +5,7 @@ import torch
 from saefeat.lm import load_model
 from saefeat.sae import SAEConfig
 from saefeat.sae.topk import TopKSAE
-from saefeat.training.model_evals import spliced, spliced_metrics, zeros
+from saefeat.training.model_evals import spliced, spliced_metrics, spliced_metrics_many, zeros
 
 HOOK = "blocks.1.hook_resid_post"
 
@@ -108,3 +108,17 @@ def test_a_transcoder_replaces_the_mlp_output_from_the_mlp_input(tiny_llama):
     assert perfect["kl_div_with_sae"] < 1e-6 and perfect["kl_div_zero_ablation"] > 0
     wrong = spliced_metrics(TopKSAE(cfg), lm, tokens, read)  # an untrained transcoder
     assert wrong["kl_div_with_sae"] > 1e-4
+
+
+def test_each_sae_of_a_sweep_spares_by_its_own_read_hooks_limit(tiny_llama):
+    """Read hooks differ in norm (ln2 ~ units, hook_mlp_in ~ the residual's), so one limit
+    for a sweep would spare every row of one of them: its CE/KL would read as perfect."""
+    lm = load_model(str(tiny_llama))
+    tokens = torch.randint(0, 400, (2, 12), generator=torch.Generator().manual_seed(3))
+    written = "blocks.1.hook_mlp_out"
+    pairs = [(TopKSAE(SAEConfig(d_in=64, d_sae=128, k=4, hook=h, hook_out=written)), h)
+             for h in ("blocks.1.ln2.hook_normalized", "blocks.1.hook_mlp_in")]  # fmt: skip
+    both = spliced_metrics_many(pairs, lm, tokens, norm_limits=[1e-6, float("inf")])
+    alone = spliced_metrics(pairs[1][0], lm, tokens, pairs[1][1])
+    assert both[1] == alone and alone["kl_div_with_sae"] > 1e-6
+    assert both[0]["kl_div_with_sae"] == 0.0  # every row spared: the model as it was
