@@ -60,6 +60,7 @@ def spliced(
                 handles.append(edit_at(lm, parse_hook(hook), keep))
             else:
                 hook_out = hook
+
             def splice(t: torch.Tensor) -> torch.Tensor:
                 if hook_out == hook:
                     return _splice(t, t, replace)
