@@ -79,24 +79,26 @@ def admit_harvest(spec: HarvestSpec, ctx: Admission) -> None:
     _at_most(spec.token_budget, settings.max_token_budget, "token_budget")
     _at_most(spec.batch_size, settings.max_batch_size, "batch_size")
     check_device(spec.device, spec.workers, cluster_resources(settings))
-    _admit_layers(spec)
+    _admit_layers(spec, spec.model, spec.revision, "hooks")
     _admit_paired_model(spec, settings)
+    if spec.paired_model is not None:
+        _admit_layers(spec, spec.paired_model, spec.paired_revision, "paired_model")
 
 
-def _admit_layers(spec: HarvestSpec) -> None:
-    """Each hook's layer is one the model has (its config read, not its weights); a model
+def _admit_layers(spec: HarvestSpec, model: str, revision: str | None, field: str) -> None:
+    """Each hook's layer is one `model` has (its config read, not its weights); a model
     whose config cannot be read is left to the job, which names what is wrong."""
     from saefeat.lm import model_config_and_tokenizer, parse_hook
 
     try:
-        config, _ = model_config_and_tokenizer(spec.model, spec.revision)
+        config, _ = model_config_and_tokenizer(model, revision)
     except SpecError:
         return
     n = getattr(config, "num_hidden_layers", None)
     for hook in spec.hooks:
         if n is not None and parse_hook(hook).layer >= n:
             raise SpecError(f"{hook}: layer {parse_hook(hook).layer} does not exist; "
-                            f"{spec.model} has layers 0..{n - 1}", field="hooks")  # fmt: skip
+                            f"{model} has layers 0..{n - 1}", field=field)  # fmt: skip
 
 
 def _admit_paired_model(spec: HarvestSpec, settings: Settings) -> None:

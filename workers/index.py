@@ -51,6 +51,7 @@ from saefeat.features.umap_map import umap_layout
 from saefeat.features.vocab import token_strings, vocab_projections
 from saefeat.lm import cached_model
 from saefeat.sae import SparseAutoencoder, load_sae
+from saefeat.sae.crosscoder import source_scales
 from saefeat.specs import IndexSpec
 from saefeat.storage.activations import ActivationSet
 from saefeat.workers.job_progress import Progress
@@ -298,7 +299,8 @@ def build_index(
     if progress:
         progress(*last, "neighbours and the map")
     near, cosines, xy = _neighbours_and_map(sae.W_dec.detach(), spec)
-    cc = crosscoder_columns(sae.W_dec, sae.cfg.source_widths) if sae.cfg.is_crosscoder else None
+    cc = (crosscoder_columns(sae.W_dec, sae.cfg.source_widths, source_scales(sae.cfg))
+          if sae.cfg.is_crosscoder else None)  # fmt: skip
     return FeatureIndex(
         d_sae=sae.cfg.d_sae,
         n_tokens=acc.n_tokens,
@@ -328,7 +330,9 @@ def _projected_rows(sae: SparseAutoencoder) -> torch.Tensor:
     """The decoder rows the vocabulary and de-biased projections read: W_dec, or a
     crosscoder's one row per feature in its first source's model (features/crosscoder.py)."""
     W_dec = sae.W_dec.detach()
-    return projected_rows(W_dec, sae.cfg.source_widths) if sae.cfg.is_crosscoder else W_dec
+    if not sae.cfg.is_crosscoder:
+        return W_dec
+    return projected_rows(W_dec, sae.cfg.source_widths, source_scales(sae.cfg))
 
 
 def _neighbours_and_map(W_dec: torch.Tensor, spec: IndexSpec):

@@ -72,9 +72,10 @@ def train_options() -> list[inspect.Parameter]:
     names = architectures()
     params = [
         field_option("activation_set", fields["activation_set"], "--set", required=True),
-        inspect.Parameter("architecture", KEYWORD,
-                          default=fields["architecture"].default_factory().name,
-                          annotation=Annotated[str, typer.Option(help=", ".join(names))]),
+        # None: the spec's default (topk; batchtopk for a crosscoder)
+        inspect.Parameter("architecture", KEYWORD, default=None, annotation=Annotated[
+            str | None, typer.Option(help=", ".join(names) + " (default: topk; a "
+                                     "crosscoder's batchtopk)")]),
     ]  # fmt: skip
     params += spec_options(TrainSpec, SPEC_OPTIONS)
     source_help = ("a crosscoder's source, HOOK or SET:HOOK (another model's set of the "

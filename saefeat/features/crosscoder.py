@@ -177,10 +177,12 @@ class CrosscoderColumns:
     sharing: list[str] | None
 
 
-def crosscoder_columns(W_dec: torch.Tensor, widths: list[int]) -> CrosscoderColumns:
-    from saefeat.sae.crosscoder import decoder_norms, relative_norm, sharing
+def crosscoder_columns(W_dec: torch.Tensor, widths: list[int],
+                       scales: list[float] | None = None) -> CrosscoderColumns:  # fmt: skip
+    """In training units (sae/crosscoder.py: raw norms lean towards the louder source)."""
+    from saefeat.sae.crosscoder import decoder_norms, in_training_units, relative_norm, sharing
 
-    norms = decoder_norms(W_dec.detach(), widths)
+    norms = decoder_norms(in_training_units(W_dec.detach(), widths, scales), widths)
     rel = relative_norm(norms)
     return CrosscoderColumns(
         norms.double().cpu().numpy(),
@@ -189,11 +191,12 @@ def crosscoder_columns(W_dec: torch.Tensor, widths: list[int]) -> CrosscoderColu
     )
 
 
-def projected_rows(W_dec: torch.Tensor, widths: list[int]) -> torch.Tensor:
+def projected_rows(W_dec: torch.Tensor, widths: list[int],
+                   scales: list[float] | None = None) -> torch.Tensor:  # fmt: skip
     """[d_sae, width] the row of each feature the projections read (module docstring):
     its dominant source's row for sources of one width, else its first source's."""
     from saefeat.sae.crosscoder import dominant_rows, source_slices
 
     if len(set(widths)) == 1:
-        return dominant_rows(W_dec, widths)
+        return dominant_rows(W_dec, widths, scales)
     return W_dec[:, source_slices(widths)[0]]

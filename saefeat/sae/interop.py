@@ -385,6 +385,10 @@ def export_stored(settings: Settings, sae_id: str, to: str, out: Path) -> Path:
                                      n_layers=_n_layers(model))  # fmt: skip
     # `out` is the user's own choice; the SAE is read only from the SAE folder.
     sae = load_sae(inside(settings.saes_dir, sae_id, "sae"))
+    if sae.cfg.is_crosscoder:  # their layouts hold one hook of one model
+        raise SpecError(f"a crosscoder spans {len(sae.cfg.sources)} sources; {to}'s layout "
+                        "holds one hook of one model (export it --to neuronpedia)",
+                        field="sae")  # fmt: skip
     if to == "sparsify":
         return export_sparsify(sae, Path(out))
     p = provenance(settings, sae, sae_id)

@@ -102,8 +102,10 @@ def sae_config(spec: TrainSpec, aset: ActivationSet, hook: str,
     sources = None
     if spec.sources:
         sets = sets or {aset.id: aset}
+        # `scale`: the source's training scale (its decoder norms compare in those units)
         sources = [{"activation_set": sid, "hook": h, "model": sets[sid].model_name,
-                    "revision": sets[sid].revision, "width": sets[sid].d_model}
+                    "revision": sets[sid].revision, "width": sets[sid].d_model,
+                    "scale": float(sets[sid].stats[h]["scale"])}
                    for sid, h in reads_of(spec, aset).inputs]  # fmt: skip
         hook = sources[0]["hook"]
     d_in = sum(s["width"] for s in sources) if sources else aset.d_model

@@ -11,8 +11,10 @@ from saefeat.sae.crosscoder import (
     EXCLUSIVE_BELOW,
     decoder_norms,
     dominant_rows,
+    in_training_units,
     relative_norm,
     sharing,
+    source_scales,
 )
 from saefeat.specs import TrainSpec
 from saefeat.storage.activations import ActivationSet
@@ -73,7 +75,7 @@ def test_b_only_features_get_b_only_latents(settings, model_pair):
     assert result.metrics["fvu"] < 0.3
     # The latents that learned a B-only feature (B's decoder part along its direction)
     # are B-only; those that fire on A's data too are not.
-    W = sae.W_dec.detach()
+    W = in_training_units(sae.W_dec.detach(), sae.cfg.source_widths, source_scales(sae.cfg))
     rel = relative_norm(decoder_norms(W, sae.cfg.source_widths))
     b_part = torch.nn.functional.normalize(W[:, D:], dim=1)
     cos = b_part @ torch.nn.functional.normalize(b_only_dirs, dim=1).T  # [d_sae, B_ONLY]
@@ -124,3 +126,38 @@ def test_norms_classes_and_dominant_rows():
     assert [sharing(float(r)) for r in rel] == ["a_only", "b_only", "shared"]
     assert dominant_rows(W, [2, 2])[1].tolist() == [0.0, 2.0]
     assert relative_norm(decoder_norms(torch.ones(2, 6), [2, 2, 2])) is None
+
+
+def test_a_louder_source_does_not_make_latents_its_own(settings):
+    """B holds A's features at 10x the norm: every latent is shared in the units training
+    saw (each source scaled alike); raw decoder norms would call many of them B-only."""
+    settings.activations_dir.mkdir(parents=True, exist_ok=True)
+    g = torch.Generator().manual_seed(1)
+    n = N_CTX * CTX
+    coef = torch.zeros(n, SHARED)
+    coef.scatter_(1, torch.rand(n, SHARED, generator=g).argsort(1)[:, :3],
+                  torch.rand(n, 3, generator=g) * 3 + 0.5)  # fmt: skip
+    rows = coef @ torch.randn(SHARED, D, generator=g)
+    tokens = np.random.default_rng(0).integers(0, 100, (N_CTX, CTX))
+    a = _set(settings.activations_dir, "as-00000000000000a1", "model-a", rows, tokens)
+    b = _set(settings.activations_dir, "as-00000000000000b1", "model-b", rows * 10, tokens)
+    sae = train_sae(_spec(a, b), settings=settings).sae
+    widths, scales = sae.cfg.source_widths, source_scales(sae.cfg)
+    assert scales is not None and scales[0] > 5 * scales[1]
+    alive = decoder_norms(sae.W_dec.detach(), widths).sum(1) > 0
+    rel = relative_norm(decoder_norms(in_training_units(sae.W_dec.detach(), widths, scales),
+                                      widths))[alive]  # fmt: skip
+    assert all(sharing(float(r)) == "shared" for r in rel), rel
+    raw = relative_norm(decoder_norms(sae.W_dec.detach(), widths))[alive]
+    assert float(raw.median()) > 0.8  # what the saved weights alone would say
+
+
+def test_single_hook_exports_refuse_a_crosscoder(settings, model_pair):
+    from saefeat.sae.interop import export_stored
+
+    a, b, _ = model_pair
+    result = train_sae(_spec(a, b, seed=1), settings=settings)
+    for to in ("saelens", "sparsify"):
+        with pytest.raises(SpecError) as e:
+            export_stored(settings, result.sae_id, to, settings.home / f"out-{to}")
+        assert e.value.field == "sae" and "crosscoder" in e.value.message
