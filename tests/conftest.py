@@ -65,6 +65,21 @@ def tiny_llama(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_llama_b(tiny_llama, tmp_path_factory) -> Path:
+    """Model B of a model diff: the tiny Llama's tokenizer (its very files), other weights."""
+    import shutil
+
+    import torch
+    from transformers import AutoConfig, LlamaForCausalLM
+
+    path = tmp_path_factory.mktemp("tiny-llama-b")
+    shutil.copytree(tiny_llama, path, dirs_exist_ok=True)
+    torch.manual_seed(1)
+    LlamaForCausalLM(AutoConfig.from_pretrained(path)).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
 def ray_session():
     """One local Ray for the whole session (starting one costs ~5 s)."""
     import ray

@@ -11,7 +11,6 @@ from __future__ import annotations
 import gzip
 import json
 import re
-import shutil
 from types import SimpleNamespace
 
 import numpy as np
@@ -27,7 +26,14 @@ from saefeat.features.vocab import token_strings, vocab_projections
 from saefeat.lm import cached_model
 from saefeat.pipeline import run_harvest, run_index, run_train
 from saefeat.sae import load_sae
-from saefeat.sae.crosscoder import decoder_norms, dominant_rows, relative_norm, sharing
+from saefeat.sae.crosscoder import (
+    decoder_norms,
+    dominant_rows,
+    in_training_units,
+    relative_norm,
+    sharing,
+    source_scales,
+)
 from saefeat.specs import ContrastSpec, ExplainSpec, HarvestSpec, IndexSpec, TrainSpec
 from saefeat.storage.catalog import feature_reads, queries
 from saefeat.storage.catalog.db import catalog_session
@@ -38,18 +44,6 @@ from saefeat.storage.catalog.neuronpedia import export_neuronpedia
 HOOK = "blocks.2.hook_resid_post"
 LOWER = "blocks.1.hook_resid_post"  # the layers crosscoder's other source
 D_SAE = 128
-
-
-@pytest.fixture(scope="module")
-def tiny_llama_b(tiny_llama, tmp_path_factory):
-    """The tiny Llama's tokenizer (its very files) with other weights: model B."""
-    from transformers import AutoConfig, LlamaForCausalLM
-
-    path = tmp_path_factory.mktemp("tiny-llama-b")
-    shutil.copytree(tiny_llama, path, dirs_exist_ok=True)
-    torch.manual_seed(1)
-    LlamaForCausalLM(AutoConfig.from_pretrained(path)).save_pretrained(path)
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -96,8 +90,9 @@ def cc(tmp_path_factory, tiny_llama, tiny_llama_b, ray_session):
 
 def _checkpoint(cc, sae_id: str | None = None):
     sae = load_sae(cc.settings.saes_dir / (sae_id or cc.sae_id))
-    W = sae.W_dec.detach()
-    norms = decoder_norms(W, sae.cfg.source_widths)
+    W = sae.W_dec.detach()  # norms compare in training units (each source's scale)
+    norms = decoder_norms(in_training_units(W, sae.cfg.source_widths, source_scales(sae.cfg)),
+                          sae.cfg.source_widths)  # fmt: skip
     return sae, W, norms, relative_norm(norms)
 
 
@@ -172,7 +167,9 @@ def test_projections_read_each_features_dominant_row_through_model_a(cc):
     strings = token_strings(lm.tokenizer, W_U.shape[0])
     got = {p.feature_index: p for p in cc.index.projections}
     n = IndexSpec(sae=cc.sae_id).n_vocab
-    want = vocab_projections(dominant_rows(W, sae.cfg.source_widths), W_U, scale, strings, n)
+    want = vocab_projections(
+        dominant_rows(W, sae.cfg.source_widths, source_scales(sae.cfg)), W_U, scale, strings, n
+    )
     b_heavy = torch.nonzero(norms[:, 1] > norms[:, 0]).flatten().tolist()
     a_heavy = torch.nonzero(norms[:, 0] >= norms[:, 1]).flatten().tolist()
     assert b_heavy and a_heavy

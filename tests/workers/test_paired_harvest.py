@@ -46,19 +46,6 @@ def _copy_with_tokenizer(tiny_llama, path, change):
 
 
 @pytest.fixture(scope="module")
-def tiny_llama_b(tiny_llama, tmp_path_factory):
-    """The tiny Llama's tokenizer (its very files) with other weights."""
-    import torch
-    from transformers import AutoConfig, LlamaForCausalLM
-
-    path = tmp_path_factory.mktemp("tiny-llama-b")
-    shutil.copytree(tiny_llama, path, dirs_exist_ok=True)
-    torch.manual_seed(1)
-    LlamaForCausalLM(AutoConfig.from_pretrained(path)).save_pretrained(path)
-    return path
-
-
-@pytest.fixture(scope="module")
 def more_tokens(tiny_llama, tmp_path_factory):
     """The tiny Llama whose tokenizer has a token more."""
     return _copy_with_tokenizer(tiny_llama, tmp_path_factory.mktemp("more-tokens"),
