@@ -180,28 +180,21 @@ def judge_detection(settings, true_text, evidence, pool, n_features: int) -> dic
         server.wait(30)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--features", type=int, default=200)
-    parser.add_argument("--judge", type=int, default=20, help="features for detection; 0: skip")
-    parser.add_argument("--smoke", action="store_true", help="a crash check (see above)")
-    args = parser.parse_args()
-    demo_tokens, pool = 100_000, {}
-    if args.smoke:
-        args.features, args.judge, demo_tokens, pool = 8, 0, 2048, {"pool_contexts": 64}
-
+def explain_sample(base: Settings, sae_id: str, n_features: int, pool_args: dict) -> tuple:
+    """n_features of the SAE sampled evenly by density, explained and scored through
+    run_explain on a fresh copy of the catalog, then scored against shuffled explanations:
+    (the summary this bench prints, less the judge's; (settings, true_text, evidence, pool)
+    for the judge)."""
     from saefeat.workers.explain import run_explain
 
-    base = get_settings()
-    sae_id = demo_sae(base, demo_tokens, smoke=args.smoke)
-    sample = sample_features(base, sae_id, args.features)
+    sample = sample_features(base, sae_id, n_features)
     settings = fresh_catalog(base)
     spec = ExplainSpec(
         sae=sae_id,
         features=sample,
         explainer="offline",
         scorers=["embedding", "activation"],
-        **pool,
+        **pool_args,
     )
     log(f"explaining {len(sample)} features of {sae_id}")
     t0 = time.perf_counter()
@@ -237,6 +230,22 @@ def main() -> None:
         out[f"auroc_true_vs_shuffled_{kind}"] = round(auroc(own, other), 4) if pairs else None
         out[f"mean_score_{kind}"] = round(float(np.mean(list(mine.values()))), 4) if mine else None
         out[f"mean_score_shuffled_{kind}"] = round(float(np.mean(other)), 4) if other else None
+    return out, (settings, true_text, evidence, pool)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--features", type=int, default=200)
+    parser.add_argument("--judge", type=int, default=20, help="features for detection; 0: skip")
+    parser.add_argument("--smoke", action="store_true", help="a crash check (see above)")
+    args = parser.parse_args()
+    demo_tokens, pool = 100_000, {}
+    if args.smoke:
+        args.features, args.judge, demo_tokens, pool = 8, 0, 2048, {"pool_contexts": 64}
+
+    base = get_settings()
+    sae_id = demo_sae(base, demo_tokens, smoke=args.smoke)
+    out, (settings, true_text, evidence, pool) = explain_sample(base, sae_id, args.features, pool)
     if args.judge:
         try:
             import llama_cpp  # noqa: F401

@@ -77,6 +77,14 @@ SMOKES: dict[str, Smoke] = {
         ),
         marks=(pytest.mark.slow,),
     ),
+    # Model B of a model diff: SmolLM2 fine-tuned on licence text (3 tiny steps here).
+    "finetune_domain.py": Smoke(
+        keys=_k(
+            "model_b steps domain_loss_a domain_loss_b general_loss_a general_loss_b "
+            "seconds same_tokenizer saefeat_loads"
+        ),
+        marks=(pytest.mark.slow,),
+    ),
     "harvest.py": Smoke(
         keys=_k(
             "tok_s_truncated_forward tok_s_naive tok_s_saefeat ratio_vs_truncated_forward "
@@ -93,6 +101,15 @@ SMOKES: dict[str, Smoke] = {
             "b_hidden_state_equals_a all_shards_committed checksums_ok"
         ),
         env={"OMP_NUM_THREADS": "1"},
+    ),
+    # A crosscoder on two models' paired sets; the smoke: two tiny random Llamas.
+    "model_diff.py": Smoke(
+        keys=_k(
+            "sae hook tokens d_sae k fvu_heldout fvu_by_source domain_token_share "
+            "n_b_only n_shared n_a_only domain_latent_share_b_only domain_latent_share_shared "
+            "mean_domain_fraction_b_only mean_domain_fraction_shared"
+        ),
+        marks=(pytest.mark.slow,),
     ),
     "quality.py": Smoke(
         keys=_k(
@@ -119,6 +136,16 @@ SMOKES: dict[str, Smoke] = {
             "jobs_failed_for_busy jobs_failed http_5xx read_p95_ms_during rss_growth_mb "
             "orphans_after_stop"
         ),
+        marks=(pytest.mark.slow,),
+    ),
+    # A transcoder against sparsify's on one set, and its features' scores beside an SAE's.
+    "transcoder.py": Smoke(
+        keys=_k(
+            "fvu_heldout_transcoder_saefeat fvu_heldout_transcoder_sparsify "
+            "ratio_saefeat_over_sparsify ce_recovered_transcoder auroc_embedding_transcoder "
+            "auroc_embedding_sae steps k d_sae tokens"
+        ),
+        needs=("sparsify",),
         marks=(pytest.mark.slow,),
     ),
     "service.py": Smoke(
@@ -296,3 +323,5 @@ def test_bench_smoke(smoke_runs: SmokeRuns, key: str, name: str, smoke: Smoke):
         checks = ("c_rows_equal_a", "b_hidden_state_equals_a", "all_shards_committed",
                   "checksums_ok")  # fmt: skip
         assert all(out[c] is True for c in checks), {c: out[c] for c in checks}
+    if name == "finetune_domain.py":  # saefeat loads model B, whose tokenizer is A's
+        assert out["saefeat_loads"] is True and out["same_tokenizer"] is True, out
