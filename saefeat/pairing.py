@@ -100,20 +100,25 @@ def check_pairing(spec: HarvestSpec) -> None:
                         "through both models", field=FIELD)  # fmt: skip
 
 
-def check_same_tokens(spec: HarvestSpec, a: Any, b: Any, contexts: int | None = None) -> None:
-    """The two sets of a paired harvest (ActivationSets) hold identical token arrays,
-    compared a slice of contexts at a time; else a SpecError naming `paired_model`."""
+def token_difference(a: Any, b: Any, contexts: int | None = None) -> str | None:
+    """Where two sets' (ActivationSets') token arrays first differ, compared a slice of
+    contexts at a time; None when they are identical."""
     shape_a, shape_b = (a.n_contexts, a.ctx_len), (b.n_contexts, b.ctx_len)
-    where = None
     if shape_a != shape_b:
-        where = f"{shape_a[0]}x{shape_a[1]} vs {shape_b[0]}x{shape_b[1]} contexts x tokens"
+        return f"{shape_a[0]}x{shape_a[1]} vs {shape_b[0]}x{shape_b[1]} contexts x tokens"
     step = contexts or max(1, (1 << 22) // max(1, a.ctx_len))
-    for c0 in range(0, a.n_contexts, step) if where is None else ():
+    for c0 in range(0, a.n_contexts, step):
         ta, tb = a.tokens(c0, c0 + step), b.tokens(c0, c0 + step)
         if not np.array_equal(ta, tb):
             rows = np.flatnonzero((np.asarray(ta) != np.asarray(tb)).any(axis=1))
-            where = f"context {c0 + int(rows[0])} differs first"
-            break
+            return f"context {c0 + int(rows[0])} differs first"
+    return None
+
+
+def check_same_tokens(spec: HarvestSpec, a: Any, b: Any, contexts: int | None = None) -> None:
+    """The two sets of a paired harvest (ActivationSets) hold identical token arrays;
+    else a SpecError naming `paired_model`."""
+    where = token_difference(a, b, contexts)
     if where is not None:
         raise SpecError(f"sets {a.id} ({_named(spec.model, spec.revision)}) and {b.id} "
                         f"({_named(spec.paired_model, spec.paired_revision)}) hold other "

@@ -18,6 +18,7 @@ import torch
 
 from saefeat.config import Settings
 from saefeat.errors import NotFoundError, SpecError
+from saefeat.pairing import token_difference
 from saefeat.specs import TrainSpec
 from saefeat.storage.activations import ActivationSet
 
@@ -64,10 +65,8 @@ def check_sources(sets: dict[str, ActivationSet], reads: list[Reads], main: Acti
     for sid, aset in sets.items():
         if sid == main.id:
             continue
-        tokens = np.asarray(aset.tokens())
-        same = (aset.n_contexts == main.n_contexts and aset.ctx_len == main.ctx_len
-                and aset.contexts_per_shard == main.contexts_per_shard
-                and np.array_equal(tokens, np.asarray(main.tokens())))  # fmt: skip
+        same = (aset.contexts_per_shard == main.contexts_per_shard
+                and token_difference(aset, main) is None)  # fmt: skip
         if not same:
             raise SpecError(f"set {sid} does not hold set {main.id}'s tokens: a crosscoder's "
                             "sets come from one paired harvest (paired_model)",
